@@ -1,0 +1,37 @@
+"""nbbuild: a notebook as an incremental build ("Build Systems à la Carte" for Jupyter).
+
+    b = nbbuild.Build(".nbbuild", quota="2 GB", workers=4)
+
+    @b.rule
+    def words(path):
+        return open(nbbuild.file(path)).read().split()
+
+    @b.rule
+    def count(path):
+        return len(words(path))
+
+    count("a.txt")            # builds incrementally; a second call runs nothing
+"""
+from __future__ import annotations
+
+from .build import Build, BuildReport, TaskReport
+from .errors import BuildError, Cancelled, CycleError, NbbuildError, RuleError, UnknownTargetError
+from .files import file
+from .rule import Rule, Task
+
+__all__ = [
+    "Build", "BuildReport", "TaskReport", "Rule", "Task", "file",
+    "NbbuildError", "BuildError", "CycleError", "RuleError", "UnknownTargetError", "Cancelled",
+]
+
+__version__ = "0.1.0"
+
+
+def load_ipython_extension(ipython):  # pragma: no cover - the notebook layer arrives with its issue
+    from .notebook import magics
+    magics.load_ipython_extension(ipython)
+
+
+def unload_ipython_extension(ipython):  # pragma: no cover
+    from .notebook import magics
+    magics.unload_ipython_extension(ipython)

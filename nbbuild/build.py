@@ -1,0 +1,313 @@
+"""The Build facade: a store, a scheduler and an executor composed; the report; `why`.
+
+Contract:
+- `Build(path, quota=, workers=)` opens (or creates) the store at `path`; also a context manager
+  that closes it. `@b.rule` / `@b.rule(policy=..., name=...)` registers rules by name (a rule of
+  the same name replaces the earlier one, as re-running a notebook cell does).
+- `b.build(*targets)` brings targets (Tasks, or rules taking no arguments) up to date concurrently
+  and returns their values. Other targets still finish when one fails; then the first failure is
+  raised (BuildError, or CycleError) with every failure in `.errors`. Inside a running rule body
+  it is a tracked fetch.
+- `b.report` describes the last build; `b.why(task)` explains, without running anything, why a
+  task is stale or that it is up to date.
+- Values live in memory too (bounded), so a no-op rebuild in the same process loads nothing; a
+  remembered value changed in place since is noticed and replaced by the stored one.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from . import files
+from .errors import BuildError, CycleError, NbbuildError, RuleError
+from .eviction import evict, parse_size
+from .executors import HelperPool
+from .rule import Rule, Task, rule_version, resolve_target
+from .scheduler import DONE, Scheduler, TaskState
+from .store import Store
+from .trace import FILE_PREFIX, MISSING, current
+
+__all__ = ["Build", "BuildReport", "TaskReport"]
+
+log = logging.getLogger("nbbuild")
+_MEMORY_BYTES = 1 << 30
+
+
+@dataclass(frozen=True)
+class TaskReport:
+    task: str
+    outcome: str          # executed | verified | constructed | failed | skipped
+    seconds: float        # run time, or for reused tasks the run time they saved
+    unstored: str = ""
+
+
+@dataclass(frozen=True)
+class BuildReport:
+    executed: list[str]
+    reused: list[str]
+    failed: list[str]
+    skipped: list[str]
+    unstored: list[str]
+    constructed: list[str]
+    seconds: float
+    saved_seconds: float
+    tasks: tuple[TaskReport, ...] = ()
+
+    def __str__(self) -> str:
+        s = (f"ran {len(self.executed)}, reused {len(self.reused)}, failed {len(self.failed)}"
+             f" in {self.seconds:.2f} s (saved {self.saved_seconds:.2f} s)")
+        if self.unstored:
+            s += f"; not stored: {', '.join(self.unstored)}"
+        return s
+
+
+class Build:
+    def __init__(self, path: str | os.PathLike = ".nbbuild", quota: int | str | None = None,
+                 workers: int | None = None):
+        try:
+            quota_bytes = parse_size(quota)
+        except ValueError as e:
+            raise RuleError(str(e)) from None
+        if workers is None:
+            workers = min(4, os.cpu_count() or 1)
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+            raise RuleError(f"workers={workers!r}: give a whole number of at least 1")
+        self.store = Store(path, quota_bytes)
+        self.workers = workers
+        self.rules: dict[str, Rule] = {}
+        self.report: BuildReport | None = None
+        self._values: OrderedDict[str, tuple[Any, int]] = OrderedDict()
+        self._values_bytes = 0
+        self._tasks: dict[str, Task] = {}
+        self._files = files.FileHasher(self.store.file_entries())
+        self._pool = HelperPool()
+        self._lock = threading.RLock()
+        files.install_hook()
+
+    # ------------------------------------------------------------ rules
+
+    def rule(self, fn: Callable | None = None, *, policy: str = "persist", name: str | None = None) -> Any:
+        def register(f: Callable) -> Rule:
+            r = Rule(f, self, name=name, policy=policy)
+            self.rules[r.name] = r
+            return r
+        return register(fn) if fn is not None else register
+
+    def _is_engine_object(self, obj: Any) -> bool:
+        return isinstance(obj, (Rule, Build, Store))
+
+    def _task_for_key(self, key: str) -> Task | None:
+        task = self._tasks.get(key)
+        if task is not None and self.rules.get(task.rule.name) is task.rule:
+            return task
+        trace = self.store.any_trace(key)
+        rule = self.rules.get(trace.rule) if trace is not None else None
+        if rule is None:
+            return None
+        try:
+            task = rule.task_from_encoded(key, trace.args, trace.repr)
+            rule.signature.bind(*task.args, **task.kwargs)
+        except Exception:  # arguments the current rule no longer accepts: not the same task
+            return None
+        self._tasks[key] = task
+        return task
+
+    def _target(self, t: Any) -> Task:
+        if isinstance(t, Task):
+            return t
+        if isinstance(t, Rule):
+            return t.task()
+        if isinstance(t, str):
+            return resolve_target(self.rules, t).task()
+        raise RuleError(f"cannot build {t!r}: give a Task (rule.task(...)), a rule, or a rule name")
+
+    # ------------------------------------------------------------ values in memory
+
+    def _remember(self, digest: str, value: Any, size: int = 0) -> None:
+        with self._lock:
+            if digest in self._values:
+                self._values.move_to_end(digest)
+                return
+            self._values[digest] = value
+            self._values_bytes += size
+            while self._values_bytes > _MEMORY_BYTES and len(self._values) > 1:
+                _, (_, s) = self._values.popitem(last=False)
+                self._values_bytes -= s
+
+    # ------------------------------------------------------------ building
+
+    def build(self, *targets: Any) -> list[Any]:
+        tasks = [self._target(t) for t in targets]
+        rec = current.get()
+        if rec is not None and rec.scheduler.build is self:
+            return rec.scheduler.fetch_values(rec, tasks)
+        for t in tasks:
+            self._tasks.setdefault(t.key, t)
+        with self._lock:
+            self.store.refresh()
+            sched = Scheduler(self)
+            start = time.perf_counter()
+            try:
+                states = sched.run(tasks)
+            finally:
+                self.store.save_file_entries(self._files.take_changed())
+                self.store.flush()
+            self.report = _report(sched, time.perf_counter() - start)
+            self._account(sched)
+            keep = {st.hash for st in sched.states.values() if st.hash}
+            try:
+                evict(self.store, self.store.quota, keep)
+            except Exception:  # eviction is housekeeping: it must not fail a build that succeeded
+                log.warning("nbbuild: eviction failed", exc_info=True)
+            errors = [sched.error_for(st) for st in states if st.status != DONE or not st.has_value]
+            if errors:
+                first = errors[0]
+                if isinstance(first, BuildError):
+                    first.errors = errors
+                raise first
+            return [st.value for st in states]
+
+    def _account(self, sched: Scheduler) -> None:
+        hits = misses = 0
+        for st in sched.states.values():
+            if st.task.rule.policy != "persist":
+                continue
+            if st.outcome in ("verified", "constructed"):
+                hits += 1
+            elif st.outcome == "executed":
+                misses += 1
+        self.store.count("hits", hits)
+        self.store.count("misses", misses)
+        self.store.flush()
+
+    # ------------------------------------------------------------ why
+
+    def why(self, target: Any) -> str:
+        task = self._target(target)
+        self._tasks.setdefault(task.key, task)
+        self.store.refresh()
+        memo: dict[str, tuple[str | None, str | None]] = {}
+        versions: dict[Rule, Any] = {}
+        limit = sys.getrecursionlimit()
+        sys.setrecursionlimit(max(limit, 20000))
+        try:
+            reason, _ = self._why(task, memo, versions)
+        finally:
+            sys.setrecursionlimit(limit)
+        return f"{task!r} is up to date" if reason is None else f"{task!r} is stale: {reason}"
+
+    def _why(self, task: Task, memo: dict, versions: dict) -> tuple[str | None, str | None]:
+        """(None, hash) when up to date, else (reason, None)."""
+        if task.key in memo:
+            return memo[task.key]
+        memo[task.key] = ("it depends on itself", None)
+        rule = task.rule
+        traces = self.store.traces(task.key, rule.policy == "persist")
+        if rule.policy == "none":
+            result: tuple[str | None, str | None] = ("its policy is 'none': it runs every build", None)
+        elif not traces:
+            result = ("never built", None)
+        else:
+            v = versions.get(rule) or versions.setdefault(rule, rule_version(rule.fn, self._is_engine_object))
+            matching = [t for t in traces if t.version == v.version]
+            if not matching:
+                result = (_version_change(rule.name, traces[0], v), None)
+            else:
+                result = (None, None)
+                first_reason = None
+                for pos, tr in enumerate(matching):
+                    reason = self._why_trace(tr, memo, versions)
+                    if reason is None:
+                        result = (None, tr.result)
+                        break
+                    first_reason = first_reason or reason
+                if result[1] is None:
+                    result = (first_reason, None)
+        memo[task.key] = result
+        return result
+
+    def _why_trace(self, tr: Any, memo: dict, versions: dict) -> str | None:
+        for group in tr.deps:
+            for key, recorded in group:
+                if key.startswith(FILE_PREFIX):
+                    path = key[len(FILE_PREFIX):]
+                    now = self._files.hash(path)
+                    if now != recorded:
+                        return f"file {_short(path)} {'is missing' if now == MISSING else 'changed'}"
+                    continue
+                dep = self._task_for_key(key)
+                if dep is None:
+                    return f"rule {key.partition('/')[0]} it used is gone or changed its arguments"
+                reason, h = self._why(dep, memo, versions)
+                if reason is not None:
+                    return f"dependency {dep!r} is stale ({reason})"
+                if h != recorded:
+                    return f"dependency {dep!r} changed"
+        return None
+
+    # ------------------------------------------------------------ lifetime
+
+    def close(self) -> None:
+        self._pool.shutdown()
+        self.store.close()
+
+    def __enter__(self) -> Build:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _short(path: str) -> str:
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return path
+    return rel if not rel.startswith("..") else path
+
+
+def _version_change(name: str, old: Any, new: Any) -> str:
+    before, after = dict(old.parts), dict(new.parts)
+    said = []
+    for label in list(after) + [k for k in before if k not in after]:
+        if before.get(label) == after.get(label):
+            continue
+        kind, _, what = label.partition(":")
+        if label == "code":
+            said.append(f"code of {name} changed")
+        elif label.startswith("code:"):
+            said.append(f"defaults or closure of {name} changed")
+        elif kind == "fn":
+            said.append(f"function {what.split(':')[0]} changed")
+        elif kind == "cls":
+            said.append(f"class {what.split('.')[0].split(':')[0]} changed")
+        elif kind == "global":
+            word = "new" if label not in before else "no longer read" if label not in after else "changed"
+            said.append(f"global {what.split(':')[0]} {word}")
+        else:
+            said.append(f"{label} changed")
+    said = list(dict.fromkeys(said)) or [f"code of {name} changed"]
+    pk_old, pk_new = dict(old.packages), dict(new.packages)
+    for pkg, ver in pk_new.items():
+        if pk_old.get(pkg, ver) != ver:
+            said.append(f"(package {pkg} {pk_old[pkg]} → {ver})")
+    return ", ".join(said)
+
+
+def _report(sched: Scheduler, seconds: float) -> BuildReport:
+    tasks = []
+    for st in sched.order:
+        tasks.append(TaskReport(repr(st.task), st.outcome or "failed", st.seconds, st.unstored))
+    pick = lambda *kinds: [t.task for t in tasks if t.outcome in kinds]  # noqa: E731
+    return BuildReport(
+        executed=pick("executed"), reused=pick("verified", "constructed"), failed=pick("failed"),
+        skipped=pick("skipped"), unstored=[t.task for t in tasks if t.unstored],
+        constructed=pick("constructed"), seconds=seconds,
+        saved_seconds=sum(t.seconds for t in tasks if t.outcome in ("verified", "constructed")),
+        tasks=tuple(tasks))

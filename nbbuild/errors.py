@@ -1,0 +1,51 @@
+"""Every exception nbbuild raises.
+
+Contract: all derive from `NbbuildError`. Messages are one line that says what is wrong and what
+to do; the notebook layer shows `str(error)` and nothing else for these.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+__all__ = ["NbbuildError", "BuildError", "CycleError", "RuleError", "UnknownTargetError", "Cancelled"]
+
+
+class NbbuildError(Exception):
+    """Base of every nbbuild error."""
+
+
+class RuleError(NbbuildError):
+    """A malformed rule: bad name, bad policy, arguments that do not fit its signature."""
+
+
+class UnknownTargetError(NbbuildError, LookupError):
+    """A target that no rule produces."""
+
+
+class BuildError(NbbuildError):
+    """A rule failed. `task` is the failed task, `chain` the tasks that needed it (target first).
+
+    The rule's own exception is `__cause__`. `errors` lists every failure of the same build when
+    several targets failed.
+    """
+
+    def __init__(self, task: str, chain: Sequence[str] = (), message: str | None = None):
+        self.task = task
+        self.chain = list(chain) or [task]
+        self.errors: list[BuildError] = [self]
+        if message is None:
+            message = f"{task} failed"
+        needed = " → ".join(self.chain)
+        super().__init__(message if len(self.chain) < 2 else f"{message} (needed by {needed})")
+
+
+class CycleError(NbbuildError):
+    """Tasks that need each other. `cycle` lists task reprs, first == last."""
+
+    def __init__(self, cycle: Sequence[str]):
+        self.cycle = list(cycle)
+        super().__init__("dependency cycle: " + " → ".join(self.cycle) + "; break it by removing one of these calls")
+
+
+class Cancelled(NbbuildError):
+    """Raised inside rule bodies whose build was interrupted."""

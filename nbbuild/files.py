@@ -1,0 +1,157 @@
+"""File inputs: `nbbuild.file(path)`, content hashes with a stat cache, and automatic tracking of the
+files a rule body opens for reading.
+
+Contract:
+- `file(path)` declares `path` an input of the running rule and returns it unchanged.
+- A file's hash is its content hash (xxh3_128); an untouched file (same size and mtime_ns) is not
+  re-read, unless its stat entry was taken so soon after the file's last change that a later write
+  could share the same mtime ("racy" entries are re-hashed). A missing file hashes to `MISSING`; a
+  directory hashes its listing and its files' hashes.
+- One audit hook per process records `open` events of the running body's recorder: reads only,
+  never the Python installation, site-packages, `__pycache__`, `/proc`, `/sys`, `/dev`, module
+  source or bytecode, or the stores (registered with `exclude`). A file the run writes is not an
+  input. The hook never raises and returns at once for every other event.
+"""
+from __future__ import annotations
+
+import os
+import site
+import stat as statmod
+import sys
+import sysconfig
+import threading
+import time
+from typing import Any
+
+import xxhash
+
+from .trace import MISSING, current
+
+__all__ = ["file", "FileHasher", "install_hook", "exclude"]
+
+_RACY_NS = 2_000_000_000
+_CHUNK = 1 << 20
+
+
+def file(path: Any) -> Any:
+    """Declare `path` an input of the running rule (content-hashed) and return it unchanged."""
+    rec = current.get()
+    if rec is not None and not rec.paused:
+        rec.read_file(os.path.abspath(os.fspath(path)))
+    return path
+
+
+class FileHasher:
+    """Content hashes of files, behind a (size, mtime_ns) cache that the store persists."""
+
+    def __init__(self, entries: dict[str, tuple[int, int, str, int]] | None = None):
+        self.entries: dict[str, tuple[int, int, str, int]] = dict(entries or {})
+        self.changed: dict[str, tuple[int, int, str, int]] = {}
+        self._lock = threading.Lock()
+
+    def hash(self, path: str) -> str:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return MISSING
+        if statmod.S_ISDIR(st.st_mode):
+            return self._hash_dir(path)
+        entry = self.entries.get(path)
+        if entry is not None and entry[0] == st.st_size and entry[1] == st.st_mtime_ns \
+                and entry[3] - st.st_mtime_ns > _RACY_NS:
+            return entry[2]
+        seen = time.time_ns()
+        h = xxhash.xxh3_128()
+        try:
+            with open(path, "rb") as f:
+                while chunk := f.read(_CHUNK):
+                    h.update(chunk)
+        except OSError:
+            return MISSING
+        digest = h.hexdigest()
+        new = (st.st_size, st.st_mtime_ns, digest, seen)
+        with self._lock:
+            self.entries[path] = new
+            self.changed[path] = new
+        return digest
+
+    def _hash_dir(self, path: str) -> str:
+        h = xxhash.xxh3_128()
+        for root, dirs, files in os.walk(path):
+            dirs.sort()
+            for name in sorted(files):
+                full = os.path.join(root, name)
+                h.update(f"{os.path.relpath(full, path)}\0{self.hash(full)}\n".encode())
+        return "dir:" + h.hexdigest()
+
+    def take_changed(self) -> dict[str, tuple[int, int, str, int]]:
+        with self._lock:
+            out, self.changed = self.changed, {}
+        return out
+
+
+# ---------------------------------------------------------------- automatic tracking
+
+def _system_prefixes() -> tuple[str, ...]:
+    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
+             "/proc", "/sys", "/dev"}
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        p = sysconfig.get_paths().get(key)
+        if p:
+            paths.add(p)
+    try:
+        paths.update(site.getsitepackages())
+        paths.add(site.getusersitepackages())
+    except Exception:  # site may be stripped down in embedded interpreters
+        pass
+    real = {os.path.realpath(p) for p in paths if p}
+    return tuple(os.path.join(p, "") for p in real if p != "/")
+
+
+_excluded: tuple[str, ...] = ()
+_SKIP_SUFFIXES = (".py", ".pyc", ".pyo", ".so", ".pyd", ".pth")
+_installed = False
+_install_lock = threading.Lock()
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
+
+
+def exclude(path: str) -> None:
+    """Never take files under `path` (a store) for inputs."""
+    global _excluded
+    _excluded = _excluded + (os.path.join(os.path.realpath(path), ""),)
+
+
+def _hook(event: str, args: tuple) -> None:
+    if event != "open":
+        return
+    try:
+        rec = current.get()
+        if rec is None or rec.paused:
+            return
+        path, mode, flags = args
+        if path is None or isinstance(path, int):
+            return
+        path = os.path.abspath(os.fsdecode(path))
+        if path.endswith(_SKIP_SUFFIXES) or "/__pycache__/" in path or path.startswith(_excluded):
+            return
+        if isinstance(mode, str):
+            writes = any(c in mode for c in "wax+")
+        else:
+            writes = bool((flags or 0) & _WRITE_FLAGS)
+        if writes:
+            rec.wrote_file(path)
+        elif not os.path.isdir(path):
+            rec.read_file(path)
+    except BaseException:  # an audit hook that raises breaks the user's open()
+        pass
+
+
+def install_hook() -> None:
+    """Install the process-wide audit hook once (hooks cannot be removed)."""
+    global _installed, _excluded
+    with _install_lock:
+        if _installed:
+            return
+        _excluded = _system_prefixes() + _excluded
+        sys.addaudithook(_hook)
+        _installed = True

@@ -1,0 +1,280 @@
+"""Value and code fingerprints.
+
+Contract:
+- `serialize(value)` pickles a value once and returns `(blob, hash)`: the hash is xxh3_128 of the
+  very bytes that are stored, so a value is hashed in one pass. Pickle protocol 5 with out-of-band
+  buffers (numpy arrays are hashed straight from their memory). Sets are pickled in a canonical
+  order, so equal sets hash equally in every process whatever `PYTHONHASHSEED` is.
+- `deserialize(blob)` is its inverse.
+- `encode_args(args)` gives a canonical, JSON-decodable text for task arguments; `decode_args`
+  reverses it. Task keys are hashes of that text, stable across processes.
+- `code_fingerprint(code)` hashes what a code object does, not how it is written: its bytecode with
+  line numbers, NOPs and docstrings removed, its constants and nested code objects, recursively.
+  Comments, blank lines, formatting and docstrings do not change it; the Python version does.
+"""
+from __future__ import annotations
+
+import base64
+import bisect
+import dis
+import io
+import json
+import math
+import pathlib
+import pickle
+import struct
+import sys
+import types
+from typing import Any
+
+import cloudpickle
+import xxhash
+
+__all__ = [
+    "serialize", "deserialize", "hash_bytes", "value_hash", "encode_args", "decode_args",
+    "code_fingerprint", "global_names", "free_reads", "PY_TAG", "UnserializableValue",
+]
+
+PY_TAG = f"{sys.implementation.name}-{sys.version_info[0]}.{sys.version_info[1]}"
+_MAGIC = b"NBV1"
+_SIMPLE = (int, float, str, bytes, bool, type(None))
+
+
+class UnserializableValue(Exception):
+    """A value that cannot be pickled; the message says why."""
+
+
+def hash_bytes(*parts: bytes | memoryview) -> str:
+    h = xxhash.xxh3_128()
+    for p in parts:
+        h.update(p)
+    return h.hexdigest()
+
+
+def _sort_key(item: Any) -> tuple[str, str]:
+    return (type(item).__qualname__, repr(item))
+
+
+class _Pickler(cloudpickle.Pickler):
+    """cloudpickle with sets and frozensets written in a canonical order."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        t = type(obj)
+        if t is set or t is frozenset:
+            try:
+                items = sorted(obj)
+            except TypeError:
+                items = sorted(obj, key=_sort_key)
+            return t, (items,)
+        return super().reducer_override(obj)
+
+
+def serialize(value: Any) -> tuple[bytes, str]:
+    """Pickle `value` and hash the result. Raises UnserializableValue."""
+    if type(value) in _SIMPLE:
+        meta = pickle.dumps(value, 5)
+        buffers: list[pickle.PickleBuffer] = []
+    else:
+        buffers = []
+        f = io.BytesIO()
+        try:
+            _Pickler(f, protocol=5, buffer_callback=buffers.append).dump(value)
+        except Exception as e:  # pickling runs arbitrary reducers: any error means "cannot store"
+            raise UnserializableValue(f"{type(value).__name__} cannot be pickled: {e}") from None
+        meta = f.getvalue()
+    raws = [b.raw() for b in buffers]
+    header = _MAGIC + struct.pack(f"<I{len(raws) + 1}Q", len(raws), len(meta), *(r.nbytes for r in raws))
+    h = xxhash.xxh3_128(meta)
+    for r in raws:
+        h.update(r)
+    blob = b"".join([header, meta, *raws]) if raws else header + meta
+    return blob, h.hexdigest()
+
+
+def value_hash(value: Any) -> str:
+    return serialize(value)[1]
+
+
+def deserialize(blob: bytes | memoryview) -> Any:
+    view = memoryview(blob)
+    if bytes(view[:4]) != _MAGIC:
+        raise ValueError("not an nbbuild value")
+    (n,) = struct.unpack_from("<I", view, 4)
+    sizes = struct.unpack_from(f"<{n + 1}Q", view, 8)
+    pos = 8 + 8 * (n + 1)
+    meta = view[pos:pos + sizes[0]]
+    pos += sizes[0]
+    buffers = []
+    for size in sizes[1:]:
+        # a writable copy: arrays loaded from the store must behave like fresh ones
+        buffers.append(bytearray(view[pos:pos + size]))
+        pos += size
+    return pickle.loads(meta, buffers=buffers)
+
+
+# ---------------------------------------------------------------- task arguments
+
+def _enc(x: Any) -> Any:
+    t = type(x)
+    if x is None or t is bool or t is int or t is str:
+        return x
+    if t is float:
+        return x if math.isfinite(x) else {"$f": repr(x)}
+    if t is list:
+        return [_enc(i) for i in x]
+    if t is tuple:
+        return {"$t": [_enc(i) for i in x]}
+    if t is dict:
+        return {"$d": [[_enc(k), _enc(v)] for k, v in x.items()]}
+    if t is set or t is frozenset:
+        items = [_enc(i) for i in x]
+        items.sort(key=lambda e: json.dumps(e, sort_keys=True))
+        return {"$s" if t is set else "$fs": items}
+    if t is bytes:
+        return {"$b": base64.b64encode(x).decode()}
+    if isinstance(x, pathlib.PurePath):
+        return {"$p": [type(x).__name__, str(x)]}
+    try:
+        data = _canonical_pickle(x)
+    except Exception as e:
+        raise UnserializableValue(f"argument of type {t.__name__} cannot be pickled: {e}") from None
+    return {"$pk": base64.b64encode(data).decode()}
+
+
+def _canonical_pickle(x: Any) -> bytes:
+    f = io.BytesIO()
+    _Pickler(f, protocol=5).dump(x)
+    return f.getvalue()
+
+
+def _dec(x: Any) -> Any:
+    if type(x) is list:
+        return [_dec(i) for i in x]
+    if type(x) is not dict:
+        return x
+    (tag, v), = x.items()
+    if tag == "$t":
+        return tuple(_dec(i) for i in v)
+    if tag == "$d":
+        return {_dec(k): _dec(val) for k, val in v}
+    if tag == "$s":
+        return {_dec(i) for i in v}
+    if tag == "$fs":
+        return frozenset(_dec(i) for i in v)
+    if tag == "$f":
+        return float(v)
+    if tag == "$b":
+        return base64.b64decode(v)
+    if tag == "$p":
+        return getattr(pathlib, v[0], pathlib.Path)(v[1])
+    if tag == "$pk":
+        return pickle.loads(base64.b64decode(v))
+    raise ValueError(f"unknown argument tag {tag!r}")
+
+
+def encode_args(args: tuple) -> str:
+    """Canonical text of a task's (normalised) arguments."""
+    return json.dumps([_enc(a) for a in args], separators=(",", ":"), ensure_ascii=False)
+
+
+def decode_args(text: str) -> tuple:
+    return tuple(_dec(a) for a in json.loads(text))
+
+
+# ---------------------------------------------------------------- code
+
+_SKIP_OPS = frozenset({"NOP", "CACHE", "RESUME", "EXTENDED_ARG", "PRECALL"})
+_GLOBAL_OPS = frozenset({"LOAD_GLOBAL", "LOAD_NAME"})
+_FREE_OPS = frozenset({"LOAD_DEREF", "LOAD_CLASSDEREF"})
+_ATTR_OPS = frozenset({"LOAD_ATTR", "LOAD_METHOD"})
+# a name used only as the receiver of one of these calls is written to, not read: `calls.append(x)`
+SINK_METHODS = frozenset({
+    "append", "appendleft", "extend", "extendleft", "add", "discard", "insert", "update", "clear",
+    "write", "writelines", "put", "put_nowait", "send", "debug", "info", "warning", "warn", "error",
+    "exception", "critical", "log", "flush",
+})
+_code_cache: dict[int, tuple[types.CodeType, str, tuple, frozenset]] = {}
+
+
+def _const_text(c: Any, doc: bool) -> str:
+    if isinstance(c, types.CodeType):
+        return "code:" + code_fingerprint(c)
+    if isinstance(c, (frozenset, set)):
+        return "{" + ",".join(sorted(_const_text(i, False) for i in c)) + "}"
+    if isinstance(c, tuple):
+        return "(" + ",".join(_const_text(i, False) for i in c) + ")"
+    if doc:
+        return "doc"
+    return f"{type(c).__name__}:{c!r}"
+
+
+def _has_docstring(code: types.CodeType) -> bool:
+    # functions keep their docstring as the first constant; CO_NOFREE etc. do not tell, the shape does
+    return bool(code.co_consts) and isinstance(code.co_consts[0], str) and code.co_name not in ("<module>", "<lambda>")
+
+
+def _analyse(code: types.CodeType) -> tuple[str, tuple, frozenset]:
+    cached = _code_cache.get(id(code))
+    if cached is not None and cached[0] is code:
+        return cached[1], cached[2], cached[3]
+    doc_const = code.co_consts[0] if _has_docstring(code) else None
+    parts: list[str] = [PY_TAG, code.co_name, str(code.co_argcount), str(code.co_kwonlyargcount),
+                        str(code.co_posonlyargcount), ",".join(code.co_varnames), ",".join(code.co_freevars),
+                        str(code.co_flags & 0x0F)]
+    names: list[tuple[str, ...]] = []
+    instructions = [ins for ins in dis.get_instructions(code) if ins.opname not in _SKIP_OPS]
+    kept = [ins.offset for ins in instructions]
+    free_reads: set[str] = set()
+    chain: list[str] | None = None
+    free: str | None = None
+    for ins in instructions:
+        op = ins.opname
+        if free is not None and not (op in _ATTR_OPS and ins.argval in SINK_METHODS):
+            free_reads.add(free)
+        free = ins.argval if op in _FREE_OPS else None
+        if op in _GLOBAL_OPS:
+            if chain:
+                names.append(tuple(chain))
+            chain = [ins.argval]
+        elif op in _ATTR_OPS and chain is not None:
+            chain.append(ins.argval)
+        elif chain is not None:
+            names.append(tuple(chain))
+            chain = None
+        if ins.opcode in dis.hasjrel or ins.opcode in dis.hasjabs:
+            arg = f"->{bisect.bisect_left(kept, ins.argval)}"
+        elif ins.opcode in dis.hasconst:
+            arg = _const_text(ins.argval, doc_const is not None and ins.argval is doc_const)
+        else:
+            arg = str(ins.argrepr)
+        parts.append(f"{op} {arg}")
+    if chain:
+        names.append(tuple(chain))
+    if free is not None:
+        free_reads.add(free)
+    for c in code.co_consts:
+        if isinstance(c, types.CodeType):
+            _, nested_names, nested_free = _analyse(c)
+            names.extend(nested_names)
+            free_reads.update(nested_free)
+    fp = hash_bytes("\n".join(parts).encode())
+    uniq = tuple(n for n in dict.fromkeys(names) if not (len(n) == 2 and n[1] in SINK_METHODS))
+    result = (fp, uniq, frozenset(free_reads))
+    _code_cache[id(code)] = (code, *result)
+    return result
+
+
+def code_fingerprint(code: types.CodeType) -> str:
+    return _analyse(code)[0]
+
+
+def global_names(code: types.CodeType) -> tuple[tuple[str, ...], ...]:
+    """Global names a code object (and the code nested in it) reads, each with the attribute chain
+    read from it (`np.linalg.norm` -> ('np', 'linalg', 'norm')). A name only written to through a
+    sink method (`calls.append(x)`) is not read."""
+    return _analyse(code)[1]
+
+
+def free_reads(code: types.CodeType) -> frozenset[str]:
+    """Closure variables the code reads (not those only written to through a sink method)."""
+    return _analyse(code)[2]

@@ -1,0 +1,489 @@
+"""The suspending scheduler: one build, top-down, dependencies discovered as rule bodies run.
+
+Contract:
+- `Scheduler(build).run(tasks)` brings the tasks up to date and returns their `TaskState`s; every
+  task runs at most once per build; a task's value is loaded only when a target or a running rule
+  needs it (verifying needs only dependencies' hashes).
+- Concurrency: the calling thread and `workers - 1` helper threads each run a hub loop. Work runs
+  in greenlets pooled per thread; a task that waits for a dependency suspends its greenlet and so
+  holds no thread. A fresh dependency is processed inline on the asking greenlet (cheap: no switch
+  on the no-op path) until the nesting reaches `MAX_INLINE`; deeper, it is queued and picked up by a
+  hub at the bottom of its stack, so neither deep chains nor wide fan-outs grow one stack without
+  bound. Of a group fetched together, all but the first are offered to other threads first
+  (help-first), then taken back if nobody started them.
+- A task that would wait on a task that (transitively) waits on it raises CycleError there.
+- Failures are recorded in the state (own error, or the failed dependency that caused it) and
+  never unwind the engine; only cancellation (KeyboardInterrupt, SystemExit) does, after which
+  every waiting greenlet is woken to unwind with `Cancelled`.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import deque
+from typing import Any, Sequence
+
+from greenlet import GreenletExit as GreenletExitType
+from greenlet import getcurrent, greenlet
+
+from . import hashing
+from .errors import BuildError, Cancelled, CycleError
+from .rule import Task, Version, rule_version
+from .trace import FILE_PREFIX, MISSING, Group, Recorder, Trace, current, match
+
+__all__ = ["Scheduler", "TaskState"]
+
+log = logging.getLogger("nbbuild")
+
+NEW, QUEUED, ACTIVE, DONE, FAILED = range(5)
+MAX_INLINE = 24
+_IDLE = object()
+_SUSPENDED = object()
+_IMMUTABLE = (int, float, str, bytes, bool, type(None), complex, frozenset)
+
+
+class TaskState:
+    """What one build knows of one task."""
+
+    __slots__ = ("task", "status", "hash", "value", "has_value", "error", "cause", "waiters",
+                 "blocked_on", "outcome", "seconds", "trace", "depth", "loading", "unstored", "reason")
+
+    def __init__(self, task: Task):
+        self.task = task
+        self.status = NEW
+        self.hash: str | None = None
+        self.value: Any = None
+        self.has_value = False
+        self.error: BaseException | None = None
+        self.cause: TaskState | None = None
+        self.waiters: list[tuple[_Hub, greenlet]] = []
+        self.blocked_on: TaskState | None = None
+        self.outcome = ""            # executed | verified | constructed | failed | skipped
+        self.seconds = 0.0
+        self.trace: Trace | None = None
+        self.depth = 0
+        self.loading = False
+        self.unstored = ""
+        self.reason = ""
+
+
+class _Hub:
+    __slots__ = ("greenlet", "resumes", "idle")
+
+    def __init__(self) -> None:
+        self.greenlet = getcurrent()
+        self.resumes: deque[greenlet] = deque()
+        self.idle: list[greenlet] = []
+
+
+class Scheduler:
+    def __init__(self, build: Any):
+        self.build = build
+        self.store = build.store
+        self.files = build._files
+        self.states: dict[str, TaskState] = {}
+        self.order: list[TaskState] = []
+        self.lock = threading.Lock()
+        self.cond = threading.Condition(self.lock)
+        self.queue: deque[TaskState] = deque()
+        self.hubs: dict[int, _Hub] = {}
+        self.versions: dict[Any, Version] = {}
+        self.checked: set[str] = set()
+        self.cancelled: BaseException | None = None
+        self.finished = False
+        self.helpers = max(0, build.workers - 1)
+        self._root_states: list[TaskState] = []
+
+    # ------------------------------------------------------------ hubs
+
+    def run(self, tasks: Sequence[Task]) -> list[TaskState]:
+        hub = self.hubs[threading.get_ident()] = _Hub()
+        root = greenlet(self._root, parent=hub.greenlet)
+        self.build._pool.run(self._helper, self.helpers)
+        try:
+            self._hub_loop(hub, root, tasks)
+        except BaseException as e:
+            self._cancel(hub, e)
+            raise
+        finally:
+            with self.lock:
+                self.finished = True
+                self.cond.notify_all()
+        return self._root_states
+
+    def _helper(self) -> None:
+        hub = _Hub()
+        with self.lock:
+            if self.finished:
+                return
+            self.hubs[threading.get_ident()] = hub
+        try:
+            self._hub_loop(hub, None, None)
+        finally:
+            for w in hub.idle:
+                w.switch(None)
+
+    def _hub_loop(self, hub: _Hub, root: greenlet | None, tasks: Any) -> None:
+        if root is not None:
+            self._dispatch(hub, root.switch(tasks), root)
+        while True:
+            with self.lock:
+                while True:
+                    if hub.resumes:
+                        g, item = hub.resumes.popleft(), None
+                        break
+                    if root is not None and root.dead:
+                        for w in hub.idle:
+                            self.lock.release()
+                            try:
+                                w.switch(None)
+                            finally:
+                                self.lock.acquire()
+                        return
+                    if self.queue and self.cancelled is None:
+                        item = self.queue.popleft()
+                        if item.status != QUEUED:
+                            continue
+                        item.status = ACTIVE
+                        g = None
+                        break
+                    if root is None and (self.finished or self.cancelled is not None):
+                        return
+                    self.cond.wait()
+            if g is None:
+                g = hub.idle.pop() if hub.idle else greenlet(self._worker, parent=hub.greenlet)
+            try:
+                self._dispatch(hub, g.switch(item) if item is not None else g.switch(), g)
+            except BaseException:
+                # only cancellation unwinds a greenlet; on a helper it ends here, on the caller's
+                # thread it reaches run(), which cancels the build
+                if root is not None or self.cancelled is None:
+                    raise
+
+    def _dispatch(self, hub: _Hub, result: Any, g: greenlet) -> None:
+        if result is _IDLE:
+            hub.idle.append(g)
+
+    def _worker(self, st: TaskState) -> None:
+        hub = self.hubs[threading.get_ident()]
+        while st is not None:
+            self._process(st, 0)
+            st = hub.greenlet.switch(_IDLE)
+
+    def _root(self, tasks: Sequence[Task]) -> None:
+        sts = self._ensure(None, tasks, 0)
+        self._root_states = sts
+        for st in sts:
+            if st.status == DONE and not st.has_value:
+                try:
+                    self._value(st, None)
+                except BuildError:
+                    pass
+
+    # ------------------------------------------------------------ waiting
+
+    def _suspend(self) -> None:
+        self.hubs[threading.get_ident()].greenlet.switch(_SUSPENDED)
+        if self.cancelled is not None:
+            raise Cancelled("build interrupted")
+
+    def _wait(self, me: TaskState | None, st: TaskState) -> None:
+        with self.lock:
+            if st.status >= DONE:
+                return
+            if me is not None:
+                path, x = [st], st.blocked_on
+                while x is not None and x is not me:
+                    path.append(x)
+                    x = x.blocked_on
+                if x is me or st is me:
+                    raise CycleError([repr(me.task)] + [repr(s.task) for s in path]
+                                     + ([repr(me.task)] if st is not me else []))
+                me.blocked_on = st
+            st.waiters.append((self.hubs[threading.get_ident()], getcurrent()))
+        try:
+            self._suspend()
+        finally:
+            if me is not None:
+                me.blocked_on = None
+
+    def _finish(self, st: TaskState, status: int) -> None:
+        with self.lock:
+            st.status = status
+            self.order.append(st)
+            waiters, st.waiters = st.waiters, []
+            for hub, g in waiters:
+                hub.resumes.append(g)
+            if waiters and self.helpers:
+                self.cond.notify_all()
+
+    def _cancel(self, hub: _Hub, exc: BaseException) -> None:
+        with self.lock:
+            self.cancelled = exc
+            for st in self.states.values():
+                if st.status < DONE:
+                    st.status = FAILED
+                    st.error = Cancelled("build interrupted")
+                    for h, g in st.waiters:
+                        h.resumes.append(g)
+                    st.waiters = []
+            self.cond.notify_all()
+        while hub.resumes:  # unwind this thread's suspended greenlets now, not at garbage collection
+            g = hub.resumes.popleft()
+            try:
+                g.switch()
+            except BaseException:
+                pass
+        for w in hub.idle:
+            w.switch(None)
+
+    # ------------------------------------------------------------ the engine
+
+    def _ensure(self, me: TaskState | None, tasks: Sequence[Task], depth: int) -> list[TaskState]:
+        """Bring `tasks` up to date (hashes known); returns their states, all done or failed."""
+        sts: list[TaskState] = []
+        fresh: list[TaskState] = []
+        with self.lock:
+            if self.cancelled is not None:
+                raise Cancelled("build interrupted")
+            for t in tasks:
+                st = self.states.get(t.key)
+                if st is None:
+                    st = self.states[t.key] = TaskState(t)
+                    fresh.append(st)
+                sts.append(st)
+            inline = depth < MAX_INLINE
+            for st in fresh[1:] if inline else fresh:
+                st.status = QUEUED
+                self.queue.append(st)
+            if len(fresh) > inline and self.helpers:
+                self.cond.notify_all()
+            if inline and fresh:
+                fresh[0].status = ACTIVE
+        if inline:
+            for i, st in enumerate(fresh):
+                if i:
+                    with self.lock:
+                        if st.status != QUEUED:
+                            continue
+                        st.status = ACTIVE
+                if me is not None:
+                    me.blocked_on = st
+                try:
+                    self._process(st, depth + 1)
+                finally:
+                    if me is not None:
+                        me.blocked_on = None
+        for st in sts:
+            if st.status < DONE:
+                self._wait(me, st)
+        return sts
+
+    def _process(self, st: TaskState, depth: int) -> None:
+        st.depth = depth
+        try:
+            if not self._verify(st):
+                if st.cause is None:
+                    self._execute(st)
+                elif not st.outcome:
+                    st.outcome = "skipped"
+        except (Cancelled, KeyboardInterrupt, SystemExit, GreenletExitType):
+            raise
+        except BaseException as e:  # an engine error becomes this task's failure, never a hang
+            log.debug("nbbuild: %r failed in the engine", st.task, exc_info=True)
+            st.error, st.outcome = e, "failed"
+        self._finish(st, FAILED if st.outcome in ("failed", "skipped") else DONE)
+
+    def version(self, rule: Any) -> Version:
+        v = self.versions.get(rule)
+        if v is None:
+            v = self.versions[rule] = rule_version(rule.fn, self.build._is_engine_object)
+        return v
+
+    def file_hash(self, path: str) -> str:
+        return self.files.hash(path)
+
+    def _verify(self, st: TaskState) -> bool:
+        rule = st.task.rule
+        if rule.policy == "none":
+            return False
+        version = self.version(rule)
+        traces = self.store.traces(st.task.key, rule.policy == "persist")
+        if not traces:
+            return False
+        depth = st.depth
+
+        def fetch_group(group: Group) -> list[str] | None:
+            hashes: list[str | None] = []
+            tasks: list[Task] = []
+            for key, _ in group:
+                if key.startswith(FILE_PREFIX):
+                    hashes.append(self.files.hash(key[len(FILE_PREFIX):]))
+                else:
+                    t = self.build._task_for_key(key)
+                    if t is None:
+                        hashes.append(MISSING)
+                    else:
+                        hashes.append(None)
+                        tasks.append(t)
+            if tasks:
+                it = iter(self._ensure(st, tasks, depth))
+                for i, h in enumerate(hashes):
+                    if h is None:
+                        dep = next(it)
+                        # a failed dependency is a mismatch: if the body still needs it, it fails there
+                        hashes[i] = dep.hash if dep.status == DONE else MISSING
+            return hashes  # type: ignore[return-value]
+
+        trace, pos = match(traces, version.version, fetch_group)
+        if trace is None:
+            return False
+        st.hash, st.trace, st.seconds = trace.result, trace, trace.seconds
+        st.outcome = "verified" if pos == 0 else "constructed"
+        return True
+
+    def _execute(self, st: TaskState) -> None:
+        task = st.task
+        rule = task.rule
+        version = self.version(rule) if rule.policy != "none" else None
+        rec = Recorder(st, self)
+        token = current.set(rec)
+        start = time.perf_counter()
+        error: BaseException | None = None
+        try:
+            value = task.run()
+        except BaseException as e:
+            error = e
+        finally:
+            current.reset(token)
+        st.seconds = time.perf_counter() - start
+        if isinstance(error, (KeyboardInterrupt, SystemExit, Cancelled, GreenletExitType)):
+            raise error
+        if rec.failed_dep is not None:
+            st.cause, st.outcome = rec.failed_dep, "skipped"
+            return
+        if error is not None:
+            st.error, st.outcome = error, "failed"
+            return
+        try:
+            blob, digest = hashing.serialize(value)
+        except hashing.UnserializableValue as e:
+            blob, digest = None, "u:" + uuid.uuid4().hex
+            st.unstored = str(e)
+        previous = st.hash
+        st.value, st.has_value, st.hash, st.outcome = value, True, digest, "executed"
+        if previous is not None and previous != digest:
+            log.warning("nbbuild: %r gave a different value when re-run (is it deterministic?)", task)
+        self.build._remember(digest, value)
+        if version is None:
+            return
+        trace = Trace(task.key, rule.name, task.encoded, repr(task), version.version, rec.dependencies(),
+                      digest, st.seconds, version.parts, version.packages)
+        persist = rule.policy == "persist" and blob is not None
+        if persist:
+            self.store.put_value(digest, blob)
+        self.store.record(trace, persist=persist)
+        st.trace = trace
+
+    # ------------------------------------------------------------ values
+
+    def fetch_values(self, rec: Recorder, tasks: Sequence[Task]) -> list[Any]:
+        """A running rule body asks for `tasks`: suspend until their values are there."""
+        if self.cancelled is not None:
+            raise Cancelled("build interrupted")
+        me = rec.state
+        rec.paused += 1
+        try:
+            sts = self._ensure(me, tasks, me.depth)
+            for st in sts:
+                if st.status != DONE:
+                    rec.failed_dep = st
+                    raise self.error_for(st)
+            values = [self._value(st, me) for st in sts]
+            rec.add_group(tuple((st.task.key, st.hash) for st in sts))
+            return values
+        finally:
+            rec.paused -= 1
+
+    def _value(self, st: TaskState, me: TaskState | None) -> Any:
+        if st.has_value:
+            return st.value
+        with self.lock:
+            busy = st.loading
+            if busy:
+                st.waiters.append((self.hubs[threading.get_ident()], getcurrent()))
+            else:
+                st.loading = True
+        if busy:
+            self._suspend()
+            if not st.has_value:
+                raise self.error_for(st)
+            return st.value
+        try:
+            found, value = self._recall(st.hash)  # type: ignore[arg-type]
+            if found:
+                st.value, st.has_value = value, True
+            else:
+                self._execute(st)
+                if not st.has_value:
+                    st.status = FAILED
+                    raise self.error_for(st)
+            return st.value
+        finally:
+            with self.lock:
+                st.loading = False
+                waiters, st.waiters = st.waiters, []
+                for hub, g in waiters:
+                    hub.resumes.append(g)
+                if waiters and self.helpers:
+                    self.cond.notify_all()
+
+    def _recall(self, digest: str) -> tuple[bool, Any]:
+        memory = self.build._values
+        if digest in memory:
+            value = memory[digest]
+            if isinstance(value, _IMMUTABLE) or digest in self.checked or digest.startswith("u:"):
+                return True, value
+            try:
+                same = hashing.value_hash(value) == digest
+            except hashing.UnserializableValue:
+                same = False
+            if same:
+                self.checked.add(digest)
+                return True, value
+            log.warning("nbbuild: a value was changed in place after it was built; using the stored one")
+            memory.pop(digest, None)
+        blob = self.store.get_value(digest)
+        if blob is None:
+            return False, None
+        try:
+            value = hashing.deserialize(blob)
+        except Exception:
+            log.warning("nbbuild: stored value %s could not be loaded; the task will run again", digest)
+            return False, None
+        self.checked.add(digest)
+        self.build._remember(digest, value)
+        return True, value
+
+    # ------------------------------------------------------------ errors
+
+    def chain(self, st: TaskState) -> list[TaskState]:
+        """st, then the dependency that made it fail, and so on down to the one whose rule raised."""
+        out = [st]
+        while out[-1].cause is not None and out[-1].cause not in out:
+            out.append(out[-1].cause)
+        return out
+
+    def error_for(self, st: TaskState) -> BaseException:
+        chain = self.chain(st)
+        root = chain[-1]
+        if isinstance(root.error, CycleError):
+            return root.error
+        err = root.error
+        detail = f"{type(err).__name__}: {err}" if err is not None else "its value could not be had"
+        e = BuildError(repr(root.task), [repr(s.task) for s in chain], f"{root.task!r} failed: {detail}")
+        e.__cause__ = err
+        return e
+

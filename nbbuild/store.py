@@ -1,0 +1,259 @@
+"""The store: values and build information (traces, file stat entries, counters) in one diskcache.
+
+Contract:
+- Values are content-addressed: row `v:<hash>` holds the serialized value whose xxh3_128 is <hash>.
+  A value row is never overwritten (which also spares diskcache readers a spurious miss).
+- Each trace is its own immutable row `t:<task key>#<trace ident>`, so processes sharing a store
+  never read-modify-write one another's rows. A trace is written after (or with) its value.
+- Traces and file stat entries are read in bulk, one SQL select per prefix, into an in-memory index;
+  `refresh()` picks up rows other processes wrote since (by store_time).
+- Writes are buffered and committed in batches inside `cache.transact()`; `flush()` commits now.
+- diskcache's own eviction is off: nothing is culled behind nbbuild's back (eviction.py decides).
+- Traces of rules with policy "memory" live in this object only.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import defaultdict
+from typing import Any, Iterable
+
+import diskcache
+
+from . import files
+from .trace import Trace
+
+__all__ = ["Store"]
+
+log = logging.getLogger("nbbuild")
+_MAX_TRACES = 16
+_FLUSH_ITEMS = 2000
+_FLUSH_BYTES = 64 << 20
+_DIRECT_BYTES = 1 << 20
+
+
+def _prefix_range(prefix: str) -> tuple[str, str]:
+    return prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+class Store:
+    def __init__(self, path: str | os.PathLike, quota: int | None = None):
+        self.path = os.path.abspath(os.fspath(path))
+        os.makedirs(self.path, mode=0o700, exist_ok=True)
+        self.quota = quota
+        self._cache = diskcache.Cache(self.path, eviction_policy="none", size_limit=2 ** 62,
+                                      cull_limit=0, statistics=False)
+        files.exclude(self.path)
+        self._lock = threading.RLock()
+        self._traces: dict[str, list[Trace]] | None = None
+        self._mem_traces: dict[str, list[Trace]] = defaultdict(list)
+        self._file_entries: dict[str, tuple[int, int, str, int]] | None = None
+        self._watermark = 0.0
+        self._pending: dict[str, bytes] = {}
+        self._pending_bytes = 0
+        self._counters: dict[str, int] = defaultdict(int)
+
+    # ------------------------------------------------------------ bulk reads
+
+    def _scan(self, prefix: str, since: float = 0.0) -> Iterable[tuple[str, bytes, float]]:
+        lo, hi = _prefix_range(prefix)
+        rows = self._cache._sql(
+            "SELECT key, mode, filename, value, store_time FROM Cache"
+            " WHERE key >= ? AND key < ? AND raw = 1 AND store_time >= ?", (lo, hi, since)).fetchall()
+        disk = self._cache._disk
+        for key, mode, filename, value, stored in rows:
+            try:
+                data = disk.fetch(mode, filename, value, False)
+            except (OSError, ValueError):  # a row whose file is gone: a miss, not a crash
+                log.warning("nbbuild store: unreadable row %s skipped", key)
+                continue
+            yield key, data, stored
+
+    def _load(self) -> None:
+        now = time.time()
+        traces: dict[str, list[Trace]] = defaultdict(list)
+        for _, data, _ in self._scan("t:"):
+            try:
+                tr = Trace.decode(data)
+            except (ValueError, KeyError, TypeError):
+                log.warning("nbbuild store: a damaged trace row was skipped")
+                continue
+            traces[tr.key].append(tr)
+        for lst in traces.values():
+            lst.sort(key=lambda t: t.created, reverse=True)
+        entries = {}
+        for key, data, _ in self._scan("f:"):
+            size, mtime, digest, seen = data.decode().split(" ")
+            entries[key[2:]] = (int(size), int(mtime), digest, int(seen))
+        self._traces = dict(traces)
+        self._file_entries = entries
+        self._watermark = now - 1.0
+
+    def refresh(self) -> None:
+        """Load the index, or add what other processes wrote since the last look."""
+        with self._lock:
+            if self._traces is None:
+                self._load()
+                return
+            now = time.time()
+            for _, data, _ in self._scan("t:", self._watermark):
+                try:
+                    tr = Trace.decode(data)
+                except (ValueError, KeyError, TypeError):
+                    continue
+                self._index(tr)
+            self._watermark = now - 1.0
+
+    def _index(self, tr: Trace) -> None:
+        lst = self._traces.setdefault(tr.key, [])  # type: ignore[union-attr]
+        ident = tr.ident
+        lst[:] = [t for t in lst if t.ident != ident]
+        lst.insert(0, tr)
+        lst.sort(key=lambda t: t.created, reverse=True)
+        del lst[_MAX_TRACES:]
+
+    # ------------------------------------------------------------ traces
+
+    def traces(self, key: str, persist: bool = True) -> list[Trace]:
+        if not persist:
+            return self._mem_traces.get(key, [])
+        if self._traces is None:
+            self.refresh()
+        return self._traces.get(key, [])  # type: ignore[union-attr]
+
+    def any_trace(self, key: str) -> Trace | None:
+        lst = self.traces(key) or self._mem_traces.get(key)
+        return lst[0] if lst else None
+
+    def record(self, trace: Trace, persist: bool = True) -> None:
+        with self._lock:
+            if not persist:
+                lst = self._mem_traces[trace.key]
+                lst[:] = [t for t in lst if t.ident != trace.ident]
+                lst.insert(0, trace)
+                del lst[_MAX_TRACES:]
+                return
+            if self._traces is None:
+                self._load()
+            self._index(trace)
+            self._write(f"t:{trace.key}#{trace.ident}", trace.encode())
+
+    # ------------------------------------------------------------ values
+
+    def put_value(self, digest: str, blob: bytes) -> None:
+        key = "v:" + digest
+        if len(blob) >= _DIRECT_BYTES:
+            self.flush()
+            self._cache.add(key, blob)
+            self._counters["bytes_written"] += len(blob)
+            return
+        with self._lock:
+            if key not in self._pending:
+                self._write(key, blob)
+
+    def get_value(self, digest: str) -> bytes | None:
+        key = "v:" + digest
+        with self._lock:
+            blob = self._pending.get(key)
+        if blob is None:
+            blob = self._cache.get(key)
+        if blob is not None:
+            self._counters["bytes_read"] += len(blob)
+        return blob
+
+    def has_value(self, digest: str) -> bool:
+        key = "v:" + digest
+        return key in self._pending or key in self._cache
+
+    def delete_value(self, digest: str) -> bool:
+        with self._lock:
+            self._pending.pop("v:" + digest, None)
+        return self._cache.delete("v:" + digest)
+
+    # ------------------------------------------------------------ files
+
+    def file_entries(self) -> dict[str, tuple[int, int, str, int]]:
+        if self._file_entries is None:
+            self.refresh()
+        return self._file_entries  # type: ignore[return-value]
+
+    def save_file_entries(self, entries: dict[str, tuple[int, int, str, int]]) -> None:
+        with self._lock:
+            for path, (size, mtime, digest, seen) in entries.items():
+                self._write("f:" + path, f"{size} {mtime} {digest} {seen}".encode())
+
+    # ------------------------------------------------------------ writes
+
+    def _write(self, key: str, data: bytes) -> None:
+        self._pending[key] = data
+        self._pending_bytes += len(data)
+        if len(self._pending) >= _FLUSH_ITEMS or self._pending_bytes >= _FLUSH_BYTES:
+            self.flush()
+
+    def count(self, name: str, n: int = 1) -> None:
+        self._counters[name] += n
+
+    def flush(self) -> None:
+        with self._lock:
+            pending, self._pending, self._pending_bytes = self._pending, {}, 0
+            counters, self._counters = dict(self._counters), defaultdict(int)
+            if not pending and not counters:
+                return
+            # values first, traces last: a trace never points at a value written after it
+            order = sorted(pending, key=lambda k: k[0] != "v")
+            with self._cache.transact():
+                for key in order:
+                    if key[0] == "v":
+                        if self._cache.add(key, pending[key]):
+                            counters["bytes_written"] = counters.get("bytes_written", 0) + len(pending[key])
+                    else:
+                        self._cache.set(key, pending[key])
+                for name, n in counters.items():
+                    if n:
+                        self._cache.incr("m:" + name, n, default=0)
+
+    # ------------------------------------------------------------ introspection
+
+    def _count_prefix(self, prefix: str) -> int:
+        lo, hi = _prefix_range(prefix)
+        return self._cache._sql("SELECT COUNT(*) FROM Cache WHERE key >= ? AND key < ? AND raw = 1",
+                                (lo, hi)).fetchone()[0]
+
+    def value_sizes(self) -> list[tuple[str, int, float]]:
+        """(hash, size in bytes, stored at) of every stored value."""
+        lo, hi = _prefix_range("v:")
+        rows = self._cache._sql(
+            "SELECT key, CASE WHEN filename IS NULL THEN length(value) ELSE size END, store_time"
+            " FROM Cache WHERE key >= ? AND key < ? AND raw = 1", (lo, hi)).fetchall()
+        return [(k[2:], size, stored) for k, size, stored in rows]
+
+    def stats(self) -> dict[str, Any]:
+        self.flush()
+        counter = lambda name: int(self._cache.get("m:" + name, 0))  # noqa: E731
+        return {
+            "size_bytes": int(self._cache.volume()),
+            "quota_bytes": self.quota,
+            "values": self._count_prefix("v:"),
+            "traces": self._count_prefix("t:"),
+            "hits": counter("hits"),
+            "misses": counter("misses"),
+            "evictions": counter("evictions"),
+            "bytes_written": counter("bytes_written"),
+            "bytes_read": counter("bytes_read"),
+        }
+
+    def clear(self) -> None:
+        with self._lock:
+            self._pending.clear()
+            self._cache.clear()
+            self._traces = None
+            self._file_entries = None
+            self._mem_traces.clear()
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self._cache.close()
