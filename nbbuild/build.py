@@ -22,7 +22,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from . import files
 from .errors import BuildError, CycleError, NbbuildError, RuleError
@@ -39,8 +39,7 @@ log = logging.getLogger("nbbuild")
 _MEMORY_BYTES = 1 << 30
 
 
-@dataclass(frozen=True)
-class TaskReport:
+class TaskReport(NamedTuple):
     task: str
     outcome: str          # executed | verified | constructed | failed | skipped
     seconds: float        # run time, or for reused tasks the run time they saved
@@ -159,10 +158,8 @@ class Build:
                 self.store.save_file_entries(self._files.take_changed())
                 self.store.flush()
             self.report = _report(sched, time.perf_counter() - start)
-            self._account(sched)
-            keep = {st.hash for st in sched.states.values() if st.hash}
             try:
-                evict(self.store, self.store.quota, keep)
+                evict(self.store, self.store.quota, lambda: {st.hash for st in sched.states.values() if st.hash})
             except Exception:  # eviction is housekeeping: it must not fail a build that succeeded
                 log.warning("nbbuild: eviction failed", exc_info=True)
             errors = [sched.error_for(st) for st in states if st.status != DONE or not st.has_value]
@@ -172,19 +169,6 @@ class Build:
                     first.errors = errors
                 raise first
             return [st.value for st in states]
-
-    def _account(self, sched: Scheduler) -> None:
-        hits = misses = 0
-        for st in sched.states.values():
-            if st.task.rule.policy != "persist":
-                continue
-            if st.outcome in ("verified", "constructed"):
-                hits += 1
-            elif st.outcome == "executed":
-                misses += 1
-        self.store.count("hits", hits)
-        self.store.count("misses", misses)
-        self.store.flush()
 
     # ------------------------------------------------------------ why
 
@@ -301,13 +285,25 @@ def _version_change(name: str, old: Any, new: Any) -> str:
 
 
 def _report(sched: Scheduler, seconds: float) -> BuildReport:
-    tasks = []
+    lists: dict[str, list[str]] = {k: [] for k in ("executed", "verified", "constructed", "failed", "skipped")}
+    tasks, unstored, saved, misses = [], [], 0.0, 0
     for st in sched.order:
-        tasks.append(TaskReport(repr(st.task), st.outcome or "failed", st.seconds, st.unstored))
-    pick = lambda *kinds: [t.task for t in tasks if t.outcome in kinds]  # noqa: E731
+        text, outcome = st.task._repr, st.outcome or "failed"
+        lists[outcome].append(text)
+        tasks.append(TaskReport(text, outcome, st.seconds, st.unstored))
+        if st.unstored:
+            unstored.append(text)
+        elif outcome == "executed" and st.task.rule.policy == "persist":
+            misses += 1
+    reused = lists["verified"] + lists["constructed"]
+    for st in sched.order:
+        if st.outcome in ("verified", "constructed"):
+            saved += st.seconds
+    # hits and misses count reuse of stored values (policy "persist"); the store keeps the totals
+    sched.store.count("hits", sum(1 for st in sched.order if st.outcome in ("verified", "constructed")
+                                   and st.task.rule.policy == "persist"))
+    sched.store.count("misses", misses)
     return BuildReport(
-        executed=pick("executed"), reused=pick("verified", "constructed"), failed=pick("failed"),
-        skipped=pick("skipped"), unstored=[t.task for t in tasks if t.unstored],
-        constructed=pick("constructed"), seconds=seconds,
-        saved_seconds=sum(t.seconds for t in tasks if t.outcome in ("verified", "constructed")),
-        tasks=tuple(tasks))
+        executed=lists["executed"], reused=reused, failed=lists["failed"],
+        skipped=lists["skipped"], unstored=unstored, constructed=lists["constructed"], seconds=seconds,
+        saved_seconds=saved, tasks=tuple(tasks))

@@ -12,6 +12,7 @@ Contract:
 from __future__ import annotations
 
 import re
+from typing import Callable
 
 __all__ = ["parse_size", "evict"]
 
@@ -36,7 +37,8 @@ def parse_size(size: int | float | str | None) -> int | None:
     return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
 
 
-def evict(store, quota: int | None, keep: set[str] = frozenset()) -> int:  # type: ignore[assignment]
+def evict(store, quota: int | None, keep: Callable[[], set[str]] = frozenset) -> int:  # type: ignore[assignment]
+    """`keep()` gives the hashes that must stay; it is called only when something must go."""
     if quota is None:
         return 0
     store.flush()
@@ -44,11 +46,12 @@ def evict(store, quota: int | None, keep: set[str] = frozenset()) -> int:  # typ
     total = sum(size for _, size, _ in sizes)
     if total <= quota:
         return 0
+    held = keep()
     removed = 0
     for digest, size, _ in sorted(sizes, key=lambda r: r[2]):
         if total <= quota:
             break
-        if digest in keep:
+        if digest in held:
             continue
         if store.delete_value(digest):
             total -= size

@@ -45,28 +45,36 @@ _IMMUTABLE = (int, float, str, bytes, bool, type(None), complex, frozenset)
 
 
 class TaskState:
-    """What one build knows of one task."""
+    """What one build knows of one task. Unset fields fall back to these class defaults, which
+    keeps creating a state (once per task per build) cheap."""
 
-    __slots__ = ("task", "status", "hash", "value", "has_value", "error", "cause", "waiters",
-                 "blocked_on", "outcome", "seconds", "trace", "depth", "loading", "unstored", "reason")
+    status = NEW
+    hash: str | None = None
+    value: Any = None
+    has_value = False
+    error: BaseException | None = None
+    cause: TaskState | None = None
+    waiters: list | None = None
+    blocked_on: TaskState | None = None
+    outcome = ""            # executed | verified | constructed | failed | skipped
+    seconds = 0.0
+    trace: Trace | None = None
+    depth = 0
+    loading = False
+    unstored = ""
 
     def __init__(self, task: Task):
         self.task = task
-        self.status = NEW
-        self.hash: str | None = None
-        self.value: Any = None
-        self.has_value = False
-        self.error: BaseException | None = None
-        self.cause: TaskState | None = None
-        self.waiters: list[tuple[_Hub, greenlet]] = []
-        self.blocked_on: TaskState | None = None
-        self.outcome = ""            # executed | verified | constructed | failed | skipped
-        self.seconds = 0.0
-        self.trace: Trace | None = None
-        self.depth = 0
-        self.loading = False
-        self.unstored = ""
-        self.reason = ""
+
+    def add_waiter(self, hub: _Hub, g: greenlet) -> None:
+        if self.waiters is None:
+            self.waiters = []
+        self.waiters.append((hub, g))
+
+    def take_waiters(self) -> list:
+        w = self.waiters
+        self.waiters = None
+        return w or []
 
 
 class _Hub:
@@ -90,6 +98,8 @@ class Scheduler:
         self.queue: deque[TaskState] = deque()
         self.hubs: dict[int, _Hub] = {}
         self.versions: dict[Any, Version] = {}
+        self.known: dict[str, str] = {}          # key -> value hash of every task done in this build
+        self.traces = self.store.traces_index()
         self.checked: set[str] = set()
         self.cancelled: BaseException | None = None
         self.finished = False
@@ -202,7 +212,7 @@ class Scheduler:
                     raise CycleError([repr(me.task)] + [repr(s.task) for s in path]
                                      + ([repr(me.task)] if st is not me else []))
                 me.blocked_on = st
-            st.waiters.append((self.hubs[threading.get_ident()], getcurrent()))
+            st.add_waiter(self.hubs[threading.get_ident()], getcurrent())
         try:
             self._suspend()
         finally:
@@ -213,11 +223,15 @@ class Scheduler:
         with self.lock:
             st.status = status
             self.order.append(st)
-            waiters, st.waiters = st.waiters, []
-            for hub, g in waiters:
-                hub.resumes.append(g)
-            if waiters and self.helpers:
-                self.cond.notify_all()
+            if status == DONE:
+                self.known[st.task.key] = st.hash  # type: ignore[assignment]
+            waiters = st.waiters
+            if waiters:
+                st.waiters = None
+                for hub, g in waiters:
+                    hub.resumes.append(g)
+                if self.helpers:
+                    self.cond.notify_all()
 
     def _cancel(self, hub: _Hub, exc: BaseException) -> None:
         with self.lock:
@@ -226,9 +240,8 @@ class Scheduler:
                 if st.status < DONE:
                     st.status = FAILED
                     st.error = Cancelled("build interrupted")
-                    for h, g in st.waiters:
+                    for h, g in st.take_waiters():
                         h.resumes.append(g)
-                    st.waiters = []
             self.cond.notify_all()
         while hub.resumes:  # unwind this thread's suspended greenlets now, not at garbage collection
             g = hub.resumes.popleft()
@@ -243,6 +256,26 @@ class Scheduler:
 
     def _ensure(self, me: TaskState | None, tasks: Sequence[Task], depth: int) -> list[TaskState]:
         """Bring `tasks` up to date (hashes known); returns their states, all done or failed."""
+        if len(tasks) == 1:  # the common case: one call, often of a task already done
+            st = self.states.get(tasks[0].key)
+            if st is not None and st.status >= DONE:
+                return [st]
+            if st is None and depth < MAX_INLINE and self.cancelled is None:
+                with self.lock:
+                    st = self.states.get(tasks[0].key)
+                    fresh = st is None
+                    if fresh:
+                        st = self.states[tasks[0].key] = TaskState(tasks[0])
+                        st.status = ACTIVE
+                if fresh:
+                    if me is not None:
+                        me.blocked_on = st
+                    try:
+                        self._process(st, depth + 1)
+                    finally:
+                        if me is not None:
+                            me.blocked_on = None
+                    return [st]
         sts: list[TaskState] = []
         fresh: list[TaskState] = []
         with self.lock:
@@ -297,6 +330,7 @@ class Scheduler:
         self._finish(st, FAILED if st.outcome in ("failed", "skipped") else DONE)
 
     def version(self, rule: Any) -> Version:
+        """The rule's version, computed once per rule per build (globals may change between builds)."""
         v = self.versions.get(rule)
         if v is None:
             v = self.versions[rule] = rule_version(rule.fn, self.build._is_engine_object)
@@ -307,42 +341,47 @@ class Scheduler:
 
     def _verify(self, st: TaskState) -> bool:
         rule = st.task.rule
-        if rule.policy == "none":
+        policy = rule.policy
+        if policy == "none":
             return False
-        version = self.version(rule)
-        traces = self.store.traces(st.task.key, rule.policy == "persist")
+        version = self.versions.get(rule) or self.version(rule)
+        traces = self.traces.get(st.task.key) if policy == "persist" else self.store.traces(st.task.key, False)
         if not traces:
             return False
-        depth = st.depth
-
-        def fetch_group(group: Group) -> list[str] | None:
-            hashes: list[str | None] = []
-            tasks: list[Task] = []
-            for key, _ in group:
-                if key.startswith(FILE_PREFIX):
-                    hashes.append(self.files.hash(key[len(FILE_PREFIX):]))
-                else:
-                    t = self.build._task_for_key(key)
-                    if t is None:
-                        hashes.append(MISSING)
-                    else:
-                        hashes.append(None)
-                        tasks.append(t)
-            if tasks:
-                it = iter(self._ensure(st, tasks, depth))
-                for i, h in enumerate(hashes):
-                    if h is None:
-                        dep = next(it)
-                        # a failed dependency is a mismatch: if the body still needs it, it fails there
-                        hashes[i] = dep.hash if dep.status == DONE else MISSING
-            return hashes  # type: ignore[return-value]
-
-        trace, pos = match(traces, version.version, fetch_group)
+        trace, pos = match(traces, version.version, st, self.known, self._group_matches)
         if trace is None:
             return False
         st.hash, st.trace, st.seconds = trace.result, trace, trace.seconds
         st.outcome = "verified" if pos == 0 else "constructed"
         return True
+
+    def _group_matches(self, st: TaskState, group: Group) -> bool:
+        """Do the dependencies of one recorded group (fetched together) still have their hashes?
+        A failed dependency is a mismatch: if the body still needs it, it fails there."""
+        if len(group) == 1:
+            key, recorded = group[0]
+            dep = self.states.get(key)
+            if dep is None or dep.status < DONE:
+                if key.startswith(FILE_PREFIX):
+                    return self.files.hash(key[len(FILE_PREFIX):]) == recorded
+                t = self.build._task_for_key(key)
+                if t is None:
+                    return False
+                dep = self._ensure(st, (t,), st.depth)[0]
+            return dep.status == DONE and dep.hash == recorded
+        tasks: list[Task] = []
+        for key, recorded in group:
+            if key.startswith(FILE_PREFIX):
+                if self.files.hash(key[len(FILE_PREFIX):]) != recorded:
+                    return False
+            else:
+                t = self.build._task_for_key(key)
+                if t is None:
+                    return False
+                tasks.append(t)
+        deps = self._ensure(st, tasks, st.depth) if tasks else []
+        wanted = [rec for key, rec in group if not key.startswith(FILE_PREFIX)]
+        return all(d.status == DONE and d.hash == rec for d, rec in zip(deps, wanted))
 
     def _execute(self, st: TaskState) -> None:
         task = st.task
@@ -413,7 +452,7 @@ class Scheduler:
         with self.lock:
             busy = st.loading
             if busy:
-                st.waiters.append((self.hubs[threading.get_ident()], getcurrent()))
+                st.add_waiter(self.hubs[threading.get_ident()], getcurrent())
             else:
                 st.loading = True
         if busy:
@@ -434,7 +473,7 @@ class Scheduler:
         finally:
             with self.lock:
                 st.loading = False
-                waiters, st.waiters = st.waiters, []
+                waiters = st.take_waiters()
                 for hub, g in waiters:
                     hub.resumes.append(g)
                 if waiters and self.helpers:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from collections import defaultdict
 from typing import Any, Iterable
 
@@ -50,29 +49,37 @@ class Store:
         self._traces: dict[str, list[Trace]] | None = None
         self._mem_traces: dict[str, list[Trace]] = defaultdict(list)
         self._file_entries: dict[str, tuple[int, int, str, int]] | None = None
-        self._watermark = 0.0
+        self._watermark = 0
+        self._own: set[str] = set()     # trace rows this process wrote and has not scanned since
         self._pending: dict[str, bytes] = {}
         self._pending_bytes = 0
         self._counters: dict[str, int] = defaultdict(int)
 
     # ------------------------------------------------------------ bulk reads
 
-    def _scan(self, prefix: str, since: float = 0.0) -> Iterable[tuple[str, bytes, float]]:
+    def _scan(self, prefix: str, after: int = 0) -> Iterable[tuple[str, bytes, int]]:
+        """Rows under `prefix` with a rowid above `after`. SQLite gives new rows higher rowids
+        (writers are serialised), so the highest rowid seen is a watermark for what is new."""
         lo, hi = _prefix_range(prefix)
         rows = self._cache._sql(
-            "SELECT key, mode, filename, value, store_time FROM Cache"
-            " WHERE key >= ? AND key < ? AND raw = 1 AND store_time >= ?", (lo, hi, since)).fetchall()
+            "SELECT key, mode, filename, value, rowid FROM Cache"
+            " WHERE key >= ? AND key < ? AND raw = 1 AND rowid > ?", (lo, hi, after)).fetchall()
         disk = self._cache._disk
-        for key, mode, filename, value, stored in rows:
+        for key, mode, filename, value, rowid in rows:
+            if rowid > self._watermark:
+                self._watermark = rowid
+            if key in self._own:
+                self._own.discard(key)
+                continue
             try:
                 data = disk.fetch(mode, filename, value, False)
             except (OSError, ValueError):  # a row whose file is gone: a miss, not a crash
                 log.warning("nbbuild store: unreadable row %s skipped", key)
                 continue
-            yield key, data, stored
+            yield key, data, rowid
 
     def _load(self) -> None:
-        now = time.time()
+        self._own.clear()
         traces: dict[str, list[Trace]] = defaultdict(list)
         for _, data, _ in self._scan("t:"):
             try:
@@ -89,7 +96,6 @@ class Store:
             entries[key[2:]] = (int(size), int(mtime), digest, int(seen))
         self._traces = dict(traces)
         self._file_entries = entries
-        self._watermark = now - 1.0
 
     def refresh(self) -> None:
         """Load the index, or add what other processes wrote since the last look."""
@@ -97,14 +103,12 @@ class Store:
             if self._traces is None:
                 self._load()
                 return
-            now = time.time()
             for _, data, _ in self._scan("t:", self._watermark):
                 try:
                     tr = Trace.decode(data)
                 except (ValueError, KeyError, TypeError):
                     continue
                 self._index(tr)
-            self._watermark = now - 1.0
 
     def _index(self, tr: Trace) -> None:
         lst = self._traces.setdefault(tr.key, [])  # type: ignore[union-attr]
@@ -123,6 +127,12 @@ class Store:
             self.refresh()
         return self._traces.get(key, [])  # type: ignore[union-attr]
 
+    def traces_index(self) -> dict[str, list[Trace]]:
+        """The live index of persisted traces, key -> traces newest first (read-only to callers)."""
+        if self._traces is None:
+            self.refresh()
+        return self._traces  # type: ignore[return-value]
+
     def any_trace(self, key: str) -> Trace | None:
         lst = self.traces(key) or self._mem_traces.get(key)
         return lst[0] if lst else None
@@ -138,7 +148,9 @@ class Store:
             if self._traces is None:
                 self._load()
             self._index(trace)
-            self._write(f"t:{trace.key}#{trace.ident}", trace.encode())
+            row = f"t:{trace.key}#{trace.ident}"
+            self._own.add(row)
+            self._write(row, trace.encode())
 
     # ------------------------------------------------------------ values
 

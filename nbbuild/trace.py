@@ -113,21 +113,26 @@ class Recorder:
 current: contextvars.ContextVar[Recorder | None] = contextvars.ContextVar("nbbuild_recorder", default=None)
 
 
-def match(traces: Sequence[Trace], version: str,
-          fetch_group: Callable[[Group], Sequence[str] | None]) -> tuple[Trace | None, int]:
+def match(traces: Sequence[Trace], version: str, state: Any, known: dict[str, str],
+          group_matches: Callable[[Any, Group], bool]) -> tuple[Trace | None, int]:
     """The first trace (newest first) of this version whose dependencies still have the recorded
     hashes, and its position (0: verifying trace; more: constructive trace).
 
-    `fetch_group` returns the current hashes of one group, or None when a dependency failed (then
-    nothing matches and the caller runs the rule, which will meet the same failure)."""
+    `known` maps the keys of tasks already brought up to date in this build to their hashes (the
+    cheap common case); `group_matches(state, group)` fetches one group and says whether its
+    hashes are unchanged."""
     for i, trace in enumerate(traces):
         if trace.version != version:
             continue
         for group in trace.deps:
-            hashes = fetch_group(group)
-            if hashes is None:
-                return None, -1
-            if any(h != rec for h, (_, rec) in zip(hashes, group)):
+            if len(group) == 1:
+                key, recorded = group[0]
+                h = known.get(key)
+                if h is not None:
+                    if h != recorded:
+                        break
+                    continue
+            if not group_matches(state, group):
                 break
         else:
             return trace, i
