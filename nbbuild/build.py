@@ -86,7 +86,8 @@ class Build:
         self._tasks: dict[str, Task] = {}
         self._files = files.FileHasher(self.store.file_entries())
         self._pool = HelperPool()
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()          # one build at a time
+        self._values_lock = threading.Lock()    # taken from any worker thread during a build
         files.install_hook()
 
     # ------------------------------------------------------------ rules
@@ -129,7 +130,7 @@ class Build:
     # ------------------------------------------------------------ values in memory
 
     def _remember(self, digest: str, value: Any, size: int = 0) -> None:
-        with self._lock:
+        with self._values_lock:
             if digest in self._values:
                 self._values.move_to_end(digest)
                 return

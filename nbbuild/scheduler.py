@@ -267,6 +267,7 @@ class Scheduler:
                     if fresh:
                         st = self.states[tasks[0].key] = TaskState(tasks[0])
                         st.status = ACTIVE
+                        self.build._tasks.setdefault(tasks[0].key, tasks[0])
                 if fresh:
                     if me is not None:
                         me.blocked_on = st
@@ -285,6 +286,7 @@ class Scheduler:
                 st = self.states.get(t.key)
                 if st is None:
                     st = self.states[t.key] = TaskState(t)
+                    self.build._tasks.setdefault(t.key, t)
                     fresh.append(st)
                 sts.append(st)
             inline = depth < MAX_INLINE

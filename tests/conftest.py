@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import nbbuild  # noqa: E402
+
+
+@pytest.fixture
+def store_dir(tmp_path):
+    return tmp_path / "store"
+
+
+@pytest.fixture
+def b(store_dir):
+    with nbbuild.Build(store_dir, workers=2) as build:
+        yield build
+
+
+@pytest.fixture
+def calls():
+    """Run counts, asserted as lists: rules append their name when their body runs."""
+    return []
