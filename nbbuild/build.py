@@ -15,13 +15,14 @@ Contract:
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 
 from . import files
@@ -56,7 +57,13 @@ class BuildReport:
     constructed: list[str]
     seconds: float
     saved_seconds: float
-    tasks: tuple[TaskReport, ...] = ()
+    rows: tuple = field(default=((), (), (), {}), repr=False, compare=False)
+
+    @functools.cached_property
+    def tasks(self) -> tuple[TaskReport, ...]:
+        """Every task the build checked, in the order they finished."""
+        texts, outcomes, durations, notes = self.rows
+        return tuple(TaskReport(t, o, s, notes.get(t, "")) for t, o, s in zip(texts, outcomes, durations))
 
     def __str__(self) -> str:
         s = (f"ran {len(self.executed)}, reused {len(self.reused)}, failed {len(self.failed)}"
@@ -95,6 +102,11 @@ class Build:
     def rule(self, fn: Callable | None = None, *, policy: str = "persist", name: str | None = None) -> Any:
         def register(f: Callable) -> Rule:
             r = Rule(f, self, name=name, policy=policy)
+            if r.name in self.rules:
+                # tasks of the rule it replaces must not run the old function any more
+                prefix = r.name + "/"
+                for key in [k for k in self._tasks if k.startswith(prefix)]:
+                    del self._tasks[key]
             self.rules[r.name] = r
             return r
         return register(fn) if fn is not None else register
@@ -104,7 +116,7 @@ class Build:
 
     def _task_for_key(self, key: str) -> Task | None:
         task = self._tasks.get(key)
-        if task is not None and self.rules.get(task.rule.name) is task.rule:
+        if task is not None:
             return task
         trace = self.store.any_trace(key)
         rule = self.rules.get(trace.rule) if trace is not None else None
@@ -148,6 +160,8 @@ class Build:
         if rec is not None and rec.scheduler.build is self:
             return rec.scheduler.fetch_values(rec, tasks)
         for t in tasks:
+            if self.rules.get(t.rule.name) is not t.rule:
+                raise RuleError(f"{t!r} belongs to a rule that was redefined or removed; make the task again")
             self._tasks.setdefault(t.key, t)
         with self._lock:
             self.store.refresh()
@@ -287,24 +301,28 @@ def _version_change(name: str, old: Any, new: Any) -> str:
 
 def _report(sched: Scheduler, seconds: float) -> BuildReport:
     lists: dict[str, list[str]] = {k: [] for k in ("executed", "verified", "constructed", "failed", "skipped")}
-    tasks, unstored, saved, misses = [], [], 0.0, 0
+    # per-task data kept as strings and floats (untracked by the garbage collector); TaskReport
+    # records are made only when `tasks` is read
+    texts, outcomes, durations, notes = [], [], [], {}
+    unstored, saved, hits, misses = [], 0.0, 0, 0
     for st in sched.order:
         text, outcome = st.task._repr, st.outcome or "failed"
         lists[outcome].append(text)
-        tasks.append(TaskReport(text, outcome, st.seconds, st.unstored))
-        if st.unstored:
-            unstored.append(text)
-        elif outcome == "executed" and st.task.rule.policy == "persist":
-            misses += 1
-    reused = lists["verified"] + lists["constructed"]
-    for st in sched.order:
-        if st.outcome in ("verified", "constructed"):
+        texts.append(text)
+        outcomes.append(outcome)
+        durations.append(st.seconds)
+        if outcome == "verified" or outcome == "constructed":
             saved += st.seconds
+            hits += st.task.rule.policy == "persist"
+        elif st.unstored:
+            unstored.append(text)
+            notes[text] = st.unstored
+        elif outcome == "executed":
+            misses += st.task.rule.policy == "persist"
     # hits and misses count reuse of stored values (policy "persist"); the store keeps the totals
-    sched.store.count("hits", sum(1 for st in sched.order if st.outcome in ("verified", "constructed")
-                                   and st.task.rule.policy == "persist"))
+    sched.store.count("hits", hits)
     sched.store.count("misses", misses)
     return BuildReport(
-        executed=lists["executed"], reused=reused, failed=lists["failed"],
+        executed=lists["executed"], reused=lists["verified"] + lists["constructed"], failed=lists["failed"],
         skipped=lists["skipped"], unstored=unstored, constructed=lists["constructed"], seconds=seconds,
-        saved_seconds=saved, tasks=tuple(tasks))
+        saved_seconds=saved, rows=(texts, outcomes, durations, notes))

@@ -18,6 +18,7 @@ Contract:
 """
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -45,26 +46,27 @@ _IMMUTABLE = (int, float, str, bytes, bool, type(None), complex, frozenset)
 
 
 class TaskState:
-    """What one build knows of one task. Unset fields fall back to these class defaults, which
-    keeps creating a state (once per task per build) cheap."""
+    """What one build knows of one task. Slots: one object per task per build, no dict."""
 
-    status = NEW
-    hash: str | None = None
-    value: Any = None
-    has_value = False
-    error: BaseException | None = None
-    cause: TaskState | None = None
-    waiters: list | None = None
-    blocked_on: TaskState | None = None
-    outcome = ""            # executed | verified | constructed | failed | skipped
-    seconds = 0.0
-    trace: Trace | None = None
-    depth = 0
-    loading = False
-    unstored = ""
+    __slots__ = ("task", "status", "hash", "value", "has_value", "error", "cause", "waiters",
+                 "blocked_on", "outcome", "seconds", "trace", "depth", "loading", "unstored")
 
     def __init__(self, task: Task):
         self.task = task
+        self.status = NEW
+        self.hash: str | None = None
+        self.value: Any = None
+        self.has_value = False
+        self.error: BaseException | None = None
+        self.cause: TaskState | None = None
+        self.waiters: list | None = None
+        self.blocked_on: TaskState | None = None
+        self.outcome = ""            # executed | verified | constructed | failed | skipped
+        self.seconds = 0.0
+        self.trace: Trace | None = None
+        self.depth = 0
+        self.loading = False
+        self.unstored = ""
 
     def add_waiter(self, hub: _Hub, g: greenlet) -> None:
         if self.waiters is None:
@@ -103,6 +105,7 @@ class Scheduler:
         self.checked: set[str] = set()
         self.cancelled: BaseException | None = None
         self.finished = False
+        self.gc = False
         self.helpers = max(0, build.workers - 1)
         self._root_states: list[TaskState] = []
 
@@ -112,12 +115,18 @@ class Scheduler:
         hub = self.hubs[threading.get_ident()] = _Hub()
         root = greenlet(self._root, parent=hub.greenlet)
         self.build._pool.run(self._helper, self.helpers)
+        # The engine's own objects live for the whole build: generational collection of them is
+        # wasted work. Collection stays on while rule bodies run (see _execute).
+        self.gc = gc.isenabled()
+        gc.disable()
         try:
             self._hub_loop(hub, root, tasks)
         except BaseException as e:
             self._cancel(hub, e)
             raise
         finally:
+            if self.gc:
+                gc.enable()
             with self.lock:
                 self.finished = True
                 self.cond.notify_all()
@@ -393,11 +402,14 @@ class Scheduler:
         token = current.set(rec)
         start = time.perf_counter()
         error: BaseException | None = None
+        if self.gc:
+            gc.enable()
         try:
             value = task.run()
         except BaseException as e:
             error = e
         finally:
+            gc.disable()
             current.reset(token)
         st.seconds = time.perf_counter() - start
         if isinstance(error, (KeyboardInterrupt, SystemExit, Cancelled, GreenletExitType)):
