@@ -87,11 +87,11 @@ class Rule:
     def __init__(self, fn: Callable, build: Any, name: str | None = None, policy: str = "persist"):
         if not callable(fn):
             raise RuleError(f"@rule needs a function, got {type(fn).__name__}")
+        if policy not in POLICIES:
+            raise RuleError(f"policy {policy!r} is not one of {', '.join(POLICIES)}")
         name = name or getattr(fn, "__name__", None)
         if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
             raise RuleError(f"rule name {name!r} is not a Python identifier; pass name='...'")
-        if policy not in POLICIES:
-            raise RuleError(f"policy {policy!r} is not one of {', '.join(POLICIES)}")
         self.fn = fn
         self.name = name
         self.policy = policy

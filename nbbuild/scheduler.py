@@ -356,7 +356,11 @@ class Scheduler:
         if policy == "none":
             return False
         version = self.versions.get(rule) or self.version(rule)
-        traces = self.traces.get(st.task.key) if policy == "persist" else self.store.traces(st.task.key, False)
+        key = st.task.key
+        traces = self.traces.get(key) if policy == "persist" else None
+        in_memory = self.store.memory_traces.get(key)   # policy "memory", or values that could not be stored
+        if in_memory:
+            traces = in_memory + traces if traces else in_memory
         if not traces:
             return False
         trace, pos = match(traces, version.version, st, self.known, self._group_matches)

@@ -47,7 +47,7 @@ class Store:
         files.exclude(self.path)
         self._lock = threading.RLock()
         self._traces: dict[str, list[Trace]] | None = None
-        self._mem_traces: dict[str, list[Trace]] = defaultdict(list)
+        self.memory_traces: dict[str, list[Trace]] = defaultdict(list)
         self._file_entries: dict[str, tuple[int, int, str, int]] | None = None
         self._watermark = 0
         self._own: set[str] = set()     # trace rows this process wrote and has not scanned since
@@ -122,7 +122,7 @@ class Store:
 
     def traces(self, key: str, persist: bool = True) -> list[Trace]:
         if not persist:
-            return self._mem_traces.get(key, [])
+            return self.memory_traces.get(key, [])
         if self._traces is None:
             self.refresh()
         return self._traces.get(key, [])  # type: ignore[union-attr]
@@ -134,13 +134,13 @@ class Store:
         return self._traces  # type: ignore[return-value]
 
     def any_trace(self, key: str) -> Trace | None:
-        lst = self.traces(key) or self._mem_traces.get(key)
+        lst = self.traces(key) or self.memory_traces.get(key)
         return lst[0] if lst else None
 
     def record(self, trace: Trace, persist: bool = True) -> None:
         with self._lock:
             if not persist:
-                lst = self._mem_traces[trace.key]
+                lst = self.memory_traces[trace.key]
                 lst[:] = [t for t in lst if t.ident != trace.ident]
                 lst.insert(0, trace)
                 del lst[_MAX_TRACES:]
@@ -262,7 +262,7 @@ class Store:
             self._cache.clear()
             self._traces = None
             self._file_entries = None
-            self._mem_traces.clear()
+            self.memory_traces.clear()
 
     def close(self) -> None:
         try:

@@ -1,0 +1,309 @@
+"""The Build facade: the public API, the report, `why`, policies and errors."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+import nbbuild
+from oracle import from_scratch
+
+
+def test_the_public_api_as_designed(tmp_path, calls):
+    (tmp_path / "a.txt").write_text("one two three two")
+    (tmp_path / "b.txt").write_text("four")
+    with nbbuild.Build(tmp_path / "store", quota="2 GB", workers=4) as b:
+        @b.rule
+        def words(path):
+            calls.append("words")
+            return open(nbbuild.file(path)).read().split()
+
+        @b.rule
+        def count(path):
+            calls.append("count")
+            return len(words(path))
+
+        a, bb = str(tmp_path / "a.txt"), str(tmp_path / "b.txt")
+        assert count(a) == 4
+        assert calls == ["count", "words"]
+        t = count.task(a)
+        assert repr(t) == f"count({a!r})"
+        assert b.build(t, count.task(bb)) == [4, 1]
+        assert b.report.reused == [f"words({a!r})", f"count({a!r})"] or sorted(b.report.reused) == sorted(
+            [f"words({a!r})", f"count({a!r})"])
+        assert sorted(b.report.executed) == [f"count({bb!r})", f"words({bb!r})"]
+        assert b.why(t) == f"count({a!r}) is up to date"
+        stats = b.store.stats()
+        assert {"size_bytes", "quota_bytes", "values", "traces", "hits", "misses", "evictions"} <= set(stats)
+        assert stats["quota_bytes"] == 2_000_000_000 and stats["values"] >= 3 and stats["traces"] == 4
+        assert stats["hits"] == 2 and stats["misses"] == 4
+
+
+def test_rule_decorator_forms_and_names(b):
+    @b.rule(policy="memory", name="renamed")
+    def original(x):
+        return x
+
+    assert original.name == "renamed" and original.policy == "memory"
+    assert b.rules["renamed"] is original
+    assert repr(original.task(3)) == "renamed(3)"
+
+
+def test_targets_may_be_rules_or_names_without_arguments(b):
+    @b.rule
+    def answer():
+        return 42
+
+    assert b.build(answer, "answer", answer.task()) == [42, 42, 42]
+    with pytest.raises(nbbuild.UnknownTargetError, match="no rule named 'nope'"):
+        b.build("nope")
+
+
+def test_arguments_are_normalised_so_equal_calls_are_one_task(b, calls):
+    @b.rule
+    def scaled(x, factor=2, *, offset=0):
+        calls.append((x, factor, offset))
+        return x * factor + offset
+
+    assert scaled.task(1) == scaled.task(1, 2) == scaled.task(x=1, factor=2)
+    assert scaled.task(1) != scaled.task(1, 3)
+    assert repr(scaled.task(1)) == "scaled(1)"
+    assert repr(scaled.task(1, 3, offset=4)) == "scaled(1, 3, offset=4)"
+    assert scaled(1) == 2 and scaled(x=1, factor=2) == 2
+    assert calls == [(1, 2, 0)]
+
+
+def test_malformed_rules_and_calls_give_one_clear_line(b):
+    with pytest.raises(nbbuild.RuleError, match="not one of persist, memory, none"):
+        b.rule(policy="sometimes")(lambda: 1)
+    with pytest.raises(nbbuild.RuleError, match="not a Python identifier"):
+        b.rule(name="bad name")(lambda: 1)
+    with pytest.raises(nbbuild.RuleError, match="needs a function"):
+        b.rule(3)
+
+    @b.rule
+    def two(x, y):
+        return x + y
+
+    with pytest.raises(nbbuild.RuleError) as info:
+        two(1)
+    assert "two(x, y)" in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(nbbuild.RuleError, match="picklable"):
+        two(threading.Lock(), 1)
+    with pytest.raises(nbbuild.RuleError, match="workers"):
+        nbbuild.Build(b.store.path, workers=0)
+    with pytest.raises(nbbuild.RuleError, match="not understood"):
+        nbbuild.Build(b.store.path, quota="lots")
+
+
+def test_a_failing_rule_names_the_task_and_the_chain_that_needed_it(b, calls):
+    @b.rule
+    def bad(x):
+        calls.append("bad")
+        return 1 / x
+
+    @b.rule
+    def middle(x):
+        return bad(x) + 1
+
+    @b.rule
+    def top(x):
+        return middle(x) * 2
+
+    with pytest.raises(nbbuild.BuildError) as info:
+        top(0)
+    err = info.value
+    assert err.task == "bad(0)"
+    assert err.chain == ["top(0)", "middle(0)", "bad(0)"]
+    assert isinstance(err.__cause__, ZeroDivisionError)
+    assert "bad(0) failed: ZeroDivisionError: division by zero" in str(err)
+    assert "top(0) → middle(0) → bad(0)" in str(err) and "\n" not in str(err)
+    assert b.report.failed == ["bad(0)"] and b.report.skipped == ["middle(0)", "top(0)"]
+    assert b.store.traces(top.task(0).key) == []
+
+
+def test_other_targets_finish_and_are_stored_when_one_fails(b, calls):
+    @b.rule
+    def item(x):
+        calls.append(x)
+        if x == "bad":
+            raise ValueError("no good")
+        return x.upper()
+
+    with pytest.raises(nbbuild.BuildError) as info:
+        b.build(item.task("a"), item.task("bad"), item.task("b"))
+    assert sorted(calls) == ["a", "b", "bad"]
+    assert [e.task for e in info.value.errors] == ["item('bad')"]
+    calls.clear()
+    assert b.build(item.task("a"), item.task("b")) == ["A", "B"]
+    assert calls == []
+
+
+def test_a_failed_run_keeps_the_previous_value_and_trace(tmp_path, calls):
+    data = tmp_path / "n.txt"
+    data.write_text("2")
+    with nbbuild.Build(tmp_path / "store", workers=1) as b:
+        @b.rule
+        def inverse():
+            calls.append("inverse")
+            return 1 / int(open(data).read())
+
+        assert inverse() == 0.5
+        traces_before = b.store.traces(inverse.task().key)
+        data.write_text("0")
+        with pytest.raises(nbbuild.BuildError):
+            inverse()
+        assert b.store.traces(inverse.task().key) == traces_before
+        data.write_text("2")
+        calls.clear()
+        assert inverse() == 0.5
+        assert calls == []  # the trace of the good run is intact: restored, not run
+
+
+def test_an_unserializable_value_is_used_not_stored_and_named(b, calls):
+    @b.rule
+    def lock():
+        calls.append("lock")
+        return threading.Lock()
+
+    @b.rule
+    def uses():
+        calls.append("uses")
+        return type(lock()).__name__
+
+    assert uses() == "lock"
+    assert b.report.unstored == ["lock()"]
+    assert "cannot be pickled" in b.report.tasks[0].unstored or "cannot be pickled" in b.report.tasks[1].unstored
+    assert "not stored: lock()" in str(b.report)
+    assert b.store.stats()["values"] == 1   # uses() only
+    calls.clear()
+    assert uses() == "lock"
+    assert calls == []   # reused in this process from memory
+
+
+def test_policy_memory_reuses_in_process_only(tmp_path, calls):
+    def define(b):
+        @b.rule(policy="memory")
+        def cached():
+            calls.append("cached")
+            return [1]
+        return cached
+
+    with nbbuild.Build(tmp_path, workers=1) as b:
+        cached = define(b)
+        cached(), cached()
+        assert calls == ["cached"]
+        assert b.store.stats()["values"] == 0
+    with nbbuild.Build(tmp_path, workers=1) as b:
+        define(b)()
+        assert calls == ["cached", "cached"]
+
+
+def test_policy_none_runs_every_build_but_once_per_build(b, calls):
+    @b.rule(policy="none")
+    def now():
+        calls.append("now")
+        return 7
+
+    @b.rule
+    def twice():
+        return now() + now()
+
+    @b.rule
+    def again():
+        return now()
+
+    assert b.build(twice, again) == [14, 7]
+    assert calls == ["now"]
+    b.build(twice)
+    assert calls == ["now", "now"]
+    assert b.why(twice.task()) == (
+        "twice() is stale: dependency now() is stale (its policy is 'none': it runs every build)")
+
+
+def test_saved_seconds_counts_the_time_reuse_saved(b):
+    @b.rule
+    def slow():
+        time.sleep(0.2)
+        return 1
+
+    slow()
+    assert b.report.saved_seconds == 0 and b.report.seconds >= 0.2
+    slow()
+    assert b.report.saved_seconds >= 0.2 and b.report.seconds < 0.2
+    assert b.report.tasks[0].outcome == "verified"
+
+
+def test_why_says_what_changed(tmp_path):
+    data = tmp_path / "data.txt"
+    data.write_text("1 2 3")
+    ns = {"nbbuild": nbbuild, "DATA": str(data), "threshold": 1}
+    with nbbuild.Build(tmp_path / "store", workers=1) as b:
+        ns["b"] = b
+        exec(
+            "def helper(xs):\n    return [x for x in xs if x > threshold]\n"
+            "@b.rule\ndef raw():\n    return [int(v) for v in open(DATA).read().split()]\n"
+            "@b.rule\ndef clean():\n    return helper(raw())\n", ns)
+        clean = ns["clean"]
+        assert b.why(clean.task()) == "clean() is stale: never built"
+        assert clean() == [2, 3]
+        assert b.why(clean.task()) == "clean() is up to date"
+        data.write_text("1 2 3 4")
+        assert b.why(clean.task()) == "clean() is stale: dependency raw() is stale (file data.txt changed)" \
+            or b.why(clean.task()).endswith("(file " + str(data) + " changed)")
+        clean()
+        ns["threshold"] = 2
+        assert b.why(clean.task()) == "clean() is stale: global threshold changed"
+        clean()
+        exec("def helper(xs):\n    return [x for x in xs if x >= threshold]\n", ns)
+        assert b.why(clean.task()) == "clean() is stale: function helper changed"
+        clean()
+        exec("@b.rule\ndef clean():\n    # only a comment\n    return helper(raw())\n", ns)
+        assert b.why(ns["clean"].task()) == "clean() is up to date"
+        exec("@b.rule\ndef clean():\n    return helper(raw())[:1]\n", ns)
+        assert b.why(ns["clean"].task()) == "clean() is stale: code of clean changed"
+        data.unlink()
+        assert "is missing" in b.why(ns["raw"].task())
+
+
+def test_a_value_changed_in_place_is_not_served(b, calls):
+    @b.rule
+    def items():
+        calls.append("items")
+        return [1, 2, 3]
+
+    got = items()
+    got.append(99)          # the user mutates the value the build handed out
+    assert items() == [1, 2, 3]
+    assert calls == ["items"]   # reloaded from the store, not re-run
+
+
+def test_building_inside_a_rule_is_a_tracked_fetch(b):
+    @b.rule
+    def base():
+        return 5
+
+    @b.rule
+    def outer():
+        return b.build(base)[0] + 1
+
+    assert outer() == 6
+    assert [k for g in b.store.traces(outer.task().key)[0].deps for k, _ in g] == [base.task().key]
+    assert from_scratch(outer.task()) == 6
+
+
+def test_a_task_of_a_redefined_rule_is_refused(b):
+    @b.rule
+    def r():
+        return 1
+
+    old = r.task()
+
+    @b.rule  # noqa: F811 - redefining is what a re-run notebook cell does
+    def r():
+        return 2
+
+    with pytest.raises(nbbuild.RuleError, match="redefined"):
+        b.build(old)
+    assert r() == 2

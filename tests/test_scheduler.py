@@ -1,0 +1,181 @@
+"""The suspending scheduler: at most one run per task per build, concurrency on `workers` threads,
+waiting without holding a worker, deep and wide graphs on one worker, cycles named."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+import nbbuild
+from oracle import from_scratch
+
+
+def test_a_shared_dependency_runs_once_per_build(b, calls):
+    @b.rule
+    def raw():
+        calls.append("raw")
+        return [1, 2, 3]
+
+    @b.rule
+    def left():
+        calls.append("left")
+        return sum(raw())
+
+    @b.rule
+    def right():
+        calls.append("right")
+        return max(raw())
+
+    @b.rule
+    def both():
+        calls.append("both")
+        return left() + right()
+
+    assert both() == 9
+    assert sorted(calls) == ["both", "left", "raw", "right"]
+    assert b.report.executed.count("raw()") == 1
+
+
+def test_targets_of_one_build_run_concurrently(tmp_path):
+    """Two tasks that can only finish together: they must be running at the same time."""
+    with nbbuild.Build(tmp_path, workers=2) as b:
+        barrier = threading.Barrier(2, timeout=10)
+
+        @b.rule
+        def meet(i):
+            barrier.wait()
+            return i
+
+        assert b.build(meet.task(1), meet.task(2)) == [1, 2]
+
+
+def test_a_waiting_task_holds_no_worker(tmp_path):
+    """Two parents each wait for children that can only finish together. With two workers this
+    finishes only if the waiting parents let the children run."""
+    with nbbuild.Build(tmp_path, workers=2) as b:
+        barrier = threading.Barrier(2, timeout=10)
+
+        @b.rule
+        def child(i):
+            barrier.wait()
+            return i
+
+        @b.rule
+        def parent(i):
+            return child(i) * 10
+
+        assert b.build(parent.task(1), parent.task(2)) == [10, 20]
+
+
+def test_map_fetches_a_group_concurrently(tmp_path):
+    with nbbuild.Build(tmp_path, workers=3) as b:
+        barrier = threading.Barrier(3, timeout=10)
+
+        @b.rule
+        def part(i):
+            barrier.wait()
+            return i
+
+        @b.rule
+        def whole():
+            return sum(part.map(range(3)))
+
+        assert whole() == 3
+        trace = b.store.traces(whole.task().key)[0]
+        assert len(trace.deps) == 1 and len(trace.deps[0]) == 3
+
+
+@pytest.mark.parametrize("depth", [200, 3000])
+def test_a_deep_chain_on_one_worker_neither_deadlocks_nor_overflows(tmp_path, depth):
+    with nbbuild.Build(tmp_path, workers=1) as b:
+        @b.rule
+        def chain(n):
+            return 0 if n == 0 else chain(n - 1) + 1
+
+        assert chain(depth) == depth
+        assert len(b.report.executed) == depth + 1
+        assert chain(depth) == depth
+        assert b.report.executed == [] and len(b.report.reused) == depth + 1
+
+
+def test_a_wide_fan_out_on_one_worker(tmp_path, calls):
+    with nbbuild.Build(tmp_path, workers=1) as b:
+        @b.rule
+        def leaf(i):
+            return i * i
+
+        @b.rule
+        def wide(n):
+            return sum(leaf(i) for i in range(n))
+
+        @b.rule
+        def wide_group(n):
+            return sum(leaf.map(range(n)))
+
+        assert wide(1000) == sum(i * i for i in range(1000))
+        assert wide_group(1000) == wide(1000)
+        assert len(b.report.executed) == 0 and len(b.report.reused) == 1001
+
+
+@pytest.mark.parametrize("workers", [1, 4])
+def test_any_number_of_workers_agrees_with_the_oracle(tmp_path, workers):
+    with nbbuild.Build(tmp_path, workers=workers) as b:
+        @b.rule
+        def fib(n):
+            return n if n < 2 else fib(n - 1) + fib(n - 2)
+
+        assert fib(25) == from_scratch(fib.task(25))
+        assert len(b.report.executed) == 26
+        assert fib(80) == 23416728348467685
+
+
+def test_a_cycle_raises_cycle_error_naming_it(b):
+    @b.rule
+    def a():
+        return c() + 1
+
+    @b.rule
+    def c():
+        return a() + 1
+
+    with pytest.raises(nbbuild.CycleError) as info:
+        a()
+    assert info.value.cycle == ["a()", "c()", "a()"] or info.value.cycle == ["c()", "a()", "c()"]
+    assert "a()" in str(info.value) and "c()" in str(info.value)
+
+
+def test_a_task_that_fetches_itself_is_a_cycle(b):
+    @b.rule
+    def selfish():
+        return selfish()
+
+    with pytest.raises(nbbuild.CycleError) as info:
+        selfish()
+    assert info.value.cycle == ["selfish()", "selfish()"]
+
+
+def test_a_cycle_through_a_deep_chain_is_found(b):
+    @b.rule
+    def ring(n):
+        return ring((n + 1) % 60) + 1
+
+    with pytest.raises(nbbuild.CycleError) as info:
+        ring(0)
+    assert len(info.value.cycle) == 61 and info.value.cycle[0] == info.value.cycle[-1]
+
+
+def test_a_cycle_does_not_poison_the_next_build(b):
+    flag = {"cycle": True}
+
+    @b.rule
+    def x():
+        return y() if flag["cycle"] else 1
+
+    @b.rule
+    def y():
+        return x()
+
+    with pytest.raises(nbbuild.CycleError):
+        x()
+    flag["cycle"] = False   # a global read by value: x's version changes
+    assert x() == 1
