@@ -3,8 +3,8 @@
 Contract:
 - `serialize(value)` pickles a value once and returns `(blob, hash)`: the hash is xxh3_128 of the
   very bytes that are stored, so a value is hashed in one pass. Pickle protocol 5 with out-of-band
-  buffers (numpy arrays are hashed straight from their memory). Sets are pickled in a canonical
-  order, so equal sets hash equally in every process whatever `PYTHONHASHSEED` is.
+  buffers (numpy arrays are hashed straight from their memory). Sets inside plain containers are
+  pickled in a canonical order, so equal values hash equally whatever `PYTHONHASHSEED` is.
 - `deserialize(blob)` is its inverse.
 - `encode_args(args)` gives a canonical, JSON-decodable text for task arguments; `decode_args`
   reverses it. Task keys are hashes of that text, stable across processes.
@@ -51,37 +51,65 @@ def hash_bytes(*parts: bytes | memoryview) -> str:
     return h.hexdigest()
 
 
-def _sort_key(item: Any) -> tuple[str, str]:
-    return (type(item).__qualname__, repr(item))
+def _sort_key(item: Any) -> tuple[str, bytes]:
+    # canonical bytes, not repr: the repr of a nested set depends on the hash seed
+    return (type(item).__qualname__, _dump(_canonical(item)))
 
 
-class _Pickler(cloudpickle.Pickler):
-    """cloudpickle with sets and frozensets written in a canonical order."""
+class _SortedSet:
+    """Pickles as the set it stands for, with its items in a canonical order."""
 
-    def reducer_override(self, obj: Any) -> Any:
-        t = type(obj)
-        if t is set or t is frozenset:
-            try:
-                items = sorted(obj)
-            except TypeError:
-                items = sorted(obj, key=_sort_key)
-            return t, (items,)
-        return super().reducer_override(obj)
+    __slots__ = ("items", "kind")
+
+    def __init__(self, items: list, kind: type):
+        self.items, self.kind = items, kind
+
+    def __reduce__(self) -> tuple:
+        return self.kind, (self.items,)
+
+
+def _canonical(x: Any) -> Any:
+    """A copy of `x` whose sets (inside lists, tuples and dicts) pickle in a canonical order.
+    CPython's pickler never consults reducer_override for exact sets, so this is done beforehand."""
+    t = type(x)
+    if t is set or t is frozenset:
+        try:
+            items = [_canonical(i) for i in sorted(x)]
+        except TypeError:
+            items = sorted((_canonical(i) for i in x), key=_sort_key)
+        return _SortedSet(items, t)
+    if t is list:
+        return [_canonical(i) for i in x]
+    if t is tuple:
+        return tuple(_canonical(i) for i in x)
+    if t is dict:
+        return {k: _canonical(v) for k, v in x.items()}
+    return x
+
+
+def _dump(value: Any, buffers: list | None = None) -> bytes:
+    f = io.BytesIO()
+    cloudpickle.Pickler(f, protocol=5, buffer_callback=None if buffers is None else buffers.append).dump(value)
+    return f.getvalue()
+
+
+# pickle opcodes that build sets: EMPTY_SET, FROZENSET (protocol 4+)
+_SET_OPCODES = (b"\x8f", b"\x91")
 
 
 def serialize(value: Any) -> tuple[bytes, str]:
     """Pickle `value` and hash the result. Raises UnserializableValue."""
-    if type(value) in _SIMPLE:
-        meta = pickle.dumps(value, 5)
-        buffers: list[pickle.PickleBuffer] = []
-    else:
-        buffers = []
-        f = io.BytesIO()
-        try:
-            _Pickler(f, protocol=5, buffer_callback=buffers.append).dump(value)
-        except Exception as e:  # pickling runs arbitrary reducers: any error means "cannot store"
-            raise UnserializableValue(f"{type(value).__name__} cannot be pickled: {e}") from None
-        meta = f.getvalue()
+    buffers: list[pickle.PickleBuffer] = []
+    try:
+        if type(value) in _SIMPLE:
+            meta = pickle.dumps(value, 5)
+        else:
+            meta = _dump(value, buffers)
+            if any(op in meta for op in _SET_OPCODES):
+                buffers = []
+                meta = _dump(_canonical(value), buffers)
+    except Exception as e:  # pickling runs arbitrary reducers: any error means "cannot store"
+        raise UnserializableValue(f"{type(value).__name__} cannot be pickled: {e}") from None
     raws = [b.raw() for b in buffers]
     header = _MAGIC + struct.pack(f"<I{len(raws) + 1}Q", len(raws), len(meta), *(r.nbytes for r in raws))
     h = xxhash.xxh3_128(meta)
@@ -142,9 +170,7 @@ def _enc(x: Any) -> Any:
 
 
 def _canonical_pickle(x: Any) -> bytes:
-    f = io.BytesIO()
-    _Pickler(f, protocol=5).dump(x)
-    return f.getvalue()
+    return _dump(_canonical(x))
 
 
 def _dec(x: Any) -> Any:

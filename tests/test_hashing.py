@@ -1,0 +1,140 @@
+"""Value and code fingerprints."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from nbbuild import hashing
+
+
+def _hash_in_fresh_process(expr: str, seed: str) -> str:
+    code = f"from nbbuild import hashing; print(hashing.value_hash({expr}))"
+    env = {**os.environ, "PYTHONHASHSEED": seed}
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def test_serialize_round_trips_and_hashes_the_stored_bytes():
+    value = {"a": [1, 2.5, None], "b": ("x", b"y"), "c": {3, 4}}
+    blob, digest = hashing.serialize(value)
+    assert hashing.deserialize(blob) == value
+    assert digest == hashing.serialize(value)[1]
+    assert len(digest) == 32
+    assert hashing.value_hash([1, 2]) != hashing.value_hash([1, 3])
+
+
+def test_sets_hash_the_same_whatever_the_hash_seed():
+    expr = "{'alpha', 'beta', 'gamma', 'delta', frozenset({'x', 'y', 'z'})}"
+    assert _hash_in_fresh_process(expr, "1") == _hash_in_fresh_process(expr, "2") == _hash_in_fresh_process(expr, "3")
+
+
+def test_numpy_arrays_round_trip_writable_and_hash_by_content():
+    a = np.arange(1000, dtype=np.float64).reshape(10, 100)
+    blob, digest = hashing.serialize(a)
+    back = hashing.deserialize(blob)
+    assert np.array_equal(back, a) and back.flags.writeable
+    back[0, 0] = 5          # a loaded array behaves like a fresh one
+    assert hashing.value_hash(a.copy()) == digest
+    assert hashing.value_hash(a + 1) != digest
+
+
+def test_an_unpicklable_value_is_reported_not_raised_as_something_else():
+    import threading
+    with pytest.raises(hashing.UnserializableValue, match="lock"):
+        hashing.serialize(threading.Lock())
+
+
+@pytest.mark.parametrize("args", [
+    ((1, "a", 2.5, None, True), {}),
+    (([1, [2]], {"k": (3,)}), {"x": {1, 2}}),
+    ((b"bytes", frozenset({"a"}), float("inf")), {}),
+])
+def test_arguments_encode_canonically_and_decode_back(args):
+    text = hashing.encode_args(args)
+    assert hashing.decode_args(text) == args
+    assert hashing.encode_args(hashing.decode_args(text)) == text
+
+
+def test_int_float_and_bool_arguments_stay_distinct():
+    assert len({hashing.encode_args((1,)), hashing.encode_args((1.0,)), hashing.encode_args((True,))}) == 3
+
+
+def _code(src: str, name: str = "f"):
+    ns: dict = {}
+    exec(textwrap.dedent(src), ns)
+    return ns[name].__code__
+
+
+BASE = """
+def f(x):
+    y = x + 1
+    if y > 2:
+        return [i for i in range(y) if i in {"a", "b"}]
+    return threshold * y
+"""
+
+
+@pytest.mark.parametrize("variant", [
+    # comments, blank lines, formatting and docstrings do not count
+    '''
+def f(x):
+    """Doc."""
+    # a comment
+    y = (x +
+         1)
+
+    if y > 2:   # trailing
+        return [i for i in range(y)
+                if i in {"b", "a"}]
+    return threshold * y
+''',
+    "\n\n\n" + BASE,
+])
+def test_code_fingerprint_ignores_what_does_not_change_behaviour(variant):
+    assert hashing.code_fingerprint(_code(variant)) == hashing.code_fingerprint(_code(BASE))
+
+
+@pytest.mark.parametrize("variant", [
+    BASE.replace("x + 1", "x + 2"),
+    BASE.replace("y > 2", "y >= 2"),
+    BASE.replace('"a", "b"', '"a", "c"'),
+    BASE.replace("threshold * y", "threshold / y"),
+])
+def test_code_fingerprint_follows_real_edits(variant):
+    assert hashing.code_fingerprint(_code(variant)) != hashing.code_fingerprint(_code(BASE))
+
+
+def test_global_names_include_nested_code_and_attribute_chains():
+    code = _code("""
+def f(xs):
+    return [np.linalg.norm(x) * scale for x in xs] + helper(xs)
+""")
+    names = hashing.global_names(code)
+    assert ("np", "linalg", "norm") in names and ("scale",) in names and ("helper",) in names
+
+
+def test_a_name_only_appended_to_is_not_read():
+    code = _code("""
+def f(x):
+    calls.append("f")
+    log.info("ran")
+    return x + offset
+""")
+    assert [n[0] for n in hashing.global_names(code)] == ["offset"]
+
+
+def test_closure_reads_exclude_sinks():
+    def outer():
+        calls, factor = [], 2
+
+        def inner(x):
+            calls.append(x)
+            return x * factor
+        return inner
+
+    assert hashing.free_reads(outer().__code__) == {"factor"}
