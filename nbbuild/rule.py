@@ -277,13 +277,14 @@ class _Versioner:
         elif isinstance(obj, type):
             if self.package_of(obj.__module__):
                 self.cls(f"cls:{name}", obj)
-        elif isinstance(obj, (types.BuiltinFunctionType, types.MethodType, functools.partial)):
+        elif isinstance(obj, (types.MethodType, functools.partial)):
             target = getattr(obj, "__func__", None) or getattr(obj, "func", None)
-            self.package_of(getattr(obj, "__module__", None))
-            if isinstance(target, types.FunctionType):
-                self.reach(name, target)
+            self.reach(name, target)
             if isinstance(obj, functools.partial):
                 self.value(f"global:{name}:args", (obj.args, obj.keywords))
+        elif callable(obj) and not self.package_of(
+                getattr(obj, "__module__", None) or type(obj).__module__):
+            pass  # a builtin, or a callable of an installed package (np.sum, a ufunc): its version is recorded
         else:
             self.value(f"global:{name}", obj)
 

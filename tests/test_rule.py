@@ -1,0 +1,120 @@
+"""Rules, tasks and rule versions."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import nbbuild
+from nbbuild.rule import rule_version
+
+
+def _version(ns: dict, name: str, b=None):
+    skip = (lambda o: isinstance(o, (nbbuild.Rule, nbbuild.Build)))
+    return rule_version(ns[name], skip)
+
+
+def _define(src: str, **globals_) -> dict:
+    ns = {"__name__": "__main__", **globals_}
+    exec(textwrap.dedent(src), ns)
+    return ns
+
+
+SRC = """
+import json
+def helper(x):
+    return inner(x) + 1
+def inner(x):
+    return x * factor
+class Model:
+    scale = 3
+    def fit(self, x):
+        return x * self.scale
+def rule(x):
+    return helper(x) + Model().fit(x) + len(json.dumps(x))
+"""
+
+
+def test_version_follows_reached_user_functions_transitively():
+    base = _version(_define(SRC, factor=2), "rule")
+    assert base == _version(_define(SRC, factor=2), "rule")
+    assert _version(_define(SRC.replace("x * factor", "x * factor + 0"), factor=2), "rule").version != base.version
+    assert _version(_define(SRC.replace("scale = 3", "scale = 4"), factor=2), "rule").version != base.version
+    assert _version(_define(SRC.replace("* self.scale", "+ self.scale"), factor=2), "rule").version != base.version
+
+
+def test_version_reads_plain_globals_by_value():
+    assert _version(_define(SRC, factor=2), "rule").version != _version(_define(SRC, factor=3), "rule").version
+    parts = dict(_version(_define(SRC, factor=2), "rule").parts)
+    assert "global:factor" in parts and "fn:helper" in parts and "fn:inner" in parts and "cls:Model.fit" in parts
+
+
+def test_installed_and_standard_library_code_is_recorded_not_hashed():
+    pytest.importorskip("numpy")
+    ns = _define("import numpy as np\ndef rule(x):\n    return np.sum(x) + len(json.dumps(x))\n", json=json)
+    v = _version(ns, "rule")
+    assert dict(v.packages).get("numpy") == __import__("numpy").__version__
+    assert not any(label.startswith("fn:") for label, _ in v.parts)
+
+
+def test_rules_builds_and_modules_are_edges_not_values(tmp_path):
+    with nbbuild.Build(tmp_path) as b:
+        ns = _define("def other():\n    return 1\ndef rule():\n    return other() + len(b.rules)\n", b=b)
+        ns["other"] = b.rule(ns["other"])
+        v1 = _version(ns, "rule")
+        ns["other"] = b.rule(_define("def other():\n    return 2\n")["other"])
+        assert _version(ns, "rule").version == v1.version
+        assert not any("other" in label or label == "global:b" for label, _ in v1.parts)
+
+
+def test_user_modules_are_hashed_like_notebook_code(tmp_path, monkeypatch):
+    pkg = tmp_path / "mylib.py"
+    pkg.write_text("def clean(x):\n    return x.strip()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import mylib
+    ns = _define("def rule(x):\n    return mylib.clean(x)\n", mylib=mylib)
+    parts = dict(_version(ns, "rule").parts)
+    assert "fn:mylib.clean" in parts
+
+
+def test_versions_are_the_same_in_a_fresh_process(tmp_path):
+    script = textwrap.dedent(f"""
+        import json, sys
+        from nbbuild.rule import rule_version
+        ns = {{"__name__": "__main__", "factor": 2}}
+        exec({SRC!r}, ns)
+        print(rule_version(ns["rule"], lambda o: False).version)
+    """)
+    out = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                          env={"PYTHONHASHSEED": seed, "PATH": "/usr/bin"}).stdout for seed in ("1", "2")}
+    assert len(out) == 1
+    assert out.pop().strip() == _version(_define(SRC, factor=2), "rule").version
+
+
+def test_task_keys_are_the_same_in_a_fresh_process(tmp_path):
+    script = textwrap.dedent(f"""
+        import nbbuild
+        b = nbbuild.Build({str(tmp_path / 's')!r})
+        @b.rule
+        def f(a, b=2, *, c={{"x", "y"}}):
+            return a
+        print(f.task({{"k": (1, 2.5)}}, c={{"q", "r", "s"}}).key)
+    """)
+    keys = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                           env={"PYTHONHASHSEED": seed, "PATH": "/usr/bin"}).stdout for seed in ("1", "7")}
+    assert len(keys) == 1 and keys.pop().startswith("f/")
+
+
+def test_task_identity_and_repr(b):
+    @b.rule
+    def load(path, *, sep=","):
+        return path
+
+    t = load.task("a.csv")
+    assert t == load.task(path="a.csv", sep=",") and hash(t) == hash(load.task("a.csv"))
+    assert repr(t) == "load('a.csv')" and repr(load.task("a.csv", sep=";")) == "load('a.csv', sep=';')"
+    assert t.key == load.task("a.csv").key and t.key != load.task("b.csv").key
+    assert json.loads(t.encoded) == [{"$t": ["a.csv"]}, {"$d": [["sep", ","]]}]
