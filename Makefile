@@ -18,7 +18,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
 demo: $(STAMP)
-	$(BIN)/python examples/demo.py
+	$(BIN)/python notebooks/demo.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_noop.py

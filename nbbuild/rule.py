@@ -174,6 +174,10 @@ _dists: dict[str, list[str]] | None = None
 
 def _distribution(top: str) -> md.Distribution | None:
     global _dists
+    try:
+        return md.distribution(top)   # the usual case, and far cheaper than the full mapping
+    except md.PackageNotFoundError:
+        pass
     if _dists is None:
         _dists = md.packages_distributions()
     for name in _dists.get(top, ()):
@@ -192,6 +196,8 @@ def _classify_module(modname: str | None) -> tuple[bool, tuple[str, str] | None]
     if hit is not None:
         return hit
     top = modname.partition(".")[0]
+    if top == "nbbuild":   # the engine itself, even when installed editable, is never user code
+        return False, None
     mod = sys.modules.get(modname) or sys.modules.get(top)
     path = getattr(mod, "__file__", None)
     result: tuple[bool, tuple[str, str] | None]

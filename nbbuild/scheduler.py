@@ -415,7 +415,7 @@ class Scheduler:
         finally:
             gc.disable()
             current.reset(token)
-        st.seconds = time.perf_counter() - start
+        st.seconds = time.perf_counter() - start - rec.waited
         if isinstance(error, (KeyboardInterrupt, SystemExit, Cancelled, GreenletExitType)):
             raise error
         if rec.failed_dep is not None:
@@ -452,6 +452,7 @@ class Scheduler:
             raise Cancelled("build interrupted")
         me = rec.state
         rec.paused += 1
+        start = time.perf_counter()
         try:
             sts = self._ensure(me, tasks, me.depth)
             for st in sts:
@@ -463,6 +464,7 @@ class Scheduler:
             return values
         finally:
             rec.paused -= 1
+            rec.waited += time.perf_counter() - start
 
     def _value(self, st: TaskState, me: TaskState | None) -> Any:
         if st.has_value:

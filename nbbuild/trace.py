@@ -74,7 +74,7 @@ class Trace:
 class Recorder:
     """Collects what one run of a task fetches and reads."""
 
-    __slots__ = ("state", "scheduler", "groups", "files", "written", "paused", "failed_dep")
+    __slots__ = ("state", "scheduler", "groups", "files", "written", "paused", "failed_dep", "waited")
 
     def __init__(self, state: Any, scheduler: Any):
         self.state = state
@@ -84,6 +84,7 @@ class Recorder:
         self.written: set[str] = set()
         self.paused = 0
         self.failed_dep: Any = None
+        self.waited = 0.0      # seconds spent fetching dependencies: not the task's own time
 
     def add_group(self, group: Group) -> None:
         self.groups.append(group)

@@ -307,3 +307,20 @@ def test_a_task_of_a_redefined_rule_is_refused(b):
     with pytest.raises(nbbuild.RuleError, match="redefined"):
         b.build(old)
     assert r() == 2
+
+
+def test_a_tasks_time_excludes_waiting_for_its_dependencies(b):
+    @b.rule
+    def slow():
+        time.sleep(0.2)
+        return 1
+
+    @b.rule
+    def parent():
+        return slow() + 1
+
+    parent()
+    seconds = {t.task: t.seconds for t in b.report.tasks}
+    assert seconds["slow()"] >= 0.2 and seconds["parent()"] < 0.1
+    parent()
+    assert 0.2 <= b.report.saved_seconds < 0.3
