@@ -101,23 +101,50 @@ class Rule:
         except (TypeError, ValueError):
             raise RuleError(f"rule {name}: cannot read the signature of {fn!r}") from None
         functools.update_wrapper(self, fn)
+        params = list(self.signature.parameters.values())
+        # positional calls of a plain signature bind without inspect (the common, hot case)
+        self._plain = all(p.kind is p.POSITIONAL_OR_KEYWORD for p in params)
+        self._defaults = [p.default for p in params]
 
     def __repr__(self) -> str:
         return f"<rule {self.name} policy={self.policy}>"
 
     def task(self, *args: Any, **kwargs: Any) -> Task:
-        try:
-            bound = self.signature.bind(*args, **kwargs)
-        except TypeError as e:
-            raise RuleError(f"{self.name}{self.signature}: {e}") from None
-        bound.apply_defaults()
-        pos, kw = bound.args, bound.kwargs
+        n = len(args)
+        if self._plain and not kwargs and n <= len(self._defaults) and all(
+                d is not inspect.Parameter.empty for d in self._defaults[n:]):
+            pos: tuple = args + tuple(self._defaults[n:])
+            kw: dict = {}
+            text = None
+        else:
+            try:
+                bound = self.signature.bind(*args, **kwargs)
+            except TypeError as e:
+                raise RuleError(f"{self.name}{self.signature}: {e}") from None
+            bound.apply_defaults()
+            pos, kw = bound.args, bound.kwargs
+            text = self._call_repr(bound)
         try:
             encoded = hashing.encode_args((pos, kw))
         except hashing.UnserializableValue as e:
             raise RuleError(f"{self.name}: {e}; task arguments must be picklable") from None
         key = f"{self.name}/{hashing.hash_bytes(encoded.encode())[:20]}"
-        return Task(self, pos, kw, key, encoded, self._call_repr(bound))
+        if text is None:
+            text = self._plain_repr(pos)
+        return Task(self, pos, kw, key, encoded, text)
+
+    def _plain_repr(self, pos: tuple) -> str:
+        """`_call_repr` for a plain signature, without building BoundArguments."""
+        shown: list[str] = []
+        keyword_only = False
+        for name, value, default in zip(self.signature.parameters, pos, self._defaults):
+            if default is not inspect.Parameter.empty and _is_default(value, default):
+                keyword_only = True
+            elif keyword_only:
+                shown.append(f"{name}={_arg_repr(value)}")
+            else:
+                shown.append(_arg_repr(value))
+        return f"{self.name}({', '.join(shown)})"
 
     def task_from_encoded(self, key: str, encoded: str, text: str) -> Task:
         pos, kw = hashing.decode_args(encoded)

@@ -17,6 +17,7 @@ Contract:
 from __future__ import annotations
 
 import contextvars
+import functools
 import json
 import time
 from dataclasses import dataclass, field
@@ -46,17 +47,21 @@ class Trace:
     packages: tuple[tuple[str, str], ...] = ()
     created: float = field(default_factory=time.time, compare=False)
 
-    @property
+    @functools.cached_property
+    def _deps_json(self) -> str:
+        return json.dumps(self.deps, separators=(",", ":"))
+
+    @functools.cached_property
     def ident(self) -> str:
         """Identity of what the trace says (not when): equal traces share it."""
-        return hash_bytes(json.dumps([self.version, self.deps, self.result]).encode())[:16]
+        return hash_bytes(self.version.encode(), self.result.encode(), self._deps_json.encode())[:16]
 
     def encode(self) -> bytes:
-        return json.dumps({
+        head = json.dumps({
             "k": self.key, "r": self.rule, "a": self.args, "s": self.repr, "v": self.version,
-            "d": self.deps, "h": self.result, "t": self.seconds, "p": self.parts,
-            "pk": self.packages, "c": self.created,
-        }, separators=(",", ":")).encode()
+            "h": self.result, "t": self.seconds, "p": self.parts, "pk": self.packages, "c": self.created,
+        }, separators=(",", ":"))
+        return (head[:-1] + ',"d":' + self._deps_json + "}").encode()
 
     @classmethod
     def decode(cls, data: bytes | str) -> Trace:

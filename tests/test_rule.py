@@ -118,3 +118,18 @@ def test_task_identity_and_repr(b):
     assert repr(t) == "load('a.csv')" and repr(load.task("a.csv", sep=";")) == "load('a.csv', sep=';')"
     assert t.key == load.task("a.csv").key and t.key != load.task("b.csv").key
     assert json.loads(t.encoded) == [{"$t": ["a.csv"]}, {"$d": [["sep", ","]]}]
+
+
+def test_plain_and_keyword_calls_give_one_task_and_one_repr(b):
+    @b.rule
+    def f(x, n=2, m=0):
+        return x
+
+    variants = [f.task(1), f.task(1, 2), f.task(1, 2, 0), f.task(x=1), f.task(1, n=2)]
+    assert len({t.key for t in variants}) == 1 and {repr(t) for t in variants} == {"f(1)"}
+    assert repr(f.task(1, 2, 5)) == repr(f.task(1, m=5)) == "f(1, m=5)"
+    assert repr(f.task(1, 3)) == repr(f.task(x=1, n=3)) == "f(1, 3)"
+    with pytest.raises(nbbuild.RuleError, match="missing a required argument"):
+        f.task()
+    with pytest.raises(nbbuild.RuleError, match="too many positional"):
+        f.task(1, 2, 3, 4)
