@@ -102,6 +102,7 @@ class Scheduler:
         self.versions: dict[Any, Version] = {}
         self.known: dict[str, str] = {}          # key -> value hash of every task done in this build
         self.traces = self.store.traces_index()
+        self.tasks: dict[str, Task] = build._tasks
         self.checked: set[str] = set()
         self.cancelled: BaseException | None = None
         self.finished = False
@@ -266,26 +267,9 @@ class Scheduler:
     def _ensure(self, me: TaskState | None, tasks: Sequence[Task], depth: int) -> list[TaskState]:
         """Bring `tasks` up to date (hashes known); returns their states, all done or failed."""
         if len(tasks) == 1:  # the common case: one call, often of a task already done
-            st = self.states.get(tasks[0].key)
-            if st is not None and st.status >= DONE:
+            st = self._one(me, tasks[0], depth)
+            if st is not None:
                 return [st]
-            if st is None and depth < MAX_INLINE and self.cancelled is None:
-                with self.lock:
-                    st = self.states.get(tasks[0].key)
-                    fresh = st is None
-                    if fresh:
-                        st = self.states[tasks[0].key] = TaskState(tasks[0])
-                        st.status = ACTIVE
-                        self.build._tasks.setdefault(tasks[0].key, tasks[0])
-                if fresh:
-                    if me is not None:
-                        me.blocked_on = st
-                    try:
-                        self._process(st, depth + 1)
-                    finally:
-                        if me is not None:
-                            me.blocked_on = None
-                    return [st]
         sts: list[TaskState] = []
         fresh: list[TaskState] = []
         with self.lock:
@@ -295,7 +279,7 @@ class Scheduler:
                 st = self.states.get(t.key)
                 if st is None:
                     st = self.states[t.key] = TaskState(t)
-                    self.build._tasks.setdefault(t.key, t)
+                    self.tasks.setdefault(t.key, t)
                     fresh.append(st)
                 sts.append(st)
             inline = depth < MAX_INLINE
@@ -324,6 +308,31 @@ class Scheduler:
             if st.status < DONE:
                 self._wait(me, st)
         return sts
+
+    def _one(self, me: TaskState | None, task: Task, depth: int) -> TaskState | None:
+        """Fast path for one task: its state when it is done or could be brought up to date here,
+        inline; None when the general path of `_ensure` must queue it or wait for it."""
+        key = task.key
+        st = self.states.get(key)
+        if st is not None:
+            return st if st.status >= DONE else None
+        if depth >= MAX_INLINE or self.cancelled is not None:
+            return None
+        with self.lock:
+            if key in self.states:
+                return None
+            st = self.states[key] = TaskState(task)
+            st.status = ACTIVE
+        self.tasks.setdefault(key, task)
+        if me is None:
+            self._process(st, depth + 1)
+            return st
+        me.blocked_on = st
+        try:
+            self._process(st, depth + 1)
+        finally:
+            me.blocked_on = None
+        return st
 
     def _process(self, st: TaskState, depth: int) -> None:
         st.depth = depth
@@ -379,10 +388,10 @@ class Scheduler:
             if dep is None or dep.status < DONE:
                 if key.startswith(FILE_PREFIX):
                     return self.files.hash(key[len(FILE_PREFIX):]) == recorded
-                t = self.build._task_for_key(key)
+                t = self.tasks.get(key) or self.build._task_for_key(key)
                 if t is None:
                     return False
-                dep = self._ensure(st, (t,), st.depth)[0]
+                dep = self._one(st, t, st.depth) or self._ensure(st, (t,), st.depth)[0]
             return dep.status == DONE and dep.hash == recorded
         tasks: list[Task] = []
         for key, recorded in group:
