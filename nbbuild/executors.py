@@ -1,21 +1,161 @@
-"""Where rule bodies run.
+"""Where rule bodies run: greenlets on the calling thread and on helper threads.
 
-Contract: the default executor is threads. The thread that calls `build` always takes part (so
-with `workers=1` every rule body runs on the caller's thread, as a notebook expects of plotting
-code); `workers - 1` helper threads join each build. A `HelperPool` keeps those threads between
-builds; each helper runs the callable it is handed (the scheduler's loop for one build) and then
-waits for the next. Helpers are daemon threads and stop on `shutdown()`.
+Contract:
+- `Hubs(pool, helpers, lock, take, process).run(root, *args)` runs `root(*args)` in a greenlet on
+  the calling thread and returns when it returns. The calling thread always takes part (so with
+  no helpers every rule body runs on the caller's thread, as a notebook expects of plotting code);
+  `helpers` threads of the `HelperPool` join the build.
+- Each thread runs a hub loop: it resumes its own suspended greenlets first, then starts queued
+  work (`take()`, called under `lock`, returns the next item or None) in a worker greenlet, which
+  calls `process(item)`. Worker greenlets are pooled per thread (starting a fresh greenlet costs far
+  more than switching to an idle one) and started from the hub, at the bottom of the stack.
+- `suspend()` parks the current greenlet until someone calls `wake([waker()])` for it: a waiting
+  task holds no thread. Greenlets never move between threads: a waker names the greenlet's hub.
+- `cancel(exc)` makes every later `suspend()` raise `Cancelled`; the calling thread's suspended
+  greenlets are unwound at once (not at garbage collection), helpers unwind theirs and leave.
+- `HelperPool` keeps helper threads between builds (daemon threads; `shutdown()` stops them).
 """
 from __future__ import annotations
 
 import logging
 import queue
 import threading
-from typing import Callable
+from collections import deque
+from typing import Any, Callable
 
-__all__ = ["HelperPool"]
+from greenlet import getcurrent, greenlet
+
+from .errors import Cancelled
+
+__all__ = ["Hubs", "HelperPool"]
 
 log = logging.getLogger("nbbuild")
+_IDLE = object()
+_SUSPENDED = object()
+
+
+class _Hub:
+    __slots__ = ("greenlet", "resumes", "idle")
+
+    def __init__(self) -> None:
+        self.greenlet = getcurrent()
+        self.resumes: deque[greenlet] = deque()
+        self.idle: list[greenlet] = []
+
+
+class Hubs:
+    def __init__(self, pool: HelperPool, helpers: int, lock: threading.Lock,
+                 take: Callable[[], Any], process: Callable[[Any], None]):
+        self.pool, self.helpers = pool, helpers
+        self.lock = lock
+        self.cond = threading.Condition(lock)
+        self.take, self.process = take, process
+        self.hubs: dict[int, _Hub] = {}
+        self.finished = False
+        self.cancelled: BaseException | None = None
+
+    def run(self, root: Callable[..., Any], *args: Any) -> None:
+        hub = self.hubs[threading.get_ident()] = _Hub()
+        g = greenlet(root, parent=hub.greenlet)
+        self.pool.run(self._helper, self.helpers)
+        try:
+            self._loop(hub, g, args)
+        finally:
+            with self.lock:
+                self.finished = True
+                self.cond.notify_all()
+
+    def waker(self) -> tuple[_Hub, greenlet]:
+        return self.hubs[threading.get_ident()], getcurrent()
+
+    def suspend(self) -> None:
+        self.hubs[threading.get_ident()].greenlet.switch(_SUSPENDED)
+        if self.cancelled is not None:
+            raise Cancelled("build interrupted")
+
+    def wake(self, wakers: list[tuple[_Hub, greenlet]]) -> None:
+        """Under the lock: resume these greenlets (each on its own thread)."""
+        for hub, g in wakers:
+            hub.resumes.append(g)
+        if wakers and self.helpers:
+            self.cond.notify_all()
+
+    def notify(self) -> None:
+        """Under the lock: new work was queued."""
+        if self.helpers:
+            self.cond.notify_all()
+
+    def cancel(self, exc: BaseException, wakers: list[tuple[_Hub, greenlet]]) -> None:
+        with self.lock:
+            self.cancelled = exc
+            self.wake(wakers)
+            self.cond.notify_all()
+        hub = self.hubs[threading.get_ident()]
+        while hub.resumes:
+            try:
+                hub.resumes.popleft().switch()
+            except BaseException:  # each unwinds with Cancelled; nothing to report
+                pass
+        self._retire(hub)
+
+    # ------------------------------------------------------------ the loop
+
+    def _helper(self) -> None:
+        hub = _Hub()
+        with self.lock:
+            if self.finished:
+                return
+            self.hubs[threading.get_ident()] = hub
+        try:
+            self._loop(hub, None, ())
+        finally:
+            self._retire(hub)
+
+    def _retire(self, hub: _Hub) -> None:
+        idle, hub.idle = hub.idle, []
+        for w in idle:
+            w.switch(None)
+
+    def _loop(self, hub: _Hub, root: greenlet | None, args: tuple) -> None:
+        if root is not None:
+            self._after(hub, root.switch(*args), root)
+        while True:
+            with self.lock:
+                while True:
+                    if hub.resumes:
+                        g, item = hub.resumes.popleft(), None
+                        break
+                    if root is not None and root.dead:
+                        break
+                    item = self.take() if self.cancelled is None else None
+                    if item is not None:
+                        g = None
+                        break
+                    if root is None and (self.finished or self.cancelled is not None):
+                        return
+                    self.cond.wait()
+            if root is not None and root.dead:
+                self._retire(hub)
+                return
+            if g is None:
+                g = hub.idle.pop() if hub.idle else greenlet(self._worker, parent=hub.greenlet)
+            try:
+                self._after(hub, g.switch(item) if item is not None else g.switch(), g)
+            except BaseException:
+                # only cancellation unwinds a greenlet: on a helper it ends here; on the calling
+                # thread it leaves run() so that the build is cancelled
+                if root is not None or self.cancelled is None:
+                    raise
+
+    def _after(self, hub: _Hub, result: Any, g: greenlet) -> None:
+        if result is _IDLE:
+            hub.idle.append(g)
+
+    def _worker(self, item: Any) -> None:
+        hub = self.hubs[threading.get_ident()]
+        while item is not None:
+            self.process(item)
+            item = hub.greenlet.switch(_IDLE)
 
 
 class HelperPool:

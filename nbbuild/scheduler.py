@@ -4,12 +4,11 @@ Contract:
 - `Scheduler(build).run(tasks)` brings the tasks up to date and returns their `TaskState`s; every
   task runs at most once per build; a task's value is loaded only when a target or a running rule
   needs it (verifying needs only dependencies' hashes).
-- Concurrency: the calling thread and `workers - 1` helper threads each run a hub loop. Work runs
-  in greenlets pooled per thread; a task that waits for a dependency suspends its greenlet and so
-  holds no thread. A fresh dependency is processed inline on the asking greenlet (cheap: no switch
-  on the no-op path) until the nesting reaches `MAX_INLINE`; deeper, it is queued and picked up by a
-  hub at the bottom of its stack, so neither deep chains nor wide fan-outs grow one stack without
-  bound. Of a group fetched together, all but the first are offered to other threads first
+- Concurrency (the threads and greenlets are executors.Hubs): a task that waits for a dependency
+  suspends its greenlet and so holds no thread. A fresh dependency is processed inline on the
+  asking greenlet (cheap: no switch on the no-op path) until the nesting reaches `MAX_INLINE`;
+  deeper, it is queued and a hub starts it at the bottom of a stack, so neither deep chains nor
+  wide fan-outs grow one stack without bound. Of a group fetched together, all but the first are offered to other threads first
   (help-first), then taken back if nobody started them.
 - A task that would wait on a task that (transitively) waits on it raises CycleError there.
 - Failures are recorded in the state (own error, or the failed dependency that caused it) and
@@ -27,10 +26,10 @@ from collections import deque
 from typing import Any, Sequence
 
 from greenlet import GreenletExit as GreenletExitType
-from greenlet import getcurrent, greenlet
 
 from . import hashing
 from .errors import BuildError, Cancelled, CycleError
+from .executors import Hubs
 from .rule import Task, Version, rule_version
 from .trace import FILE_PREFIX, MISSING, Group, Recorder, Trace, current, match
 
@@ -40,8 +39,6 @@ log = logging.getLogger("nbbuild")
 
 NEW, QUEUED, ACTIVE, DONE, FAILED = range(5)
 MAX_INLINE = 24
-_IDLE = object()
-_SUSPENDED = object()
 _IMMUTABLE = (int, float, str, bytes, bool, type(None), complex, frozenset)
 
 
@@ -68,24 +65,15 @@ class TaskState:
         self.loading = False
         self.unstored = ""
 
-    def add_waiter(self, hub: _Hub, g: greenlet) -> None:
+    def add_waiter(self, waker: Any) -> None:
         if self.waiters is None:
             self.waiters = []
-        self.waiters.append((hub, g))
+        self.waiters.append(waker)
 
     def take_waiters(self) -> list:
         w = self.waiters
         self.waiters = None
         return w or []
-
-
-class _Hub:
-    __slots__ = ("greenlet", "resumes", "idle")
-
-    def __init__(self) -> None:
-        self.greenlet = getcurrent()
-        self.resumes: deque[greenlet] = deque()
-        self.idle: list[greenlet] = []
 
 
 class Scheduler:
@@ -96,101 +84,42 @@ class Scheduler:
         self.states: dict[str, TaskState] = {}
         self.order: list[TaskState] = []
         self.lock = threading.Lock()
-        self.cond = threading.Condition(self.lock)
         self.queue: deque[TaskState] = deque()
-        self.hubs: dict[int, _Hub] = {}
+        self.hubs = Hubs(build._pool, max(0, build.workers - 1), self.lock, self._take, self._worker_process)
         self.versions: dict[Any, Version] = {}
         self.known: dict[str, str] = {}          # key -> value hash of every task done in this build
         self.traces = self.store.traces_index()
         self.tasks: dict[str, Task] = build._tasks
         self.checked: set[str] = set()
         self.cancelled: BaseException | None = None
-        self.finished = False
         self.gc = False
-        self.helpers = max(0, build.workers - 1)
         self._root_states: list[TaskState] = []
 
-    # ------------------------------------------------------------ hubs
+    # ------------------------------------------------------------ running, waiting, waking
 
     def run(self, tasks: Sequence[Task]) -> list[TaskState]:
-        hub = self.hubs[threading.get_ident()] = _Hub()
-        root = greenlet(self._root, parent=hub.greenlet)
-        self.build._pool.run(self._helper, self.helpers)
         # The engine's own objects live for the whole build: generational collection of them is
         # wasted work. Collection stays on while rule bodies run (see _execute).
         self.gc = gc.isenabled()
         gc.disable()
         try:
-            self._hub_loop(hub, root, tasks)
+            self.hubs.run(self._root, tasks)
         except BaseException as e:
-            self._cancel(hub, e)
+            self._cancel(e)
             raise
         finally:
             if self.gc:
                 gc.enable()
-            with self.lock:
-                self.finished = True
-                self.cond.notify_all()
         return self._root_states
 
-    def _helper(self) -> None:
-        hub = _Hub()
-        with self.lock:
-            if self.finished:
-                return
-            self.hubs[threading.get_ident()] = hub
-        try:
-            self._hub_loop(hub, None, None)
-        finally:
-            for w in hub.idle:
-                w.switch(None)
-
-    def _hub_loop(self, hub: _Hub, root: greenlet | None, tasks: Any) -> None:
-        if root is not None:
-            self._dispatch(hub, root.switch(tasks), root)
-        while True:
-            with self.lock:
-                while True:
-                    if hub.resumes:
-                        g, item = hub.resumes.popleft(), None
-                        break
-                    if root is not None and root.dead:
-                        for w in hub.idle:
-                            self.lock.release()
-                            try:
-                                w.switch(None)
-                            finally:
-                                self.lock.acquire()
-                        return
-                    if self.queue and self.cancelled is None:
-                        item = self.queue.popleft()
-                        if item.status != QUEUED:
-                            continue
-                        item.status = ACTIVE
-                        g = None
-                        break
-                    if root is None and (self.finished or self.cancelled is not None):
-                        return
-                    self.cond.wait()
-            if g is None:
-                g = hub.idle.pop() if hub.idle else greenlet(self._worker, parent=hub.greenlet)
-            try:
-                self._dispatch(hub, g.switch(item) if item is not None else g.switch(), g)
-            except BaseException:
-                # only cancellation unwinds a greenlet; on a helper it ends here, on the caller's
-                # thread it reaches run(), which cancels the build
-                if root is not None or self.cancelled is None:
-                    raise
-
-    def _dispatch(self, hub: _Hub, result: Any, g: greenlet) -> None:
-        if result is _IDLE:
-            hub.idle.append(g)
-
-    def _worker(self, st: TaskState) -> None:
-        hub = self.hubs[threading.get_ident()]
-        while st is not None:
-            self._process(st, 0)
-            st = hub.greenlet.switch(_IDLE)
+    def _take(self) -> TaskState | None:
+        """Under the lock: the next queued task nobody has taken back."""
+        while self.queue:
+            st = self.queue.popleft()
+            if st.status == QUEUED:
+                st.status = ACTIVE
+                return st
+        return None
 
     def _root(self, tasks: Sequence[Task]) -> None:
         sts = self._ensure(None, tasks, 0)
@@ -201,13 +130,6 @@ class Scheduler:
                     self._value(st, None)
                 except BuildError:
                     pass
-
-    # ------------------------------------------------------------ waiting
-
-    def _suspend(self) -> None:
-        self.hubs[threading.get_ident()].greenlet.switch(_SUSPENDED)
-        if self.cancelled is not None:
-            raise Cancelled("build interrupted")
 
     def _wait(self, me: TaskState | None, st: TaskState) -> None:
         with self.lock:
@@ -222,9 +144,9 @@ class Scheduler:
                     raise CycleError([repr(me.task)] + [repr(s.task) for s in path]
                                      + ([repr(me.task)] if st is not me else []))
                 me.blocked_on = st
-            st.add_waiter(self.hubs[threading.get_ident()], getcurrent())
+            st.add_waiter(self.hubs.waker())
         try:
-            self._suspend()
+            self.hubs.suspend()
         finally:
             if me is not None:
                 me.blocked_on = None
@@ -235,32 +157,19 @@ class Scheduler:
             self.order.append(st)
             if status == DONE:
                 self.known[st.task.key] = st.hash  # type: ignore[assignment]
-            waiters = st.waiters
-            if waiters:
-                st.waiters = None
-                for hub, g in waiters:
-                    hub.resumes.append(g)
-                if self.helpers:
-                    self.cond.notify_all()
+            if st.waiters:
+                self.hubs.wake(st.take_waiters())
 
-    def _cancel(self, hub: _Hub, exc: BaseException) -> None:
+    def _cancel(self, exc: BaseException) -> None:
+        wakers = []
         with self.lock:
             self.cancelled = exc
             for st in self.states.values():
                 if st.status < DONE:
                     st.status = FAILED
                     st.error = Cancelled("build interrupted")
-                    for h, g in st.take_waiters():
-                        h.resumes.append(g)
-            self.cond.notify_all()
-        while hub.resumes:  # unwind this thread's suspended greenlets now, not at garbage collection
-            g = hub.resumes.popleft()
-            try:
-                g.switch()
-            except BaseException:
-                pass
-        for w in hub.idle:
-            w.switch(None)
+                    wakers.extend(st.take_waiters())
+        self.hubs.cancel(exc, wakers)
 
     # ------------------------------------------------------------ the engine
 
@@ -286,8 +195,8 @@ class Scheduler:
             for st in fresh[1:] if inline else fresh:
                 st.status = QUEUED
                 self.queue.append(st)
-            if len(fresh) > inline and self.helpers:
-                self.cond.notify_all()
+            if len(fresh) > inline:
+                self.hubs.notify()
             if inline and fresh:
                 fresh[0].status = ACTIVE
         if inline:
@@ -333,6 +242,9 @@ class Scheduler:
         finally:
             me.blocked_on = None
         return st
+
+    def _worker_process(self, st: TaskState) -> None:
+        self._process(st, 0)
 
     def _process(self, st: TaskState, depth: int) -> None:
         st.depth = depth
@@ -481,11 +393,11 @@ class Scheduler:
         with self.lock:
             busy = st.loading
             if busy:
-                st.add_waiter(self.hubs[threading.get_ident()], getcurrent())
+                st.add_waiter(self.hubs.waker())
             else:
                 st.loading = True
         if busy:
-            self._suspend()
+            self.hubs.suspend()
             if not st.has_value:
                 raise self.error_for(st)
             return st.value
@@ -502,11 +414,7 @@ class Scheduler:
         finally:
             with self.lock:
                 st.loading = False
-                waiters = st.take_waiters()
-                for hub, g in waiters:
-                    hub.resumes.append(g)
-                if waiters and self.helpers:
-                    self.cond.notify_all()
+                self.hubs.wake(st.take_waiters())
 
     def _recall(self, digest: str) -> tuple[bool, Any]:
         memory = self.build._values
