@@ -179,3 +179,43 @@ def test_a_cycle_does_not_poison_the_next_build(b):
         x()
     flag["cycle"] = False   # a global read by value: x's version changes
     assert x() == 1
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_an_interrupt_stops_the_build_stores_nothing_partial_and_the_next_build_works(tmp_path, workers):
+    with nbbuild.Build(tmp_path, workers=workers) as b:
+        interrupt = {"on": True}
+        ran = []
+
+        @b.rule
+        def done_first():
+            ran.append("done_first")
+            return 1
+
+        @b.rule
+        def interrupted():
+            ran.append("interrupted")
+            if interrupt["on"]:
+                raise KeyboardInterrupt      # what Ctrl-C / a kernel interrupt raises
+            return 2
+
+        @b.rule
+        def top():
+            return done_first() + interrupted()
+
+        with pytest.raises(KeyboardInterrupt):
+            top()
+        assert b.store.traces(interrupted.task().key) == [] and b.store.traces(top.task().key) == []
+        interrupt["on"] = False
+        ran.clear()
+        assert top() == 3
+        assert ran == ["interrupted"]      # done_first's completed run was kept
+
+
+def test_identical_values_are_stored_once(b):
+    @b.rule
+    def same(i):
+        return list(range(1000))
+
+    b.build(same.task(1), same.task(2), same.task(3))
+    assert b.store.stats()["values"] == 1 and b.store.stats()["traces"] == 3
