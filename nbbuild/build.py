@@ -37,7 +37,8 @@ from .trace import FILE_PREFIX, MISSING, current
 __all__ = ["Build", "BuildReport", "TaskReport"]
 
 log = logging.getLogger("nbbuild")
-_MEMORY_BYTES = 1 << 30
+_MEMORY_BYTES = 1 << 30          # values kept in memory between builds, by serialized size
+_MEMORY_VALUES = 100_000
 
 
 class TaskReport(NamedTuple):
@@ -88,7 +89,8 @@ class Build:
         self.workers = workers
         self.rules: dict[str, Rule] = {}
         self.report: BuildReport | None = None
-        self._values: OrderedDict[str, tuple[Any, int]] = OrderedDict()
+        self._values: OrderedDict[str, Any] = OrderedDict()
+        self._sizes: dict[str, int] = {}
         self._values_bytes = 0
         self._tasks: dict[str, Task] = {}
         self._files = files.FileHasher(self.store.file_entries())
@@ -141,16 +143,27 @@ class Build:
 
     # ------------------------------------------------------------ values in memory
 
-    def _remember(self, digest: str, value: Any, size: int = 0) -> None:
+    def _remember(self, digest: str, value: Any, size: int) -> None:
+        """Keep a value in memory (least recently used first out, within _MEMORY_BYTES of
+        serialized size and _MEMORY_VALUES entries)."""
         with self._values_lock:
             if digest in self._values:
                 self._values.move_to_end(digest)
                 return
             self._values[digest] = value
+            self._sizes[digest] = size
             self._values_bytes += size
-            while self._values_bytes > _MEMORY_BYTES and len(self._values) > 1:
-                _, (_, s) = self._values.popitem(last=False)
-                self._values_bytes -= s
+            while len(self._values) > 1 and (self._values_bytes > _MEMORY_BYTES
+                                             or len(self._values) > _MEMORY_VALUES):
+                old, _ = self._values.popitem(last=False)
+                self._values_bytes -= self._sizes.pop(old)
+
+    def _forget(self, digest: str | None = None) -> None:
+        """Drop one value (or all) from memory; the store keeps them."""
+        with self._values_lock:
+            for d in [digest] if digest is not None else list(self._values):
+                if self._values.pop(d, None) is not None or d in self._sizes:
+                    self._values_bytes -= self._sizes.pop(d, 0)
 
     # ------------------------------------------------------------ building
 

@@ -354,7 +354,7 @@ class Scheduler:
         st.value, st.has_value, st.hash, st.outcome = value, True, digest, "executed"
         if previous is not None and previous != digest:
             log.warning("nbbuild: %r gave a different value when re-run (is it deterministic?)", task)
-        self.build._remember(digest, value)
+        self.build._remember(digest, value, len(blob) if blob is not None else 0)
         if version is None:
             return
         trace = Trace(task.key, rule.name, task.encoded, repr(task), version.version, rec.dependencies(),
@@ -430,7 +430,7 @@ class Scheduler:
                 self.checked.add(digest)
                 return True, value
             log.warning("nbbuild: a value was changed in place after it was built; using the stored one")
-            memory.pop(digest, None)
+            self.build._forget(digest)
         blob = self.store.get_value(digest)
         if blob is None:
             return False, None
@@ -440,7 +440,7 @@ class Scheduler:
             log.warning("nbbuild: stored value %s could not be loaded; the task will run again", digest)
             return False, None
         self.checked.add(digest)
-        self.build._remember(digest, value)
+        self.build._remember(digest, value, len(blob))
         return True, value
 
     # ------------------------------------------------------------ errors
