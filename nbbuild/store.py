@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections import defaultdict
 from typing import Any, Iterable
 
@@ -31,6 +32,7 @@ _MAX_TRACES = 16
 _FLUSH_ITEMS = 2000
 _FLUSH_BYTES = 64 << 20
 _DIRECT_BYTES = 1 << 20
+_COUNTER_SECONDS = 5.0
 
 
 def _prefix_range(prefix: str) -> tuple[str, str]:
@@ -54,6 +56,7 @@ class Store:
         self._pending: dict[str, bytes] = {}
         self._pending_bytes = 0
         self._counters: dict[str, int] = defaultdict(int)
+        self._counted = time.monotonic()
 
     # ------------------------------------------------------------ bulk reads
 
@@ -207,11 +210,16 @@ class Store:
     def count(self, name: str, n: int = 1) -> None:
         self._counters[name] += n
 
-    def flush(self) -> None:
+    def flush(self, counters_too: bool = False) -> None:
+        """Commit buffered rows. Counters ride along with rows, or go alone when asked or when
+        they have waited a few seconds: a no-op build then writes nothing at all."""
         with self._lock:
             pending, self._pending, self._pending_bytes = self._pending, {}, 0
+            if not pending and not counters_too and time.monotonic() - self._counted < _COUNTER_SECONDS:
+                return
             counters, self._counters = dict(self._counters), defaultdict(int)
-            if not pending and not counters:
+            self._counted = time.monotonic()
+            if not pending and not any(counters.values()):
                 return
             # values first, traces last: a trace never points at a value written after it
             order = sorted(pending, key=lambda k: k[0] != "v")
@@ -242,7 +250,7 @@ class Store:
         return [(k[2:], size, stored) for k, size, stored in rows]
 
     def stats(self) -> dict[str, Any]:
-        self.flush()
+        self.flush(counters_too=True)
         counter = lambda name: int(self._cache.get("m:" + name, 0))  # noqa: E731
         return {
             "size_bytes": int(self._cache.volume()),
@@ -266,6 +274,6 @@ class Store:
 
     def close(self) -> None:
         try:
-            self.flush()
+            self.flush(counters_too=True)
         finally:
             self._cache.close()
