@@ -212,7 +212,12 @@ class Build:
             reason, _ = self._why(task, memo, versions)
         finally:
             sys.setrecursionlimit(limit)
-        return f"{task!r} is up to date" if reason is None else f"{task!r} is stale: {reason}"
+        if reason is not None:
+            return f"{task!r} is stale: {reason}"
+        digest = memo[task.key][1]
+        if task.rule.policy == "persist" and digest not in self._values and not self.store.has_value(digest):
+            return f"{task!r} is up to date, but its value is no longer stored: it runs again when needed"
+        return f"{task!r} is up to date"
 
     def _why(self, task: Task, memo: dict, versions: dict) -> tuple[str | None, str | None]:
         """(None, hash) when up to date, else (reason, None)."""

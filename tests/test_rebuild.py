@@ -137,6 +137,9 @@ def test_verifying_needs_hashes_not_values(notebook, calls):
     store.delete_value(raw_hash)
     store.delete_value(clean_hash)
     notebook.b._forget()   # as in a new process: nothing in memory
+    assert notebook.b.why(notebook.ns["clean"].task()) == (
+        "clean() is up to date, but its value is no longer stored: it runs again when needed")
+    assert notebook.b.why(notebook.ns["model"].task()) == "model() is up to date"
     assert notebook.build() == 3
     assert calls == []
     # now model must run, so clean's value is needed: clean runs, raw's value is not needed again...
