@@ -5,7 +5,7 @@ to do; the notebook layer shows `str(error)` and nothing else for these.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 __all__ = ["NbbuildError", "BuildError", "CycleError", "RuleError", "UnknownTargetError", "Cancelled"]
 
@@ -23,28 +23,27 @@ class UnknownTargetError(NbbuildError, LookupError):
 
 
 class BuildError(NbbuildError):
-    """A rule failed. `task` is the failed task, `chain` the tasks that needed it (target first).
+    """A rule failed. `task` is the failed Task, `chain` the Tasks that needed it (target first,
+    the failed task last). The rule's own exception is `__cause__`. `errors` lists every failure
+    of the same build when several targets failed."""
 
-    The rule's own exception is `__cause__`. `errors` lists every failure of the same build when
-    several targets failed.
-    """
-
-    def __init__(self, task: str, chain: Sequence[str] = (), message: str | None = None):
+    def __init__(self, task: Any, chain: Sequence[Any] = (), message: str | None = None):
         self.task = task
         self.chain = list(chain) or [task]
         self.errors: list[BuildError] = [self]
         if message is None:
-            message = f"{task} failed"
-        needed = " → ".join(self.chain)
+            message = f"{task!r} failed"
+        needed = " → ".join(map(repr, self.chain))
         super().__init__(message if len(self.chain) < 2 else f"{message} (needed by {needed})")
 
 
 class CycleError(NbbuildError):
-    """Tasks that need each other. `cycle` lists task reprs, first == last."""
+    """Tasks that need each other. `cycle` lists the Tasks, first == last."""
 
-    def __init__(self, cycle: Sequence[str]):
+    def __init__(self, cycle: Sequence[Any]):
         self.cycle = list(cycle)
-        super().__init__("dependency cycle: " + " → ".join(self.cycle) + "; break it by removing one of these calls")
+        super().__init__("dependency cycle: " + " → ".join(map(repr, self.cycle))
+                         + "; break it by removing one of these calls")
 
 
 class Cancelled(NbbuildError):

@@ -141,8 +141,7 @@ class Scheduler:
                     path.append(x)
                     x = x.blocked_on
                 if x is me or st is me:
-                    raise CycleError([repr(me.task)] + [repr(s.task) for s in path]
-                                     + ([repr(me.task)] if st is not me else []))
+                    raise CycleError([me.task] + [s.task for s in path] + ([me.task] if st is not me else []))
                 me.blocked_on = st
             st.add_waiter(self.hubs.waker())
         try:
@@ -459,7 +458,7 @@ class Scheduler:
             return root.error
         err = root.error
         detail = f"{type(err).__name__}: {err}" if err is not None else "its value could not be had"
-        e = BuildError(repr(root.task), [repr(s.task) for s in chain], f"{root.task!r} failed: {detail}")
+        e = BuildError(root.task, [s.task for s in chain], f"{root.task!r} failed: {detail}")
         e.__cause__ = err
         return e
 

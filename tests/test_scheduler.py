@@ -140,7 +140,7 @@ def test_a_cycle_raises_cycle_error_naming_it(b):
 
     with pytest.raises(nbbuild.CycleError) as info:
         a()
-    assert info.value.cycle == ["a()", "c()", "a()"] or info.value.cycle == ["c()", "a()", "c()"]
+    assert info.value.cycle in ([a.task(), c.task(), a.task()], [c.task(), a.task(), c.task()])
     assert "a()" in str(info.value) and "c()" in str(info.value)
 
 
@@ -151,7 +151,7 @@ def test_a_task_that_fetches_itself_is_a_cycle(b):
 
     with pytest.raises(nbbuild.CycleError) as info:
         selfish()
-    assert info.value.cycle == ["selfish()", "selfish()"]
+    assert info.value.cycle == [selfish.task(), selfish.task()]
 
 
 def test_a_cycle_through_a_deep_chain_is_found(b):
