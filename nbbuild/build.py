@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 
 from . import files
+from .clean import CleanSet
 from .errors import BuildError, CycleError, NbbuildError, RuleError
 from .eviction import evict, parse_size
 from .executors import HelperPool
@@ -94,6 +95,8 @@ class Build:
         self._values_bytes = 0
         self._tasks: dict[str, Task] = {}
         self._files = files.FileHasher(self.store.file_entries())
+        self._clean = CleanSet()
+        self._generation = self.store.generation
         self._pool = HelperPool()
         self._lock = threading.RLock()          # one build at a time
         self._values_lock = threading.Lock()    # taken from any worker thread during a build
@@ -177,15 +180,23 @@ class Build:
                 raise RuleError(f"{t!r} belongs to a rule that was redefined or removed; make the task again")
             self._tasks.setdefault(t.key, t)
         with self._lock:
-            self.store.refresh()
-            sched = Scheduler(self)
             start = time.perf_counter()
+            self.store.refresh()
+            if self.store.generation != self._generation:
+                self._clean.clear()
+                self._generation = self.store.generation
+            sched = Scheduler(self)
+            # what this process verified before and whose inputs did not change is known up to date
+            self._clean.invalidate(self.rules, sched.version, self._files.hash)
+            sched.known.update(self._clean.hashes)
             try:
                 states = sched.run(tasks)
             finally:
                 self.store.save_file_entries(self._files.take_changed())
                 self.store.flush()
-            self.report = _report(sched, time.perf_counter() - start)
+            self._clean.record(sched.states.values(), sched.versions, DONE)
+            untouched = self._clean.closure([t.key for t in tasks], sched.states)
+            self.report = _report(sched, untouched, time.perf_counter() - start)
             try:
                 evict(self.store, self.store.quota, lambda: {st.hash for st in sched.states.values() if st.hash})
             except Exception:  # eviction is housekeeping: it must not fail a build that succeeded
@@ -317,26 +328,29 @@ def _version_change(name: str, old: Any, new: Any) -> str:
     return ", ".join(said)
 
 
-def _report(sched: Scheduler, seconds: float) -> BuildReport:
+def _report(sched: Scheduler, untouched: list[tuple[str, float, str]], seconds: float) -> BuildReport:
+    """`untouched`: tasks known up to date from earlier builds of this process, never visited."""
     lists: dict[str, list[str]] = {k: [] for k in ("executed", "verified", "constructed", "failed", "skipped")}
     # per-task data kept as strings and floats (untracked by the garbage collector); TaskReport
     # records are made only when `tasks` is read
     texts, outcomes, durations, notes = [], [], [], {}
     unstored, saved, hits, misses = [], 0.0, 0, 0
-    for st in sched.order:
-        text, outcome = st.task._repr, st.outcome or "failed"
+    rows = [(t, s, p, "verified", "") for t, s, p in untouched]
+    rows += [(st.task._repr, st.seconds, st.task.rule.policy, st.outcome or "failed", st.unstored)
+             for st in sched.order]
+    for text, secs, policy, outcome, note in rows:
         lists[outcome].append(text)
         texts.append(text)
         outcomes.append(outcome)
-        durations.append(st.seconds)
+        durations.append(secs)
         if outcome == "verified" or outcome == "constructed":
-            saved += st.seconds
-            hits += st.task.rule.policy == "persist"
-        elif st.unstored:
+            saved += secs
+            hits += policy == "persist"
+        elif note:
             unstored.append(text)
-            notes[text] = st.unstored
+            notes[text] = note
         elif outcome == "executed":
-            misses += st.task.rule.policy == "persist"
+            misses += policy == "persist"
     # hits and misses count reuse of stored values (policy "persist"); the store keeps the totals
     sched.store.count("hits", hits)
     sched.store.count("misses", misses)

@@ -198,9 +198,12 @@ def _dec(x: Any) -> Any:
     raise ValueError(f"unknown argument tag {tag!r}")
 
 
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def encode_args(args: tuple) -> str:
     """Canonical text of a task's (normalised) arguments."""
-    return json.dumps([_enc(a) for a in args], separators=(",", ":"), ensure_ascii=False)
+    return _JSON.encode([_enc(a) for a in args])
 
 
 def decode_args(text: str) -> tuple:

@@ -7,7 +7,8 @@ Contract:
   never read-modify-write one another's rows. A trace is written after (or with) its value.
 - Traces and file stat entries are read in bulk, one SQL select per prefix, into an in-memory index;
   `refresh()` picks up rows other processes wrote since (by store_time).
-- Writes are buffered and committed in batches inside `cache.transact()`; `flush()` commits now.
+- Writes are buffered and committed in batches inside `cache.transact()`, small rows with one
+  executemany in diskcache's row format; `flush()` commits now.
 - diskcache's own eviction is off: nothing is culled behind nbbuild's back (eviction.py decides).
 - Traces of rules with policy "memory" live in this object only.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import threading
 import time
 from collections import defaultdict
@@ -57,6 +59,7 @@ class Store:
         self._pending_bytes = 0
         self._counters: dict[str, int] = defaultdict(int)
         self._counted = time.monotonic()
+        self.generation = 0      # bumped by clear(): what a process remembers of the store is void
 
     # ------------------------------------------------------------ bulk reads
 
@@ -221,18 +224,44 @@ class Store:
             self._counted = time.monotonic()
             if not pending and not any(counters.values()):
                 return
-            # values first, traces last: a trace never points at a value written after it
-            order = sorted(pending, key=lambda k: k[0] != "v")
             with self._cache.transact():
-                for key in order:
-                    if key[0] == "v":
-                        if self._cache.add(key, pending[key]):
-                            counters["bytes_written"] = counters.get("bytes_written", 0) + len(pending[key])
-                    else:
-                        self._cache.set(key, pending[key])
+                # values first, traces last (one transaction): a trace never points at a missing value
+                written = self._insert_values({k: v for k, v in pending.items() if k[0] == "v"})
+                counters["bytes_written"] = counters.get("bytes_written", 0) + written
+                self._upsert([(k, v) for k, v in pending.items() if k[0] != "v"])
                 for name, n in counters.items():
                     if n:
                         self._cache.incr("m:" + name, n, default=0)
+
+    # Small rows are written in one executemany each, in diskcache's own row format (raw text key,
+    # inline blob, no expiry), so that its triggers keep its count and size right; a value large
+    # enough to be a file goes through diskcache's add. Called inside cache.transact().
+    _COLUMNS = ("INTO Cache(key, raw, store_time, expire_time, access_time, access_count, tag, size,"
+                " mode, filename, value) VALUES (?, 1, ?, NULL, ?, 0, NULL, 0, 1, NULL, ?)")
+
+    def _insert_values(self, rows: dict[str, bytes]) -> int:
+        if not rows:
+            return 0
+        small = self._cache.disk_min_file_size
+        written = 0
+        for key, blob in rows.items():
+            if len(blob) >= small and self._cache.add(key, blob):
+                written += len(blob)
+        keys = [k for k, blob in rows.items() if len(blob) < small]
+        existing: set[str] = set()
+        for i in range(0, len(keys), 500):
+            chunk = keys[i:i + 500]
+            existing.update(k for (k,) in self._cache._sql(
+                f"SELECT key FROM Cache WHERE raw = 1 AND key IN ({','.join('?' * len(chunk))})", chunk))
+        now = time.time()
+        new = [(k, now, now, sqlite3.Binary(rows[k])) for k in keys if k not in existing]
+        self._cache._con.executemany("INSERT OR IGNORE " + self._COLUMNS, new)
+        return written + sum(len(r[3]) for r in new)
+
+    def _upsert(self, rows: list[tuple[str, bytes]]) -> None:
+        now = time.time()
+        self._cache._con.executemany("INSERT OR REPLACE " + self._COLUMNS,
+                                     [(k, now, now, sqlite3.Binary(v)) for k, v in rows])
 
     # ------------------------------------------------------------ introspection
 
@@ -266,6 +295,7 @@ class Store:
 
     def clear(self) -> None:
         with self._lock:
+            self.generation += 1
             self._pending.clear()
             self._cache.clear()
             self._traces = None

@@ -17,7 +17,6 @@ Contract:
 from __future__ import annotations
 
 import contextvars
-import functools
 import json
 import time
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ FILE_PREFIX = "@file:"
 MISSING = "-"          # the "hash" of a dependency that cannot be had (unknown rule, missing file)
 
 Group = tuple[tuple[str, str], ...]
+_JSON = json.JSONEncoder(separators=(",", ":"))   # one encoder: json.dumps builds one per call
 
 
 @dataclass(frozen=True)
@@ -47,20 +47,29 @@ class Trace:
     packages: tuple[tuple[str, str], ...] = ()
     created: float = field(default_factory=time.time, compare=False)
 
-    @functools.cached_property
-    def _deps_json(self) -> str:
-        return json.dumps(self.deps, separators=(",", ":"))
+    def _cached(self, name: str, make: Callable[[], str]) -> str:
+        # a frozen dataclass still has a __dict__: derived text is computed once, lazily (loading
+        # thousands of traces must not pay for it)
+        value = self.__dict__.get(name)
+        if value is None:
+            value = self.__dict__[name] = make()
+        return value
 
-    @functools.cached_property
+    @property
+    def _deps_json(self) -> str:
+        return self._cached("_deps", lambda: _JSON.encode(self.deps))
+
+    @property
     def ident(self) -> str:
         """Identity of what the trace says (not when): equal traces share it."""
-        return hash_bytes(self.version.encode(), self.result.encode(), self._deps_json.encode())[:16]
+        return self._cached("_ident", lambda: hash_bytes(
+            self.version.encode(), self.result.encode(), self._deps_json.encode())[:16])
 
     def encode(self) -> bytes:
-        head = json.dumps({
+        head = _JSON.encode({
             "k": self.key, "r": self.rule, "a": self.args, "s": self.repr, "v": self.version,
             "h": self.result, "t": self.seconds, "p": self.parts, "pk": self.packages, "c": self.created,
-        }, separators=(",", ":"))
+        })
         return (head[:-1] + ',"d":' + self._deps_json + "}").encode()
 
     @classmethod

@@ -1,0 +1,126 @@
+"""What this process already verified, and what would make it stale (red-green marking).
+
+Contract:
+- After a build, `record(states, versions)` keeps, for every task the build brought up to date,
+  its value hash, the dependencies and files its trace names (with the hashes it saw), its repr and
+  run time, and the version of each rule as computed in that build.
+- Before the next build, `invalidate(rules, version_of, file_hash)` re-checks only the inputs:
+  each remembered rule's version once (a global it reads may have changed, or the rule been
+  redefined or removed), each remembered file once, and drops every task that reads a changed
+  input, every task of policy "none", and, transitively, every task that depends on a dropped one.
+  What remains is up to date without visiting it: the scheduler takes those hashes as known.
+- `closure(keys, skip)` lists, dependencies first, the remembered tasks the targets reach, for the
+  report: a task up to date this way was reused even though the build never touched it.
+Nothing here is persisted: a new process starts empty and verifies through the store's traces.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, Callable, Iterable
+
+from .trace import FILE_PREFIX
+
+__all__ = ["CleanSet"]
+
+
+class CleanSet:
+    def __init__(self) -> None:
+        self.hashes: dict[str, str] = {}
+        self.deps: dict[str, tuple[str, ...]] = {}
+        self.files: dict[str, tuple[tuple[str, str], ...]] = {}
+        self.info: dict[str, tuple[str, float, str]] = {}      # repr, seconds, policy
+        self.versions: dict[str, str] = {}
+        self.volatile: set[str] = set()                        # policy "none": never clean
+
+    def clear(self) -> None:
+        self.__init__()  # type: ignore[misc]
+
+    def record(self, states: Iterable[Any], versions: dict[Any, Any], done: int) -> None:
+        for st in states:
+            key, rule = st.task.key, st.task.rule
+            if rule.policy == "none":
+                self.volatile.add(key)
+                self._drop(key)
+            elif st.status == done and st.trace is not None:
+                tr = st.trace
+                self.hashes[key] = st.hash
+                self.deps[key] = tuple(k for k in tr.dep_keys() if not k.startswith(FILE_PREFIX))
+                files = tuple((k[len(FILE_PREFIX):], h) for g in tr.deps for k, h in g if k.startswith(FILE_PREFIX))
+                if files:
+                    self.files[key] = files
+                else:
+                    self.files.pop(key, None)
+                self.info[key] = (st.task._repr, st.seconds, rule.policy)
+            else:
+                self._drop(key)
+        for rule, v in versions.items():
+            self.versions[rule.name] = v.version
+
+    def _drop(self, key: str) -> None:
+        self.hashes.pop(key, None)
+        self.deps.pop(key, None)
+        self.files.pop(key, None)
+        self.info.pop(key, None)
+
+    def invalidate(self, rules: dict[str, Any], version_of: Callable[[Any], Any],
+                   file_hash: Callable[[str], str]) -> None:
+        if not self.hashes:
+            return
+        changed = set()
+        for name, version in self.versions.items():
+            rule = rules.get(name)
+            try:
+                same = rule is not None and rule.policy != "none" and version_of(rule).version == version
+            except Exception:  # the scheduler reports such a rule's failure; here it is just not clean
+                same = False
+            if not same:
+                changed.add(name)
+        seeds = set(self.volatile)
+        if changed:
+            seeds.update(k for k in self.hashes if k.partition("/")[0] in changed)
+        now: dict[str, str] = {}
+        for key, files in self.files.items():
+            for path, recorded in files:
+                h = now.get(path)
+                if h is None:
+                    h = now[path] = file_hash(path)
+                if h != recorded:
+                    seeds.add(key)
+                    break
+        if not seeds:
+            return
+        dependents = defaultdict(list)
+        for key, deps in self.deps.items():
+            for d in deps:
+                dependents[d].append(key)
+        stack, dirty = list(seeds), set(seeds)
+        while stack:
+            for parent in dependents.get(stack.pop(), ()):
+                if parent not in dirty:
+                    dirty.add(parent)
+                    stack.append(parent)
+        for key in dirty:
+            self._drop(key)
+
+    def closure(self, keys: Iterable[str], skip: Any) -> list[tuple[str, float, str]]:
+        """(repr, seconds, policy) of the remembered tasks `keys` reach and `skip` does not hold,
+        dependencies before dependents."""
+        out: list[tuple[str, float, str]] = []
+        seen: set[str] = set()
+        for root in keys:
+            if root in seen:
+                continue
+            seen.add(root)
+            stack = [(root, iter(self.deps.get(root, ())))]
+            while stack:
+                key, it = stack[-1]
+                for d in it:
+                    if d not in seen:
+                        seen.add(d)
+                        stack.append((d, iter(self.deps.get(d, ()))))
+                        break
+                else:
+                    stack.pop()
+                    if key not in skip and key in self.info:
+                        out.append(self.info[key])
+        return out
