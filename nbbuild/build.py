@@ -15,7 +15,9 @@ Contract:
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
 import logging
 import os
 import sys
@@ -23,7 +25,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 from . import files
 from .clean import CleanSet
@@ -94,7 +96,7 @@ class Build:
         self._sizes: dict[str, int] = {}
         self._values_bytes = 0
         self._tasks: dict[str, Task] = {}
-        self._files = files.FileHasher(self.store.file_entries())
+        self._files = files.FileHasher()     # stat entries come from the store at the first build
         self._clean = CleanSet()
         self._generation = self.store.generation
         self._pool = HelperPool()
@@ -127,11 +129,7 @@ class Build:
         rule = self.rules.get(trace.rule) if trace is not None else None
         if rule is None:
             return None
-        try:
-            task = rule.task_from_encoded(key, trace.args, trace.repr)
-            rule.signature.bind(*task.args, **task.kwargs)
-        except Exception:  # arguments the current rule no longer accepts: not the same task
-            return None
+        task = rule.task_from_encoded(key, trace.args, trace.repr)
         self._tasks[key] = task
         return task
 
@@ -179,9 +177,11 @@ class Build:
             if self.rules.get(t.rule.name) is not t.rule:
                 raise RuleError(f"{t!r} belongs to a rule that was redefined or removed; make the task again")
             self._tasks.setdefault(t.key, t)
-        with self._lock:
+        with self._lock, _engine_work() as collect:
             start = time.perf_counter()
             self.store.refresh()
+            if not self._files.entries:
+                self._files.entries.update(self.store.file_entries())
             if self.store.generation != self._generation:
                 self._clean.clear()
                 self._generation = self.store.generation
@@ -190,7 +190,7 @@ class Build:
             self._clean.invalidate(self.rules, sched.version, self._files.hash)
             sched.known.update(self._clean.hashes)
             try:
-                states = sched.run(tasks)
+                states = sched.run(tasks, collect)
             finally:
                 self.store.save_file_entries(self._files.take_changed())
                 self.store.flush()
@@ -292,6 +292,20 @@ class Build:
         self.close()
 
 
+@contextlib.contextmanager
+def _engine_work() -> Iterator[bool]:
+    """Pause the cyclic garbage collector for the engine's own work: what it allocates (traces,
+    task states) lives for the whole build, so collecting it generation by generation is wasted
+    time. Yields whether collection was on, to be restored for rule bodies and afterwards."""
+    collect = gc.isenabled()
+    gc.disable()
+    try:
+        yield collect
+    finally:
+        if collect:
+            gc.enable()
+
+
 def _short(path: str) -> str:
     try:
         rel = os.path.relpath(path)
@@ -337,7 +351,7 @@ def _report(sched: Scheduler, untouched: list[tuple[str, float, str]], seconds: 
     unstored, saved, hits, misses = [], 0.0, 0, 0
     rows = [(t, s, p, "verified", "") for t, s, p in untouched]
     rows += [(st.task._repr, st.seconds, st.task.rule.policy, st.outcome or "failed", st.unstored)
-             for st in sched.order]
+             for st in sched.order if st.outcome != "obsolete"]
     for text, secs, policy, outcome, note in rows:
         lists[outcome].append(text)
         texts.append(text)

@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any, Callable, Iterable
 
-from .trace import FILE_PREFIX
 
 __all__ = ["CleanSet"]
 
@@ -42,10 +41,8 @@ class CleanSet:
                 self.volatile.add(key)
                 self._drop(key)
             elif st.status == done and st.trace is not None:
-                tr = st.trace
                 self.hashes[key] = st.hash
-                self.deps[key] = tuple(k for k in tr.dep_keys() if not k.startswith(FILE_PREFIX))
-                files = tuple((k[len(FILE_PREFIX):], h) for g in tr.deps for k, h in g if k.startswith(FILE_PREFIX))
+                self.deps[key], files = st.trace.split()
                 if files:
                     self.files[key] = files
                 else:

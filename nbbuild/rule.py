@@ -42,17 +42,31 @@ _PLAIN_REPR = (str, int, float, bool, type(None), bytes)
 
 
 class Task:
-    """A rule applied to arguments. Equal (and hashed) by key."""
+    """A rule applied to arguments. Equal (and hashed) by key. A task read back from a trace
+    decodes its arguments only when it runs (verifying needs only the key)."""
 
-    __slots__ = ("rule", "args", "kwargs", "key", "encoded", "_repr")
+    __slots__ = ("rule", "_args", "_kwargs", "key", "encoded", "_repr")
 
-    def __init__(self, rule: Rule, args: tuple, kwargs: dict, key: str, encoded: str, text: str):
+    def __init__(self, rule: Rule, args: tuple | None, kwargs: dict | None, key: str, encoded: str, text: str):
         self.rule = rule
-        self.args = args
-        self.kwargs = kwargs
+        self._args = args
+        self._kwargs = kwargs
         self.key = key
         self.encoded = encoded
         self._repr = text
+
+    @property
+    def args(self) -> tuple:
+        if self._args is None:
+            pos, kw = hashing.decode_args(self.encoded)
+            self._args, self._kwargs = tuple(pos), dict(kw)
+        return self._args
+
+    @property
+    def kwargs(self) -> dict:
+        if self._kwargs is None:
+            self.args  # noqa: B018 - decodes both
+        return self._kwargs  # type: ignore[return-value]
 
     def __repr__(self) -> str:
         return self._repr
@@ -146,9 +160,17 @@ class Rule:
                 shown.append(_arg_repr(value))
         return f"{self.name}({', '.join(shown)})"
 
+    def accepts(self, args: tuple, kwargs: dict) -> bool:
+        if self._plain and not kwargs:
+            return len(args) == len(self._defaults)
+        try:
+            self.signature.bind(*args, **kwargs)
+        except TypeError:
+            return False
+        return True
+
     def task_from_encoded(self, key: str, encoded: str, text: str) -> Task:
-        pos, kw = hashing.decode_args(encoded)
-        return Task(self, tuple(pos), dict(kw), key, encoded, text)
+        return Task(self, None, None, key, encoded, text)
 
     def _call_repr(self, bound: inspect.BoundArguments) -> str:
         shown: list[str] = []

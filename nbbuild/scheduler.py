@@ -97,19 +97,15 @@ class Scheduler:
 
     # ------------------------------------------------------------ running, waiting, waking
 
-    def run(self, tasks: Sequence[Task]) -> list[TaskState]:
-        # The engine's own objects live for the whole build: generational collection of them is
-        # wasted work. Collection stays on while rule bodies run (see _execute).
-        self.gc = gc.isenabled()
-        gc.disable()
+    def run(self, tasks: Sequence[Task], collect: bool) -> list[TaskState]:
+        """`collect`: the cyclic garbage collector was on before the build paused it for the
+        engine's work; rule bodies run with it on again (see _execute)."""
+        self.gc = collect
         try:
             self.hubs.run(self._root, tasks)
         except BaseException as e:
             self._cancel(e)
             raise
-        finally:
-            if self.gc:
-                gc.enable()
         return self._root_states
 
     def _take(self) -> TaskState | None:
@@ -258,7 +254,7 @@ class Scheduler:
         except BaseException as e:  # an engine error becomes this task's failure, never a hang
             log.debug("nbbuild: %r failed in the engine", st.task, exc_info=True)
             st.error, st.outcome = e, "failed"
-        self._finish(st, FAILED if st.outcome in ("failed", "skipped") else DONE)
+        self._finish(st, FAILED if st.outcome in ("failed", "skipped", "obsolete") else DONE)
 
     def version(self, rule: Any) -> Version:
         """The rule's version, computed once per rule per build (globals may change between builds)."""
@@ -321,6 +317,11 @@ class Scheduler:
     def _execute(self, st: TaskState) -> None:
         task = st.task
         rule = task.rule
+        if task._args is None and not self._fits(task):
+            # read back from an old trace, with arguments the rule no longer takes: no such task
+            # any more. Dependents see a mismatch and run, asking for what they need now.
+            st.outcome = "obsolete"
+            return
         version = self.version(rule) if rule.policy != "none" else None
         rec = Recorder(st, self)
         token = current.set(rec)
@@ -363,6 +364,13 @@ class Scheduler:
             self.store.put_value(digest, blob)
         self.store.record(trace, persist=persist)
         st.trace = trace
+
+    @staticmethod
+    def _fits(task: Task) -> bool:
+        try:
+            return task.rule.accepts(task.args, task.kwargs)
+        except Exception:  # arguments that cannot be read back at all
+            return False
 
     # ------------------------------------------------------------ values
 

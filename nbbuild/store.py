@@ -77,6 +77,9 @@ class Store:
             if key in self._own:
                 self._own.discard(key)
                 continue
+            if filename is None and type(value) is bytes:   # an inline blob: nothing to fetch
+                yield key, value, rowid
+                continue
             try:
                 data = disk.fetch(mode, filename, value, False)
             except (OSError, ValueError):  # a row whose file is gone: a miss, not a crash

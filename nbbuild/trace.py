@@ -30,7 +30,26 @@ FILE_PREFIX = "@file:"
 MISSING = "-"          # the "hash" of a dependency that cannot be had (unknown rule, missing file)
 
 Group = tuple[tuple[str, str], ...]
-_JSON = json.JSONEncoder(separators=(",", ":"))   # one encoder: json.dumps builds one per call
+
+# The stored form is text split by NUL-led markers: NUL occurs in none of the parts (keys and
+# hashes are plain, paths cannot hold NUL, JSON and repr escape it), and splitting is several
+# times faster than parsing JSON, which matters when a fresh process reads every trace at once.
+_MAGIC, _F, _G, _P, _H = "NBT2", "\0F", "\0G", "\0P", "\0H"
+_JSON = json.JSONEncoder(separators=(",", ":"))
+_decoded_pairs: dict[str, tuple[tuple[str, str], ...]] = {}
+
+
+def _json_pairs(pairs: tuple[tuple[str, str], ...]) -> str:
+    return _JSON.encode(pairs)
+
+
+def _pairs(text: str) -> tuple[tuple[str, str], ...]:
+    """Rule parts and package versions: the same text for every task of a rule version, so each
+    distinct text is decoded once."""
+    found = _decoded_pairs.get(text)
+    if found is None:
+        found = _decoded_pairs[text] = tuple(tuple(p) for p in json.loads(text))
+    return found
 
 
 @dataclass(frozen=True)
@@ -56,33 +75,53 @@ class Trace:
         return value
 
     @property
-    def _deps_json(self) -> str:
-        return self._cached("_deps", lambda: _JSON.encode(self.deps))
+    def _deps_text(self) -> str:
+        return self._cached("_deps", lambda: _G.join(_P.join(k + _H + h for k, h in g) for g in self.deps))
 
     @property
     def ident(self) -> str:
         """Identity of what the trace says (not when): equal traces share it."""
         return self._cached("_ident", lambda: hash_bytes(
-            self.version.encode(), self.result.encode(), self._deps_json.encode())[:16])
+            self.version.encode(), self.result.encode(), self._deps_text.encode())[:16])
 
     def encode(self) -> bytes:
-        head = _JSON.encode({
-            "k": self.key, "r": self.rule, "a": self.args, "s": self.repr, "v": self.version,
-            "h": self.result, "t": self.seconds, "p": self.parts, "pk": self.packages, "c": self.created,
-        })
-        return (head[:-1] + ',"d":' + self._deps_json + "}").encode()
+        return _F.join([_MAGIC, self.key, self.rule, self.args, self.repr, self.version, self.result,
+                        repr(float(self.seconds)), repr(float(self.created)), _json_pairs(self.parts),
+                        _json_pairs(self.packages), self._deps_text]).encode()
 
     @classmethod
     def decode(cls, data: bytes | str) -> Trace:
-        d = json.loads(data)
-        return cls(d["k"], d["r"], d["a"], d["s"], d["v"],
-                   tuple(tuple((k, h) for k, h in g) for g in d["d"]),
-                   d["h"], d["t"], tuple(map(tuple, d["p"])), tuple(map(tuple, d["pk"])), d["c"])
+        text = data.decode() if isinstance(data, (bytes, bytearray, memoryview)) else data
+        fields = text.split(_F)
+        if len(fields) != 12 or fields[0] != _MAGIC:
+            raise ValueError("not an nbbuild trace")
+        _, key, rule, args, rep, version, result, seconds, created, parts, packages, deps = fields
+        tr = object.__new__(cls)   # not the frozen __init__: loading thousands of traces is hot
+        tr.__dict__.update(
+            key=key, rule=rule, args=args, repr=rep, version=version, result=result,
+            deps=tuple([tuple([tuple(p.split(_H)) for p in g.split(_P)]) for g in deps.split(_G)]) if deps else (),
+            seconds=float(seconds), created=float(created), parts=_pairs(parts), packages=_pairs(packages),
+            _deps=deps)
+        return tr
 
     def dep_keys(self) -> Iterable[str]:
         for group in self.deps:
             for k, _ in group:
                 yield k
+
+    def split(self) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+        """(task dependency keys, (file path, hash) pairs), computed once per trace."""
+        found = self.__dict__.get("_split")
+        if found is None:
+            tasks, files = [], []
+            for group in self.deps:
+                for k, h in group:
+                    if k.startswith(FILE_PREFIX):
+                        files.append((k[len(FILE_PREFIX):], h))
+                    else:
+                        tasks.append(k)
+            found = self.__dict__["_split"] = (tuple(tasks), tuple(files))
+        return found
 
 
 class Recorder:

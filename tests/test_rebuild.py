@@ -156,3 +156,15 @@ def test_an_evicted_value_reruns_only_its_task(notebook, calls):
     notebook.run(PIPELINE.replace("sum(xs) / len(xs)", "max(xs)"))
     assert notebook.build() == 5
     assert calls == ["model", "clean"]
+
+
+def test_a_dependency_whose_signature_changed_is_no_failure(b, calls):
+    ns = {"b": b, "calls": calls}
+    exec("@b.rule\ndef part(x):\n    calls.append('part')\n    return x * 2\n"
+         "@b.rule\ndef whole():\n    calls.append('whole')\n    return part(1)\n", ns)
+    assert ns["whole"]() == 2
+    exec("@b.rule\ndef part(x, factor=10):\n    calls.append('part')\n    return x * factor\n", ns)
+    calls.clear()
+    assert ns["whole"]() == 10       # whole's old trace names part(1) with arguments part no longer takes
+    assert calls == ["whole", "part"]
+    assert b.report.failed == [] and b.report.executed == ["part(1)", "whole()"]
