@@ -189,13 +189,14 @@ class Build:
             # what this process verified before and whose inputs did not change is known up to date
             self._clean.invalidate(self.rules, sched.version, self._files.hash)
             sched.known.update(self._clean.hashes)
+            preseeded = bool(sched.known)
             try:
                 states = sched.run(tasks, collect)
             finally:
                 self.store.save_file_entries(self._files.take_changed())
                 self.store.flush()
             self._clean.record(sched.states.values(), sched.versions, DONE)
-            untouched = self._clean.closure([t.key for t in tasks], sched.states)
+            untouched = self._clean.closure([t.key for t in tasks], sched.states) if preseeded else []
             self.report = _report(sched, untouched, time.perf_counter() - start)
             try:
                 evict(self.store, self.store.quota, lambda: {st.hash for st in sched.states.values() if st.hash})

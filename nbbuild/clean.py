@@ -25,11 +25,9 @@ __all__ = ["CleanSet"]
 class CleanSet:
     def __init__(self) -> None:
         self.hashes: dict[str, str] = {}
-        self.deps: dict[str, tuple[str, ...]] = {}
-        self.files: dict[str, tuple[tuple[str, str], ...]] = {}
-        self.info: dict[str, tuple[str, float, str]] = {}      # repr, seconds, policy
+        self.entries: dict[str, tuple[Any, str, float, str]] = {}   # trace, repr, seconds, policy
         self.versions: dict[str, str] = {}
-        self.volatile: set[str] = set()                        # policy "none": never clean
+        self.volatile: set[str] = set()                                # policy "none": never clean
 
     def clear(self) -> None:
         self.__init__()  # type: ignore[misc]
@@ -42,12 +40,7 @@ class CleanSet:
                 self._drop(key)
             elif st.status == done and st.trace is not None:
                 self.hashes[key] = st.hash
-                self.deps[key], files = st.trace.split()
-                if files:
-                    self.files[key] = files
-                else:
-                    self.files.pop(key, None)
-                self.info[key] = (st.task._repr, st.seconds, rule.policy)
+                self.entries[key] = (st.trace, st.task._repr, st.seconds, rule.policy)
             else:
                 self._drop(key)
         for rule, v in versions.items():
@@ -55,9 +48,11 @@ class CleanSet:
 
     def _drop(self, key: str) -> None:
         self.hashes.pop(key, None)
-        self.deps.pop(key, None)
-        self.files.pop(key, None)
-        self.info.pop(key, None)
+        self.entries.pop(key, None)
+
+    def _deps(self, key: str) -> tuple[str, ...]:
+        entry = self.entries.get(key)
+        return entry[0].split()[0] if entry is not None else ()
 
     def invalidate(self, rules: dict[str, Any], version_of: Callable[[Any], Any],
                    file_hash: Callable[[str], str]) -> None:
@@ -76,8 +71,8 @@ class CleanSet:
         if changed:
             seeds.update(k for k in self.hashes if k.partition("/")[0] in changed)
         now: dict[str, str] = {}
-        for key, files in self.files.items():
-            for path, recorded in files:
+        for key, entry in self.entries.items():
+            for path, recorded in entry[0].split()[1]:
                 h = now.get(path)
                 if h is None:
                     h = now[path] = file_hash(path)
@@ -87,8 +82,8 @@ class CleanSet:
         if not seeds:
             return
         dependents = defaultdict(list)
-        for key, deps in self.deps.items():
-            for d in deps:
+        for key in self.entries:
+            for d in self._deps(key):
                 dependents[d].append(key)
         stack, dirty = list(seeds), set(seeds)
         while stack:
@@ -104,20 +99,22 @@ class CleanSet:
         dependencies before dependents."""
         out: list[tuple[str, float, str]] = []
         seen: set[str] = set()
+        entries = self.entries
         for root in keys:
             if root in seen:
                 continue
             seen.add(root)
-            stack = [(root, iter(self.deps.get(root, ())))]
+            stack = [(root, iter(self._deps(root)))]
             while stack:
                 key, it = stack[-1]
                 for d in it:
                     if d not in seen:
                         seen.add(d)
-                        stack.append((d, iter(self.deps.get(d, ()))))
+                        stack.append((d, iter(self._deps(d))))
                         break
                 else:
                     stack.pop()
-                    if key not in skip and key in self.info:
-                        out.append(self.info[key])
+                    if key not in skip and key in entries:
+                        _, text, seconds, policy = entries[key]
+                        out.append((text, seconds, policy))
         return out
