@@ -27,13 +27,13 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, NamedTuple
 
-from . import files
+from . import files, hashing
 from .clean import CleanSet
-from .errors import BuildError, CycleError, NbbuildError, RuleError
+from .errors import BuildError, RuleError
 from .eviction import evict, parse_size
 from .executors import HelperPool
 from .rule import Rule, Task, rule_version, resolve_target
-from .scheduler import DONE, Scheduler, TaskState
+from .scheduler import DONE, Scheduler
 from .store import Store
 from .trace import FILE_PREFIX, MISSING, current
 
@@ -42,6 +42,8 @@ __all__ = ["Build", "BuildReport", "TaskReport"]
 log = logging.getLogger("nbbuild")
 _MEMORY_BYTES = 1 << 30          # values kept in memory between builds, by serialized size
 _MEMORY_VALUES = 100_000
+_IMMUTABLE = (int, float, str, bytes, bool, type(None), complex, frozenset)
+_ABSENT = object()
 
 
 class TaskReport(NamedTuple):
@@ -159,6 +161,35 @@ class Build:
                 old, _ = self._values.popitem(last=False)
                 self._values_bytes -= self._sizes.pop(old)
 
+    def _recall(self, digest: str, checked: set[str]) -> tuple[bool, Any]:
+        """(found, value) for a value hash: from memory, or loaded from the store. A value in
+        memory is re-hashed once per build (`checked`): one changed in place since it was built
+        is dropped, and the stored value is used instead."""
+        value = self._values.get(digest, _ABSENT)
+        if value is not _ABSENT:
+            if isinstance(value, _IMMUTABLE) or digest in checked or digest.startswith("u:"):
+                return True, value
+            try:
+                same = hashing.value_hash(value) == digest
+            except hashing.UnserializableValue:
+                same = False
+            if same:
+                checked.add(digest)
+                return True, value
+            log.warning("nbbuild: a value was changed in place after it was built; using the stored one")
+            self._forget(digest)
+        blob = self.store.get_value(digest)
+        if blob is None:
+            return False, None
+        try:
+            value = hashing.deserialize(blob)
+        except Exception:  # unpickling runs arbitrary code paths: any failure is a miss
+            log.warning("nbbuild: stored value %s could not be loaded; the task will run again", digest)
+            return False, None
+        checked.add(digest)
+        self._remember(digest, value, len(blob))
+        return True, value
+
     def _forget(self, digest: str | None = None) -> None:
         """Drop one value (or all) from memory; the store keeps them."""
         with self._values_lock:
@@ -248,16 +279,16 @@ class Build:
             if not matching:
                 result = (_version_change(rule.name, traces[0], v), None)
             else:
-                result = (None, None)
-                first_reason = None
-                for pos, tr in enumerate(matching):
+                # the newest trace's reason is the one to give, unless an older trace still matches
+                reasons = []
+                for tr in matching:
                     reason = self._why_trace(tr, memo, versions)
                     if reason is None:
                         result = (None, tr.result)
                         break
-                    first_reason = first_reason or reason
-                if result[1] is None:
-                    result = (first_reason, None)
+                    reasons.append(reason)
+                else:
+                    result = (reasons[0], None)
         memo[task.key] = result
         return result
 

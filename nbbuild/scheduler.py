@@ -31,7 +31,7 @@ from . import hashing
 from .errors import BuildError, Cancelled, CycleError
 from .executors import Hubs
 from .rule import Task, Version, rule_version
-from .trace import FILE_PREFIX, MISSING, Group, Recorder, Trace, current, match
+from .trace import FILE_PREFIX, Group, Recorder, Trace, current, match
 
 __all__ = ["Scheduler", "TaskState"]
 
@@ -39,7 +39,6 @@ log = logging.getLogger("nbbuild")
 
 NEW, QUEUED, ACTIVE, DONE, FAILED = range(5)
 MAX_INLINE = 24
-_IMMUTABLE = (int, float, str, bytes, bool, type(None), complex, frozenset)
 
 
 class TaskState:
@@ -58,7 +57,7 @@ class TaskState:
         self.cause: TaskState | None = None
         self.waiters: list | None = None
         self.blocked_on: TaskState | None = None
-        self.outcome = ""            # executed | verified | constructed | failed | skipped
+        self.outcome = ""            # executed | verified | constructed | failed | skipped | obsolete
         self.seconds = 0.0
         self.trace: Trace | None = None
         self.depth = 0
@@ -245,10 +244,7 @@ class Scheduler:
         st.depth = depth
         try:
             if not self._verify(st):
-                if st.cause is None:
-                    self._execute(st)
-                elif not st.outcome:
-                    st.outcome = "skipped"
+                self._execute(st)
         except (Cancelled, KeyboardInterrupt, SystemExit, GreenletExitType):
             raise
         except BaseException as e:  # an engine error becomes this task's failure, never a hang
@@ -409,7 +405,7 @@ class Scheduler:
                 raise self.error_for(st)
             return st.value
         try:
-            found, value = self._recall(st.hash)  # type: ignore[arg-type]
+            found, value = self.build._recall(st.hash, self.checked)  # type: ignore[arg-type]
             if found:
                 st.value, st.has_value = value, True
             else:
@@ -422,33 +418,6 @@ class Scheduler:
             with self.lock:
                 st.loading = False
                 self.hubs.wake(st.take_waiters())
-
-    def _recall(self, digest: str) -> tuple[bool, Any]:
-        memory = self.build._values
-        if digest in memory:
-            value = memory[digest]
-            if isinstance(value, _IMMUTABLE) or digest in self.checked or digest.startswith("u:"):
-                return True, value
-            try:
-                same = hashing.value_hash(value) == digest
-            except hashing.UnserializableValue:
-                same = False
-            if same:
-                self.checked.add(digest)
-                return True, value
-            log.warning("nbbuild: a value was changed in place after it was built; using the stored one")
-            self.build._forget(digest)
-        blob = self.store.get_value(digest)
-        if blob is None:
-            return False, None
-        try:
-            value = hashing.deserialize(blob)
-        except Exception:
-            log.warning("nbbuild: stored value %s could not be loaded; the task will run again", digest)
-            return False, None
-        self.checked.add(digest)
-        self.build._remember(digest, value, len(blob))
-        return True, value
 
     # ------------------------------------------------------------ errors
 
