@@ -44,6 +44,7 @@ _MEMORY_BYTES = 1 << 30          # values kept in memory between builds, by seri
 _MEMORY_VALUES = 100_000
 _IMMUTABLE = (int, float, str, bytes, bool, type(None), complex, frozenset)
 _ABSENT = object()
+_PATIENCE = 5.0
 
 
 class TaskReport(NamedTuple):
@@ -190,6 +191,20 @@ class Build:
         self._remember(digest, value, len(blob))
         return True, value
 
+    @contextlib.contextmanager
+    def _turn(self) -> Iterator[None]:
+        """One build at a time. A thread that waits long says why: a rule body that starts a
+        thread which calls rules would otherwise hang without a word."""
+        if not self._lock.acquire(timeout=_PATIENCE):
+            log.warning("nbbuild: waiting for another build of this store to finish; a rule that calls "
+                        "rules from a thread it started waits forever: call them from the rule itself "
+                        "or use rule.map")
+            self._lock.acquire()
+        try:
+            yield
+        finally:
+            self._lock.release()
+
     def _forget(self, digest: str | None = None) -> None:
         """Drop one value (or all) from memory; the store keeps them."""
         with self._values_lock:
@@ -208,7 +223,7 @@ class Build:
             if self.rules.get(t.rule.name) is not t.rule:
                 raise RuleError(f"{t!r} belongs to a rule that was redefined or removed; make the task again")
             self._tasks.setdefault(t.key, t)
-        with self._lock, _engine_work() as collect:
+        with self._turn(), _engine_work() as collect:
             start = time.perf_counter()
             self.store.refresh()
             if not self._files.entries:

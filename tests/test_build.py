@@ -339,3 +339,23 @@ def test_values_kept_in_memory_stay_within_their_bound(b, monkeypatch, calls):
     calls.clear()
     assert b.build(big.task(0)) == [bytes([0]) * 20_000]   # forgotten in memory, loaded from the store
     assert calls == []
+
+
+def test_calling_rules_from_a_thread_a_rule_started_says_why_it_waits(b, monkeypatch, caplog):
+    monkeypatch.setattr("nbbuild.build._PATIENCE", 0.2)
+
+    @b.rule
+    def inner():
+        return 1
+
+    @b.rule
+    def outer():
+        result = []
+        t = threading.Thread(target=lambda: result.append(inner()))
+        t.start()
+        t.join(timeout=1.0)              # the thread waits for this very build: it cannot finish
+        return t.is_alive()
+
+    with caplog.at_level("WARNING", logger="nbbuild"):
+        assert outer() is True
+    assert "a rule that calls rules from a thread it started waits forever" in caplog.text
