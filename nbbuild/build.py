@@ -56,6 +56,11 @@ class TaskReport(NamedTuple):
 
 @dataclass(frozen=True)
 class BuildReport:
+    """One build, described with task reprs: `executed` ran, `reused` were up to date (of them,
+    `constructed` came from an older trace: an edit was reverted), `failed` raised, `skipped` were
+    not built because a dependency failed, `unstored` ran but their values could not be stored.
+    `saved_seconds` adds up the recorded run times of the reused tasks."""
+
     executed: list[str]
     reused: list[str]
     failed: list[str]
@@ -220,6 +225,8 @@ class Build:
         if rec is not None and rec.scheduler.build is self:
             return rec.scheduler.fetch_values(rec, tasks)
         for t in tasks:
+            if t.rule.build is not self:
+                raise RuleError(f"{t!r} is a task of another Build; build it with that one")
             if self.rules.get(t.rule.name) is not t.rule:
                 raise RuleError(f"{t!r} belongs to a rule that was redefined or removed; make the task again")
             self._tasks.setdefault(t.key, t)

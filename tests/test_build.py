@@ -359,3 +359,13 @@ def test_calling_rules_from_a_thread_a_rule_started_says_why_it_waits(b, monkeyp
     with caplog.at_level("WARNING", logger="nbbuild"):
         assert outer() is True
     assert "a rule that calls rules from a thread it started waits forever" in caplog.text
+
+
+def test_a_task_of_another_build_is_refused(b, tmp_path):
+    with nbbuild.Build(tmp_path / "other") as other:
+        @other.rule
+        def elsewhere():
+            return 1
+
+        with pytest.raises(nbbuild.RuleError, match="another Build"):
+            b.build(elsewhere.task())
