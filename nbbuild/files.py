@@ -8,8 +8,9 @@ Contract:
   could share the same mtime ("racy" entries are re-hashed). A missing file hashes to `MISSING`; a
   directory hashes its listing and its files' hashes.
 - One audit hook per process records `open` events of the running body's recorder: reads only,
-  never the Python installation, site-packages, `__pycache__`, `/proc`, `/sys`, `/dev`, module
-  source or bytecode, or the stores (registered with `exclude`). A file the run writes is not an
+  never the Python installation, site-packages, `__pycache__`, `/proc`, `/sys`, `/dev`, the
+  system's `/etc` and `/usr`, the user's cache directory, module source or bytecode, or the stores
+  (registered with `exclude`); `nbbuild.file()` declares any of these explicitly when wanted. A file the run writes is not an
   input. The hook never raises and returns at once for every other event.
 """
 from __future__ import annotations
@@ -104,6 +105,9 @@ def _system_prefixes() -> tuple[str, ...]:
         paths.add(site.getusersitepackages())
     except Exception:  # site may be stripped down in embedded interpreters
         pass
+    # the system's own files and libraries' caches (a font cache, time zones) are not data
+    paths.update(["/etc", "/usr", "/lib", "/lib64", "/bin", "/sbin",
+                  os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")])
     real = {os.path.realpath(p) for p in paths if p}
     return tuple(os.path.join(p, "") for p in real if p != "/")
 

@@ -155,3 +155,20 @@ def test_a_file_changed_back_restores_without_running(b, tmp_path, calls):
         constructed.append(b.report.constructed)
     assert calls == ["a", "b"]
     assert constructed == [[], [], ["read()"], []]   # the last matches the newest trace: verifying
+
+
+def test_system_files_and_library_caches_are_not_inputs(b, tmp_path, monkeypatch):
+    data = tmp_path / "data.txt"
+    data.write_text("1")
+    system_file = next(p for p in ("/etc/hostname", "/etc/passwd", "/etc/os-release") if os.path.exists(p))
+
+    @b.rule
+    def reads_both():
+        open(system_file).read()
+        return open(data).read()
+
+    reads_both()
+    keys = [k for g in b.store.traces(reads_both.task().key)[0].deps for k, _ in g]
+    assert keys == ["@file:" + str(data)]
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert os.path.join(os.path.realpath(tmp_path / "cache"), "") in files._system_prefixes()
