@@ -42,6 +42,8 @@ def evict(store, quota: int | None, keep: Callable[[], set[str]] = frozenset) ->
     if quota is None:
         return 0
     store.flush()
+    if store.volume() <= quota:   # the whole store fits: no need to look at each value
+        return 0
     sizes = store.value_sizes()
     total = sum(size for _, size, _ in sizes)
     if total <= quota:

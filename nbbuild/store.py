@@ -273,6 +273,10 @@ class Store:
         return self._cache._sql("SELECT COUNT(*) FROM Cache WHERE key >= ? AND key < ? AND raw = 1",
                                 (lo, hi)).fetchone()[0]
 
+    def volume(self) -> int:
+        """Bytes on disk: the database and the value files (diskcache keeps this cheaply)."""
+        return int(self._cache.volume())
+
     def value_sizes(self) -> list[tuple[str, int, float]]:
         """(hash, size in bytes, stored at) of every stored value."""
         lo, hi = _prefix_range("v:")
@@ -285,7 +289,7 @@ class Store:
         self.flush(counters_too=True)
         counter = lambda name: int(self._cache.get("m:" + name, 0))  # noqa: E731
         return {
-            "size_bytes": int(self._cache.volume()),
+            "size_bytes": self.volume(),
             "quota_bytes": self.quota,
             "values": self._count_prefix("v:"),
             "traces": self._count_prefix("t:"),
