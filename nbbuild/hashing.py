@@ -225,6 +225,33 @@ SINK_METHODS = frozenset({
 _code_cache: dict[int, tuple[types.CodeType, str, tuple, frozenset]] = {}
 
 
+_WRITE = "[]="    # marks a name used only as the container of a subscript write
+_KEY_LOADS = frozenset({"LOAD_CONST", "LOAD_FAST", "LOAD_GLOBAL", "LOAD_DEREF", "LOAD_NAME"})
+
+
+def _subscript_writes(instructions: list) -> set[int]:
+    """Positions of name loads that only serve a subscript write: `X[k] = v` (load X, load k,
+    STORE_SUBSCR) and `X[k] += v` (load X, load k, COPY, COPY, BINARY_SUBSCR ... STORE_SUBSCR).
+    `counter["runs"] += 1` writes to counter; it does not make counter an input. Patterns of
+    other bytecode simply do not match: the name then counts as read (safe)."""
+    found = set()
+    ops = [ins.opname for ins in instructions]
+    for i, op in enumerate(ops):
+        if op not in _GLOBAL_OPS and op not in _FREE_OPS:
+            continue
+        # the key: exactly one load, then attribute loads (`k`, `k.x`); in `d[k] = a` the value `a`
+        # comes first and is followed by two loads, so it never matches
+        j = i + 1
+        if j >= len(ops) or ops[j] not in _KEY_LOADS:
+            continue
+        j += 1
+        while j < len(ops) and ops[j] == "LOAD_ATTR":
+            j += 1
+        if ops[j:j + 1] == ["STORE_SUBSCR"] or ops[j:j + 3] == ["COPY", "COPY", "BINARY_SUBSCR"]:
+            found.add(i)
+    return found
+
+
 def _const_text(c: Any, doc: bool) -> str:
     if isinstance(c, types.CodeType):
         return "code:" + code_fingerprint(c)
@@ -253,18 +280,19 @@ def _analyse(code: types.CodeType) -> tuple[str, tuple, frozenset]:
     names: list[tuple[str, ...]] = []
     instructions = [ins for ins in dis.get_instructions(code) if ins.opname not in _SKIP_OPS]
     kept = [ins.offset for ins in instructions]
+    written = _subscript_writes(instructions)
     free_reads: set[str] = set()
     chain: list[str] | None = None
     free: str | None = None
-    for ins in instructions:
+    for i, ins in enumerate(instructions):
         op = ins.opname
         if free is not None and not (op in _ATTR_OPS and ins.argval in SINK_METHODS):
             free_reads.add(free)
-        free = ins.argval if op in _FREE_OPS else None
+        free = ins.argval if op in _FREE_OPS and i not in written else None
         if op in _GLOBAL_OPS:
             if chain:
                 names.append(tuple(chain))
-            chain = [ins.argval]
+            chain = [ins.argval, _WRITE] if i in written else [ins.argval]
         elif op in _ATTR_OPS and chain is not None:
             chain.append(ins.argval)
         elif chain is not None:
@@ -287,8 +315,11 @@ def _analyse(code: types.CodeType) -> tuple[str, tuple, frozenset]:
             names.extend(nested_names)
             free_reads.update(nested_free)
     fp = hash_bytes("\n".join(parts).encode())
-    uniq = tuple(n for n in dict.fromkeys(names) if not (len(n) == 2 and n[1] in SINK_METHODS))
-    result = (fp, uniq, frozenset(free_reads))
+    # a name the code assigns (`global n; n += 1`, `nonlocal`) is the rule's own state, not an input
+    stored = {ins.argval for ins in instructions if ins.opname in ("STORE_GLOBAL", "STORE_DEREF")}
+    uniq = tuple(n for n in dict.fromkeys(names)
+                 if not (len(n) == 2 and (n[1] in SINK_METHODS or n[1] == _WRITE)) and n[0] not in stored)
+    result = (fp, uniq, frozenset(free_reads - stored))
     _code_cache[id(code)] = (code, *result)
     return result
 

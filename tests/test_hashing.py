@@ -138,3 +138,47 @@ def test_closure_reads_exclude_sinks():
         return inner
 
     assert hashing.free_reads(outer().__code__) == {"factor"}
+
+
+def test_state_a_rule_writes_is_not_read():
+    code = _code("""
+def f(k):
+    global runs
+    runs += 1
+    counter["n"] += 1
+    seen[k] = True
+    return table[k] + offset
+""")
+    assert sorted(n[0] for n in hashing.global_names(code)) == ["offset", "table"]
+
+
+def test_a_subscript_write_plus_a_read_is_a_read():
+    code = _code("""
+def f(k):
+    cache[k] = 1
+    return cache[k]
+""")
+    assert [n[0] for n in hashing.global_names(code)] == ["cache"]
+
+
+def test_nonlocal_counters_are_state_not_inputs():
+    def outer():
+        runs, factor = 0, 3
+
+        def inner(x):
+            nonlocal runs
+            runs += 1
+            return x * factor
+        return inner
+
+    assert hashing.free_reads(outer().__code__) == {"factor"}
+
+
+def test_a_value_stored_into_a_container_is_read():
+    code = _code("""
+def f(k):
+    d[k] = a
+    d2[k.x] = b.c
+    return None
+""")
+    assert sorted(n[0] for n in hashing.global_names(code)) == ["a", "b"]

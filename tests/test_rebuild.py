@@ -168,3 +168,32 @@ def test_a_dependency_whose_signature_changed_is_no_failure(b, calls):
     assert ns["whole"]() == 10       # whole's old trace names part(1) with arguments part no longer takes
     assert calls == ["whole", "part"]
     assert b.report.failed == [] and b.report.executed == ["part(1)", "whole()"]
+
+
+RUNS = 0
+
+
+def test_rules_that_count_their_own_runs_are_not_rerun_by_it(b):
+    counter = {"dict": 0}
+    runs = 0
+
+    @b.rule
+    def with_global():
+        global RUNS
+        RUNS += 1
+        return "g"
+
+    @b.rule
+    def with_dict():
+        counter["dict"] += 1
+        return "d"
+
+    @b.rule
+    def with_nonlocal():
+        nonlocal runs
+        runs += 1
+        return "n"
+
+    for _ in range(3):
+        assert b.build(with_global, with_dict, with_nonlocal) == ["g", "d", "n"]
+    assert (RUNS, counter["dict"], runs) == (1, 1, 1)
