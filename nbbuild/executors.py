@@ -17,6 +17,7 @@ Contract:
 """
 from __future__ import annotations
 
+import contextvars
 import logging
 import queue
 import threading
@@ -53,10 +54,15 @@ class Hubs:
         self.hubs: dict[int, _Hub] = {}
         self.finished = False
         self.cancelled: BaseException | None = None
+        self.context = contextvars.Context()
 
     def run(self, root: Callable[..., Any], *args: Any) -> None:
         hub = self.hubs[threading.get_ident()] = _Hub()
+        # rule bodies see the caller's context variables (decimal's context, a kernel's output
+        # routing), each greenlet in a copy of its own, as asyncio gives each task
+        self.context = contextvars.copy_context()
         g = greenlet(root, parent=hub.greenlet)
+        g.gr_context = self.context.copy()
         self.pool.run(self._helper, self.helpers)
         try:
             self._loop(hub, g, args)
@@ -138,7 +144,11 @@ class Hubs:
                 self._retire(hub)
                 return
             if g is None:
-                g = hub.idle.pop() if hub.idle else greenlet(self._worker, parent=hub.greenlet)
+                if hub.idle:
+                    g = hub.idle.pop()
+                else:
+                    g = greenlet(self._worker, parent=hub.greenlet)
+                g.gr_context = self.context.copy()   # each task from the queue starts afresh
             try:
                 self._after(hub, g.switch(item) if item is not None else g.switch(), g)
             except BaseException:

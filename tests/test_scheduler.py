@@ -2,6 +2,8 @@
 waiting without holding a worker, deep and wide graphs on one worker, cycles named."""
 from __future__ import annotations
 
+import contextvars
+import decimal
 import threading
 
 import pytest
@@ -219,3 +221,25 @@ def test_identical_values_are_stored_once(b):
 
     b.build(same.task(1), same.task(2), same.task(3))
     assert b.store.stats()["values"] == 1 and b.store.stats()["traces"] == 3
+
+
+_VAR = contextvars.ContextVar("nbbuild_test_var", default="unset")
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_rule_bodies_see_the_callers_context_variables(tmp_path, workers):
+    with nbbuild.Build(tmp_path, workers=workers) as b:
+        @b.rule(policy="none")
+        def see(i):
+            return _VAR.get(), decimal.getcontext().prec
+
+        @b.rule(policy="none")
+        def deep(n):
+            return see(n) if n == 0 else deep(n - 1)   # past the inline depth: queued, new greenlets
+
+        token = _VAR.set("caller")
+        with decimal.localcontext() as ctx:
+            ctx.prec = 7
+            values = b.build(*[see.task(i) for i in range(4)], deep.task(100))
+        _VAR.reset(token)
+        assert set(values) == {("caller", 7)}
