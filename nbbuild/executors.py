@@ -9,6 +9,8 @@ Contract:
   work (`take()`, called under `lock`, returns the next item or None) in a worker greenlet, which
   calls `process(item)`. Worker greenlets are pooled per thread (starting a fresh greenlet costs far
   more than switching to an idle one) and started from the hub, at the bottom of the stack.
+- Every greenlet runs in a copy of the caller's context (contextvars), and each task a hub starts
+  gets a fresh copy: rule bodies see what the caller set, as asyncio tasks do.
 - `suspend()` parks the current greenlet until someone calls `wake([waker()])` for it: a waiting
   task holds no thread. Greenlets never move between threads: a waker names the greenlet's hub.
 - `cancel(exc)` makes every later `suspend()` raise `Cancelled`; the calling thread's suspended
