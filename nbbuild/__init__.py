@@ -26,12 +26,3 @@ __all__ = [
 
 __version__ = "0.1.0"
 
-
-def load_ipython_extension(ipython):  # pragma: no cover - the notebook layer arrives with its issue
-    from .notebook import magics
-    magics.load_ipython_extension(ipython)
-
-
-def unload_ipython_extension(ipython):  # pragma: no cover
-    from .notebook import magics
-    magics.unload_ipython_extension(ipython)
