@@ -1,0 +1,124 @@
+"""A cell's outputs (names it binds at top level) and inputs (free names it reads)."""
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nbbuild.errors import RuleError
+from nbbuild.notebook.cells import analyse
+
+
+def io(src):
+    names = analyse(src)
+    return list(names.inputs), list(names.outputs)
+
+
+def test_assignments_and_reads():
+    assert io("clean = raw.dropna()\nn = len(clean) * factor") == (["raw", "factor"], ["clean", "n"])
+
+
+def test_a_name_bound_before_it_is_read_is_internal_but_read_first_is_an_input():
+    assert io("x = 1\ny = x + 1") == ([], ["x", "y"])
+    assert io("y = x + 1\nx = 2") == (["x"], ["y", "x"])
+
+
+def test_augmented_assignment_reads_and_binds():
+    assert io("total += 1") == (["total"], ["total"])
+
+
+def test_del_reads_and_unbinds():
+    assert io("tmp = big * 2\ndel tmp\nresult = 1") == (["big"], ["result"])
+    assert io("del old") == (["old"], [])
+
+
+def test_imports_defs_classes_and_targets_bind():
+    src = """
+import numpy as np
+import os.path
+from math import sqrt as root
+def helper(v):
+    return v * scale
+class Model:
+    k = 3
+for i in range(3):
+    pass
+with open(path) as fh:
+    text = fh.read()
+"""
+    inputs, outputs = io(src)
+    assert outputs == ["np", "os", "root", "helper", "Model", "i", "fh", "text"]
+    assert inputs == ["path", "scale"]
+
+
+def test_functions_read_at_call_time_what_the_cell_does_not_bind():
+    src = """
+def f(x):
+    return g(x) + threshold + local_later
+def g(y):
+    z = y + 1
+    return z
+local_later = 5
+"""
+    assert io(src) == (["threshold"], ["f", "g", "local_later"])
+
+
+def test_a_function_declaring_global_binds_at_top_level():
+    src = "def setup():\n    global config\n    config = load(source)\nsetup()"
+    assert io(src) == (["load", "source"], ["setup", "config"])
+
+
+def test_comprehensions_read_their_first_iterable_here_and_bind_walrus_here():
+    assert io("squares = [x * x for x in xs if x > cut]") == (["xs", "cut"], ["squares"])
+    assert io("pairs = {k: v for k, v in table.items()}") == (["table"], ["pairs"])
+    assert io("nested = [y for row in grid for y in row]") == (["grid"], ["nested"])
+    # the walrus binds m while the comprehension runs, before hits is assigned
+    assert io("hits = [m for w in words if (m := match(w))]\nlast = m") == (["words", "match"], ["m", "hits", "last"])
+
+
+def test_lambdas_and_defaults():
+    assert io("f = lambda v, k=base: v * k * rate") == (["base", "rate"], ["f"])
+
+
+def test_class_bodies_run_now_methods_later():
+    src = "class A(Base):\n    size = width * 2\n    def m(self):\n        return self.size + extra\n"
+    assert io(src) == (["Base", "width", "extra"], ["A"])
+
+
+def test_exception_names_do_not_outlive_their_handler():
+    assert io("try:\n    v = risky()\nexcept ValueError as err:\n    v = None") == (["risky"], ["v"])
+
+
+def test_match_patterns_bind():
+    src = "match point:\n    case (x, y):\n        dist = x + y\n    case {'k': value, **rest}:\n        dist = value\n"
+    inputs, outputs = io(src)
+    assert inputs == ["point"] and set(outputs) == {"x", "y", "dist", "value", "rest"}
+
+
+def test_builtins_and_ipython_names_are_not_inputs():
+    src = "a = len(In) + sum(range(3))\nb = _ + _i3 + _12 + __\ndisplay(a)\nip = get_ipython()\nprint(Out)"
+    assert io(src) == ([], ["a", "b", "ip"])
+
+
+def test_a_syntax_error_is_one_clear_line():
+    with pytest.raises(RuleError) as info:
+        analyse("x = (1 +\n")
+    assert "syntax error in the cell, line" in str(info.value) and "\n" not in str(info.value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(alphabet="abxy_=+-*()[]{}:,.\n \t'\"0129lambdforinimport:=", max_size=60),
+                 st.text(max_size=40)))
+def test_any_text_gives_names_or_a_rule_error(text):
+    try:
+        names = analyse(text)
+    except RuleError:
+        return
+    assert all(isinstance(n, str) for n in names.inputs + names.outputs)
+
+
+@pytest.mark.parametrize("src", ["a = 1\x00", "x = " + "(" * 5000 + "1" + ")" * 5000, "y = " + "-" * 100000 + "1"])
+def test_unreadable_cells_are_one_clear_line(src):
+    with pytest.raises(RuleError) as info:
+        analyse(src)
+    assert "\n" not in str(info.value)
