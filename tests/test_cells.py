@@ -122,3 +122,13 @@ def test_unreadable_cells_are_one_clear_line(src):
     with pytest.raises(RuleError) as info:
         analyse(src)
     assert "\n" not in str(info.value)
+
+
+def test_annotations_are_read_where_the_function_is_defined():
+    # CPython evaluates defaults first, then annotations
+    assert io("def f(x: Frame, *, k: int = dflt) -> Result:\n    return x") == (["dflt", "Frame", "Result"], ["f"])
+
+
+def test_a_star_import_is_refused_in_one_line():
+    with pytest.raises(RuleError, match="import the names you use"):
+        analyse("from math import *\ny = sqrt(2)")

@@ -12,7 +12,7 @@ returns `CellNames`:
   top level. The first iterable of a comprehension is read in the enclosing scope, and a walrus
   inside a comprehension binds there. Builtins and IPython's own names (`get_ipython`, `In`,
   `Out`, `_`, `_i3`, `display`, ...) are never inputs.
-A syntax error raises RuleError with one line saying where.
+A syntax error, or a star import (whose names cannot be known), raises RuleError with one line.
 """
 from __future__ import annotations
 
@@ -121,8 +121,10 @@ class _Scope(ast.NodeVisitor):
 
     def visit_Import(self, node: ast.Import | ast.ImportFrom) -> None:
         for alias in node.names:
-            if alias.name != "*":
-                self.bind([alias.asname or alias.name.partition(".")[0]])
+            if alias.name == "*":
+                raise RuleError(f"'from {getattr(node, 'module', '')} import *' in a rule cell binds names that "
+                                "cannot be known; import the names you use")
+            self.bind([alias.asname or alias.name.partition(".")[0]])
 
     visit_ImportFrom = visit_Import
 
@@ -160,16 +162,20 @@ class _Scope(ast.NodeVisitor):
         self.globals_bound.extend(n for n in inner.bound if n in declared_global)
 
     def _arguments(self, args: ast.arguments) -> list[str]:
-        for default in args.defaults + [d for d in args.kw_defaults if d is not None]:
-            self.visit(default)   # defaults are evaluated where the function is defined
         every = args.posonlyargs + args.args + args.kwonlyargs
         every += [a for a in (args.vararg, args.kwarg) if a is not None]
+        # defaults and annotations are evaluated where the function is defined
+        for expr in args.defaults + [d for d in args.kw_defaults if d is not None] + [
+                a.annotation for a in every if a.annotation is not None]:
+            self.visit(expr)
         return [a.arg for a in every]
 
     def visit_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
         for deco in node.decorator_list:
             self.visit(deco)
         params = self._arguments(node.args)
+        if node.returns is not None:
+            self.visit(node.returns)
         self._nested(node, params, node.body)
         self.bind([node.name])
 
