@@ -26,3 +26,14 @@ __all__ = [
 
 __version__ = "0.1.0"
 
+
+
+def load_ipython_extension(ipython):
+    """`%load_ext nbbuild`: the magics of nbbuild.notebook.magics."""
+    from .notebook import magics
+    magics.load_ipython_extension(ipython)
+
+
+def unload_ipython_extension(ipython):
+    from .notebook import magics
+    magics.unload_ipython_extension(ipython)

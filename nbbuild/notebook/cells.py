@@ -13,18 +13,29 @@ returns `CellNames`:
   inside a comprehension binds there. Builtins and IPython's own names (`get_ipython`, `In`,
   `Out`, `_`, `_i3`, `display`, ...) are never inputs.
 A syntax error, or a star import (whose names cannot be known), raises RuleError with one line.
+
+`compile_cell(source, name, filename, fetched, namespace)` makes the rule's function: a function
+named `name`, with `namespace` (the user's) as its globals, whose body is the cell. Each name in
+`fetched` (inputs that other rules produce) is assigned first from `__nbbuild_fetch__(name)`, a
+tracked fetch; every other input is read from the namespace, so the core versions it by value or
+by code. It returns a dict of the outputs the cell bound, plus its last expression's value under
+`LAST`. Line numbers stay those of the cell, so tracebacks point at the cell's lines.
 """
 from __future__ import annotations
 
 import ast
 import builtins
 import re
+import types
 import warnings
 from dataclasses import dataclass
 
 from ..errors import RuleError
 
-__all__ = ["CellNames", "analyse"]
+__all__ = ["CellNames", "analyse", "compile_cell", "LAST", "FETCH"]
+
+LAST = "__nbbuild_last__"
+FETCH = "__nbbuild_fetch__"
 
 _IPYTHON_NAMES = frozenset({"get_ipython", "In", "Out", "exit", "quit", "display", "_oh", "_ih", "_dh"})
 _IPYTHON_PATTERN = re.compile(r"^_+$|^_i+$|^_i?\d+$")
@@ -224,7 +235,7 @@ class _Scope(ast.NodeVisitor):
         self._comprehension(node, [node.key, node.value])
 
 
-def analyse(source: str) -> CellNames:
+def _parse(source: str) -> ast.Module:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")   # ast.parse on junk can print SyntaxWarnings
         try:
@@ -233,6 +244,11 @@ def analyse(source: str) -> CellNames:
             raise RuleError(f"syntax error in the cell, line {e.lineno}: {e.msg}") from None
         except (ValueError, RecursionError, MemoryError) as e:   # NUL bytes; absurd nesting
             raise RuleError(f"the cell cannot be read as Python: {e}") from None
+    return tree
+
+
+def analyse(source: str) -> CellNames:
+    tree = _parse(source)
     top = _Scope(top=True)
     try:
         for stmt in tree.body:
@@ -243,3 +259,43 @@ def analyse(source: str) -> CellNames:
     inputs = [n for n in top.reads + [d for d in top.deferred if d not in bound_anywhere] if not _ignored(n)]
     outputs = [n for n in top.bound + top.globals_bound if n not in top.deleted]
     return CellNames(tuple(dict.fromkeys(inputs)), tuple(dict.fromkeys(outputs)))
+
+
+def compile_cell(source: str, name: str, filename: str, fetched: tuple[str, ...],
+                 outputs: tuple[str, ...], namespace: dict) -> types.FunctionType:
+    tree = _parse(source)
+    body: list[ast.stmt] = list(tree.body)
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Yield, ast.YieldFrom, ast.Await)) and not _inside_function(tree, node):
+            raise RuleError("a rule cell cannot yield or await at top level; move that into a function")
+        if isinstance(node, (ast.Return, ast.Nonlocal)) and not _inside_function(tree, node):
+            raise RuleError(f"'{type(node).__name__.lower()}' outside a function in a rule cell")
+    if body and isinstance(body[-1], ast.Expr):   # the cell's last expression, displayed as Jupyter would
+        last = body[-1]
+        body[-1] = ast.copy_location(ast.Assign([ast.Name(LAST, ast.Store())], last.value), last)
+    line = body[0].lineno if body else 1
+    prologue = [ast.parse(f"{n} = {FETCH}({n!r})").body[0] for n in fetched]
+    epilogue = ast.parse(f"__l = locals()\nreturn {{k: __l[k] for k in {tuple(outputs) + (LAST,)!r} if k in __l}}").body
+    for stmt in prologue + epilogue:
+        for n in ast.walk(stmt):   # compiler-made lines: at the cell's first line, never in between
+            n.lineno = n.end_lineno = line  # type: ignore[attr-defined]
+            n.col_offset = n.end_col_offset = 0  # type: ignore[attr-defined]
+    fn = ast.FunctionDef(name=name, args=ast.arguments([], [], None, [], [], None, []),
+                         body=prologue + (body or [ast.Pass()]) + epilogue, decorator_list=[], returns=None,
+                         type_comment=None, lineno=line, col_offset=0)
+    module = ast.fix_missing_locations(ast.Module([fn], type_ignores=[]))
+    try:
+        code = compile(module, filename, "exec")
+    except SyntaxError as e:
+        raise RuleError(f"the cell cannot be a rule, line {e.lineno}: {e.msg}") from None
+    scratch: dict = {}
+    exec(code, namespace, scratch)
+    return scratch[name]
+
+
+def _inside_function(tree: ast.AST, target: ast.AST) -> bool:
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)) and any(
+                n is target for n in ast.walk(node)):
+            return True
+    return False

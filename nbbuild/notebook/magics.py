@@ -1,0 +1,222 @@
+"""IPython magics: `%%rule`, `%build`, `%nbbuild`. Thin: parse the line, call the Build API, say one
+line. Every nbbuild error becomes a UsageError, which IPython shows as one line.
+
+Contract:
+- `%load_ext nbbuild` opens a Build on `.nbbuild/` in the working directory (`NBBUILD_DIR`
+  overrides it) with `workers=1`, so rule bodies run on the kernel's thread. Its state lives on the
+  shell, so `%reload_ext nbbuild` keeps the rules; `%unload_ext nbbuild` removes the magics.
+- `%%rule [NAME] [--lazy] [--policy persist|memory|none]`: the cell becomes the rule NAME (by
+  default, the first name it binds); it is built at once unless --lazy, its outputs are bound in
+  the user namespace, and its last expression is the cell's result. A name another rule produces
+  is refused. Re-running a cell replaces its rule; rules its change made stale are named.
+- `%build TARGET [TARGET ...] [-j N]`: builds the rules producing those names, binds their outputs,
+  prints the report's one line.
+- `%nbbuild status` (each rule: up to date / stale / never built) and `%nbbuild why TARGET`.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+
+from ..build import Build
+from ..errors import BuildError, CycleError, NbbuildError
+from ..rule import POLICIES
+from .cells import FETCH, LAST, analyse, compile_cell
+
+__all__ = ["NotebookState", "NbbuildMagics", "load_ipython_extension", "unload_ipython_extension"]
+
+
+class NotebookState:
+    """The notebook's Build and which rule produces which name."""
+
+    def __init__(self, shell: Any, path: str):
+        self.shell = shell
+        self.build = Build(path, workers=1)
+        self.producers: dict[str, str] = {}      # output name -> rule name
+        self.outputs: dict[str, tuple[str, ...]] = {}
+        self.inputs: dict[str, tuple[str, ...]] = {}
+        shell.user_ns[FETCH] = self.fetch
+
+    def fetch(self, name: str) -> Any:
+        """Inside a rule body: the value of `name`, as a tracked dependency on its rule."""
+        return self.build.rules[self.producers[name]]()[name]
+
+    def rule_for(self, target: str) -> Any:
+        name = self.producers.get(target, target)
+        if name not in self.build.rules:
+            known = ", ".join(sorted(self.producers)) or "none yet"
+            raise UsageError(f"no rule produces {target!r} (names produced: {known})")
+        return self.build.rules[name]
+
+    def dependents(self, name: str) -> list[str]:
+        """Rules that read, directly or not, what rule `name` produces, in definition order."""
+        found: list[str] = []
+        frontier = set(self.outputs.get(name, ()))
+        changed = True
+        while changed:
+            changed = False
+            for rule, reads in self.inputs.items():
+                if rule != name and rule not in found and frontier.intersection(reads):
+                    found.append(rule)
+                    frontier.update(self.outputs.get(rule, ()))
+                    changed = True
+        return found
+
+
+def _parse_rule_line(line: str) -> tuple[str | None, bool, str]:
+    try:
+        words = shlex.split(line)
+    except ValueError as e:
+        raise UsageError(f"%%rule: {e}") from None
+    name, lazy, policy = None, False, "persist"
+    it = iter(words)
+    for w in it:
+        if w == "--lazy":
+            lazy = True
+        elif w == "--policy" or w.startswith("--policy="):
+            policy = w.partition("=")[2] if "=" in w else next(it, "")
+            if policy not in POLICIES:
+                raise UsageError(f"%%rule: --policy takes one of {', '.join(POLICIES)}, not {policy!r}")
+        elif w.startswith("-"):
+            raise UsageError(f"%%rule: unknown option {w!r}; usage: %%rule [NAME] [--lazy] [--policy P]")
+        elif name is None:
+            if not w.isidentifier():
+                raise UsageError(f"%%rule: rule name {w!r} is not a Python identifier")
+            name = w
+        else:
+            raise UsageError(f"%%rule: one rule name only, got {name!r} and {w!r}")
+    return name, lazy, policy
+
+
+@magics_class
+class NbbuildMagics(Magics):
+    def __init__(self, shell: Any, state: NotebookState):
+        super().__init__(shell)
+        self.state = state
+
+    @cell_magic
+    def rule(self, line: str, cell: str) -> Any:
+        """%%rule [NAME] [--lazy] [--policy persist|memory|none]: the cell becomes a rule."""
+        state = self.state
+        name, lazy, policy = _parse_rule_line(line)
+        source = self.shell.transform_cell(cell)
+        try:
+            names = analyse(source)
+        except NbbuildError as e:
+            raise UsageError(str(e)) from None
+        name = name or (names.outputs[0] if names.outputs else None)
+        if name is None:
+            raise UsageError("%%rule: the cell binds no name; give the rule one: %%rule NAME")
+        for out in names.outputs:
+            owner = state.producers.get(out)
+            if owner is not None and owner != name:
+                raise UsageError(f"{out!r} is already produced by rule {owner}; rule {name} cannot bind it too")
+        fetched = tuple(n for n in names.inputs if state.producers.get(n, name) != name)
+        filename = self.shell.compile.cache(source, self.shell.execution_count)
+        try:
+            fn = compile_cell(source, name, filename, fetched, names.outputs, self.shell.user_ns)
+            rule = state.build.rule(fn, name=name, policy=policy)
+        except NbbuildError as e:
+            raise UsageError(str(e)) from None
+        for out in [o for o, r in state.producers.items() if r == name]:
+            del state.producers[out]
+        state.producers.update({o: name for o in names.outputs})
+        state.outputs[name], state.inputs[name] = names.outputs, names.inputs
+        if lazy:
+            return None
+        values = self._build([rule.task()], summary=False)
+        self._say_stale(name)
+        return values[0].get(LAST) if values else None
+
+    @line_magic
+    def build(self, line: str) -> None:
+        """%build TARGET [TARGET ...] [-j N]: bring targets up to date and bind their outputs."""
+        try:
+            words = shlex.split(line)
+        except ValueError as e:
+            raise UsageError(f"%build: {e}") from None
+        targets, jobs, it = [], None, iter(words)
+        for w in it:
+            if w in ("-j", "--jobs"):
+                jobs = next(it, "")
+                if not jobs.isdigit() or int(jobs) < 1:
+                    raise UsageError(f"%build: -j takes a whole number of at least 1, not {jobs!r}")
+            elif w.startswith("-"):
+                raise UsageError(f"%build: unknown option {w!r}; usage: %build TARGET [TARGET ...] [-j N]")
+            else:
+                targets.append(w)
+        if not targets:
+            raise UsageError("%build: name at least one target: %build TARGET [TARGET ...]")
+        tasks = [self.state.rule_for(t).task() for t in targets]
+        workers = self.state.build.workers
+        if jobs:
+            self.state.build.workers = int(jobs)
+        try:
+            self._build(tasks, summary=True)
+        finally:
+            self.state.build.workers = workers
+
+    @line_magic
+    def nbbuild(self, line: str) -> None:
+        """%nbbuild status | why TARGET"""
+        words = line.split()
+        b = self.state.build
+        if words[:1] == ["status"] and len(words) == 1:
+            for name in self.state.outputs:
+                why = b.why(b.rules[name].task())
+                state = "up to date" if why.endswith("is up to date") else \
+                    "never built" if why.endswith("never built") else "stale"
+                print(f"{name}: {state}")
+        elif words[:1] == ["why"] and len(words) == 2:
+            print(b.why(self.state.rule_for(words[1]).task()))
+        else:
+            raise UsageError("usage: %nbbuild status | why TARGET")
+
+    # ------------------------------------------------------------ helpers
+
+    def _build(self, tasks: list, summary: bool) -> list[dict]:
+        b = self.state.build
+        try:
+            values = b.build(*tasks)
+        except CycleError as e:
+            raise UsageError(str(e)) from None
+        except BuildError as e:
+            cause = e.__cause__
+            if cause is not None:
+                tb = cause.__traceback__   # the rule's own frames: from the cell on, not the engine's
+                while tb is not None and str(tb.tb_frame.f_globals.get("__name__", "")).startswith("nbbuild"):
+                    tb = tb.tb_next
+                self.shell.showtraceback((type(cause), cause, tb or cause.__traceback__))
+            raise UsageError(str(e)) from None
+        finally:
+            if summary and b.report is not None:
+                print(b.report)
+        for value in values:
+            self.shell.user_ns.update({k: v for k, v in value.items() if k != LAST})
+        return values
+
+    def _say_stale(self, name: str) -> None:
+        b = self.state.build
+        stale = [r for r in self.state.dependents(name) if not b.why(b.rules[r].task()).endswith("up to date")]
+        if stale:
+            print(f"stale: {', '.join(stale)} — run %build {stale[-1]}")
+
+
+def load_ipython_extension(shell: Any) -> None:
+    state = getattr(shell, "_nbbuild_state", None)
+    if state is None:
+        path = os.environ.get("NBBUILD_DIR") or os.path.join(os.getcwd(), ".nbbuild")
+        state = shell._nbbuild_state = NotebookState(shell, path)
+    shell.user_ns[FETCH] = state.fetch
+    shell.register_magics(NbbuildMagics(shell, state))
+
+
+def unload_ipython_extension(shell: Any) -> None:
+    magics = shell.magics_manager.magics
+    magics["cell"].pop("rule", None)
+    magics["line"].pop("build", None)
+    magics["line"].pop("nbbuild", None)

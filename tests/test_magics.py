@@ -1,0 +1,166 @@
+"""The magics, driven through a real IPython InteractiveShell."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+
+from nbbuild.notebook.magics import _parse_rule_line
+
+
+@pytest.fixture
+def ip(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    InteractiveShell.clear_instance()
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "nbbuild")
+    shell.run_cell("calls = []")
+    yield shell
+    shell._nbbuild_state.build.close()
+    shell.run_line_magic("unload_ext", "nbbuild")
+    InteractiveShell.clear_instance()
+
+
+RAW = "%%rule\ncalls.append('raw')\nraw = [3, 1, -2, 5]\n"
+CLEAN = "%%rule\ncalls.append('clean')\nclean = sorted(v for v in raw if v >= threshold)\nlen(clean)\n"
+
+
+def test_a_rule_cell_runs_binds_its_outputs_and_shows_its_last_expression(ip):
+    ip.run_cell("threshold = 0")
+    ip.run_cell(RAW)
+    result = ip.run_cell(CLEAN)
+    assert result.result == 3 and ip.user_ns["clean"] == [1, 3, 5]
+    assert ip.user_ns["calls"] == ["raw", "clean"]
+
+
+def test_running_a_rule_cell_again_restores_instead_of_running(ip):
+    ip.run_cell("threshold = 0")
+    ip.run_cell(RAW)
+    ip.run_cell(CLEAN)
+    ip.user_ns["calls"].clear()
+    ip.run_cell(RAW)
+    assert ip.run_cell(CLEAN).result == 3
+    assert ip.user_ns["calls"] == []
+
+
+def test_an_edited_upstream_cell_names_what_is_stale_and_build_updates_it(ip, capsys):
+    ip.run_cell("threshold = 0")
+    ip.run_cell(RAW)
+    ip.run_cell(CLEAN)
+    capsys.readouterr()
+    ip.user_ns["calls"].clear()
+    ip.run_cell(RAW.replace("5]", "5, 7]"))
+    assert "stale: clean — run %build clean" in capsys.readouterr().out
+    ip.run_cell("%build clean")
+    assert ip.user_ns["clean"] == [1, 3, 5, 7] and ip.user_ns["calls"] == ["raw", "clean"]
+    assert capsys.readouterr().out.startswith("ran 1, reused 1, failed 0")
+
+
+def test_a_plain_global_is_an_input_by_value(ip):
+    ip.run_cell("threshold = 0")
+    ip.run_cell(RAW)
+    ip.run_cell(CLEAN)
+    ip.user_ns["calls"].clear()
+    ip.run_cell("threshold = 4")
+    ip.run_cell("%build clean")
+    assert ip.user_ns["clean"] == [5] and ip.user_ns["calls"] == ["clean"]
+
+
+def test_a_name_another_rule_produces_is_refused_in_one_line(ip, capsys):
+    ip.run_cell(RAW)
+    result = ip.run_cell("%%rule other\nraw = 1\n")
+    assert isinstance(result.error_in_exec, UsageError)
+    err = capsys.readouterr().err
+    assert "'raw' is already produced by rule raw; rule other cannot bind it too" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("cell,message", [
+    ("%build nothing", "no rule produces 'nothing'"),
+    ("%build", "name at least one target"),
+    ("%build raw -j zero", "-j takes a whole number"),
+    ("%nbbuild dance", "usage: %nbbuild status | why TARGET"),
+    ("%%rule --policy sometimes\nx = 1\n", "--policy takes one of"),
+    ("%%rule 9lives\nx = 1\n", "not a Python identifier"),
+    ("%%rule\nx = (1 +\n", "syntax error in the cell, line"),
+    ("%%rule\nprint(1)\n", "the cell binds no name"),
+])
+def test_bad_input_is_one_clear_line(ip, capsys, cell, message):
+    ip.run_cell(RAW)
+    capsys.readouterr()
+    result = ip.run_cell(cell)
+    assert isinstance(result.error_in_exec, UsageError)
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_a_failing_rule_shows_its_own_traceback_at_the_cell_line_and_the_chain(ip, capsys):
+    ip.run_cell(RAW)
+    ip.run_cell("%%rule --lazy\nratio = raw[0] / 0\n")
+    ip.run_cell("%%rule --lazy\nreport = ratio * 2\n")
+    capsys.readouterr()
+    ip.run_cell("%build report")
+    captured = capsys.readouterr()
+    text = re.sub(r"\x1b\[[0-9;]*m", "", captured.out + captured.err)
+    assert "ZeroDivisionError" in text and "ratio = raw[0] / 0" in text
+    assert "scheduler.py" not in text        # the rule's frames, not the engine's
+    assert "ratio() failed: ZeroDivisionError: division by zero (needed by report() → ratio())" in text
+
+
+def test_status_and_why(ip, capsys):
+    ip.run_cell("threshold = 0")
+    ip.run_cell(RAW)
+    ip.run_cell("%%rule --lazy\n" + CLEAN.split("\n", 1)[1])
+    capsys.readouterr()
+    ip.run_cell("%nbbuild status")
+    assert capsys.readouterr().out == "raw: up to date\nclean: never built\n"
+    ip.run_cell("%nbbuild why clean")
+    assert capsys.readouterr().out == "clean() is stale: never built\n"
+
+
+def test_reload_ext_keeps_rules(ip):
+    ip.run_cell(RAW)
+    ip.run_line_magic("reload_ext", "nbbuild")
+    ip.user_ns["calls"].clear()
+    ip.run_cell("%build raw")
+    assert ip.user_ns["raw"] == [3, 1, -2, 5] and ip.user_ns["calls"] == []
+
+
+KERNEL = textwrap.dedent("""
+    import json, os, sys
+    from IPython.core.interactiveshell import InteractiveShell
+    os.chdir(sys.argv[1])
+    ip = InteractiveShell.instance()
+    ip.run_cell("%load_ext nbbuild")
+    ip.run_cell("calls = []\\nthreshold = 0")
+    for cell in json.loads(sys.argv[2]):
+        ip.run_cell(cell)
+    print(json.dumps({"calls": ip.user_ns["calls"], "clean": ip.user_ns["clean"]}))
+""")
+
+
+def test_after_a_restart_the_same_cells_run_no_rule_body(tmp_path):
+    cells = json.dumps([RAW, CLEAN])
+    first, second = (json.loads(subprocess.run([sys.executable, "-c", KERNEL, str(tmp_path), cells],
+                                               capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+                     for _ in range(2))
+    assert first["calls"] == ["raw", "clean"]
+    assert second["calls"] == [] and second["clean"] == first["clean"] == [1, 3, 5]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=40))
+def test_any_rule_line_parses_or_says_usage(line):
+    try:
+        name, lazy, policy = _parse_rule_line(line)
+    except UsageError:
+        return
+    assert name is None or name.isidentifier()
