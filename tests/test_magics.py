@@ -160,7 +160,52 @@ def test_after_a_restart_the_same_cells_run_no_rule_body(tmp_path):
 @given(st.text(max_size=40))
 def test_any_rule_line_parses_or_says_usage(line):
     try:
-        name, lazy, policy = _parse_rule_line(line)
+        name, lazy, policy, params = _parse_rule_line(line)
     except UsageError:
         return
     assert name is None or name.isidentifier()
+    assert policy in ("persist", "memory", "none") and params is None or isinstance(params, str)
+
+
+MODEL = "%%rule model(alpha, l1=0.0)\ncalls.append(('model', alpha, l1))\nscore = sum(raw) * alpha + l1\nscore\n"
+
+
+def test_a_parametric_rule_is_called_anywhere_and_built_per_argument(ip):
+    ip.run_cell(RAW)
+    ip.run_cell(MODEL)
+    ip.user_ns["calls"].clear()
+    assert ip.run_cell("model(alpha=0.5)").result == 3.5
+    assert ip.run_cell("model(0.5, 0.0)").result == 3.5          # the same task: not run again
+    assert ip.run_cell("%build model(alpha = 2)").result == 14
+    assert ip.user_ns["calls"] == [("model", 0.5, 0.0), ("model", 2, 0.0)]
+
+
+def test_a_parametric_call_inside_a_rule_cell_is_a_tracked_dependency(ip, capsys):
+    ip.run_cell(RAW)
+    ip.run_cell(MODEL)
+    ip.run_cell("%%rule\nbest = max(model(a) for a in (1, 2))\n")
+    assert ip.user_ns["best"] == 14
+    ip.user_ns["calls"].clear()
+    ip.run_cell(MODEL.replace("+ l1", "+ l1 + 1"))
+    ip.run_cell("%build best")
+    assert ip.user_ns["best"] == 15
+    assert sorted(ip.user_ns["calls"]) == [("model", 1, 0.0), ("model", 2, 0.0)]
+
+
+@pytest.mark.parametrize("cell,message", [
+    ("%%rule model(alpha,\nx = 1\n", "unbalanced brackets"),
+    ("%%rule model(alpha beta)\nx = 1\n", "not a Python parameter list"),
+    ("%%rule 1model(a)\nx = 1\n", "not a Python identifier"),
+    ("%build model(", "unbalanced brackets"),
+    ("%build model(alpha=undefined_name)", "the arguments of 'model(alpha=undefined_name)' failed: NameError"),
+    ("%build model(1, 2, 3)", "model(alpha, l1=0.0)"),
+    ("%build nosuch(1)", "no rule named 'nosuch'"),
+])
+def test_bad_parametric_input_is_one_clear_line(ip, capsys, cell, message):
+    ip.run_cell(RAW)
+    ip.run_cell(MODEL)
+    capsys.readouterr()
+    result = ip.run_cell(cell)
+    assert isinstance(result.error_in_exec, UsageError)
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from ..errors import RuleError
 
-__all__ = ["CellNames", "analyse", "compile_cell", "LAST", "FETCH"]
+__all__ = ["CellNames", "analyse", "compile_cell", "parse_signature", "LAST", "FETCH"]
 
 LAST = "__nbbuild_last__"
 FETCH = "__nbbuild_fetch__"
@@ -261,8 +261,19 @@ def analyse(source: str) -> CellNames:
     return CellNames(tuple(dict.fromkeys(inputs)), tuple(dict.fromkeys(outputs)))
 
 
+def parse_signature(text: str) -> ast.arguments:
+    """`alpha, l1=0.0` of `%%rule model(alpha, l1=0.0)`."""
+    try:
+        fn = _parse(f"def _({text}): pass").body[0]
+    except RuleError:
+        raise RuleError(f"parameters ({text}) are not a Python parameter list") from None
+    return fn.args  # type: ignore[attr-defined]
+
+
 def compile_cell(source: str, name: str, filename: str, fetched: tuple[str, ...],
-                 outputs: tuple[str, ...], namespace: dict) -> types.FunctionType:
+                 outputs: tuple[str, ...], namespace: dict, params: ast.arguments | None = None) -> types.FunctionType:
+    """With `params`, the function takes them and returns the value of `name` as the cell binds
+    it, or else its last expression, instead of the dict of outputs."""
     tree = _parse(source)
     body: list[ast.stmt] = list(tree.body)
     for node in ast.walk(tree):
@@ -275,12 +286,15 @@ def compile_cell(source: str, name: str, filename: str, fetched: tuple[str, ...]
         body[-1] = ast.copy_location(ast.Assign([ast.Name(LAST, ast.Store())], last.value), last)
     line = body[0].lineno if body else 1
     prologue = [ast.parse(f"{n} = {FETCH}({n!r})").body[0] for n in fetched]
-    epilogue = ast.parse(f"__l = locals()\nreturn {{k: __l[k] for k in {tuple(outputs) + (LAST,)!r} if k in __l}}").body
+    if params is None:
+        epilogue = ast.parse(f"__l = locals()\nreturn {{k: __l[k] for k in {tuple(outputs) + (LAST,)!r} if k in __l}}").body
+    else:
+        epilogue = ast.parse(f"__l = locals()\nreturn __l.get({name!r}, __l.get({LAST!r}))").body
     for stmt in prologue + epilogue:
         for n in ast.walk(stmt):   # compiler-made lines: at the cell's first line, never in between
             n.lineno = n.end_lineno = line  # type: ignore[attr-defined]
             n.col_offset = n.end_col_offset = 0  # type: ignore[attr-defined]
-    fn = ast.FunctionDef(name=name, args=ast.arguments([], [], None, [], [], None, []),
+    fn = ast.FunctionDef(name=name, args=params or ast.arguments([], [], None, [], [], None, []),
                          body=prologue + (body or [ast.Pass()]) + epilogue, decorator_list=[], returns=None,
                          type_comment=None, lineno=line, col_offset=0)
     module = ast.fix_missing_locations(ast.Module([fn], type_ignores=[]))

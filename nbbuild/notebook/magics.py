@@ -9,13 +9,17 @@ Contract:
   default, the first name it binds); it is built at once unless --lazy, its outputs are bound in
   the user namespace, and its last expression is the cell's result. A name another rule produces
   is refused. Re-running a cell replaces its rule; rules its change made stale are named.
-- `%build TARGET [TARGET ...] [-j N]`: builds the rules producing those names, binds their outputs,
-  prints the report's one line.
+- `%%rule NAME(param, other=default)`: a parametric rule; `NAME` is bound to it, and `NAME(...)`
+  anywhere returns the value (the cell's `NAME`, or else its last expression), built incrementally.
+- `%build TARGET [TARGET ...] [-j N]`: builds the rules producing those names (or parametric calls
+  such as `model(alpha=0.1)`), binds their outputs, prints the report's one line.
 - `%nbbuild status` (each rule: up to date / stale / never built) and `%nbbuild why TARGET`.
 """
 from __future__ import annotations
 
+import ast
 import os
+import re
 import shlex
 from typing import Any
 
@@ -25,7 +29,7 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from ..build import Build
 from ..errors import BuildError, CycleError, NbbuildError
 from ..rule import POLICIES
-from .cells import FETCH, LAST, analyse, compile_cell
+from .cells import FETCH, LAST, analyse, compile_cell, parse_signature
 
 __all__ = ["NotebookState", "NbbuildMagics", "load_ipython_extension", "unload_ipython_extension"]
 
@@ -39,6 +43,7 @@ class NotebookState:
         self.producers: dict[str, str] = {}      # output name -> rule name
         self.outputs: dict[str, tuple[str, ...]] = {}
         self.inputs: dict[str, tuple[str, ...]] = {}
+        self.parametric: set[str] = set()
         shell.user_ns[FETCH] = self.fetch
 
     def fetch(self, name: str) -> Any:
@@ -67,7 +72,19 @@ class NotebookState:
         return found
 
 
-def _parse_rule_line(line: str) -> tuple[str | None, bool, str]:
+_SIGNATURE = re.compile(r"^\s*([^\s(]+)\s*\((.*)\)(.*)$", re.S)
+
+
+def _parse_rule_line(line: str) -> tuple[str | None, bool, str, str | None]:
+    """(name, --lazy, policy, parameter text or None)."""
+    params = None
+    m = _SIGNATURE.match(line)
+    if not m and "(" in line:
+        raise UsageError(f"%%rule: unbalanced brackets in {line.strip()!r}; usage: %%rule NAME(param, other=default)")
+    if m:
+        if not m.group(1).isidentifier():
+            raise UsageError(f"%%rule: rule name {m.group(1)!r} is not a Python identifier")
+        params, line = m.group(2), m.group(1) + " " + m.group(3)
     try:
         words = shlex.split(line)
     except ValueError as e:
@@ -89,7 +106,24 @@ def _parse_rule_line(line: str) -> tuple[str | None, bool, str]:
             name = w
         else:
             raise UsageError(f"%%rule: one rule name only, got {name!r} and {w!r}")
-    return name, lazy, policy
+    return name, lazy, policy, params
+
+
+def _split_targets(line: str) -> list[str]:
+    """Words of a %build line; a parametric call such as `model(alpha = 0.1)` is one word."""
+    words, depth, current = [], 0, ""
+    for ch in line:
+        depth += ch in "([{"
+        depth -= ch in ")]}"
+        if ch.isspace() and depth <= 0:
+            if current:
+                words.append(current)
+            current, depth = "", 0
+        else:
+            current += ch
+    if depth > 0:
+        raise UsageError(f"%build: unbalanced brackets in {line.strip()!r}")
+    return words + ([current] if current else [])
 
 
 @magics_class
@@ -102,12 +136,15 @@ class NbbuildMagics(Magics):
     def rule(self, line: str, cell: str) -> Any:
         """%%rule [NAME] [--lazy] [--policy persist|memory|none]: the cell becomes a rule."""
         state = self.state
-        name, lazy, policy = _parse_rule_line(line)
+        name, lazy, policy, param_text = _parse_rule_line(line)
         source = self.shell.transform_cell(cell)
         try:
             names = analyse(source)
+            params = parse_signature(param_text) if param_text is not None else None
         except NbbuildError as e:
             raise UsageError(str(e)) from None
+        if params is not None:
+            return self._parametric(name, policy, source, names, params)
         name = name or (names.outputs[0] if names.outputs else None)
         if name is None:
             raise UsageError("%%rule: the cell binds no name; give the rule one: %%rule NAME")
@@ -132,13 +169,54 @@ class NbbuildMagics(Magics):
         self._say_stale(name)
         return values[0].get(LAST) if values else None
 
-    @line_magic
-    def build(self, line: str) -> None:
-        """%build TARGET [TARGET ...] [-j N]: bring targets up to date and bind their outputs."""
+    def _parametric(self, name: str, policy: str, source: str, names: Any, params: Any) -> None:
+        """A rule with parameters: registered, bound under its name, built when called."""
+        state = self.state
+        own = {a.arg for a in params.posonlyargs + params.args + params.kwonlyargs}
+        own.update(a.arg for a in (params.vararg, params.kwarg) if a is not None)
+        if name in state.producers:
+            raise UsageError(f"{name!r} is already produced by rule {state.producers[name]}; "
+                             f"a parametric rule {name} cannot take its name")
+        fetched = tuple(n for n in names.inputs if n in state.producers and n not in own)
+        filename = self.shell.compile.cache(source, self.shell.execution_count)
         try:
-            words = shlex.split(line)
-        except ValueError as e:
-            raise UsageError(f"%build: {e}") from None
+            fn = compile_cell(source, name, filename, fetched, names.outputs, self.shell.user_ns, params)
+            rule = state.build.rule(fn, name=name, policy=policy)
+        except NbbuildError as e:
+            raise UsageError(str(e)) from None
+        state.inputs[name] = tuple(n for n in names.inputs if n not in own)
+        state.parametric.add(name)
+        self.shell.user_ns[name] = rule
+        return None
+
+    def _task(self, target: str) -> Any:
+        """A target: a name a rule produces, a rule's name, or a call of a parametric rule."""
+        if "(" not in target:
+            return self.state.rule_for(target).task()
+        try:
+            call = ast.parse(target, mode="eval").body
+        except SyntaxError:
+            raise UsageError(f"%build: {target!r} is neither a name nor a call") from None
+        if not isinstance(call, ast.Call) or not isinstance(call.func, ast.Name):
+            raise UsageError(f"%build: {target!r} is neither a name nor a call of a rule")
+        rule = self.state.build.rules.get(call.func.id)
+        if rule is None:
+            raise UsageError(f"%build: no rule named {call.func.id!r}")
+        ns = self.shell.user_ns
+        try:
+            args = [eval(compile(ast.Expression(a), "<target>", "eval"), ns) for a in call.args]
+            kwargs = {k.arg: eval(compile(ast.Expression(k.value), "<target>", "eval"), ns) for k in call.keywords}
+        except Exception as e:  # the user's argument expressions: any error is theirs, in one line
+            raise UsageError(f"%build: the arguments of {target!r} failed: {type(e).__name__}: {e}") from None
+        try:
+            return rule.task(*args, **kwargs)
+        except NbbuildError as e:
+            raise UsageError(str(e)) from None
+
+    @line_magic
+    def build(self, line: str) -> Any:
+        """%build TARGET [TARGET ...] [-j N]: bring targets up to date and bind their outputs."""
+        words = _split_targets(line)
         targets, jobs, it = [], None, iter(words)
         for w in it:
             if w in ("-j", "--jobs"):
@@ -151,14 +229,16 @@ class NbbuildMagics(Magics):
                 targets.append(w)
         if not targets:
             raise UsageError("%build: name at least one target: %build TARGET [TARGET ...]")
-        tasks = [self.state.rule_for(t).task() for t in targets]
+        tasks = [self._task(t) for t in targets]
         workers = self.state.build.workers
         if jobs:
             self.state.build.workers = int(jobs)
         try:
-            self._build(tasks, summary=True)
+            values = self._build(tasks, summary=True)
         finally:
             self.state.build.workers = workers
+        calls = [v for t, v in zip(tasks, values) if t.rule.name in self.state.parametric]
+        return calls[0] if len(tasks) == 1 and calls else None
 
     @line_magic
     def nbbuild(self, line: str) -> None:
@@ -195,8 +275,9 @@ class NbbuildMagics(Magics):
         finally:
             if summary and b.report is not None:
                 print(b.report)
-        for value in values:
-            self.shell.user_ns.update({k: v for k, v in value.items() if k != LAST})
+        for task, value in zip(tasks, values):
+            if task.rule.name not in self.state.parametric:
+                self.shell.user_ns.update({k: v for k, v in value.items() if k != LAST})
         return values
 
     def _say_stale(self, name: str) -> None:
