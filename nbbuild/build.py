@@ -219,7 +219,9 @@ class Build:
 
     # ------------------------------------------------------------ building
 
-    def build(self, *targets: Any) -> list[Any]:
+    def build(self, *targets: Any, force: bool = False) -> list[Any]:
+        """Values of the targets, brought up to date. `force`: run the targets themselves even if
+        they are up to date (their dependencies are still only verified)."""
         tasks = [self._target(t) for t in targets]
         rec = current.get()
         if rec is not None and rec.scheduler.build is self:
@@ -242,6 +244,10 @@ class Build:
             # what this process verified before and whose inputs did not change is known up to date
             self._clean.invalidate(self.rules, sched.version, self._files.hash)
             sched.known.update(self._clean.hashes)
+            if force:
+                sched.forced = {t.key for t in tasks}
+                for key in sched.forced:
+                    sched.known.pop(key, None)
             preseeded = bool(sched.known)
             try:
                 states = sched.run(tasks, collect)
@@ -267,16 +273,8 @@ class Build:
 
     def why(self, target: Any) -> str:
         task = self._target(target)
-        self._tasks.setdefault(task.key, task)
-        self.store.refresh()
         memo: dict[str, tuple[str | None, str | None]] = {}
-        versions: dict[Rule, Any] = {}
-        limit = sys.getrecursionlimit()
-        sys.setrecursionlimit(max(limit, 20000))
-        try:
-            reason, _ = self._why(task, memo, versions)
-        finally:
-            sys.setrecursionlimit(limit)
+        reason = self._explain([task], memo)[0]
         if reason is not None:
             return f"{task!r} is stale: {reason}"
         digest = memo[task.key][1]
@@ -284,11 +282,31 @@ class Build:
             return f"{task!r} is up to date, but its value is no longer stored: it runs again when needed"
         return f"{task!r} is up to date"
 
+    def plan(self, *targets: Any) -> list[tuple[str, str]]:
+        """What building the targets would run, and why, dependencies first; nothing runs. A task
+        below a stale one may yet be spared by early cutoff: the plan says what may run."""
+        memo: dict[str, tuple[str | None, str | None]] = {}
+        self._explain([self._target(t) for t in targets], memo)
+        return [(self._tasks[key]._repr if key in self._tasks else key, reason)
+                for key, (reason, _) in memo.items() if reason is not None]
+
+    def _explain(self, tasks: list[Task], memo: dict) -> list[str | None]:
+        for task in tasks:
+            self._tasks.setdefault(task.key, task)
+        self.store.refresh()
+        versions: dict[Rule, Any] = {}
+        limit = sys.getrecursionlimit()
+        sys.setrecursionlimit(max(limit, 20000))
+        try:
+            return [self._why(task, memo, versions)[0] for task in tasks]
+        finally:
+            sys.setrecursionlimit(limit)
+
     def _why(self, task: Task, memo: dict, versions: dict) -> tuple[str | None, str | None]:
         """(None, hash) when up to date, else (reason, None)."""
         if task.key in memo:
             return memo[task.key]
-        memo[task.key] = ("it depends on itself", None)
+        memo[task.key] = ("it depends on itself", None)   # until known; a cycle reads this
         rule = task.rule
         traces = self.store.traces(task.key, rule.policy == "persist")
         if rule.policy == "none":
@@ -311,6 +329,7 @@ class Build:
                     reasons.append(reason)
                 else:
                     result = (reasons[0], None)
+        del memo[task.key]          # re-inserted last: the memo lists dependencies first
         memo[task.key] = result
         return result
 

@@ -90,6 +90,7 @@ class Scheduler:
         self.traces = self.store.traces_index()
         self.tasks: dict[str, Task] = build._tasks
         self.checked: set[str] = set()
+        self.forced: set[str] = set()            # keys that run even if up to date (build(force=True))
         self.cancelled: BaseException | None = None
         self.gc = False
         self._root_states: list[TaskState] = []
@@ -243,7 +244,7 @@ class Scheduler:
     def _process(self, st: TaskState, depth: int) -> None:
         st.depth = depth
         try:
-            if not self._verify(st):
+            if st.task.key in self.forced or not self._verify(st):
                 self._execute(st)
         except (Cancelled, KeyboardInterrupt, SystemExit, GreenletExitType):
             raise

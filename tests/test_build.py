@@ -369,3 +369,52 @@ def test_a_task_of_another_build_is_refused(b, tmp_path):
 
         with pytest.raises(nbbuild.RuleError, match="another Build"):
             b.build(elsewhere.task())
+
+
+def test_force_runs_the_targets_again_but_not_their_dependencies(b, calls):
+    @b.rule
+    def base():
+        calls.append("base")
+        return 1
+
+    @b.rule
+    def top():
+        calls.append("top")
+        return base() + 1
+
+    top()
+    calls.clear()
+    assert b.build(top, force=True) == [2]
+    assert calls == ["top"] and b.report.executed == ["top()"]
+    calls.clear()
+    top()
+    assert calls == []
+
+
+def test_plan_lists_what_would_run_and_why_without_running(tmp_path, calls):
+    data = tmp_path / "d.txt"
+    data.write_text("1")
+    with nbbuild.Build(tmp_path / "s") as b:
+        @b.rule
+        def raw():
+            calls.append("raw")
+            return int(open(data).read())
+
+        @b.rule
+        def double():
+            calls.append("double")
+            return raw() * 2
+
+        @b.rule
+        def other():
+            return 0
+
+        # never built: its dependencies are discovered when it runs, so only it can be named
+        assert b.plan(double) == [("double()", "never built")]
+        assert calls == []
+        b.build(double, other)
+        assert b.plan(double, other) == []
+        data.write_text("2")
+        changed = f"file {data} changed"
+        assert b.plan(double) == [("raw()", changed), ("double()", f"dependency raw() is stale ({changed})")]
+        assert calls == ["double", "raw"]

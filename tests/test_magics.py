@@ -209,3 +209,28 @@ def test_bad_parametric_input_is_one_clear_line(ip, capsys, cell, message):
     assert isinstance(result.error_in_exec, UsageError)
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_build_dry_run_says_what_would_run_and_runs_nothing(ip, capsys):
+    ip.run_cell("threshold = 0")
+    ip.run_cell(RAW)
+    ip.run_cell(CLEAN)
+    ip.run_cell("threshold = 2")
+    ip.user_ns["calls"].clear()
+    capsys.readouterr()
+    ip.run_cell("%build --dry-run clean")
+    assert capsys.readouterr().out == "would run: clean() — global threshold changed\n"
+    assert ip.user_ns["calls"] == []
+    ip.run_cell("%build clean")
+    capsys.readouterr()
+    ip.run_cell("%build --dry-run clean")
+    assert capsys.readouterr().out == "nothing would run: everything is up to date\n"
+
+
+def test_build_force_runs_the_target_again(ip):
+    ip.run_cell("threshold = 0")
+    ip.run_cell(RAW)
+    ip.run_cell(CLEAN)
+    ip.user_ns["calls"].clear()
+    ip.run_cell("%build --force clean")
+    assert ip.user_ns["calls"] == ["clean"]

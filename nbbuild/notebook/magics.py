@@ -11,8 +11,9 @@ Contract:
   is refused. Re-running a cell replaces its rule; rules its change made stale are named.
 - `%%rule NAME(param, other=default)`: a parametric rule; `NAME` is bound to it, and `NAME(...)`
   anywhere returns the value (the cell's `NAME`, or else its last expression), built incrementally.
-- `%build TARGET [TARGET ...] [-j N]`: builds the rules producing those names (or parametric calls
-  such as `model(alpha=0.1)`), binds their outputs, prints the report's one line.
+- `%build TARGET [TARGET ...] [--force] [--dry-run] [-j N]`: builds the rules producing those names
+  (or parametric calls such as `model(alpha=0.1)`), binds their outputs, prints the report's one
+  line. --force runs the targets themselves again; --dry-run says what would run and why.
 - `%nbbuild status` (each rule: up to date / stale / never built) and `%nbbuild why TARGET`.
 """
 from __future__ import annotations
@@ -217,24 +218,36 @@ class NbbuildMagics(Magics):
     def build(self, line: str) -> Any:
         """%build TARGET [TARGET ...] [-j N]: bring targets up to date and bind their outputs."""
         words = _split_targets(line)
-        targets, jobs, it = [], None, iter(words)
+        targets, jobs, force, dry, it = [], None, False, False, iter(words)
         for w in it:
-            if w in ("-j", "--jobs"):
+            if w == "--force":
+                force = True
+            elif w == "--dry-run":
+                dry = True
+            elif w in ("-j", "--jobs"):
                 jobs = next(it, "")
                 if not jobs.isdigit() or int(jobs) < 1:
                     raise UsageError(f"%build: -j takes a whole number of at least 1, not {jobs!r}")
             elif w.startswith("-"):
-                raise UsageError(f"%build: unknown option {w!r}; usage: %build TARGET [TARGET ...] [-j N]")
+                raise UsageError(f"%build: unknown option {w!r}; usage: %build TARGET [TARGET ...] "
+                                 "[--force] [--dry-run] [-j N]")
             else:
                 targets.append(w)
         if not targets:
             raise UsageError("%build: name at least one target: %build TARGET [TARGET ...]")
         tasks = [self._task(t) for t in targets]
+        if dry:
+            plan = self.state.build.plan(*tasks)
+            for task, reason in plan:
+                print(f"would run: {task} — {reason}")
+            if not plan:
+                print("nothing would run: everything is up to date")
+            return None
         workers = self.state.build.workers
         if jobs:
             self.state.build.workers = int(jobs)
         try:
-            values = self._build(tasks, summary=True)
+            values = self._build(tasks, summary=True, force=force)
         finally:
             self.state.build.workers = workers
         calls = [v for t, v in zip(tasks, values) if t.rule.name in self.state.parametric]
@@ -258,10 +271,10 @@ class NbbuildMagics(Magics):
 
     # ------------------------------------------------------------ helpers
 
-    def _build(self, tasks: list, summary: bool) -> list[dict]:
+    def _build(self, tasks: list, summary: bool, force: bool = False) -> list[dict]:
         b = self.state.build
         try:
-            values = b.build(*tasks)
+            values = b.build(*tasks, force=force)
         except CycleError as e:
             raise UsageError(str(e)) from None
         except BuildError as e:
