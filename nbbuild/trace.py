@@ -20,7 +20,7 @@ import contextvars
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 from .hashing import hash_bytes
 
@@ -103,11 +103,6 @@ class Trace:
             seconds=float(seconds), created=float(created), parts=_pairs(parts), packages=_pairs(packages),
             _deps=deps)
         return tr
-
-    def dep_keys(self) -> Iterable[str]:
-        for group in self.deps:
-            for k, _ in group:
-                yield k
 
     def split(self) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
         """(task dependency keys, (file path, hash) pairs), computed once per trace."""
