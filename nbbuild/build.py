@@ -10,6 +10,8 @@ Contract:
   it is a tracked fetch.
 - `b.report` describes the last build; `b.why(task)` explains, without running anything, why a
   task is stale or that it is up to date.
+- `b.attachment(task)`: what the run behind the task's current value attached (`trace.attach`),
+  kept beside the value and outside its hash (the notebook keeps a cell's displayed output there).
 - Values live in memory too (bounded), so a no-op rebuild in the same process loads nothing; a
   remembered value changed in place since is noticed and replaced by the stored one.
 """
@@ -104,6 +106,7 @@ class Build:
         self._sizes: dict[str, int] = {}
         self._values_bytes = 0
         self._tasks: dict[str, Task] = {}
+        self._attachments: dict[str, tuple[str, Any]] = {}   # task key -> (value hash, attachment)
         self._files = files.FileHasher()     # stat entries come from the store at the first build
         self._clean = CleanSet()
         self._generation = self.store.generation
@@ -195,6 +198,32 @@ class Build:
         checked.add(digest)
         self._remember(digest, value, len(blob))
         return True, value
+
+    def _keep_attachment(self, task: Task, digest: str, data: Any, persist: bool) -> None:
+        with self._values_lock:
+            self._attachments[task.key] = (digest, data)
+        if persist:
+            try:
+                self.store.put_attachment(task.key, digest, hashing.serialize(data)[0])
+            except hashing.UnserializableValue as e:
+                log.warning("nbbuild: what %r attached cannot be stored: %s", task, e)
+
+    def attachment(self, target: Any) -> Any:
+        """What the run that gave the target its current value attached (`trace.attach`), or None
+        when the target is not up to date in this process or its run attached nothing."""
+        key = self._target(target).key
+        digest = self._clean.hashes.get(key)
+        if digest is None:
+            return None
+        found = self._attachments.get(key)
+        if found is not None and found[0] == digest:
+            return found[1]
+        blob = self.store.get_attachment(key, digest)
+        try:
+            return hashing.deserialize(blob) if blob is not None else None
+        except Exception:  # as for values: a stored attachment that cannot be loaded is a miss
+            log.warning("nbbuild: what %r attached could not be loaded", target)
+            return None
 
     @contextlib.contextmanager
     def _turn(self) -> Iterator[None]:

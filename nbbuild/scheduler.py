@@ -352,6 +352,8 @@ class Scheduler:
         if previous is not None and previous != digest:
             log.warning("nbbuild: %r gave a different value when re-run (is it deterministic?)", task)
         self.build._remember(digest, value, len(blob) if blob is not None else 0)
+        if rec.attachment is not None:
+            self.build._keep_attachment(task, digest, rec.attachment, rule.policy == "persist" and blob is not None)
         if version is None:
             return
         trace = Trace(task.key, rule.name, task.encoded, repr(task), version.version, rec.dependencies(),

@@ -11,6 +11,7 @@ Contract:
   executemany in diskcache's row format; `flush()` commits now.
 - diskcache's own eviction is off: nothing is culled behind nbbuild's back (eviction.py decides).
 - Traces of rules with policy "memory" live in this object only.
+- Row `a:<task key>#<value hash>` holds what the run that gave that value attached (trace.attach).
 """
 from __future__ import annotations
 
@@ -192,6 +193,20 @@ class Store:
         with self._lock:
             self._pending.pop("v:" + digest, None)
         return self._cache.delete("v:" + digest)
+
+    # ------------------------------------------------------------ attachments
+
+    def put_attachment(self, key: str, digest: str, blob: bytes) -> None:
+        """What the run of task `key` that gave value `digest` attached (rewritten by a later run
+        giving the same value: the row says which run's attachment, not what the value is)."""
+        with self._lock:
+            self._write(f"a:{key}#{digest}", blob)
+
+    def get_attachment(self, key: str, digest: str) -> bytes | None:
+        row = f"a:{key}#{digest}"
+        with self._lock:
+            blob = self._pending.get(row)
+        return blob if blob is not None else self._cache.get(row)
 
     # ------------------------------------------------------------ files
 

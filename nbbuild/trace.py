@@ -11,6 +11,7 @@ Contract:
   stops a trace at its first mismatch: so it only ever fetches what running the rule would fetch.
   The first trace that matches gives the result hash: the newest one is a verifying trace, an older
   one a constructive trace (an edit was reverted).
+- `attach(data)`: a running body keeps data with its run (what it displayed, say), outside its value.
 - The current recorder of the running rule body is `current` (a ContextVar: per thread and per
   greenlet). Engine work sets `paused` so that nothing it opens is taken for an input.
 """
@@ -24,7 +25,7 @@ from typing import Any, Callable, Sequence
 
 from .hashing import hash_bytes
 
-__all__ = ["Trace", "Recorder", "current", "match", "FILE_PREFIX", "MISSING"]
+__all__ = ["Trace", "Recorder", "current", "match", "attach", "FILE_PREFIX", "MISSING"]
 
 FILE_PREFIX = "@file:"
 MISSING = "-"          # the "hash" of a dependency that cannot be had (unknown rule, missing file)
@@ -122,7 +123,8 @@ class Trace:
 class Recorder:
     """Collects what one run of a task fetches and reads."""
 
-    __slots__ = ("state", "scheduler", "groups", "files", "written", "paused", "failed_dep", "waited")
+    __slots__ = ("state", "scheduler", "groups", "files", "written", "paused", "failed_dep", "waited",
+                 "attachment")
 
     def __init__(self, state: Any, scheduler: Any):
         self.state = state
@@ -133,6 +135,7 @@ class Recorder:
         self.paused = 0
         self.failed_dep: Any = None
         self.waited = 0.0      # seconds spent fetching dependencies: not the task's own time
+        self.attachment: Any = None
 
     def add_group(self, group: Group) -> None:
         self.groups.append(group)
@@ -160,6 +163,17 @@ class Recorder:
 
 
 current: contextvars.ContextVar[Recorder | None] = contextvars.ContextVar("nbbuild_recorder", default=None)
+
+
+def attach(data: Any) -> bool:
+    """Inside a rule body: keep `data` (picklable) with this run, beside its value but not part
+    of it: the value's hash, and so early cutoff, ignore it. `Build.attachment(task)` gives it back
+    whenever the task's value is reused. Outside a rule body this does nothing and says False."""
+    rec = current.get()
+    if rec is None:
+        return False
+    rec.attachment = data
+    return True
 
 
 def match(traces: Sequence[Trace], version: str, state: Any, known: dict[str, str],

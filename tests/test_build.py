@@ -418,3 +418,59 @@ def test_plan_lists_what_would_run_and_why_without_running(tmp_path, calls):
         changed = f"file {data} changed"
         assert b.plan(double) == [("raw()", changed), ("double()", f"dependency raw() is stale ({changed})")]
         assert calls == ["double", "raw"]
+
+
+def test_an_attachment_comes_back_with_the_reused_value_and_stays_out_of_its_hash(store_dir, calls):
+    from nbbuild.trace import attach
+
+    shown = {"text": "first"}
+
+    def make(policy):
+        b = nbbuild.Build(store_dir, workers=1)
+
+        @b.rule(policy=policy)
+        def raw():
+            calls.append("raw")
+            attach({"said": shown["text"]})
+            return 1
+
+        @b.rule(policy=policy)
+        def total():
+            calls.append("total")
+            return raw() + 1
+
+        return b, raw, total
+
+    b, raw, total = make("persist")
+    assert b.build(total) == [2]
+    assert b.attachment(raw) == {"said": "first"}
+    assert b.attachment(total) is None            # it attached nothing
+    b.close()
+    b, raw, total = make("persist")                # a new process: from the store
+    assert b.build(total) == [2] and calls == ["total", "raw"]
+    assert b.attachment(raw) == {"said": "first"}
+    shown["text"] = "second"                       # the body now attaches something else, same value
+    assert b.build(raw, force=True) == [1]
+    assert b.build(total) == [2]
+    assert calls == ["total", "raw", "raw"]        # early cutoff: the attachment is not in the hash
+    assert b.attachment(raw) == {"said": "second"}
+    assert attach("outside a rule") is False
+    b.close()
+
+
+def test_an_attachment_of_a_memory_rule_lives_in_memory_only(store_dir, calls):
+    from nbbuild.trace import attach
+
+    b = nbbuild.Build(store_dir, workers=1)
+
+    @b.rule(policy="memory")
+    def raw():
+        calls.append("raw")
+        attach(["shown"])
+        return 1
+
+    b.build(raw)
+    b.build(raw)
+    assert calls == ["raw"] and b.attachment(raw) == ["shown"]
+    assert b.store.get_attachment(raw.task().key, b._clean.hashes[raw.task().key]) is None
+    b.close()

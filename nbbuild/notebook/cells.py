@@ -32,10 +32,11 @@ from dataclasses import dataclass
 
 from ..errors import RuleError
 
-__all__ = ["CellNames", "analyse", "compile_cell", "parse_signature", "LAST", "FETCH"]
+__all__ = ["CellNames", "analyse", "compile_cell", "parse_signature", "LAST", "FETCH", "CAPTURE"]
 
 LAST = "__nbbuild_last__"
 FETCH = "__nbbuild_fetch__"
+CAPTURE = "__nbbuild_capture__"
 
 _IPYTHON_NAMES = frozenset({"get_ipython", "In", "Out", "exit", "quit", "display", "_oh", "_ih", "_dh"})
 _IPYTHON_PATTERN = re.compile(r"^_+$|^_i+$|^_i?\d+$")
@@ -271,9 +272,11 @@ def parse_signature(text: str) -> ast.arguments:
 
 
 def compile_cell(source: str, name: str, filename: str, fetched: tuple[str, ...],
-                 outputs: tuple[str, ...], namespace: dict, params: ast.arguments | None = None) -> types.FunctionType:
+                 outputs: tuple[str, ...], namespace: dict, params: ast.arguments | None = None,
+                 capture: bool = False) -> types.FunctionType:
     """With `params`, the function takes them and returns the value of `name` as the cell binds
-    it, or else its last expression, instead of the dict of outputs."""
+    it, or else its last expression, instead of the dict of outputs. With `capture`, the body runs
+    inside `with __nbbuild_capture__():` (the notebook's output recorder, a global)."""
     tree = _parse(source)
     body: list[ast.stmt] = list(tree.body)
     for node in ast.walk(tree):
@@ -294,8 +297,12 @@ def compile_cell(source: str, name: str, filename: str, fetched: tuple[str, ...]
         for n in ast.walk(stmt):   # compiler-made lines: at the cell's first line, never in between
             n.lineno = n.end_lineno = line  # type: ignore[attr-defined]
             n.col_offset = n.end_col_offset = 0  # type: ignore[attr-defined]
+    inner = prologue + (body or [ast.Pass()]) + epilogue
+    if capture:
+        call = ast.Call(ast.Name(CAPTURE, ast.Load()), [], [])
+        inner = [ast.With([ast.withitem(call, None)], inner, lineno=line, col_offset=0)]
     fn = ast.FunctionDef(name=name, args=params or ast.arguments([], [], None, [], [], None, []),
-                         body=prologue + (body or [ast.Pass()]) + epilogue, decorator_list=[], returns=None,
+                         body=inner, decorator_list=[], returns=None,
                          type_comment=None, lineno=line, col_offset=0)
     module = ast.fix_missing_locations(ast.Module([fn], type_ignores=[]))
     try:

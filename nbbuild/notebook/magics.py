@@ -30,7 +30,8 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from ..build import Build
 from ..errors import BuildError, CycleError, NbbuildError
 from ..rule import POLICIES
-from .cells import FETCH, LAST, analyse, compile_cell, parse_signature
+from .cells import CAPTURE, FETCH, LAST, analyse, compile_cell, parse_signature
+from .replay import Capture, replay
 
 __all__ = ["NotebookState", "NbbuildMagics", "load_ipython_extension", "unload_ipython_extension"]
 
@@ -46,6 +47,11 @@ class NotebookState:
         self.inputs: dict[str, tuple[str, ...]] = {}
         self.parametric: set[str] = set()
         shell.user_ns[FETCH] = self.fetch
+        shell.user_ns[CAPTURE] = self.capture
+
+    def capture(self) -> Capture:
+        """Around a rule cell's body: records what it shows, to replay when its value is reused."""
+        return Capture(self.shell)
 
     def fetch(self, name: str) -> Any:
         """Inside a rule body: the value of `name`, as a tracked dependency on its rule."""
@@ -156,7 +162,8 @@ class NbbuildMagics(Magics):
         fetched = tuple(n for n in names.inputs if state.producers.get(n, name) != name)
         filename = self.shell.compile.cache(source, self.shell.execution_count)
         try:
-            fn = compile_cell(source, name, filename, fetched, names.outputs, self.shell.user_ns)
+            fn = compile_cell(source, name, filename, fetched, names.outputs, self.shell.user_ns,
+                              capture=True)
             rule = state.build.rule(fn, name=name, policy=policy)
         except NbbuildError as e:
             raise UsageError(str(e)) from None
@@ -181,7 +188,8 @@ class NbbuildMagics(Magics):
         fetched = tuple(n for n in names.inputs if n in state.producers and n not in own)
         filename = self.shell.compile.cache(source, self.shell.execution_count)
         try:
-            fn = compile_cell(source, name, filename, fetched, names.outputs, self.shell.user_ns, params)
+            fn = compile_cell(source, name, filename, fetched, names.outputs, self.shell.user_ns, params,
+                              capture=True)
             rule = state.build.rule(fn, name=name, policy=policy)
         except NbbuildError as e:
             raise UsageError(str(e)) from None
@@ -284,10 +292,16 @@ class NbbuildMagics(Magics):
                 while tb is not None and str(tb.tb_frame.f_globals.get("__name__", "")).startswith("nbbuild"):
                     tb = tb.tb_next
                 self.shell.showtraceback((type(cause), cause, tb or cause.__traceback__))
-            raise UsageError(str(e)) from None
-        finally:
             if summary and b.report is not None:
                 print(b.report)
+            raise UsageError(str(e)) from None
+        ran, seen = set(b.report.executed) if b.report is not None else set(), set()
+        for task in tasks:   # a target reused instead of run shows what it showed when it ran
+            if task.key not in seen and repr(task) not in ran:
+                replay(self.shell, b.attachment(task))
+            seen.add(task.key)
+        if summary and b.report is not None:
+            print(b.report)
         for task, value in zip(tasks, values):
             if task.rule.name not in self.state.parametric:
                 self.shell.user_ns.update({k: v for k, v in value.items() if k != LAST})
@@ -306,6 +320,7 @@ def load_ipython_extension(shell: Any) -> None:
         path = os.environ.get("NBBUILD_DIR") or os.path.join(os.getcwd(), ".nbbuild")
         state = shell._nbbuild_state = NotebookState(shell, path)
     shell.user_ns[FETCH] = state.fetch
+    shell.user_ns[CAPTURE] = state.capture
     shell.register_magics(NbbuildMagics(shell, state))
 
 

@@ -1,0 +1,233 @@
+"""What a rule cell shows, recorded in order while its body runs and shown again when its value is
+reused instead: from memory, from the store, or after a kernel restart.
+
+Contract:
+- A rule cell's body runs inside `Capture(shell)` (cells.compile_cell puts it there). While it is
+  open, what the body writes to stdout and stderr and what it displays through IPython's display
+  publisher (rich outputs: HTML, images, a DataFrame) is recorded in the order it happened, and
+  still shown live. Inline matplotlib figures, which IPython would draw after the cell ends, are
+  drawn before the capture closes, so they are recorded too. `clear_output` clears the record as
+  it clears the screen; an updated display (`display_id`) is recorded in its final state.
+- Bodies running at the same time (helper threads, greenlets, a dependency run inline) each record
+  their own: the recording in progress is a ContextVar. Threads the body starts are not recorded.
+- When the body returns, the record is attached to its run (`trace.attach`): stored beside the
+  value, outside its hash, so a different output alone never makes dependents stale.
+- `replay(shell, record)` shows a record again, in order.
+- An output that cannot be kept is replaced by a note in the record, and the value still works:
+  a widget view (it needs its live kernel object), data that is not plain JSON, or output beyond
+  `LIMIT` bytes for one cell.
+"""
+from __future__ import annotations
+
+import contextvars
+import json
+import sys
+import threading
+from typing import Any
+
+from ..trace import attach
+
+__all__ = ["Capture", "replay", "LIMIT", "FORMAT"]
+
+FORMAT = "nbbuild-output-1"
+LIMIT = 32 << 20
+_WIDGET = "application/vnd.jupyter.widget-view+json"
+
+_recording: contextvars.ContextVar[Capture | None] = contextvars.ContextVar("nbbuild_capture", default=None)
+
+
+class _Tee:
+    """A stream that records into the capture of whoever writes, then writes through."""
+
+    def __init__(self, stream: Any, name: str):
+        self._stream = stream
+        self._name = name
+
+    def write(self, text: Any) -> Any:
+        cap = _recording.get()
+        if cap is not None and isinstance(text, str):
+            cap.stream(self._name, text)
+        return self._stream.write(text)
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._stream, attr)
+
+
+class _Taps:
+    """The streams and the display publisher are process-wide: they are wrapped while at least one
+    capture is open, and put back when the last one closes (if nobody replaced them meanwhile)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.users = 0
+        self.saved: tuple[Any, Any, Any] | None = None
+
+    def open(self, shell: Any) -> None:
+        with self.lock:
+            self.users += 1
+            if self.users > 1:
+                return
+            pub = shell.display_pub
+            self.saved = (sys.stdout, sys.stderr, pub)
+            sys.stdout, sys.stderr = _Tee(sys.stdout, "stdout"), _Tee(sys.stderr, "stderr")
+            publish, clear = pub.publish, getattr(pub, "clear_output", None)
+
+            def tapped_publish(*args: Any, **kwargs: Any) -> Any:
+                cap = _recording.get()
+                if cap is not None:
+                    data = kwargs.get("data", args[0] if args else None)
+                    metadata = kwargs.get("metadata", args[1] if len(args) > 1 else None)
+                    cap.display(data, metadata, kwargs.get("transient"), bool(kwargs.get("update")))
+                return publish(*args, **kwargs)
+
+            def tapped_clear(*args: Any, **kwargs: Any) -> Any:
+                cap = _recording.get()
+                if cap is not None:
+                    cap.clear(bool(kwargs.get("wait", args[0] if args else False)))
+                return clear(*args, **kwargs)   # type: ignore[misc]
+
+            pub.publish = tapped_publish
+            if clear is not None:
+                pub.clear_output = tapped_clear
+
+    def close(self) -> None:
+        with self.lock:
+            self.users -= 1
+            if self.users > 0 or self.saved is None:
+                return
+            stdout, stderr, pub = self.saved
+            self.saved = None
+            if isinstance(sys.stdout, _Tee):
+                sys.stdout = stdout
+            if isinstance(sys.stderr, _Tee):
+                sys.stderr = stderr
+            for name in ("publish", "clear_output"):
+                pub.__dict__.pop(name, None)
+
+
+_taps = _Taps()
+
+
+class Capture:
+    """The record of one run of a rule cell's body (a context manager; see the module contract)."""
+
+    def __init__(self, shell: Any):
+        self.shell = shell
+        self.events: list[tuple] = []
+        self.size = 0
+        self.pending_clear = False
+        self._token: contextvars.Token | None = None
+
+    def __enter__(self) -> Capture:
+        _taps.open(self.shell)
+        self._token = _recording.set(self)
+        return self
+
+    # Not a generator-based context manager: returning from __exit__ lets the body's own
+    # exception go on from the cell's frame, so its traceback gains no frames of ours.
+    def __exit__(self, etype: Any, exc: Any, tb: Any) -> None:
+        try:
+            if etype is None:
+                _flush_inline_figures()
+        finally:
+            if self._token is not None:
+                _recording.reset(self._token)
+            _taps.close()
+        if etype is None:
+            attach((FORMAT, tuple(self.events)))
+
+    # -------------------------------------------------------- recording
+
+    def _cleared(self) -> None:
+        if self.pending_clear:     # clear_output(wait=True) clears when the next output comes
+            self.events.clear()
+            self.size, self.pending_clear = 0, False
+
+    def _add(self, event: tuple, size: int) -> None:
+        self._cleared()
+        if self.size + size > LIMIT:
+            self._note(f"an output of {size:,} bytes (this cell keeps at most {LIMIT:,})")
+            return
+        self.size += size
+        self.events.append(event)
+
+    def _note(self, what: str) -> None:
+        self.events.append(("note", f"nbbuild: not replayed: {what}"))
+
+    def stream(self, name: str, text: str) -> None:
+        self._cleared()
+        last = self.events[-1] if self.events else None
+        if last is not None and last[0] == "stream" and last[1] == name and self.size + len(text) <= LIMIT:
+            self.events[-1] = ("stream", name, last[2] + text)
+            self.size += len(text)
+        else:
+            self._add(("stream", name, text), len(text))
+
+    def display(self, data: Any, metadata: Any, transient: Any, update: bool) -> None:
+        display_id = (transient or {}).get("display_id") if isinstance(transient, dict) else None
+        if not isinstance(data, dict):
+            return self._note("a display without a MIME bundle")
+        if _WIDGET in data:
+            return self._note("a widget (it needs its live kernel object; run the cell again to see it)")
+        try:
+            size = len(json.dumps([data, metadata or {}], default=_bytes_only))
+        except (TypeError, ValueError) as e:
+            return self._note(f"a display whose data is not plain JSON ({e})")
+        event = ("display", dict(data), dict(metadata or {}), display_id)
+        if display_id is not None:
+            for i, old in enumerate(self.events):
+                if old[0] == "display" and old[3] == display_id:
+                    if update:   # an update shows in place of the original: keep the final state
+                        self.events[i] = event
+                        return None
+        if not update:           # an update of a display this run did not make shows nothing new
+            self._add(event, size)
+        return None
+
+    def clear(self, wait: bool) -> None:
+        if wait:
+            self.pending_clear = True
+        else:
+            self.events.clear()
+            self.size, self.pending_clear = 0, False
+
+
+def _bytes_only(obj: Any) -> Any:
+    if isinstance(obj, (bytes, bytearray)):
+        return "x" * len(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON")
+
+
+def _flush_inline_figures() -> None:
+    """Draw pending inline figures now, inside the capture, not after the cell as IPython would."""
+    inline = sys.modules.get("matplotlib_inline.backend_inline")
+    mpl = sys.modules.get("matplotlib")
+    if inline is None or mpl is None:
+        return
+    try:
+        backend = mpl.rcParams._get_backend_or_none() if hasattr(mpl.rcParams, "_get_backend_or_none") \
+            else mpl.get_backend()
+        if backend and "inline" in str(backend):
+            inline.flush_figures()
+    except Exception:  # drawing a user's figure may fail: it would have failed after the cell too
+        pass
+
+
+def replay(shell: Any, record: Any) -> bool:
+    """Show a record again. False when `record` is not one (nothing was shown)."""
+    if not (isinstance(record, tuple) and len(record) == 2 and record[0] == FORMAT):
+        return False
+    for event in record[1]:
+        kind = event[0]
+        if kind == "stream":
+            stream = sys.stderr if event[1] == "stderr" else sys.stdout
+            stream.write(event[2])
+        elif kind == "display":
+            sys.stdout.flush()
+            sys.stderr.flush()
+            shell.display_pub.publish(data=event[1], metadata=event[2])
+        elif kind == "note":
+            print(event[1], file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return True
