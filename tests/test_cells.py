@@ -132,3 +132,16 @@ def test_annotations_are_read_where_the_function_is_defined():
 def test_a_star_import_is_refused_in_one_line():
     with pytest.raises(RuleError, match="import the names you use"):
         analyse("from math import *\ny = sqrt(2)")
+
+
+@pytest.mark.parametrize("source, name", [
+    ("import pandas as pd\ndf = pd.read_csv('x')\n", "df"),
+    ("with open('f') as fh:\n    text = fh.read()\n", "text"),
+    ("for i in range(3):\n    total = i\n", "total"),
+    ("def helper():\n    inner = 1\n    return inner\n", "helper"),
+    ("if True:\n    (n := 3)\nm = 1\n", "n"),
+    ("x: int = 1\n", "x"),
+    ("print('nothing bound')\n", None),
+])
+def test_the_default_rule_name_is_what_the_cell_assigns_first(source, name):
+    assert analyse(source).default_name == name

@@ -234,3 +234,20 @@ def test_build_force_runs_the_target_again(ip):
     ip.user_ns["calls"].clear()
     ip.run_cell("%build --force clean")
     assert ip.user_ns["calls"] == ["clean"]
+
+
+def test_a_value_that_cannot_be_stored_is_named_in_one_line(ip, capsys):
+    ip.run_cell("import threading")
+    ip.run_cell("%%rule\nlock = threading.Lock()\nsize = 3\n")
+    err = capsys.readouterr().err
+    assert "lock() is not stored (lock cannot be pickled): it runs again after a restart" in err
+    assert ip.user_ns["size"] == 3
+
+
+def test_a_closed_file_is_not_an_output_and_does_not_stop_storing(ip, capsys, tmp_path):
+    (tmp_path / "data.txt").write_text("1 2 3")
+    ip.run_cell("%%rule\nwith open('data.txt') as fh:\n    numbers = [int(w) for w in fh.read().split()]\n")
+    assert ip.user_ns["numbers"] == [1, 2, 3] and "fh" not in ip.user_ns
+    assert "not stored" not in capsys.readouterr().err
+    ip.run_cell("%nbbuild status")
+    assert "numbers: up to date" in capsys.readouterr().out

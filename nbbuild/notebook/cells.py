@@ -6,6 +6,8 @@ returns `CellNames`:
   annotated and walrus), imports, defs, classes, for/with/except/match targets, and names that a
   function defined in the cell declares `global` and assigns. A name deleted at top level and not
   bound again is not an output.
+- `default_name`: the rule's name when the cell gives none: the first name it assigns (`=`, `+=`,
+  `:=`), else the first it binds (an import, a def, a loop or with target).
 - `inputs`: the free names the cell reads, in order of first read — at top level, a name read
   before the cell binds it (`x += 1` and `del x` read `x`); inside functions, classes and lambdas
   the cell defines, a name they read that is neither their own nor bound anywhere at the cell's
@@ -37,6 +39,7 @@ __all__ = ["CellNames", "analyse", "compile_cell", "parse_signature", "LAST", "F
 LAST = "__nbbuild_last__"
 FETCH = "__nbbuild_fetch__"
 CAPTURE = "__nbbuild_capture__"
+_RECORD = "__nbbuild_record__"
 
 _IPYTHON_NAMES = frozenset({"get_ipython", "In", "Out", "exit", "quit", "display", "_oh", "_ih", "_dh"})
 _IPYTHON_PATTERN = re.compile(r"^_+$|^_i+$|^_i?\d+$")
@@ -47,6 +50,12 @@ _BUILTINS = frozenset(dir(builtins))
 class CellNames:
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
+    assigned: tuple[str, ...] = ()   # outputs bound by =, += or := (not import, def, for, with)
+
+    @property
+    def default_name(self) -> str | None:
+        """The rule's name when the cell gives none: what it computes, not what it imports."""
+        return (self.assigned or self.outputs or (None,))[0]
 
 
 def _ignored(name: str) -> bool:
@@ -259,7 +268,27 @@ def analyse(source: str) -> CellNames:
     bound_anywhere = set(top.bound) | set(top.globals_bound)
     inputs = [n for n in top.reads + [d for d in top.deferred if d not in bound_anywhere] if not _ignored(n)]
     outputs = [n for n in top.bound + top.globals_bound if n not in top.deleted]
-    return CellNames(tuple(dict.fromkeys(inputs)), tuple(dict.fromkeys(outputs)))
+    assigned = [n for n in _assigned(tree.body) if n in outputs]
+    return CellNames(tuple(dict.fromkeys(inputs)), tuple(dict.fromkeys(outputs)), tuple(dict.fromkeys(assigned)))
+
+
+_OWN_SCOPE = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda, ast.ListComp, ast.SetComp,
+              ast.DictComp, ast.GeneratorExp)
+
+
+def _assigned(nodes: list) -> list[str]:
+    """Names assigned (`=`, `+=`, `:=`) at top level, in order, not looking into scopes of their own."""
+    found: list[str] = []
+    stack = list(reversed(nodes))
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.Assign):
+            found.extend(n for t in node.targets for n in _targets(t))
+        elif isinstance(node, (ast.AnnAssign, ast.AugAssign, ast.NamedExpr)):
+            found.extend(_targets(node.target))
+        if not isinstance(node, _OWN_SCOPE):
+            stack.extend(reversed(list(ast.iter_child_nodes(node))))
+    return found
 
 
 def parse_signature(text: str) -> ast.arguments:
@@ -276,7 +305,8 @@ def compile_cell(source: str, name: str, filename: str, fetched: tuple[str, ...]
                  capture: bool = False) -> types.FunctionType:
     """With `params`, the function takes them and returns the value of `name` as the cell binds
     it, or else its last expression, instead of the dict of outputs. With `capture`, the body runs
-    inside `with __nbbuild_capture__():` (the notebook's output recorder, a global)."""
+    inside `with __nbbuild_capture__() as record:` (the notebook's output recorder, a global), and
+    `record.outputs(locals(), names)` picks the outputs."""
     tree = _parse(source)
     body: list[ast.stmt] = list(tree.body)
     for node in ast.walk(tree):
@@ -289,7 +319,9 @@ def compile_cell(source: str, name: str, filename: str, fetched: tuple[str, ...]
         body[-1] = ast.copy_location(ast.Assign([ast.Name(LAST, ast.Store())], last.value), last)
     line = body[0].lineno if body else 1
     prologue = [ast.parse(f"{n} = {FETCH}({n!r})").body[0] for n in fetched]
-    if params is None:
+    if params is None and capture:
+        epilogue = ast.parse(f"return {_RECORD}.outputs(locals(), {tuple(outputs) + (LAST,)!r})").body
+    elif params is None:
         epilogue = ast.parse(f"__l = locals()\nreturn {{k: __l[k] for k in {tuple(outputs) + (LAST,)!r} if k in __l}}").body
     else:
         epilogue = ast.parse(f"__l = locals()\nreturn __l.get({name!r}, __l.get({LAST!r}))").body
@@ -300,7 +332,7 @@ def compile_cell(source: str, name: str, filename: str, fetched: tuple[str, ...]
     inner = prologue + (body or [ast.Pass()]) + epilogue
     if capture:
         call = ast.Call(ast.Name(CAPTURE, ast.Load()), [], [])
-        inner = [ast.With([ast.withitem(call, None)], inner, lineno=line, col_offset=0)]
+        inner = [ast.With([ast.withitem(call, ast.Name(_RECORD, ast.Store()))], inner, lineno=line, col_offset=0)]
     fn = ast.FunctionDef(name=name, args=params or ast.arguments([], [], None, [], [], None, []),
                          body=inner, decorator_list=[], returns=None,
                          type_comment=None, lineno=line, col_offset=0)

@@ -6,7 +6,7 @@ Contract:
   overrides it) with `workers=1`, so rule bodies run on the kernel's thread. Its state lives on the
   shell, so `%reload_ext nbbuild` keeps the rules; `%unload_ext nbbuild` removes the magics.
 - `%%rule [NAME] [--lazy] [--policy persist|memory|none]`: the cell becomes the rule NAME (by
-  default, the first name it binds); it is built at once unless --lazy, its outputs are bound in
+  default, the first name it assigns); it is built at once unless --lazy, its outputs are bound in
   the user namespace, and its last expression is the cell's result. A name another rule produces
   is refused. Re-running a cell replaces its rule; rules its change made stale are named.
 - `%%rule NAME(param, other=default)`: a parametric rule; `NAME` is bound to it, and `NAME(...)`
@@ -22,8 +22,10 @@ import ast
 import os
 import re
 import shlex
+import sys
 from typing import Any
 
+import cloudpickle
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 
@@ -152,7 +154,7 @@ class NbbuildMagics(Magics):
             raise UsageError(str(e)) from None
         if params is not None:
             return self._parametric(name, policy, source, names, params)
-        name = name or (names.outputs[0] if names.outputs else None)
+        name = name or names.default_name
         if name is None:
             raise UsageError("%%rule: the cell binds no name; give the rule one: %%rule NAME")
         for out in names.outputs:
@@ -302,16 +304,39 @@ class NbbuildMagics(Magics):
             seen.add(task.key)
         if summary and b.report is not None:
             print(b.report)
+        self._say_unstored(tasks, values)
         for task, value in zip(tasks, values):
             if task.rule.name not in self.state.parametric:
                 self.shell.user_ns.update({k: v for k, v in value.items() if k != LAST})
         return values
+
+    def _say_unstored(self, tasks: list, values: list) -> None:
+        """A value that cannot be stored is rebuilt after every restart: say so, and say which
+        of the cell's names is to blame when it is a target."""
+        report = self.state.build.report
+        unstored = {t.task: t.unstored for t in report.tasks if t.unstored} if report is not None else {}
+        for text, reason in unstored.items():
+            culprits = []
+            for task, value in zip(tasks, values):
+                if repr(task) == text and isinstance(value, dict):
+                    culprits = [k for k, v in value.items() if k != LAST and not _picklable(v)]
+            what = f"{', '.join(culprits)} cannot be pickled" if culprits else reason
+            print(f"nbbuild: {text} is not stored ({what}): it runs again after a restart; "
+                  "keep such objects inside a function, or `del` them at the end of the cell", file=sys.stderr)
 
     def _say_stale(self, name: str) -> None:
         b = self.state.build
         stale = [r for r in self.state.dependents(name) if not b.why(b.rules[r].task()).endswith("up to date")]
         if stale:
             print(f"stale: {', '.join(stale)} — run %build {stale[-1]}")
+
+
+def _picklable(value: Any) -> bool:
+    try:
+        cloudpickle.dumps(value)
+        return True
+    except Exception:  # pickling runs the object's own code: anything may fail
+        return False
 
 
 def load_ipython_extension(shell: Any) -> None:

@@ -10,6 +10,7 @@ Contract:
   it clears the screen; an updated display (`display_id`) is recorded in its final state.
 - Bodies running at the same time (helper threads, greenlets, a dependency run inline) each record
   their own: the recording in progress is a ContextVar. Threads the body starts are not recorded.
+- `outputs(locals, names)` picks the cell's outputs, leaving out closed objects (files).
 - When the body returns, the record is attached to its run (`trace.attach`): stored beside the
   value, outside its hash, so a different output alone never makes dependents stale.
 - `replay(shell, record)` shows a record again, in order.
@@ -136,6 +137,11 @@ class Capture:
         if etype is None:
             attach((FORMAT, tuple(self.events)))
 
+    def outputs(self, scope: dict, names: tuple[str, ...]) -> dict[str, Any]:
+        """The cell's outputs from its locals. An object that says it is closed (`with open(...)
+        as f` leaves one) is no use to another cell, and could not be stored: it is left out."""
+        return {k: scope[k] for k in names if k in scope and not _closed(scope[k])}
+
     # -------------------------------------------------------- recording
 
     def _cleared(self) -> None:
@@ -190,6 +196,13 @@ class Capture:
         else:
             self.events.clear()
             self.size, self.pending_clear = 0, False
+
+
+def _closed(obj: Any) -> bool:
+    try:
+        return getattr(obj, "closed", False) is True
+    except Exception:  # an arbitrary object's attribute: whatever it raises, it is not a closed file
+        return False
 
 
 def _bytes_only(obj: Any) -> Any:
