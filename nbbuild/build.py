@@ -22,22 +22,21 @@ import functools
 import gc
 import logging
 import os
-import sys
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, NamedTuple
 
-from . import files, hashing
+from . import explain, files, hashing
 from .clean import CleanSet
 from .errors import BuildError, RuleError
 from .eviction import evict, parse_size
 from .executors import HelperPool
-from .rule import Rule, Task, rule_version, resolve_target
+from .rule import Rule, Task, resolve_target
 from .scheduler import DONE, Scheduler
 from .store import Store
-from .trace import FILE_PREFIX, MISSING, current
+from .trace import current
 
 __all__ = ["Build", "BuildReport", "TaskReport"]
 
@@ -106,6 +105,7 @@ class Build:
         self._sizes: dict[str, int] = {}
         self._values_bytes = 0
         self._tasks: dict[str, Task] = {}
+        self._failures: dict[str, str] = {}                  # task key -> why its last build failed
         self._attachments: dict[str, tuple[str, Any]] = {}   # task key -> (value hash, attachment)
         self._files = files.FileHasher()     # stat entries come from the store at the first build
         self._clean = CleanSet()
@@ -284,6 +284,13 @@ class Build:
                 self.store.save_file_entries(self._files.take_changed())
                 self.store.flush()
             self._clean.record(sched.states.values(), sched.versions, DONE)
+            for st in sched.states.values():
+                if st.status == DONE:
+                    self._failures.pop(st.task.key, None)
+                elif st.outcome in ("failed", "skipped"):
+                    err = sched.error_for(st)
+                    own = st.error
+                    self._failures[st.task.key] = f"{type(own).__name__}: {own}" if own is not None else str(err)
             untouched = self._clean.closure([t.key for t in tasks], sched.states) if preseeded else []
             self.report = _report(sched, untouched, time.perf_counter() - start)
             try:
@@ -298,88 +305,46 @@ class Build:
                 raise first
             return [st.value for st in states]
 
-    # ------------------------------------------------------------ why
+    # ------------------------------------------------------------ explaining (explain.py)
 
     def why(self, target: Any) -> str:
-        task = self._target(target)
-        memo: dict[str, tuple[str | None, str | None]] = {}
-        reason = self._explain([task], memo)[0]
-        if reason is not None:
-            return f"{task!r} is stale: {reason}"
-        digest = memo[task.key][1]
-        if task.rule.policy == "persist" and digest not in self._values and not self.store.has_value(digest):
-            return f"{task!r} is up to date, but its value is no longer stored: it runs again when needed"
-        return f"{task!r} is up to date"
+        """Why the target is stale, in words, or that it is up to date; nothing runs."""
+        return explain.why(self, self._target(target))
 
     def plan(self, *targets: Any) -> list[tuple[str, str]]:
         """What building the targets would run, and why, dependencies first; nothing runs. A task
         below a stale one may yet be spared by early cutoff: the plan says what may run."""
-        memo: dict[str, tuple[str | None, str | None]] = {}
-        self._explain([self._target(t) for t in targets], memo)
-        return [(self._tasks[key]._repr if key in self._tasks else key, reason)
-                for key, (reason, _) in memo.items() if reason is not None]
+        return explain.plan(self, [self._target(t) for t in targets])
 
-    def _explain(self, tasks: list[Task], memo: dict) -> list[str | None]:
-        for task in tasks:
-            self._tasks.setdefault(task.key, task)
-        self.store.refresh()
-        versions: dict[Rule, Any] = {}
-        limit = sys.getrecursionlimit()
-        sys.setrecursionlimit(max(limit, 20000))
-        try:
-            return [self._why(task, memo, versions)[0] for task in tasks]
-        finally:
-            sys.setrecursionlimit(limit)
+    def status(self, target: Any) -> explain.TaskStatus:
+        """The target's state (up to date, stale, never built, failed, not stored), why, its last
+        run time and its stored size; nothing runs."""
+        return explain.status(self, self._target(target))
 
-    def _why(self, task: Task, memo: dict, versions: dict) -> tuple[str | None, str | None]:
-        """(None, hash) when up to date, else (reason, None)."""
-        if task.key in memo:
-            return memo[task.key]
-        memo[task.key] = ("it depends on itself", None)   # until known; a cycle reads this
-        rule = task.rule
-        traces = self.store.traces(task.key, rule.policy == "persist")
-        if rule.policy == "none":
-            result: tuple[str | None, str | None] = ("its policy is 'none': it runs every build", None)
-        elif not traces:
-            result = ("never built", None)
-        else:
-            v = versions.get(rule) or versions.setdefault(rule, rule_version(rule.fn, self._is_engine_object))
-            matching = [t for t in traces if t.version == v.version]
-            if not matching:
-                result = (_version_change(rule.name, traces[0], v), None)
-            else:
-                # the newest trace's reason is the one to give, unless an older trace still matches
-                reasons = []
-                for tr in matching:
-                    reason = self._why_trace(tr, memo, versions)
-                    if reason is None:
-                        result = (None, tr.result)
-                        break
-                    reasons.append(reason)
-                else:
-                    result = (reasons[0], None)
-        del memo[task.key]          # re-inserted last: the memo lists dependencies first
-        memo[task.key] = result
-        return result
+    def inputs(self, target: Any) -> tuple[list[Task], list[str]]:
+        """(tasks, file paths) the target read when it last ran, in order; empty if it never ran."""
+        return explain.inputs(self, self._target(target))
 
-    def _why_trace(self, tr: Any, memo: dict, versions: dict) -> str | None:
-        for group in tr.deps:
-            for key, recorded in group:
-                if key.startswith(FILE_PREFIX):
-                    path = key[len(FILE_PREFIX):]
-                    now = self._files.hash(path)
-                    if now != recorded:
-                        return f"file {_short(path)} {'is missing' if now == MISSING else 'changed'}"
-                    continue
-                dep = self._task_for_key(key)
-                if dep is None:
-                    return f"rule {key.partition('/')[0]} it used is gone or changed its arguments"
-                reason, h = self._why(dep, memo, versions)
-                if reason is not None:
-                    return f"dependency {dep!r} is stale ({reason})"
-                if h != recorded:
-                    return f"dependency {dep!r} changed"
-        return None
+    def known_tasks(self, rule: Rule) -> list[Task]:
+        """The rule's tasks that were built before (traces) or in this process, by repr."""
+        return explain.known(self, rule)
+
+    # ------------------------------------------------------------ housekeeping
+
+    def gc(self) -> int:
+        """Evict now, down to the quota (no build is running: no value is held); how many went."""
+        with self._turn():
+            return evict(self.store, self.store.quota)
+
+    def clear(self) -> None:
+        """Empty the store and forget what this process built: every task runs again."""
+        with self._turn():
+            self.store.clear()
+            self._forget()
+            self._clean.clear()
+            self._attachments.clear()
+            self._failures.clear()
+            self._generation = self.store.generation
 
     # ------------------------------------------------------------ lifetime
 
@@ -406,42 +371,6 @@ def _engine_work() -> Iterator[bool]:
     finally:
         if collect:
             gc.enable()
-
-
-def _short(path: str) -> str:
-    try:
-        rel = os.path.relpath(path)
-    except ValueError:
-        return path
-    return rel if not rel.startswith("..") else path
-
-
-def _version_change(name: str, old: Any, new: Any) -> str:
-    before, after = dict(old.parts), dict(new.parts)
-    said = []
-    for label in list(after) + [k for k in before if k not in after]:
-        if before.get(label) == after.get(label):
-            continue
-        kind, _, what = label.partition(":")
-        if label == "code":
-            said.append(f"code of {name} changed")
-        elif label.startswith("code:"):
-            said.append(f"defaults or closure of {name} changed")
-        elif kind == "fn":
-            said.append(f"function {what.split(':')[0]} changed")
-        elif kind == "cls":
-            said.append(f"class {what.split('.')[0].split(':')[0]} changed")
-        elif kind == "global":
-            word = "new" if label not in before else "no longer read" if label not in after else "changed"
-            said.append(f"global {what.split(':')[0]} {word}")
-        else:
-            said.append(f"{label} changed")
-    said = list(dict.fromkeys(said)) or [f"code of {name} changed"]
-    pk_old, pk_new = dict(old.packages), dict(new.packages)
-    for pkg, ver in pk_new.items():
-        if pk_old.get(pkg, ver) != ver:
-            said.append(f"(package {pkg} {pk_old[pkg]} → {ver})")
-    return ", ".join(said)
 
 
 def _report(sched: Scheduler, untouched: list[tuple[str, float, str]], seconds: float) -> BuildReport:

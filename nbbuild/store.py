@@ -185,6 +185,17 @@ class Store:
             self._counters["bytes_read"] += len(blob)
         return blob
 
+    def value_size(self, digest: str) -> int | None:
+        """Stored bytes of a value, or None when it is not stored."""
+        key = "v:" + digest
+        with self._lock:
+            blob = self._pending.get(key)
+        if blob is not None:
+            return len(blob)
+        row = self._cache._sql("SELECT CASE WHEN filename IS NULL THEN length(value) ELSE size END FROM Cache"
+                               " WHERE key = ? AND raw = 1", (key,)).fetchone()
+        return int(row[0]) if row is not None else None
+
     def has_value(self, digest: str) -> bool:
         key = "v:" + digest
         return key in self._pending or key in self._cache

@@ -87,7 +87,15 @@ def test_a_name_another_rule_produces_is_refused_in_one_line(ip, capsys):
     ("%build nothing", "no rule produces 'nothing'"),
     ("%build", "name at least one target"),
     ("%build raw -j zero", "-j takes a whole number"),
-    ("%nbbuild dance", "usage: %nbbuild status | why TARGET"),
+    ("%nbbuild dance", "usage: %nbbuild status | why TARGET | graph [TARGET]"),
+    ("%nbbuild", "usage: %nbbuild status"),
+    ("%nbbuild why", "usage: %nbbuild status"),
+    ("%nbbuild why nothing", "no rule produces 'nothing'"),
+    ("%nbbuild graph nothing", "no rule produces 'nothing'"),
+    ("%nbbuild store --quota lots", "size 'lots' not understood"),
+    ("%nbbuild store sweep", "usage: %nbbuild store [--quota SIZE] [gc | clear]"),
+    ("%build model(1)", "no rule named 'model'"),
+    ("%build raw(1)", "raw(): too many positional arguments"),
     ("%%rule --policy sometimes\nx = 1\n", "--policy takes one of"),
     ("%%rule 9lives\nx = 1\n", "not a Python identifier"),
     ("%%rule\nx = (1 +\n", "syntax error in the cell, line"),
@@ -112,7 +120,7 @@ def test_a_failing_rule_shows_its_own_traceback_at_the_cell_line_and_the_chain(i
     text = re.sub(r"\x1b\[[0-9;]*m", "", captured.out + captured.err)
     assert "ZeroDivisionError" in text and "ratio = raw[0] / 0" in text
     assert "scheduler.py" not in text        # the rule's frames, not the engine's
-    assert "ratio() failed: ZeroDivisionError: division by zero (needed by report() → ratio())" in text
+    assert "ratio failed: ZeroDivisionError: division by zero (needed by report → ratio)" in text
 
 
 def test_status_and_why(ip, capsys):
@@ -121,9 +129,92 @@ def test_status_and_why(ip, capsys):
     ip.run_cell("%%rule --lazy\n" + CLEAN.split("\n", 1)[1])
     capsys.readouterr()
     ip.run_cell("%nbbuild status")
-    assert capsys.readouterr().out == "raw: up to date\nclean: never built\n"
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["rule", "state", "last", "run", "size", "why"]
+    assert re.fullmatch(r"raw +up to date +\d+\.\d\d s +\d+ B", lines[1])
+    assert re.fullmatch(r"clean +never built +— +—", lines[2])
     ip.run_cell("%nbbuild why clean")
-    assert capsys.readouterr().out == "clean() is stale: never built\n"
+    assert capsys.readouterr().out == "clean is stale: never built\n"
+    ip.run_cell("%build clean")
+    ip.run_cell("threshold = 2")
+    capsys.readouterr()
+    ip.run_cell("%nbbuild status")
+    assert re.search(r"clean +stale +\d+\.\d\d s +— +global threshold changed", capsys.readouterr().out)
+    ip.run_cell("%nbbuild why clean")
+    assert capsys.readouterr().out == "clean is stale: global threshold changed\n"
+
+
+def test_status_names_failed_rules_and_why(ip, capsys):
+    ip.run_cell(RAW)
+    ip.run_cell("%%rule\nratio = raw[0] / 0\n")
+    capsys.readouterr()
+    ip.run_cell("%nbbuild status")
+    assert re.search(r"ratio +failed +— +— +ZeroDivisionError: division by zero", capsys.readouterr().out)
+
+
+def test_graph_draws_each_rule_above_what_it_reads(ip, capsys, tmp_path):
+    (tmp_path / "data.txt").write_text("3 1 -2 5")
+    ip.run_cell("threshold = 0")
+    ip.run_cell("%%rule\nraw = [int(w) for w in open('data.txt').read().split()]\n")
+    ip.run_cell("%%rule --lazy\n" + CLEAN.split("\n", 1)[1])
+    ip.run_cell("%%rule --lazy\ntotal = sum(clean)\nbiggest = max(clean)\n")
+    capsys.readouterr()
+    ip.run_cell("%nbbuild graph")                 # before clean and total ever ran: from the cells
+    out = re.sub(r"\(\d[^)]*\)", "(…)", capsys.readouterr().out)
+    assert out == ("total — never built\n"
+                   "└── clean — never built\n"
+                   "    └── raw — up to date (…)\n"
+                   "        └── file data.txt\n")
+    ip.run_cell("%build total")
+    ip.run_cell("threshold = 1")
+    capsys.readouterr()
+    ip.run_cell("%nbbuild graph biggest")         # a name stands for the rule producing it
+    out = re.sub(r"\(\d[^)]*\)", "(…)", capsys.readouterr().out)
+    assert out == ("total — stale: dependency clean is stale (global threshold changed) (…)\n"
+                   "└── clean — stale: global threshold changed (…)\n"
+                   "    └── raw — up to date (…)\n"
+                   "        └── file data.txt\n")
+
+
+def test_store_shows_size_and_quota_and_gc_and_clear_work(ip, capsys):
+    ip.run_cell(RAW)
+    capsys.readouterr()
+    ip.run_cell("%nbbuild store --quota 5GB")
+    out = capsys.readouterr().out
+    assert re.fullmatch(r"store .*\.nbbuild: \d+\.\d KB of 5\.0 GB; 1 values, 1 traces\n", out)
+    ip.run_cell("%nbbuild store --quota 1")
+    ip.run_cell("%nbbuild store gc")
+    assert "evicted 1 values" in capsys.readouterr().out
+    ip.run_cell("%nbbuild store --quota none")
+    ip.run_cell("%nbbuild store clear")
+    assert "0 values, 0 traces" in capsys.readouterr().out
+    ip.user_ns["calls"].clear()
+    ip.run_cell(RAW)
+    assert ip.user_ns["calls"] == ["raw"]
+
+
+def test_metrics_count_the_store_and_this_session(ip, capsys):
+    ip.run_cell("threshold = 0")
+    ip.run_cell(RAW)
+    ip.run_cell(CLEAN)
+    ip.run_cell("%build clean")
+    capsys.readouterr()
+    ip.run_cell("%nbbuild metrics")
+    out = capsys.readouterr().out
+    assert re.search(r"^store +.* \(no quota\); 2 values, 2 traces$", out, re.M)
+    assert re.search(r"^reuse +3 hits, 2 misses \(60% hits\), 0 evictions$", out, re.M)
+    assert re.search(r"^session +3 builds: ran 2, reused 3, failed 0; ", out, re.M)
+
+
+@pytest.mark.parametrize("magic, words", [
+    ("build", ["--force", "--dry-run", "-j N", "model(alpha=0.1)"]),
+    ("nbbuild", ["status", "why TARGET", "graph [TARGET]", "store --quota SIZE", "gc", "clear", "metrics"]),
+    ("rule", ["--lazy", "--policy", "NAME(param"]),
+])
+def test_help_explains_every_option(ip, magic, words):
+    kind = "cell" if magic == "rule" else "line"
+    doc = ip.find_magic(magic, kind).__doc__
+    assert all(w in doc for w in words)
 
 
 def test_reload_ext_keeps_rules(ip):
@@ -219,7 +310,7 @@ def test_build_dry_run_says_what_would_run_and_runs_nothing(ip, capsys):
     ip.user_ns["calls"].clear()
     capsys.readouterr()
     ip.run_cell("%build --dry-run clean")
-    assert capsys.readouterr().out == "would run: clean() — global threshold changed\n"
+    assert capsys.readouterr().out == "would run: clean — global threshold changed\n"
     assert ip.user_ns["calls"] == []
     ip.run_cell("%build clean")
     capsys.readouterr()
@@ -240,7 +331,7 @@ def test_a_value_that_cannot_be_stored_is_named_in_one_line(ip, capsys):
     ip.run_cell("import threading")
     ip.run_cell("%%rule\nlock = threading.Lock()\nsize = 3\n")
     err = capsys.readouterr().err
-    assert "lock() is not stored (lock cannot be pickled): it runs again after a restart" in err
+    assert "lock is not stored (lock cannot be pickled): it runs again after a restart" in err
     assert ip.user_ns["size"] == 3
 
 
@@ -250,4 +341,38 @@ def test_a_closed_file_is_not_an_output_and_does_not_stop_storing(ip, capsys, tm
     assert ip.user_ns["numbers"] == [1, 2, 3] and "fh" not in ip.user_ns
     assert "not stored" not in capsys.readouterr().err
     ip.run_cell("%nbbuild status")
-    assert "numbers: up to date" in capsys.readouterr().out
+    assert re.search(r"^numbers +up to date ", capsys.readouterr().out, re.M)
+
+
+_TOKENS = ["raw", "clean", "model", "(", ")", "[", "]", "=", ",", " ", "'", '"', "--force", "--dry-run", "-j",
+           "0", "2", "alpha", "status", "why", "graph", "store", "--quota", "gc", "clear", "metrics", "1e9",
+           "--", "-", "GB", "none", "\\", "#", "{", "}", ":"]
+
+
+@pytest.fixture(scope="module")
+def fuzz_shell(tmp_path_factory):
+    import os
+    old = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("fuzz"))
+    InteractiveShell.clear_instance()
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "nbbuild")
+    shell.run_cell("calls = []\nthreshold = 0")
+    shell.run_cell(RAW)
+    shell.run_cell("%%rule --lazy\n" + CLEAN.split("\n", 1)[1])
+    shell.run_cell(MODEL)
+    yield shell
+    shell._nbbuild_state.build.close()
+    shell.run_line_magic("unload_ext", "nbbuild")
+    InteractiveShell.clear_instance()
+    os.chdir(old)
+
+
+@settings(max_examples=300, deadline=None)
+@given(magic=st.sampled_from(["build", "nbbuild"]),
+       line=st.lists(st.sampled_from(_TOKENS) | st.text(max_size=4), max_size=8).map("".join))
+def test_any_build_or_nbbuild_line_works_or_says_usage(fuzz_shell, magic, line):
+    try:
+        fuzz_shell.run_line_magic(magic, line)
+    except UsageError as e:
+        assert "\n" not in str(e).strip()

@@ -32,7 +32,9 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from ..build import Build
 from ..errors import BuildError, CycleError, NbbuildError
 from ..rule import POLICIES
+from ..eviction import parse_size
 from .cells import CAPTURE, FETCH, LAST, analyse, compile_cell, parse_signature
+from .graph import label, seconds_text, size_text, snapshot, table, tree
 from .replay import Capture, replay
 
 __all__ = ["NotebookState", "NbbuildMagics", "load_ipython_extension", "unload_ipython_extension"]
@@ -48,6 +50,7 @@ class NotebookState:
         self.outputs: dict[str, tuple[str, ...]] = {}
         self.inputs: dict[str, tuple[str, ...]] = {}
         self.parametric: set[str] = set()
+        self.totals = {"builds": 0, "ran": 0, "reused": 0, "failed": 0, "seconds": 0.0, "saved": 0.0}
         shell.user_ns[FETCH] = self.fetch
         shell.user_ns[CAPTURE] = self.capture
 
@@ -66,6 +69,21 @@ class NotebookState:
             raise UsageError(f"no rule produces {target!r} (names produced: {known})")
         return self.build.rules[name]
 
+    def static(self) -> dict[str, tuple[str, ...]]:
+        """Rule name -> the rules producing the names its cell reads (before it has run)."""
+        return {rule: tuple(dict.fromkeys(self.producers[n] for n in reads
+                                          if self.producers.get(n, rule) != rule))
+                for rule, reads in self.inputs.items()}
+
+    def count(self, report: Any) -> None:
+        t = self.totals
+        t["builds"] += 1
+        t["ran"] += len(report.executed)
+        t["reused"] += len(report.reused)
+        t["failed"] += len(report.failed)
+        t["seconds"] += report.seconds
+        t["saved"] += report.saved_seconds
+
     def dependents(self, name: str) -> list[str]:
         """Rules that read, directly or not, what rule `name` produces, in definition order."""
         found: list[str] = []
@@ -81,6 +99,8 @@ class NotebookState:
         return found
 
 
+_NBBUILD_USAGE = ("%nbbuild status | why TARGET | graph [TARGET] | store [--quota SIZE] [gc | clear] | metrics"
+                  " (%nbbuild? for help)")
 _SIGNATURE = re.compile(r"^\s*([^\s(]+)\s*\((.*)\)(.*)$", re.S)
 
 
@@ -143,7 +163,29 @@ class NbbuildMagics(Magics):
 
     @cell_magic
     def rule(self, line: str, cell: str) -> Any:
-        """%%rule [NAME] [--lazy] [--policy persist|memory|none]: the cell becomes a rule."""
+        """The cell becomes a rule: it runs only when what it reads changed.
+
+        %%rule [NAME] [--lazy] [--policy persist|memory|none]
+        %%rule NAME(param, other=default)
+
+        The cell's outputs are the names it binds at top level; its inputs are the names it
+        reads. A name another rule produces is a dependency; any other global (a parameter set in
+        an ordinary cell, a helper function) is an input by value or by code. Running the cell
+        builds the rule (restoring its outputs, and what it printed and displayed, when nothing
+        it reads changed) and binds its outputs; the last expression is the cell's result.
+
+        NAME          the rule's name; by default the first name the cell assigns
+        --lazy        register the rule only; `%build NAME` builds it
+        --policy P    persist (default: kept in the store, across restarts), memory (this
+                      session only), none (runs at every build)
+        NAME(param, other=default)
+                      a parametric rule: the parameters are locals of the cell; `NAME(...)`
+                      anywhere returns the value of the cell's `NAME` (or its last expression),
+                      built once per distinct arguments
+
+        One name has one producing rule: a cell binding a name another rule produces is refused.
+        After a change, the rules it made stale are named ("stale: clean — run %build clean").
+        """
         state = self.state
         name, lazy, policy, param_text = _parse_rule_line(line)
         source = self.shell.transform_cell(cell)
@@ -203,7 +245,11 @@ class NbbuildMagics(Magics):
     def _task(self, target: str) -> Any:
         """A target: a name a rule produces, a rule's name, or a call of a parametric rule."""
         if "(" not in target:
-            return self.state.rule_for(target).task()
+            rule = self.state.rule_for(target)
+            try:
+                return rule.task()
+            except NbbuildError as e:   # a parametric rule named without its arguments
+                raise UsageError(f"{e}; name a call: {target}(...)") from None
         try:
             call = ast.parse(target, mode="eval").body
         except SyntaxError:
@@ -226,7 +272,19 @@ class NbbuildMagics(Magics):
 
     @line_magic
     def build(self, line: str) -> Any:
-        """%build TARGET [TARGET ...] [-j N]: bring targets up to date and bind their outputs."""
+        """Bring targets up to date, running only what is stale, and bind their outputs.
+
+        %build TARGET [TARGET ...] [--force] [--dry-run] [-j N]
+
+        TARGET        a name a rule produces, a rule's name, or a call of a parametric rule
+                      such as model(alpha=0.1) (its value is the cell's result)
+        --force       run the targets themselves again (what they read is still only checked)
+        --dry-run     say what would run and why; run nothing
+        -j N          run up to N rules at once (threads; rule bodies must be thread-safe)
+
+        Prints one line: how many rules ran, were reused and failed, the time taken and the
+        time saved. A reused target shows again what it printed and displayed when it ran.
+        """
         words = _split_targets(line)
         targets, jobs, force, dry, it = [], None, False, False, iter(words)
         for w in it:
@@ -249,7 +307,7 @@ class NbbuildMagics(Magics):
         if dry:
             plan = self.state.build.plan(*tasks)
             for task, reason in plan:
-                print(f"would run: {task} — {reason}")
+                print(label(f"would run: {task} — {reason}"))
             if not plan:
                 print("nothing would run: everything is up to date")
             return None
@@ -265,28 +323,89 @@ class NbbuildMagics(Magics):
 
     @line_magic
     def nbbuild(self, line: str) -> None:
-        """%nbbuild status | why TARGET"""
-        words = line.split()
+        """Look at the build; nothing runs.
+
+        %nbbuild status            every rule: up to date / stale / never built / failed / not
+                                   stored, its last run time, its stored size, and why
+        %nbbuild why TARGET        why TARGET is stale, in words, or that it is up to date
+        %nbbuild graph [TARGET]    the rules as a tree: each rule above what it reads
+        %nbbuild store             where the store is, its size against its quota
+        %nbbuild store --quota SIZE   set the quota for this session ('5 GB', '500MB', bytes)
+        %nbbuild store gc          evict now, down to the quota
+        %nbbuild store clear       empty the store: every rule runs again
+        %nbbuild metrics           store counters (hits, misses, evictions, bytes) and this
+                                   session's builds, tasks run and reused, time spent and saved
+
+        TARGET is a name a rule produces, a rule's name, or a call such as model(alpha=0.1).
+        """
+        words = _split_targets(line)
+        command, rest = (words[0], words[1:]) if words else ("", [])
         b = self.state.build
-        if words[:1] == ["status"] and len(words) == 1:
-            for name in self.state.outputs:
-                why = b.why(b.rules[name].task())
-                state = "up to date" if why.endswith("is up to date") else \
-                    "never built" if why.endswith("never built") else "stale"
-                print(f"{name}: {state}")
-        elif words[:1] == ["why"] and len(words) == 2:
-            print(b.why(self.state.rule_for(words[1]).task()))
+        if command == "status" and not rest:
+            print(table(snapshot(b, self.state.static()), [r.task().key for r in self._plain_rules()]))
+        elif command == "why" and len(rest) == 1:
+            print(label(b.why(self._task(rest[0]))))
+        elif command == "graph" and len(rest) <= 1:
+            targets = [self._task(rest[0])] if rest else None
+            print(tree(snapshot(b, self.state.static(), targets)))
+        elif command == "store":
+            self._store(rest)
+        elif command == "metrics" and not rest:
+            self._metrics()
         else:
-            raise UsageError("usage: %nbbuild status | why TARGET")
+            raise UsageError(f"%nbbuild: {line.strip() or 'a command'}? usage: {_NBBUILD_USAGE}")
+
+    def _plain_rules(self) -> list:
+        return [r for name, r in self.state.build.rules.items() if name not in self.state.parametric]
+
+    def _store(self, words: list[str]) -> None:
+        b = self.state.build
+        action, it = None, iter(words)
+        for w in it:
+            if w == "--quota" or w.startswith("--quota="):
+                size = w.partition("=")[2] if "=" in w else next(it, "")
+                try:
+                    b.store.quota = parse_size(size) if size.lower() != "none" else None
+                except ValueError as e:
+                    raise UsageError(f"%nbbuild store: {e}") from None
+            elif w in ("gc", "clear") and action is None:
+                action = w
+            else:
+                raise UsageError(f"%nbbuild store: {w!r}? usage: %nbbuild store [--quota SIZE] [gc | clear]")
+        if action == "gc":
+            print(f"evicted {b.gc()} values")
+        elif action == "clear":
+            b.clear()
+            print("store cleared: every rule runs again when built")
+        stats = b.store.stats()
+        quota = size_text(stats["quota_bytes"]) if stats["quota_bytes"] is not None else "no quota"
+        print(f"store {b.store.path}: {size_text(stats['size_bytes'])} of {quota}; "
+              f"{stats['values']} values, {stats['traces']} traces")
+
+    def _metrics(self) -> None:
+        b, totals = self.state.build, self.state.totals
+        stats = b.store.stats()
+        quota = stats["quota_bytes"]
+        used = f"{size_text(stats['size_bytes'])} of {size_text(quota)} ({100 * stats['size_bytes'] / quota:.0f}%)" \
+            if quota else f"{size_text(stats['size_bytes'])} (no quota)"
+        asked = stats["hits"] + stats["misses"]
+        rate = f" ({100 * stats['hits'] / asked:.0f}% hits)" if asked else ""
+        print(f"store      {used}; {stats['values']} values, {stats['traces']} traces\n"
+              f"reuse      {stats['hits']} hits, {stats['misses']} misses{rate}, {stats['evictions']} evictions\n"
+              f"traffic    {size_text(stats['bytes_written'])} written, {size_text(stats['bytes_read'])} read\n"
+              f"session    {totals['builds']} builds: ran {totals['ran']}, reused {totals['reused']}, "
+              f"failed {totals['failed']}; {seconds_text(totals['seconds'])} spent, "
+              f"{seconds_text(totals['saved'])} saved")
 
     # ------------------------------------------------------------ helpers
 
     def _build(self, tasks: list, summary: bool, force: bool = False) -> list[dict]:
         b = self.state.build
+        before = b.report
         try:
             values = b.build(*tasks, force=force)
         except CycleError as e:
-            raise UsageError(str(e)) from None
+            raise UsageError(label(str(e))) from None
         except BuildError as e:
             cause = e.__cause__
             if cause is not None:
@@ -294,16 +413,20 @@ class NbbuildMagics(Magics):
                 while tb is not None and str(tb.tb_frame.f_globals.get("__name__", "")).startswith("nbbuild"):
                     tb = tb.tb_next
                 self.shell.showtraceback((type(cause), cause, tb or cause.__traceback__))
-            if summary and b.report is not None:
-                print(b.report)
-            raise UsageError(str(e)) from None
+            if b.report is not before:
+                self.state.count(b.report)
+                if summary:
+                    print(label(str(b.report)))
+            raise UsageError(label(str(e))) from None
+        if b.report is not before:
+            self.state.count(b.report)
         ran, seen = set(b.report.executed) if b.report is not None else set(), set()
         for task in tasks:   # a target reused instead of run shows what it showed when it ran
             if task.key not in seen and repr(task) not in ran:
                 replay(self.shell, b.attachment(task))
             seen.add(task.key)
         if summary and b.report is not None:
-            print(b.report)
+            print(label(str(b.report)))
         self._say_unstored(tasks, values)
         for task, value in zip(tasks, values):
             if task.rule.name not in self.state.parametric:
@@ -321,7 +444,7 @@ class NbbuildMagics(Magics):
                 if repr(task) == text and isinstance(value, dict):
                     culprits = [k for k, v in value.items() if k != LAST and not _picklable(v)]
             what = f"{', '.join(culprits)} cannot be pickled" if culprits else reason
-            print(f"nbbuild: {text} is not stored ({what}): it runs again after a restart; "
+            print(f"nbbuild: {label(text)} is not stored ({what}): it runs again after a restart; "
                   "keep such objects inside a function, or `del` them at the end of the cell", file=sys.stderr)
 
     def _say_stale(self, name: str) -> None:

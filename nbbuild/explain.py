@@ -1,0 +1,213 @@
+"""Explaining a build without running it: why a task is stale, what a build would run, each task's
+status, and what a task read.
+
+Contract:
+- `why(build, task)`: "<task> is up to date", or "<task> is stale: <reason>". Reasons name the
+  first difference found, walking the newest matching trace in recorded order: "never built", "code
+  of clean changed", "function helper changed", "global threshold changed", "dependency raw()
+  changed", "dependency raw() is stale (...)", "file data.csv changed" or "is missing"; package
+  version changes are added in brackets. An older trace that still matches (a reverted edit)
+  makes the task up to date.
+- `plan(build, tasks)`: (task repr, reason) of every task that building them may run, dependencies
+  first. Early cutoff may yet spare some of them.
+- `status(build, task)`: a `TaskStatus`: `state` one of "up to date", "stale", "never built",
+  "failed" (its last build in this process failed), "not stored" (up to date, but its value is
+  gone or could not be stored: it runs again when needed); the reason in words; the last run's
+  seconds; the stored value's size in bytes (None when not stored).
+- `inputs(build, task)`: the tasks and files the newest trace of the task read, in order.
+- `known(build, rule)`: the rule's tasks that have traces or were built in this process.
+Nothing here runs a rule, writes to the store, or loads a value.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from .rule import Rule, Task, rule_version
+from .trace import FILE_PREFIX, MISSING
+
+__all__ = ["TaskStatus", "why", "plan", "status", "inputs", "known"]
+
+STATES = ("up to date", "stale", "never built", "failed", "not stored")
+
+
+@dataclass(frozen=True)
+class TaskStatus:
+    task: str
+    state: str
+    reason: str
+    seconds: float | None
+    size: int | None
+
+
+# A memo maps task key -> (reason or None when up to date, value hash when up to date, seconds of
+# the trace that decided). Dependencies are inserted before their dependents.
+Memo = dict[str, tuple[str | None, str | None, float | None]]
+
+
+def why(build: Any, task: Task) -> str:
+    memo: Memo = {}
+    reason = _explain(build, [task], memo)[0]
+    if reason is not None:
+        return f"{task!r} is stale: {reason}"
+    if not _stored(build, task, memo[task.key][1]):
+        return f"{task!r} is up to date, but its value is no longer stored: it runs again when needed"
+    return f"{task!r} is up to date"
+
+
+def plan(build: Any, tasks: list[Task]) -> list[tuple[str, str]]:
+    memo: Memo = {}
+    _explain(build, tasks, memo)
+    return [(build._tasks[key]._repr if key in build._tasks else key, reason)
+            for key, (reason, _, _) in memo.items() if reason is not None]
+
+
+def status(build: Any, task: Task) -> TaskStatus:
+    memo: Memo = {}
+    reason = _explain(build, [task], memo)[0]
+    _, digest, seconds = memo[task.key]
+    failure = build._failures.get(task.key)
+    if failure is not None:
+        return TaskStatus(repr(task), "failed", failure, seconds, None)
+    if reason == "never built":
+        return TaskStatus(repr(task), "never built", reason, None, None)
+    if reason is not None:
+        return TaskStatus(repr(task), "stale", reason, seconds, None)
+    size = build.store.value_size(digest) if task.rule.policy == "persist" else build._sizes.get(digest)
+    if not _stored(build, task, digest):
+        return TaskStatus(repr(task), "not stored", "its value is not stored: it runs again when needed",
+                          seconds, None)
+    return TaskStatus(repr(task), "up to date", "up to date", seconds, size)
+
+
+def inputs(build: Any, task: Task) -> tuple[list[Task], list[str]]:
+    trace = build.store.any_trace(task.key)
+    if trace is None:
+        entry = build._clean.entries.get(task.key)
+        trace = entry[0] if entry is not None else None
+    if trace is None:
+        return [], []
+    keys, files = trace.split()
+    tasks = [t for t in (build._task_for_key(k) for k in dict.fromkeys(keys)) if t is not None]
+    return tasks, [path for path, _ in files]
+
+
+def known(build: Any, rule: Rule) -> list[Task]:
+    prefix = rule.name + "/"
+    keys = [k for k in build.store.traces_index() if k.startswith(prefix)]
+    keys += [k for k in build.store.memory_traces if k.startswith(prefix)]
+    keys += [k for k in build._clean.hashes if k.startswith(prefix)]
+    tasks = (build._task_for_key(k) for k in dict.fromkeys(keys))
+    return sorted((t for t in tasks if t is not None and t.rule is rule), key=repr)
+
+
+def _stored(build: Any, task: Task, digest: str | None) -> bool:
+    if digest is None or digest.startswith("u:"):
+        return False
+    if digest in build._values:
+        return True
+    return task.rule.policy == "persist" and build.store.has_value(digest)
+
+
+def _explain(build: Any, tasks: list[Task], memo: Memo) -> list[str | None]:
+    for task in tasks:
+        build._tasks.setdefault(task.key, task)
+    build.store.refresh()
+    versions: dict[Rule, Any] = {}
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 20000))
+    try:
+        return [_why(build, task, memo, versions)[0] for task in tasks]
+    finally:
+        sys.setrecursionlimit(limit)
+
+
+def _why(build: Any, task: Task, memo: Memo, versions: dict) -> tuple[str | None, str | None, float | None]:
+    if task.key in memo:
+        return memo[task.key]
+    memo[task.key] = ("it depends on itself", None, None)   # until known; a cycle reads this
+    rule = task.rule
+    traces = build.store.traces(task.key, rule.policy == "persist") or build.store.memory_traces.get(task.key, [])
+    last = traces[0].seconds if traces else None
+    result: tuple[str | None, str | None, float | None]
+    if rule.policy == "none":
+        result = ("its policy is 'none': it runs every build", None, last)
+    elif not traces:
+        result = ("never built", None, None)
+    else:
+        v = versions.get(rule) or versions.setdefault(rule, rule_version(rule.fn, build._is_engine_object))
+        matching = [t for t in traces if t.version == v.version]
+        if not matching:
+            result = (_version_change(rule.name, traces[0], v), None, last)
+        else:
+            # the newest trace's reason is the one to give, unless an older trace still matches
+            reasons = []
+            for tr in matching:
+                reason = _why_trace(build, tr, memo, versions)
+                if reason is None:
+                    result = (None, tr.result, tr.seconds)
+                    break
+                reasons.append(reason)
+            else:
+                result = (reasons[0], None, last)
+    del memo[task.key]          # re-inserted last: the memo lists dependencies first
+    memo[task.key] = result
+    return result
+
+
+def _why_trace(build: Any, tr: Any, memo: Memo, versions: dict) -> str | None:
+    for group in tr.deps:
+        for key, recorded in group:
+            if key.startswith(FILE_PREFIX):
+                path = key[len(FILE_PREFIX):]
+                now = build._files.hash(path)
+                if now != recorded:
+                    return f"file {_short(path)} {'is missing' if now == MISSING else 'changed'}"
+                continue
+            dep = build._task_for_key(key)
+            if dep is None:
+                return f"rule {key.partition('/')[0]} it used is gone or changed its arguments"
+            reason, h, _ = _why(build, dep, memo, versions)
+            if reason is not None:
+                return f"dependency {dep!r} is stale ({reason})"
+            if h != recorded:
+                return f"dependency {dep!r} changed"
+    return None
+
+
+def _short(path: str) -> str:
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return path
+    return rel if not rel.startswith("..") else path
+
+
+def _version_change(name: str, old: Any, new: Any) -> str:
+    before, after = dict(old.parts), dict(new.parts)
+    said = []
+    for label in list(after) + [k for k in before if k not in after]:
+        if before.get(label) == after.get(label):
+            continue
+        kind, _, what = label.partition(":")
+        if label == "code":
+            said.append(f"code of {name} changed")
+        elif label.startswith("code:"):
+            said.append(f"defaults or closure of {name} changed")
+        elif kind == "fn":
+            said.append(f"function {what.split(':')[0]} changed")
+        elif kind == "cls":
+            said.append(f"class {what.split('.')[0].split(':')[0]} changed")
+        elif kind == "global":
+            word = "new" if label not in before else "no longer read" if label not in after else "changed"
+            said.append(f"global {what.split(':')[0]} {word}")
+        else:
+            said.append(f"{label} changed")
+    said = list(dict.fromkeys(said)) or [f"code of {name} changed"]
+    pk_old, pk_new = dict(old.packages), dict(new.packages)
+    for pkg, ver in pk_new.items():
+        if pk_old.get(pkg, ver) != ver:
+            said.append(f"(package {pkg} {pk_old[pkg]} → {ver})")
+    return ", ".join(said)
