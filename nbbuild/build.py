@@ -8,6 +8,7 @@ Contract:
   and returns their values. Other targets still finish when one fails; then the first failure is
   raised (BuildError, or CycleError) with every failure in `.errors`. Inside a running rule body
   it is a tracked fetch.
+- `b.observers`: callables `(targets, report)` called after each top-level build that succeeded.
 - `b.report` describes the last build; `b.why(task)` explains, without running anything, why a
   task is stale or that it is up to date.
 - `b.attachment(task)`: what the run behind the task's current value attached (`trace.attach`),
@@ -105,6 +106,7 @@ class Build:
         self._sizes: dict[str, int] = {}
         self._values_bytes = 0
         self._tasks: dict[str, Task] = {}
+        self.observers: list[Callable[[list[Task], BuildReport], None]] = []
         self._failures: dict[str, str] = {}                  # task key -> why its last build failed
         self._attachments: dict[str, tuple[str, Any]] = {}   # task key -> (value hash, attachment)
         self._files = files.FileHasher()     # stat entries come from the store at the first build
@@ -179,7 +181,10 @@ class Build:
             if isinstance(value, _IMMUTABLE) or digest in checked or digest.startswith("u:"):
                 return True, value
             try:
-                same = hashing.value_hash(value) == digest
+                now = hashing.value_hash(value)
+                # some objects pickle differently each time (a matplotlib Figure counts its
+                # pickles): a second hash that differs again means "cannot tell", not "changed"
+                same = now == digest or hashing.value_hash(value) != now
             except hashing.UnserializableValue:
                 same = False
             if same:
@@ -303,7 +308,10 @@ class Build:
                 if isinstance(first, BuildError):
                     first.errors = errors
                 raise first
-            return [st.value for st in states]
+            values = [st.value for st in states]
+        for observe in list(self.observers):
+            observe(tasks, self.report)
+        return values
 
     # ------------------------------------------------------------ explaining (explain.py)
 

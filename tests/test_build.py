@@ -474,3 +474,31 @@ def test_an_attachment_of_a_memory_rule_lives_in_memory_only(store_dir, calls):
     assert calls == ["raw"] and b.attachment(raw) == ["shown"]
     assert b.store.get_attachment(raw.task().key, b._clean.hashes[raw.task().key]) is None
     b.close()
+
+
+class _CountsItsPickles:
+    """Pickles differently each time, as a matplotlib Figure does."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def __reduce__(self):
+        self.n += 1
+        return (_CountsItsPickles._restore, (self.n,))
+
+    @staticmethod
+    def _restore(n):
+        obj = _CountsItsPickles()
+        obj.n = n
+        return obj
+
+
+def test_a_value_that_pickles_differently_each_time_is_not_taken_for_changed_in_place(b, calls, caplog):
+    @b.rule
+    def figure():
+        calls.append("figure")
+        return _CountsItsPickles()
+
+    first = b.build(figure)[0]
+    assert b.build(figure)[0] is first and calls == ["figure"]
+    assert "changed in place" not in caplog.text

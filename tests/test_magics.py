@@ -376,3 +376,12 @@ def test_any_build_or_nbbuild_line_works_or_says_usage(fuzz_shell, magic, line):
         fuzz_shell.run_line_magic(magic, line)
     except UsageError as e:
         assert "\n" not in str(e).strip()
+
+
+def test_several_rule_cells_may_import_the_same_name(ip, capsys):
+    ip.run_cell("%%rule\nimport json\nfrom math import sqrt\nencoded = json.dumps([sqrt(4)])\n")
+    ip.run_cell("%%rule\nimport json\ndecoded = json.loads(encoded)\n")
+    assert "already produced" not in capsys.readouterr().err
+    assert ip.user_ns["decoded"] == [2.0] and ip.user_ns["sqrt"](9) == 3.0
+    ip.run_cell("%%rule other\nimport json as encoded\n")    # an import cannot take a produced name
+    assert "'encoded' is already produced by rule encoded" in capsys.readouterr().err

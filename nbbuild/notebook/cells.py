@@ -8,6 +8,8 @@ returns `CellNames`:
   bound again is not an output.
 - `default_name`: the rule's name when the cell gives none: the first name it assigns (`=`, `+=`,
   `:=`), else the first it binds (an import, a def, a loop or with target).
+- `imported`: outputs bound only by imports. They are bound like any output, but a module is the
+  same object whoever imports it: several rule cells may import one name.
 - `inputs`: the free names the cell reads, in order of first read — at top level, a name read
   before the cell binds it (`x += 1` and `del x` read `x`); inside functions, classes and lambdas
   the cell defines, a name they read that is neither their own nor bound anywhere at the cell's
@@ -51,6 +53,7 @@ class CellNames:
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     assigned: tuple[str, ...] = ()   # outputs bound by =, += or := (not import, def, for, with)
+    imported: tuple[str, ...] = ()   # outputs bound only by import statements
 
     @property
     def default_name(self) -> str | None:
@@ -269,7 +272,10 @@ def analyse(source: str) -> CellNames:
     inputs = [n for n in top.reads + [d for d in top.deferred if d not in bound_anywhere] if not _ignored(n)]
     outputs = [n for n in top.bound + top.globals_bound if n not in top.deleted]
     assigned = [n for n in _assigned(tree.body) if n in outputs]
-    return CellNames(tuple(dict.fromkeys(inputs)), tuple(dict.fromkeys(outputs)), tuple(dict.fromkeys(assigned)))
+    imports, others = _bindings(tree.body)
+    imported = [n for n in imports if n in outputs and n not in others and n not in top.globals_bound]
+    return CellNames(tuple(dict.fromkeys(inputs)), tuple(dict.fromkeys(outputs)), tuple(dict.fromkeys(assigned)),
+                     tuple(dict.fromkeys(imported)))
 
 
 _OWN_SCOPE = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda, ast.ListComp, ast.SetComp,
@@ -289,6 +295,28 @@ def _assigned(nodes: list) -> list[str]:
         if not isinstance(node, _OWN_SCOPE):
             stack.extend(reversed(list(ast.iter_child_nodes(node))))
     return found
+
+
+def _bindings(nodes: list) -> tuple[list[str], set[str]]:
+    """(names bound at top level by import statements, names bound there any other way)."""
+    imports: list[str] = []
+    others: set[str] = set()
+    stack = list(nodes)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            imports.extend((a.asname or a.name).partition(".")[0] for a in node.names)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
+            others.add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            others.add(node.name)
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            others.add(node.name)
+        elif isinstance(node, (ast.MatchAs, ast.MatchStar)) and node.name:
+            others.add(node.name)
+        if not isinstance(node, _OWN_SCOPE):
+            stack.extend(ast.iter_child_nodes(node))
+    return imports, others
 
 
 def parse_signature(text: str) -> ast.arguments:

@@ -53,6 +53,16 @@ class NotebookState:
         self.totals = {"builds": 0, "ran": 0, "reused": 0, "failed": 0, "seconds": 0.0, "saved": 0.0}
         shell.user_ns[FETCH] = self.fetch
         shell.user_ns[CAPTURE] = self.capture
+        self.build.observers.append(self.replay_reused)
+
+    def replay_reused(self, targets: list, report: Any) -> None:
+        """After any build (a magic, or `model(alpha=0.1)` in a plain cell): a target reused
+        instead of run shows again what it showed when it ran."""
+        ran, seen = set(report.executed), set()
+        for task in targets:
+            if task.key not in seen and repr(task) not in ran:
+                replay(self.shell, self.build.attachment(task))
+            seen.add(task.key)
 
     def capture(self) -> Capture:
         """Around a rule cell's body: records what it shows, to replay when its value is reused."""
@@ -199,6 +209,7 @@ class NbbuildMagics(Magics):
         name = name or names.default_name
         if name is None:
             raise UsageError("%%rule: the cell binds no name; give the rule one: %%rule NAME")
+        produced = tuple(o for o in names.outputs if o not in names.imported)   # imports are shared
         for out in names.outputs:
             owner = state.producers.get(out)
             if owner is not None and owner != name:
@@ -213,8 +224,8 @@ class NbbuildMagics(Magics):
             raise UsageError(str(e)) from None
         for out in [o for o, r in state.producers.items() if r == name]:
             del state.producers[out]
-        state.producers.update({o: name for o in names.outputs})
-        state.outputs[name], state.inputs[name] = names.outputs, names.inputs
+        state.producers.update({o: name for o in produced})
+        state.outputs[name], state.inputs[name] = produced, names.inputs
         if lazy:
             return None
         values = self._build([rule.task()], summary=False)
@@ -406,13 +417,13 @@ class NbbuildMagics(Magics):
             values = b.build(*tasks, force=force)
         except CycleError as e:
             raise UsageError(label(str(e))) from None
+        except KeyboardInterrupt as e:
+            self._show_own_frames(e)
+            raise UsageError("build interrupted: nothing it was running was stored; what finished is kept, "
+                             "and the next %build goes on from there") from None
         except BuildError as e:
-            cause = e.__cause__
-            if cause is not None:
-                tb = cause.__traceback__   # the rule's own frames: from the cell on, not the engine's
-                while tb is not None and str(tb.tb_frame.f_globals.get("__name__", "")).startswith("nbbuild"):
-                    tb = tb.tb_next
-                self.shell.showtraceback((type(cause), cause, tb or cause.__traceback__))
+            if e.__cause__ is not None:
+                self._show_own_frames(e.__cause__)
             if b.report is not before:
                 self.state.count(b.report)
                 if summary:
@@ -420,11 +431,6 @@ class NbbuildMagics(Magics):
             raise UsageError(label(str(e))) from None
         if b.report is not before:
             self.state.count(b.report)
-        ran, seen = set(b.report.executed) if b.report is not None else set(), set()
-        for task in tasks:   # a target reused instead of run shows what it showed when it ran
-            if task.key not in seen and repr(task) not in ran:
-                replay(self.shell, b.attachment(task))
-            seen.add(task.key)
         if summary and b.report is not None:
             print(label(str(b.report)))
         self._say_unstored(tasks, values)
@@ -432,6 +438,14 @@ class NbbuildMagics(Magics):
             if task.rule.name not in self.state.parametric:
                 self.shell.user_ns.update({k: v for k, v in value.items() if k != LAST})
         return values
+
+    def _show_own_frames(self, error: BaseException) -> None:
+        """The traceback of a rule's error or interrupt from the cell's frames on, not the engine's."""
+        tb = error.__traceback__
+        while tb is not None and str(tb.tb_frame.f_globals.get("__name__", "")).startswith("nbbuild"):
+            tb = tb.tb_next
+        if tb is not None:
+            self.shell.showtraceback((type(error), error, tb))
 
     def _say_unstored(self, tasks: list, values: list) -> None:
         """A value that cannot be stored is rebuilt after every restart: say so, and say which
