@@ -364,7 +364,8 @@ class NbbuildMagics(Magics):
         elif command == "metrics" and not rest:
             self._metrics()
         else:
-            raise UsageError(f"%nbbuild: {line.strip() or 'a command'}? usage: {_NBBUILD_USAGE}")
+            said = f"%nbbuild: {line.strip()!r}? " if line.strip() else ""
+            raise UsageError(f"{said}usage: {_NBBUILD_USAGE}")
 
     def _plain_rules(self) -> list:
         return [r for name, r in self.state.build.rules.items() if name not in self.state.parametric]
