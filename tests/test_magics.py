@@ -385,3 +385,28 @@ def test_several_rule_cells_may_import_the_same_name(ip, capsys):
     assert ip.user_ns["decoded"] == [2.0] and ip.user_ns["sqrt"](9) == 3.0
     ip.run_cell("%%rule other\nimport json as encoded\n")    # an import cannot take a produced name
     assert "'encoded' is already produced by rule encoded" in capsys.readouterr().err
+
+
+def test_with_cell_ids_another_cell_cannot_take_a_rules_name(ip, capsys):
+    ip.run_cell("%%rule\nx = 1\n", cell_id="cell-a")
+    result = ip.run_cell("%%rule\nx = 2\n", cell_id="cell-b")
+    assert isinstance(result.error_in_exec, UsageError)
+    assert "rule x is defined by another cell; name this one" in capsys.readouterr().err
+    assert ip.user_ns["x"] == 1
+    ip.run_cell("%%rule\nx = 3\n", cell_id="cell-a")           # the same cell, edited: replaces
+    assert ip.user_ns["x"] == 3
+
+
+def test_with_cell_ids_an_edited_cell_that_renames_its_rule_drops_the_old_one(ip, capsys):
+    ip.run_cell("%%rule\nfirst = 1\nsecond = 2\n", cell_id="cell-a")
+    ip.run_cell("%%rule\nsecond = 2\nfirst = 1\n", cell_id="cell-a")     # now rule "second"
+    assert "already produced" not in capsys.readouterr().err
+    assert set(ip._nbbuild_state.build.rules) == {"second"}
+    ip.run_cell("%nbbuild status")
+    assert "first " not in capsys.readouterr().out
+
+
+def test_without_cell_ids_the_rule_name_is_the_cells_identity(ip):
+    ip.run_cell("%%rule\nx = 1\n")
+    ip.run_cell("%%rule\nx = 2\n")
+    assert ip.user_ns["x"] == 2

@@ -50,10 +50,42 @@ class NotebookState:
         self.outputs: dict[str, tuple[str, ...]] = {}
         self.inputs: dict[str, tuple[str, ...]] = {}
         self.parametric: set[str] = set()
+        self.cells: dict[str, str] = {}          # rule name -> id of the cell that defines it
+        self.cell_id: str | None = None           # the running cell's id (JupyterLab sends one)
         self.totals = {"builds": 0, "ran": 0, "reused": 0, "failed": 0, "seconds": 0.0, "saved": 0.0}
         shell.user_ns[FETCH] = self.fetch
         shell.user_ns[CAPTURE] = self.capture
         self.build.observers.append(self.replay_reused)
+
+    def pre_run_cell(self, info: Any = None) -> None:
+        self.cell_id = getattr(info, "cell_id", None)
+
+    def superseded(self, name: str) -> list[str]:
+        """The rules the running cell defined before under other names, which rule `name` now
+        replaces. With cell ids (JupyterLab), another cell may not take a rule's name; without
+        them (nbclient, papermill), the name is the cell's identity: the rule is replaced."""
+        cid = self.cell_id
+        if cid is None:
+            return []
+        owner = self.cells.get(name)
+        if owner is not None and owner != cid and name in self.build.rules:
+            raise UsageError(f"rule {name} is defined by another cell; name this one: %%rule OTHER_NAME")
+        return [old for old, c in self.cells.items() if c == cid and old != name]
+
+    def defined(self, name: str, superseded: list[str]) -> None:
+        for old in superseded:
+            self.drop(old)
+        if self.cell_id is not None:
+            self.cells[name] = self.cell_id
+
+    def drop(self, name: str) -> None:
+        self.build.rules.pop(name, None)
+        self.cells.pop(name, None)
+        self.outputs.pop(name, None)
+        self.inputs.pop(name, None)
+        self.parametric.discard(name)
+        for out in [o for o, r in self.producers.items() if r == name]:
+            del self.producers[out]
 
     def replay_reused(self, targets: list, report: Any) -> None:
         """After any build (a magic, or `model(alpha=0.1)` in a plain cell): a target reused
@@ -209,10 +241,11 @@ class NbbuildMagics(Magics):
         name = name or names.default_name
         if name is None:
             raise UsageError("%%rule: the cell binds no name; give the rule one: %%rule NAME")
+        superseded = state.superseded(name)
         produced = tuple(o for o in names.outputs if o not in names.imported)   # imports are shared
         for out in names.outputs:
             owner = state.producers.get(out)
-            if owner is not None and owner != name:
+            if owner is not None and owner != name and owner not in superseded:
                 raise UsageError(f"{out!r} is already produced by rule {owner}; rule {name} cannot bind it too")
         fetched = tuple(n for n in names.inputs if state.producers.get(n, name) != name)
         filename = self.shell.compile.cache(source, self.shell.execution_count)
@@ -222,6 +255,7 @@ class NbbuildMagics(Magics):
             rule = state.build.rule(fn, name=name, policy=policy)
         except NbbuildError as e:
             raise UsageError(str(e)) from None
+        state.defined(name, superseded)
         for out in [o for o, r in state.producers.items() if r == name]:
             del state.producers[out]
         state.producers.update({o: name for o in produced})
@@ -237,7 +271,8 @@ class NbbuildMagics(Magics):
         state = self.state
         own = {a.arg for a in params.posonlyargs + params.args + params.kwonlyargs}
         own.update(a.arg for a in (params.vararg, params.kwarg) if a is not None)
-        if name in state.producers:
+        superseded = state.superseded(name)
+        if name in state.producers and state.producers[name] not in superseded:
             raise UsageError(f"{name!r} is already produced by rule {state.producers[name]}; "
                              f"a parametric rule {name} cannot take its name")
         fetched = tuple(n for n in names.inputs if n in state.producers and n not in own)
@@ -248,6 +283,7 @@ class NbbuildMagics(Magics):
             rule = state.build.rule(fn, name=name, policy=policy)
         except NbbuildError as e:
             raise UsageError(str(e)) from None
+        state.defined(name, superseded)
         state.inputs[name] = tuple(n for n in names.inputs if n not in own)
         state.parametric.add(name)
         self.shell.user_ns[name] = rule
@@ -484,10 +520,15 @@ def load_ipython_extension(shell: Any) -> None:
         state = shell._nbbuild_state = NotebookState(shell, path)
     shell.user_ns[FETCH] = state.fetch
     shell.user_ns[CAPTURE] = state.capture
+    if state.pre_run_cell not in shell.events.callbacks["pre_run_cell"]:
+        shell.events.register("pre_run_cell", state.pre_run_cell)
     shell.register_magics(NbbuildMagics(shell, state))
 
 
 def unload_ipython_extension(shell: Any) -> None:
+    state = getattr(shell, "_nbbuild_state", None)
+    if state is not None and state.pre_run_cell in shell.events.callbacks["pre_run_cell"]:
+        shell.events.unregister("pre_run_cell", state.pre_run_cell)
     magics = shell.magics_manager.magics
     magics["cell"].pop("rule", None)
     magics["line"].pop("build", None)
