@@ -14,7 +14,13 @@ Contract:
 - `%build TARGET [TARGET ...] [--force] [--dry-run] [-j N]`: builds the rules producing those names
   (or parametric calls such as `model(alpha=0.1)`), binds their outputs, prints the report's one
   line. --force runs the targets themselves again; --dry-run says what would run and why.
-- `%nbbuild status` (each rule: up to date / stale / never built) and `%nbbuild why TARGET`.
+- `%nbbuild status | why TARGET | graph [TARGET] | store [--quota SIZE] [gc | clear] | metrics`:
+  look at the build; nothing runs (see `%nbbuild?`).
+- After every build, a target reused instead of run replays what it showed when it ran (replay.py).
+- With JupyterLab's cell ids, a rule belongs to its cell: another cell may not take its name, and
+  a cell that now defines another rule drops its old one. Without them the name is the identity.
+- Messages name a cell rule as `clean`, not `clean()`; every nbbuild error is one UsageError line,
+  and a failing or interrupted rule shows only its own frames.
 """
 from __future__ import annotations
 
