@@ -35,116 +35,14 @@ import cloudpickle
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 
-from ..build import Build
 from ..errors import BuildError, CycleError, NbbuildError
 from ..rule import POLICIES
 from ..eviction import parse_size
 from .cells import CAPTURE, FETCH, LAST, analyse, compile_cell, parse_signature
 from .graph import label, seconds_text, size_text, snapshot, table, tree
-from .replay import Capture, replay
+from .state import NotebookState
 
-__all__ = ["NotebookState", "NbbuildMagics", "load_ipython_extension", "unload_ipython_extension"]
-
-
-class NotebookState:
-    """The notebook's Build and which rule produces which name."""
-
-    def __init__(self, shell: Any, path: str):
-        self.shell = shell
-        self.build = Build(path, workers=1)
-        self.producers: dict[str, str] = {}      # output name -> rule name
-        self.outputs: dict[str, tuple[str, ...]] = {}
-        self.inputs: dict[str, tuple[str, ...]] = {}
-        self.parametric: set[str] = set()
-        self.cells: dict[str, str] = {}          # rule name -> id of the cell that defines it
-        self.cell_id: str | None = None           # the running cell's id (JupyterLab sends one)
-        self.totals = {"builds": 0, "ran": 0, "reused": 0, "failed": 0, "seconds": 0.0, "saved": 0.0}
-        shell.user_ns[FETCH] = self.fetch
-        shell.user_ns[CAPTURE] = self.capture
-        self.build.observers.append(self.replay_reused)
-
-    def pre_run_cell(self, info: Any = None) -> None:
-        self.cell_id = getattr(info, "cell_id", None)
-
-    def superseded(self, name: str) -> list[str]:
-        """The rules the running cell defined before under other names, which rule `name` now
-        replaces. With cell ids (JupyterLab), another cell may not take a rule's name; without
-        them (nbclient, papermill), the name is the cell's identity: the rule is replaced."""
-        cid = self.cell_id
-        if cid is None:
-            return []
-        owner = self.cells.get(name)
-        if owner is not None and owner != cid and name in self.build.rules:
-            raise UsageError(f"rule {name} is defined by another cell; name this one: %%rule OTHER_NAME")
-        return [old for old, c in self.cells.items() if c == cid and old != name]
-
-    def defined(self, name: str, superseded: list[str]) -> None:
-        for old in superseded:
-            self.drop(old)
-        if self.cell_id is not None:
-            self.cells[name] = self.cell_id
-
-    def drop(self, name: str) -> None:
-        self.build.rules.pop(name, None)
-        self.cells.pop(name, None)
-        self.outputs.pop(name, None)
-        self.inputs.pop(name, None)
-        self.parametric.discard(name)
-        for out in [o for o, r in self.producers.items() if r == name]:
-            del self.producers[out]
-
-    def replay_reused(self, targets: list, report: Any) -> None:
-        """After any build (a magic, or `model(alpha=0.1)` in a plain cell): a target reused
-        instead of run shows again what it showed when it ran."""
-        ran, seen = set(report.executed), set()
-        for task in targets:
-            if task.key not in seen and repr(task) not in ran:
-                replay(self.shell, self.build.attachment(task))
-            seen.add(task.key)
-
-    def capture(self) -> Capture:
-        """Around a rule cell's body: records what it shows, to replay when its value is reused."""
-        return Capture(self.shell)
-
-    def fetch(self, name: str) -> Any:
-        """Inside a rule body: the value of `name`, as a tracked dependency on its rule."""
-        return self.build.rules[self.producers[name]]()[name]
-
-    def rule_for(self, target: str) -> Any:
-        name = self.producers.get(target, target)
-        if name not in self.build.rules:
-            known = ", ".join(sorted(self.producers)) or "none yet"
-            raise UsageError(f"no rule produces {target!r} (names produced: {known})")
-        return self.build.rules[name]
-
-    def static(self) -> dict[str, tuple[str, ...]]:
-        """Rule name -> the rules producing the names its cell reads (before it has run)."""
-        return {rule: tuple(dict.fromkeys(self.producers[n] for n in reads
-                                          if self.producers.get(n, rule) != rule))
-                for rule, reads in self.inputs.items()}
-
-    def count(self, report: Any) -> None:
-        t = self.totals
-        t["builds"] += 1
-        t["ran"] += len(report.executed)
-        t["reused"] += len(report.reused)
-        t["failed"] += len(report.failed)
-        t["seconds"] += report.seconds
-        t["saved"] += report.saved_seconds
-
-    def dependents(self, name: str) -> list[str]:
-        """Rules that read, directly or not, what rule `name` produces, in definition order."""
-        found: list[str] = []
-        frontier = set(self.outputs.get(name, ()))
-        changed = True
-        while changed:
-            changed = False
-            for rule, reads in self.inputs.items():
-                if rule != name and rule not in found and frontier.intersection(reads):
-                    found.append(rule)
-                    frontier.update(self.outputs.get(rule, ()))
-                    changed = True
-        return found
+__all__ = ["NbbuildMagics", "load_ipython_extension", "unload_ipython_extension"]
 
 
 _NBBUILD_USAGE = ("%nbbuild status | why TARGET | graph [TARGET] | store [--quota SIZE] [gc | clear] | metrics"

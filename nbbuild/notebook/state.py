@@ -1,0 +1,127 @@
+"""The notebook's side of a build: its Build, which rule produces which name, which cell defines
+which rule, and this session's totals. The magics read and change it; it lives on the shell, so
+`%reload_ext nbbuild` keeps it.
+
+Contract:
+- `NotebookState(shell, path)` opens a Build at `path` with `workers=1` (rule bodies on the
+  kernel's thread), puts the fetch and capture hooks that compiled cells call into the user
+  namespace, and replays, after every build, what reused targets showed when they ran.
+- `producers` maps each output name to the one rule that produces it (imports are not listed: a
+  module is the same whoever imports it); `inputs` and `outputs` are each cell rule's names.
+- Identity: with JupyterLab's cell ids (`pre_run_cell`), a rule belongs to its cell:
+  `superseded(name)` refuses a name another cell's rule has and lists the rules this cell defined
+  before under other names, which `defined(name, superseded)` then drops. Without cell ids the
+  rule's name is the cell's identity.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from IPython.core.error import UsageError
+
+from ..build import Build
+from .cells import CAPTURE, FETCH
+from .replay import Capture, replay
+
+__all__ = ["NotebookState"]
+
+
+class NotebookState:
+    """The notebook's Build and which rule produces which name."""
+
+    def __init__(self, shell: Any, path: str):
+        self.shell = shell
+        self.build = Build(path, workers=1)
+        self.producers: dict[str, str] = {}      # output name -> rule name
+        self.outputs: dict[str, tuple[str, ...]] = {}
+        self.inputs: dict[str, tuple[str, ...]] = {}
+        self.parametric: set[str] = set()
+        self.cells: dict[str, str] = {}          # rule name -> id of the cell that defines it
+        self.cell_id: str | None = None           # the running cell's id (JupyterLab sends one)
+        self.totals = {"builds": 0, "ran": 0, "reused": 0, "failed": 0, "seconds": 0.0, "saved": 0.0}
+        shell.user_ns[FETCH] = self.fetch
+        shell.user_ns[CAPTURE] = self.capture
+        self.build.observers.append(self.replay_reused)
+
+    def pre_run_cell(self, info: Any = None) -> None:
+        self.cell_id = getattr(info, "cell_id", None)
+
+    def superseded(self, name: str) -> list[str]:
+        """The rules the running cell defined before under other names, which rule `name` now
+        replaces. With cell ids (JupyterLab), another cell may not take a rule's name; without
+        them (nbclient, papermill), the name is the cell's identity: the rule is replaced."""
+        cid = self.cell_id
+        if cid is None:
+            return []
+        owner = self.cells.get(name)
+        if owner is not None and owner != cid and name in self.build.rules:
+            raise UsageError(f"rule {name} is defined by another cell; name this one: %%rule OTHER_NAME")
+        return [old for old, c in self.cells.items() if c == cid and old != name]
+
+    def defined(self, name: str, superseded: list[str]) -> None:
+        for old in superseded:
+            self.drop(old)
+        if self.cell_id is not None:
+            self.cells[name] = self.cell_id
+
+    def drop(self, name: str) -> None:
+        self.build.rules.pop(name, None)
+        self.cells.pop(name, None)
+        self.outputs.pop(name, None)
+        self.inputs.pop(name, None)
+        self.parametric.discard(name)
+        for out in [o for o, r in self.producers.items() if r == name]:
+            del self.producers[out]
+
+    def replay_reused(self, targets: list, report: Any) -> None:
+        """After any build (a magic, or `model(alpha=0.1)` in a plain cell): a target reused
+        instead of run shows again what it showed when it ran."""
+        ran, seen = set(report.executed), set()
+        for task in targets:
+            if task.key not in seen and repr(task) not in ran:
+                replay(self.shell, self.build.attachment(task))
+            seen.add(task.key)
+
+    def capture(self) -> Capture:
+        """Around a rule cell's body: records what it shows, to replay when its value is reused."""
+        return Capture(self.shell)
+
+    def fetch(self, name: str) -> Any:
+        """Inside a rule body: the value of `name`, as a tracked dependency on its rule."""
+        return self.build.rules[self.producers[name]]()[name]
+
+    def rule_for(self, target: str) -> Any:
+        name = self.producers.get(target, target)
+        if name not in self.build.rules:
+            known = ", ".join(sorted(self.producers)) or "none yet"
+            raise UsageError(f"no rule produces {target!r} (names produced: {known})")
+        return self.build.rules[name]
+
+    def static(self) -> dict[str, tuple[str, ...]]:
+        """Rule name -> the rules producing the names its cell reads (before it has run)."""
+        return {rule: tuple(dict.fromkeys(self.producers[n] for n in reads
+                                          if self.producers.get(n, rule) != rule))
+                for rule, reads in self.inputs.items()}
+
+    def count(self, report: Any) -> None:
+        t = self.totals
+        t["builds"] += 1
+        t["ran"] += len(report.executed)
+        t["reused"] += len(report.reused)
+        t["failed"] += len(report.failed)
+        t["seconds"] += report.seconds
+        t["saved"] += report.saved_seconds
+
+    def dependents(self, name: str) -> list[str]:
+        """Rules that read, directly or not, what rule `name` produces, in definition order."""
+        found: list[str] = []
+        frontier = set(self.outputs.get(name, ()))
+        changed = True
+        while changed:
+            changed = False
+            for rule, reads in self.inputs.items():
+                if rule != name and rule not in found and frontier.intersection(reads):
+                    found.append(rule)
+                    frontier.update(self.outputs.get(rule, ()))
+                    changed = True
+        return found
