@@ -20,11 +20,11 @@ Nothing here runs a rule, writes to the store, or loads a value.
 """
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass
 from typing import Any
 
+from .files import short_path
 from .rule import Rule, Task, rule_version
 from .trace import FILE_PREFIX, MISSING
 
@@ -164,7 +164,7 @@ def _why_trace(build: Any, tr: Any, memo: Memo, versions: dict) -> str | None:
                 path = key[len(FILE_PREFIX):]
                 now = build._files.hash(path)
                 if now != recorded:
-                    return f"file {_short(path)} {'is missing' if now == MISSING else 'changed'}"
+                    return f"file {short_path(path)} {'is missing' if now == MISSING else 'changed'}"
                 continue
             dep = build._task_for_key(key)
             if dep is None:
@@ -175,14 +175,6 @@ def _why_trace(build: Any, tr: Any, memo: Memo, versions: dict) -> str | None:
             if h != recorded:
                 return f"dependency {dep!r} changed"
     return None
-
-
-def _short(path: str) -> str:
-    try:
-        rel = os.path.relpath(path)
-    except ValueError:
-        return path
-    return rel if not rel.startswith("..") else path
 
 
 def _version_change(name: str, old: Any, new: Any) -> str:

@@ -28,7 +28,7 @@ import xxhash
 
 from .trace import MISSING, current
 
-__all__ = ["file", "FileHasher", "install_hook", "exclude"]
+__all__ = ["file", "FileHasher", "install_hook", "exclude", "short_path"]
 
 _RACY_NS = 2_000_000_000
 _CHUNK = 1 << 20
@@ -159,3 +159,12 @@ def install_hook() -> None:
         _excluded = _system_prefixes() + _excluded
         sys.addaudithook(_hook)
         _installed = True
+
+
+def short_path(path: str) -> str:
+    """A path as the user would write it: relative to the working directory when inside it."""
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:   # another drive (Windows)
+        return path
+    return rel if not rel.startswith("..") else path

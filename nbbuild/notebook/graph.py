@@ -14,10 +14,11 @@ Contract:
 """
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable
+
+from ..files import short_path
 
 __all__ = ["Node", "Graph", "snapshot", "tree", "table", "label", "size_text", "seconds_text"]
 
@@ -86,21 +87,13 @@ def snapshot(build: Any, static: dict[str, tuple[str, ...]], targets: Iterable[A
             todo.append(t)
         for path in files:
             fid = "file:" + path
-            nodes.setdefault(fid, Node(fid, "file " + _short(path), "file"))
+            nodes.setdefault(fid, Node(fid, "file " + short_path(path), "file"))
             ids.append(fid)
         inputs[task.key] = tuple(dict.fromkeys(ids))
     read = {i for ids in inputs.values() for i in ids}
     order = [t.key for t in roots_tasks]
     roots = tuple(k for k in dict.fromkeys(order) if targets is not None or k not in read)
     return Graph(nodes, inputs, roots, known)
-
-
-def _short(path: str) -> str:
-    try:
-        rel = os.path.relpath(path)
-    except ValueError:
-        return path
-    return rel if not rel.startswith("..") else path
 
 
 def size_text(size: int | None) -> str:
