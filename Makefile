@@ -15,13 +15,13 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q tests notebooks --nbval-lax
 
 demo: $(STAMP)
-	$(BIN)/python notebooks/demo.py
+	$(BIN)/python notebooks/run_demo.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_noop.py
 
 clean:
-	rm -rf $(VENV) .nbbuild .pytest_cache
+	rm -rf $(VENV) .nbbuild .pytest_cache notebooks/.nbbuild notebooks/data

@@ -410,3 +410,44 @@ def test_without_cell_ids_the_rule_name_is_the_cells_identity(ip):
     ip.run_cell("%%rule\nx = 1\n")
     ip.run_cell("%%rule\nx = 2\n")
     assert ip.user_ns["x"] == 2
+
+
+def test_an_edit_upstream_of_a_parametric_rule_names_its_stale_calls(ip, capsys):
+    ip.run_cell(RAW)
+    ip.run_cell(MODEL)
+    ip.run_cell("model(alpha=0.5)")
+    capsys.readouterr()
+    result = ip.run_cell(RAW.replace("5]", "6]"))
+    assert result.error_in_exec is None
+    assert "stale: model(0.5) — run %build model(0.5)" in capsys.readouterr().out
+
+
+def test_session_totals_count_calls_from_plain_cells(ip, capsys):
+    ip.run_cell(RAW)
+    ip.run_cell(MODEL)
+    ip.run_cell("model(1)\nmodel(2)")
+    capsys.readouterr()
+    ip.run_cell("%nbbuild metrics")
+    assert re.search(r"^session +3 builds: ran 3, ", capsys.readouterr().out, re.M)
+
+
+def test_a_dependency_that_ran_for_a_target_is_rebound_too(ip, tmp_path):
+    (tmp_path / "data.txt").write_text("3 1")
+    ip.run_cell("threshold = 0")
+    ip.run_cell("%%rule\nraw = [int(w) for w in open('data.txt').read().split()]\n")
+    ip.run_cell(CLEAN)
+    (tmp_path / "data.txt").write_text("3 1 7")
+    ip.run_cell("%build clean")
+    assert ip.user_ns["raw"] == [3, 1, 7] and ip.user_ns["clean"] == [1, 3, 7]
+
+
+def test_an_ordinary_cell_that_changes_a_parameter_names_what_is_stale(ip, capsys):
+    ip.run_cell("threshold = 0")
+    ip.run_cell(RAW)
+    ip.run_cell(CLEAN)
+    ip.run_cell("%%rule\ntop = max(clean)\n")
+    capsys.readouterr()
+    ip.run_cell("threshold = 2")
+    assert capsys.readouterr().out == "stale: clean, top — run %build top\n"
+    ip.run_cell("unrelated = 1")
+    assert capsys.readouterr().out == ""

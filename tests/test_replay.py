@@ -107,6 +107,7 @@ def test_a_reused_rule_cell_shows_its_stdout_stderr_and_displays_again_in_order(
 
 
 def test_build_replays_the_targets_reused_not_their_dependencies_nor_what_ran(ip):
+    """raw runs as a cell of its own here: its output is not part of total's."""
     ip.run_cell("%%rule\ncalls.append('raw')\nprint('raw says')\nraw = [1, 2]")
     ip.run_cell("%%rule\ncalls.append('total')\nprint('total says')\ntotal = sum(raw)")
     ip.screen.take()
@@ -117,12 +118,14 @@ def test_build_replays_the_targets_reused_not_their_dependencies_nor_what_ran(ip
     assert ip.user_ns["calls"] == ["raw", "total", "total"]
 
 
-def test_a_dependency_run_inside_a_target_keeps_its_own_record(ip):
+def test_a_dependency_run_inside_a_target_shows_in_its_record_and_keeps_its_own(ip):
     ip.run_cell("%%rule --lazy\ncalls.append('raw')\nprint('raw says')\nraw = [1, 2]")
     ip.run_cell("%%rule\ncalls.append('total')\nprint('total says')\ntotal = sum(raw)")
     assert _shown(ip.screen.take()) == [("stdout", "raw says\ntotal says\n")]
-    ip.run_cell("%build total raw")
-    assert _shown(ip.screen.take()) == [("stdout", "total says\nraw says\n")]
+    ip.run_cell("%build total")                  # as the cell showed it when it ran
+    assert _shown(ip.screen.take()) == [("stdout", "raw says\ntotal says\n")]
+    ip.run_cell("%build raw")
+    assert _shown(ip.screen.take()) == [("stdout", "raw says\n")]
     assert ip.user_ns["calls"] == ["raw", "total"]
 
 
@@ -287,3 +290,16 @@ def test_after_a_restart_the_same_cells_replay_the_same_outputs(tmp_path):
     assert kinds == ["stdout", "display", "stderr", "stdout", "display", "stdout", "display"]
     assert "text/html" in first["events"][4][1] and "image/png" in first["events"][6][1]
     assert second["events"] == first["events"]
+
+
+def test_a_parametric_call_shows_its_output_inside_the_calling_cell_again(ip):
+    ip.run_cell("%%rule model(alpha)\ncalls.append(alpha)\nprint('fitting', alpha)\nmodel = alpha * 2")
+    cell = "%%rule\nprint('comparing')\nbest = max(model(a) for a in (1, 2))"
+    ip.run_cell(cell)
+    first = _shown(ip.screen.take())
+    assert first == [("stdout", "comparing\nfitting 1\nfitting 2\n")]
+    ip.run_cell(cell)
+    assert _shown(ip.screen.take()) == first
+    ip.run_cell("model(2)")                     # a call in a plain cell replays too
+    assert _shown(ip.screen.take())[0] == ("stdout", "fitting 2\n4\n")
+    assert ip.user_ns["calls"] == [1, 2]

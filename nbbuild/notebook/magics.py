@@ -150,7 +150,8 @@ class NbbuildMagics(Magics):
         for out in names.outputs:
             owner = state.producers.get(out)
             if owner is not None and owner != name and owner not in superseded:
-                raise UsageError(f"{out!r} is already produced by rule {owner}; rule {name} cannot bind it too")
+                raise UsageError(f"{out!r} is already produced by rule {owner}; rule {name} cannot bind it too: "
+                                 f"rename it here, or `del {out}` at the end of this cell if no other cell needs it")
         fetched = tuple(n for n in names.inputs if state.producers.get(n, name) != name)
         filename = self.shell.compile.cache(source, self.shell.execution_count)
         try:
@@ -366,12 +367,10 @@ class NbbuildMagics(Magics):
             if e.__cause__ is not None:
                 self._show_own_frames(e.__cause__)
             if b.report is not before:
-                self.state.count(b.report)
+                self.state.count(tasks, b.report)
                 if summary:
                     print(label(str(b.report)))
             raise UsageError(label(str(e))) from None
-        if b.report is not before:
-            self.state.count(b.report)
         if summary and b.report is not None:
             print(label(str(b.report)))
         self._say_unstored(tasks, values)
@@ -403,11 +402,7 @@ class NbbuildMagics(Magics):
                   "keep such objects inside a function, or `del` them at the end of the cell", file=sys.stderr)
 
     def _say_stale(self, name: str) -> None:
-        b = self.state.build
-        stale = [r for r in self.state.dependents(name) if not b.why(b.rules[r].task()).endswith("up to date")]
-        if stale:
-            print(f"stale: {', '.join(stale)} — run %build {stale[-1]}")
-
+        self.state.say_stale(self.state.dependents(name))
 
 def _picklable(value: Any) -> bool:
     try:
@@ -424,15 +419,17 @@ def load_ipython_extension(shell: Any) -> None:
         state = shell._nbbuild_state = NotebookState(shell, path)
     shell.user_ns[FETCH] = state.fetch
     shell.user_ns[CAPTURE] = state.capture
-    if state.pre_run_cell not in shell.events.callbacks["pre_run_cell"]:
-        shell.events.register("pre_run_cell", state.pre_run_cell)
+    for event in ("pre_run_cell", "post_run_cell"):
+        if getattr(state, event) not in shell.events.callbacks[event]:
+            shell.events.register(event, getattr(state, event))
     shell.register_magics(NbbuildMagics(shell, state))
 
 
 def unload_ipython_extension(shell: Any) -> None:
     state = getattr(shell, "_nbbuild_state", None)
-    if state is not None and state.pre_run_cell in shell.events.callbacks["pre_run_cell"]:
-        shell.events.unregister("pre_run_cell", state.pre_run_cell)
+    for event in ("pre_run_cell", "post_run_cell"):
+        if state is not None and getattr(state, event) in shell.events.callbacks[event]:
+            shell.events.unregister(event, getattr(state, event))
     magics = shell.magics_manager.magics
     magics["cell"].pop("rule", None)
     magics["line"].pop("build", None)

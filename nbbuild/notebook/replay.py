@@ -9,8 +9,11 @@ Contract:
   drawn before the capture closes, so they are recorded too. `clear_output` clears the record as
   it clears the screen; an updated display (`display_id`) is recorded in its final state.
 - Bodies running at the same time (helper threads, greenlets, a dependency run inline) each record
-  their own: the recording in progress is a ContextVar. Threads the body starts are not recorded.
-- `outputs(locals, names)` picks the cell's outputs, leaving out closed objects (files).
+  their own: the recording in progress is a ContextVar. A rule run inside another's body (a
+  parametric call) adds its record to the caller's too, as it appeared there. Threads a body
+  starts are not recorded.
+- `outputs(locals, names)` picks the cell's outputs, leaving out closed objects (files), and hands
+  them to `bind`: the notebook binds what every rule that ran produced, not only the targets'.
 - When the body returns, the record is attached to its run (`trace.attach`): stored beside the
   value, outside its hash, so a different output alone never makes dependents stale.
 - `replay(shell, record)` shows a record again, in order.
@@ -112,15 +115,18 @@ _taps = _Taps()
 class Capture:
     """The record of one run of a rule cell's body (a context manager; see the module contract)."""
 
-    def __init__(self, shell: Any):
+    def __init__(self, shell: Any, bind: Any = None):
         self.shell = shell
+        self.bind = bind
         self.events: list[tuple] = []
         self.size = 0
         self.pending_clear = False
         self._token: contextvars.Token | None = None
+        self.parent: Capture | None = None
 
     def __enter__(self) -> Capture:
         _taps.open(self.shell)
+        self.parent = _recording.get()
         self._token = _recording.set(self)
         return self
 
@@ -136,11 +142,25 @@ class Capture:
             _taps.close()
         if etype is None:
             attach((FORMAT, tuple(self.events)))
+        if self.parent is not None:   # a rule run inside another's body showed its output there too
+            self.parent.extend(self.events)
+
+    def extend(self, events: list[tuple]) -> None:
+        for event in events:
+            if event[0] == "stream":
+                self.stream(event[1], event[2])
+            elif event[0] == "display":
+                self._add(event, len(json.dumps(event[1:3], default=_bytes_only)))
+            else:
+                self.events.append(event)
 
     def outputs(self, scope: dict, names: tuple[str, ...]) -> dict[str, Any]:
         """The cell's outputs from its locals. An object that says it is closed (`with open(...)
         as f` leaves one) is no use to another cell, and could not be stored: it is left out."""
-        return {k: scope[k] for k in names if k in scope and not _closed(scope[k])}
+        out = {k: scope[k] for k in names if k in scope and not _closed(scope[k])}
+        if self.bind is not None:   # a rule that ran binds its outputs, also when it was only a dependency
+            self.bind(out)
+        return out
 
     # -------------------------------------------------------- recording
 

@@ -20,7 +20,8 @@ from typing import Any
 from IPython.core.error import UsageError
 
 from ..build import Build
-from .cells import CAPTURE, FETCH
+from .cells import CAPTURE, FETCH, LAST, analyse
+from .graph import label
 from .replay import Capture, replay
 
 __all__ = ["NotebookState"]
@@ -38,13 +39,46 @@ class NotebookState:
         self.parametric: set[str] = set()
         self.cells: dict[str, str] = {}          # rule name -> id of the cell that defines it
         self.cell_id: str | None = None           # the running cell's id (JupyterLab sends one)
+        self.cell_source = ""
         self.totals = {"builds": 0, "ran": 0, "reused": 0, "failed": 0, "seconds": 0.0, "saved": 0.0}
         shell.user_ns[FETCH] = self.fetch
         shell.user_ns[CAPTURE] = self.capture
         self.build.observers.append(self.replay_reused)
+        self.build.observers.append(self.count)
 
     def pre_run_cell(self, info: Any = None) -> None:
         self.cell_id = getattr(info, "cell_id", None)
+        self.cell_source = getattr(info, "raw_cell", None) or ""
+
+    def post_run_cell(self, result: Any = None) -> None:
+        """An ordinary cell that rebinds a name rules read (`threshold = 0.7`) names the rules it
+        made stale, as an edited rule cell does: their bound values are out of date now."""
+        source = self.cell_source.lstrip()
+        if not source or source.startswith(("%%rule", "%build", "%nbbuild")) or not self.inputs:
+            return
+        try:
+            bound = set(analyse(self.shell.transform_cell(source)).outputs) - set(self.producers)
+        except Exception:  # any cell at all, even one that cannot be parsed: then there is nothing to say
+            return
+        readers = [r for r, reads in self.inputs.items() if bound.intersection(reads)]
+        if readers:
+            found = list(readers)
+            for r in readers:
+                found += [d for d in self.dependents(r) if d not in found]
+            self.say_stale(found)
+
+    def say_stale(self, rules: list[str]) -> None:
+        """One line naming which of `rules` (their known calls, for parametric ones) are stale."""
+        b = self.build
+        stale = []
+        for r in rules:
+            rule = b.rules.get(r)
+            if rule is None:
+                continue
+            tasks = b.known_tasks(rule) if r in self.parametric else [rule.task()]
+            stale += [label(repr(t)) for t in tasks if b.status(t).state == "stale"]
+        if stale:
+            print(f"stale: {', '.join(stale)} — run %build {stale[-1]}")
 
     def superseded(self, name: str) -> list[str]:
         """The rules the running cell defined before under other names, which rule `name` now
@@ -84,7 +118,10 @@ class NotebookState:
 
     def capture(self) -> Capture:
         """Around a rule cell's body: records what it shows, to replay when its value is reused."""
-        return Capture(self.shell)
+        return Capture(self.shell, self.bind)
+
+    def bind(self, outputs: dict) -> None:
+        self.shell.user_ns.update({k: v for k, v in outputs.items() if k != LAST})
 
     def fetch(self, name: str) -> Any:
         """Inside a rule body: the value of `name`, as a tracked dependency on its rule."""
@@ -103,7 +140,8 @@ class NotebookState:
                                           if self.producers.get(n, rule) != rule))
                 for rule, reads in self.inputs.items()}
 
-    def count(self, report: Any) -> None:
+    def count(self, targets: list, report: Any) -> None:
+        """Session totals: every build, the magics' own and `model(...)` called in a plain cell."""
         t = self.totals
         t["builds"] += 1
         t["ran"] += len(report.executed)
