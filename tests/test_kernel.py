@@ -23,6 +23,7 @@ import nbformat
 import pytest
 from jupyter_client import KernelManager
 from nbclient import NotebookClient
+from outputs import merged
 
 TIMEOUT = 60
 KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -105,17 +106,7 @@ def shown(outputs: list) -> list[tuple]:
     """What a cell shows, as the user sees it: consecutive stream outputs of one name read as one
     text (how the kernel splits them into messages is timing), the build summary line left out
     (its timings vary), displays and results by their MIME data."""
-    out: list[tuple] = []
-    for o in outputs:
-        if o.output_type == "stream":
-            if out and out[-1][:2] == ("stream", o.name):
-                out[-1] = ("stream", o.name, out[-1][2] + o.text)
-            else:
-                out.append(("stream", o.name, o.text))
-        elif o.output_type in ("display_data", "execute_result"):
-            out.append((o.output_type, dict(o.data)))
-        else:
-            out.append((o.output_type, o.get("ename"), o.get("evalue")))
+    out = merged(outputs)
     cleaned = []
     for e in out:
         if e[0] == "stream":

@@ -22,6 +22,7 @@ from pathlib import Path
 import nbformat
 import pytest
 from nbclient import NotebookClient
+from outputs import merged
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "quickstart.ipynb"
 TIMEOUT = 120
@@ -84,17 +85,7 @@ def shown(c) -> list[tuple]:
     them into messages is timing), without the lines that differ from run to run by design: the
     build summary, %%time's timings, and the "stale:" hint (not given when the store already
     holds what the edit asks for)."""
-    out: list[tuple] = []
-    for o in c.outputs:
-        if o.output_type == "stream":
-            if out and out[-1][:2] == ("stream", o.name):
-                out[-1] = ("stream", o.name, out[-1][2] + o.text)
-            else:
-                out.append(("stream", o.name, o.text))
-        elif o.output_type in ("display_data", "execute_result"):
-            out.append((o.output_type, dict(o.data)))
-        else:
-            out.append((o.output_type, o.get("ename"), o.get("evalue")))
+    out = merged(c.outputs)
     kept = []
     for e in out:
         if e[0] == "stream":
