@@ -29,10 +29,11 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, NamedTuple
 
+from . import eviction as _bounds
 from . import explain, files, hashing
 from .clean import CleanSet
 from .errors import BuildError, RuleError
-from .eviction import evict, parse_size
+from .eviction import parse_size
 from .executors import HelperPool
 from .rule import Rule, Task, resolve_target
 from .scheduler import DONE, Scheduler
@@ -89,16 +90,26 @@ class BuildReport:
 
 class Build:
     def __init__(self, path: str | os.PathLike = ".nbbuild", quota: int | str | None = None,
-                 workers: int | None = None):
-        try:
-            quota_bytes = parse_size(quota)
-        except ValueError as e:
-            raise RuleError(str(e)) from None
+                 workers: int | None = None, *, min_free: int | str | None = None, eviction: str | None = None):
+        for name, size in (("quota", quota), ("min_free", min_free)):
+            try:
+                parse_size(size)
+            except ValueError as e:
+                raise RuleError(f"{name}: {e}") from None
         if workers is None:
             workers = min(4, os.cpu_count() or 1)
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
             raise RuleError(f"workers={workers!r}: give a whole number of at least 1")
-        self.store = Store(path, quota_bytes)
+        try:
+            self.store = Store(path)
+        except OSError as e:
+            raise RuleError(str(e)) from None
+        try:
+            _bounds.resolve(self.store, quota, min_free, eviction)
+        except ValueError as e:
+            self.store.close()
+            raise RuleError(str(e)) from None
+        self.store.on_room = functools.partial(_bounds.make_room, self.store)
         self.workers = workers
         self.rules: dict[str, Rule] = {}
         self.report: BuildReport | None = None
@@ -172,7 +183,7 @@ class Build:
                 old, _ = self._values.popitem(last=False)
                 self._values_bytes -= self._sizes.pop(old)
 
-    def _recall(self, digest: str, checked: set[str]) -> tuple[bool, Any]:
+    def _recall(self, digest: str, checked: set[str], task: Task | None = None) -> tuple[bool, Any]:
         """(found, value) for a value hash: from memory, or loaded from the store. A value in
         memory is re-hashed once per build (`checked`): one changed in place since it was built
         is dropped, and the stored value is used instead."""
@@ -192,16 +203,14 @@ class Build:
                 return True, value
             log.warning("nbbuild: a value was changed in place after it was built; using the stored one")
             self._forget(digest)
-        blob = self.store.get_value(digest)
-        if blob is None:
-            return False, None
-        try:
-            value = hashing.deserialize(blob)
-        except Exception:  # unpickling runs arbitrary code paths: any failure is a miss
-            log.warning("nbbuild: stored value %s could not be loaded; the task will run again", digest)
+        found, value, why = self.store.load(digest)
+        if not found:
+            if why:
+                log.warning("nbbuild: the stored value of %s could not be used: %s; it runs again",
+                            repr(task) if task is not None else digest, why)
             return False, None
         checked.add(digest)
-        self._remember(digest, value, len(blob))
+        self._remember(digest, value, self.store.value_size(digest) or 0)
         return True, value
 
     def _keep_attachment(self, task: Task, digest: str, data: Any, persist: bool) -> None:
@@ -275,6 +284,7 @@ class Build:
                 self._clean.clear()
                 self._generation = self.store.generation
             sched = Scheduler(self)
+            self.store.held = lambda: {st.hash for st in sched.states.values() if st.hash}
             # what this process verified before and whose inputs did not change is known up to date
             self._clean.invalidate(self.rules, sched.version, self._files.hash)
             sched.known.update(self._clean.hashes)
@@ -298,10 +308,14 @@ class Build:
                     self._failures[st.task.key] = f"{type(own).__name__}: {own}" if own is not None else str(err)
             untouched = self._clean.closure([t.key for t in tasks], sched.states) if preseeded else []
             self.report = _report(sched, untouched, time.perf_counter() - start)
+            self.store.touch(st.hash for st in sched.states.values() if st.has_value and st.hash)
             try:
-                evict(self.store, self.store.quota, lambda: {st.hash for st in sched.states.values() if st.hash})
+                _bounds.evict(self.store, self.store.held)
+                _bounds.maybe_prune(self.store)
             except Exception:  # eviction is housekeeping: it must not fail a build that succeeded
                 log.warning("nbbuild: eviction failed", exc_info=True)
+            finally:
+                self.store.held = frozenset
             errors = [sched.error_for(st) for st in states if st.status != DONE or not st.has_value]
             if errors:
                 first = errors[0]
@@ -340,9 +354,26 @@ class Build:
     # ------------------------------------------------------------ housekeeping
 
     def gc(self) -> int:
-        """Evict now, down to the quota (no build is running: no value is held); how many went."""
+        """Evict now, down to the quota and the free-space floor (no build is running: no value is
+        held), and prune old metadata; how many values went."""
         with self._turn():
-            return evict(self.store, self.store.quota)
+            removed = _bounds.evict(self.store)
+            _bounds.prune(self.store)
+            return removed
+
+    def set_quota(self, quota: int | str | None, save: bool = True) -> None:
+        """Change the store's quota ('unlimited' for none); `save` keeps it in the store for the
+        sessions that follow (NBBUILD_QUOTA and Build(quota=) still come first there)."""
+        try:
+            size = parse_size(quota)
+        except ValueError as e:
+            raise RuleError(str(e)) from None
+        with self._turn():
+            self.store.quota = size
+            self.store.quota_source = "saved in the store (%nbbuild store --quota)" if save else "set for this Build"
+            if save:
+                self.store.set_setting("quota", "unlimited" if size is None else size)
+            _bounds.evict(self.store)
 
     def clear(self) -> None:
         """Empty the store and forget what this process built: every task runs again."""

@@ -1,25 +1,55 @@
-"""Quota and eviction.
+"""Quota, eviction and pruning: the store stays within its bounds.
 
 Contract:
-- `parse_size("2 GB")` reads sizes: a number of bytes, or a number with a unit (B, KB, MB, GB, TB
-  in powers of 1000; KiB, MiB, GiB, TiB in powers of 1024). Anything else is a RuleError-free
-  ValueError whose message says what is accepted.
-- `evict(store, quota, keep)` removes values, oldest stored first, until the values fit in `quota`
-  bytes, never one whose hash is in `keep` (the values the current build holds or produced).
-  Traces are kept: an evicted value is a miss that re-runs its task, and early cutoff then spares
-  its dependents. Returns the number of values removed.
+- `parse_size("2 GB")` reads sizes: bytes, or a number with a unit (B, KB, MB, GB, TB in powers
+  of 1000; KiB, MiB, GiB, TiB in powers of 1024); "none" or "unlimited" is no limit (None).
+  Anything else is a ValueError whose message says what is accepted.
+- `resolve(store, quota, min_free, policy)` sets the store's bounds, first found wins: the
+  argument, then the environment (NBBUILD_QUOTA, NBBUILD_MIN_FREE, NBBUILD_EVICTION), then what
+  `%nbbuild store --quota` saved in the store, then the defaults: a quota of 10% of the disk space
+  the store could use (free space plus what it holds), at most 20 GB; a floor of free disk space
+  of 5% of the disk, at most 2 GB; the policy "gdsf".
+- `evict(store, held)` runs after each build: when the store is over its quota, or the disk's free
+  space under the floor, it removes values until the store is at 90% of its quota (batched) and
+  the floor is met again. `make_room(store, need)` does the same during a build before a value
+  of `need` bytes is written. Values whose hash is in `held()` (what the running build holds or
+  has just produced) are never removed. Traces are kept: an evicted value is a miss that re-runs
+  its task, and early cutoff then spares its dependents.
+- Policies order the candidates: "lru" (least recently used first) and "gdsf" (GreedyDual-Size-
+  Frequency: priority = clock + uses * recompute seconds / bytes, lowest first; the clock rises to
+  each evicted value's priority, so values not used for long age out). Recompute seconds come
+  from the traces that produced the value.
+- `prune(store)` bounds the metadata: at most 16 traces per task; traces (but a task's newest)
+  whose value was evicted over 30 days ago, or is gone and was made that long ago; attachments
+  and eviction notes nobody refers to; file entries of files that are gone; stray files.
 """
 from __future__ import annotations
 
+import logging
+import math
+import os
 import re
-from typing import Callable
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable
 
-__all__ = ["parse_size", "evict"]
+__all__ = ["parse_size", "resolve", "evict", "make_room", "prune", "Candidate", "POLICIES", "order",
+           "DEFAULT_SHARE", "DEFAULT_CAP", "LOW_WATER"]
+
+log = logging.getLogger("nbbuild")
+
+DEFAULT_SHARE, DEFAULT_CAP = 0.10, 20 * 10**9
+FLOOR_SHARE, FLOOR_CAP = 0.05, 2 * 10**9
+LOW_WATER = 0.9
+_CHECK_BYTES = 4 << 20       # during a build, look at the bounds after this much was written
+_MIN_COST = 1e-3             # a run that took "no time" still costs a load of its inputs
+_PRUNE_SECONDS = 3600.0
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*$")
+_NO_LIMIT = {"none", "unlimited", "off", "inf"}
 
 
 def parse_size(size: int | float | str | None) -> int | None:
@@ -28,37 +58,202 @@ def parse_size(size: int | float | str | None) -> int | None:
     if isinstance(size, bool):
         raise ValueError(f"size {size!r}: give bytes or a string such as '2 GB'")
     if isinstance(size, (int, float)):
-        if size < 0:
+        if size < 0 or math.isnan(size):
             raise ValueError(f"size {size!r} is negative")
-        return int(size)
+        return None if math.isinf(size) else int(size)
+    if str(size).strip().lower() in _NO_LIMIT:
+        return None
     m = _SIZE.match(str(size))
     if not m or m.group(2).upper() not in _UNITS:
-        raise ValueError(f"size {size!r} not understood: give bytes or a string such as '500 MB' or '2 GiB'")
+        raise ValueError(f"size {size!r} not understood: give bytes or a string such as '500 MB' or '2 GiB'"
+                         " ('unlimited' for no limit)")
     return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
 
 
-def evict(store, quota: int | None, keep: Callable[[], set[str]] = frozenset) -> int:  # type: ignore[assignment]
-    """`keep()` gives the hashes that must stay; it is called only when something must go."""
-    if quota is None:
+# ---------------------------------------------------------------- bounds
+
+def resolve(store, quota=None, min_free=None, policy=None) -> None:
+    """Set store.quota, store.min_free, store.policy and store.quota_source. Raises ValueError
+    (naming the variable) for a bad setting."""
+    def pick(given, env: str, saved: str | None):
+        if given is not None:
+            return given, "set for this Build"
+        if os.environ.get(env, "").strip():
+            return os.environ[env].strip(), env
+        if saved is not None:
+            value = store.setting(saved)
+            if value is not None:
+                return value, "saved in the store (%nbbuild store --quota)"
+        return None, "default"
+
+    def size(value, source: str) -> int | None:
+        try:
+            return parse_size(value)
+        except ValueError as e:
+            raise ValueError(f"{source}: {e}" if source == source.upper() else str(e)) from None
+
+    value, store.quota_source = pick(quota, "NBBUILD_QUOTA", "quota")
+    if value is None:
+        room = store.free_space() + store.volume()
+        store.quota = int(min(DEFAULT_CAP, DEFAULT_SHARE * room))
+        store.quota_source = "default: 10% of the disk space the store could use, at most 20 GB"
+    else:
+        store.quota = size(value, store.quota_source)
+    value, source = pick(min_free, "NBBUILD_MIN_FREE", None)
+    if value is None:
+        store.min_free = int(min(FLOOR_CAP, FLOOR_SHARE * _disk_total(store.path)))
+    else:
+        store.min_free = size(value, source) or 0
+    value, source = pick(policy, "NBBUILD_EVICTION", None)
+    name = str(value or "gdsf").strip().lower()
+    if name not in POLICIES:
+        raise ValueError(f"{'' if source != 'NBBUILD_EVICTION' else 'NBBUILD_EVICTION: '}eviction policy "
+                         f"{value!r} not known: use one of {', '.join(sorted(POLICIES))}")
+    store.policy = name
+
+
+def _disk_total(path: str) -> int:
+    try:
+        st = os.statvfs(path)
+        return st.f_blocks * st.f_frsize
+    except OSError:
         return 0
-    store.flush()
-    if store.volume() <= quota:   # the whole store fits: no need to look at each value
+
+
+# ---------------------------------------------------------------- policies
+
+@dataclass(frozen=True)
+class Candidate:
+    digest: str
+    size: int
+    stored: float       # when it was stored
+    used: float         # when it was last used
+    uses: int
+    credit: float       # the gdsf clock when it was last used
+    cost: float         # seconds to compute it again
+
+
+def _lru(c: Candidate) -> float:
+    return c.used
+
+
+def _gdsf(c: Candidate) -> float:
+    return c.credit + max(c.uses, 1) * max(c.cost, _MIN_COST) / max(c.size, 1)
+
+
+POLICIES: dict[str, Callable[[Candidate], float]] = {"lru": _lru, "gdsf": _gdsf}
+
+
+def order(policy: str, candidates: Iterable[Candidate]) -> list[Candidate]:
+    """Candidates in eviction order: the first is the first to go."""
+    return sorted(candidates, key=POLICIES[policy])
+
+
+def _costs(store) -> dict[str, float]:
+    costs: dict[str, float] = {}
+    for lst in store.traces_index().values():
+        for tr in lst:
+            if tr.seconds > costs.get(tr.result, -1.0):
+                costs[tr.result] = tr.seconds
+    return costs
+
+
+# ---------------------------------------------------------------- eviction
+
+def _excess(store, need: int) -> int:
+    """Bytes to free before `need` more are written; 0 when the store is within its bounds."""
+    over = 0
+    if store.quota is not None:
+        volume = store.volume() + store.pending_bytes()
+        if volume + need > store.quota:
+            over = volume + need - int(store.quota * LOW_WATER)
+    if store.min_free:
+        free = store.free_space()
+        if free - need < store.min_free:
+            over = max(over, store.min_free + need - free)
+    return over
+
+
+def evict(store, held: Callable[[], set[str]] = frozenset, need: int = 0) -> int:  # type: ignore[assignment]
+    """Bring the store within its bounds (with room for `need` more bytes). `held()` gives the
+    hashes that must stay; it is called only when something must go. Returns how many went."""
+    store.written = 0
+    excess = _excess(store, need)
+    if excess <= 0:
         return 0
-    sizes = store.value_sizes()
-    total = sum(size for _, size, _ in sizes)
-    if total <= quota:
-        return 0
-    held = keep()
-    removed = 0
-    for digest, size, _ in sorted(sizes, key=lambda r: r[2]):
-        if total <= quota:
+    keep = held()
+    costs = _costs(store)
+    candidates = [Candidate(d, size, stored, used, uses, credit, costs.get(d, 0.0))
+                  for d, size, stored, used, uses, credit in store.value_rows() if d not in keep]
+    victims: list[Candidate] = []
+    freed = 0
+    for c in order(store.policy, candidates):
+        if freed >= excess:
             break
-        if digest in held:
+        victims.append(c)
+        freed += max(c.size, 1)
+    if not victims:
+        return 0
+    store.delete_values([c.digest for c in victims])
+    if store.policy == "gdsf":
+        store.clock = max(store.clock, max(_gdsf(c) for c in victims))
+        store.set_setting("clock", store.clock)
+    store.count("evictions", len(victims))
+    store.flush(counters_too=True)
+    log.info("nbbuild: evicted %d values (%d bytes) from %s", len(victims), freed, store.path)
+    return len(victims)
+
+
+def make_room(store, need: int) -> None:
+    """Called before a value of `need` bytes is written during a build: evicts, batched, when
+    the value would take the store over its quota or the disk under its floor."""
+    if need < _CHECK_BYTES // 16 and store.written < _CHECK_BYTES:
+        return
+    evict(store, store.held, need)
+
+
+# ---------------------------------------------------------------- pruning
+
+def prune(store, keep: int = 16, evicted_for: float = 30 * 86400.0, now: float | None = None) -> int:
+    """Drop metadata nothing needs any more; returns how many rows went."""
+    now = time.time() if now is None else now
+    store.refresh()
+    index = store.traces_index()
+    present = {d for d, *_ in store.value_rows()}
+    marks = dict(store.marks())
+    drop: list[str] = []
+    wanted: set[tuple[str, str]] = set()   # (task key, result) of the traces that stay
+    for row, rowid in store.row_keys("t:"):
+        key, _, ident = row[2:].rpartition("#")
+        lst = index.get(key, [])
+        pos = next((i for i, t in enumerate(lst) if t.ident == ident), None)
+        if pos is None:
+            # not in the index: beyond the newest of its task, unless another process wrote it since
+            if rowid <= store.watermark:
+                drop.append(row)
             continue
-        if store.delete_value(digest):
-            total -= size
-            removed += 1
-    if removed:
-        store.count("evictions", removed)
-        store.flush()
-    return removed
+        tr = lst[pos]
+        gone = tr.result not in present and not tr.result.startswith("u:")
+        since = marks.get(tr.result, tr.created)
+        if pos >= keep or (pos > 0 and gone and now - since > evicted_for):
+            drop.append(row)
+        else:
+            wanted.add((key, tr.result))
+    results = {r for _, r in wanted}
+    drop += [row for row, _ in store.row_keys("a:") if tuple(row[2:].rsplit("#", 1)) not in wanted]
+    drop += ["x:" + d for d in marks if d not in results or d in present]
+    drop += ["f:" + p for p in store.file_entries() if not os.path.exists(p)]
+    if drop:
+        store.delete_rows(drop)
+    store.forget_traces({row for row in drop if row.startswith("t:")})
+    store.sweep_files()
+    store.set_setting("pruned", now)
+    return len(drop)
+
+
+def maybe_prune(store) -> int:
+    """prune() at most once an hour per store (whichever process gets there)."""
+    last = store.setting("pruned", 0.0)
+    if time.time() - float(last) < _PRUNE_SECONDS:
+        return 0
+    return prune(store)

@@ -5,7 +5,9 @@ Contract:
   very bytes that are stored, so a value is hashed in one pass. Pickle protocol 5 with out-of-band
   buffers (numpy arrays are hashed straight from their memory). Sets inside plain containers are
   pickled in a canonical order, so equal values hash equally whatever `PYTHONHASHSEED` is.
-- `deserialize(blob)` is its inverse.
+  `pickle_value(value)` gives the same as a `Serialized` whose buffers are still the value's own
+  memory and whose hash is computed when first asked (large values are written without a copy).
+- `deserialize(blob)` is its inverse; `split(blob)` checks a blob's layout and cuts it into parts.
 - `encode_args(args)` gives a canonical, JSON-decodable text for task arguments; `decode_args`
   reverses it. Task keys are hashes of that text, stable across processes.
 - `code_fingerprint(code)` hashes what a code object does, not how it is written: its bytecode with
@@ -33,10 +35,11 @@ import xxhash
 __all__ = [
     "serialize", "deserialize", "hash_bytes", "value_hash", "encode_args", "decode_args",
     "code_fingerprint", "global_names", "free_reads", "PY_TAG", "UnserializableValue",
+    "Serialized", "pickle_value", "split", "unpickle", "MAGIC",
 ]
 
 PY_TAG = f"{sys.implementation.name}-{sys.version_info[0]}.{sys.version_info[1]}"
-_MAGIC = b"NBV1"
+MAGIC = b"NBV1"
 _SIMPLE = (int, float, str, bytes, bool, type(None))
 
 
@@ -97,8 +100,48 @@ def _dump(value: Any, buffers: list | None = None) -> bytes:
 _SET_OPCODES = (b"\x8f", b"\x91")
 
 
-def serialize(value: Any) -> tuple[bytes, str]:
-    """Pickle `value` and hash the result. Raises UnserializableValue."""
+class Serialized:
+    """A pickled value in the stored layout: `header` (magic, buffer count, sizes), `meta` (the
+    pickle stream) and `raws` (out-of-band buffers, still the value's own memory). `digest` is
+    xxh3_128 of meta and raws, computed when first asked (a value file computes it while it is
+    written: `known` says whether it is there yet)."""
+
+    __slots__ = ("header", "meta", "raws", "nbytes", "_digest")
+
+    def __init__(self, meta: bytes, raws: list[memoryview]):
+        self.meta, self.raws = meta, raws
+        self.header = MAGIC + struct.pack(f"<I{len(raws) + 1}Q", len(raws), len(meta), *(r.nbytes for r in raws))
+        self.nbytes = len(self.header) + len(meta) + sum(r.nbytes for r in raws)
+        self._digest: str | None = None
+
+    @property
+    def known(self) -> bool:
+        return self._digest is not None
+
+    @property
+    def digest(self) -> str:
+        if self._digest is None:
+            h = xxhash.xxh3_128(self.meta)
+            for r in self.raws:
+                h.update(r)
+            self._digest = h.hexdigest()
+        return self._digest
+
+    @digest.setter
+    def digest(self, value: str) -> None:
+        self._digest = value
+
+    @property
+    def signed(self) -> int:
+        """Bytes at the start of the blob that a signature covers: the header and pickle stream."""
+        return len(self.header) + len(self.meta)
+
+    def blob(self) -> bytes:
+        return b"".join([self.header, self.meta, *self.raws]) if self.raws else self.header + self.meta
+
+
+def pickle_value(value: Any) -> Serialized:
+    """Pickle `value` (protocol 5, out-of-band buffers). Raises UnserializableValue."""
     buffers: list[pickle.PickleBuffer] = []
     try:
         if type(value) in _SIMPLE:
@@ -108,36 +151,52 @@ def serialize(value: Any) -> tuple[bytes, str]:
             if any(op in meta for op in _SET_OPCODES):
                 buffers = []
                 meta = _dump(_canonical(value), buffers)
+        raws = [b.raw() for b in buffers]
     except Exception as e:  # pickling runs arbitrary reducers: any error means "cannot store"
         raise UnserializableValue(f"{type(value).__name__} cannot be pickled: {e}") from None
-    raws = [b.raw() for b in buffers]
-    header = _MAGIC + struct.pack(f"<I{len(raws) + 1}Q", len(raws), len(meta), *(r.nbytes for r in raws))
-    h = xxhash.xxh3_128(meta)
-    for r in raws:
-        h.update(r)
-    blob = b"".join([header, meta, *raws]) if raws else header + meta
-    return blob, h.hexdigest()
+    return Serialized(meta, raws)
+
+
+def serialize(value: Any) -> tuple[bytes, str]:
+    """Pickle `value` and hash the result: (blob, hash). Raises UnserializableValue."""
+    ser = pickle_value(value)
+    return ser.blob(), ser.digest
 
 
 def value_hash(value: Any) -> str:
-    return serialize(value)[1]
+    return pickle_value(value).digest
+
+
+def split(blob: bytes | memoryview) -> tuple[memoryview, list[memoryview], int]:
+    """(pickle stream, buffers, signed length) of a blob; ValueError if it is not one."""
+    view = memoryview(blob)
+    if len(view) < 12 or bytes(view[:4]) != MAGIC:
+        raise ValueError("not an nbbuild value")
+    (n,) = struct.unpack_from("<I", view, 4)
+    if 8 + 8 * (n + 1) > len(view):
+        raise ValueError("a damaged nbbuild value")
+    sizes = struct.unpack_from(f"<{n + 1}Q", view, 8)
+    pos = 8 + 8 * (n + 1)
+    if pos + sum(sizes) != len(view):
+        raise ValueError("a truncated nbbuild value")
+    meta = view[pos:pos + sizes[0]]
+    signed = pos + sizes[0]
+    pos = signed
+    buffers = []
+    for size in sizes[1:]:
+        buffers.append(view[pos:pos + size])
+        pos += size
+    return meta, buffers, signed
+
+
+def unpickle(meta: bytes | memoryview, buffers: list[Any]) -> Any:
+    return pickle.loads(meta, buffers=buffers)
 
 
 def deserialize(blob: bytes | memoryview) -> Any:
-    view = memoryview(blob)
-    if bytes(view[:4]) != _MAGIC:
-        raise ValueError("not an nbbuild value")
-    (n,) = struct.unpack_from("<I", view, 4)
-    sizes = struct.unpack_from(f"<{n + 1}Q", view, 8)
-    pos = 8 + 8 * (n + 1)
-    meta = view[pos:pos + sizes[0]]
-    pos += sizes[0]
-    buffers = []
-    for size in sizes[1:]:
-        # a writable copy: arrays loaded from the store must behave like fresh ones
-        buffers.append(bytearray(view[pos:pos + size]))
-        pos += size
-    return pickle.loads(meta, buffers=buffers)
+    meta, buffers, _ = split(blob)
+    # writable copies: arrays loaded from the store must behave like fresh ones
+    return pickle.loads(meta, buffers=[bytearray(b) for b in buffers])
 
 
 # ---------------------------------------------------------------- task arguments

@@ -342,25 +342,30 @@ class Scheduler:
         if error is not None:
             st.error, st.outcome = error, "failed"
             return
+        persist = rule.policy == "persist"
         try:
-            blob, digest = hashing.serialize(value)
+            ser: hashing.Serialized | None = hashing.pickle_value(value)
         except hashing.UnserializableValue as e:
-            blob, digest = None, "u:" + uuid.uuid4().hex
+            ser, persist = None, False
             st.unstored = str(e)
+        if ser is not None and persist and version is not None:
+            why_not = self.store.put_value(ser)    # a large value is hashed while it is written
+            if why_not is not None:
+                st.unstored = why_not
+        digest = ser.digest if ser is not None else "u:" + uuid.uuid4().hex
         previous = st.hash
         st.value, st.has_value, st.hash, st.outcome = value, True, digest, "executed"
         if previous is not None and previous != digest:
             log.warning("nbbuild: %r gave a different value when re-run (is it deterministic?)", task)
-        self.build._remember(digest, value, len(blob) if blob is not None else 0)
+        self.build._remember(digest, value, ser.nbytes if ser is not None else 0)
         if rec.attachment is not None:
-            self.build._keep_attachment(task, digest, rec.attachment, rule.policy == "persist" and blob is not None)
+            self.build._keep_attachment(task, digest, rec.attachment, persist and not st.unstored)
         if version is None:
             return
         trace = Trace(task.key, rule.name, task.encoded, repr(task), version.version, rec.dependencies(),
                       digest, st.seconds, version.parts, version.packages)
-        persist = rule.policy == "persist" and blob is not None
-        if persist:
-            self.store.put_value(digest, blob)
+        # a value the store could not take keeps a persistent trace all the same: its hash lets
+        # dependents be verified without it, and a later build that needs it runs the task
         self.store.record(trace, persist=persist)
         st.trace = trace
 
@@ -408,7 +413,7 @@ class Scheduler:
                 raise self.error_for(st)
             return st.value
         try:
-            found, value = self.build._recall(st.hash, self.checked)  # type: ignore[arg-type]
+            found, value = self.build._recall(st.hash, self.checked, st.task)  # type: ignore[arg-type]
             if found:
                 st.value, st.has_value = value, True
             else:

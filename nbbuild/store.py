@@ -1,31 +1,38 @@
 """The store: values and build information (traces, file stat entries, counters) in one diskcache.
 
 Contract:
-- Values are content-addressed: row `v:<hash>` holds the serialized value whose xxh3_128 is <hash>.
-  A value row is never overwritten (which also spares diskcache readers a spurious miss).
+- Values are content-addressed: row `v:<hash>` holds the value whose xxh3_128 is <hash>, inline
+  when small, else as a value file (valuefile.py) that the row indexes. A value row is never
+  overwritten. Every load checks the value against its hash and signature: a missing, truncated,
+  altered or foreign value is a miss (`load` says why), and its row is removed so that the task's
+  next run can store it again. Nothing read from the store is unpickled unless its signature
+  (signing.py, this user's key) matches; rows that are not signed are reported once and dropped.
 - Each trace is its own immutable row `t:<task key>#<trace ident>`, so processes sharing a store
   never read-modify-write one another's rows. A trace is written after (or with) its value.
 - Traces and file stat entries are read in bulk, one SQL select per prefix, into an in-memory index;
-  `refresh()` picks up rows other processes wrote since (by store_time).
-- Writes are buffered and committed in batches inside `cache.transact()`, small rows with one
-  executemany in diskcache's row format; `flush()` commits now.
-- diskcache's own eviction is off: nothing is culled behind nbbuild's back (eviction.py decides).
-- Traces of rules with policy "memory" live in this object only.
+  `refresh()` picks up rows other processes wrote since (by rowid).
+- Writes are buffered and committed in batches inside `cache.transact()`; `flush()` commits now.
+  A write that fails (disk full, store unwritable) loses nothing stored before: the build goes on
+  with its values in memory, its traces kept by this process, and one warning.
+- diskcache's own eviction is off: eviction.py decides, using the bookkeeping kept here in
+  diskcache's columns of value rows: access_time (last use), access_count (uses), tag (the
+  cost-aware policy's clock when last used). Uses are batched in memory and written with flushes.
 - Row `a:<task key>#<value hash>` holds what the run that gave that value attached (trace.attach).
+  Rows `s:<name>` hold settings, `m:<name>` counters, `x:<hash>` when a value was evicted.
 """
 from __future__ import annotations
 
 import logging
 import os
-import sqlite3
+import shutil
 import threading
 import time
 from collections import defaultdict
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
-import diskcache
-
-from . import files
+from . import files, hashing, valuefile
+from .signing import MAC_BYTES, Signer, key_path, user_key
+from .table import WRITE_ERRORS, Table
 from .trace import Trace
 
 __all__ = ["Store"]
@@ -34,22 +41,24 @@ log = logging.getLogger("nbbuild")
 _MAX_TRACES = 16
 _FLUSH_ITEMS = 2000
 _FLUSH_BYTES = 64 << 20
-_DIRECT_BYTES = 1 << 20
+_FILE_BYTES = 256 << 10      # values at least this big are value files
 _COUNTER_SECONDS = 5.0
 
 
-def _prefix_range(prefix: str) -> tuple[str, str]:
-    return prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)
-
-
 class Store:
-    def __init__(self, path: str | os.PathLike, quota: int | None = None):
-        self.path = os.path.abspath(os.fspath(path))
-        os.makedirs(self.path, mode=0o700, exist_ok=True)
+    def __init__(self, path: str | os.PathLike, quota: int | None = None, signer: Signer | None = None):
+        self.signer = signer or Signer(user_key())
+        self.table = Table.open(os.path.abspath(os.fspath(path)))
+        self.path = self.table.path
         self.quota = quota
-        self._cache = diskcache.Cache(self.path, eviction_policy="none", size_limit=2 ** 62,
-                                      cull_limit=0, statistics=False)
+        self.min_free: int | None = None
+        self.policy = "gdsf"
+        self.held: Callable[[], set[str]] = frozenset   # values the running build holds (never evicted)
+        self.on_room: Callable[[int], None] | None = None    # eviction.make_room, installed by Build
         files.exclude(self.path)
+        self._tmp = os.path.join(self.path, "tmp")
+        os.makedirs(self._tmp, mode=0o700, exist_ok=True)
+        valuefile.sweep_tmp(self._tmp)
         self._lock = threading.RLock()
         self._traces: dict[str, list[Trace]] | None = None
         self.memory_traces: dict[str, list[Trace]] = defaultdict(list)
@@ -59,53 +68,68 @@ class Store:
         self._pending: dict[str, bytes] = {}
         self._pending_bytes = 0
         self._counters: dict[str, int] = defaultdict(int)
+        self._touched: dict[str, list[float]] = {}      # value hash -> [last use, uses since flush]
         self._counted = time.monotonic()
+        self._rejected: list[str] = []      # rows whose signature did not match, to drop
+        self._warned: set[str] = set()
+        self.write_error: str | None = None  # why the last write failed, until one succeeds
+        self.clock = self.setting("clock", 0.0)
+        self.written = 0                     # bytes written since the last eviction check
         self.generation = 0      # bumped by clear(): what a process remembers of the store is void
 
-    # ------------------------------------------------------------ bulk reads
+    # ------------------------------------------------------------ rows
 
-    def _scan(self, prefix: str, after: int = 0) -> Iterable[tuple[str, bytes, int]]:
-        """Rows under `prefix` with a rowid above `after`. SQLite gives new rows higher rowids
+    def _scan(self, prefix: str, after: int = 0) -> Iterable[tuple[str, memoryview]]:
+        """Signed rows under `prefix` with a rowid above `after`. SQLite gives new rows higher rowids
         (writers are serialised), so the highest rowid seen is a watermark for what is new."""
-        lo, hi = _prefix_range(prefix)
-        rows = self._cache._sql(
-            "SELECT key, mode, filename, value, rowid FROM Cache"
-            " WHERE key >= ? AND key < ? AND raw = 1 AND rowid > ?", (lo, hi, after)).fetchall()
-        disk = self._cache._disk
-        for key, mode, filename, value, rowid in rows:
+        for key, value, rowid, filename in self.table.scan(prefix, after):
             if rowid > self._watermark:
                 self._watermark = rowid
             if key in self._own:
                 self._own.discard(key)
                 continue
-            if filename is None and type(value) is bytes:   # an inline blob: nothing to fetch
-                yield key, value, rowid
+            data = self.signer.open(key, value) if filename is None and type(value) is bytes else None
+            if data is None:
+                self._reject(key)
                 continue
-            try:
-                data = disk.fetch(mode, filename, value, False)
-            except (OSError, ValueError):  # a row whose file is gone: a miss, not a crash
-                log.warning("nbbuild store: unreadable row %s skipped", key)
-                continue
-            yield key, data, rowid
+            yield key, data
+
+    def _reject(self, key: str) -> None:
+        self._rejected.append(key)
+        if "unsigned" not in self._warned:
+            self._warned.add("unsigned")
+            log.warning("nbbuild: the store %s holds entries not signed with your key (%s): a store copied "
+                        "from another user or edited by hand is never loaded, since loading runs code. "
+                        "They are dropped and their tasks run again.", self.path, key_path())
+
+    def _drop_rejected(self) -> None:
+        if self._rejected:
+            rows, self._rejected = self._rejected, []
+            self.delete_rows(rows)
 
     def _load(self) -> None:
         self._own.clear()
         traces: dict[str, list[Trace]] = defaultdict(list)
-        for _, data, _ in self._scan("t:"):
+        for key, data in self._scan("t:"):
             try:
-                tr = Trace.decode(data)
-            except (ValueError, KeyError, TypeError):
-                log.warning("nbbuild store: a damaged trace row was skipped")
+                tr = Trace.decode(data.tobytes())
+            except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+                self._reject(key)
                 continue
             traces[tr.key].append(tr)
         for lst in traces.values():
             lst.sort(key=lambda t: t.created, reverse=True)
+            del lst[_MAX_TRACES:]
         entries = {}
-        for key, data, _ in self._scan("f:"):
-            size, mtime, digest, seen = data.decode().split(" ")
-            entries[key[2:]] = (int(size), int(mtime), digest, int(seen))
+        for key, data in self._scan("f:"):
+            try:
+                size, mtime, digest, seen = data.tobytes().decode().split(" ")
+                entries[key[2:]] = (int(size), int(mtime), digest, int(seen))
+            except ValueError:
+                self._reject(key)
         self._traces = dict(traces)
         self._file_entries = entries
+        self._drop_rejected()
 
     def refresh(self) -> None:
         """Load the index, or add what other processes wrote since the last look."""
@@ -113,12 +137,12 @@ class Store:
             if self._traces is None:
                 self._load()
                 return
-            for _, data, _ in self._scan("t:", self._watermark):
+            for key, data in self._scan("t:", self._watermark):
                 try:
-                    tr = Trace.decode(data)
-                except (ValueError, KeyError, TypeError):
-                    continue
-                self._index(tr)
+                    self._index(Trace.decode(data.tobytes()))
+                except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+                    self._reject(key)
+            self._drop_rejected()
 
     def _index(self, tr: Trace) -> None:
         lst = self._traces.setdefault(tr.key, [])  # type: ignore[union-attr]
@@ -147,63 +171,132 @@ class Store:
         lst = self.traces(key) or self.memory_traces.get(key)
         return lst[0] if lst else None
 
+    def _remember_trace(self, trace: Trace) -> None:
+        lst = self.memory_traces[trace.key]
+        lst[:] = [t for t in lst if t.ident != trace.ident]
+        lst.insert(0, trace)
+        del lst[_MAX_TRACES:]
+
     def record(self, trace: Trace, persist: bool = True) -> None:
         with self._lock:
             if not persist:
-                lst = self.memory_traces[trace.key]
-                lst[:] = [t for t in lst if t.ident != trace.ident]
-                lst.insert(0, trace)
-                del lst[_MAX_TRACES:]
+                self._remember_trace(trace)
                 return
             if self._traces is None:
                 self._load()
             self._index(trace)
             row = f"t:{trace.key}#{trace.ident}"
             self._own.add(row)
-            self._write(row, trace.encode())
+            self._write(row, self.signer.seal(row, trace.encode()))
 
     # ------------------------------------------------------------ values
 
-    def put_value(self, digest: str, blob: bytes) -> None:
-        key = "v:" + digest
-        if len(blob) >= _DIRECT_BYTES:
-            self.flush()
-            self._cache.add(key, blob)
-            self._counters["bytes_written"] += len(blob)
-            return
+    def put_value(self, ser: hashing.Serialized) -> str | None:
+        """Store a value unless it is there already. Returns None when it is stored, else why not
+        (it is larger than the quota, the disk is full...): the caller keeps it in memory."""
+        size = ser.nbytes
+        if self.quota is not None and size > self.quota:
+            return f"{_size(size)} is more than the store's quota of {_size(self.quota)}"
+        self.written += size
+        if self.on_room is not None:
+            self.on_room(size)
+        if size >= _FILE_BYTES:
+            return self._put_file(ser)
+        key = valuefile.row_key(ser.digest)
         with self._lock:
             if key not in self._pending:
-                self._write(key, blob)
+                self._write(key, self.signer.seal(key, ser.blob(), ser.signed))
+        return None
 
-    def get_value(self, digest: str) -> bytes | None:
-        key = "v:" + digest
+    def _put_file(self, ser: hashing.Serialized) -> str | None:
+        if ser.known and self.has_value(ser.digest):
+            return None
+        try:
+            self.flush()
+            digest = valuefile.write(ser, self.signer, self._tmp,
+                                     lambda d: os.path.join(self.path, valuefile.file_name(d)))
+            with self.table.transact():
+                self.table.insert_file(valuefile.row_key(digest), valuefile.file_name(digest), ser.nbytes, self.clock)
+        except WRITE_ERRORS as e:
+            return self._write_failed(e)
+        self.write_error = None
+        self._counters["bytes_written"] += ser.nbytes
+        return None
+
+    def load(self, digest: str) -> tuple[bool, Any, str]:
+        """(found, value, why not). A value that is missing is (False, None, ""); one that is
+        damaged, foreign or cannot be unpickled says why, and a damaged one is dropped."""
+        key = valuefile.row_key(digest)
         with self._lock:
-            blob = self._pending.get(key)
-        if blob is None:
-            blob = self._cache.get(key)
-        if blob is not None:
-            self._counters["bytes_read"] += len(blob)
-        return blob
+            sealed: Any = self._pending.get(key)
+        filename = None
+        if sealed is None:
+            row = self.table.get(key)
+            if row is None:
+                return False, None, ""
+            sealed, filename = row
+        try:
+            if filename is not None:
+                if not valuefile.FILE_NAME.match(str(filename)):
+                    raise valuefile.Damaged("its row names a file outside the store")
+                meta, buffers = valuefile.read(os.path.join(self.path, filename), digest, self.signer)
+                nbytes = sum(len(b) for b in buffers) + len(meta)
+            else:
+                meta, buffers = self._open_inline(key, sealed, digest)
+                nbytes = len(sealed)
+        except valuefile.Damaged as e:
+            self._drop_damaged(key, str(e))
+            return False, None, str(e)
+        self._counters["bytes_read"] += nbytes
+        self.touch([digest])
+        try:
+            return True, hashing.unpickle(meta, buffers), ""
+        except Exception as e:  # unpickling runs code (a class that moved, a package missing)
+            return False, None, f"it cannot be unpickled here ({type(e).__name__}: {e})"
+
+    def _open_inline(self, key: str, sealed: Any, digest: str) -> tuple[memoryview, list]:
+        if type(sealed) is not bytes:
+            raise valuefile.Damaged("its row is not an nbbuild value")
+        try:
+            meta, buffers, signed = hashing.split(memoryview(sealed)[MAC_BYTES:])
+        except ValueError as e:
+            raise valuefile.Damaged(f"its row is damaged ({e})") from None
+        if self.signer.open(key, sealed, signed) is None:
+            raise valuefile.Damaged("its signature does not match this user's key")
+        if hashing.hash_bytes(meta, *buffers) != digest:
+            raise valuefile.Damaged("its content does not match its hash")
+        return meta, [bytearray(b) for b in buffers]   # writable: loaded arrays behave like fresh ones
+
+    def _drop_damaged(self, key: str, why: str) -> None:
+        self._counters["damaged"] += 1
+        if "signature" in why:
+            self._reject(key)
+            self._drop_rejected()
+        else:
+            self.delete_rows([key])
 
     def value_size(self, digest: str) -> int | None:
         """Stored bytes of a value, or None when it is not stored."""
-        key = "v:" + digest
+        key = valuefile.row_key(digest)
         with self._lock:
             blob = self._pending.get(key)
-        if blob is not None:
-            return len(blob)
-        row = self._cache._sql("SELECT CASE WHEN filename IS NULL THEN length(value) ELSE size END FROM Cache"
-                               " WHERE key = ? AND raw = 1", (key,)).fetchone()
-        return int(row[0]) if row is not None else None
+        return len(blob) if blob is not None else self.table.size_of(key)
 
     def has_value(self, digest: str) -> bool:
-        key = "v:" + digest
-        return key in self._pending or key in self._cache
+        key = valuefile.row_key(digest)
+        return key in self._pending or self.table.get(key) is not None
 
-    def delete_value(self, digest: str) -> bool:
+    def touch(self, digests: Iterable[str]) -> None:
+        """Note that values were used now (recency and frequency, for eviction)."""
+        now = time.time()
         with self._lock:
-            self._pending.pop("v:" + digest, None)
-        return self._cache.delete("v:" + digest)
+            for d in digests:
+                seen = self._touched.get(d)
+                if seen is None:
+                    self._touched[d] = [now, 1]
+                else:
+                    seen[0] = now
+                    seen[1] += 1
 
     # ------------------------------------------------------------ attachments
 
@@ -211,13 +304,23 @@ class Store:
         """What the run of task `key` that gave value `digest` attached (rewritten by a later run
         giving the same value: the row says which run's attachment, not what the value is)."""
         with self._lock:
-            self._write(f"a:{key}#{digest}", blob)
+            row = f"a:{key}#{digest}"
+            self._write(row, self.signer.seal(row, blob))
 
     def get_attachment(self, key: str, digest: str) -> bytes | None:
         row = f"a:{key}#{digest}"
         with self._lock:
-            blob = self._pending.get(row)
-        return blob if blob is not None else self._cache.get(row)
+            sealed = self._pending.get(row)
+        if sealed is None:
+            found = self.table.get(row)
+            sealed = found[0] if found is not None and type(found[0]) is bytes else None
+            if sealed is None:
+                return None
+        data = self.signer.open(row, sealed)
+        if data is None:
+            self._reject(row)
+            return None
+        return data.tobytes()
 
     # ------------------------------------------------------------ files
 
@@ -229,7 +332,30 @@ class Store:
     def save_file_entries(self, entries: dict[str, tuple[int, int, str, int]]) -> None:
         with self._lock:
             for path, (size, mtime, digest, seen) in entries.items():
-                self._write("f:" + path, f"{size} {mtime} {digest} {seen}".encode())
+                row = "f:" + path
+                self._write(row, self.signer.seal(row, f"{size} {mtime} {digest} {seen}".encode()))
+
+    # ------------------------------------------------------------ settings and counters
+
+    def setting(self, name: str, default: Any = None) -> Any:
+        return self.table.number("s:" + name, default)
+
+    def set_setting(self, name: str, value: int | float | str | None) -> None:
+        try:
+            with self.table.transact():
+                if value is None:
+                    self.table.delete(["s:" + name])
+                else:
+                    self.table.upsert([("s:" + name, value)])
+        except WRITE_ERRORS as e:
+            self._write_failed(e)
+
+    def count(self, name: str, n: int = 1) -> None:
+        self._counters[name] += n
+
+    def counter(self, name: str) -> int:
+        value = self.table.number("m:" + name, 0)
+        return int(value) if isinstance(value, (int, float)) else 0
 
     # ------------------------------------------------------------ writes
 
@@ -239,98 +365,180 @@ class Store:
         if len(self._pending) >= _FLUSH_ITEMS or self._pending_bytes >= _FLUSH_BYTES:
             self.flush()
 
-    def count(self, name: str, n: int = 1) -> None:
-        self._counters[name] += n
-
     def flush(self, counters_too: bool = False) -> None:
-        """Commit buffered rows. Counters ride along with rows, or go alone when asked or when
-        they have waited a few seconds: a no-op build then writes nothing at all."""
+        """Commit buffered rows. Counters and uses ride along with rows, or go alone when asked or
+        when they have waited a few seconds: a no-op build then writes nothing at all."""
         with self._lock:
             pending, self._pending, self._pending_bytes = self._pending, {}, 0
             if not pending and not counters_too and time.monotonic() - self._counted < _COUNTER_SECONDS:
                 return
             counters, self._counters = dict(self._counters), defaultdict(int)
+            touched, self._touched = self._touched, {}
             self._counted = time.monotonic()
-            if not pending and not any(counters.values()):
+            if not pending and not any(counters.values()) and not touched:
                 return
-            with self._cache.transact():
-                # values first, traces last (one transaction): a trace never points at a missing value
-                written = self._insert_values({k: v for k, v in pending.items() if k[0] == "v"})
-                counters["bytes_written"] = counters.get("bytes_written", 0) + written
-                self._upsert([(k, v) for k, v in pending.items() if k[0] != "v"])
-                for name, n in counters.items():
-                    if n:
-                        self._cache.incr("m:" + name, n, default=0)
+            try:
+                with self.table.transact():
+                    # values first, traces last (one transaction): a trace never points at a missing value
+                    written = self.table.insert_blobs([(k, v) for k, v in pending.items() if k[0] == "v"], self.clock)
+                    counters["bytes_written"] = counters.get("bytes_written", 0) + written
+                    self.table.upsert([(k, v) for k, v in pending.items() if k[0] != "v"])
+                    self.table.used({valuefile.row_key(d): use for d, use in touched.items()}, self.clock)
+                    self.table.add_counts({"m:" + name: n for name, n in counters.items()})
+            except WRITE_ERRORS as e:
+                # nothing of this batch is stored; its traces stay known to this process
+                for key, data in pending.items():
+                    if key[0] == "t":
+                        self._remember_trace(Trace.decode(data[MAC_BYTES:]))
+                        self._forget_row(key)
+                self._write_failed(e)
+                return
+            self.write_error = None
 
-    # Small rows are written in one executemany each, in diskcache's own row format (raw text key,
-    # inline blob, no expiry), so that its triggers keep its count and size right; a value large
-    # enough to be a file goes through diskcache's add. Called inside cache.transact().
-    _COLUMNS = ("INTO Cache(key, raw, store_time, expire_time, access_time, access_count, tag, size,"
-                " mode, filename, value) VALUES (?, 1, ?, NULL, ?, 0, NULL, 0, 1, NULL, ?)")
+    def _forget_row(self, row: str) -> None:
+        key, _, ident = row[2:].rpartition("#")
+        lst = (self._traces or {}).get(key)
+        if lst:
+            lst[:] = [t for t in lst if t.ident != ident]
 
-    def _insert_values(self, rows: dict[str, bytes]) -> int:
-        if not rows:
+    def forget_traces(self, rows: Iterable[str]) -> None:
+        with self._lock:
+            for row in rows:
+                self._forget_row(row)
+
+    def _write_failed(self, error: BaseException) -> str:
+        reason = getattr(error, "strerror", None) or str(error)
+        if self.write_error is None:
+            log.warning("nbbuild: the store at %s could not be written (%s); values of this build stay in memory "
+                        "and nothing stored before is lost. Free disk space (or lower the quota) and build again.",
+                        self.path, reason)
+        self.write_error = f"the store could not be written ({reason})"
+        self._counters["write_failures"] += 1
+        return self.write_error
+
+    def delete_rows(self, keys: list[str]) -> int:
+        """Delete rows, and the value files they name after the commit (a crash in between leaves
+        a stray file for the sweep, never a row without its file); returns the file bytes freed."""
+        try:
+            with self.table.transact():
+                names = self.table.delete(keys)
+        except WRITE_ERRORS as e:
+            self._write_failed(e)
             return 0
-        small = self._cache.disk_min_file_size
-        written = 0
-        for key, blob in rows.items():
-            if len(blob) >= small and self._cache.add(key, blob):
-                written += len(blob)
-        keys = [k for k, blob in rows.items() if len(blob) < small]
-        existing: set[str] = set()
-        for i in range(0, len(keys), 500):
-            chunk = keys[i:i + 500]
-            existing.update(k for (k,) in self._cache._sql(
-                f"SELECT key FROM Cache WHERE raw = 1 AND key IN ({','.join('?' * len(chunk))})", chunk))
-        now = time.time()
-        new = [(k, now, now, sqlite3.Binary(rows[k])) for k in keys if k not in existing]
-        self._cache._con.executemany("INSERT OR IGNORE " + self._COLUMNS, new)
-        return written + sum(len(r[3]) for r in new)
+        freed = 0
+        for name in names:
+            if not valuefile.FILE_NAME.match(str(name)):
+                continue     # a row naming a file outside the store goes; that file is left alone
+            try:
+                path = os.path.join(self.path, name)
+                freed += os.path.getsize(path)
+                os.unlink(path)
+            except OSError:
+                pass
+        return freed
 
-    def _upsert(self, rows: list[tuple[str, bytes]]) -> None:
-        now = time.time()
-        self._cache._con.executemany("INSERT OR REPLACE " + self._COLUMNS,
-                                     [(k, now, now, sqlite3.Binary(v)) for k, v in rows])
+    def delete_values(self, digests: list[str], evicted: bool = True) -> int:
+        """Remove values in one transaction; with `evicted`, note when (traces outlive their
+        values, and are pruned later). Returns the bytes of value files freed."""
+        with self._lock:
+            for d in digests:
+                self._pending.pop(valuefile.row_key(d), None)
+        freed = self.delete_rows([valuefile.row_key(d) for d in digests])
+        if evicted and digests:
+            now = time.time()
+            try:
+                with self.table.transact():
+                    self.table.upsert([("x:" + d, now) for d in digests])
+            except WRITE_ERRORS as e:
+                self._write_failed(e)
+        return freed
+
+    def delete_value(self, digest: str) -> bool:
+        had = self.has_value(digest)
+        self.delete_values([digest], evicted=False)
+        return had
+
+    def sweep_files(self, older_than: float = 3600.0) -> int:
+        """Remove value files no row names (a writer killed between its file and its row), once
+        they are old enough not to be another process's value about to get its row."""
+        root = os.path.join(self.path, "v")
+        named = self.table.filenames()
+        now, removed = time.time(), 0
+        for folder in (os.listdir(root) if os.path.isdir(root) else []):
+            for name in os.listdir(os.path.join(root, folder)):
+                rel = f"v/{folder}/{name}"
+                try:
+                    if rel not in named and now - os.stat(os.path.join(self.path, rel)).st_mtime > older_than:
+                        os.unlink(os.path.join(self.path, rel))
+                        removed += 1
+                except OSError:
+                    continue
+        return removed + valuefile.sweep_tmp(self._tmp)
 
     # ------------------------------------------------------------ introspection
 
-    def _count_prefix(self, prefix: str) -> int:
-        lo, hi = _prefix_range(prefix)
-        return self._cache._sql("SELECT COUNT(*) FROM Cache WHERE key >= ? AND key < ? AND raw = 1",
-                                (lo, hi)).fetchone()[0]
-
     def volume(self) -> int:
         """Bytes on disk: the database and the value files (diskcache keeps this cheaply)."""
-        return int(self._cache.volume())
+        return self.table.volume()
+
+    def pending_bytes(self) -> int:
+        return self._pending_bytes
+
+    @property
+    def watermark(self) -> int:
+        return self._watermark
+
+    def free_space(self) -> int:
+        try:
+            return shutil.disk_usage(self.path).free
+        except OSError:
+            return 2 ** 62
+
+    def value_rows(self) -> list[tuple[str, int, float, float, int, float]]:
+        """(hash, stored bytes, stored at, last used, uses, policy clock at last use) of every
+        stored value, uses not yet written included."""
+        self.flush(counters_too=True)
+        return self.table.value_rows()
 
     def value_sizes(self) -> list[tuple[str, int, float]]:
         """(hash, size in bytes, stored at) of every stored value."""
-        lo, hi = _prefix_range("v:")
-        rows = self._cache._sql(
-            "SELECT key, CASE WHEN filename IS NULL THEN length(value) ELSE size END, store_time"
-            " FROM Cache WHERE key >= ? AND key < ? AND raw = 1", (lo, hi)).fetchall()
-        return [(k[2:], size, stored) for k, size, stored in rows]
+        return [(d, size, stored) for d, size, stored, *_ in self.value_rows()]
+
+    def row_keys(self, prefix: str) -> list[tuple[str, int]]:
+        return self.table.keys(prefix)
+
+    def marks(self) -> list[tuple[str, float]]:
+        """(value hash, when it was evicted) of evicted values."""
+        return [(k[2:], float(v)) for k, v, _, _ in self.table.scan("x:") if isinstance(v, (int, float))]
 
     def stats(self) -> dict[str, Any]:
         self.flush(counters_too=True)
-        counter = lambda name: int(self._cache.get("m:" + name, 0))  # noqa: E731
         return {
             "size_bytes": self.volume(),
             "quota_bytes": self.quota,
-            "values": self._count_prefix("v:"),
-            "traces": self._count_prefix("t:"),
-            "hits": counter("hits"),
-            "misses": counter("misses"),
-            "evictions": counter("evictions"),
-            "bytes_written": counter("bytes_written"),
-            "bytes_read": counter("bytes_read"),
+            "free_bytes": self.free_space(),
+            "min_free_bytes": self.min_free,
+            "policy": self.policy,
+            "values": self.table.count("v:"),
+            "value_files": self.table.count("v:", files_only=True),
+            "traces": self.table.count("t:"),
+            **{name: self.counter(name) for name in ("hits", "misses", "evictions", "bytes_written", "bytes_read",
+                                                     "damaged", "write_failures")},
+            "path": self.path,
         }
 
     def clear(self) -> None:
         with self._lock:
             self.generation += 1
             self._pending.clear()
-            self._cache.clear()
+            self._pending_bytes = 0
+            self._touched.clear()
+            try:
+                with self.table.transact():   # settings (the quota) stay; values, traces and counters go
+                    self.table.clear()
+            except WRITE_ERRORS as e:
+                self._write_failed(e)
+            shutil.rmtree(os.path.join(self.path, "v"), ignore_errors=True)
             self._traces = None
             self._file_entries = None
             self.memory_traces.clear()
@@ -339,4 +547,11 @@ class Store:
         try:
             self.flush(counters_too=True)
         finally:
-            self._cache.close()
+            self.table.close()
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"

@@ -93,7 +93,8 @@ def test_a_name_another_rule_produces_is_refused_in_one_line(ip, capsys):
     ("%nbbuild why nothing", "no rule produces 'nothing'"),
     ("%nbbuild graph nothing", "no rule produces 'nothing'"),
     ("%nbbuild store --quota lots", "size 'lots' not understood"),
-    ("%nbbuild store sweep", "usage: %nbbuild store [--quota SIZE] [gc | clear]"),
+    ("%nbbuild store sweep", "usage: %nbbuild store [--quota SIZE] [--min-free SIZE] [--eviction gdsf|lru] [gc | clear]"),
+        ("%nbbuild store --eviction fifo", "eviction policy 'fifo' not known"),
     ("%build model(1)", "no rule named 'model'"),
     ("%build raw(1)", "raw(): too many positional arguments"),
     ("%%rule --policy sometimes\nx = 1\n", "--policy takes one of"),
@@ -181,13 +182,16 @@ def test_store_shows_size_and_quota_and_gc_and_clear_work(ip, capsys):
     capsys.readouterr()
     ip.run_cell("%nbbuild store --quota 5GB")
     out = capsys.readouterr().out
-    assert re.fullmatch(r"store .*\.nbbuild: \d+\.\d KB of 5\.0 GB; 1 values, 1 traces\n", out)
-    ip.run_cell("%nbbuild store --quota 1")
-    ip.run_cell("%nbbuild store gc")
-    assert "evicted 1 values" in capsys.readouterr().out
+    assert re.fullmatch(r"store .*\.nbbuild: \d+\.\d KB of 5\.0 GB \(0%\); 1 values \(0 as files\), 1 traces\n"
+                        r"quota saved in the store \(%nbbuild store --quota\); eviction gdsf; "
+                        r"disk [0-9.]+ [KMG]B free, floor [0-9.]+ [KMG]B\n", out)
+    ip.run_cell("%nbbuild store --min-free 0 --eviction lru gc")
+    assert "evicted 0 values" in capsys.readouterr().out
+    ip.run_cell("%nbbuild store --quota 1")       # a lower quota evicts at once
+    assert "; 0 values (0 as files), 1 traces" in capsys.readouterr().out
     ip.run_cell("%nbbuild store --quota none")
     ip.run_cell("%nbbuild store clear")
-    assert "0 values, 0 traces" in capsys.readouterr().out
+    assert "0 values (0 as files), 0 traces" in capsys.readouterr().out
     ip.user_ns["calls"].clear()
     ip.run_cell(RAW)
     assert ip.user_ns["calls"] == ["raw"]
@@ -201,8 +205,9 @@ def test_metrics_count_the_store_and_this_session(ip, capsys):
     capsys.readouterr()
     ip.run_cell("%nbbuild metrics")
     out = capsys.readouterr().out
-    assert re.search(r"^store +.* \(no quota\); 2 values, 2 traces$", out, re.M)
-    assert re.search(r"^reuse +3 hits, 2 misses \(60% hits\), 0 evictions$", out, re.M)
+    assert re.search(r"^store +[0-9.]+ KB of [0-9.]+ [MG]B \(\d+%\); 2 values, 2 traces$", out, re.M)
+    assert re.search(r"^reuse +3 hits, 2 misses \(60% hits\), 0 evictions \(gdsf\)$", out, re.M)
+    assert re.search(r"^traffic +\d+ B written, 0 B read$", out, re.M)
     assert re.search(r"^session +3 builds: ran 2, reused 3, failed 0; ", out, re.M)
 
 

@@ -37,6 +37,7 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 
 from ..errors import BuildError, CycleError, NbbuildError
 from ..rule import POLICIES
+from ..eviction import POLICIES as EVICTIONS
 from ..eviction import parse_size
 from .cells import CAPTURE, FETCH, LAST, analyse, compile_cell, parse_signature
 from .graph import label, seconds_text, size_text, snapshot, table, tree
@@ -282,8 +283,12 @@ class NbbuildMagics(Magics):
         %nbbuild why TARGET        why TARGET is stale, in words, or that it is up to date
         %nbbuild graph [TARGET]    the rules as a tree: each rule above what it reads
         %nbbuild store             where the store is, its size against its quota
-        %nbbuild store --quota SIZE   set the quota for this session ('5 GB', '500MB', bytes)
-        %nbbuild store gc          evict now, down to the quota
+        %nbbuild store --quota SIZE   set the quota ('5 GB', '500MB', bytes, 'unlimited'); kept
+                                   in the store for later sessions (NBBUILD_QUOTA comes first)
+        %nbbuild store --min-free SIZE   free disk space to keep: values are evicted below it
+        %nbbuild store --eviction gdsf|lru   what goes first: gdsf weighs recompute time, size
+                                   and use (default); lru the least recently used
+        %nbbuild store gc          evict now, down to the quota; prune old traces
         %nbbuild store clear       empty the store: every rule runs again
         %nbbuild metrics           store counters (hits, misses, evictions, bytes) and this
                                    session's builds, tasks run and reused, time spent and saved
@@ -314,38 +319,48 @@ class NbbuildMagics(Magics):
     def _store(self, words: list[str]) -> None:
         b = self.state.build
         action, it = None, iter(words)
+        usage = "usage: %nbbuild store [--quota SIZE] [--min-free SIZE] [--eviction gdsf|lru] [gc | clear]"
         for w in it:
-            if w == "--quota" or w.startswith("--quota="):
-                size = w.partition("=")[2] if "=" in w else next(it, "")
+            option, _, given = w.partition("=")
+            if option in ("--quota", "--min-free", "--eviction"):
+                value = given or next(it, "")
                 try:
-                    b.store.quota = parse_size(size) if size.lower() != "none" else None
-                except ValueError as e:
+                    if option == "--quota":
+                        b.set_quota(value)
+                    elif option == "--min-free":
+                        b.store.min_free = parse_size(value) or 0
+                    elif value.lower() in EVICTIONS:
+                        b.store.policy = value.lower()
+                    else:
+                        raise ValueError(f"eviction policy {value!r} not known: use gdsf or lru")
+                except (ValueError, NbbuildError) as e:
                     raise UsageError(f"%nbbuild store: {e}") from None
             elif w in ("gc", "clear") and action is None:
                 action = w
             else:
-                raise UsageError(f"%nbbuild store: {w!r}? usage: %nbbuild store [--quota SIZE] [gc | clear]")
+                raise UsageError(f"%nbbuild store: {w!r}? {usage}")
         if action == "gc":
             print(f"evicted {b.gc()} values")
         elif action == "clear":
             b.clear()
             print("store cleared: every rule runs again when built")
         stats = b.store.stats()
-        quota = size_text(stats["quota_bytes"]) if stats["quota_bytes"] is not None else "no quota"
-        print(f"store {b.store.path}: {size_text(stats['size_bytes'])} of {quota}; "
-              f"{stats['values']} values, {stats['traces']} traces")
+        print(f"store {stats['path']}: {_usage(stats)}; {stats['values']} values ({stats['value_files']} as files), "
+              f"{stats['traces']} traces\n"
+              f"quota {b.store.quota_source}; eviction {stats['policy']}; disk {size_text(stats['free_bytes'])} free, "
+              f"floor {size_text(stats['min_free_bytes'] or 0)}")
 
     def _metrics(self) -> None:
         b, totals = self.state.build, self.state.totals
         stats = b.store.stats()
-        quota = stats["quota_bytes"]
-        used = f"{size_text(stats['size_bytes'])} of {size_text(quota)} ({100 * stats['size_bytes'] / quota:.0f}%)" \
-            if quota else f"{size_text(stats['size_bytes'])} (no quota)"
         asked = stats["hits"] + stats["misses"]
         rate = f" ({100 * stats['hits'] / asked:.0f}% hits)" if asked else ""
-        print(f"store      {used}; {stats['values']} values, {stats['traces']} traces\n"
-              f"reuse      {stats['hits']} hits, {stats['misses']} misses{rate}, {stats['evictions']} evictions\n"
-              f"traffic    {size_text(stats['bytes_written'])} written, {size_text(stats['bytes_read'])} read\n"
+        trouble = ", ".join(f"{stats[k]} {k.replace('_', ' ')}" for k in ("damaged", "write_failures") if stats[k])
+        print(f"store      {_usage(stats)}; {stats['values']} values, {stats['traces']} traces\n"
+              f"reuse      {stats['hits']} hits, {stats['misses']} misses{rate}, {stats['evictions']} evictions"
+              f" ({stats['policy']})\n"
+              f"traffic    {size_text(stats['bytes_written'])} written, {size_text(stats['bytes_read'])} read"
+              f"{'; ' + trouble if trouble else ''}\n"
               f"session    {totals['builds']} builds: ran {totals['ran']}, reused {totals['reused']}, "
               f"failed {totals['failed']}; {seconds_text(totals['seconds'])} spent, "
               f"{seconds_text(totals['saved'])} saved")
@@ -397,9 +412,15 @@ class NbbuildMagics(Magics):
             for task, value in zip(tasks, values):
                 if repr(task) == text and isinstance(value, dict):
                     culprits = [k for k, v in value.items() if k != LAST and not _picklable(v)]
-            what = f"{', '.join(culprits)} cannot be pickled" if culprits else reason
-            print(f"nbbuild: {label(text)} is not stored ({what}): it runs again after a restart; "
-                  "keep such objects inside a function, or `del` them at the end of the cell", file=sys.stderr)
+            if culprits or "pickle" in reason:
+                what = f"{', '.join(culprits)} cannot be pickled" if culprits else reason
+                advice = "keep such objects inside a function, or `del` them at the end of the cell"
+            elif "quota" in reason:
+                what, advice = reason, "raise the quota (%nbbuild store --quota SIZE) to keep it"
+            else:
+                what, advice = reason, "free disk space, then build again to store it"
+            print(f"nbbuild: {label(text)} is not stored ({what}): it runs again after a restart; {advice}",
+                  file=sys.stderr)
 
     def _say_stale(self, name: str) -> None:
         self.state.say_stale(self.state.dependents(name))
@@ -412,11 +433,21 @@ def _picklable(value: Any) -> bool:
         return False
 
 
+def _usage(stats: dict) -> str:
+    size, quota = stats["size_bytes"], stats["quota_bytes"]
+    if not quota:
+        return f"{size_text(size)} (no quota)"
+    return f"{size_text(size)} of {size_text(quota)} ({100 * size / quota:.0f}%)"
+
+
 def load_ipython_extension(shell: Any) -> None:
     state = getattr(shell, "_nbbuild_state", None)
     if state is None:
         path = os.environ.get("NBBUILD_DIR") or os.path.join(os.getcwd(), ".nbbuild")
-        state = shell._nbbuild_state = NotebookState(shell, path)
+        try:
+            state = shell._nbbuild_state = NotebookState(shell, path)
+        except NbbuildError as e:
+            raise UsageError(f"nbbuild: {e}") from None
     shell.user_ns[FETCH] = state.fetch
     shell.user_ns[CAPTURE] = state.capture
     for event in ("pre_run_cell", "post_run_cell"):

@@ -1,0 +1,113 @@
+"""Signing: every row nbbuild stores carries an HMAC under a key only this user can read.
+
+Unpickling runs code, so a store must never load what someone else wrote into it: a store copied
+from another user, or a row edited by hand, would otherwise run whatever its pickle says.
+
+Contract:
+- `user_key()` returns this user's 32-byte key from `$XDG_CONFIG_HOME/nbbuild/key` (by default
+  `~/.config/nbbuild/key`), creating it (directory 0700, file 0600) on first use. Concurrent
+  first uses agree on one key. A key file others can read is made private again, with a warning.
+  When no key can be kept (no writable config directory), a key for this process only is used,
+  with one warning: then nothing stored survives the process.
+- `Signer(key).seal(row, data, signed)` returns `mac + data`; the MAC covers the row key and the
+  first `signed` bytes of `data` (all of it by default). `open(row, sealed, signed)` returns
+  `data`, or None when the MAC is missing or wrong. Values sign their header and pickle stream,
+  the part that runs code when loaded; their bulk buffers are covered by the value hash, which is
+  in the row key and checked on every load.
+"""
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import secrets
+import stat
+
+__all__ = ["user_key", "key_path", "Signer", "MAC_BYTES"]
+
+log = logging.getLogger("nbbuild")
+MAC_BYTES = 16
+_KEY_BYTES = 32
+_ephemeral: bytes | None = None
+
+
+def key_path() -> str:
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(base, "nbbuild", "key")
+
+
+def _read(path: str) -> bytes | None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            log.warning("nbbuild: %s could be read by other users; it is now private (mode 0600)", path)
+            os.fchmod(f.fileno(), 0o600)
+        key = f.read()
+    if len(key) != _KEY_BYTES:
+        raise OSError(f"{path} is not an nbbuild key ({len(key)} bytes); delete it to make a new one")
+    return key
+
+
+def _create(path: str) -> bytes:
+    folder = os.path.dirname(path)
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.{secrets.token_hex(4)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(secrets.token_bytes(_KEY_BYTES))
+        try:
+            os.link(tmp, path)       # fails if another process made the key first: theirs wins
+        except FileExistsError:
+            pass
+    finally:
+        os.unlink(tmp)
+    key = _read(path)
+    assert key is not None
+    return key
+
+
+def user_key() -> bytes:
+    global _ephemeral
+    path = key_path()
+    try:
+        return _read(path) or _create(path)
+    except OSError as e:
+        if _ephemeral is None:
+            _ephemeral = secrets.token_bytes(_KEY_BYTES)
+            log.warning("nbbuild: no signing key could be kept at %s (%s); values stored now are trusted "
+                        "by this process only and will be built again after a restart. Make the directory "
+                        "writable or set XDG_CONFIG_HOME.", path, e.strerror or e)
+        return _ephemeral
+
+
+class Signer:
+    __slots__ = ("_key",)
+
+    def __init__(self, key: bytes):
+        self._key = key
+
+    def mac(self, row: str, data: bytes | memoryview, signed: int | None = None) -> bytes:
+        view = memoryview(data)
+        part = view if signed is None else view[:signed]
+        h = hmac.new(self._key, row.encode() + b"\0", "sha256")
+        h.update(part)
+        return h.digest()[:MAC_BYTES]
+
+    def seal(self, row: str, data: bytes, signed: int | None = None) -> bytes:
+        return self.mac(row, data, signed) + data
+
+    def open(self, row: str, sealed: bytes | memoryview, signed: int | None = None) -> memoryview | None:
+        view = memoryview(sealed)
+        if len(view) < MAC_BYTES:
+            return None
+        data = view[MAC_BYTES:]
+        if signed is not None and signed > len(data):
+            return None
+        if not hmac.compare_digest(bytes(view[:MAC_BYTES]), self.mac(row, data, signed)):
+            return None
+        return data

@@ -1,0 +1,205 @@
+"""The table: nbbuild's rows in diskcache's Cache table, read and written without unpickling.
+
+diskcache unpickles a row whose mode says "pickle" when it is read through its API (`get`,
+`incr`...). A store directory may hold rows nobody here wrote, so nbbuild reads and writes rows
+with SQL of its own, in diskcache's row format (its triggers keep count and size right, and its
+`volume()` and `transact()` still work), and accepts only raw values: bytes, numbers, text.
+
+Contract:
+- `Table.open(path)` makes the directory (0700, tightened when it is the user's own and wider)
+  and opens diskcache there with its own eviction off. A damaged index (not a database) is
+  moved aside with a warning and an empty one is made; a directory that cannot be used at all
+  (unwritable, on a full disk) gives a temporary table, with a warning, deleted on close.
+- Rows are (key, value) with `raw = 1` text keys; values of rows indexing a value file are NULL
+  with `filename` set. Prefix scans are single selects; batches are written with `executemany`
+  inside `transact()` by the caller.
+- Value rows keep diskcache's bookkeeping columns for eviction: store_time, access_time (last
+  use), access_count (uses), tag (the cost-aware policy's clock at last use), size (file bytes).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sqlite3
+import tempfile
+import time
+from typing import Any, Iterable
+
+import diskcache
+
+__all__ = ["Table", "WRITE_ERRORS", "prefix_range"]
+
+log = logging.getLogger("nbbuild")
+WRITE_ERRORS = (OSError, sqlite3.Error)
+_MODE_RAW, _MODE_BINARY = 1, 2
+_COLUMNS = ("INTO Cache(key, raw, store_time, expire_time, access_time, access_count, tag, size,"
+            " mode, filename, value) VALUES (?, 1, ?, NULL, ?, ?, ?, ?, ?, ?, ?)")
+
+
+def prefix_range(prefix: str) -> tuple[str, str]:
+    return prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+def _cache(path: str) -> diskcache.Cache:
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    info = os.stat(path)
+    if info.st_uid == os.getuid() and info.st_mode & 0o077:
+        os.chmod(path, 0o700)   # values are pickles of the user's data: keep them private
+    return diskcache.Cache(path, eviction_policy="none", size_limit=2 ** 62, cull_limit=0, statistics=False)
+
+
+class Table:
+    def __init__(self, cache: diskcache.Cache, path: str, temporary: bool = False):
+        self.cache, self.path, self.temporary = cache, path, temporary
+        self.con = cache._con
+
+    @classmethod
+    def open(cls, path: str) -> Table:
+        try:
+            return cls(_cache(path), path)
+        except sqlite3.DatabaseError as e:
+            if "not a database" not in str(e) and "malformed" not in str(e):
+                return cls._fallback(path, e)
+            # the index is damaged beyond use: keep it aside and start an empty one
+            aside = os.path.join(path, f"cache.db.damaged-{int(time.time())}")
+            os.replace(os.path.join(path, "cache.db"), aside)
+            for extra in ("-wal", "-shm"):
+                try:
+                    os.unlink(os.path.join(path, "cache.db" + extra))
+                except OSError:
+                    pass
+            log.warning("nbbuild: the store index in %s was damaged (%s); it was moved to %s and an empty "
+                        "index is used: tasks run again", path, e, aside)
+            try:
+                return cls(_cache(path), path)
+            except WRITE_ERRORS as e2:
+                return cls._fallback(path, e2)
+        except WRITE_ERRORS as e:
+            return cls._fallback(path, e)
+
+    @classmethod
+    def _fallback(cls, path: str, error: BaseException) -> Table:
+        reason = getattr(error, "strerror", None) or str(error)
+        for base in ("/dev/shm", None):
+            try:
+                tmp = tempfile.mkdtemp(prefix="nbbuild-", dir=base if base and os.path.isdir(base) else None)
+                cache = _cache(tmp)
+            except WRITE_ERRORS:
+                continue
+            log.warning("nbbuild: the store at %s cannot be used (%s); this session keeps its values in a "
+                        "temporary store that is deleted when it ends. Give a writable directory "
+                        "(Build(path) or NBBUILD_DIR).", path, reason)
+            return cls(cache, tmp, temporary=True)
+        raise OSError(f"the store at {path} cannot be used ({reason}) and no temporary store could be made")
+
+    # ------------------------------------------------------------ reads
+
+    def sql(self, query: str, args: Iterable[Any] = ()) -> list[tuple]:
+        return self.cache._sql(query, tuple(args)).fetchall()
+
+    def scan(self, prefix: str, after: int = 0) -> list[tuple[str, Any, int, Any]]:
+        """(key, value, rowid, filename) of rows under `prefix` with a rowid above `after`."""
+        lo, hi = prefix_range(prefix)
+        return self.sql("SELECT key, value, rowid, filename FROM Cache"
+                        " WHERE key >= ? AND key < ? AND raw = 1 AND rowid > ?", (lo, hi, after))
+
+    def keys(self, prefix: str) -> list[tuple[str, int]]:
+        lo, hi = prefix_range(prefix)
+        return self.sql("SELECT key, rowid FROM Cache WHERE key >= ? AND key < ? AND raw = 1", (lo, hi))
+
+    def get(self, key: str) -> tuple[Any, Any] | None:
+        """(value, filename) of a row, or None."""
+        rows = self.sql("SELECT value, filename FROM Cache WHERE key = ? AND raw = 1", (key,))
+        return rows[0] if rows else None
+
+    def number(self, key: str, default: Any = None) -> Any:
+        found = self.get(key)
+        return found[0] if found is not None and isinstance(found[0], (int, float, str)) else default
+
+    def count(self, prefix: str, files_only: bool = False) -> int:
+        lo, hi = prefix_range(prefix)
+        extra = " AND filename IS NOT NULL" if files_only else ""
+        return self.sql(f"SELECT COUNT(*) FROM Cache WHERE key >= ? AND key < ? AND raw = 1{extra}", (lo, hi))[0][0]
+
+    def size_of(self, key: str) -> int | None:
+        rows = self.sql("SELECT CASE WHEN filename IS NULL THEN length(value) ELSE size END FROM Cache"
+                        " WHERE key = ? AND raw = 1", (key,))
+        return int(rows[0][0] or 0) if rows else None
+
+    def existing(self, keys: list[str]) -> set[str]:
+        found: set[str] = set()
+        for i in range(0, len(keys), 500):
+            chunk = keys[i:i + 500]
+            found.update(k for (k,) in self.sql(
+                f"SELECT key FROM Cache WHERE raw = 1 AND key IN ({','.join('?' * len(chunk))})", chunk))
+        return found
+
+    def value_rows(self) -> list[tuple[str, int, float, float, int, float]]:
+        lo, hi = prefix_range("v:")
+        rows = self.sql("SELECT key, CASE WHEN filename IS NULL THEN length(value) ELSE size END, store_time,"
+                        " access_time, access_count, tag FROM Cache WHERE key >= ? AND key < ? AND raw = 1", (lo, hi))
+        return [(k[2:], int(size or 0), float(stored or 0), float(used or stored or 0), int(uses or 0),
+                 float(tag) if isinstance(tag, (int, float)) else 0.0)
+                for k, size, stored, used, uses, tag in rows]
+
+    def filenames(self) -> set[str]:
+        return {f for (f,) in self.sql("SELECT filename FROM Cache WHERE key >= 'v:' AND key < 'w:' AND raw = 1"
+                                       " AND filename IS NOT NULL")}
+
+    def volume(self) -> int:
+        return int(self.cache.volume())
+
+    # ------------------------------------------------------------ writes (inside transact())
+
+    def transact(self) -> Any:
+        return self.cache.transact()
+
+    def insert_blobs(self, rows: list[tuple[str, bytes]], clock: float) -> int:
+        """New value rows (existing ones are left alone); returns the bytes that went in."""
+        have = self.existing([k for k, _ in rows])
+        now = time.time()
+        new = [(k, now, now, 1, clock, 0, _MODE_RAW, None, sqlite3.Binary(v)) for k, v in rows if k not in have]
+        self.con.executemany("INSERT OR IGNORE " + _COLUMNS, new)
+        return sum(len(r[-1]) for r in new)
+
+    def insert_file(self, key: str, filename: str, size: int, clock: float) -> None:
+        now = time.time()
+        self.con.execute("INSERT OR IGNORE " + _COLUMNS, (key, now, now, 1, clock, size, _MODE_BINARY, filename, None))
+
+    def upsert(self, rows: list[tuple[str, Any]]) -> None:
+        now = time.time()
+        self.con.executemany("INSERT OR REPLACE " + _COLUMNS, [
+            (k, now, now, 0, None, 0, _MODE_RAW, None, sqlite3.Binary(v) if isinstance(v, bytes) else v)
+            for k, v in rows])
+
+    def add_counts(self, counts: dict[str, int]) -> None:
+        self.con.executemany(
+            "INSERT INTO Cache(key, raw, store_time, access_time, access_count, size, mode, value)"
+            " VALUES (?, 1, 0, 0, 0, 0, 1, ?) ON CONFLICT(key, raw) DO UPDATE SET"
+            " value = CASE WHEN typeof(value) = 'integer' THEN value ELSE 0 END + excluded.value",
+            [(k, n) for k, n in counts.items() if n])
+
+    def used(self, uses: dict[str, list[float]], clock: float) -> None:
+        self.con.executemany("UPDATE Cache SET access_time = ?, access_count = access_count + ?, tag = ?"
+                             " WHERE key = ? AND raw = 1", [(t, n, clock, k) for k, (t, n) in uses.items()])
+
+    def delete(self, keys: list[str]) -> list[str]:
+        """Delete rows; returns the value files they named, for the caller to remove after commit."""
+        files: list[str] = []
+        for i in range(0, len(keys), 500):
+            chunk = keys[i:i + 500]
+            marks = ",".join("?" * len(chunk))
+            files += [f for (f,) in self.sql(
+                f"SELECT filename FROM Cache WHERE raw = 1 AND filename IS NOT NULL AND key IN ({marks})", chunk)]
+            self.con.execute(f"DELETE FROM Cache WHERE raw = 1 AND key IN ({marks})", chunk)
+        return files
+
+    def clear(self) -> None:
+        """Every row but the settings (`s:`)."""
+        self.con.execute("DELETE FROM Cache WHERE NOT (raw = 1 AND key >= 's:' AND key < 't:')")
+
+    def close(self) -> None:
+        self.cache.close()
+        if self.temporary:
+            shutil.rmtree(self.path, ignore_errors=True)

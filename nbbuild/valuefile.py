@@ -1,0 +1,218 @@
+"""Value files: large values written and read at disk speed, checked on every load.
+
+A value file is `mac | header | pickle stream | buffer | buffer ...`, the layout of
+`hashing.Serialized` behind a signature (signing.py). The bulk (pickle protocol 5 out-of-band
+buffers: numpy arrays, pandas blocks, anything that supports them) goes straight from the
+object's memory to the file and back into fresh memory the loaded object takes over: one copy.
+
+Contract:
+- `write(serialized, signer, tmp_dir, path_for)` writes the file under a temporary name in
+  `tmp_dir` and moves it to `path_for(hash)` only when complete, so a value file is always whole (a killed writer leaves a
+  temporary file that `sweep_tmp` removes). When the value's hash is not known yet it is computed
+  while the file is written, so hashing costs no extra time; returns the hash.
+- `read(path, digest, signer)` returns `(pickle stream, buffers)`; raises `Damaged` (saying what
+  is wrong) for a missing, truncated, altered or unsigned file. The pickle stream is checked
+  against the signature before anything is unpickled; the buffers are checked against the hash
+  while they are read.
+- Disk I/O runs on a helper thread while the calling thread hashes the previous chunk.
+"""
+from __future__ import annotations
+
+import mmap
+import os
+import queue
+import re
+import secrets
+import struct
+import threading
+import time
+from typing import Any, Callable, Iterable
+
+import xxhash
+
+from .hashing import MAGIC, Serialized
+from .signing import MAC_BYTES, Signer
+
+__all__ = ["write", "read", "Damaged", "sweep_tmp", "row_key", "file_name", "FILE_NAME"]
+
+FILE_NAME = re.compile(r"^v/[0-9a-f]{2}/[0-9a-f]{32}\.nbv$")
+
+_CHUNK = 32 << 20
+_MMAP_BYTES = 1 << 20      # buffers at least this big are anonymous maps: zeroed lazily, not by memset
+
+
+class Damaged(Exception):
+    """A stored value that cannot be trusted; the message says what is wrong."""
+
+
+def row_key(digest: str) -> str:
+    return "v:" + digest
+
+
+def file_name(digest: str) -> str:
+    """A value file's path inside the store; what a row may name (FILE_NAME), nothing else."""
+    return f"v/{digest[:2]}/{digest}.nbv"
+
+
+def _chunks(view: memoryview) -> Iterable[memoryview]:
+    for i in range(0, len(view), _CHUNK):
+        yield view[i:i + _CHUNK]
+
+
+def _pipeline(work: Callable[[memoryview], None], parts: Iterable[memoryview], hasher: Any | None) -> None:
+    """`work` runs on a helper thread, one chunk behind the hashing of the next. A chunk is
+    handed over only once it is hashed (writing), or hashed only once the helper is done with it
+    (reading): `hasher` is None for the first case's caller-side ordering, see write/read."""
+    todo: queue.Queue = queue.Queue(maxsize=2)
+    done: queue.Queue = queue.Queue()
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        while True:
+            chunk = todo.get()
+            if chunk is None:
+                return
+            if not failure:
+                try:
+                    work(chunk)
+                except BaseException as e:  # reported on the calling thread
+                    failure.append(e)
+            done.put(chunk)
+
+    helper = threading.Thread(target=run, name="nbbuild-io", daemon=True)
+    helper.start()
+    try:
+        pending = 0
+        for chunk in parts:
+            if failure:
+                break
+            todo.put(chunk)
+            pending += 1
+            if hasher is not None:        # reading: hash what the helper has finished
+                while not done.empty():
+                    hasher.update(done.get())
+                    pending -= 1
+        if hasher is not None:
+            while pending:
+                hasher.update(done.get())
+                pending -= 1
+    finally:
+        todo.put(None)
+        helper.join()
+    if failure:
+        raise failure[0]
+
+
+def write(ser: Serialized, signer: Signer, tmp_dir: str, path_for: Callable[[str], str]) -> str:
+    tmp = os.path.join(tmp_dir, f"{os.getpid()}-{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with open(fd, "wb", buffering=0, closefd=True) as f:
+            def put(chunk: memoryview) -> None:
+                while len(chunk):
+                    chunk = chunk[f.write(chunk):]
+
+            head = bytes(MAC_BYTES) + ser.header + ser.meta   # the MAC goes in once the hash is known
+            hasher = None if ser.known else xxhash.xxh3_128(ser.meta)
+
+            def chunks() -> Iterable[memoryview]:
+                yield memoryview(head)
+                for raw in ser.raws:
+                    for chunk in _chunks(raw):
+                        if hasher is not None:
+                            hasher.update(chunk)
+                        yield chunk
+
+            _pipeline(put, chunks(), None)
+            if hasher is not None:
+                ser.digest = hasher.hexdigest()
+            mac = signer.mac(row_key(ser.digest), ser.header + ser.meta)
+            os.pwrite(f.fileno(), mac, 0)
+        path = path_for(ser.digest)
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return ser.digest
+
+
+def _buffer(size: int) -> Any:
+    if size >= _MMAP_BYTES:
+        return mmap.mmap(-1, size)
+    return bytearray(size)
+
+
+def read(path: str, digest: str, signer: Signer) -> tuple[bytes, list[Any]]:
+    try:
+        f = open(path, "rb", buffering=0)
+    except FileNotFoundError:
+        raise Damaged("its file is missing") from None
+    with f:
+        total = os.fstat(f.fileno()).st_size
+        fixed = f.read(MAC_BYTES + 8)
+        if len(fixed) < MAC_BYTES + 8 or fixed[MAC_BYTES:MAC_BYTES + 4] != MAGIC:
+            raise Damaged("its file is not an nbbuild value")
+        (n,) = struct.unpack_from("<I", fixed, MAC_BYTES + 4)
+        if n > total // 8:
+            raise Damaged("its file has a damaged header")
+        size_bytes = f.read(8 * (n + 1))
+        if len(size_bytes) != 8 * (n + 1):
+            raise Damaged("its file is truncated")
+        sizes = struct.unpack(f"<{n + 1}Q", size_bytes)
+        header = fixed[MAC_BYTES:] + size_bytes
+        if total != MAC_BYTES + len(header) + sum(sizes):
+            raise Damaged(f"its file has {total} bytes where {MAC_BYTES + len(header) + sum(sizes)} were written")
+        meta = f.read(sizes[0])
+        if signer.mac(row_key(digest), header + meta) != fixed[:MAC_BYTES]:
+            raise Damaged("its signature does not match this user's key")
+        hasher = xxhash.xxh3_128(meta)
+        buffers = [_buffer(s) for s in sizes[1:]]
+
+        def get(chunk: memoryview) -> None:
+            while len(chunk):
+                got = f.readinto(chunk)
+                if not got:
+                    raise Damaged("its file is truncated")
+                chunk = chunk[got:]
+
+        _pipeline(get, (c for b in buffers for c in _chunks(memoryview(b))), hasher)
+    if hasher.hexdigest() != digest:
+        raise Damaged("its content does not match its hash")
+    return meta, buffers
+
+
+def sweep_tmp(tmp_dir: str, older_than: float = 24 * 3600) -> int:
+    """Remove temporary files of writers that died (their process is gone, or the file is old)."""
+    removed = 0
+    try:
+        names = os.listdir(tmp_dir)
+    except OSError:
+        return 0
+    now = time.time()
+    for name in names:
+        path = os.path.join(tmp_dir, name)
+        pid = name.split("-", 1)[0]
+        try:
+            alive = pid.isdigit() and _alive(int(pid)) and now - os.stat(path).st_mtime < older_than
+            if not alive:
+                os.unlink(path)
+                removed += 1
+        except OSError:
+            continue
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
