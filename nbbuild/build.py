@@ -310,7 +310,10 @@ class Build:
             self.report = _report(sched, untouched, time.perf_counter() - start)
             self.store.touch(st.hash for st in sched.states.values() if st.has_value and st.hash)
             try:
+                # what this build produced stays if it can; if the store is still over its bounds
+                # once the build is over, only the targets' values are sure to stay
                 _bounds.evict(self.store, self.store.held)
+                _bounds.evict(self.store, lambda: {st.hash for st in states if st.hash})
                 _bounds.maybe_prune(self.store)
             except Exception:  # eviction is housekeeping: it must not fail a build that succeeded
                 log.warning("nbbuild: eviction failed", exc_info=True)

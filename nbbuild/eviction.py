@@ -242,7 +242,8 @@ def prune(store, keep: int = 16, evicted_for: float = 30 * 86400.0, now: float |
     results = {r for _, r in wanted}
     drop += [row for row, _ in store.row_keys("a:") if tuple(row[2:].rsplit("#", 1)) not in wanted]
     drop += ["x:" + d for d in marks if d not in results or d in present]
-    drop += ["f:" + p for p in store.file_entries() if not os.path.exists(p)]
+    store.flush()
+    drop += [row for row, _ in store.row_keys("f:") if not os.path.exists(row[2:])]
     if drop:
         store.delete_rows(drop)
     store.forget_traces({row for row in drop if row.startswith("t:")})

@@ -52,7 +52,10 @@ def _cache(path: str) -> diskcache.Cache:
 class Table:
     def __init__(self, cache: diskcache.Cache, path: str, temporary: bool = False):
         self.cache, self.path, self.temporary = cache, path, temporary
-        self.con = cache._con
+
+    @property
+    def con(self) -> Any:
+        return self.cache._con     # diskcache keeps one SQLite connection per thread
 
     @classmethod
     def open(cls, path: str) -> Table:

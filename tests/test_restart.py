@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -41,7 +42,8 @@ SCRIPT = textwrap.dedent("""
 def _run(tmp_path, seed, *files):
     out = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "store"), *map(str, files)],
                          capture_output=True, text=True, check=True,
-                         env={"PYTHONHASHSEED": seed, "PATH": "/usr/bin"})
+                         env={"PYTHONHASHSEED": seed, "PATH": "/usr/bin",
+                              "XDG_CONFIG_HOME": os.environ["XDG_CONFIG_HOME"]})
     return json.loads(out.stdout)
 
 
