@@ -220,10 +220,10 @@ def prune(store, keep: int = 16, evicted_for: float = 30 * 86400.0, now: float |
     store.refresh()
     index = store.traces_index()
     present = {d for d, *_ in store.value_rows()}
-    marks = dict(store.marks())
+    marks = dict(store.table.marks())
     drop: list[str] = []
     wanted: set[tuple[str, str]] = set()   # (task key, result) of the traces that stay
-    for row, rowid in store.row_keys("t:"):
+    for row, rowid in store.table.keys("t:"):
         key, _, ident = row[2:].rpartition("#")
         lst = index.get(key, [])
         pos = next((i for i, t in enumerate(lst) if t.ident == ident), None)
@@ -240,10 +240,10 @@ def prune(store, keep: int = 16, evicted_for: float = 30 * 86400.0, now: float |
         else:
             wanted.add((key, tr.result))
     results = {r for _, r in wanted}
-    drop += [row for row, _ in store.row_keys("a:") if tuple(row[2:].rsplit("#", 1)) not in wanted]
+    drop += [row for row, _ in store.table.keys("a:") if tuple(row[2:].rsplit("#", 1)) not in wanted]
     drop += ["x:" + d for d in marks if d not in results or d in present]
     store.flush()
-    drop += [row for row, _ in store.row_keys("f:") if not os.path.exists(row[2:])]
+    drop += [row for row, _ in store.table.keys("f:") if not os.path.exists(row[2:])]
     if drop:
         store.delete_rows(drop)
     store.forget_traces({row for row in drop if row.startswith("t:")})
@@ -254,7 +254,10 @@ def prune(store, keep: int = 16, evicted_for: float = 30 * 86400.0, now: float |
 
 def maybe_prune(store) -> int:
     """prune() at most once an hour per store (whichever process gets there)."""
-    last = store.setting("pruned", 0.0)
+    last = store.setting("pruned")
+    if last is None:         # a new store has nothing to prune: start counting from now
+        store.set_setting("pruned", time.time())
+        return 0
     if time.time() - float(last) < _PRUNE_SECONDS:
         return 0
     return prune(store)

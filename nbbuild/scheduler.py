@@ -244,7 +244,7 @@ class Scheduler:
     def _process(self, st: TaskState, depth: int) -> None:
         st.depth = depth
         try:
-            if st.task.key in self.forced or not self._verify(st):
+            if st.task.key in self.forced or not (self._verify(st) or self._stored_meanwhile(st)):
                 self._execute(st)
         except (Cancelled, KeyboardInterrupt, SystemExit, GreenletExitType):
             raise
@@ -282,6 +282,13 @@ class Scheduler:
         st.hash, st.trace, st.seconds = trace.result, trace, trace.seconds
         st.outcome = "verified" if pos == 0 else "constructed"
         return True
+
+    def _stored_meanwhile(self, st: TaskState) -> bool:
+        """Before running a task, a look for what other processes sharing the store recorded
+        since: a task one of them just ran is reused here rather than run twice."""
+        if st.task.rule.policy != "persist" or not self.store.refresh_if_changed():
+            return False
+        return self._verify(st)
 
     def _group_matches(self, st: TaskState, group: Group) -> bool:
         """Do the dependencies of one recorded group (fetched together) still have their hashes?

@@ -43,6 +43,7 @@ _FLUSH_ITEMS = 2000
 _FLUSH_BYTES = 64 << 20
 _FILE_BYTES = 256 << 10      # values at least this big are value files
 _COUNTER_SECONDS = 5.0
+_LOOK_SECONDS = 0.05
 
 
 class Store:
@@ -64,6 +65,8 @@ class Store:
         self.memory_traces: dict[str, list[Trace]] = defaultdict(list)
         self._file_entries: dict[str, tuple[int, int, str, int]] | None = None
         self._watermark = 0
+        self._seen = 0                  # the highest rowid refresh_if_changed has looked at
+        self._looked = 0.0
         self._own: set[str] = set()     # trace rows this process wrote and has not scanned since
         self._pending: dict[str, bytes] = {}
         self._pending_bytes = 0
@@ -143,6 +146,21 @@ class Store:
                 except (ValueError, KeyError, TypeError, UnicodeDecodeError):
                     self._reject(key)
             self._drop_rejected()
+
+    def refresh_if_changed(self) -> bool:
+        """refresh() when any process wrote since the last look (one cheap query otherwise);
+        whether traces came in."""
+        now = time.monotonic()
+        if now - self._looked < _LOOK_SECONDS:    # a first build of many small tasks asks often
+            return False
+        self._looked = now
+        top = self.table.last_rowid()
+        if top <= self._seen:
+            return False
+        self._seen = top
+        before = self._watermark
+        self.refresh()
+        return self._watermark > before
 
     def _index(self, tr: Trace) -> None:
         lst = self._traces.setdefault(tr.key, [])  # type: ignore[union-attr]
@@ -459,21 +477,8 @@ class Store:
         return had
 
     def sweep_files(self, older_than: float = 3600.0) -> int:
-        """Remove value files no row names (a writer killed between its file and its row), once
-        they are old enough not to be another process's value about to get its row."""
-        root = os.path.join(self.path, "v")
-        named = self.table.filenames()
-        now, removed = time.time(), 0
-        for folder in (os.listdir(root) if os.path.isdir(root) else []):
-            for name in os.listdir(os.path.join(root, folder)):
-                rel = f"v/{folder}/{name}"
-                try:
-                    if rel not in named and now - os.stat(os.path.join(self.path, rel)).st_mtime > older_than:
-                        os.unlink(os.path.join(self.path, rel))
-                        removed += 1
-                except OSError:
-                    continue
-        return removed + valuefile.sweep_tmp(self._tmp)
+        """Remove value files no row names, and temporary files of writers that died."""
+        return valuefile.sweep(self.path, self.table.filenames(), older_than) + valuefile.sweep_tmp(self._tmp)
 
     # ------------------------------------------------------------ introspection
 
@@ -503,13 +508,6 @@ class Store:
     def value_sizes(self) -> list[tuple[str, int, float]]:
         """(hash, size in bytes, stored at) of every stored value."""
         return [(d, size, stored) for d, size, stored, *_ in self.value_rows()]
-
-    def row_keys(self, prefix: str) -> list[tuple[str, int]]:
-        return self.table.keys(prefix)
-
-    def marks(self) -> list[tuple[str, float]]:
-        """(value hash, when it was evicted) of evicted values."""
-        return [(k[2:], float(v)) for k, v, _, _ in self.table.scan("x:") if isinstance(v, (int, float))]
 
     def stats(self) -> dict[str, Any]:
         self.flush(counters_too=True)

@@ -104,12 +104,20 @@ class Table:
     def scan(self, prefix: str, after: int = 0) -> list[tuple[str, Any, int, Any]]:
         """(key, value, rowid, filename) of rows under `prefix` with a rowid above `after`."""
         lo, hi = prefix_range(prefix)
-        return self.sql("SELECT key, value, rowid, filename FROM Cache"
-                        " WHERE key >= ? AND key < ? AND raw = 1 AND rowid > ?", (lo, hi, after))
+        # what is new since `after` is found by rowid (few rows), not through the key index (all)
+        where = "rowid > ? AND +key >= ? AND +key < ?" if after else "rowid > ? AND key >= ? AND key < ?"
+        return self.sql(f"SELECT key, value, rowid, filename FROM Cache WHERE {where} AND raw = 1", (after, lo, hi))
+
+    def last_rowid(self) -> int:
+        return self.sql("SELECT MAX(rowid) FROM Cache")[0][0] or 0
 
     def keys(self, prefix: str) -> list[tuple[str, int]]:
         lo, hi = prefix_range(prefix)
         return self.sql("SELECT key, rowid FROM Cache WHERE key >= ? AND key < ? AND raw = 1", (lo, hi))
+
+    def marks(self) -> list[tuple[str, float]]:
+        """(value hash, when it was evicted) of evicted values."""
+        return [(k[2:], float(v)) for k, v, _, _ in self.scan("x:") if isinstance(v, (int, float))]
 
     def get(self, key: str) -> tuple[Any, Any] | None:
         """(value, filename) of a row, or None."""

@@ -33,7 +33,7 @@ import xxhash
 from .hashing import MAGIC, Serialized
 from .signing import MAC_BYTES, Signer
 
-__all__ = ["write", "read", "Damaged", "sweep_tmp", "row_key", "file_name", "FILE_NAME"]
+__all__ = ["write", "read", "Damaged", "sweep", "sweep_tmp", "row_key", "file_name", "FILE_NAME"]
 
 FILE_NAME = re.compile(r"^v/[0-9a-f]{2}/[0-9a-f]{32}\.nbv$")
 
@@ -203,6 +203,23 @@ def sweep_tmp(tmp_dir: str, older_than: float = 24 * 3600) -> int:
                 removed += 1
         except OSError:
             continue
+    return removed
+
+
+def sweep(store: str, named: set[str], older_than: float = 3600.0) -> int:
+    """Remove value files of `store` that no row names (a writer killed between its file and its
+    row), once they are old enough not to be another process's value about to get its row."""
+    root = os.path.join(store, "v")
+    now, removed = time.time(), 0
+    for folder in (os.listdir(root) if os.path.isdir(root) else []):
+        for name in os.listdir(os.path.join(root, folder)):
+            rel = f"v/{folder}/{name}"
+            try:
+                if rel not in named and now - os.stat(os.path.join(store, rel)).st_mtime > older_than:
+                    os.unlink(os.path.join(store, rel))
+                    removed += 1
+            except OSError:
+                continue
     return removed
 
 

@@ -272,10 +272,10 @@ def test_file_entries_of_deleted_files_are_pruned(store_dir, tmp_path):
             return open(nbbuild.file(str(path))).read().split()
         b.build(words)
         b.store.flush()
-        assert [k for k, _ in b.store.row_keys("f:")] == ["f:" + str(path)]
+        assert [k for k, _ in b.store.table.keys("f:")] == ["f:" + str(path)]
         path.unlink()
         prune(b.store)
-        assert [k for k, _ in b.store.row_keys("f:")] == []
+        assert [k for k, _ in b.store.table.keys("f:")] == []
 
 
 def test_during_a_build_older_values_make_room_before_the_quota_is_crossed(store_dir, calls):
