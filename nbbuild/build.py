@@ -277,6 +277,7 @@ class Build:
             self._tasks.setdefault(t.key, t)
         with self._turn(), _engine_work() as collect:
             start = time.perf_counter()
+            self.store.begin_build()
             self.store.refresh()
             if not self._files.entries:
                 self._files.entries.update(self.store.file_entries())
@@ -284,7 +285,8 @@ class Build:
                 self._clean.clear()
                 self._generation = self.store.generation
             sched = Scheduler(self)
-            self.store.held = lambda: {st.hash for st in sched.states.values() if st.hash}
+            # asked from worker threads while states are added: dict.copy() is one atomic step
+            self.store.held = lambda: {st.hash for st in sched.states.copy().values() if st.hash}
             # what this process verified before and whose inputs did not change is known up to date
             self._clean.invalidate(self.rules, sched.version, self._files.hash)
             sched.known.update(self._clean.hashes)
@@ -298,6 +300,10 @@ class Build:
             finally:
                 self.store.save_file_entries(self._files.take_changed())
                 self.store.flush()
+                lost = self.store.take_lost()     # inline values whose batch the store refused
+                for st in sched.states.values() if lost else ():
+                    if st.outcome == "executed" and st.hash in lost and not st.unstored:
+                        st.unstored = self.store.write_error or "the store could not be written"
             self._clean.record(sched.states.values(), sched.versions, DONE)
             for st in sched.states.values():
                 if st.status == DONE:

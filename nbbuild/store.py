@@ -76,6 +76,8 @@ class Store:
         self._rejected: list[str] = []      # rows whose signature did not match, to drop
         self._warned: set[str] = set()
         self.write_error: str | None = None  # why the last write failed, until one succeeds
+        self._write_warned = False           # the failed-write warning of this build was given
+        self._lost: set[str] = set()         # hashes of inline values a failed batch did not store
         self.clock = self.setting("clock", 0.0)
         self.written = 0                     # bytes written since the last eviction check
         self.generation = 0      # bumped by clear(): what a process remembers of the store is void
@@ -217,7 +219,10 @@ class Store:
             return f"{_size(size)} is more than the store's quota of {_size(self.quota)}"
         self.written += size
         if self.on_room is not None:
-            self.on_room(size)
+            try:
+                self.on_room(size)
+            except Exception:  # eviction is housekeeping: the value is still worth storing
+                log.warning("nbbuild: eviction failed", exc_info=True)
         if size >= _FILE_BYTES:
             return self._put_file(ser)
         key = valuefile.row_key(ser.digest)
@@ -286,12 +291,8 @@ class Store:
         return meta, [bytearray(b) for b in buffers]   # writable: loaded arrays behave like fresh ones
 
     def _drop_damaged(self, key: str, why: str) -> None:
-        self._counters["damaged"] += 1
-        if "signature" in why:
-            self._reject(key)
-            self._drop_rejected()
-        else:
-            self.delete_rows([key])
+        self._counters["damaged"] += 1    # the caller warns, naming the task; the row goes
+        self.delete_rows([key])
 
     def value_size(self, digest: str) -> int | None:
         """Stored bytes of a value, or None when it is not stored."""
@@ -405,12 +406,14 @@ class Store:
                     self.table.add_counts({"m:" + name: n for name, n in counters.items()})
             except WRITE_ERRORS as e:
                 # nothing of this batch is stored; its traces stay known to this process
+                self._lost.update(key[2:] for key in pending if key[0] == "v")
                 for key, data in pending.items():
                     if key[0] == "t":
                         self._remember_trace(Trace.decode(data[MAC_BYTES:]))
                         self._forget_row(key)
                 self._write_failed(e)
                 return
+            self._lost.difference_update(key[2:] for key in pending if key[0] == "v")
             self.write_error = None
 
     def _forget_row(self, row: str) -> None:
@@ -424,9 +427,22 @@ class Store:
             for row in rows:
                 self._forget_row(row)
 
+    def begin_build(self) -> None:
+        """A build starts: its first failed write warns (once), and what it fails to store is its own."""
+        with self._lock:
+            self._write_warned = False
+            self._lost.clear()
+
+    def take_lost(self) -> set[str]:
+        """Hashes of inline values that failed batches left unstored since the build began."""
+        with self._lock:
+            lost, self._lost = self._lost, set()
+        return lost
+
     def _write_failed(self, error: BaseException) -> str:
         reason = getattr(error, "strerror", None) or str(error)
-        if self.write_error is None:
+        if not self._write_warned:
+            self._write_warned = True
             log.warning("nbbuild: the store at %s could not be written (%s); values of this build stay in memory "
                         "and nothing stored before is lost. Free disk space (or lower the quota) and build again.",
                         self.path, reason)

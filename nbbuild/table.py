@@ -45,8 +45,21 @@ def _cache(path: str) -> diskcache.Cache:
     os.makedirs(path, mode=0o700, exist_ok=True)
     info = os.stat(path)
     if info.st_uid == os.getuid() and info.st_mode & 0o077:
-        os.chmod(path, 0o700)   # values are pickles of the user's data: keep them private
-    return diskcache.Cache(path, eviction_policy="none", size_limit=2 ** 62, cull_limit=0, statistics=False)
+        # values are pickles of the user's data: keep them private, taking from group and others
+        # only (a store its owner made read-only stays read-only)
+        os.chmod(path, info.st_mode & 0o700)
+    cache = diskcache.Cache.__new__(diskcache.Cache)
+    try:
+        cache.__init__(path, eviction_policy="none", size_limit=2 ** 62, cull_limit=0, statistics=False)
+    except BaseException:
+        # a store that cannot be used is let go: the connection diskcache opened before failing
+        # would otherwise keep the database (and its -wal, -shm) open until the cyclic collector runs
+        try:
+            cache.close()
+        except Exception:
+            pass
+        raise
+    return cache
 
 
 class Table:
@@ -84,6 +97,11 @@ class Table:
     @classmethod
     def _fallback(cls, path: str, error: BaseException) -> Table:
         reason = getattr(error, "strerror", None) or str(error)
+        try:
+            if shutil.disk_usage(os.path.dirname(path.rstrip("/")) or "/").free < 1 << 20:
+                reason += "; its disk is full"
+        except OSError:
+            pass
         for base in ("/dev/shm", None):
             try:
                 tmp = tempfile.mkdtemp(prefix="nbbuild-", dir=base if base and os.path.isdir(base) else None)
@@ -166,11 +184,27 @@ class Table:
     def transact(self) -> Any:
         return self.cache.transact()
 
+    def stored(self, keys: list[str]) -> dict[str, tuple[Any, Any]]:
+        """key -> (value, filename) of the rows there are of `keys`."""
+        found: dict[str, tuple[Any, Any]] = {}
+        for i in range(0, len(keys), 500):
+            chunk = keys[i:i + 500]
+            found.update((k, (v, f)) for k, v, f in self.sql(
+                f"SELECT key, value, filename FROM Cache WHERE raw = 1 AND key IN ({','.join('?' * len(chunk))})",
+                chunk))
+        return found
+
     def insert_blobs(self, rows: list[tuple[str, bytes]], clock: float) -> int:
-        """New value rows (existing ones are left alone); returns the bytes that went in."""
-        have = self.existing([k for k, _ in rows])
+        """New value rows; returns the bytes that went in. A row already there is left alone when
+        it holds these very bytes (a value row is content-addressed and its seal deterministic),
+        and replaced otherwise: it is damaged, or was not sealed with this user's key."""
+        have = self.stored([k for k, _ in rows])
         now = time.time()
-        new = [(k, now, now, 1, clock, 0, _MODE_RAW, None, sqlite3.Binary(v)) for k, v in rows if k not in have]
+        new = [(k, now, now, 1, clock, 0, _MODE_RAW, None, sqlite3.Binary(v)) for k, v in rows
+               if have.get(k) != (v, None)]
+        stale = [r[0] for r in new if r[0] in have]
+        if stale:   # DELETE, then INSERT: diskcache's count and size triggers stay right (REPLACE skips them)
+            self.delete(stale)   # a file such a row named is left to sweep_files, which knows the store's own
         self.con.executemany("INSERT OR IGNORE " + _COLUMNS, new)
         return sum(len(r[-1]) for r in new)
 
