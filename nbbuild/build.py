@@ -1,8 +1,9 @@
 """The Build facade: a store, a scheduler and an executor composed; the report; `why`.
 
 Contract:
-- `Build(path, quota=, workers=)` opens (or creates) the store at `path`; also a context manager
-  that closes it. `@b.rule` / `@b.rule(policy=..., name=...)` registers rules by name (a rule of
+- `Build(path, quota=, workers=, min_free=, eviction=)` opens (or creates) the store at `path`
+  with its bounds (eviction.resolve); also a context manager that closes it. After each build the
+  store is brought back within them (eviction.evict), and old metadata is pruned now and then. `@b.rule` / `@b.rule(policy=..., name=...)` registers rules by name (a rule of
   the same name replaces the earlier one, as re-running a notebook cell does).
 - `b.build(*targets)` brings targets (Tasks, or rules taking no arguments) up to date concurrently
   and returns their values. Other targets still finish when one fails; then the first failure is

@@ -234,12 +234,20 @@ class Store:
     def _put_file(self, ser: hashing.Serialized) -> str | None:
         if ser.known and self.has_value(ser.digest):
             return None
+
+        def place(tmp: str, path: str) -> None:
+            # the file and its row go in together under the store's write lock, which a process
+            # removing value files holds too (_remove_files): it cannot take the file from under
+            # the new row. Killed in between: a stray file for the sweep, never a row without file.
+            with self.table.transact():
+                os.replace(tmp, path)
+                self.table.insert_file(valuefile.row_key(ser.digest), valuefile.file_name(ser.digest),
+                                       ser.nbytes, self.clock)
+
         try:
             self.flush()
-            digest = valuefile.write(ser, self.signer, self._tmp,
-                                     lambda d: os.path.join(self.path, valuefile.file_name(d)))
-            with self.table.transact():
-                self.table.insert_file(valuefile.row_key(digest), valuefile.file_name(digest), ser.nbytes, self.clock)
+            valuefile.write(ser, self.signer, self._tmp,
+                            lambda d: os.path.join(self.path, valuefile.file_name(d)), place)
         except WRITE_ERRORS as e:
             return self._write_failed(e)
         self.write_error = None
@@ -268,7 +276,8 @@ class Store:
                 meta, buffers = self._open_inline(key, sealed, digest)
                 nbytes = len(sealed)
         except valuefile.Damaged as e:
-            self._drop_damaged(key, str(e))
+            if not self._drop_damaged(key, str(e), filename):
+                return False, None, ""     # evicted (or stored again) by another process meanwhile
             return False, None, str(e)
         self._counters["bytes_read"] += nbytes
         self.touch([digest])
@@ -290,9 +299,28 @@ class Store:
             raise valuefile.Damaged("its content does not match its hash")
         return meta, [bytearray(b) for b in buffers]   # writable: loaded arrays behave like fresh ones
 
-    def _drop_damaged(self, key: str, why: str) -> None:
+    def _drop_damaged(self, key: str, why: str, filename: Any = None) -> bool:
+        """Drop a damaged value's row; False when it was not damaged after all. A value file is
+        looked at again under the write lock, which processes storing or removing value files
+        hold: when its row is gone, names another file, or its missing file is back, another
+        process evicted or stored the value meanwhile, and nothing is dropped."""
+        if filename is not None:
+            try:
+                with self.table.transact():
+                    row = self.table.get(key)
+                    if row is None or row[1] != filename or (
+                            "missing" in why and os.path.exists(os.path.join(self.path, filename))):
+                        return False
+                    names = self.table.delete([key])
+            except WRITE_ERRORS as e:
+                self._write_failed(e)
+                return True
+            self._counters["damaged"] += 1    # the caller warns, naming the task
+            self._remove_files(names)
+            return True
         self._counters["damaged"] += 1    # the caller warns, naming the task; the row goes
         self.delete_rows([key])
+        return True
 
     def value_size(self, digest: str) -> int | None:
         """Stored bytes of a value, or None when it is not stored."""
@@ -459,16 +487,32 @@ class Store:
         except WRITE_ERRORS as e:
             self._write_failed(e)
             return 0
+        return self._remove_files(names)
+
+    def _remove_files(self, names: list[str]) -> int:
+        """Remove the value files of deleted rows, under the write lock and only those no row names
+        again: another process may have stored the same value since (file and row together, under
+        that lock). Returns the bytes freed; a file that stays (a write error) is left to the sweep."""
+        # a row naming a file outside the store went; that file is left alone
+        names = [str(n) for n in names if valuefile.FILE_NAME.match(str(n))]
+        if not names:
+            return 0
+        keys = {name: valuefile.row_key(os.path.basename(name)[:-len(".nbv")]) for name in names}
         freed = 0
-        for name in names:
-            if not valuefile.FILE_NAME.match(str(name)):
-                continue     # a row naming a file outside the store goes; that file is left alone
-            try:
-                path = os.path.join(self.path, name)
-                freed += os.path.getsize(path)
-                os.unlink(path)
-            except OSError:
-                pass
+        try:
+            with self.table.transact():
+                again = self.table.existing(list(keys.values()))
+                for name in names:
+                    if keys[name] in again:
+                        continue
+                    try:
+                        path = os.path.join(self.path, name)
+                        freed += os.path.getsize(path)
+                        os.unlink(path)
+                    except OSError:
+                        pass
+        except WRITE_ERRORS as e:
+            self._write_failed(e)
         return freed
 
     def delete_values(self, digests: list[str], evicted: bool = True) -> int:
@@ -494,7 +538,13 @@ class Store:
 
     def sweep_files(self, older_than: float = 3600.0) -> int:
         """Remove value files no row names, and temporary files of writers that died."""
-        return valuefile.sweep(self.path, self.table.filenames(), older_than) + valuefile.sweep_tmp(self._tmp)
+        try:
+            with self.table.transact():    # as _remove_files: never a file that is being stored again
+                swept = valuefile.sweep(self.path, self.table.filenames(), older_than)
+        except WRITE_ERRORS as e:
+            self._write_failed(e)
+            swept = 0
+        return swept + valuefile.sweep_tmp(self._tmp)
 
     # ------------------------------------------------------------ introspection
 

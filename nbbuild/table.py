@@ -229,8 +229,23 @@ class Table:
         self.con.executemany("UPDATE Cache SET access_time = ?, access_count = access_count + ?, tag = ?"
                              " WHERE key = ? AND raw = 1", [(t, n, clock, k) for k, (t, n) in uses.items()])
 
+    def _top(self) -> int:
+        return self.sql("SELECT MAX(rowid) FROM Cache")[0][0] or 0
+
+    def _keep_top(self, top: int) -> None:
+        """SQLite gives a new row the highest rowid + 1: once the rows at the top are deleted, rows
+        written later would take rowids other processes have seen already, and their watermarks
+        (Store.refresh, refresh_if_changed, eviction.prune) would pass over them. A marker row,
+        `s:rowid`, keeps the highest rowid in place."""
+        if top and self._top() < top:
+            self.con.execute("DELETE FROM Cache WHERE key = 's:rowid' AND raw = 1")
+            self.con.execute("INSERT INTO Cache(rowid, key, raw, store_time, expire_time, access_time, access_count,"
+                             " tag, size, mode, filename, value) VALUES (?, 's:rowid', 1, 0, NULL, 0, 0, NULL, 0, ?,"
+                             " NULL, ?)", (top, _MODE_RAW, top))
+
     def delete(self, keys: list[str]) -> list[str]:
         """Delete rows; returns the value files they named, for the caller to remove after commit."""
+        top = self._top()
         files: list[str] = []
         for i in range(0, len(keys), 500):
             chunk = keys[i:i + 500]
@@ -238,11 +253,14 @@ class Table:
             files += [f for (f,) in self.sql(
                 f"SELECT filename FROM Cache WHERE raw = 1 AND filename IS NOT NULL AND key IN ({marks})", chunk)]
             self.con.execute(f"DELETE FROM Cache WHERE raw = 1 AND key IN ({marks})", chunk)
+        self._keep_top(top)
         return files
 
     def clear(self) -> None:
         """Every row but the settings (`s:`)."""
+        top = self._top()
         self.con.execute("DELETE FROM Cache WHERE NOT (raw = 1 AND key >= 's:' AND key < 't:')")
+        self._keep_top(top)
 
     def close(self) -> None:
         self.cache.close()

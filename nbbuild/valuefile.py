@@ -8,7 +8,8 @@ object's memory to the file and back into fresh memory the loaded object takes o
 Contract:
 - `write(serialized, signer, tmp_dir, path_for)` writes the file under a temporary name in
   `tmp_dir` and moves it to `path_for(hash)` only when complete, so a value file is always whole (a killed writer leaves a
-  temporary file that `sweep_tmp` removes). When the value's hash is not known yet it is computed
+  temporary file that `sweep_tmp` removes). `place(tmp, path)` makes that move (os.replace; the
+  store makes it together with the value's row, under its write lock). When the value's hash is not known yet it is computed
   while the file is written, so hashing costs no extra time; returns the hash.
 - `read(path, digest, signer)` returns `(pickle stream, buffers)`; raises `Damaged` (saying what
   is wrong) for a missing, truncated, altered or unsigned file. The pickle stream is checked
@@ -103,7 +104,8 @@ def _pipeline(work: Callable[[memoryview], None], parts: Iterable[memoryview], h
         raise failure[0]
 
 
-def write(ser: Serialized, signer: Signer, tmp_dir: str, path_for: Callable[[str], str]) -> str:
+def write(ser: Serialized, signer: Signer, tmp_dir: str, path_for: Callable[[str], str],
+          place: Callable[[str, str], None] = os.replace) -> str:
     tmp = os.path.join(tmp_dir, f"{os.getpid()}-{secrets.token_hex(6)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
@@ -130,7 +132,7 @@ def write(ser: Serialized, signer: Signer, tmp_dir: str, path_for: Callable[[str
             os.pwrite(f.fileno(), mac, 0)
         path = path_for(ser.digest)
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        os.replace(tmp, path)
+        place(tmp, path)
     except BaseException:
         try:
             os.unlink(tmp)

@@ -15,7 +15,8 @@ Contract:
   (or parametric calls such as `model(alpha=0.1)`), binds their outputs, prints the report's one
   line. --force runs the targets themselves again; --dry-run says what would run and why.
 - `%nbbuild status | why TARGET | graph [TARGET] | store [--quota SIZE] [gc | clear] | metrics`:
-  look at the build; nothing runs (see `%nbbuild?`).
+  look at the build; nothing runs (see `%nbbuild?`), but for `store`: --quota (saved in the
+  store), --min-free and --eviction set its bounds, gc evicts and prunes now, clear empties it.
 - After every build, a target reused instead of run replays what it showed when it ran (replay.py).
 - With JupyterLab's cell ids, a rule belongs to its cell: another cell may not take its name, and
   a cell that now defines another rule drops its old one. Without them the name is the identity.
