@@ -9,8 +9,8 @@ Contract:
   (signing.py, this user's key) matches; rows that are not signed are reported once and dropped.
 - Each trace is its own immutable row `t:<task key>#<trace ident>`, so processes sharing a store
   never read-modify-write one another's rows. A trace is written after (or with) its value.
-- Traces and file stat entries are read in bulk, one SQL select per prefix, into an in-memory index;
-  `refresh()` picks up rows other processes wrote since (by rowid).
+- Traces and file stat entries are read in bulk into an in-memory index (index.py); `refresh()`
+  picks up rows other processes wrote since.
 - Writes are buffered and committed in batches inside `cache.transact()`; `flush()` commits now.
   A write that fails (disk full, store unwritable) loses nothing stored before: the build goes on
   with its values in memory, its traces kept by this process, and one warning.
@@ -32,18 +32,17 @@ from typing import Any, Callable, Iterable
 
 from . import files, hashing, valuefile
 from .signing import MAC_BYTES, Signer, key_path, user_key
+from .index import Index
 from .table import WRITE_ERRORS, Table
 from .trace import Trace
 
 __all__ = ["Store"]
 
 log = logging.getLogger("nbbuild")
-_MAX_TRACES = 16
 _FLUSH_ITEMS = 2000
 _FLUSH_BYTES = 64 << 20
 _FILE_BYTES = 256 << 10      # values at least this big are value files
 _COUNTER_SECONDS = 5.0
-_LOOK_SECONDS = 0.05
 
 
 class Store:
@@ -61,13 +60,7 @@ class Store:
         os.makedirs(self._tmp, mode=0o700, exist_ok=True)
         valuefile.sweep_tmp(self._tmp)
         self._lock = threading.RLock()
-        self._traces: dict[str, list[Trace]] | None = None
-        self.memory_traces: dict[str, list[Trace]] = defaultdict(list)
-        self._file_entries: dict[str, tuple[int, int, str, int]] | None = None
-        self._watermark = 0
-        self._seen = 0                  # the highest rowid refresh_if_changed has looked at
-        self._looked = 0.0
-        self._own: set[str] = set()     # trace rows this process wrote and has not scanned since
+        self.index = Index(self.table, self.signer, self._reject)
         self._pending: dict[str, bytes] = {}
         self._pending_bytes = 0
         self._counters: dict[str, int] = defaultdict(int)
@@ -82,22 +75,7 @@ class Store:
         self.written = 0                     # bytes written since the last eviction check
         self.generation = 0      # bumped by clear(): what a process remembers of the store is void
 
-    # ------------------------------------------------------------ rows
-
-    def _scan(self, prefix: str, after: int = 0) -> Iterable[tuple[str, memoryview]]:
-        """Signed rows under `prefix` with a rowid above `after`. SQLite gives new rows higher rowids
-        (writers are serialised), so the highest rowid seen is a watermark for what is new."""
-        for key, value, rowid, filename in self.table.scan(prefix, after):
-            if rowid > self._watermark:
-                self._watermark = rowid
-            if key in self._own:
-                self._own.discard(key)
-                continue
-            data = self.signer.open(key, value) if filename is None and type(value) is bytes else None
-            if data is None:
-                self._reject(key)
-                continue
-            yield key, data
+    # ------------------------------------------------------------ traces (index.py)
 
     def _reject(self, key: str) -> None:
         self._rejected.append(key)
@@ -107,107 +85,60 @@ class Store:
                         "from another user or edited by hand is never loaded, since loading runs code. "
                         "They are dropped and their tasks run again.", self.path, key_path())
 
-    def _drop_rejected(self) -> None:
-        if self._rejected:
-            rows, self._rejected = self._rejected, []
-            self.delete_rows(rows)
-
-    def _load(self) -> None:
-        self._own.clear()
-        traces: dict[str, list[Trace]] = defaultdict(list)
-        for key, data in self._scan("t:"):
-            try:
-                tr = Trace.decode(data.tobytes())
-            except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-                self._reject(key)
-                continue
-            traces[tr.key].append(tr)
-        for lst in traces.values():
-            lst.sort(key=lambda t: t.created, reverse=True)
-            del lst[_MAX_TRACES:]
-        entries = {}
-        for key, data in self._scan("f:"):
-            try:
-                size, mtime, digest, seen = data.tobytes().decode().split(" ")
-                entries[key[2:]] = (int(size), int(mtime), digest, int(seen))
-            except ValueError:
-                self._reject(key)
-        self._traces = dict(traces)
-        self._file_entries = entries
-        self._drop_rejected()
-
     def refresh(self) -> None:
         """Load the index, or add what other processes wrote since the last look."""
         with self._lock:
-            if self._traces is None:
-                self._load()
-                return
-            for key, data in self._scan("t:", self._watermark):
-                try:
-                    self._index(Trace.decode(data.tobytes()))
-                except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-                    self._reject(key)
-            self._drop_rejected()
+            self.index.refresh()
+            if self._rejected:
+                rows, self._rejected = self._rejected, []
+                self.delete_rows(rows)
 
     def refresh_if_changed(self) -> bool:
-        """refresh() when any process wrote since the last look (one cheap query otherwise);
-        whether traces came in."""
-        now = time.monotonic()
-        if now - self._looked < _LOOK_SECONDS:    # a first build of many small tasks asks often
-            return False
-        self._looked = now
-        top = self.table.last_rowid()
-        if top <= self._seen:
-            return False
-        self._seen = top
-        before = self._watermark
-        self.refresh()
-        return self._watermark > before
+        """refresh() when any process wrote since the last look; whether traces came in."""
+        with self._lock:
+            if not self.index.changed():
+                return False
+            before = self.index.watermark
+            self.refresh()
+            return self.index.watermark > before
 
-    def _index(self, tr: Trace) -> None:
-        lst = self._traces.setdefault(tr.key, [])  # type: ignore[union-attr]
-        ident = tr.ident
-        lst[:] = [t for t in lst if t.ident != ident]
-        lst.insert(0, tr)
-        lst.sort(key=lambda t: t.created, reverse=True)
-        del lst[_MAX_TRACES:]
+    @property
+    def memory_traces(self) -> dict[str, list[Trace]]:
+        return self.index.memory
 
-    # ------------------------------------------------------------ traces
+    @property
+    def watermark(self) -> int:
+        return self.index.watermark
 
     def traces(self, key: str, persist: bool = True) -> list[Trace]:
         if not persist:
-            return self.memory_traces.get(key, [])
-        if self._traces is None:
-            self.refresh()
-        return self._traces.get(key, [])  # type: ignore[union-attr]
+            return self.index.memory.get(key, [])
+        return self.traces_index().get(key, [])
 
     def traces_index(self) -> dict[str, list[Trace]]:
         """The live index of persisted traces, key -> traces newest first (read-only to callers)."""
-        if self._traces is None:
+        if self.index.traces is None:
             self.refresh()
-        return self._traces  # type: ignore[return-value]
+        return self.index.traces  # type: ignore[return-value]
 
     def any_trace(self, key: str) -> Trace | None:
-        lst = self.traces(key) or self.memory_traces.get(key)
+        lst = self.traces(key) or self.index.memory.get(key)
         return lst[0] if lst else None
-
-    def _remember_trace(self, trace: Trace) -> None:
-        lst = self.memory_traces[trace.key]
-        lst[:] = [t for t in lst if t.ident != trace.ident]
-        lst.insert(0, trace)
-        del lst[_MAX_TRACES:]
 
     def record(self, trace: Trace, persist: bool = True) -> None:
         with self._lock:
             if not persist:
-                self._remember_trace(trace)
+                self.index.remember(trace)
                 return
-            if self._traces is None:
-                self._load()
-            self._index(trace)
+            self.index.add(trace)
             row = f"t:{trace.key}#{trace.ident}"
-            self._own.add(row)
+            self.index.own.add(row)
             self._write(row, self.signer.seal(row, trace.encode()))
+
+    def forget_traces(self, rows: Iterable[str]) -> None:
+        with self._lock:
+            for row in rows:
+                self.index.forget(row)
 
     # ------------------------------------------------------------ values
 
@@ -273,7 +204,7 @@ class Store:
                 meta, buffers = valuefile.read(os.path.join(self.path, filename), digest, self.signer)
                 nbytes = sum(len(b) for b in buffers) + len(meta)
             else:
-                meta, buffers = self._open_inline(key, sealed, digest)
+                meta, buffers = valuefile.open_inline(key, sealed, digest, self.signer)
                 nbytes = len(sealed)
         except valuefile.Damaged as e:
             if not self._drop_damaged(key, str(e), filename):
@@ -285,19 +216,6 @@ class Store:
             return True, hashing.unpickle(meta, buffers), ""
         except Exception as e:  # unpickling runs code (a class that moved, a package missing)
             return False, None, f"it cannot be unpickled here ({type(e).__name__}: {e})"
-
-    def _open_inline(self, key: str, sealed: Any, digest: str) -> tuple[memoryview, list]:
-        if type(sealed) is not bytes:
-            raise valuefile.Damaged("its row is not an nbbuild value")
-        try:
-            meta, buffers, signed = hashing.split(memoryview(sealed)[MAC_BYTES:])
-        except ValueError as e:
-            raise valuefile.Damaged(f"its row is damaged ({e})") from None
-        if self.signer.open(key, sealed, signed) is None:
-            raise valuefile.Damaged("its signature does not match this user's key")
-        if hashing.hash_bytes(meta, *buffers) != digest:
-            raise valuefile.Damaged("its content does not match its hash")
-        return meta, [bytearray(b) for b in buffers]   # writable: loaded arrays behave like fresh ones
 
     def _drop_damaged(self, key: str, why: str, filename: Any = None) -> bool:
         """Drop a damaged value's row; False when it was not damaged after all. A value file is
@@ -372,9 +290,9 @@ class Store:
     # ------------------------------------------------------------ files
 
     def file_entries(self) -> dict[str, tuple[int, int, str, int]]:
-        if self._file_entries is None:
+        if self.index.file_entries is None:
             self.refresh()
-        return self._file_entries  # type: ignore[return-value]
+        return self.index.file_entries  # type: ignore[return-value]
 
     def save_file_entries(self, entries: dict[str, tuple[int, int, str, int]]) -> None:
         with self._lock:
@@ -437,23 +355,12 @@ class Store:
                 self._lost.update(key[2:] for key in pending if key[0] == "v")
                 for key, data in pending.items():
                     if key[0] == "t":
-                        self._remember_trace(Trace.decode(data[MAC_BYTES:]))
-                        self._forget_row(key)
+                        self.index.remember(Trace.decode(data[MAC_BYTES:]))
+                        self.index.forget(key)
                 self._write_failed(e)
                 return
             self._lost.difference_update(key[2:] for key in pending if key[0] == "v")
             self.write_error = None
-
-    def _forget_row(self, row: str) -> None:
-        key, _, ident = row[2:].rpartition("#")
-        lst = (self._traces or {}).get(key)
-        if lst:
-            lst[:] = [t for t in lst if t.ident != ident]
-
-    def forget_traces(self, rows: Iterable[str]) -> None:
-        with self._lock:
-            for row in rows:
-                self._forget_row(row)
 
     def begin_build(self) -> None:
         """A build starts: its first failed write warns (once), and what it fails to store is its own."""
@@ -490,30 +397,12 @@ class Store:
         return self._remove_files(names)
 
     def _remove_files(self, names: list[str]) -> int:
-        """Remove the value files of deleted rows, under the write lock and only those no row names
-        again: another process may have stored the same value since (file and row together, under
-        that lock). Returns the bytes freed; a file that stays (a write error) is left to the sweep."""
-        # a row naming a file outside the store went; that file is left alone
-        names = [str(n) for n in names if valuefile.FILE_NAME.match(str(n))]
-        if not names:
-            return 0
-        keys = {name: valuefile.row_key(os.path.basename(name)[:-len(".nbv")]) for name in names}
-        freed = 0
+        """Remove the value files of deleted rows (table.remove_files); returns the bytes freed."""
         try:
-            with self.table.transact():
-                again = self.table.existing(list(keys.values()))
-                for name in names:
-                    if keys[name] in again:
-                        continue
-                    try:
-                        path = os.path.join(self.path, name)
-                        freed += os.path.getsize(path)
-                        os.unlink(path)
-                    except OSError:
-                        pass
+            return self.table.remove_files(names)
         except WRITE_ERRORS as e:
             self._write_failed(e)
-        return freed
+            return 0
 
     def delete_values(self, digests: list[str], evicted: bool = True) -> int:
         """Remove values in one transaction; with `evicted`, note when (traces outlive their
@@ -555,9 +444,6 @@ class Store:
     def pending_bytes(self) -> int:
         return self._pending_bytes
 
-    @property
-    def watermark(self) -> int:
-        return self._watermark
 
     def free_space(self) -> int:
         try:
@@ -603,9 +489,7 @@ class Store:
             except WRITE_ERRORS as e:
                 self._write_failed(e)
             shutil.rmtree(os.path.join(self.path, "v"), ignore_errors=True)
-            self._traces = None
-            self._file_entries = None
-            self.memory_traces.clear()
+            self.index.clear()
 
     def close(self) -> None:
         try:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import sqlite3
 import tempfile
@@ -28,10 +29,11 @@ from typing import Any, Iterable
 
 import diskcache
 
-__all__ = ["Table", "WRITE_ERRORS", "prefix_range"]
+__all__ = ["Table", "WRITE_ERRORS", "FILE_NAME", "prefix_range"]
 
 log = logging.getLogger("nbbuild")
 WRITE_ERRORS = (OSError, sqlite3.Error)
+FILE_NAME = re.compile(r"^v/[0-9a-f]{2}/[0-9a-f]{32}\.nbv$")   # the only files a row may name
 _MODE_RAW, _MODE_BINARY = 1, 2
 _COLUMNS = ("INTO Cache(key, raw, store_time, expire_time, access_time, access_count, tag, size,"
             " mode, filename, value) VALUES (?, 1, ?, NULL, ?, ?, ?, ?, ?, ?, ?)")
@@ -255,6 +257,28 @@ class Table:
             self.con.execute(f"DELETE FROM Cache WHERE raw = 1 AND key IN ({marks})", chunk)
         self._keep_top(top)
         return files
+
+    def remove_files(self, names: list[str]) -> int:
+        """Remove the value files of deleted rows, under the write lock and only those no row names
+        again: another process may have stored the same value since (file and row together, under
+        that lock). Only files inside the store (FILE_NAME) are touched. Returns the bytes freed."""
+        names = [str(n) for n in names if FILE_NAME.match(str(n))]
+        if not names:
+            return 0
+        keys = {name: "v:" + os.path.basename(name)[:-len(".nbv")] for name in names}
+        freed = 0
+        with self.transact():
+            again = self.existing(list(keys.values()))
+            for name in names:
+                if keys[name] in again:
+                    continue
+                try:
+                    path = os.path.join(self.path, name)
+                    freed += os.path.getsize(path)
+                    os.unlink(path)
+                except OSError:
+                    pass
+        return freed
 
     def clear(self) -> None:
         """Every row but the settings (`s:`)."""

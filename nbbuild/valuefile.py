@@ -22,7 +22,6 @@ from __future__ import annotations
 import mmap
 import os
 import queue
-import re
 import secrets
 import struct
 import threading
@@ -31,12 +30,12 @@ from typing import Any, Callable, Iterable
 
 import xxhash
 
-from .hashing import MAGIC, Serialized
+from .hashing import MAGIC, Serialized, hash_bytes, split
 from .signing import MAC_BYTES, Signer
+from .table import FILE_NAME
 
-__all__ = ["write", "read", "Damaged", "sweep", "sweep_tmp", "row_key", "file_name", "FILE_NAME"]
+__all__ = ["write", "read", "open_inline", "Damaged", "sweep", "sweep_tmp", "row_key", "file_name", "FILE_NAME"]
 
-FILE_NAME = re.compile(r"^v/[0-9a-f]{2}/[0-9a-f]{32}\.nbv$")
 
 _CHUNK = 32 << 20
 _MMAP_BYTES = 1 << 20      # buffers at least this big are anonymous maps: zeroed lazily, not by memset
@@ -140,6 +139,22 @@ def write(ser: Serialized, signer: Signer, tmp_dir: str, path_for: Callable[[str
             pass
         raise
     return ser.digest
+
+
+def open_inline(key: str, sealed: Any, digest: str, signer: Signer) -> tuple[memoryview, list]:
+    """(pickle stream, writable buffers) of a value kept inline in its row (`mac | blob`), checked
+    as a value file is; raises Damaged."""
+    if type(sealed) is not bytes:
+        raise Damaged("its row is not an nbbuild value")
+    try:
+        meta, buffers, signed = split(memoryview(sealed)[MAC_BYTES:])
+    except ValueError as e:
+        raise Damaged(f"its row is damaged ({e})") from None
+    if signer.open(key, sealed, signed) is None:
+        raise Damaged("its signature does not match this user's key")
+    if hash_bytes(meta, *buffers) != digest:
+        raise Damaged("its content does not match its hash")
+    return meta, [bytearray(b) for b in buffers]   # writable: loaded arrays behave like fresh ones
 
 
 def _buffer(size: int) -> Any:

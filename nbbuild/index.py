@@ -1,0 +1,126 @@
+"""The index: what a process knows of a store's traces and file stat entries, in memory.
+
+Contract:
+- `load()` reads every signed trace row (`t:`) and file entry (`f:`) in one select per prefix;
+  `refresh()` adds the trace rows other processes wrote since (rows get ever higher rowids, and
+  the table never hands a rowid out twice: the highest seen is a watermark for what is new).
+  `refresh_if_changed()` does that only when the store changed since, looking at most every 50 ms.
+- Per task key, at most 16 traces are kept, newest first. Traces of rules with policy "memory",
+  and traces a failed write could not store, are kept in `memory` (this process only).
+- A row whose signature does not match this user's key, or that cannot be decoded, is never used:
+  it is handed to `reject` (the store reports it once and drops it).
+"""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from typing import Callable, Iterable
+
+from .signing import Signer
+from .table import Table
+from .trace import Trace
+
+__all__ = ["Index", "MAX_TRACES"]
+
+MAX_TRACES = 16
+_LOOK_SECONDS = 0.05
+_DECODE_ERRORS = (ValueError, KeyError, TypeError, UnicodeDecodeError)
+
+
+class Index:
+    def __init__(self, table: Table, signer: Signer, reject: Callable[[str], None]):
+        self.table, self.signer, self.reject = table, signer, reject
+        self.traces: dict[str, list[Trace]] | None = None
+        self.memory: dict[str, list[Trace]] = defaultdict(list)
+        self.file_entries: dict[str, tuple[int, int, str, int]] | None = None
+        self.watermark = 0
+        self.own: set[str] = set()     # trace rows this process wrote and has not scanned since
+        self._seen = 0                 # the highest rowid refresh_if_changed has looked at
+        self._looked = 0.0
+
+    def _scan(self, prefix: str, after: int = 0) -> Iterable[tuple[str, memoryview]]:
+        for key, value, rowid, filename in self.table.scan(prefix, after):
+            if rowid > self.watermark:
+                self.watermark = rowid
+            if key in self.own:
+                self.own.discard(key)
+                continue
+            data = self.signer.open(key, value) if filename is None and type(value) is bytes else None
+            if data is None:
+                self.reject(key)
+                continue
+            yield key, data
+
+    def load(self) -> None:
+        self.own.clear()
+        traces: dict[str, list[Trace]] = defaultdict(list)
+        for key, data in self._scan("t:"):
+            try:
+                tr = Trace.decode(data.tobytes())
+            except _DECODE_ERRORS:
+                self.reject(key)
+                continue
+            traces[tr.key].append(tr)
+        for lst in traces.values():
+            lst.sort(key=lambda t: t.created, reverse=True)
+            del lst[MAX_TRACES:]
+        entries = {}
+        for key, data in self._scan("f:"):
+            try:
+                size, mtime, digest, seen = data.tobytes().decode().split(" ")
+                entries[key[2:]] = (int(size), int(mtime), digest, int(seen))
+            except ValueError:
+                self.reject(key)
+        self.traces = dict(traces)
+        self.file_entries = entries
+
+    def refresh(self) -> None:
+        if self.traces is None:
+            self.load()
+            return
+        for key, data in self._scan("t:", self.watermark):
+            try:
+                self.add(Trace.decode(data.tobytes()))
+            except _DECODE_ERRORS:
+                self.reject(key)
+
+    def changed(self) -> bool:
+        """Whether any process wrote to the store since the last look (throttled: a first build
+        of many small tasks would otherwise ask for every one)."""
+        now = time.monotonic()
+        if now - self._looked < _LOOK_SECONDS:
+            return False
+        self._looked = now
+        top = self.table.last_rowid()
+        if top <= self._seen:
+            return False
+        self._seen = top
+        return True
+
+    def add(self, tr: Trace) -> None:
+        if self.traces is None:
+            self.load()
+        lst = self.traces.setdefault(tr.key, [])  # type: ignore[union-attr]
+        ident = tr.ident
+        lst[:] = [t for t in lst if t.ident != ident]
+        lst.insert(0, tr)
+        lst.sort(key=lambda t: t.created, reverse=True)
+        del lst[MAX_TRACES:]
+
+    def remember(self, trace: Trace) -> None:
+        lst = self.memory[trace.key]
+        lst[:] = [t for t in lst if t.ident != trace.ident]
+        lst.insert(0, trace)
+        del lst[MAX_TRACES:]
+
+    def forget(self, row: str) -> None:
+        """Drop the trace of row `t:<key>#<ident>` from the persisted index."""
+        key, _, ident = row[2:].rpartition("#")
+        lst = (self.traces or {}).get(key)
+        if lst:
+            lst[:] = [t for t in lst if t.ident != ident]
+
+    def clear(self) -> None:
+        self.traces = None
+        self.file_entries = None
+        self.memory.clear()
