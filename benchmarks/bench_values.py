@@ -11,11 +11,14 @@ one run and in one directory, the seconds to store and to load the value with:
   joblib     joblib.dump / joblib.load (no compression, no mmap);
   pickle5    pickle.dump(protocol=5) to a file / pickle.load from it (buffers in-band);
   diskcache  diskcache.Cache.set / get (what nbbuild's store is built on; pickles in-band).
-Every repeat runs every method, in an order rotated by one each repeat, so that none is
-systematically first after another has filled the page cache. Nothing is dropped from the page
-cache: loads read what was just written, as a notebook re-run does. `os.sync()` (untimed) runs
-before each timed operation, so that no write pays for the dirty pages of the one before. The
-table gives the best and the median of --repeat runs; files are removed once loaded.
+Every repeat runs every method, in a new (seeded) order each repeat: on a VM that hands freed
+memory back to its host (virtio-balloon free page reporting), reusing memory another method has
+just freed is slow, so a time depends on what ran before it, and no method may always follow the
+same one. Nothing is dropped from the page cache: loads read what was just written, as a notebook
+re-run does. `os.sync()` (untimed) runs before each timed operation, so that no write pays for
+the dirty pages of the one before. The table gives the best and the median of --repeat runs
+(noise only ever adds time: the best is the cost of the method, the median what a run met);
+files are removed once loaded.
 
 Hashing overhead: nbbuild's store with the hash computed while writing vs the same write with
 the hash given (nothing hashed), and its load with vs without the hash check (benchmark-only
@@ -28,9 +31,11 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import pickle
 import platform
+import random
 import resource
 import shutil
 import statistics
@@ -238,7 +243,11 @@ def bench(value: Any, root: str, repeat: int, label: str) -> dict[str, dict[str,
     times: dict[str, dict[str, list[float]]] = {m: {"store": [], "load": []} for m in ms}
     names = list(ms)
     for r in range(repeat):
-        order = names[r % len(names):] + names[:r % len(names)]
+        # a new order each repeat (seeded): what ran just before a method changes its time here
+        # (memory just freed is slow to reuse, see the docstring), so no method always follows
+        # the same one
+        order = names[:]
+        random.Random(r).shuffle(order)
         for name in order:
             print(f"... {label} repeat {r + 1}/{repeat}: {name}", file=sys.stderr, flush=True)
             store, load, drop = ms[name]
@@ -399,11 +408,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--gb", type=float, default=1.0, help="array size in GB (10^9 bytes)")
     p.add_argument("--frame-mb", type=float, default=100.0, help="DataFrame size in MB (10^6 bytes of numbers)")
-    p.add_argument("--repeat", type=int, default=5, help="runs of every method")
+    p.add_argument("--repeat", type=int, default=7, help="runs of every method")
     p.add_argument("--pairs", type=int, default=7, help="paired runs for the hashing overhead")
     p.add_argument("--quick", action="store_true", help="0.25 GB array, 25 MB frame, 3 repeats, 3 pairs")
     p.add_argument("--dir", default=WORK, help="where the files go (a fresh subdirectory, removed after)")
     p.add_argument("--markdown", action="store_true")
+    p.add_argument("--raw", action="store_true", help="also print every run's seconds (JSON)")
     p.add_argument("--rss-child", nargs=3, metavar=("METHOD", "PATH", "DIGEST"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.rss_child:
@@ -445,6 +455,8 @@ def main() -> None:
     print(table(head, rows_for(t_frame, frame_bytes, ("pickle5", "joblib")), args.markdown))
     print(f"\nHashing, store: {overhead(p_frame, 'store', 'store-known')}")
     print(f"Hash check, load: {overhead(p_frame, 'load', 'load-unchecked')}")
+    if args.raw:
+        print("\n" + json.dumps({"array": t_array, "array pairs": p_array, "frame": t_frame, "frame pairs": p_frame}))
 
 
 if __name__ == "__main__":

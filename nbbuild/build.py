@@ -286,8 +286,13 @@ class Build:
                 self._clean.clear()
                 self._generation = self.store.generation
             sched = Scheduler(self)
-            # asked from worker threads while states are added: dict.copy() is one atomic step
-            self.store.held = lambda: {st.hash for st in sched.states.copy().values() if st.hash}
+            # what the build may still have to load: values it knows only by their hash. One it
+            # holds in memory (made or loaded) needs no stored copy while it runs; whether that
+            # copy stays for later builds is the eviction policy's call, not a pin (pinning
+            # everything a build touched evicts all else, however dear, when the build is big).
+            # Asked from worker threads while states are added: dict.copy() is one atomic step.
+            self.store.held = lambda: {st.hash for st in sched.states.copy().values()
+                                       if st.hash and not st.has_value}
             # what this process verified before and whose inputs did not change is known up to date
             self._clean.invalidate(self.rules, sched.version, self._files.hash)
             sched.known.update(self._clean.hashes)
@@ -317,9 +322,8 @@ class Build:
             self.report = _report(sched, untouched, time.perf_counter() - start)
             self.store.touch(st.hash for st in sched.states.values() if st.has_value and st.hash)
             try:
-                # what this build produced stays if it can; if the store is still over its bounds
-                # once the build is over, only the targets' values are sure to stay
-                _bounds.evict(self.store, self.store.held)
+                # once the build is over only the targets' values are sure to stay; the policy
+                # orders everything else, what this build made or used included
                 _bounds.evict(self.store, lambda: {st.hash for st in states if st.hash})
                 _bounds.maybe_prune(self.store)
             except Exception:  # eviction is housekeeping: it must not fail a build that succeeded

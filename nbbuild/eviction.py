@@ -12,9 +12,10 @@ Contract:
 - `evict(store, held)` runs after each build: when the store is over its quota, or the disk's free
   space under the floor, it removes values until the store is at 90% of its quota (batched) and
   the floor is met again. `make_room(store, need)` does the same during a build before a value
-  of `need` bytes is written. Values whose hash is in `held()` (what the running build holds or
-  has just produced) are never removed. Traces are kept: an evicted value is a miss that re-runs
-  its task, and early cutoff then spares its dependents.
+  of `need` bytes is written. Values whose hash is in `held()` are never removed: during a build,
+  those it may still have to load (it knows them only by hash); after it, its targets' values.
+  What a build holds in memory is ordered by the policy like the rest. Traces are kept: an
+  evicted value is a miss that re-runs its task, and early cutoff then spares its dependents.
 - Policies order the candidates: "lru" (least recently used first) and "gdsf" (GreedyDual-Size-
   Frequency: priority = clock + uses * recompute seconds / bytes, lowest first; the clock rises to
   each evicted value's priority, so values not used for long age out). Recompute seconds come

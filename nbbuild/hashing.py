@@ -98,6 +98,8 @@ def _dump(value: Any, buffers: list | None = None) -> bytes:
 
 # pickle opcodes that build sets: EMPTY_SET, FROZENSET (protocol 4+)
 _SET_OPCODES = (b"\x8f", b"\x91")
+# what _canonical can rewrite: any other value pickles to the same stream after it
+_CONTAINERS = (list, tuple, dict, set, frozenset)
 
 
 class Serialized:
@@ -148,7 +150,9 @@ def pickle_value(value: Any) -> Serialized:
             meta = pickle.dumps(value, 5)
         else:
             meta = _dump(value, buffers)
-            if any(op in meta for op in _SET_OPCODES):
+            # those bytes also occur as data (in a frame's strings, in an int): pickle again only
+            # a container that _canonical can change, not every value whose stream holds them
+            if type(value) in _CONTAINERS and any(op in meta for op in _SET_OPCODES):
                 buffers = []
                 meta = _dump(_canonical(value), buffers)
         raws = [b.raw() for b in buffers]

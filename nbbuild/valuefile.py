@@ -19,11 +19,13 @@ Contract:
 """
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
 import queue
 import secrets
 import struct
+import sys
 import threading
 import time
 from typing import Any, Callable, Iterable
@@ -39,7 +41,11 @@ __all__ = ["write", "read", "open_inline", "Damaged", "sweep", "sweep_tmp", "row
 
 _CHUNK = 32 << 20
 _READ_CHUNK = 8 << 20      # small enough that little hashing is left once the last read is done
-_MMAP_BYTES = 1 << 20      # buffers at least this big are anonymous maps, not memset bytearrays
+# Buffers at least this big are anonymous maps; smaller ones are bytearrays from malloc, whose
+# heap pages are reused from one load to the next, where a fresh map faults in every page each
+# time (a 30 MB frame loads 2x faster so). 32 MiB is glibc's largest mmap threshold: malloc
+# itself maps anything bigger afresh.
+_MMAP_BYTES = 32 << 20
 
 
 class Damaged(Exception):
@@ -97,6 +103,8 @@ def write(ser: Serialized, signer: Signer, tmp_dir: str, path_for: Callable[[str
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with open(fd, "wb", buffering=0, closefd=True) as f:
+            _preallocate(fd, MAC_BYTES + ser.nbytes)
+
             def put(chunk: memoryview) -> None:
                 while len(chunk):
                     chunk = chunk[f.write(chunk):]
@@ -148,6 +156,34 @@ def open_inline(key: str, sealed: Any, digest: str, signer: Signer) -> tuple[mem
 # populated at once: the kernel maps the zero pages in bulk, not one fault per 4 KB page as the
 # read fills them (measured here: a large read 40% faster)
 _MAP_FLAGS = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_POPULATE", 0)
+
+
+def _fallocate() -> Callable[[int, int], None] | None:
+    """fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, size) from the C library on Linux, else None. Not
+    os.posix_fallocate: where a filesystem cannot preallocate, glibc emulates it by writing to
+    every block, which would make the write slower instead of faster."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        call = ctypes.CDLL(None, use_errno=True).fallocate
+    except (OSError, AttributeError):
+        return None
+    call.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+
+    def reserve(fd: int, size: int) -> None:
+        call(fd, 1, 0, size)    # 1: FALLOC_FL_KEEP_SIZE; a failure (not supported, no space) is ignored
+    return reserve
+
+
+_FALLOCATE = _fallocate()
+
+
+def _preallocate(fd: int, size: int) -> None:
+    """Reserve a large value file's blocks before writing it, as numpy's tofile does: the
+    filesystem allocates its extents once, not write by write (on ext4 here a quarter of a 1 GB
+    write's time). A killed writer's temporary file is swept as before."""
+    if _FALLOCATE is not None and size >= _MMAP_BYTES:
+        _FALLOCATE(fd, size)
 
 
 def _buffer(size: int) -> Any:
