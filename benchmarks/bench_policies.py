@@ -32,7 +32,6 @@ import os
 import platform
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,6 +46,7 @@ import scipy.sparse as sp
 from scipy.optimize import Bounds, LinearConstraint, milp
 
 import nbbuild
+from common import revision
 from nbbuild.store import Store
 from nbbuild.trace import FILE_PREFIX
 
@@ -503,19 +503,6 @@ def machine() -> str:
     return (f"{platform.machine()}, nproc {os.cpu_count()}, Python {platform.python_version()}, "
             f"{platform.system()} {platform.release()}, scipy {scipy.__version__}, nbbuild {nbbuild.__version__} "
             f"({revision()})")
-
-
-def revision() -> str:
-    """The commit of nbbuild measured, and whether its working tree differs from it."""
-    where = os.path.dirname(os.path.abspath(nbbuild.__file__))
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=where, capture_output=True,
-                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=where, capture_output=True,
-                               text=True, check=True).stdout.strip()
-        return f"{where}: {head}{' + local changes' if dirty else ''}"
-    except (OSError, subprocess.CalledProcessError):
-        return f"{where}: not a git checkout"
 
 
 def table(header: list[str], rows: list[list[str]], markdown: bool) -> str:

@@ -55,6 +55,7 @@ import xxhash
 from numpy._core import multiarray as _np_multiarray
 
 import nbbuild
+from common import revision
 from nbbuild import hashing, valuefile
 from nbbuild.store import Store
 
@@ -389,19 +390,6 @@ def machine() -> str:
             f"Python {platform.python_version()}, {platform.system()} {platform.release()}, numpy {np.__version__}, "
             f"pandas {pd.__version__}, joblib {joblib.__version__}, diskcache {diskcache.__version__}, "
             f"nbbuild {nbbuild.__version__} ({revision()})")
-
-
-def revision() -> str:
-    """The commit of nbbuild measured, and whether its working tree differs from it."""
-    where = os.path.dirname(os.path.abspath(nbbuild.__file__))
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=where, capture_output=True,
-                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=where, capture_output=True,
-                               text=True, check=True).stdout.strip()
-        return f"{where}: {head}{' + local changes' if dirty else ''}"
-    except (OSError, subprocess.CalledProcessError):
-        return f"{where}: not a git checkout"
 
 
 def main() -> None:
