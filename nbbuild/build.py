@@ -10,6 +10,11 @@ Contract:
   raised (BuildError, or CycleError) with every failure in `.errors`. Inside a running rule body
   it is a tracked fetch.
 - `b.observers`: callables `(targets, report)` called after each top-level build that succeeded.
+- `b.watch(view)`: a view's `started(build)` and `finished(build)` are called around every
+  top-level build, on the build's thread; meanwhile `b.progress()` (from any thread) is a
+  `progress.Progress` snapshot of the running build, and after it the settled last one. A view
+  that raises is logged and dropped for that build, never failing it.
+- `b.metrics()`: `metrics.Metrics` of the last build and of this Build's session, with store stats.
 - `b.report` describes the last build; `b.why(task)` explains, without running anything, why a
   task is stale or that it is up to date.
 - `b.attachment(task)`: what the run behind the task's current value attached (`trace.attach`),
@@ -27,16 +32,18 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Callable, Iterator
 
 from . import eviction as _bounds
 from . import explain, files, hashing
 from .clean import CleanSet
+from .metrics import Metrics, Session
+from .progress import Progress, Tracker
 from .errors import BuildError, RuleError
 from .eviction import parse_size
 from .executors import HelperPool
 from .rule import Rule, Task, resolve_target
+from .report import BuildReport, TaskReport, make_report
 from .scheduler import DONE, Scheduler
 from .store import Store
 from .trace import current
@@ -49,44 +56,6 @@ _MEMORY_VALUES = 100_000
 _IMMUTABLE = (int, float, str, bytes, bool, type(None), complex, frozenset)
 _ABSENT = object()
 _PATIENCE = 5.0
-
-
-class TaskReport(NamedTuple):
-    task: str
-    outcome: str          # executed | verified | constructed | failed | skipped
-    seconds: float        # run time, or for reused tasks the run time they saved
-    unstored: str = ""
-
-
-@dataclass(frozen=True)
-class BuildReport:
-    """One build, described with task reprs: `executed` ran, `reused` were up to date (of them,
-    `constructed` came from an older trace: an edit was reverted), `failed` raised, `skipped` were
-    not built because a dependency failed, `unstored` ran but their values could not be stored.
-    `saved_seconds` adds up the recorded run times of the reused tasks."""
-
-    executed: list[str]
-    reused: list[str]
-    failed: list[str]
-    skipped: list[str]
-    unstored: list[str]
-    constructed: list[str]
-    seconds: float
-    saved_seconds: float
-    rows: tuple = field(default=((), (), (), {}), repr=False, compare=False)
-
-    @functools.cached_property
-    def tasks(self) -> tuple[TaskReport, ...]:
-        """Every task the build checked, in the order they finished."""
-        texts, outcomes, durations, notes = self.rows
-        return tuple(TaskReport(t, o, s, notes.get(t, "")) for t, o, s in zip(texts, outcomes, durations))
-
-    def __str__(self) -> str:
-        s = (f"ran {len(self.executed)}, reused {len(self.reused)}, failed {len(self.failed)}"
-             f" in {self.seconds:.2f} s (saved {self.saved_seconds:.2f} s)")
-        if self.unstored:
-            s += f"; not stored: {', '.join(self.unstored)}"
-        return s
 
 
 class Build:
@@ -125,6 +94,10 @@ class Build:
         self._clean = CleanSet()
         self._generation = self.store.generation
         self._pool = HelperPool()
+        self.watchers: list[Any] = []
+        self._tracker: Tracker | None = None
+        self._expected: dict[tuple[str, ...], int] = {}    # target keys -> tasks their last build checked
+        self._session = Session()
         self._lock = threading.RLock()          # one build at a time
         self._values_lock = threading.Lock()    # taken from any worker thread during a build
         files.install_hook()
@@ -286,60 +259,113 @@ class Build:
                 self._clean.clear()
                 self._generation = self.store.generation
             sched = Scheduler(self)
-            # what the build may still have to load: values it knows only by their hash. One it
-            # holds in memory (made or loaded) needs no stored copy while it runs; whether that
-            # copy stays for later builds is the eviction policy's call, not a pin (pinning
-            # everything a build touched evicts all else, however dear, when the build is big).
-            # Asked from worker threads while states are added: dict.copy() is one atomic step.
-            self.store.held = lambda: {st.hash for st in sched.states.copy().values()
-                                       if st.hash and not st.has_value}
-            # what this process verified before and whose inputs did not change is known up to date
-            self._clean.invalidate(self.rules, sched.version, self._files.hash)
-            sched.known.update(self._clean.hashes)
-            if force:
-                sched.forced = {t.key for t in tasks}
-                for key in sched.forced:
-                    sched.known.pop(key, None)
-            preseeded = bool(sched.known)
+            targets = tuple(t.key for t in tasks)
+            tracker = self._tracker = Tracker(sched, tasks, self._expected.get(targets, 0))
+            tally = dict(self.store.tally)
+            watching = self._notify("started", list(self.watchers))
+            before = self.report
             try:
-                states = sched.run(tasks, collect)
+                values = self._run(tasks, sched, force, collect, start)
+            except BaseException as e:
+                tracker.finish(self.report if self.report is not before else None, e)
+                raise
+            else:
+                tracker.finish(self.report)
             finally:
-                self.store.save_file_entries(self._files.take_changed())
-                self.store.flush()
-                lost = self.store.take_lost()     # inline values whose batch the store refused
-                for st in sched.states.values() if lost else ():
-                    if st.outcome == "executed" and st.hash in lost and not st.unstored:
-                        st.unstored = self.store.write_error or "the store could not be written"
-            self._clean.record(sched.states.values(), sched.versions, DONE)
-            for st in sched.states.values():
-                if st.status == DONE:
-                    self._failures.pop(st.task.key, None)
-                elif st.outcome in ("failed", "skipped"):
-                    err = sched.error_for(st)
-                    own = st.error
-                    self._failures[st.task.key] = f"{type(own).__name__}: {own}" if own is not None else str(err)
-            untouched = self._clean.closure([t.key for t in tasks], sched.states) if preseeded else []
-            self.report = _report(sched, untouched, time.perf_counter() - start)
-            self.store.touch(st.hash for st in sched.states.values() if st.has_value and st.hash)
-            try:
-                # once the build is over only the targets' values are sure to stay; the policy
-                # orders everything else, what this build made or used included
-                _bounds.evict(self.store, lambda: {st.hash for st in states if st.hash})
-                _bounds.maybe_prune(self.store)
-            except Exception:  # eviction is housekeeping: it must not fail a build that succeeded
-                log.warning("nbbuild: eviction failed", exc_info=True)
-            finally:
-                self.store.held = frozenset
-            errors = [sched.error_for(st) for st in states if st.status != DONE or not st.has_value]
-            if errors:
-                first = errors[0]
-                if isinstance(first, BuildError):
-                    first.errors = errors
-                raise first
-            values = [st.value for st in states]
+                report = self.report if self.report is not before else None
+                if report is not None:
+                    self._expected[targets] = len(report.rows[0])
+                    self._session.add(report, {k: v - tally.get(k, 0) for k, v in self.store.tally.items()},
+                                      [(st.task.rule.name, st.seconds) for st in sched.order
+                                       if st.outcome == "executed"])
+                self._notify("finished", watching)
         for observe in list(self.observers):
             observe(tasks, self.report)
         return values
+
+    def _run(self, tasks: list[Task], sched: Scheduler, force: bool, collect: bool, start: float) -> list[Any]:
+        """The build proper, its report and eviction after it; the values of the targets."""
+        # what the build may still have to load: values it knows only by their hash. One it
+        # holds in memory (made or loaded) needs no stored copy while it runs; whether that
+        # copy stays for later builds is the eviction policy's call, not a pin (pinning
+        # everything a build touched evicts all else, however dear, when the build is big).
+        # Asked from worker threads while states are added: dict.copy() is one atomic step.
+        self.store.held = lambda: {st.hash for st in sched.states.copy().values()
+                                   if st.hash and not st.has_value}
+        # what this process verified before and whose inputs did not change is known up to date
+        self._clean.invalidate(self.rules, sched.version, self._files.hash)
+        sched.known.update(self._clean.hashes)
+        if force:
+            sched.forced = {t.key for t in tasks}
+            for key in sched.forced:
+                sched.known.pop(key, None)
+        preseeded = bool(sched.known)
+        try:
+            states = sched.run(tasks, collect)
+        finally:
+            self.store.save_file_entries(self._files.take_changed())
+            self.store.flush()
+            lost = self.store.take_lost()     # inline values whose batch the store refused
+            for st in sched.states.values() if lost else ():
+                if st.outcome == "executed" and st.hash in lost and not st.unstored:
+                    st.unstored = self.store.write_error or "the store could not be written"
+        self._clean.record(sched.states.values(), sched.versions, DONE)
+        for st in sched.states.values():
+            if st.status == DONE:
+                self._failures.pop(st.task.key, None)
+            elif st.outcome in ("failed", "skipped"):
+                err = sched.error_for(st)
+                own = st.error
+                self._failures[st.task.key] = f"{type(own).__name__}: {own}" if own is not None else str(err)
+        untouched = self._clean.closure([t.key for t in tasks], sched.states) if preseeded else []
+        self.report = make_report(sched, untouched, time.perf_counter() - start)
+        self.store.touch(st.hash for st in sched.states.values() if st.has_value and st.hash)
+        try:
+            # once the build is over only the targets' values are sure to stay; the policy
+            # orders everything else, what this build made or used included
+            _bounds.evict(self.store, lambda: {st.hash for st in states if st.hash})
+            _bounds.maybe_prune(self.store)
+        except Exception:  # eviction is housekeeping: it must not fail a build that succeeded
+            log.warning("nbbuild: eviction failed", exc_info=True)
+        finally:
+            self.store.held = frozenset
+        errors = [sched.error_for(st) for st in states if st.status != DONE or not st.has_value]
+        if errors:
+            first = errors[0]
+            if isinstance(first, BuildError):
+                first.errors = errors
+            raise first
+        return [st.value for st in states]
+
+    def _notify(self, event: str, views: list[Any]) -> list[Any]:
+        """Call each view's `event`; those that raise are logged and left out of the rest."""
+        ok = []
+        for view in views:
+            try:
+                getattr(view, event)(self)
+                ok.append(view)
+            except Exception:  # a view is the user's or the notebook's: it must not fail the build
+                log.warning("nbbuild: a build view failed in %s", event, exc_info=True)
+        return ok
+
+    def watch(self, view: Any) -> Any:
+        """Show builds in `view` (see the module's contract); returns it. `unwatch` stops that."""
+        if view not in self.watchers:
+            self.watchers.append(view)
+        return view
+
+    def unwatch(self, view: Any) -> None:
+        if view in self.watchers:
+            self.watchers.remove(view)
+
+    def progress(self) -> Progress | None:
+        """A snapshot of the running build, or the settled one of the last build (None before any)."""
+        tracker = self._tracker
+        return tracker.snapshot() if tracker is not None else None
+
+    def metrics(self) -> Metrics:
+        """Figures of the last build and of the session, and the store's stats."""
+        return self._session.metrics(self.store.stats())
 
     # ------------------------------------------------------------ explaining (explain.py)
 
@@ -373,6 +399,7 @@ class Build:
         with self._turn():
             removed = _bounds.evict(self.store)
             _bounds.prune(self.store)
+            self._session.evicted(removed)
             return removed
 
     def set_quota(self, quota: int | str | None, save: bool = True) -> None:
@@ -424,35 +451,3 @@ def _engine_work() -> Iterator[bool]:
     finally:
         if collect:
             gc.enable()
-
-
-def _report(sched: Scheduler, untouched: list[tuple[str, float, str]], seconds: float) -> BuildReport:
-    """`untouched`: tasks known up to date from earlier builds of this process, never visited."""
-    lists: dict[str, list[str]] = {k: [] for k in ("executed", "verified", "constructed", "failed", "skipped")}
-    # per-task data kept as strings and floats (untracked by the garbage collector); TaskReport
-    # records are made only when `tasks` is read
-    texts, outcomes, durations, notes = [], [], [], {}
-    unstored, saved, hits, misses = [], 0.0, 0, 0
-    rows = [(t, s, p, "verified", "") for t, s, p in untouched]
-    rows += [(st.task._repr, st.seconds, st.task.rule.policy, st.outcome or "failed", st.unstored)
-             for st in sched.order if st.outcome != "obsolete"]
-    for text, secs, policy, outcome, note in rows:
-        lists[outcome].append(text)
-        texts.append(text)
-        outcomes.append(outcome)
-        durations.append(secs)
-        if outcome == "verified" or outcome == "constructed":
-            saved += secs
-            hits += policy == "persist"
-        elif note:
-            unstored.append(text)
-            notes[text] = note
-        elif outcome == "executed":
-            misses += policy == "persist"
-    # hits and misses count reuse of stored values (policy "persist"); the store keeps the totals
-    sched.store.count("hits", hits)
-    sched.store.count("misses", misses)
-    return BuildReport(
-        executed=lists["executed"], reused=lists["verified"] + lists["constructed"], failed=lists["failed"],
-        skipped=lists["skipped"], unstored=unstored, constructed=lists["constructed"], seconds=seconds,
-        saved_seconds=saved, rows=(texts, outcomes, durations, notes))

@@ -92,6 +92,7 @@ class Scheduler:
         self.checked: set[str] = set()
         self.forced: set[str] = set()            # keys that run even if up to date (build(force=True))
         self.cancelled: BaseException | None = None
+        self.running: dict[str, tuple[TaskState, float]] = {}   # bodies running now, read by views
         self.gc = False
         self._root_states: list[TaskState] = []
 
@@ -331,6 +332,7 @@ class Scheduler:
         token = current.set(rec)
         start = time.perf_counter()
         error: BaseException | None = None
+        self.running[task.key] = (st, start)
         if self.gc:
             gc.enable()
         try:
@@ -340,6 +342,7 @@ class Scheduler:
         finally:
             gc.disable()
             current.reset(token)
+            self.running.pop(task.key, None)
         st.seconds = time.perf_counter() - start - rec.waited
         if isinstance(error, (KeyboardInterrupt, SystemExit, Cancelled, GreenletExitType)):
             raise error

@@ -63,7 +63,8 @@ class Store:
         self.index = Index(self.table, self.signer, self._reject)
         self._pending: dict[str, bytes] = {}
         self._pending_bytes = 0
-        self._counters: dict[str, int] = defaultdict(int)
+        self._counters: dict[str, int] = defaultdict(int)   # not yet written to the store
+        self.tally: dict[str, int] = defaultdict(int)       # this process's counts, for per-build figures
         self._touched: dict[str, list[float]] = {}      # value hash -> [last use, uses since flush]
         self._counted = time.monotonic()
         self._rejected: list[str] = []      # rows whose signature did not match, to drop
@@ -182,7 +183,7 @@ class Store:
         except WRITE_ERRORS as e:
             return self._write_failed(e)
         self.write_error = None
-        self._counters["bytes_written"] += ser.nbytes
+        self.count("bytes_written", ser.nbytes)
         return None
 
     def load(self, digest: str) -> tuple[bool, Any, str]:
@@ -210,7 +211,7 @@ class Store:
             if not self._drop_damaged(key, str(e), filename):
                 return False, None, ""     # evicted (or stored again) by another process meanwhile
             return False, None, str(e)
-        self._counters["bytes_read"] += nbytes
+        self.count("bytes_read", nbytes)
         self.touch([digest])
         try:
             return True, hashing.unpickle(meta, buffers), ""
@@ -233,10 +234,10 @@ class Store:
             except WRITE_ERRORS as e:
                 self._write_failed(e)
                 return True
-            self._counters["damaged"] += 1    # the caller warns, naming the task
+            self.count("damaged", 1)    # the caller warns, naming the task
             self._remove_files(names)
             return True
-        self._counters["damaged"] += 1    # the caller warns, naming the task; the row goes
+        self.count("damaged", 1)    # the caller warns, naming the task; the row goes
         self.delete_rows([key])
         return True
 
@@ -317,6 +318,7 @@ class Store:
 
     def count(self, name: str, n: int = 1) -> None:
         self._counters[name] += n
+        self.tally[name] += n
 
     def counter(self, name: str) -> int:
         value = self.table.number("m:" + name, 0)
@@ -382,7 +384,7 @@ class Store:
                         "and nothing stored before is lost. Free disk space (or lower the quota) and build again.",
                         self.path, reason)
         self.write_error = f"the store could not be written ({reason})"
-        self._counters["write_failures"] += 1
+        self.count("write_failures", 1)
         return self.write_error
 
     def delete_rows(self, keys: list[str]) -> int:

@@ -1,0 +1,158 @@
+"""A build as its views see it while it runs: snapshots of progress, taken from any thread.
+
+Contract:
+- `Tracker(scheduler, targets, expected)` follows one build. `snapshot()` may be called from any
+  thread at any time (views call it from a ticker thread a few times a second); it reads only what
+  finished since the previous call, so its cost does not grow with the build, and it never touches
+  the store or a value.
+- A `Progress` is a frozen record: how many tasks are `known` (the most of: tasks the build has
+  met so far, tasks the last build of the same targets checked, tasks their stored traces reach),
+  how many were `checked` (finished: ran, reused, failed or skipped), the tasks `running` now with
+  their elapsed time (longest first), and `rows` of finished tasks: every one, in finishing order,
+  while there are at most `ROW_LIMIT`; beyond that only the `SLOWEST` slowest (`complete` is then
+  False), so a 10,000-task build is shown in a few dozen rows.
+- `finish(report)` settles the tracker: the last snapshot has `done` set and the report's line as
+  `summary`; a build that raised settles with `error` set instead.
+"""
+from __future__ import annotations
+
+import heapq
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+__all__ = ["Progress", "TaskRow", "Tracker", "ROW_LIMIT", "SLOWEST"]
+
+ROW_LIMIT = 200
+SLOWEST = 12
+_REUSED = ("verified", "constructed")
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    key: str
+    task: str
+    outcome: str        # running | executed | verified | constructed | failed | skipped
+    seconds: float      # run time; for reused tasks the recorded run time they saved; running: so far
+
+
+@dataclass(frozen=True)
+class Progress:
+    targets: tuple[str, ...]
+    known: int
+    checked: int
+    ran: int
+    reused: int
+    failed: int
+    skipped: int
+    elapsed: float
+    running: tuple[TaskRow, ...]
+    rows: tuple[TaskRow, ...]
+    complete: bool          # rows lists every finished task (else only the slowest)
+    done: bool = False
+    summary: str = ""       # the report's one line, once done
+    error: str = ""         # why the build stopped, when it raised
+
+    @property
+    def fraction(self) -> float:
+        return 1.0 if self.done else self.checked / self.known if self.known else 0.0
+
+
+class Tracker:
+    def __init__(self, scheduler: Any, targets: Sequence[Any], expected: int = 0):
+        self.sched = scheduler
+        self.targets = tuple(repr(t) for t in targets)
+        self.target_keys = tuple(t.key for t in targets)
+        self.start = time.perf_counter()
+        self.expected = expected
+        self._lock = threading.Lock()
+        self._seen = 0
+        self._n = 0
+        self._counts = {"executed": 0, "verified": 0, "constructed": 0, "failed": 0, "skipped": 0}
+        self._rows: list[TaskRow] | None = []
+        self._slowest: list[tuple[float, int, TaskRow]] = []     # a min-heap of the slowest rows
+        self._reach: int | None = None
+        self._final: Progress | None = None
+
+    def _reached(self) -> int:
+        """How many tasks the targets' newest stored traces reach (computed once, off the build's
+        threads: the views ask)."""
+        if self._reach is None:
+            traces, seen, todo = self.sched.traces, set(), list(self.target_keys)
+            while todo:
+                key = todo.pop()
+                if key in seen:
+                    continue
+                seen.add(key)
+                found = traces.get(key)
+                if found:
+                    todo.extend(k for k in found[0].split()[0] if k not in seen)
+            self._reach = len(seen)
+        return self._reach
+
+    def _take_finished(self) -> None:
+        order = self.sched.order
+        end = len(order)       # the scheduler only appends: what is below `end` is settled
+        for i in range(self._seen, end):
+            st = order[i]
+            outcome = st.outcome or "failed"
+            if outcome == "obsolete":
+                continue
+            self._counts[outcome] += 1
+            row = TaskRow(st.task.key, st.task._repr, outcome, st.seconds)
+            if self._rows is not None:
+                self._rows.append(row)
+                if len(self._rows) > ROW_LIMIT:
+                    for r in self._rows:
+                        self._keep_slow(r)
+                    self._rows = None
+            else:
+                self._keep_slow(row)
+        self._seen = end
+
+    def _keep_slow(self, row: TaskRow) -> None:
+        self._n += 1
+        item = (row.seconds, self._n, row)
+        if len(self._slowest) < SLOWEST:
+            heapq.heappush(self._slowest, item)
+        elif row.seconds > self._slowest[0][0]:
+            heapq.heapreplace(self._slowest, item)
+
+    def snapshot(self) -> Progress:
+        with self._lock:
+            if self._final is not None:
+                return self._final
+            return self._snapshot()
+
+    def _snapshot(self, done: bool = False, summary: str = "", error: str = "", total: int = 0) -> Progress:
+        self._take_finished()
+        now = time.perf_counter()
+        running = sorted((TaskRow(st.task.key, st.task._repr, "running", now - started)
+                          for st, started in self.sched.running.copy().values()),
+                         key=lambda r: -r.seconds)
+        c = self._counts
+        checked = sum(c.values())
+        if self._rows is not None:
+            rows, complete = tuple(self._rows), True
+        else:
+            rows, complete = tuple(r for _, _, r in sorted(self._slowest, key=lambda x: -x[0])), False
+        known = max(checked + len(running), len(self.sched.states), self.expected, total)
+        if not done and known <= checked + len(running):
+            known = max(known, self._reached())
+        return Progress(self.targets, known if not done else max(total, checked), max(checked, total),
+                        c["executed"], c["verified"] + c["constructed"] + max(0, total - checked),
+                        c["failed"], c["skipped"], now - self.start, tuple(running) if not done else (),
+                        rows, complete, done, summary, error)
+
+    def finish(self, report: Any = None, error: BaseException | None = None) -> Progress:
+        """Settle: later snapshots are this one. `report` (the build's) counts the tasks known up to
+        date without being visited as reused."""
+        with self._lock:
+            if self._final is None:
+                total = len(report.rows[0]) if report is not None else 0
+                why = "" if error is None else (f"{type(error).__name__}: {error}" if str(error)
+                                                else type(error).__name__)
+                self._final = self._snapshot(True, str(report) if report is not None and error is None else "",
+                                             why, total)
+            return self._final
