@@ -3,8 +3,9 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+CHROMIUM := /usr/bin/chromium
 
-.PHONY: test demo bench venv clean
+.PHONY: test demo bench venv clean browser
 
 venv: $(STAMP)
 
@@ -14,7 +15,22 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-test: $(STAMP)
+# Debian's Chromium for tests/test_browser.py (never a browser download). Optional: without it
+# (not root, no apt, no mirror) one line is printed and the browser test skips, or fails under CI.
+browser:
+	@if [ -x $(CHROMIUM) ]; then :; \
+	elif [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "browser: $(CHROMIUM) is missing and apt-get cannot install it here (not root or no apt); tests/test_browser.py will not run"; \
+	else \
+	  echo "browser: installing Debian's chromium with apt-get"; \
+	  if DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null \
+	     && apt-cache policy chromium | grep -q 'Candidate: [0-9]' \
+	     && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+	     && [ -x $(CHROMIUM) ]; then :; \
+	  else echo "browser: could not install chromium with apt-get; tests/test_browser.py will not run"; fi; \
+	fi
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q tests notebooks --nbval-lax
 
 demo: $(STAMP)

@@ -14,6 +14,8 @@ Contract:
   top-level build, on the build's thread; meanwhile `b.progress()` (from any thread) is a
   `progress.Progress` snapshot of the running build, and after it the settled last one. A view
   that raises is logged and dropped for that build, never failing it.
+- `progress=`: True shows builds as a text line on stderr (console.TextProgress), False does
+  not; None (the default) does when stderr is a terminal and no Jupyter kernel runs here.
 - `b.metrics()`: `metrics.Metrics` of the last build and of this Build's session, with store stats.
 - `b.report` describes the last build; `b.why(task)` explains, without running anything, why a
   task is stale or that it is up to date.
@@ -29,6 +31,7 @@ import functools
 import gc
 import logging
 import os
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -60,7 +63,8 @@ _PATIENCE = 5.0
 
 class Build:
     def __init__(self, path: str | os.PathLike = ".nbbuild", quota: int | str | None = None,
-                 workers: int | None = None, *, min_free: int | str | None = None, eviction: str | None = None):
+                 workers: int | None = None, *, min_free: int | str | None = None, eviction: str | None = None,
+                 progress: bool | None = None):
         for name, size in (("quota", quota), ("min_free", min_free)):
             try:
                 parse_size(size)
@@ -98,6 +102,11 @@ class Build:
         self._tracker: Tracker | None = None
         self._expected: dict[tuple[str, ...], int] = {}    # target keys -> tasks their last build checked
         self._session = Session()
+        if progress is None:
+            progress = _on_terminal() and "ipykernel" not in sys.modules
+        if progress:
+            from .console import TextProgress     # a view: only imported when it is wanted
+            self.watch(TextProgress())
         self._lock = threading.RLock()          # one build at a time
         self._values_lock = threading.Lock()    # taken from any worker thread during a build
         files.install_hook()
@@ -437,6 +446,13 @@ class Build:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _on_terminal() -> bool:
+    try:
+        return sys.stderr is not None and sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 @contextlib.contextmanager

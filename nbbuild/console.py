@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 from typing import IO, Any
 
 from .progress import Progress

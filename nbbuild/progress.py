@@ -151,8 +151,8 @@ class Tracker:
         with self._lock:
             if self._final is None:
                 total = len(report.rows[0]) if report is not None else 0
-                why = "" if error is None else (f"{type(error).__name__}: {error}" if str(error)
-                                                else type(error).__name__)
+                why = ("" if error is None else "interrupted" if isinstance(error, KeyboardInterrupt)
+                       else f"{type(error).__name__}: {error}" if str(error) else type(error).__name__)
                 self._final = self._snapshot(True, str(report) if report is not None and error is None else "",
                                              why, total)
             return self._final

@@ -23,7 +23,7 @@ import nbformat
 import pytest
 from jupyter_client import KernelManager
 from nbclient import NotebookClient
-from outputs import merged
+from outputs import is_build_view, merged, printed
 
 TIMEOUT = 60
 KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -109,6 +109,8 @@ def shown(outputs: list) -> list[tuple]:
     out = merged(outputs)
     cleaned = []
     for e in out:
+        if e[0] == "build view":
+            continue
         if e[0] == "stream":
             text = "".join(line for line in e[2].splitlines(True) if not SUMMARY.match(line))
             if not text:
@@ -188,6 +190,11 @@ def execute(kc, code: str, while_running=None) -> tuple[dict, list[dict]]:
             break
         if kind in ("stream", "display_data", "execute_result", "error"):
             outputs.append({"msg_type": kind, **content})
+        elif kind == "update_display_data":     # as a front end does: the display is replaced
+            shown_id = content.get("transient", {}).get("display_id")
+            for i, o in enumerate(outputs):
+                if o.get("transient", {}).get("display_id") == shown_id:
+                    outputs[i] = {**o, "data": content["data"], "metadata": content["metadata"]}
     while True:
         reply = kc.get_shell_msg(timeout=TIMEOUT)
         if reply["parent_header"].get("msg_id") == msg_id:
@@ -195,7 +202,8 @@ def execute(kc, code: str, while_running=None) -> tuple[dict, list[dict]]:
 
 
 def stdout(outputs: list[dict]) -> str:
-    return "".join(o["text"] for o in outputs if o["msg_type"] == "stream" and o["name"] == "stdout")
+    """What the cell printed, build views' lines included (outputs.printed)."""
+    return printed(outputs)
 
 
 def plain(traceback: list[str]) -> str:
@@ -272,7 +280,9 @@ def test_interrupting_a_build_stops_it_and_says_so_in_one_line(kernel, tmp_path)
     reply, outputs = interrupted_build(km, kc, tmp_path)
     assert time.monotonic() - start < 15          # stopped, not left to sleep its 30 s
     assert reply["status"] == "error"
-    assert [o["msg_type"] for o in outputs] == ["error", "stream"]
+    assert [o["msg_type"] for o in outputs] == ["display_data", "error", "stream"]
+    assert is_build_view(outputs[0]) and outputs[0]["data"]["text/plain"] == "build stopped: interrupted"
+    outputs = outputs[1:]
     assert outputs[0]["ename"] == "KeyboardInterrupt"
     assert "in slow()" in plain(outputs[0]["traceback"])    # the rule's own line is shown
     assert outputs[1]["name"] == "stderr" and outputs[1]["text"].startswith(

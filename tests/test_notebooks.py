@@ -22,7 +22,7 @@ from pathlib import Path
 import nbformat
 import pytest
 from nbclient import NotebookClient
-from outputs import merged
+from outputs import merged, printed
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "quickstart.ipynb"
 TIMEOUT = 120
@@ -63,7 +63,8 @@ def cell(nb, first_line: str, nth: int = 0):
 
 
 def stdout(c) -> str:
-    return "".join(o.text for o in c.outputs if o.output_type == "stream" and o.name == "stdout")
+    """What the cell printed, build views' lines included (outputs.printed)."""
+    return printed(c.outputs)
 
 
 def seconds(c) -> float:
@@ -88,6 +89,8 @@ def shown(c) -> list[tuple]:
     out = merged(c.outputs)
     kept = []
     for e in out:
+        if e[0] == "build view":
+            continue
         if e[0] == "stream":
             text = "".join(line for line in e[2].splitlines(True)
                            if not (SUMMARY.match(line) or TIMED.match(line) or line.startswith("stale: ")))

@@ -11,12 +11,16 @@ Contract:
   is refused. Re-running a cell replaces its rule; rules its change made stale are named.
 - `%%rule NAME(param, other=default)`: a parametric rule; `NAME` is bound to it, and `NAME(...)`
   anywhere returns the value (the cell's `NAME`, or else its last expression), built incrementally.
-- `%build TARGET [TARGET ...] [--force] [--dry-run] [-j N]`: builds the rules producing those names
-  (or parametric calls such as `model(alpha=0.1)`), binds their outputs, prints the report's one
-  line. --force runs the targets themselves again; --dry-run says what would run and why.
-- `%nbbuild status | why TARGET | graph [TARGET] | store [--quota SIZE] [gc | clear] | metrics`:
-  look at the build; nothing runs (see `%nbbuild?`), but for `store`: --quota (saved in the
-  store), --min-free and --eviction set its bounds, gc evicts and prunes now, clear empties it.
+- `%build TARGET [TARGET ...] [--force] [--dry-run] [-j N] [--graph]`: builds the rules producing
+  those names (or parametric calls such as `model(alpha=0.1)`), binds their outputs, and gives the
+  report's one line: in a kernel the live build view (widgets.py) settles into it, elsewhere it is
+  printed. --force runs the targets themselves again; --dry-run says what would run and why;
+  --graph adds the live task graph to the build view.
+- `%nbbuild status | why TARGET | graph [TARGET] | store [--quota SIZE] [gc | clear] | metrics |
+  dashboard [TARGET]`: look at the build; nothing runs (see `%nbbuild?`), but for `store`: --quota
+  (saved in the store), --min-free and --eviction set its bounds, gc evicts and prunes now, clear
+  empties it. In a kernel, graph is SVG (draw.py), metrics and dashboard are widgets; each has the
+  text form beside it, which is what a terminal shows.
 - After every build, a target reused instead of run replays what it showed when it ran (replay.py).
 - With JupyterLab's cell ids, a rule belongs to its cell: another cell may not take its name, and
   a cell that now defines another rule drops its old one. Without them the name is the identity.
@@ -38,17 +42,16 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 
 from ..errors import BuildError, CycleError, NbbuildError
 from ..rule import POLICIES
-from ..eviction import POLICIES as EVICTIONS
-from ..eviction import parse_size
 from .cells import CAPTURE, FETCH, LAST, analyse, compile_cell, parse_signature
-from .graph import label, seconds_text, size_text, snapshot, table, tree
+from . import views
+from .graph import label
 from .state import NotebookState
 
 __all__ = ["NbbuildMagics", "load_ipython_extension", "unload_ipython_extension"]
 
 
 _NBBUILD_USAGE = ("%nbbuild status | why TARGET | graph [TARGET] | store [--quota SIZE] [gc | clear] | metrics"
-                  " (%nbbuild? for help)")
+                  " | dashboard [TARGET] (%nbbuild? for help)")
 _SIGNATURE = re.compile(r"^\s*([^\s(]+)\s*\((.*)\)(.*)$", re.S)
 
 
@@ -228,22 +231,27 @@ class NbbuildMagics(Magics):
     def build(self, line: str) -> Any:
         """Bring targets up to date, running only what is stale, and bind their outputs.
 
-        %build TARGET [TARGET ...] [--force] [--dry-run] [-j N]
+        %build TARGET [TARGET ...] [--force] [--dry-run] [-j N] [--graph]
 
         TARGET        a name a rule produces, a rule's name, or a call of a parametric rule
                       such as model(alpha=0.1) (its value is the cell's result)
         --force       run the targets themselves again (what they read is still only checked)
         --dry-run     say what would run and why; run nothing
         -j N          run up to N rules at once (threads; rule bodies must be thread-safe)
+        --graph       show the task graph in the build view, coloured as tasks run
 
-        Prints one line: how many rules ran, were reused and failed, the time taken and the
-        time saved. A reused target shows again what it printed and displayed when it ran.
+        While it runs, a live view shows the progress, the task running now and each task's
+        outcome; it settles into one line: how many rules ran, were reused and failed, the time
+        taken and the time saved. A reused target shows again what it printed and displayed
+        when it ran.
         """
         words = _split_targets(line)
-        targets, jobs, force, dry, it = [], None, False, False, iter(words)
+        targets, jobs, force, dry, graph, it = [], None, False, False, False, iter(words)
         for w in it:
             if w == "--force":
                 force = True
+            elif w == "--graph":
+                graph = True
             elif w == "--dry-run":
                 dry = True
             elif w in ("-j", "--jobs"):
@@ -252,7 +260,7 @@ class NbbuildMagics(Magics):
                     raise UsageError(f"%build: -j takes a whole number of at least 1, not {jobs!r}")
             elif w.startswith("-"):
                 raise UsageError(f"%build: unknown option {w!r}; usage: %build TARGET [TARGET ...] "
-                                 "[--force] [--dry-run] [-j N]")
+                                 "[--force] [--dry-run] [-j N] [--graph]")
             else:
                 targets.append(w)
         if not targets:
@@ -265,6 +273,8 @@ class NbbuildMagics(Magics):
             if not plan:
                 print("nothing would run: everything is up to date")
             return None
+        if graph and hasattr(self.state.view, "graph_for"):
+            self.state.view.graph_for(tasks)
         workers = self.state.build.workers
         if jobs:
             self.state.build.workers = int(jobs)
@@ -282,7 +292,10 @@ class NbbuildMagics(Magics):
         %nbbuild status            every rule: up to date / stale / never built / failed / not
                                    stored, its last run time, its stored size, and why
         %nbbuild why TARGET        why TARGET is stale, in words, or that it is up to date
-        %nbbuild graph [TARGET]    the rules as a tree: each rule above what it reads
+        %nbbuild graph [TARGET]    the task graph: one box per task (coloured by state, with its
+                                   last run time and size; targets double-bordered), an arrow
+                                   from each input to what reads it. SVG in a notebook, drawn
+                                   with Graphviz (or Mermaid where none is); a tree in a terminal
         %nbbuild store             where the store is, its size against its quota
         %nbbuild store --quota SIZE   set the quota ('5 GB', '500MB', bytes, 'unlimited'); kept
                                    in the store for later sessions (NBBUILD_QUOTA comes first)
@@ -291,80 +304,30 @@ class NbbuildMagics(Magics):
                                    and use (default); lru the least recently used
         %nbbuild store gc          evict now, down to the quota; prune old traces
         %nbbuild store clear       empty the store: every rule runs again
-        %nbbuild metrics           store counters (hits, misses, evictions, bytes) and this
-                                   session's builds, tasks run and reused, time spent and saved
+        %nbbuild metrics           the last build and this session: tasks ran / reused /
+                                   verified, time spent and saved, hit rate, bytes read and
+                                   written, evictions, the slowest rules; the store's size
+                                   against its quota
+        %nbbuild dashboard [TARGET]   the graph and the metrics side by side
 
         TARGET is a name a rule produces, a rule's name, or a call such as model(alpha=0.1).
         """
         words = _split_targets(line)
         command, rest = (words[0], words[1:]) if words else ("", [])
-        b = self.state.build
         if command == "status" and not rest:
-            print(table(snapshot(b, self.state.static()), [r.task().key for r in self._plain_rules()]))
+            views.status(self.state)
         elif command == "why" and len(rest) == 1:
-            print(label(b.why(self._task(rest[0]))))
-        elif command == "graph" and len(rest) <= 1:
+            print(label(self.state.build.why(self._task(rest[0]))))
+        elif command in ("graph", "dashboard") and len(rest) <= 1:
             targets = [self._task(rest[0])] if rest else None
-            print(tree(snapshot(b, self.state.static(), targets)))
+            views.graph(self.state, targets, dashboard=command == "dashboard")
         elif command == "store":
-            self._store(rest)
+            views.store(self.state, rest)
         elif command == "metrics" and not rest:
-            self._metrics()
+            views.metrics(self.state)
         else:
             said = f"%nbbuild: {line.strip()!r}? " if line.strip() else ""
             raise UsageError(f"{said}usage: {_NBBUILD_USAGE}")
-
-    def _plain_rules(self) -> list:
-        return [r for name, r in self.state.build.rules.items() if name not in self.state.parametric]
-
-    def _store(self, words: list[str]) -> None:
-        b = self.state.build
-        action, it = None, iter(words)
-        usage = "usage: %nbbuild store [--quota SIZE] [--min-free SIZE] [--eviction gdsf|lru] [gc | clear]"
-        for w in it:
-            option, _, given = w.partition("=")
-            if option in ("--quota", "--min-free", "--eviction"):
-                value = given or next(it, "")
-                try:
-                    if option == "--quota":
-                        b.set_quota(value)
-                    elif option == "--min-free":
-                        b.store.min_free = parse_size(value) or 0
-                    elif value.lower() in EVICTIONS:
-                        b.store.policy = value.lower()
-                    else:
-                        raise ValueError(f"eviction policy {value!r} not known: use gdsf or lru")
-                except (ValueError, NbbuildError) as e:
-                    raise UsageError(f"%nbbuild store: {e}") from None
-            elif w in ("gc", "clear") and action is None:
-                action = w
-            else:
-                raise UsageError(f"%nbbuild store: {w!r}? {usage}")
-        if action == "gc":
-            print(f"evicted {b.gc()} values")
-        elif action == "clear":
-            b.clear()
-            print("store cleared: every rule runs again when built")
-        stats = b.store.stats()
-        print(f"store {stats['path']}: {_usage(stats)}; {stats['values']} values ({stats['value_files']} as files), "
-              f"{stats['traces']} traces\n"
-              f"quota {b.store.quota_source}; eviction {stats['policy']}; disk {size_text(stats['free_bytes'])} free, "
-              f"floor {size_text(stats['min_free_bytes'] or 0)}")
-
-    def _metrics(self) -> None:
-        b, totals = self.state.build, self.state.totals
-        stats = b.store.stats()
-        asked = stats["hits"] + stats["misses"]
-        rate = f" ({100 * stats['hits'] / asked:.0f}% hits)" if asked else ""
-        trouble = ", ".join(f"{stats[k]} {k.replace('_', ' ')}" for k in ("damaged", "write_failures") if stats[k])
-        print(f"store      {_usage(stats)}; {stats['values']} values, {stats['traces']} traces\n"
-              f"reuse      {stats['hits']} hits, {stats['misses']} misses{rate}, {stats['evictions']} evictions"
-              f" ({stats['policy']})\n"
-              f"traffic    {size_text(stats['bytes_written'])} written, {size_text(stats['bytes_read'])} read"
-              f"{'; ' + trouble if trouble else ''}\n"
-              f"session    {totals['builds']} builds: ran {totals['ran']}, reused {totals['reused']}, "
-              f"failed {totals['failed']}; {seconds_text(totals['seconds'])} spent, "
-              f"{seconds_text(totals['saved'])} saved")
 
     # ------------------------------------------------------------ helpers
 
@@ -382,18 +345,20 @@ class NbbuildMagics(Magics):
         except BuildError as e:
             if e.__cause__ is not None:
                 self._show_own_frames(e.__cause__)
-            if b.report is not before:
-                self.state.count(tasks, b.report)
-                if summary:
-                    print(label(str(b.report)))
+            if b.report is not before and summary and not self._view_says_it():
+                print(label(str(b.report)))
             raise UsageError(label(str(e))) from None
-        if summary and b.report is not None:
+        if summary and b.report is not None and not self._view_says_it():
             print(label(str(b.report)))
         self._say_unstored(tasks, values)
         for task, value in zip(tasks, values):
             if task.rule.name not in self.state.parametric:
                 self.shell.user_ns.update({k: v for k, v in value.items() if k != LAST})
         return values
+
+    def _view_says_it(self) -> bool:
+        """The live build view settles into the report's line: printing it too would say it twice."""
+        return bool(getattr(self.state.view, "shows_summary", False))
 
     def _show_own_frames(self, error: BaseException) -> None:
         """The traceback of a rule's error or interrupt from the cell's frames on, not the engine's."""
@@ -432,13 +397,6 @@ def _picklable(value: Any) -> bool:
         return True
     except Exception:  # pickling runs the object's own code: anything may fail
         return False
-
-
-def _usage(stats: dict) -> str:
-    size, quota = stats["size_bytes"], stats["quota_bytes"]
-    if not quota:
-        return f"{size_text(size)} (no quota)"
-    return f"{size_text(size)} of {size_text(quota)} ({100 * size / quota:.0f}%)"
 
 
 def load_ipython_extension(shell: Any) -> None:

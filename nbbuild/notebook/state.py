@@ -1,11 +1,14 @@
 """The notebook's side of a build: its Build, which rule produces which name, which cell defines
-which rule, and this session's totals. The magics read and change it; it lives on the shell, so
+which rule, and how builds are shown. The magics read and change it; it lives on the shell, so
 `%reload_ext nbbuild` keeps it.
 
 Contract:
 - `NotebookState(shell, path)` opens a Build at `path` with `workers=1` (rule bodies on the
   kernel's thread), puts the fetch and capture hooks that compiled cells call into the user
   namespace, and replays, after every build, what reused targets showed when they ran.
+- `view` shows every top-level build: in a Jupyter kernel the live widget (widgets.BuildView,
+  whose box settles into the report's line), elsewhere (terminal IPython) the text line on stderr
+  (console.TextProgress). `rich` says whether the front end takes widgets and SVG.
 - `producers` maps each output name to the one rule that produces it (imports are not listed: a
   module is the same whoever imports it); `inputs` and `outputs` are each cell rule's names.
 - Identity: with JupyterLab's cell ids (`pre_run_cell`), a rule belongs to its cell:
@@ -15,13 +18,15 @@ Contract:
 """
 from __future__ import annotations
 
+import html
 from typing import Any
 
 from IPython.core.error import UsageError
 
 from ..build import Build
+from ..console import TextProgress
 from .cells import CAPTURE, FETCH, LAST, analyse
-from .graph import label
+from .graph import label, snapshot, tree
 from .replay import Capture, replay
 
 __all__ = ["NotebookState"]
@@ -32,7 +37,7 @@ class NotebookState:
 
     def __init__(self, shell: Any, path: str):
         self.shell = shell
-        self.build = Build(path, workers=1)
+        self.build = Build(path, workers=1, progress=False)
         self.producers: dict[str, str] = {}      # output name -> rule name
         self.outputs: dict[str, tuple[str, ...]] = {}
         self.inputs: dict[str, tuple[str, ...]] = {}
@@ -40,11 +45,17 @@ class NotebookState:
         self.cells: dict[str, str] = {}          # rule name -> id of the cell that defines it
         self.cell_id: str | None = None           # the running cell's id (JupyterLab sends one)
         self.cell_source = ""
-        self.totals = {"builds": 0, "ran": 0, "reused": 0, "failed": 0, "seconds": 0.0, "saved": 0.0}
         shell.user_ns[FETCH] = self.fetch
         shell.user_ns[CAPTURE] = self.capture
         self.build.observers.append(self.replay_reused)
-        self.build.observers.append(self.count)
+        # a kernel's front end draws widgets; a terminal shell gets the text line
+        self.rich = getattr(shell, "kernel", None) is not None
+        if self.rich:
+            from .widgets import BuildView
+            self.view: Any = BuildView(shell, graph=self.graph_html)
+        else:
+            self.view = TextProgress(summary=False)
+        self.build.watch(self.view)
 
     def pre_run_cell(self, info: Any = None) -> None:
         self.cell_id = getattr(info, "cell_id", None)
@@ -140,15 +151,18 @@ class NotebookState:
                                           if self.producers.get(n, rule) != rule))
                 for rule, reads in self.inputs.items()}
 
-    def count(self, targets: list, report: Any) -> None:
-        """Session totals: every build, the magics' own and `model(...)` called in a plain cell."""
-        t = self.totals
-        t["builds"] += 1
-        t["ran"] += len(report.executed)
-        t["reused"] += len(report.reused)
-        t["failed"] += len(report.failed)
-        t["seconds"] += report.seconds
-        t["saved"] += report.saved_seconds
+    def graph(self, targets: list | None = None) -> Any:
+        """The graph snapshot of the targets (every rule when None)."""
+        return snapshot(self.build, self.static(), targets)
+
+    def graph_html(self, targets: list | None = None, live: dict | None = None) -> str:
+        """The graph as HTML for a widget: inline SVG, or its text tree where no layout engine is."""
+        from .draw import render
+        g = self.graph(targets)
+        mime, text = render(g, live)
+        if mime == "image/svg+xml":
+            return text[text.find("<svg"):]
+        return f"<pre>{html.escape(tree(g))}</pre>"
 
     def dependents(self, name: str) -> list[str]:
         """Rules that read, directly or not, what rule `name` produces, in definition order."""

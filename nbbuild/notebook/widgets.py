@@ -1,0 +1,256 @@
+"""ipywidgets views of a build, for a Jupyter kernel. They render snapshots that the Build exposes
+(`Build.progress()`, `Build.metrics()`, the graph snapshot) and never touch the store.
+
+Contract:
+- `BuildView(shell)` is a build watcher (`Build.watch`). At each top-level build it displays a
+  box (CSS class `nbbuild-progress`): a progress bar (tasks checked of those known), the task
+  running now with its elapsed time, and rows per task (running, ran, reused, failed, skipped)
+  with durations; only the running and the slowest tasks once a build has more than
+  `progress.ROW_LIMIT`. A ticker thread redraws it at most every `interval` seconds, and only
+  what changed, from its own thread (a one-target build may run its body on the kernel's thread):
+  the updates reach the front end while the cell runs. When the build ends the ticker is stopped
+  and joined, then the box settles into the report's one line (the rows folded below it), and the
+  display's plain-text form becomes that line. `graph_for(targets)` asks for a live graph too, for
+  the next build only (drawn at most once a second, for graphs of at most `LIVE_GRAPH_NODES`).
+- `metrics_view(metrics)` and `dashboard(graph_svg, metrics)` are widgets with a plain-text
+  form; `show(widget, text)` displays one with that text beside it.
+"""
+from __future__ import annotations
+
+import html
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+import ipywidgets as w
+from IPython.display import display
+
+from ..console import line
+from ..metrics import Metrics
+from ..progress import Progress
+
+__all__ = ["BuildView", "metrics_view", "metrics_text", "dashboard", "show", "LIVE_GRAPH_NODES"]
+
+log = logging.getLogger("nbbuild")
+LIVE_GRAPH_NODES = 300
+_MARK = {"running": "▶", "executed": "✔ ran", "verified": "↺ reused", "constructed": "↺ reused (older)",
+         "failed": "✘ failed", "skipped": "– skipped"}
+_STYLE = ("<style>.nbbuild-rows{border-collapse:collapse;font-size:12px;margin-top:2px}"
+          ".nbbuild-rows td{padding:1px 10px 1px 0;white-space:nowrap}"
+          ".nbbuild-rows td.s{text-align:right;font-variant-numeric:tabular-nums}"
+          ".nbbuild-running{color:#1565c0}.nbbuild-failed,.nbbuild-skipped{color:#c62828}"
+          ".nbbuild-scroll{max-height:16em;overflow-y:auto}</style>")
+
+
+def show(widget: w.Widget, text: str, **metadata: Any) -> Any:
+    """Display the widget with `text` as its plain-text form (what nbconvert, a terminal or an
+    output comparison sees); returns the display handle."""
+    bundle = {"text/plain": text,
+              "application/vnd.jupyter.widget-view+json": {"version_major": 2, "version_minor": 0,
+                                                           "model_id": widget.model_id}}
+    return display(bundle, raw=True, display_id=True, metadata={"nbbuild": metadata} if metadata else None)
+
+
+def _secs(s: float) -> str:
+    return f"{s:.2f} s" if s < 90 else f"{int(s // 60)} min {int(s % 60)} s"
+
+
+def rows_html(p: Progress) -> str:
+    rows = list(p.running) + list(p.rows if p.complete else p.rows)
+    body = "".join(f'<tr class="nbbuild-{r.outcome}"><td>{_MARK.get(r.outcome, r.outcome)}</td>'
+                   f"<td>{html.escape(r.task)}</td><td class=s>{_secs(r.seconds)}</td></tr>" for r in rows)
+    head = "" if p.complete else (f"<div>{p.checked} tasks checked; the {len(p.rows)} slowest "
+                                  f"{'and those running ' if p.running else ''}shown</div>")
+    return f'{_STYLE}{head}<div class="nbbuild-scroll"><table class="nbbuild-rows">{body}</table></div>'
+
+
+class BuildView:
+    def __init__(self, shell: Any, interval: float = 0.25,
+                 graph: Callable[[list, dict | None], str] | None = None):
+        self.shell = shell
+        self.interval = interval
+        self.draw_graph = graph           # (targets, live states) -> svg text, from the notebook state
+        self._graph_targets: list | None = None
+        self._lock = threading.Lock()     # one push at a time: widget syncs are not thread-safe
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+        self.last: dict[str, Any] | None = None    # the widgets of the last build, for tests
+
+    def graph_for(self, targets: list) -> None:
+        self._graph_targets = targets
+
+    def started(self, build: Any) -> None:
+        bar = w.IntProgress(value=0, min=0, max=1, description="", bar_style="info",
+                            layout=w.Layout(width="320px"))
+        head = w.HTML("<b>nbbuild</b> starting…")
+        running = w.HTML("")
+        rows = w.HTML("")
+        graph = w.HTML("")
+        box = w.VBox([w.HBox([bar, head]), running, rows, graph])
+        box.add_class("nbbuild-progress")
+        parts = {"box": box, "bar": bar, "head": head, "running": running, "rows": rows, "graph": graph,
+                 "sent": {}, "graph_at": 0.0, "targets": self._graph_targets}
+        self._graph_targets = None
+        parts["handle"] = show(box, "nbbuild: building…", view="build")
+        self.last = parts
+        self._stop.clear()
+        self._ticker = threading.Thread(target=self._tick, args=(build, parts), name="nbbuild-view", daemon=True)
+        self._ticker.start()
+
+    def _tick(self, build: Any, parts: dict) -> None:
+        while not self._stop.wait(self.interval):
+            p = build.progress()
+            if p is None or p.done:
+                return
+            try:
+                self._push(parts, p)
+            except Exception:  # the front end went away mid-build, or similar: the build goes on
+                log.debug("nbbuild: the build view could not be updated", exc_info=True)
+                return
+
+    def _set(self, parts: dict, name: str, attr: str, value: Any) -> None:
+        """Send a widget attribute only when it changed: every send is a message to the front end."""
+        sent = parts["sent"]
+        if sent.get((name, attr)) != value:
+            sent[(name, attr)] = value
+            setattr(parts[name], attr, value)
+
+    def _push(self, parts: dict, p: Progress) -> None:
+        with self._lock:
+            self._set(parts, "bar", "max", max(1, p.known))
+            self._set(parts, "bar", "value", min(p.checked, max(1, p.known)))
+            counts = f"ran {p.ran}, reused {p.reused}" + (f", failed {p.failed}" if p.failed else "")
+            self._set(parts, "head", "value", f"<b>nbbuild</b> {p.checked}/{p.known} tasks · {counts} · "
+                                              f"{p.elapsed:.1f} s")
+            now = p.running
+            self._set(parts, "running", "value",
+                      f'<span class="nbbuild-running">running <b>{html.escape(now[0].task)}</b> '
+                      f"{now[0].seconds:.1f} s</span>" + (f" (+{len(now) - 1} more)" if len(now) > 1 else "")
+                      if now else "")
+            self._set(parts, "rows", "value", rows_html(p))
+            self._live_graph(parts, p)
+
+    def _live_graph(self, parts: dict, p: Progress) -> None:
+        targets = parts["targets"]
+        if targets is None or self.draw_graph is None or not (p.complete or p.done):
+            return
+        if not p.done and time.monotonic() - parts["graph_at"] < 1.0:
+            return
+        live = {r.key: {"executed": "ran", "verified": "reused", "constructed": "reused"}.get(r.outcome, r.outcome)
+                for r in p.rows}
+        live.update({r.key: "running" for r in p.running})
+        if len(live) > LIVE_GRAPH_NODES:
+            return
+        parts["graph_at"] = time.monotonic()
+        self._set(parts, "graph", "value", self.draw_graph(targets, None if p.done else live))
+
+    def finished(self, build: Any) -> None:
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join()
+            self._ticker = None
+        parts, p = self.last, build.progress()
+        if parts is None or p is None:
+            return
+        with self._lock:
+            ok = not p.error and not p.failed
+            self._set(parts, "bar", "max", max(1, p.checked))
+            self._set(parts, "bar", "value", max(1, p.checked))
+            self._set(parts, "bar", "bar_style", "success" if ok else "danger")
+            text = line(p)
+            self._set(parts, "head", "value", f"<b>nbbuild</b> {html.escape(text)}")
+            self._set(parts, "running", "value", "")
+            self._set(parts, "rows", "value", f"<details><summary>{p.checked} tasks</summary>{rows_html(p)}</details>"
+                      if p.rows else "")
+            try:
+                self._live_graph(parts, p)
+            except Exception:  # the graph is a bonus: the summary must still settle
+                log.debug("nbbuild: the live graph could not be drawn", exc_info=True)
+        parts["handle"].update({"text/plain": text, "application/vnd.jupyter.widget-view+json":
+                                {"version_major": 2, "version_minor": 0, "model_id": parts["box"].model_id}},
+                               raw=True, metadata={"nbbuild": {"view": "build"}})
+
+    @property
+    def shows_summary(self) -> bool:
+        return True
+
+
+# ---------------------------------------------------------------- metrics and dashboard
+
+def _size(n: int | None) -> str:
+    from .graph import size_text
+    return size_text(n)
+
+
+def _figures_text(f: Any) -> str:
+    rate = f"; hit rate {100 * f.hit_rate:.0f}%" if f.hit_rate is not None else ""
+    return (f"ran {f.ran}, reused {f.reused}, failed {f.failed}; {_secs(f.seconds)} spent, "
+            f"{_secs(f.saved_seconds)} saved{rate}; {_size(f.bytes_read)} read, {_size(f.bytes_written)} written, "
+            f"{f.evictions} evictions")
+
+
+def metrics_text(m: Metrics) -> str:
+    """The plain-text form: the last build, the session, then the store (its counts are over every
+    session that used it)."""
+    s, st = m.session, m.stats
+    asked = st["hits"] + st["misses"]
+    rate = f" ({100 * st['hits'] / asked:.0f}% hits)" if asked else ""
+    quota = st.get("quota_bytes")
+    usage = (f"{_size(st['size_bytes'])} of {_size(quota)} ({100 * st['size_bytes'] / quota:.0f}%)" if quota
+             else f"{_size(st['size_bytes'])} (no quota)")
+    trouble = ", ".join(f"{st[k]} {k.replace('_', ' ')}" for k in ("damaged", "write_failures") if st.get(k))
+    out = [f"last build {_figures_text(m.last)} ({m.last.verified} verified, {m.last.constructed} from older traces)"
+           ] if m.last is not None else []
+    out += [f"session    {s.builds} builds: {_figures_text(s)}",
+            f"store      {usage}; {st['values']} values, {st['traces']} traces",
+            f"reuse      {st['hits']} hits, {st['misses']} misses{rate}, {st['evictions']} evictions ({st['policy']})",
+            f"traffic    {_size(st['bytes_written'])} written, {_size(st['bytes_read'])} read"
+            f"{'; ' + trouble if trouble else ''}"]
+    if m.slowest:
+        out.append("slowest    " + ", ".join(f"{r.rule} {_secs(r.seconds)} ({r.runs}×)" for r in m.slowest))
+    return "\n".join(out)
+
+
+def _figures_rows(m: Metrics) -> str:
+    cols = [("last build", m.last), ("session", m.session)]
+    def cell(f: Any, get: Callable[[Any], str]) -> str:
+        return f"<td class=s>{get(f) if f is not None else '—'}</td>"
+    rows = [("tasks ran", lambda f: f.ran), ("reused", lambda f: f.reused),
+            ("… verified", lambda f: f.verified), ("… from older traces", lambda f: f.constructed),
+            ("failed", lambda f: f.failed), ("time spent", lambda f: _secs(f.seconds)),
+            ("time saved", lambda f: _secs(f.saved_seconds)),
+            ("hit rate", lambda f: f"{100 * f.hit_rate:.0f}%" if f.hit_rate is not None else "—"),
+            ("bytes read", lambda f: _size(f.bytes_read)), ("bytes written", lambda f: _size(f.bytes_written)),
+            ("evictions", lambda f: f.evictions)]
+    head = "<tr><td></td>" + "".join(f"<td class=s><b>{c}</b></td>" for c, _ in cols) + "</tr>"
+    return head + "".join(f"<tr><td>{name}</td>" + "".join(cell(f, get) for _, f in cols) + "</tr>"
+                          for name, get in rows)
+
+
+def metrics_view(m: Metrics) -> w.Widget:
+    st = m.stats
+    quota = st.get("quota_bytes")
+    fill = min(1.0, st["size_bytes"] / quota) if quota else 0.0
+    store_bar = w.FloatProgress(value=fill, min=0.0, max=1.0, bar_style="warning" if fill > 0.9 else "info",
+                                layout=w.Layout(width="320px"))
+    store_bar.add_class("nbbuild-quota")
+    usage = (f"store {_size(st['size_bytes'])} of {_size(quota)} ({100 * fill:.0f}%)" if quota
+             else f"store {_size(st['size_bytes'])} (no quota)")
+    slow = "".join(f"<tr><td>{html.escape(r.rule)}</td><td class=s>{_secs(r.seconds)}</td>"
+                   f"<td class=s>{r.runs}×</td></tr>" for r in m.slowest)
+    table = (f'{_STYLE}<table class="nbbuild-rows">{_figures_rows(m)}</table>'
+             + (f'<div style="margin-top:6px"><b>slowest rules</b> (this session)</div>'
+                f'<table class="nbbuild-rows">{slow}</table>' if slow else ""))
+    note = (f"{st['values']} values, {st['traces']} traces; all sessions: {st['hits']} hits, "
+            f"{st['misses']} misses, {st['evictions']} evictions ({st['policy']})")
+    box = w.VBox([w.HBox([store_bar, w.HTML(usage)]), w.HTML(f"<small>{html.escape(note)}</small>"), w.HTML(table)])
+    box.add_class("nbbuild-metrics")
+    return box
+
+
+def dashboard(graph_html: str, m: Metrics) -> w.Widget:
+    graph = w.HTML(graph_html, layout=w.Layout(overflow="auto", max_width="70%"))
+    box = w.HBox([graph, metrics_view(m)], layout=w.Layout(align_items="flex-start", grid_gap="16px"))
+    box.add_class("nbbuild-dashboard")
+    return box

@@ -1,0 +1,273 @@
+"""Helpers of tests/test_browser.py: a JupyterLab server of its own, a headless Chromium, and the
+checks that need them. Nothing here downloads a browser: Chromium is Debian's (`make browser`),
+driven by the Python `playwright` package with `executable_path`.
+
+- `require_browser()` skips (or, with CI set, fails) when Chromium or playwright is missing.
+- `JupyterLab` starts `jupyter lab` on 127.0.0.1 on a free port with a token, its root, workspaces,
+  settings, runtime, config, data and IPython dirs in a temporary folder, and stops it and
+  everything it started (kernels included) on `stop()`, whatever happened before.
+"""
+from __future__ import annotations
+
+import base64
+import importlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
+ARTIFACTS = Path(__file__).parent / "artifacts"
+KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python"}
+
+# JupyterLab settings of the test's own: every cell attached to the DOM (no windowing), and no
+# news, update or extension-manager look-ups (the network is closed).
+LAB_SETTINGS = {
+    "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
+    "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {
+        "fetchNews": "false", "checkForUpdates": False},
+    "@jupyterlab/extensionmanager-extension/plugin.jupyterlab-settings": {"enabled": False},
+}
+
+
+def require_browser():
+    """The playwright module, or a skip (a failure when CI is set) saying what is missing."""
+    missing = []
+    if not os.access(CHROMIUM, os.X_OK):
+        missing.append(f"{CHROMIUM} (Debian's chromium: `make browser`, as root)")
+    try:
+        sync_api = importlib.import_module("playwright.sync_api")
+    except ImportError:
+        missing.append("the Python package playwright (`.venv/bin/pip install -e '.[dev]'`)")
+    if missing:
+        why = "browser test needs " + " and ".join(missing)
+        if os.environ.get("CI"):
+            pytest.fail(f"{why}; CI is set, so this is a failure, not a skip", pytrace=False)
+        pytest.skip(why)
+    return sync_api
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# loopback only, and never through a proxy from the environment
+_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def write_notebook(path: Path, sources: list[str]) -> None:
+    import nbformat
+    nb = nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_code_cell(s) for s in sources],
+        metadata={"kernelspec": KERNELSPEC, "language_info": {"name": "python"}},
+    )
+    nbformat.write(nb, str(path))
+
+
+def decode_data_url(src: str) -> str:
+    """The text of a data: URL, base64 or percent-encoded."""
+    head, _, data = src.partition(",")
+    if head.endswith(";base64"):
+        return base64.b64decode(urllib.parse.unquote(data)).decode("utf-8", "replace")
+    return urllib.parse.unquote(data)
+
+
+class _PortTaken(Exception):
+    pass
+
+
+class JupyterLab:
+    """`jupyter lab` in a process group of its own, in `base` (a temporary folder)."""
+
+    def __init__(self, base: Path, start_timeout: float = 60.0):
+        self.base = base
+        self.root = base / "root"
+        self.port = free_port()
+        self.token = secrets.token_hex(16)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = base / "jupyterlab-server.log"
+        self.start_timeout = start_timeout
+        self.proc: subprocess.Popen | None = None
+        self._log = None
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        for name in ("JUPYTER_PATH", "JUPYTER_CONFIG_PATH", "PYTHONSTARTUP", "NBBUILD_QUOTA",
+                     "NBBUILD_MIN_FREE", "NBBUILD_EVICTION"):
+            env.pop(name, None)
+        dirs = {
+            "JUPYTER_RUNTIME_DIR": "runtime",
+            "JUPYTER_CONFIG_DIR": "config",
+            "JUPYTER_DATA_DIR": "data",
+            "JUPYTERLAB_SETTINGS_DIR": "user-settings",
+            "JUPYTERLAB_WORKSPACES_DIR": "workspaces",
+            "XDG_CONFIG_HOME": "xdg-config",
+            "IPYTHONDIR": "ipython",
+            "NBBUILD_DIR": "store",
+        }
+        for name, sub in dirs.items():
+            (self.base / sub).mkdir(parents=True, exist_ok=True)
+            env[name] = str(self.base / sub)
+        env["JUPYTER_PLATFORM_DIRS"] = "1"
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def write_settings(self) -> None:
+        for rel, value in LAB_SETTINGS.items():
+            path = self.base / "user-settings" / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(value))
+
+    def start(self, attempts: int = 3) -> None:
+        """Start and wait until /api/status answers; again on another port if the free port found
+        was taken meanwhile."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        for attempt in range(attempts):
+            try:
+                self._start()
+                return
+            except _PortTaken:
+                self.stop()
+                if attempt == attempts - 1:
+                    raise RuntimeError("jupyter lab found no free port:\n" + self.log_tail()) from None
+                self.port = free_port()
+                self.url = f"http://127.0.0.1:{self.port}"
+
+    def _start(self) -> None:
+        env = self.env()
+        self.write_settings()
+        cmd = [
+            sys.executable, "-m", "jupyterlab",
+            "--no-browser",
+            "--ServerApp.ip=127.0.0.1",
+            f"--ServerApp.port={self.port}",
+            "--ServerApp.port_retries=0",
+            f"--IdentityProvider.token={self.token}",
+            f"--ServerApp.root_dir={self.root}",
+            "--ServerApp.terminals_enabled=False",
+            f"--LabApp.workspaces_dir={self.base / 'workspaces'}",
+            f"--LabApp.user_settings_dir={self.base / 'user-settings'}",
+            "--LabApp.expose_app_in_browser=True",
+            "--LabApp.news_url=None",
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+            "--LabApp.extension_manager=readonly",
+        ]
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            cmd.append("--allow-root")
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(cmd, cwd=self.root, env=env, stdin=subprocess.DEVNULL,
+                                     stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.wait_ready()
+
+    def log_tail(self, n: int = 40) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no server log)"
+        return "\n".join(lines[-n:])
+
+    def request(self, method: str, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
+        req = urllib.request.Request(self.url + path, method=method,
+                                     headers={"Authorization": f"token {self.token}"},
+                                     data=b"" if method == "POST" else None)
+        with _opener.open(req, timeout=timeout) as r:
+            return r.status, r.read()
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        last = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                if "already in use" in self.log_tail():
+                    raise _PortTaken()
+                raise RuntimeError(f"jupyter lab exited with {self.proc.returncode} before answering:\n"
+                                   + self.log_tail())
+            try:
+                status, _ = self.request("GET", f"/api/status?token={self.token}", timeout=2.0)
+                if status == 200:
+                    return
+            except (urllib.error.URLError, OSError) as e:
+                last = e
+            time.sleep(0.25)
+        raise RuntimeError(f"jupyter lab did not answer /api/status in {self.start_timeout:.0f} s "
+                           f"({last!r}):\n" + self.log_tail())
+
+    def page_url(self, notebook: str) -> str:
+        return f"{self.url}/lab/tree/{urllib.parse.quote(notebook)}?token={self.token}"
+
+    def stop(self) -> None:
+        """Shut down through the REST API (kernels too), then TERM and KILL the process group, and
+        end any process it started that is still there (kernels run in sessions of their own)."""
+        proc = self.proc
+        if proc is None:
+            return
+        try:
+            descendants = []
+            try:
+                import psutil
+                descendants = psutil.Process(proc.pid).children(recursive=True)
+            except Exception:
+                pass
+            if proc.poll() is None:
+                try:
+                    self.request("POST", "/api/shutdown", timeout=5.0)
+                except Exception:
+                    pass
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    pass
+            for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+                if proc.poll() is not None:
+                    break
+                try:
+                    os.killpg(proc.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    proc.wait(timeout=wait)
+                except subprocess.TimeoutExpired:
+                    pass
+            try:  # what is left of its group (the server may be gone, its children not)
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            for child in descendants:
+                try:
+                    child.terminate()
+                except Exception:
+                    pass
+            if descendants:
+                import psutil
+                _, alive = psutil.wait_procs(descendants, timeout=5)
+                for child in alive:
+                    try:
+                        child.kill()
+                    except Exception:
+                        pass
+        finally:
+            if self._log is not None:
+                self._log.close()
+            self.proc = None

@@ -1,0 +1,181 @@
+"""End to end in a real browser: JupyterLab serves a notebook using nbbuild, headless Chromium runs
+all its cells, and the outputs are checked in the DOM as a person would see them: the live build
+view (an ipywidgets progress bar in `.nbbuild-progress`, then its summary), the graph as an SVG
+image, no traceback. A full-page screenshot is left in tests/artifacts/jupyterlab.png, with the
+server's log and the browser's console.
+
+Needs Debian's Chromium at /usr/bin/chromium (`make browser`) and the playwright package (dev
+extra); without them the test is skipped, or fails when CI is set.
+"""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from browser_support import (ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, JupyterLab, decode_data_url,
+                             require_browser, write_notebook)
+
+pytestmark = pytest.mark.timeout(240)
+
+NOTEBOOK = "e2e.ipynb"
+CELLS = [
+    "%load_ext nbbuild",
+    "%%rule raw\nimport time\ntime.sleep(1.5)\nraw = list(range(100))",
+    "%%rule clean\nclean = [x * 2 for x in raw]",
+    "%build clean --force",
+    "%nbbuild graph",
+]
+BUILD_CELL, GRAPH_CELL = 3, 4
+
+APP_TIMEOUT = 60_000     # ms: the page, the app and the kernel ready
+RUN_TIMEOUT = 60_000     # ms: every cell run
+SHOW_TIMEOUT = 15_000    # ms: an output rendered once its cell has run
+PROGRESS_BAR = ".nbbuild-progress .widget-hprogress"   # ipywidgets 8's bar in the build view
+
+
+@pytest.fixture
+def sync_api():
+    return require_browser()
+
+
+@pytest.fixture
+def lab(sync_api, tmp_path):
+    server = JupyterLab(tmp_path / "lab")
+    try:
+        server.root.mkdir(parents=True)
+        write_notebook(server.root / NOTEBOOK, CELLS)
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        ARTIFACTS.mkdir(exist_ok=True)
+        if server.log_path.exists():
+            shutil.copyfile(server.log_path, ARTIFACTS / "jupyterlab-server.log")
+
+
+@pytest.fixture
+def page(sync_api, lab):
+    console: list[str] = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 1280, "height": 1600})
+            pg = context.new_page()
+            pg.set_default_timeout(SHOW_TIMEOUT)
+            pg.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+            pg.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
+            yield pg
+        finally:
+            try:
+                browser.close()
+            finally:
+                ARTIFACTS.mkdir(exist_ok=True)
+                (ARTIFACTS / "browser-console.log").write_text("\n".join(console) + "\n")
+
+
+def open_notebook(page, lab) -> None:
+    """The notebook open and current, its kernel connected and idle."""
+    page.goto(lab.page_url(NOTEBOOK), wait_until="domcontentloaded", timeout=APP_TIMEOUT)
+    page.wait_for_function(
+        """(path) => {
+            const app = window.jupyterapp;
+            const w = app && app.shell && app.shell.currentWidget;
+            if (!w || !w.context || w.context.path !== path || !w.context.isReady) return false;
+            const kernel = w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;
+            return !!kernel && kernel.connectionStatus === 'connected' && kernel.status === 'idle';
+        }""",
+        arg=NOTEBOOK, timeout=APP_TIMEOUT, polling=250)
+    page.locator(".jp-Notebook .jp-Cell").nth(len(CELLS) - 1).wait_for(state="attached")
+
+
+def run_all(page) -> None:
+    """Run every cell and wait until none is running or queued (run-all stops at an error).
+    Meanwhile a progress bar of the build view seen visible is noted: a live view may hide it
+    when its build ends."""
+    page.evaluate(
+        """(sel) => {
+            window.__nbbuildBarSeen = false;
+            const look = () => {
+                for (const el of document.querySelectorAll(sel))
+                    if (el.getClientRects().length && getComputedStyle(el).visibility !== 'hidden')
+                        window.__nbbuildBarSeen = true;
+            };
+            window.__nbbuildObserver = new MutationObserver(look);
+            window.__nbbuildObserver.observe(document.body, {subtree: true, childList: true, attributes: true});
+        }""",
+        PROGRESS_BAR)
+    result = page.evaluate(
+        """(ms) => Promise.race([
+            window.jupyterapp.commands.execute('notebook:run-all-cells').then(() => 'done'),
+            new Promise(resolve => setTimeout(() => resolve('timeout'), ms)),
+        ])""",
+        RUN_TIMEOUT)
+    assert result == "done", f"notebook:run-all-cells did not finish in {RUN_TIMEOUT / 1000:.0f} s"
+    page.wait_for_function(
+        """() => {
+            const w = window.jupyterapp.shell.currentWidget;
+            const kernel = w.sessionContext.session && w.sessionContext.session.kernel;
+            const prompts = [...document.querySelectorAll('.jp-Notebook .jp-InputPrompt')];
+            return kernel && kernel.status === 'idle' && !prompts.some(p => p.textContent.includes('*'));
+        }""",
+        timeout=RUN_TIMEOUT, polling=250)
+
+
+def tracebacks(page) -> list[str]:
+    errors = page.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]')
+    texts = [errors.nth(i).inner_text() for i in range(errors.count())]
+    return [t for t in texts if "Traceback" in t or "UsageError" in t]
+
+
+def check_progress(page, cell) -> None:
+    """The bar visible now, or seen visible while the cells ran."""
+    if page.evaluate("() => window.__nbbuildBarSeen === true"):
+        return
+    page.locator(PROGRESS_BAR).first.wait_for(state="visible", timeout=SHOW_TIMEOUT)
+
+
+def check_summary(page, cell) -> None:
+    view = cell.locator(".nbbuild-progress", has_text="ran ").first
+    view.wait_for(state="visible", timeout=SHOW_TIMEOUT)
+
+
+def check_graph_svg(page, cell) -> None:
+    img = cell.locator('.jp-OutputArea-output img[src^="data:image/svg+xml"]').first
+    img.wait_for(state="visible", timeout=SHOW_TIMEOUT)
+    img.evaluate("""(i) => new Promise((resolve, reject) => {
+        if (i.complete) return resolve();
+        i.addEventListener('load', resolve); i.addEventListener('error', reject);
+    })""")
+    width = img.evaluate("(i) => i.naturalWidth")
+    assert width > 0, "the graph's SVG image did not decode (naturalWidth 0)"
+    svg = decode_data_url(img.get_attribute("src"))
+    assert "<svg" in svg, f"the graph's image is no SVG: {svg[:200]!r}"
+    for name in ("raw", "clean"):
+        assert name in svg, f"the graph's SVG does not name the rule {name!r}"
+
+
+def test_notebook_in_jupyterlab(page, lab):
+    open_notebook(page, lab)
+    run_all(page)
+    cells = page.locator(".jp-Notebook .jp-Cell")
+    build_cell, graph_cell = cells.nth(BUILD_CELL), cells.nth(GRAPH_CELL)
+    checks = [
+        ("live build view: .nbbuild-progress .widget-hprogress visible", check_progress, build_cell),
+        ("build summary ('ran ') inside .nbbuild-progress", check_summary, build_cell),
+        ("graph rendered as an SVG <img> naming raw and clean", check_graph_svg, graph_cell),
+    ]
+    failed = []
+    for name, check, cell in checks:
+        try:
+            check(page, cell)
+        except Exception as e:  # each check reported, then all failures together
+            failed.append(f"{name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+    errors = tracebacks(page)
+    if errors:
+        failed.append("error output in the notebook:\n" + "\n---\n".join(errors))
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "jupyterlab.png"), full_page=True)
+    if failed:
+        pytest.fail("in the browser:\n- " + "\n- ".join(failed)
+                    + f"\n(screenshot: {ARTIFACTS / 'jupyterlab.png'})", pytrace=False)
