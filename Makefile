@@ -3,9 +3,8 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-CHROMIUM := /usr/bin/chromium
 
-.PHONY: test demo bench venv clean browser
+.PHONY: test demo bench venv clean system-packages
 
 venv: $(STAMP)
 
@@ -15,22 +14,28 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-# Debian's Chromium for tests/test_browser.py (never a browser download). Optional: without it
-# (not root, no apt, no mirror) one line is printed and the browser test skips, or fails under CI.
-browser:
-	@if [ -x $(CHROMIUM) ]; then :; \
+# System packages some tests use: Debian's Chromium for tests/test_browser.py (never a browser
+# download) and Graphviz's `dot` (the graph also renders without it: tests/test_draw.py takes it
+# off the PATH). Optional: without root or apt one line is printed, and those tests skip (or fail
+# under CI). The product itself needs neither.
+SYSTEM_PACKAGES := /usr/bin/chromium:chromium /usr/bin/dot:graphviz
+
+system-packages:
+	@missing=""; for pair in $(SYSTEM_PACKAGES); do [ -x "$${pair%%:*}" ] || missing="$$missing $${pair##*:}"; done; \
+	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then \
-	  echo "browser: $(CHROMIUM) is missing and apt-get cannot install it here (not root or no apt); tests/test_browser.py will not run"; \
+	  echo "system-packages:$$missing missing and apt-get cannot install them here (not root or no apt); the tests that use them will not run"; \
 	else \
-	  echo "browser: installing Debian's chromium with apt-get"; \
-	  if DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null \
-	     && apt-cache policy chromium | grep -q 'Candidate: [0-9]' \
-	     && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
-	     && [ -x $(CHROMIUM) ]; then :; \
-	  else echo "browser: could not install chromium with apt-get; tests/test_browser.py will not run"; fi; \
+	  echo "system-packages: installing$$missing with apt-get"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null || true; \
+	  for pkg in $$missing; do \
+	    if apt-cache policy $$pkg | grep -q 'Candidate: [0-9]' \
+	       && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$pkg >/dev/null; then :; \
+	    else echo "system-packages: could not install $$pkg with apt-get; the tests that use it will not run"; fi; \
+	  done; \
 	fi
 
-test: $(STAMP) browser
+test: $(STAMP) system-packages
 	$(BIN)/python -m pytest -q tests notebooks --nbval-lax
 
 demo: $(STAMP)

@@ -11,8 +11,9 @@ Contract:
   their elapsed time (longest first), and `rows` of finished tasks: every one, in finishing order,
   while there are at most `ROW_LIMIT`; beyond that only the `SLOWEST` slowest (`complete` is then
   False), so a 10,000-task build is shown in a few dozen rows.
-- `finish(report)` settles the tracker: the last snapshot has `done` set and the report's line as
-  `summary`; a build that raised settles with `error` set instead.
+- `finish(report, error)` settles the tracker: the last snapshot has `done` set, the report's line
+  as `summary` (when the build got as far as a report: failed builds do) and, when it raised,
+  why in `error` ("interrupted" for an interrupt).
 """
 from __future__ import annotations
 
@@ -138,7 +139,7 @@ class Tracker:
         else:
             rows, complete = tuple(r for _, _, r in sorted(self._slowest, key=lambda x: -x[0])), False
         known = max(checked + len(running), len(self.sched.states), self.expected, total)
-        if not done and known <= checked + len(running):
+        if not done:
             known = max(known, self._reached())
         return Progress(self.targets, known if not done else max(total, checked), max(checked, total),
                         c["executed"], c["verified"] + c["constructed"] + max(0, total - checked),
@@ -153,6 +154,5 @@ class Tracker:
                 total = len(report.rows[0]) if report is not None else 0
                 why = ("" if error is None else "interrupted" if isinstance(error, KeyboardInterrupt)
                        else f"{type(error).__name__}: {error}" if str(error) else type(error).__name__)
-                self._final = self._snapshot(True, str(report) if report is not None and error is None else "",
-                                             why, total)
+                self._final = self._snapshot(True, str(report) if report is not None else "", why, total)
             return self._final

@@ -349,6 +349,7 @@ class Store:
                     # values first, traces last (one transaction): a trace never points at a missing value
                     written = self.table.insert_blobs([(k, v) for k, v in pending.items() if k[0] == "v"], self.clock)
                     counters["bytes_written"] = counters.get("bytes_written", 0) + written
+                    self.tally["bytes_written"] += written
                     self.table.upsert([(k, v) for k, v in pending.items() if k[0] != "v"])
                     self.table.used({valuefile.row_key(d): use for d, use in touched.items()}, self.clock)
                     self.table.add_counts({"m:" + name: n for name, n in counters.items()})

@@ -1,5 +1,5 @@
 """Helpers of tests/test_browser.py: a JupyterLab server of its own, a headless Chromium, and the
-checks that need them. Nothing here downloads a browser: Chromium is Debian's (`make browser`),
+checks that need them. Nothing here downloads a browser: Chromium is Debian's (`make test` installs it),
 driven by the Python `playwright` package with `executable_path`.
 
 - `require_browser()` skips (or, with CI set, fails) when Chromium or playwright is missing.
@@ -54,7 +54,7 @@ def require_browser():
     """The playwright module, or a skip (a failure when CI is set) saying what is missing."""
     missing = []
     if not os.access(CHROMIUM, os.X_OK):
-        missing.append(f"{CHROMIUM} (Debian's chromium: `make browser`, as root)")
+        missing.append(f"{CHROMIUM} (Debian's chromium: `make system-packages`, as root)")
     try:
         sync_api = importlib.import_module("playwright.sync_api")
     except ImportError:

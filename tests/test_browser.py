@@ -4,8 +4,8 @@ view (an ipywidgets progress bar in `.nbbuild-progress`, then its summary), the 
 image, no traceback. A full-page screenshot is left in tests/artifacts/jupyterlab.png, with the
 server's log and the browser's console.
 
-Needs Debian's Chromium at /usr/bin/chromium (`make browser`) and the playwright package (dev
-extra); without them the test is skipped, or fails when CI is set.
+Needs Debian's Chromium at /usr/bin/chromium (`make test` installs it) and the playwright package
+(dev extra); without them the test is skipped, or fails when CI is set.
 """
 from __future__ import annotations
 
@@ -25,8 +25,9 @@ CELLS = [
     "%%rule clean\nclean = [x * 2 for x in raw]",
     "%build clean --force",
     "%nbbuild graph",
+    "%nbbuild dashboard",
 ]
-BUILD_CELL, GRAPH_CELL = 3, 4
+RAW_CELL, BUILD_CELL, GRAPH_CELL, DASHBOARD_CELL = 1, 3, 4, 5
 
 APP_TIMEOUT = 60_000     # ms: the page, the app and the kernel ready
 RUN_TIMEOUT = 60_000     # ms: every cell run
@@ -96,10 +97,15 @@ def run_all(page) -> None:
     page.evaluate(
         """(sel) => {
             window.__nbbuildBarSeen = false;
+            window.__nbbuildRunningSeen = [];
             const look = () => {
                 for (const el of document.querySelectorAll(sel))
                     if (el.getClientRects().length && getComputedStyle(el).visibility !== 'hidden')
                         window.__nbbuildBarSeen = true;
+                // the view's "running <task> <seconds>" line, as the widget updates arrive
+                for (const el of document.querySelectorAll('.nbbuild-progress .nbbuild-running'))
+                    if (!window.__nbbuildRunningSeen.includes(el.textContent))
+                        window.__nbbuildRunningSeen.push(el.textContent);
             };
             window.__nbbuildObserver = new MutationObserver(look);
             window.__nbbuildObserver.observe(document.body, {subtree: true, childList: true, attributes: true});
@@ -155,6 +161,24 @@ def check_graph_svg(page, cell) -> None:
         assert name in svg, f"the graph's SVG does not name the rule {name!r}"
 
 
+def check_live(page, cell) -> None:
+    """While raw's body slept, the running line was updated in the page: shown more than once,
+    with its time going up."""
+    seen = [t for t in page.evaluate("() => window.__nbbuildRunningSeen") if t.startswith("running raw ")]
+    times = [float(t.split()[2]) for t in seen]
+    assert len(times) >= 2 and times == sorted(times) and times[-1] > times[0], seen
+
+
+def check_dashboard(page, cell) -> None:
+    board = cell.locator(".nbbuild-dashboard").first
+    board.wait_for(state="visible", timeout=SHOW_TIMEOUT)
+    svg = board.locator("svg").first
+    svg.wait_for(state="visible", timeout=SHOW_TIMEOUT)
+    assert svg.locator("g.node").count() == 2, "the dashboard's graph should have the two rules"
+    assert board.locator(".nbbuild-metrics .widget-hprogress").count() == 1, "no store-size bar"
+    assert "tasks ran" in board.inner_text() and "hit rate" in board.inner_text()
+
+
 def test_notebook_in_jupyterlab(page, lab):
     open_notebook(page, lab)
     run_all(page)
@@ -162,6 +186,8 @@ def test_notebook_in_jupyterlab(page, lab):
     build_cell, graph_cell = cells.nth(BUILD_CELL), cells.nth(GRAPH_CELL)
     checks = [
         ("live build view: .nbbuild-progress .widget-hprogress visible", check_progress, build_cell),
+        ("live updates: the running line changed in the page while raw ran", check_live, cells.nth(RAW_CELL)),
+        ("dashboard: inline SVG graph, metrics table and store bar", check_dashboard, cells.nth(DASHBOARD_CELL)),
         ("build summary ('ran ') inside .nbbuild-progress", check_summary, build_cell),
         ("graph rendered as an SVG <img> naming raw and clean", check_graph_svg, graph_cell),
     ]

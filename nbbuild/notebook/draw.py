@@ -11,11 +11,14 @@ Contract:
   when it is on the PATH, else by pygraphviz (its manylinux wheel bundles the Graphviz libraries);
   else ("text/vnd.mermaid", diagram), which JupyterLab ≥ 4.1 draws. Never raises for a graph.
 - `mermaid(graph, live=None)` is that diagram. `renderer()` names what `render` will use.
+- `html(graph, live=None)` is the graph for an HTML widget: inline SVG, or the text tree where
+  only Mermaid is to be had (a widget does not draw Mermaid).
 """
 from __future__ import annotations
 
 import contextlib
 import functools
+import html as _html
 import logging
 import os
 import re
@@ -26,9 +29,9 @@ from typing import Any, Iterator
 
 import graphviz
 
-from .graph import Graph, Node, seconds_text, size_text
+from .graph import Graph, Node, seconds_text, size_text, tree
 
-__all__ = ["COLOURS", "dot", "mermaid", "render", "renderer"]
+__all__ = ["COLOURS", "dot", "mermaid", "render", "renderer", "html"]
 
 log = logging.getLogger("nbbuild")
 
@@ -70,13 +73,13 @@ def dot(graph: Graph, live: dict[str, str] | None = None) -> graphviz.Digraph:
     ids, roots = _ids(graph), set(graph.roots)
     for nid, node in graph.nodes.items():
         if node.kind == "file":
-            g.node(ids[nid], node.label, shape="note", fillcolor=_FILE[0], color=_FILE[1], fontsize="10",
+            g.node(ids[nid], graphviz.escape(node.label), shape="note", fillcolor=_FILE[0], color=_FILE[1], fontsize="10",
                    tooltip=node.label)
             continue
         state = _state(node, live)
         fill, border = COLOURS.get(state, COLOURS["never built"])
         detail = _detail(node)
-        text = node.label + (f"\n{detail}" if detail else "")
+        text = graphviz.escape(node.label) + (f"\\n{detail}" if detail else "")   # DOT's own line break
         attrs = {"fillcolor": fill, "color": border, "tooltip": f"{node.label}: {state}",
                  "class": "nbbuild-" + state.replace(" ", "-")}
         if nid in roots:
@@ -162,3 +165,10 @@ def render(graph: Graph, live: dict[str, str] | None = None) -> tuple[str, str]:
     except Exception:  # a broken Graphviz install: the diagram is still worth showing
         log.warning("nbbuild: laying out the graph with %s failed; showing it as Mermaid", way, exc_info=True)
     return "text/vnd.mermaid", mermaid(graph, live)
+
+
+def html(graph: Graph, live: dict[str, str] | None = None) -> str:
+    mime, text = render(graph, live)
+    if mime == "image/svg+xml":
+        return text[text.find("<svg"):]
+    return f"<pre>{_html.escape(tree(graph))}</pre>"

@@ -18,7 +18,6 @@ Contract:
 """
 from __future__ import annotations
 
-import html
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -52,7 +51,8 @@ class NotebookState:
         self.rich = getattr(shell, "kernel", None) is not None
         if self.rich:
             from .widgets import BuildView
-            self.view: Any = BuildView(shell, graph=self.graph_html)
+            from .draw import html
+            self.view: Any = BuildView(shell, snapshot=self.graph, draw=html)
         else:
             self.view = TextProgress(summary=False)
         self.build.watch(self.view)
@@ -155,14 +155,10 @@ class NotebookState:
         """The graph snapshot of the targets (every rule when None)."""
         return snapshot(self.build, self.static(), targets)
 
-    def graph_html(self, targets: list | None = None, live: dict | None = None) -> str:
-        """The graph as HTML for a widget: inline SVG, or its text tree where no layout engine is."""
-        from .draw import render
-        g = self.graph(targets)
-        mime, text = render(g, live)
-        if mime == "image/svg+xml":
-            return text[text.find("<svg"):]
-        return f"<pre>{html.escape(tree(g))}</pre>"
+    def graph_html(self, targets: list | None = None) -> str:
+        """The graph as HTML for a widget (draw.html)."""
+        from .draw import html
+        return html(self.graph(targets))
 
     def dependents(self, name: str) -> list[str]:
         """Rules that read, directly or not, what rule `name` produces, in definition order."""

@@ -10,8 +10,11 @@ Contract:
   what changed, from its own thread (a one-target build may run its body on the kernel's thread):
   the updates reach the front end while the cell runs. When the build ends the ticker is stopped
   and joined, then the box settles into the report's one line (the rows folded below it), and the
-  display's plain-text form becomes that line. `graph_for(targets)` asks for a live graph too, for
-  the next build only (drawn at most once a second, for graphs of at most `LIVE_GRAPH_NODES`).
+  display's plain-text form becomes that line. Tasks are named as the user types them (`clean`).
+- `graph_for(targets)` asks for a live graph too, for the next build only: `snapshot(targets)`
+  (a graph.Graph, taken on the build's thread when it starts and again when it ends) is drawn by
+  `draw(graph, live)` with the states the build's progress gives, at most once a second, for
+  graphs of at most `LIVE_GRAPH_NODES`.
 - `metrics_view(metrics)` and `dashboard(graph_svg, metrics)` are widgets with a plain-text
   form; `show(widget, text)` displays one with that text beside it.
 """
@@ -29,6 +32,7 @@ from IPython.display import display
 from ..console import line
 from ..metrics import Metrics
 from ..progress import Progress
+from .graph import label
 
 __all__ = ["BuildView", "metrics_view", "metrics_text", "dashboard", "show", "LIVE_GRAPH_NODES"]
 
@@ -37,7 +41,10 @@ LIVE_GRAPH_NODES = 300
 _MARK = {"running": "▶", "executed": "✔ ran", "verified": "↺ reused", "constructed": "↺ reused (older)",
          "failed": "✘ failed", "skipped": "– skipped"}
 _STYLE = ("<style>.nbbuild-rows{border-collapse:collapse;font-size:12px;margin-top:2px}"
-          ".nbbuild-rows td{padding:1px 10px 1px 0;white-space:nowrap}"
+          ".nbbuild-rows td{padding:1px 10px 1px 0;white-space:nowrap;line-height:1.35}"
+          # an HTML widget's line height is a widget row's (28 px): tables and notes want text's
+          ".nbbuild-progress .widget-html-content,.nbbuild-metrics .widget-html-content{line-height:1.35}"
+          ".nbbuild-metrics .widget-html-content{white-space:nowrap}"
           ".nbbuild-rows td.s{text-align:right;font-variant-numeric:tabular-nums}"
           ".nbbuild-running{color:#1565c0}.nbbuild-failed,.nbbuild-skipped{color:#c62828}"
           ".nbbuild-scroll{max-height:16em;overflow-y:auto}</style>")
@@ -59,18 +66,18 @@ def _secs(s: float) -> str:
 def rows_html(p: Progress) -> str:
     rows = list(p.running) + list(p.rows if p.complete else p.rows)
     body = "".join(f'<tr class="nbbuild-{r.outcome}"><td>{_MARK.get(r.outcome, r.outcome)}</td>'
-                   f"<td>{html.escape(r.task)}</td><td class=s>{_secs(r.seconds)}</td></tr>" for r in rows)
+                   f"<td>{html.escape(label(r.task))}</td><td class=s>{_secs(r.seconds)}</td></tr>" for r in rows)
     head = "" if p.complete else (f"<div>{p.checked} tasks checked; the {len(p.rows)} slowest "
                                   f"{'and those running ' if p.running else ''}shown</div>")
     return f'{_STYLE}{head}<div class="nbbuild-scroll"><table class="nbbuild-rows">{body}</table></div>'
 
 
 class BuildView:
-    def __init__(self, shell: Any, interval: float = 0.25,
-                 graph: Callable[[list, dict | None], str] | None = None):
+    def __init__(self, shell: Any, interval: float = 0.25, snapshot: Callable[[list], Any] | None = None,
+                 draw: Callable[[Any, dict | None], str] | None = None):
         self.shell = shell
         self.interval = interval
-        self.draw_graph = graph           # (targets, live states) -> svg text, from the notebook state
+        self.snapshot, self.draw = snapshot, draw
         self._graph_targets: list | None = None
         self._lock = threading.Lock()     # one push at a time: widget syncs are not thread-safe
         self._stop = threading.Event()
@@ -90,8 +97,13 @@ class BuildView:
         box = w.VBox([w.HBox([bar, head]), running, rows, graph])
         box.add_class("nbbuild-progress")
         parts = {"box": box, "bar": bar, "head": head, "running": running, "rows": rows, "graph": graph,
-                 "sent": {}, "graph_at": 0.0, "targets": self._graph_targets}
+                 "sent": {}, "graph_at": 0.0, "targets": self._graph_targets, "snapshot": None}
         self._graph_targets = None
+        if parts["targets"] is not None and self.snapshot is not None and self.draw is not None:
+            try:
+                parts["snapshot"] = self.snapshot(parts["targets"])    # here, on the build's thread
+            except Exception:  # the graph is a bonus: the build view goes on without it
+                log.warning("nbbuild: the task graph could not be read", exc_info=True)
         parts["handle"] = show(box, "nbbuild: building…", view="build")
         self.last = parts
         self._stop.clear()
@@ -125,25 +137,25 @@ class BuildView:
                                               f"{p.elapsed:.1f} s")
             now = p.running
             self._set(parts, "running", "value",
-                      f'<span class="nbbuild-running">running <b>{html.escape(now[0].task)}</b> '
+                      f'<span class="nbbuild-running">running <b>{html.escape(label(now[0].task))}</b> '
                       f"{now[0].seconds:.1f} s</span>" + (f" (+{len(now) - 1} more)" if len(now) > 1 else "")
                       if now else "")
             self._set(parts, "rows", "value", rows_html(p))
             self._live_graph(parts, p)
 
     def _live_graph(self, parts: dict, p: Progress) -> None:
-        targets = parts["targets"]
-        if targets is None or self.draw_graph is None or not (p.complete or p.done):
+        graph = parts["snapshot"]
+        if graph is None or self.draw is None or not (p.complete or p.done):
             return
         if not p.done and time.monotonic() - parts["graph_at"] < 1.0:
             return
         live = {r.key: {"executed": "ran", "verified": "reused", "constructed": "reused"}.get(r.outcome, r.outcome)
                 for r in p.rows}
         live.update({r.key: "running" for r in p.running})
-        if len(live) > LIVE_GRAPH_NODES:
+        if len(graph.nodes) > LIVE_GRAPH_NODES:
             return
         parts["graph_at"] = time.monotonic()
-        self._set(parts, "graph", "value", self.draw_graph(targets, None if p.done else live))
+        self._set(parts, "graph", "value", self.draw(graph, None if p.done else live))
 
     def finished(self, build: Any) -> None:
         self._stop.set()
@@ -153,15 +165,20 @@ class BuildView:
         parts, p = self.last, build.progress()
         if parts is None or p is None:
             return
+        if parts["snapshot"] is not None:
+            try:
+                parts["snapshot"] = self.snapshot(parts["targets"])    # the states the build left
+            except Exception:  # as at the start: the summary must still settle
+                log.warning("nbbuild: the task graph could not be read", exc_info=True)
         with self._lock:
             ok = not p.error and not p.failed
             self._set(parts, "bar", "max", max(1, p.checked))
             self._set(parts, "bar", "value", max(1, p.checked))
             self._set(parts, "bar", "bar_style", "success" if ok else "danger")
-            text = line(p)
+            text = label(line(p))
             self._set(parts, "head", "value", f"<b>nbbuild</b> {html.escape(text)}")
             self._set(parts, "running", "value", "")
-            self._set(parts, "rows", "value", f"<details><summary>{p.checked} tasks</summary>{rows_html(p)}</details>"
+            self._set(parts, "rows", "value", f"<details><summary>{p.checked} task{'s' if p.checked != 1 else ''}</summary>{rows_html(p)}</details>"
                       if p.rows else "")
             try:
                 self._live_graph(parts, p)

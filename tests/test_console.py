@@ -1,0 +1,119 @@
+"""The text form of the build view (console.py): a line redrawn in place on a terminal."""
+from __future__ import annotations
+
+import io
+import os
+import pty
+import select
+import subprocess
+import sys
+import textwrap
+import time
+
+import nbbuild
+from nbbuild.console import TextProgress, line
+from nbbuild.progress import Progress, TaskRow
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def slow_rules(b, calls):
+    @b.rule
+    def raw():
+        calls.append("raw")
+        return list(range(5))
+
+    @b.rule
+    def slow():
+        data = raw()
+        calls.append("slow")
+        time.sleep(0.6)
+        return sum(data)
+    return slow
+
+
+def test_on_a_terminal_the_line_is_redrawn_in_place_then_replaced_by_the_summary(b, calls):
+    out = Terminal()
+    b.watch(TextProgress(out, delay=0.05, interval=0.05))
+    assert slow_rules(b, calls)() == 10
+    assert calls == ["raw", "slow"]
+    text = out.getvalue()
+    draws = [d for d in text.split("\r") if d.startswith("nbbuild ")]
+    assert len(draws) >= 3                                   # redrawn while the body ran
+    assert all(d.endswith("\x1b[K") for d in draws)          # each clears what the last left
+    assert "1/2 (ran 1, reused 0) " in draws[-1] and "· running slow() " in draws[-1]
+    assert text.endswith("\r\x1b[K" + str(b.report) + "\n")  # cleared, then the one line
+
+
+def test_a_short_build_writes_only_its_summary(b, calls):
+    out = Terminal()
+    b.watch(TextProgress(out, delay=5.0))
+    slow_rules(b, calls)()
+    assert out.getvalue() == str(b.report) + "\n"
+
+
+def test_without_a_summary_a_short_build_writes_nothing(b, calls):
+    out = Terminal()
+    b.watch(TextProgress(out, summary=False, delay=5.0))
+    slow_rules(b, calls)()
+    assert out.getvalue() == ""
+
+
+def test_on_a_stream_that_is_not_a_terminal_lines_are_plain_and_rare(b, calls):
+    out = io.StringIO()
+    b.watch(TextProgress(out, delay=0.05, interval=0.01, plain_interval=10.0))
+    slow_rules(b, calls)()
+    lines = out.getvalue().splitlines()
+    assert "\r" not in out.getvalue() and len(lines) == 2
+    assert lines[0].startswith("nbbuild ") and lines[1] == str(b.report)
+
+
+def test_a_line_names_the_longest_running_task_and_fits_the_width():
+    p = Progress(("top()",), known=40, checked=10, ran=3, reused=7, failed=1, skipped=0, elapsed=2.5,
+                 running=(TaskRow("k1", "fit(alpha=0.5)", "running", 2.0), TaskRow("k2", "raw()", "running", 0.1)),
+                 rows=(), complete=True)
+    text = line(p, width=200)
+    assert text == "nbbuild █████░░░░░░░░░░░░░░░ 10/40 (ran 3, reused 7, failed 1) 2.5 s · running fit(alpha=0.5) 2.0 s +1"
+    assert len(line(p, width=50)) == 50 and line(p, width=50).endswith("…")
+
+
+def test_a_plain_script_on_a_terminal_shows_the_line_on_stderr(tmp_path):
+    """A real pseudo-terminal: `Build()` in a script, with nothing set, draws the line."""
+    script = tmp_path / "pipeline.py"
+    script.write_text(textwrap.dedent(f"""
+        import time, nbbuild
+        b = nbbuild.Build({str(tmp_path / 'store')!r})
+        @b.rule
+        def slow():
+            time.sleep(1.5)
+            return 1
+        print("value", slow())
+    """))
+    leader, follower = pty.openpty()
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(nbbuild.__file__))}
+    proc = subprocess.Popen([sys.executable, str(script)], stdin=follower, stdout=follower, stderr=follower,
+                            env=env, close_fds=True)
+    os.close(follower)
+    seen = b""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([leader], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:        # the script exited and closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+        elif proc.poll() is not None:
+            break
+    proc.wait(timeout=30)
+    os.close(leader)
+    text = seen.decode("utf-8", "replace")
+    assert proc.returncode == 0, text
+    assert "\rnbbuild " in text and "running slow() " in text
+    assert "ran 1, reused 0, failed 0 in " in text and "value 1" in text

@@ -1,0 +1,135 @@
+"""Drawing the task graph (notebook/draw.py): DOT with states, sizes and targets; SVG from `dot`,
+else pygraphviz's wheel, else Mermaid, never an exception."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+
+import pytest
+
+import nbbuild
+from nbbuild.notebook import draw
+from nbbuild.notebook.graph import snapshot
+
+
+def plain_path_without_dot() -> str:
+    return os.pathsep.join(d for d in os.environ.get("PATH", "").split(os.pathsep)
+                           if d and not os.path.exists(os.path.join(d, "dot")))
+
+
+@pytest.fixture
+def graph(b, tmp_path):
+    data = tmp_path / "data.csv"
+    data.write_text("1,2,3")
+
+    @b.rule
+    def raw():
+        return [int(x) for x in open(nbbuild.file(str(data))).read().split(",")]
+
+    @b.rule
+    def clean():
+        return sorted(raw())
+
+    @b.rule
+    def model(alpha):
+        return sum(clean()) * alpha
+
+    @b.rule
+    def report():
+        return model(0.5)
+
+    @b.rule
+    def broken():
+        raise ValueError("no")
+
+    b.build(report)
+    with pytest.raises(nbbuild.BuildError):
+        b.build(broken)
+    data.write_text("1,2,4")                      # raw and what reads it are stale now
+    return snapshot(b, {}, [report.task(), broken.task()])
+
+
+def node_lines(source: str) -> dict[str, str]:
+    """DOT node statements by their label's first line (a file by its name)."""
+    found = {}
+    for m in re.finditer(r'^\s*(n\d+) \[label=(?:"([^"\\]*)|(\w+))[^\]]*\]', source, re.M):
+        label = m.group(2) or m.group(3)     # DOT quotes only labels that need it
+        found["file " + os.path.basename(label) if label.startswith("file ") else label] = m.group(0)
+    return found
+
+
+def test_one_node_per_task_and_file_with_an_edge_from_each_input(graph):
+    g = draw.dot(graph)
+    nodes = node_lines(g.source)
+    assert set(nodes) == {"report", "model(0.5)", "clean", "raw", "broken", "file data.csv"}
+    ids = {label: line.split()[0] for label, line in nodes.items()}
+    edges = set(re.findall(r"^\s*(n\d+) -> (n\d+)", g.source, re.M))
+    assert edges == {(ids["model(0.5)"], ids["report"]), (ids["clean"], ids["model(0.5)"]),
+                     (ids["raw"], ids["clean"]), (ids["file data.csv"], ids["raw"])}
+
+
+def test_colours_follow_state_and_targets_have_a_double_border(graph):
+    nodes = node_lines(draw.dot(graph).source)
+    assert "nbbuild-stale" in nodes["raw"] and draw.COLOURS["stale"][0] in nodes["raw"]
+    assert "nbbuild-failed" in nodes["broken"] and draw.COLOURS["failed"][0] in nodes["broken"]
+    assert "peripheries=2" in nodes["report"] and "peripheries=2" in nodes["broken"]
+    assert "peripheries" not in nodes["clean"]
+    assert re.search(r'label="model\(0\.5\)\\n\d+\.\d\d s · \d+ B"', nodes["model(0.5)"]) is None  # stale: no size
+    live = draw.dot(graph, {k: "running" for k, n in graph.nodes.items() if n.label == "clean"}).source
+    assert "nbbuild-running" in node_lines(live)["clean"]
+
+
+def test_a_label_shows_the_last_run_time_and_the_stored_size(b):
+    @b.rule
+    def blob():
+        return b"x" * 5000
+
+    blob()
+    source = draw.dot(snapshot(b, {}, [blob.task()])).source
+    assert re.search(r'label="blob\\n\d+\.\d\d s · 5\.\d KB"', source)
+    assert "nbbuild-up-to-date" in source
+
+
+def test_with_dot_on_the_path_it_lays_out_the_svg(graph):
+    if shutil.which("dot") is None:
+        if os.environ.get("CI"):
+            pytest.fail("Graphviz's dot is missing: `make test` installs it (apt-get install graphviz)")
+        pytest.skip("Graphviz's dot is not installed here (make test installs it)")
+    assert draw.renderer() == "dot"
+    mime, svg = draw.render(graph)
+    assert mime == "image/svg+xml" and "<svg" in svg and ">model(0.5)</text>" in svg
+    assert svg.count('class="node') == 6 and svg.count('class="edge"') == 4
+
+
+def test_with_dot_off_the_path_the_bundled_graphviz_lays_it_out(graph, monkeypatch):
+    monkeypatch.setenv("PATH", plain_path_without_dot())
+    assert shutil.which("dot") is None
+    assert draw.renderer() == "pygraphviz"
+    mime, svg = draw.render(graph)
+    assert mime == "image/svg+xml" and "<svg" in svg and ">model(0.5)</text>" in svg
+    assert svg.count('class="node') == 6 and svg.count('class="edge"') == 4
+
+
+def test_with_no_graphviz_at_all_it_is_a_mermaid_diagram(graph, monkeypatch):
+    monkeypatch.setenv("PATH", plain_path_without_dot())
+    monkeypatch.setattr(draw, "_pygraphviz", lambda: None)
+    assert draw.renderer() == "mermaid"
+    mime, text = draw.render(graph)
+    assert mime == "text/vnd.mermaid" and text.startswith("flowchart LR\n")
+    ids = dict(re.findall(r'^    (n\d+)\(\[?"([^"<]*)', text, re.M))
+    assert set(ids.values()) == {"report", "model(0.5)", "clean", "raw", "broken"}
+    assert len(re.findall(r"^    n\d+ --> n\d+$", text, re.M)) == 4
+    assert re.search(r"^    classDef stale fill:#fff1c2,stroke:#b26a00$", text, re.M)
+
+
+def test_a_broken_graphviz_falls_back_to_mermaid_with_a_warning(graph, monkeypatch, tmp_path, caplog):
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "dot").write_text("#!/bin/sh\necho 'dot: broken' >&2\nexit 3\n")
+    (fake / "dot").chmod(0o755)
+    monkeypatch.setenv("PATH", str(fake) + os.pathsep + plain_path_without_dot())
+    assert draw.renderer() == "dot"
+    mime, text = draw.render(graph)
+    assert mime == "text/vnd.mermaid" and "flowchart LR" in text
+    assert "laying out the graph with dot failed" in caplog.text

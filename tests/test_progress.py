@@ -1,0 +1,198 @@
+"""Progress snapshots (progress.py) and build watchers: what a view sees during and after a build."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+import nbbuild
+from nbbuild.progress import ROW_LIMIT, SLOWEST
+
+
+class Recorder:
+    """A build watcher that notes its calls and the snapshot it was shown at the end."""
+
+    def __init__(self):
+        self.events: list[str] = []
+        self.final = None
+
+    def started(self, build):
+        self.events.append("started")
+        assert build.progress().done is False
+
+    def finished(self, build):
+        self.events.append("finished")
+        self.final = build.progress()
+
+
+def test_a_running_build_shows_the_task_running_now_and_what_finished(b, calls):
+    seen = []
+
+    @b.rule
+    def raw():
+        calls.append("raw")
+        return [3, 1, 2]
+
+    @b.rule
+    def clean():
+        data = raw()
+        calls.append("clean")
+        time.sleep(0.05)
+        seen.append(b.progress())        # asked from inside the body, as a ticker thread would
+        return sorted(data)
+
+    assert clean() == [1, 2, 3]
+    assert calls == ["raw", "clean"]
+    p = seen[0]
+    assert not p.done and p.targets == ("clean()",)
+    assert [r.task for r in p.running] == ["clean()"] and p.running[0].outcome == "running"
+    assert p.running[0].seconds >= 0.05
+    assert [(r.task, r.outcome) for r in p.rows] == [("raw()", "executed")]
+    assert (p.checked, p.ran, p.reused, p.failed) == (1, 1, 0, 0)
+    assert p.known == 2 and p.complete
+    assert 0 < p.fraction < 1
+
+
+def test_after_the_build_the_snapshot_is_settled_with_the_report_line(b, calls):
+    @b.rule
+    def raw():
+        calls.append("raw")
+        return 1
+
+    @b.rule
+    def total():
+        calls.append("total")
+        return raw() + 1
+
+    total()
+    p = b.progress()
+    assert p.done and p.summary == str(b.report) and p.error == ""
+    assert (p.checked, p.ran, p.reused, p.known, p.fraction) == (2, 2, 0, 2, 1.0)
+    assert [r.task for r in p.rows] == ["raw()", "total()"] and p.running == ()
+    total()                     # known up to date in this process: nothing is even visited
+    assert calls == ["total", "raw"]
+    p = b.progress()
+    assert (p.checked, p.ran, p.reused, p.known) == (2, 0, 2, 2)
+    assert b.progress() is p    # settled: the same record until the next build
+
+
+def test_a_big_build_shows_only_the_slowest_tasks(b):
+    @b.rule
+    def leaf(i):
+        if i in (7, 150, 222):
+            time.sleep(0.03)
+        return i
+
+    @b.rule
+    def top():
+        return sum(leaf.map(range(ROW_LIMIT + 50)))
+
+    top()
+    p = b.progress()
+    assert p.checked == ROW_LIMIT + 51 and not p.complete and len(p.rows) == SLOWEST
+    assert [r.task for r in p.rows[:3]] == sorted(["leaf(7)", "leaf(150)", "leaf(222)"],
+                                                 key=lambda t: -next(r.seconds for r in p.rows if r.task == t))
+    assert {r.task for r in p.rows[:3]} == {"leaf(7)", "leaf(150)", "leaf(222)"}
+    assert [r.seconds for r in p.rows] == sorted((r.seconds for r in p.rows), reverse=True)
+
+
+def test_a_fresh_process_knows_the_size_of_the_build_from_its_traces(store_dir, tmp_path):
+    data = tmp_path / "data.txt"
+    data.write_text("1 2 3")
+
+    def rules(b, seen):
+        @b.rule
+        def raw():
+            seen.append(b.progress())
+            return [int(w) for w in open(nbbuild.file(str(data))).read().split()]
+
+        @b.rule
+        def mid():
+            return sum(raw())
+
+        @b.rule
+        def base():
+            return 10
+
+        @b.rule
+        def other():
+            return base() * 2
+
+        @b.rule
+        def total():
+            return mid() + other()     # two groups in order: other is not met before raw runs
+        return total
+
+    with nbbuild.Build(store_dir) as first:
+        assert rules(first, [])() == 26
+    data.write_text("1 2 4")
+    seen: list = []
+    with nbbuild.Build(store_dir) as again:          # a new Build: nothing known in memory
+        total = rules(again, seen)
+        assert total() == 27
+    # met so far: total, mid, raw; the stored traces reach other and base too
+    assert seen[0].checked == 0 and seen[0].known == 5
+
+
+def test_watchers_see_every_top_level_build_and_no_nested_one(b):
+    view = b.watch(Recorder())
+
+    @b.rule
+    def raw():
+        return 1
+
+    @b.rule
+    def total():
+        return raw() + 1
+
+    total()
+    total()
+    assert view.events == ["started", "finished", "started", "finished"]
+    assert view.final.done and view.final.summary == str(b.report)
+    b.unwatch(view)
+    total()
+    assert len(view.events) == 4
+
+
+def test_a_failed_build_settles_with_its_report_and_the_error(b):
+    view = b.watch(Recorder())
+
+    @b.rule
+    def broken():
+        raise ValueError("bad row")
+
+    with pytest.raises(nbbuild.BuildError):
+        broken()
+    p = view.final
+    assert p.done and p.failed == 1 and p.summary.startswith("ran 0, reused 0, failed 1")
+    assert p.error == "BuildError: broken() failed: ValueError: bad row"
+
+
+def test_an_interrupted_build_settles_as_interrupted(b):
+    view = b.watch(Recorder())
+
+    @b.rule
+    def slow():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        slow()
+    assert view.final.done and view.final.error == "interrupted" and view.final.summary == ""
+
+
+def test_a_view_that_raises_is_logged_and_the_build_goes_on(b, caplog):
+    class Broken:
+        def started(self, build):
+            raise RuntimeError("no front end")
+
+        def finished(self, build):
+            raise AssertionError("a view that failed to start is not told of the end")
+
+    b.watch(Broken())
+
+    @b.rule
+    def answer():
+        return 42
+
+    assert answer() == 42
+    assert "a build view failed in started" in caplog.text

@@ -1,0 +1,158 @@
+"""The widget views (notebook/widgets.py), their state followed through real builds. Outside a
+kernel the widgets have no front end; what they would send is what their traits hold."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from IPython.core.interactiveshell import InteractiveShell
+
+import nbbuild
+from nbbuild.notebook.graph import snapshot as graph
+from nbbuild.notebook.widgets import BuildView, dashboard, metrics_text, metrics_view
+from nbbuild.progress import ROW_LIMIT, SLOWEST
+
+
+@pytest.fixture(autouse=True)
+def shell():
+    InteractiveShell.clear_instance()
+    yield InteractiveShell.instance()
+    InteractiveShell.clear_instance()
+
+
+class Watched(BuildView):
+    """A BuildView that notes every value its widgets take, and from which thread."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.changes: list[tuple[str, str, object, str]] = []   # widget, thread, value, trait
+
+    def started(self, build):
+        super().started(build)
+        for name in ("bar", "head", "running", "rows", "graph"):
+            self.last[name].observe(
+                lambda change, name=name: self.changes.append(
+                    (name, threading.current_thread().name, change["new"], change["name"])),
+                names=["value", "max", "bar_style"])
+
+    def values(self, name: str) -> list:
+        return [v for n, _, v, _ in self.changes if n == name]
+
+
+def rules(b, calls, pause=0.6):
+    @b.rule
+    def raw():
+        calls.append("raw")
+        return [3, 1, 2]
+
+    @b.rule
+    def clean():
+        data = raw()
+        calls.append("clean")
+        time.sleep(pause)
+        return sorted(data)
+    return clean
+
+
+def test_while_a_build_runs_its_thread_shows_the_running_task(b, calls):
+    view = b.watch(Watched(None, interval=0.05))
+    assert rules(b, calls)() == [1, 2, 3]
+    assert calls == ["raw", "clean"]
+    live = [(t, v) for n, t, v, _ in view.changes if n == "running" and v]
+    assert live and all(t == "nbbuild-view" for t, _ in live)        # pushed by the ticker thread
+    assert all("running <b>clean</b>" in v for _, v in live)
+    assert any("1/2 tasks · ran 1, reused 0" in v for v in view.values("head"))
+    rows = [v for v in view.values("rows") if "<td>clean</td>" in v]
+    assert rows and "▶" in rows[0] and "✔ ran" in rows[0] and "<td>raw</td>" in rows[0]
+
+
+def test_updates_are_throttled_and_only_what_changed_is_sent(b, calls):
+    view = b.watch(Watched(None, interval=0.25))
+    rules(b, calls, pause=1.0)()
+    during = [c for c in view.changes if c[1] == "nbbuild-view"]
+    # one build second at four pushes a second: a handful of changes per widget, not one per task
+    assert 0 < len([c for c in during if c[0] == "head"]) <= 6
+    assert len([c for c in during if c[0] == "bar" and c[3] == "max"]) <= 1       # the same max: sent once
+
+
+def test_it_settles_into_the_reports_line(b, calls, capsys):
+    view = b.watch(Watched(None, interval=0.05))
+    rules(b, calls, pause=0.1)()
+    parts = view.last
+    assert "nbbuild-progress" in parts["box"]._dom_classes
+    assert (parts["bar"].value, parts["bar"].max, parts["bar"].bar_style) == (2, 2, "success")
+    assert parts["head"].value == f"<b>nbbuild</b> {b.report}"
+    assert parts["running"].value == ""
+    assert parts["rows"].value.startswith("<details><summary>2 tasks</summary>")
+    shown = capsys.readouterr().out.splitlines()
+    assert shown == ["nbbuild: building…", str(b.report)]    # the display, then its update
+
+
+def test_a_failed_build_settles_in_red(b):
+    view = b.watch(BuildView(None, interval=0.05))
+
+    @b.rule
+    def broken():
+        raise ValueError("no")
+
+    with pytest.raises(nbbuild.BuildError):
+        broken()
+    assert view.last["bar"].bar_style == "danger"
+    assert "failed 1" in view.last["head"].value
+
+
+def test_a_big_build_shows_the_slowest_tasks_not_every_row(b):
+    view = b.watch(BuildView(None, interval=0.05))
+
+    @b.rule
+    def leaf(i):
+        return i
+
+    @b.rule
+    def top():
+        return sum(leaf.map(range(ROW_LIMIT * 3)))
+
+    top()
+    rows = view.last["rows"].value
+    assert f"{ROW_LIMIT * 3 + 1} tasks checked; the {SLOWEST} slowest shown" in rows
+    assert rows.count("<tr") == SLOWEST
+
+
+def test_a_live_graph_is_drawn_with_running_states_then_settled(b, calls):
+    drawn = []
+    snapshots = []
+    view = b.watch(BuildView(None, interval=0.05, snapshot=lambda targets: snapshots.append(targets) or graph(b, {}, targets),
+                             draw=lambda g, live: drawn.append(live) or "<svg/>"))
+    clean = rules(b, calls, pause=1.2)
+    view.graph_for([clean.task()])
+    clean()
+    keys = {clean.task().key}
+    assert any(live and {k for k, s in live.items() if s == "running"} == keys for live in drawn)
+    assert drawn[-1] is None                          # the settled graph: states from the store
+    assert view.last["graph"].value == "<svg/>"
+    assert snapshots == [[clean.task()]] * 2          # when the build started, and when it ended
+    drawn.clear()
+    clean()                                           # asked for one build only
+    assert drawn == [] and len(snapshots) == 2
+
+
+def test_metrics_and_dashboard_render_the_build_metrics(b, calls):
+    b.set_quota("1 MB", save=False)
+    clean = rules(b, calls, pause=0.0)
+    clean()
+    clean()
+    m = b.metrics()
+    box = metrics_view(m)
+    bar = box.children[0].children[0]
+    assert "nbbuild-quota" in bar._dom_classes
+    assert bar.value == pytest.approx(m.stats["size_bytes"] / 1e6)
+    table = box.children[2].value
+    for row in ("tasks ran", "reused", "time saved", "hit rate", "bytes written", "evictions", "slowest rules"):
+        assert row in table
+    assert "<td class=s>100%</td><td class=s>50%</td>" in table      # hit rate: last build, session
+    text = metrics_text(m)
+    assert text.splitlines()[0].startswith("last build ran 0, reused 2, failed 0;")
+    assert "session    2 builds: ran 2, reused 2, failed 0;" in text
+    board = dashboard("<svg id=g></svg>", m)
+    assert board.children[0].value == "<svg id=g></svg>" and "nbbuild-dashboard" in board._dom_classes
