@@ -3,11 +3,12 @@ tqdm-like line on stderr. A view, not engine: it writes to its stream and only r
 `Build.progress()`.
 
 Contract:
-- `TextProgress(stream=sys.stderr, summary=True, delay=0.3, interval=0.25)` is a build watcher
-  (`Build.watch`). While a build runs longer than `delay`, a ticker thread redraws one line
-  (a bar, tasks checked of those known, ran/reused/failed, the longest-running task and its
-  elapsed time) at most once per `interval`, in place (`\\r`) on a terminal. On a stream that is
-  not a terminal it writes a plain line at most every `plain_interval` seconds instead.
+- `TextProgress(stream=sys.stderr, summary=True, delay=0.3, interval=0.25, names=str)` is a
+  build watcher (`Build.watch`). While a build runs longer than `delay`, a ticker thread redraws
+  one line (a bar, tasks checked of those known, ran/reused/failed, the longest-running task and
+  its elapsed time; tasks named by `names`: the notebook's `clean` for `clean()`) at most once per
+  `interval`, in place (`\\r`) on a terminal. On a stream that is not a terminal it writes a plain
+  line at most every `plain_interval` seconds instead.
 - When the build ends the ticker is stopped and joined before the last write: the line is
   cleared and, with `summary`, the report's one line (or why the build stopped) is written. A
   build shorter than `delay` writes nothing but that summary.
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import sys
 import threading
-from typing import IO, Any
+from typing import IO, Any, Callable
 
 from .progress import Progress
 
@@ -33,7 +34,7 @@ def _seconds(s: float) -> str:
     return f"{s:.1f} s" if s < 90 else f"{int(s // 60)} min {int(s % 60)} s"
 
 
-def line(p: Progress, width: int = 100) -> str:
+def line(p: Progress, width: int = 100, names: Callable[[str], str] = str) -> str:
     """One snapshot as one line of at most `width` characters."""
     if p.done:
         return p.summary or f"build stopped: {p.error}"
@@ -42,14 +43,14 @@ def line(p: Progress, width: int = 100) -> str:
     if p.running:
         now = p.running[0]
         more = f" +{len(p.running) - 1}" if len(p.running) > 1 else ""
-        text += f" · running {now.task} {_seconds(now.seconds)}{more}"
+        text += f" · running {names(now.task)} {_seconds(now.seconds)}{more}"
     return text if len(text) <= width else text[:width - 1] + "…"
 
 
 class TextProgress:
     def __init__(self, stream: IO[str] | None = None, summary: bool = True, delay: float = 0.3,
-                 interval: float = 0.25, plain_interval: float = 5.0):
-        self.stream = stream
+                 interval: float = 0.25, plain_interval: float = 5.0, names: Callable[[str], str] = str):
+        self.stream, self.names = stream, names
         self.summary, self.delay, self.interval, self.plain_interval = summary, delay, interval, plain_interval
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
@@ -79,7 +80,7 @@ class TextProgress:
             p = build.progress()
             if p is None or p.done:
                 return
-            text = line(p, self._width())
+            text = line(p, self._width(), self.names)
             if text != last:
                 self._write(("\r" + text + "\x1b[K") if tty else text + "\n")
                 self._drawn, last = True, text
@@ -110,4 +111,4 @@ class TextProgress:
             self._write("\r\x1b[K")
         p = build.progress()
         if self.summary and p is not None:
-            self._write(line(p) + "\n")
+            self._write(self.names(line(p)) + "\n")

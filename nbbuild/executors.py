@@ -185,6 +185,8 @@ class HelperPool:
                 fn()
             except BaseException:  # a helper must survive to serve the next build
                 log.exception("nbbuild helper thread: unexpected error")
+            # the build's hubs hold its scheduler and so every value it made: not until the next build
+            fn = None
 
     def run(self, fn: Callable[[], None], count: int) -> None:
         """Have `count` helper threads each run `fn` once."""

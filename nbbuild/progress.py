@@ -155,4 +155,5 @@ class Tracker:
                 why = ("" if error is None else "interrupted" if isinstance(error, KeyboardInterrupt)
                        else f"{type(error).__name__}: {error}" if str(error) else type(error).__name__)
                 self._final = self._snapshot(True, str(report) if report is not None else "", why, total)
+                self.sched = None      # it holds every task's value: the settled snapshot is all that stays
             return self._final

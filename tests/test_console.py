@@ -80,8 +80,34 @@ def test_a_line_names_the_longest_running_task_and_fits_the_width():
     assert len(line(p, width=50)) == 50 and line(p, width=50).endswith("…")
 
 
+def in_a_terminal(argv: list[str], cwd) -> tuple[int, str]:
+    """Run argv with a pseudo-terminal as its stdin, stdout and stderr; (exit code, what it wrote)."""
+    leader, follower = pty.openpty()
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(nbbuild.__file__)), "TERM": "xterm"}
+    proc = subprocess.Popen(argv, stdin=follower, stdout=follower, stderr=follower, env=env, cwd=cwd,
+                            close_fds=True)
+    os.close(follower)
+    seen = b""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([leader], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:        # it exited and closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+        elif proc.poll() is not None:
+            break
+    proc.wait(timeout=30)
+    os.close(leader)
+    return proc.returncode, seen.decode("utf-8", "replace")
+
+
 def test_a_plain_script_on_a_terminal_shows_the_line_on_stderr(tmp_path):
-    """A real pseudo-terminal: `Build()` in a script, with nothing set, draws the line."""
+    """`Build()` in a script, with nothing set, draws the line when stderr is a terminal."""
     script = tmp_path / "pipeline.py"
     script.write_text(textwrap.dedent(f"""
         import time, nbbuild
@@ -92,28 +118,22 @@ def test_a_plain_script_on_a_terminal_shows_the_line_on_stderr(tmp_path):
             return 1
         print("value", slow())
     """))
-    leader, follower = pty.openpty()
-    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(nbbuild.__file__))}
-    proc = subprocess.Popen([sys.executable, str(script)], stdin=follower, stdout=follower, stderr=follower,
-                            env=env, close_fds=True)
-    os.close(follower)
-    seen = b""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([leader], [], [], 0.5)
-        if ready:
-            try:
-                chunk = os.read(leader, 4096)
-            except OSError:        # the script exited and closed the terminal
-                break
-            if not chunk:
-                break
-            seen += chunk
-        elif proc.poll() is not None:
-            break
-    proc.wait(timeout=30)
-    os.close(leader)
-    text = seen.decode("utf-8", "replace")
-    assert proc.returncode == 0, text
+    code, text = in_a_terminal([sys.executable, str(script)], tmp_path)
+    assert code == 0, text
     assert "\rnbbuild " in text and "running slow() " in text
     assert "ran 1, reused 0, failed 0 in " in text and "value 1" in text
+
+
+def test_terminal_ipython_shows_the_line_and_prints_the_summary_once(tmp_path):
+    (tmp_path / "cells.ipy").write_text(textwrap.dedent("""
+        %load_ext nbbuild
+        get_ipython().run_cell_magic("rule", "slow --lazy", "import time\\ntime.sleep(1.5)\\nslow = 1\\n")
+        %build slow
+        print('bound', slow)
+    """))
+    code, text = in_a_terminal([sys.executable, "-m", "IPython", "--no-banner", "--quick", "--colors=nocolor",
+                                "cells.ipy"], tmp_path)
+    assert code == 0, text
+    assert "\rnbbuild " in text and "running slow " in text         # the live line, on stderr, as named there
+    assert text.count("ran 1, reused 0, failed 0 in ") == 1, text   # the summary once (the magic's)
+    assert "bound 1" in text

@@ -196,3 +196,23 @@ def test_a_view_that_raises_is_logged_and_the_build_goes_on(b, caplog):
 
     assert answer() == 42
     assert "a build view failed in started" in caplog.text
+
+
+def test_a_settled_build_keeps_no_value_alive(b):
+    import gc
+    import weakref
+
+    class Big:
+        pass
+
+    made = []
+
+    @b.rule(policy="memory")
+    def big():
+        made.append(weakref.ref(value := Big()))
+        return value
+
+    b.build(big)
+    b._forget()                   # the Build's own memory of values: what stays is up to the rest
+    gc.collect()
+    assert made[0]() is None and b.progress().done

@@ -54,7 +54,7 @@ class NotebookState:
             from .draw import html
             self.view: Any = BuildView(shell, snapshot=self.graph, draw=html)
         else:
-            self.view = TextProgress(summary=False)
+            self.view = TextProgress(summary=False, names=label)
         self.build.watch(self.view)
 
     def pre_run_cell(self, info: Any = None) -> None:
