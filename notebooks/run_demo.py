@@ -49,7 +49,15 @@ def _when(stamp: str) -> datetime:
 
 
 def stdout(cell) -> str:
-    return "".join(o.text for o in cell.outputs if o.output_type == "stream" and o.name == "stdout")
+    """What the cell printed, with the text form of nbbuild's displays (the build view's one line,
+    the metrics) where they stand: what a terminal would show."""
+    def text(o) -> str:
+        if o.output_type == "stream":
+            return o.text if o.name == "stdout" else ""
+        if o.output_type == "display_data" and "nbbuild" in o.get("metadata", {}):
+            return o.data.get("text/plain", "") + "\n"
+        return ""
+    return "".join(text(o) for o in cell.outputs)
 
 
 def rule_name(source: str) -> tuple[str, str] | None:
