@@ -91,24 +91,26 @@ def test_a_label_shows_the_last_run_time_and_the_stored_size(b):
     assert "nbbuild-up-to-date" in source
 
 
+def assert_the_graph_svg(mime: str, svg: str) -> None:
+    """The fixture's graph laid out: six boxes (five tasks, one file) and four arrows."""
+    assert mime == "image/svg+xml" and "<svg" in svg and ">model(0.5)</text>" in svg
+    assert svg.count('class="node') == 6 and svg.count('class="edge"') == 4
+
+
 def test_with_dot_on_the_path_it_lays_out_the_svg(graph):
     if shutil.which("dot") is None:
         if os.environ.get("CI"):
             pytest.fail("Graphviz's dot is missing: `make test` installs it (apt-get install graphviz)")
         pytest.skip("Graphviz's dot is not installed here (make test installs it)")
     assert draw.renderer() == "dot"
-    mime, svg = draw.render(graph)
-    assert mime == "image/svg+xml" and "<svg" in svg and ">model(0.5)</text>" in svg
-    assert svg.count('class="node') == 6 and svg.count('class="edge"') == 4
+    assert_the_graph_svg(*draw.render(graph))
 
 
 def test_with_dot_off_the_path_the_bundled_graphviz_lays_it_out(graph, monkeypatch):
     monkeypatch.setenv("PATH", plain_path_without_dot())
     assert shutil.which("dot") is None
     assert draw.renderer() == "pygraphviz"
-    mime, svg = draw.render(graph)
-    assert mime == "image/svg+xml" and "<svg" in svg and ">model(0.5)</text>" in svg
-    assert svg.count('class="node') == 6 and svg.count('class="edge"') == 4
+    assert_the_graph_svg(*draw.render(graph))
 
 
 def test_with_no_graphviz_at_all_it_is_a_mermaid_diagram(graph, monkeypatch):

@@ -56,7 +56,7 @@ def rules(b, calls, pause=0.6):
 
 
 def test_while_a_build_runs_its_thread_shows_the_running_task(b, calls):
-    view = b.watch(Watched(None, interval=0.05))
+    view = b.watch(Watched(interval=0.05))
     assert rules(b, calls)() == [1, 2, 3]
     assert calls == ["raw", "clean"]
     live = [(t, v) for n, t, v, _ in view.changes if n == "running" and v]
@@ -68,7 +68,7 @@ def test_while_a_build_runs_its_thread_shows_the_running_task(b, calls):
 
 
 def test_updates_are_throttled_and_only_what_changed_is_sent(b, calls):
-    view = b.watch(Watched(None, interval=0.25))
+    view = b.watch(Watched(interval=0.25))
     rules(b, calls, pause=1.0)()
     during = [c for c in view.changes if c[1] == "nbbuild-view"]
     # one build second at four pushes a second: a handful of changes per widget, not one per task
@@ -77,7 +77,7 @@ def test_updates_are_throttled_and_only_what_changed_is_sent(b, calls):
 
 
 def test_it_settles_into_the_reports_line(b, calls, capsys):
-    view = b.watch(Watched(None, interval=0.05))
+    view = b.watch(Watched(interval=0.05))
     rules(b, calls, pause=0.1)()
     parts = view.last
     assert "nbbuild-progress" in parts["box"]._dom_classes
@@ -90,7 +90,7 @@ def test_it_settles_into_the_reports_line(b, calls, capsys):
 
 
 def test_a_failed_build_settles_in_red(b):
-    view = b.watch(BuildView(None, interval=0.05))
+    view = b.watch(BuildView(interval=0.05))
 
     @b.rule
     def broken():
@@ -103,7 +103,7 @@ def test_a_failed_build_settles_in_red(b):
 
 
 def test_a_big_build_shows_the_slowest_tasks_not_every_row(b):
-    view = b.watch(BuildView(None, interval=0.05))
+    view = b.watch(BuildView(interval=0.05))
 
     @b.rule
     def leaf(i):
@@ -122,7 +122,7 @@ def test_a_big_build_shows_the_slowest_tasks_not_every_row(b):
 def test_a_live_graph_is_drawn_with_running_states_then_settled(b, calls):
     drawn = []
     snapshots = []
-    view = b.watch(BuildView(None, interval=0.05, snapshot=lambda targets: snapshots.append(targets) or graph(b, {}, targets),
+    view = b.watch(BuildView(interval=0.05, snapshot=lambda targets: snapshots.append(targets) or graph(b, {}, targets),
                              draw=lambda g, live: drawn.append(live) or "<svg/>"))
     clean = rules(b, calls, pause=1.2)
     view.graph_for([clean.task()])

@@ -25,7 +25,7 @@ from IPython.core.error import UsageError
 from ..build import Build
 from ..console import TextProgress
 from .cells import CAPTURE, FETCH, LAST, analyse
-from .graph import label, snapshot, tree
+from .graph import label, snapshot
 from .replay import Capture, replay
 
 __all__ = ["NotebookState"]
@@ -52,7 +52,7 @@ class NotebookState:
         if self.rich:
             from .widgets import BuildView
             from .draw import html
-            self.view: Any = BuildView(shell, snapshot=self.graph, draw=html)
+            self.view: Any = BuildView(snapshot=self.graph, draw=html)
         else:
             self.view = TextProgress(summary=False, names=label)
         self.build.watch(self.view)

@@ -2,8 +2,8 @@
 (`Build.progress()`, `Build.metrics()`, the graph snapshot) and never touch the store.
 
 Contract:
-- `BuildView(shell)` is a build watcher (`Build.watch`). At each top-level build it displays a
-  box (CSS class `nbbuild-progress`): a progress bar (tasks checked of those known), the task
+- `BuildView(interval, snapshot, draw)` is a build watcher (`Build.watch`). At each top-level
+  build it displays a box (CSS class `nbbuild-progress`): a progress bar (tasks checked of those known), the task
   running now with its elapsed time, and rows per task (running, ran, reused, failed, skipped)
   with durations; only the running and the slowest tasks once a build has more than
   `progress.ROW_LIMIT`. A ticker thread redraws it at most every `interval` seconds, and only
@@ -33,6 +33,7 @@ from ..console import line
 from ..metrics import Metrics
 from ..progress import Progress
 from .graph import label
+from .graph import size_text as _size
 
 __all__ = ["BuildView", "metrics_view", "metrics_text", "dashboard", "show", "LIVE_GRAPH_NODES"]
 
@@ -64,7 +65,7 @@ def _secs(s: float) -> str:
 
 
 def rows_html(p: Progress) -> str:
-    rows = list(p.running) + list(p.rows if p.complete else p.rows)
+    rows = list(p.running) + list(p.rows)
     body = "".join(f'<tr class="nbbuild-{r.outcome}"><td>{_MARK.get(r.outcome, r.outcome)}</td>'
                    f"<td>{html.escape(label(r.task))}</td><td class=s>{_secs(r.seconds)}</td></tr>" for r in rows)
     head = "" if p.complete else (f"<div>{p.checked} tasks checked; the {len(p.rows)} slowest "
@@ -73,9 +74,8 @@ def rows_html(p: Progress) -> str:
 
 
 class BuildView:
-    def __init__(self, shell: Any, interval: float = 0.25, snapshot: Callable[[list], Any] | None = None,
+    def __init__(self, interval: float = 0.25, snapshot: Callable[[list], Any] | None = None,
                  draw: Callable[[Any, dict | None], str] | None = None):
-        self.shell = shell
         self.interval = interval
         self.snapshot, self.draw = snapshot, draw
         self._graph_targets: list | None = None
@@ -194,11 +194,6 @@ class BuildView:
 
 
 # ---------------------------------------------------------------- metrics and dashboard
-
-def _size(n: int | None) -> str:
-    from .graph import size_text
-    return size_text(n)
-
 
 def _figures_text(f: Any) -> str:
     rate = f"; hit rate {100 * f.hit_rate:.0f}%" if f.hit_rate is not None else ""
