@@ -392,6 +392,10 @@ class Build:
         run time and its stored size; nothing runs."""
         return explain.status(self, self._target(target))
 
+    def statuses(self, targets: list[Any]) -> list[explain.TaskStatus]:
+        """`status` of each target, the work shared: for a whole graph at once."""
+        return explain.statuses(self, [self._target(t) for t in targets])
+
     def inputs(self, target: Any) -> tuple[list[Task], list[str]]:
         """(tasks, file paths) the target read when it last ran, in order; empty if it never ran."""
         return explain.inputs(self, self._target(target))

@@ -13,7 +13,8 @@ Contract:
 - `status(build, task)`: a `TaskStatus`: `state` one of "up to date", "stale", "never built",
   "failed" (its last build in this process failed), "not stored" (up to date, but its value is
   gone or could not be stored: it runs again when needed); the reason in words; the last run's
-  seconds; the stored value's size in bytes (None when not stored).
+  seconds; the stored value's size in bytes (None when not stored). `statuses(build, tasks)` is
+  the status of each, sharing the work (what one task's dependencies are is found out once).
 - `inputs(build, task)`: the tasks and files the newest trace of the task read, in order.
 - `known(build, rule)`: the rule's tasks that have traces or were built in this process.
 Nothing here runs a rule, writes to the store, or loads a value.
@@ -28,7 +29,7 @@ from .files import short_path
 from .rule import Rule, Task, rule_version
 from .trace import FILE_PREFIX, MISSING
 
-__all__ = ["TaskStatus", "why", "plan", "status", "inputs", "known"]
+__all__ = ["TaskStatus", "why", "plan", "status", "statuses", "inputs", "known"]
 
 STATES = ("up to date", "stale", "never built", "failed", "not stored")
 
@@ -65,8 +66,16 @@ def plan(build: Any, tasks: list[Task]) -> list[tuple[str, str]]:
 
 
 def status(build: Any, task: Task) -> TaskStatus:
+    return statuses(build, [task])[0]
+
+
+def statuses(build: Any, tasks: list[Task]) -> list[TaskStatus]:
     memo: Memo = {}
-    reason = _explain(build, [task], memo)[0]
+    reasons = _explain(build, tasks, memo)
+    return [_status(build, task, reason, memo) for task, reason in zip(tasks, reasons)]
+
+
+def _status(build: Any, task: Task, reason: str | None, memo: Memo) -> TaskStatus:
     _, digest, seconds = memo[task.key]
     failure = build._failures.get(task.key)
     if failure is not None:

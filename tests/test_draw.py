@@ -10,7 +10,7 @@ import pytest
 
 import nbbuild
 from nbbuild.notebook import draw
-from nbbuild.notebook.graph import snapshot
+from nbbuild.notebook.graph import DRAW_LIMIT, collapse, snapshot
 
 
 def plain_path_without_dot() -> str:
@@ -135,3 +135,25 @@ def test_a_broken_graphviz_falls_back_to_mermaid_with_a_warning(graph, monkeypat
     mime, text = draw.render(graph)
     assert mime == "text/vnd.mermaid" and "flowchart LR" in text
     assert "laying out the graph with dot failed" in caplog.text
+
+
+def test_a_big_graph_is_drawn_one_node_per_rule(b):
+    @b.rule
+    def leaf(i):
+        return i
+
+    @b.rule
+    def top():
+        return sum(leaf.map(range(DRAW_LIMIT + 50)))
+
+    top()
+    g = snapshot(b, {}, [top.task()])
+    assert len(g.nodes) == DRAW_LIMIT + 51
+    small, live = collapse(g, {leaf.task(3).key: "running"})
+    assert live is None
+    assert {n.label: n.state for n in small.nodes.values()} == {"top": "up to date",
+                                                                f"leaf ×{DRAW_LIMIT + 50}": "running"}
+    assert small.inputs == {"rule:top": ("rule:leaf",), "rule:leaf": ()} and small.roots == ("rule:top",)
+    mime, svg = draw.render(g)
+    assert mime == "image/svg+xml" and svg.count('class="node') == 2 and f"leaf ×{DRAW_LIMIT + 50}" in svg
+    assert collapse(snapshot(b, {}, [leaf.task(1)]))[0].nodes.keys() == {leaf.task(1).key}   # small: as it is

@@ -7,7 +7,8 @@ Contract:
   (`COLOURS`), a second line with the last run time and stored size, targets drawn with a double
   border. `live` (task id -> state) overrides states while a build runs: "running", "ran",
   "reused", "failed", "skipped".
-- `render(graph, live=None) -> (mime, text)`: ("image/svg+xml", svg) laid out by the `dot` program
+- `render(graph, live=None) -> (mime, text)`: a big graph collapsed first (graph.collapse: one node
+  per rule), then ("image/svg+xml", svg) laid out by the `dot` program
   when it is on the PATH, else by pygraphviz (its manylinux wheel bundles the Graphviz libraries);
   else ("text/vnd.mermaid", diagram), which JupyterLab ≥ 4.1 draws. Never raises for a graph.
 - `mermaid(graph, live=None)` is that diagram. `renderer()` names what `render` will use.
@@ -29,7 +30,7 @@ from typing import Any, Iterator
 
 import graphviz
 
-from .graph import Graph, Node, seconds_text, size_text, tree
+from .graph import Graph, Node, collapse, seconds_text, size_text, tree
 
 __all__ = ["COLOURS", "dot", "mermaid", "render", "renderer", "html"]
 
@@ -153,6 +154,7 @@ def renderer() -> str:
 
 
 def render(graph: Graph, live: dict[str, str] | None = None) -> tuple[str, str]:
+    graph, live = collapse(graph, live)
     source = dot(graph, live).source
     way = renderer()
     try:
@@ -171,4 +173,4 @@ def html(graph: Graph, live: dict[str, str] | None = None) -> str:
     mime, text = render(graph, live)
     if mime == "image/svg+xml":
         return text[text.find("<svg"):]
-    return f"<pre>{_html.escape(tree(graph))}</pre>"
+    return f"<pre>{_html.escape(tree(collapse(graph)[0]))}</pre>"

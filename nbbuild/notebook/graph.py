@@ -2,13 +2,18 @@
 (`%nbbuild graph`, `%nbbuild status`). The widgets render the same snapshot.
 
 Contract:
-- `snapshot(build, rules, static, targets)` takes, for each task, its status (`Build.status`) and
-  its inputs: what its last run read (`Build.inputs`: tasks and files), or, for a rule never run,
-  the rules producing the names its cell reads (`static`: rule name -> rule names). Without
+- `snapshot(build, static, targets)` takes, for each task, its status (`Build.statuses`, for all
+  tasks at once) and its inputs: what its last run read (`Build.inputs`: tasks and files), or,
+  when that is nothing known (a rule never run), the rules producing the names its cell reads
+  (`static`: rule name -> rule names; `edges_known` is then False). Without
   targets it starts from every rule taking no arguments. A parametric rule's tasks are those
   built before (`Build.known_tasks`). Nothing runs and nothing is loaded.
 - A node's label is what the user types: `clean` for a cell rule, `model(alpha=0.1)` for a call,
   `file data.csv` for a file.
+- `collapse(graph, live)`: a graph of more than `DRAW_LIMIT` tasks, one node per rule instead
+  ("leaf ×10,000"): the most urgent state among its tasks (live states first), their run times
+  and sizes added up, an edge where any of its tasks read one of the other's. Smaller graphs are
+  returned as they are. What is drawn or printed stays readable and quick to lay out.
 - `tree(graph)` draws the graph as an indented tree, targets at the roots and inputs below; a
   task already drawn is not drawn again ("see above"). `table(graph)` is one line per task.
 """
@@ -20,7 +25,12 @@ from typing import Any, Iterable
 
 from ..files import short_path
 
-__all__ = ["Node", "Graph", "snapshot", "tree", "table", "label", "size_text", "seconds_text"]
+__all__ = ["Node", "Graph", "snapshot", "collapse", "tree", "table", "label", "size_text", "seconds_text",
+           "DRAW_LIMIT"]
+
+DRAW_LIMIT = 150
+# the state a rule's node takes when its tasks differ: the first of these any of them has
+_URGENCY = ("running", "failed", "skipped", "stale", "never built", "not stored", "ran", "reused", "up to date")
 
 
 @dataclass(frozen=True)
@@ -64,14 +74,15 @@ def snapshot(build: Any, static: dict[str, tuple[str, ...]], targets: Iterable[A
     else:
         roots_tasks = list(targets)
     todo = list(roots_tasks)
-    while todo:
+    tasks_seen: dict[str, Any] = {}
+    files_seen: dict[str, str] = {}
+    while todo:              # first what each task read (cheap: its newest trace), then every status at once
         task = todo.pop()
-        if task.key in nodes:
+        if task.key in tasks_seen:
             continue
-        st = build.status(task)
-        nodes[task.key] = Node(task.key, label(st.task), "task", st.state, label(st.reason), st.seconds, st.size)
+        tasks_seen[task.key] = task
         tasks, files = build.inputs(task)
-        known[task.key] = bool(tasks or files) or st.state != "never built"
+        known[task.key] = bool(tasks or files)
         if not known[task.key]:
             tasks = []
             for name in static.get(task.rule.name, ()):
@@ -86,14 +97,53 @@ def snapshot(build: Any, static: dict[str, tuple[str, ...]], targets: Iterable[A
             ids.append(t.key)
             todo.append(t)
         for path in files:
-            fid = "file:" + path
-            nodes.setdefault(fid, Node(fid, "file " + short_path(path), "file"))
-            ids.append(fid)
+            files_seen.setdefault("file:" + path, path)
+            ids.append("file:" + path)
         inputs[task.key] = tuple(dict.fromkeys(ids))
+    for task, st in zip(tasks_seen.values(), build.statuses(list(tasks_seen.values()))):
+        nodes[task.key] = Node(task.key, label(st.task), "task", st.state, label(st.reason), st.seconds, st.size)
+    for fid, path in files_seen.items():
+        nodes[fid] = Node(fid, "file " + short_path(path), "file")
     read = {i for ids in inputs.values() for i in ids}
     order = [t.key for t in roots_tasks]
     roots = tuple(k for k in dict.fromkeys(order) if targets is not None or k not in read)
     return Graph(nodes, inputs, roots, known)
+
+
+def collapse(graph: Graph, live: dict[str, str] | None = None) -> tuple[Graph, dict[str, str] | None]:
+    """(graph, live) as they are when small; else one node per rule, live states folded in."""
+    tasks = [n for n in graph.nodes.values() if n.kind == "task"]
+    if len(tasks) <= DRAW_LIMIT:
+        return graph, live
+    live = live or {}
+    rule_of = {n.id: "rule:" + n.id.partition("/")[0] for n in tasks}
+    members: dict[str, list[Node]] = {}
+    for n in tasks:
+        members.setdefault(rule_of[n.id], []).append(n)
+    nodes: dict[str, Node] = {}
+    for rid, group in members.items():
+        states = {live.get(n.id) or n.state for n in group}
+        state = next((s for s in _URGENCY if s in states), group[0].state)
+        seconds = [n.seconds for n in group if n.seconds is not None]
+        sizes = [n.size for n in group if n.size is not None]
+        name = group[0].label.partition("(")[0]
+        nodes[rid] = Node(rid, f"{name} ×{len(group):,}" if len(group) > 1 else group[0].label, "task", state,
+                          "", sum(seconds) if seconds else None, sum(sizes) if sizes else None)
+    inputs: dict[str, tuple[str, ...]] = {}
+    for nid, ids in graph.inputs.items():
+        own = rule_of.get(nid)
+        if own is None:
+            continue
+        found = list(inputs.get(own, ()))
+        for i in ids:
+            src = rule_of.get(i, i)
+            if src != own and src not in found:
+                found.append(src)
+                if i in graph.nodes and i not in rule_of:
+                    nodes.setdefault(i, graph.nodes[i])     # a file read
+        inputs[own] = tuple(found)
+    roots = tuple(dict.fromkeys(rule_of.get(r, r) for r in graph.roots))
+    return Graph(nodes, inputs, roots, {k: True for k in inputs}), None
 
 
 def size_text(size: int | None) -> str:

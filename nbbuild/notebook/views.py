@@ -14,7 +14,7 @@ from ..errors import NbbuildError
 from ..eviction import POLICIES as EVICTIONS
 from ..eviction import parse_size
 from .draw import render
-from .graph import size_text, table, tree
+from .graph import collapse, size_text, table, tree
 from .state import NotebookState
 from .widgets import dashboard as board
 from .widgets import metrics_text, metrics_view, show
@@ -78,7 +78,7 @@ def graph(state: NotebookState, targets: list | None, dashboard: bool) -> None:
     """The graph as SVG (or Mermaid) in a kernel, as a text tree elsewhere; with `dashboard`,
     beside the metrics."""
     g = state.graph(targets)
-    text = tree(g)
+    text = tree(collapse(g)[0])
     if not state.rich:
         if dashboard:
             text += "\n\n" + metrics_text(state.build.metrics())

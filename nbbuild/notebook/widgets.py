@@ -13,8 +13,8 @@ Contract:
   display's plain-text form becomes that line. Tasks are named as the user types them (`clean`).
 - `graph_for(targets)` asks for a live graph too, for the next build only: `snapshot(targets)`
   (a graph.Graph, taken on the build's thread when it starts and again when it ends) is drawn by
-  `draw(graph, live)` with the states the build's progress gives, at most once a second, for
-  graphs of at most `LIVE_GRAPH_NODES`.
+  `draw(graph, live)` with the states the build's progress gives, at most once a second, while
+  the progress lists every task (`progress.ROW_LIMIT`); a big graph is drawn by rule (graph.collapse).
 - `metrics_view(metrics)` and `dashboard(graph_svg, metrics)` are widgets with a plain-text
   form; `show(widget, text)` displays one with that text beside it.
 """
@@ -35,10 +35,9 @@ from ..progress import Progress
 from .graph import label
 from .graph import size_text as _size
 
-__all__ = ["BuildView", "metrics_view", "metrics_text", "dashboard", "show", "LIVE_GRAPH_NODES"]
+__all__ = ["BuildView", "metrics_view", "metrics_text", "dashboard", "show"]
 
 log = logging.getLogger("nbbuild")
-LIVE_GRAPH_NODES = 300
 _MARK = {"running": "▶", "executed": "✔ ran", "verified": "↺ reused", "constructed": "↺ reused (older)",
          "failed": "✘ failed", "skipped": "– skipped"}
 _STYLE = ("<style>.nbbuild-rows{border-collapse:collapse;font-size:12px;margin-top:2px}"
@@ -152,8 +151,6 @@ class BuildView:
         live = {r.key: {"executed": "ran", "verified": "reused", "constructed": "reused"}.get(r.outcome, r.outcome)
                 for r in p.rows}
         live.update({r.key: "running" for r in p.running})
-        if len(graph.nodes) > LIVE_GRAPH_NODES:
-            return
         parts["graph_at"] = time.monotonic()
         self._set(parts, "graph", "value", self.draw(graph, None if p.done else live))
 
