@@ -24,14 +24,17 @@ text    A plain Python process (no kernel): `nbbuild.Build(..., workers=1, progr
         `TextProgress(stream=...)` watched or not, drawing to /dev/null through a wrapper whose
         isatty() is True (so it redraws in place every 0.25 s after its 0.3 s delay).
 
-Rounds: after warm-up builds, --pairs pairs of (no view, view), the order alternating from pair
-to pair (off,on / on,off / ...), a gc.collect() (untimed) before each build. Reported: the
-median seconds of each, the ratio of the medians, the median of the per-pair ratios, and best
-against best. A diagnostic build (not in the ratios) wraps the view's methods to measure, in the
-kernel, what the ticker thread spends: CPU seconds (thread_time) in Build.progress() (the
-Tracker's snapshot) and in BuildView._push, and in started()/finished().
+Rounds: after 2 warm-up builds, --pairs (for run; --pairs-fast for the others) pairs of (no view,
+view), the order alternating from pair to pair (off,on / on,off / ...), a gc.collect() (untimed)
+before each build. Reported: the median seconds of each, the ratio of the medians, the median of
+the per-pair ratios and differences, best against best, the same for the process's CPU time, and
+(kernel) the CPU each thread spent during the build (/proc/self/task/*/schedstat), the ticker
+being what is left once the surviving threads are counted. Two diagnostic builds (not in the
+ratios), one with the widget and one without, wrap the view's methods and the Tracker's
+per-task step to measure the CPU (thread_time) of each on each thread; with the thread table they
+give an accounted cost of the widget, next to the A/B figure (which on this VM is the noisier).
 
-Run: .venv/bin/python benchmarks/bench_views.py [--markdown] [--pairs 11] [--pairs-fast 21] [--work 8000] [--raw]
+Run: .venv/bin/python benchmarks/bench_views.py [--markdown] [--pairs 15] [--pairs-fast 21] [--work 8000] [--raw]
 tqdm is not a dependency of the project (and not installed in its venv), so it is not a peer here.
 """
 from __future__ import annotations
@@ -74,17 +77,32 @@ def variants(work: int) -> list[tuple[str, str, str, int]]:
 
 
 TIMED = '''
-import gc, json, time
+import gc, json, os, threading, time
+def _threads_cpu():
+    """CPU seconds each live thread of this process has run, by name (/proc/self/task/*/schedstat)."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat") as f:
+                out[names.get(int(tid), "native " + tid)] = int(f.read().split()[0]) / 1e9
+        except (OSError, ValueError):
+            pass
+    return out
 def _timed(target, on, view):
     (b.watch if on else b.unwatch)(view)
     assert b.watchers == ([view] if on else []), b.watchers
     gc.collect()
+    before = _threads_cpu()
     c0, t0 = time.process_time(), time.perf_counter()
     b.build(target)
     s, cpu = time.perf_counter() - t0, time.process_time() - c0
+    after = _threads_cpu()
+    threads = {k: after[k] - before[k] for k in after if k in before and after[k] > before[k]}
+    threads["(ended: the ticker)"] = max(0.0, cpu - sum(threads.values()))
     r = b.report
-    return json.dumps({"s": s, "cpu": cpu, "tasks": len(r.rows[0]), "ran": len(r.executed), "reused": len(r.reused),
-                       "failed": len(r.failed)})
+    return json.dumps({"s": s, "cpu": cpu, "threads": threads, "tasks": len(r.rows[0]), "ran": len(r.executed),
+                       "reused": len(r.reused), "failed": len(r.failed)})
 '''
 
 # the ticker's costs, measured by wrapping (on instances, in this kernel only) what it calls
@@ -261,6 +279,7 @@ def kernel_part(args, root: str) -> dict:
                 "cell_on": statistics.median(c["wall"] for c in on_cells),
                 "update_span": statistics.median(_span(c["updates"]) for c in on_cells),
                 "counts_on": on_cells[-1]["counts"],
+                "threads": {"off": _threads(off_cells), "on": _threads(on_cells)},
             }
         out["diag"] = json.loads(k.execute("_d = _diag(r_top.task(), _state.view)", "_d")["value"])
         out["diag_off"] = json.loads(k.execute("_d = _diag(r_top.task(), _state.view, False)", "_d")["value"])
@@ -268,6 +287,12 @@ def kernel_part(args, root: str) -> dict:
         return out
     finally:
         k.close()
+
+
+def _threads(cells: list[dict]) -> dict[str, float]:
+    """Median CPU seconds per thread (by name) over the builds; a thread absent from a build counts 0."""
+    names = sorted(set().union(*(c["threads"] for c in cells)))
+    return {n: statistics.median(c["threads"].get(n, 0.0) for c in cells) for n in names}
 
 
 def _span(dates: list) -> float:
@@ -406,6 +431,17 @@ def report(kern: dict, text: dict, args, elapsed: float) -> str:
             if v.get("first"):
                 out.append(f"{where} {name}: the first build (not in the ratios) ran {v['first']['ran']:,} tasks "
                            f"in {v['first']['s']:.2f} s")
+    out.append("")
+    out.append("CPU ms by thread of the kernel during b.build() (median over the timed builds; /proc schedstat; "
+               "the ticker is the CPU left over once the surviving threads are counted):")
+    trow = [["build", "thread", "off ms", "on ms", "on - off ms"]]
+    for name, v in kern["variants"].items():
+        th = v["threads"]
+        for t in sorted(set(th["off"]) | set(th["on"]), key=lambda t: -th["on"].get(t, 0.0)):
+            a, c = th["off"].get(t, 0.0), th["on"].get(t, 0.0)
+            if max(a, c) >= 0.0005:
+                trow.append([name, t, f"{1000 * a:.1f}", f"{1000 * c:.1f}", f"{1000 * (c - a):+.1f}"])
+    out.append(table(trow, args.markdown))
     d, d_off = kern["diag"], kern["diag_off"]
     out.append("")
     out.append(f"Where the time goes: one instrumented 'run' build with the widget ({d['s']:.3f} s) and one "
@@ -427,7 +463,7 @@ def report(kern: dict, text: dict, args, elapsed: float) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--pairs", type=int, default=11, help="(off, on) pairs of the 'run' build")
+    p.add_argument("--pairs", type=int, default=15, help="(off, on) pairs of the 'run' build")
     p.add_argument("--pairs-fast", type=int, default=21, help="pairs of the run-tiny and noop builds")
     p.add_argument("--work", type=int, default=8000, help="a leaf's body: sum(range(WORK))")
     p.add_argument("--markdown", action="store_true")
@@ -447,7 +483,7 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
     print(report(kern, text, args, time.perf_counter() - t0))
     if args.raw:
-        raw = {"kernel": {k: {"pairs": v["pairs"], "cpu": v["cpu"], "counts_on": v["counts_on"],
+        raw = {"kernel": {k: {"pairs": v["pairs"], "cpu": v["cpu"], "counts_on": v["counts_on"], "threads": v["threads"],
                               "update_span": v["update_span"]} for k, v in kern["variants"].items()},
                "text": {k: {"pairs": v["pairs"], "cpu": v["cpu"]} for k, v in text["variants"].items()}}
         print(json.dumps(raw))

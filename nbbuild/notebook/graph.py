@@ -28,7 +28,7 @@ from ..files import short_path
 __all__ = ["Node", "Graph", "snapshot", "collapse", "tree", "table", "label", "size_text", "seconds_text",
            "DRAW_LIMIT"]
 
-DRAW_LIMIT = 150
+DRAW_LIMIT = 500
 # the state a rule's node takes when its tasks differ: the first of these any of them has
 _URGENCY = ("running", "failed", "skipped", "stale", "never built", "not stored", "ran", "reused", "up to date")
 
