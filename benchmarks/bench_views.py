@@ -71,7 +71,7 @@ def {p}top():
     return sum({p}mid(j) for j in range({fan}))
 '''
 
-# the variants: (name, rule prefix, policy, leaf work, what the timed build is)
+# the builds measured: (name, rule prefix, policy, leaf work); see the module's docstring
 def variants(work: int) -> list[tuple[str, str, str, int]]:
     return [("run", "r_", "none", work), ("run-tiny", "t_", "none", 200), ("noop", "p_", "persist", work)]
 
@@ -79,13 +79,14 @@ def variants(work: int) -> list[tuple[str, str, str, int]]:
 TIMED = '''
 import gc, json, os, threading, time
 def _threads_cpu():
-    """CPU seconds each live thread of this process has run, by name (/proc/self/task/*/schedstat)."""
+    """(CPU seconds, timeslices) each live thread of this process has run, by name (/proc/self/task/*/schedstat)."""
     names = {t.native_id: t.name for t in threading.enumerate()}
     out = {}
     for tid in os.listdir("/proc/self/task"):
         try:
             with open(f"/proc/self/task/{tid}/schedstat") as f:
-                out[names.get(int(tid), "native " + tid)] = int(f.read().split()[0]) / 1e9
+                run, _, slices = f.read().split()
+            out[names.get(int(tid), "native " + tid)] = (int(run) / 1e9, int(slices))
         except (OSError, ValueError):
             pass
     return out
@@ -98,8 +99,9 @@ def _timed(target, on, view):
     b.build(target)
     s, cpu = time.perf_counter() - t0, time.process_time() - c0
     after = _threads_cpu()
-    threads = {k: after[k] - before[k] for k in after if k in before and after[k] > before[k]}
-    threads["(ended: the ticker)"] = max(0.0, cpu - sum(threads.values()))
+    threads = {k: (after[k][0] - before[k][0], after[k][1] - before[k][1]) for k in after
+               if k in before and after[k][1] > before[k][1]}
+    threads["(ended: the ticker)"] = (max(0.0, cpu - sum(c for c, _ in threads.values())), 0)
     r = b.report
     return json.dumps({"s": s, "cpu": cpu, "threads": threads, "tasks": len(r.rows[0]), "ran": len(r.executed),
                        "reused": len(r.reused), "failed": len(r.failed)})
@@ -250,7 +252,7 @@ def kernel_part(args, root: str) -> dict:
             k.execute(RULES.format(policy=policy, p=p, work=work, fan=FAN))
             cells = {False: [], True: []}
 
-            def run(on: bool, p=p) -> float:
+            def run(on: bool, p=p) -> tuple[float, float]:
                 r = k.execute(f"_r = _timed({p}top.task(), {on}, _state.view)", "_r")
                 v = json.loads(r["value"])
                 assert v["tasks"] == TASKS and not v["failed"], v
@@ -289,10 +291,11 @@ def kernel_part(args, root: str) -> dict:
         k.close()
 
 
-def _threads(cells: list[dict]) -> dict[str, float]:
-    """Median CPU seconds per thread (by name) over the builds; a thread absent from a build counts 0."""
+def _threads(cells: list[dict]) -> dict[str, tuple[float, float]]:
+    """Median (CPU seconds, timeslices) per thread (by name) over the builds; absent counts 0."""
     names = sorted(set().union(*(c["threads"] for c in cells)))
-    return {n: statistics.median(c["threads"].get(n, 0.0) for c in cells) for n in names}
+    return {n: (statistics.median(c["threads"].get(n, (0.0, 0))[0] for c in cells),
+                statistics.median(c["threads"].get(n, (0.0, 0))[1] for c in cells)) for n in names}
 
 
 def _span(dates: list) -> float:
@@ -340,7 +343,7 @@ def text_child(args) -> None:
             target = ns[f"{p}top"].task()
             writes = []
 
-            def run(on: bool) -> float:
+            def run(on: bool) -> tuple[float, float]:
                 (b.watch if on else b.unwatch)(view)
                 gc.collect()
                 w0 = sink.writes
@@ -432,15 +435,18 @@ def report(kern: dict, text: dict, args, elapsed: float) -> str:
                 out.append(f"{where} {name}: the first build (not in the ratios) ran {v['first']['ran']:,} tasks "
                            f"in {v['first']['s']:.2f} s")
     out.append("")
-    out.append("CPU ms by thread of the kernel during b.build() (median over the timed builds; /proc schedstat; "
-               "the ticker is the CPU left over once the surviving threads are counted):")
-    trow = [["build", "thread", "off ms", "on ms", "on - off ms"]]
+    out.append("CPU ms and timeslices (times the thread was put on a CPU) by thread of the kernel during "
+               "b.build(), median over the timed builds (/proc schedstat; the ticker is the CPU left over once "
+               "the surviving threads are counted):")
+    trow = [["build", "thread", "off ms", "on ms", "on - off ms", "off slices", "on slices"]]
+    zero = (0.0, 0)
     for name, v in kern["variants"].items():
         th = v["threads"]
-        for t in sorted(set(th["off"]) | set(th["on"]), key=lambda t: -th["on"].get(t, 0.0)):
-            a, c = th["off"].get(t, 0.0), th["on"].get(t, 0.0)
-            if max(a, c) >= 0.0005:
-                trow.append([name, t, f"{1000 * a:.1f}", f"{1000 * c:.1f}", f"{1000 * (c - a):+.1f}"])
+        for t in sorted(set(th["off"]) | set(th["on"]), key=lambda t: -th["on"].get(t, zero)[0]):
+            a, c = th["off"].get(t, zero), th["on"].get(t, zero)
+            if max(a[0], c[0]) >= 0.0005:
+                trow.append([name, t, f"{1000 * a[0]:.1f}", f"{1000 * c[0]:.1f}", f"{1000 * (c[0] - a[0]):+.1f}",
+                             f"{a[1]:g}", f"{c[1]:g}" if t != "(ended: the ticker)" else "-"])
     out.append(table(trow, args.markdown))
     d, d_off = kern["diag"], kern["diag_off"]
     out.append("")
@@ -453,7 +459,22 @@ def report(kern: dict, text: dict, args, elapsed: float) -> str:
         for call, (n, cpu, wall) in dd["cost"].items():
             crow.append([view, call, str(n), f"{1000 * cpu:.1f}", f"{1000 * wall:.1f}", f"{1000 * cpu / n:.2f}",
                          f"{100 * cpu / dd['s']:.2f}%"])
-    out.append(table(crow, args.markdown))
+    out.append(table(crow, args.markdown, left=2))
+    out.append("")
+    cost = lambda dd, call: dd["cost"].get(call, [0, 0.0, 0.0])[1]
+    run = kern["variants"]["run"]
+    th = run["threads"]
+    others = sum(th["on"].get(t, (0.0, 0))[0] - th["off"].get(t, (0.0, 0))[0]
+                 for t in set(th["on"]) | set(th["off"]) if t != "MainThread")
+    main_own = cost(d, "BuildView.started @ MainThread") + cost(d, "BuildView.finished @ MainThread")
+    shifted = cost(d_off, "Tracker._take_finished @ MainThread") - cost(d, "Tracker._take_finished @ MainThread")
+    own = others + main_own - shifted
+    out.append(f"Accounted cost of the widget on 'run': {1000 * others:.1f} ms CPU on other threads (ticker, IOPub, "
+               f"zmq) + {1000 * main_own:.1f} ms in started/finished on the build's thread - {1000 * shifted:.1f} ms "
+               f"of Tracker work the ticker took over from Tracker.finish = {1000 * own:.1f} ms, "
+               f"{100 * own / run['off']:.1f}% of the median build without it; the A/B above says "
+               f"{1000 * run['delta']:+.1f} ms ({pct(run['paired'])}). The rest is the build's thread itself "
+               f"running slower (GIL hand-offs to the ticker and the IOPub thread: see the timeslices).")
     out.append("")
     out.append(f"Widgets alive in the kernel at the end: {kern['widgets_alive']} "
                f"(each build with the view opens {kern['variants']['run']['opens']:g}).")
