@@ -95,29 +95,30 @@ class Tracker:
     def _take_finished(self) -> None:
         order = self.sched.order
         end = len(order)       # the scheduler only appends: what is below `end` is settled
+        counts, rows, slowest = self._counts, self._rows, self._slowest
         for i in range(self._seen, end):
             st = order[i]
             outcome = st.outcome or "failed"
             if outcome == "obsolete":
                 continue
-            self._counts[outcome] += 1
-            row = TaskRow(st.task.key, st.task._repr, outcome, st.seconds)
-            if self._rows is not None:
-                self._rows.append(row)
-                if len(self._rows) > ROW_LIMIT:
-                    for r in self._rows:
-                        self._keep_slow(r)
-                    self._rows = None
-            else:
-                self._keep_slow(row)
+            counts[outcome] += 1
+            if rows is not None:
+                rows.append(TaskRow(st.task.key, st.task._repr, outcome, st.seconds))
+                if len(rows) > ROW_LIMIT:
+                    for r in rows:
+                        self._keep_slow(r.seconds, r)
+                    rows = self._rows = None
+            elif len(slowest) < SLOWEST or st.seconds > slowest[0][0]:
+                # beyond ROW_LIMIT most tasks are never shown: a row is made only for the slowest
+                self._keep_slow(st.seconds, TaskRow(st.task.key, st.task._repr, outcome, st.seconds))
         self._seen = end
 
-    def _keep_slow(self, row: TaskRow) -> None:
+    def _keep_slow(self, seconds: float, row: TaskRow) -> None:
         self._n += 1
-        item = (row.seconds, self._n, row)
+        item = (seconds, self._n, row)
         if len(self._slowest) < SLOWEST:
             heapq.heappush(self._slowest, item)
-        elif row.seconds > self._slowest[0][0]:
+        elif seconds > self._slowest[0][0]:
             heapq.heapreplace(self._slowest, item)
 
     def snapshot(self) -> Progress:

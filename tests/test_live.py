@@ -80,7 +80,7 @@ def test_the_build_views_updates_arrive_while_the_build_runs(tmp_path):
 def test_a_live_graph_shows_the_running_task_in_the_build_view(tmp_path):
     nb, client = run(tmp_path, ["%load_ext nbbuild", SLOW, "%build slow --graph"])
     arrived, _ = client.replies[2]
-    svgs = [html.unescape(u[3]["value"]) for u in client.updates      # as a browser reads it
+    svgs = [html.unescape(u[3]["value"].partition("<svg")[2]) for u in client.updates  # as a browser reads it
             if u[0] == 2 and u[1] < arrived and "<svg" in str(u[3].get("value", ""))]
     assert any("nbbuild-running" in s for s in svgs[:-1]), "no graph was sent while the task ran"
     assert "nbbuild-up-to-date" in svgs[-1] and "nbbuild-running" not in svgs[-1]
@@ -129,3 +129,15 @@ def test_with_no_graphviz_at_all_the_graph_is_mermaid(tmp_path):
     data = graph_output(nb)
     assert set(data) == {"text/vnd.mermaid", "text/plain"}
     assert data["text/vnd.mermaid"].startswith("flowchart LR") and "raw" in data["text/vnd.mermaid"]
+
+
+def test_a_quick_build_sends_its_view_once_settled(tmp_path):
+    nb, client = run(tmp_path, ["%load_ext nbbuild", "%%rule raw\nraw = [3, 1, 2]", "%build raw --force"])
+    assert [u for u in client.updates if u[0] == 2] == []        # no update: made in its final state
+    outputs = nb.cells[2].outputs
+    assert len(outputs) == 1 and is_build_view(outputs[0])
+    assert outputs[0]["data"]["text/plain"].startswith("ran 1, reused 0, failed 0 in ")
+    model = outputs[0]["data"]["application/vnd.jupyter.widget-view+json"]["model_id"]
+    state = nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+    bar = state[state[model]["state"]["children"][0].removeprefix("IPY_MODEL_")]["state"]
+    assert (bar["value"], bar["max"], bar["bar_style"]) == (1, 1, "success")

@@ -28,10 +28,10 @@ class Watched(BuildView):
         super().__init__(*args, **kwargs)
         self.changes: list[tuple[str, str, object, str]] = []   # widget, thread, value, trait
 
-    def started(self, build):
-        super().started(build)
-        for name in ("bar", "head", "running", "rows", "graph"):
-            self.last[name].observe(
+    def _show(self, parts, *args):
+        super()._show(parts, *args)
+        for name in ("bar", "text"):
+            parts[name].observe(
                 lambda change, name=name: self.changes.append(
                     (name, threading.current_thread().name, change["new"], change["name"])),
                 names=["value", "max", "bar_style"])
@@ -59,20 +59,19 @@ def test_while_a_build_runs_its_thread_shows_the_running_task(b, calls):
     view = b.watch(Watched(interval=0.05))
     assert rules(b, calls)() == [1, 2, 3]
     assert calls == ["raw", "clean"]
-    live = [(t, v) for n, t, v, _ in view.changes if n == "running" and v]
+    live = [(t, v) for n, t, v, _ in view.changes if n == "text" and "running <b>" in v]
     assert live and all(t == "nbbuild-view" for t, _ in live)        # pushed by the ticker thread
-    assert all("running <b>clean</b>" in v for _, v in live)
-    assert any("1/2 tasks · ran 1, reused 0" in v for v in view.values("head"))
-    rows = [v for v in view.values("rows") if "<td>clean</td>" in v]
-    assert rows and "▶" in rows[0] and "✔ ran" in rows[0] and "<td>raw</td>" in rows[0]
+    assert all("running <b>clean</b>" in v and "1/2 tasks · ran 1, reused 0" in v for _, v in live)
+    rows = live[0][1]
+    assert "▶</td><td>clean</td>" in rows and "✔ ran</td><td>raw</td>" in rows
 
 
 def test_updates_are_throttled_and_only_what_changed_is_sent(b, calls):
-    view = b.watch(Watched(interval=0.25))
-    rules(b, calls, pause=1.0)()
+    view = b.watch(Watched(interval=0.25, slower_after=0.6))
+    rules(b, calls, pause=1.6)()
     during = [c for c in view.changes if c[1] == "nbbuild-view"]
-    # one build second at four pushes a second: a handful of changes per widget, not one per task
-    assert 0 < len([c for c in during if c[0] == "head"]) <= 6
+    # four pushes a second for 0.6 s, then two: a handful of changes, not one per task
+    assert 2 <= len([c for c in during if c[0] == "text"]) <= 6
     assert len([c for c in during if c[0] == "bar" and c[3] == "max"]) <= 1       # the same max: sent once
 
 
@@ -82,9 +81,8 @@ def test_it_settles_into_the_reports_line(b, calls, capsys):
     parts = view.last
     assert "nbbuild-progress" in parts["box"]._dom_classes
     assert (parts["bar"].value, parts["bar"].max, parts["bar"].bar_style) == (2, 2, "success")
-    assert parts["head"].value == f"<b>nbbuild</b> {b.report}"
-    assert parts["running"].value == ""
-    assert parts["rows"].value.startswith("<details><summary>2 tasks</summary>")
+    assert parts["text"].value.startswith(f"<b>nbbuild</b> {b.report}<details><summary>2 tasks</summary>")
+    assert 'class="nbbuild-running"' not in parts["text"].value     # nothing runs any more
     shown = capsys.readouterr().out.splitlines()
     assert shown == ["nbbuild: building…", str(b.report)]    # the display, then its update
 
@@ -99,7 +97,7 @@ def test_a_failed_build_settles_in_red(b):
     with pytest.raises(nbbuild.BuildError):
         broken()
     assert view.last["bar"].bar_style == "danger"
-    assert "failed 1" in view.last["head"].value
+    assert "failed 1" in view.last["text"].value
 
 
 def test_a_big_build_shows_the_slowest_tasks_not_every_row(b):
@@ -114,7 +112,7 @@ def test_a_big_build_shows_the_slowest_tasks_not_every_row(b):
         return sum(leaf.map(range(ROW_LIMIT * 3)))
 
     top()
-    rows = view.last["rows"].value
+    rows = view.last["text"].value
     assert f"{ROW_LIMIT * 3 + 1} tasks checked; the {SLOWEST} slowest shown" in rows
     assert rows.count("<tr") == SLOWEST
 
@@ -130,7 +128,7 @@ def test_a_live_graph_is_drawn_with_running_states_then_settled(b, calls):
     keys = {clean.task().key}
     assert any(live and {k for k, s in live.items() if s == "running"} == keys for live in drawn)
     assert drawn[-1] is None                          # the settled graph: states from the store
-    assert view.last["graph"].value == "<svg/>"
+    assert view.last["text"].value.endswith("</details><svg/>")
     assert snapshots == [[clean.task()]] * 2          # when the build started, and when it ended
     drawn.clear()
     clean()                                           # asked for one build only
@@ -156,3 +154,23 @@ def test_metrics_and_dashboard_render_the_build_metrics(b, calls):
     assert "session    2 builds: ran 2, reused 2, failed 0;" in text
     board = dashboard("<svg id=g></svg>", m)
     assert board.children[0].value == "<svg id=g></svg>" and "nbbuild-dashboard" in board._dom_classes
+
+
+def test_a_build_over_before_the_first_tick_is_displayed_once_settled(b, calls, capsys):
+    view = b.watch(Watched(interval=0.5))
+    rules(b, calls, pause=0.0)()
+    assert capsys.readouterr().out.splitlines() == [str(b.report)]      # one display, no update
+    parts = view.last
+    assert (parts["bar"].value, parts["bar"].max, parts["bar"].bar_style) == (2, 2, "success")
+    assert parts["text"].value.startswith(f"<b>nbbuild</b> {b.report}<details>")
+    assert view.changes == []                    # made in its final state: nothing sent after
+
+
+def test_boxes_share_their_layouts_and_styles(b, calls):
+    view = b.watch(BuildView(interval=0.5))
+    clean = rules(b, calls, pause=0.0)
+    clean()
+    first = view.last
+    clean()
+    assert first["bar"].layout is view.last["bar"].layout and first["bar"].style is view.last["bar"].style
+    assert first["box"] is not view.last["box"]

@@ -6,10 +6,12 @@ Contract:
   build it displays a box (CSS class `nbbuild-progress`): a progress bar (tasks checked of those known), the task
   running now with its elapsed time, and rows per task (running, ran, reused, failed, skipped)
   with durations; only the running and the slowest tasks once a build has more than
-  `progress.ROW_LIMIT`. A ticker thread redraws it at most every `interval` seconds, and only
-  what changed, from its own thread (a one-target build may run its body on the kernel's thread):
-  the updates reach the front end while the cell runs. When the build ends the ticker is stopped
-  and joined, then the box settles into the report's one line (the rows folded below it), and the
+  `progress.ROW_LIMIT`. A ticker thread redraws it every `interval` seconds (twice that after the
+  first `slower_after` seconds), at most two messages a time and only for what changed, from its
+  own thread (a one-target build may run its body on the kernel's thread):
+  the updates reach the front end while the cell runs. The box is displayed at the first tick: a
+  build over before it is displayed once, settled. When the build ends the ticker is stopped and
+  joined, then the box settles into the report's one line (the rows folded below it), and the
   display's plain-text form becomes that line. Tasks are named as the user types them (`clean`).
 - `graph_for(targets)` asks for a live graph too, for the next build only: `snapshot(targets)`
   (a graph.Graph, taken on the build's thread when it starts and again when it ends) is drawn by
@@ -20,6 +22,7 @@ Contract:
 """
 from __future__ import annotations
 
+import contextvars
 import html
 import logging
 import threading
@@ -27,6 +30,8 @@ import time
 from typing import Any, Callable
 
 import ipywidgets as w
+from ipywidgets.widgets.widget_int import ProgressStyle
+from ipywidgets.widgets.widget_string import HTMLStyle
 from IPython.display import display
 
 from ..console import line
@@ -38,6 +43,13 @@ from .graph import size_text as _size
 __all__ = ["BuildView", "metrics_view", "metrics_text", "dashboard", "show"]
 
 log = logging.getLogger("nbbuild")
+_SHARED: dict[str, w.Widget] | None = None
+
+
+def _share() -> None:
+    global _SHARED
+    _SHARED = {"bar": w.Layout(width="320px"), "bar_style": ProgressStyle(), "text": w.Layout(),
+               "text_style": HTMLStyle(), "box": w.Layout(align_items="flex-start")}
 _MARK = {"running": "▶", "executed": "✔ ran", "verified": "↺ reused", "constructed": "↺ reused (older)",
          "failed": "✘ failed", "skipped": "– skipped"}
 _STYLE = ("<style>.nbbuild-rows{border-collapse:collapse;font-size:12px;margin-top:2px}"
@@ -74,8 +86,8 @@ def rows_html(p: Progress) -> str:
 
 class BuildView:
     def __init__(self, interval: float = 0.25, snapshot: Callable[[list], Any] | None = None,
-                 draw: Callable[[Any, dict | None], str] | None = None):
-        self.interval = interval
+                 draw: Callable[[Any, dict | None], str] | None = None, slower_after: float = 1.0):
+        self.interval, self.slower_after = interval, slower_after
         self.snapshot, self.draw = snapshot, draw
         self._graph_targets: list | None = None
         self._lock = threading.Lock()     # one push at a time: widget syncs are not thread-safe
@@ -87,60 +99,80 @@ class BuildView:
         self._graph_targets = targets
 
     def started(self, build: Any) -> None:
-        bar = w.IntProgress(value=0, min=0, max=1, description="", bar_style="info",
-                            layout=w.Layout(width="320px"))
-        head = w.HTML("<b>nbbuild</b> starting…")
-        running = w.HTML("")
-        rows = w.HTML("")
-        graph = w.HTML("")
-        box = w.VBox([w.HBox([bar, head]), running, rows, graph])
-        box.add_class("nbbuild-progress")
-        parts = {"box": box, "bar": bar, "head": head, "running": running, "rows": rows, "graph": graph,
-                 "sent": {}, "graph_at": 0.0, "targets": self._graph_targets, "snapshot": None}
+        parts = {"sent": {}, "graph": "", "graph_at": 0.0, "targets": self._graph_targets, "snapshot": None}
         self._graph_targets = None
         if parts["targets"] is not None and self.snapshot is not None and self.draw is not None:
             try:
                 parts["snapshot"] = self.snapshot(parts["targets"])    # here, on the build's thread
             except Exception:  # the graph is a bonus: the build view goes on without it
                 log.warning("nbbuild: the task graph could not be read", exc_info=True)
-        parts["handle"] = show(box, "nbbuild: building…", view="build")
         self.last = parts
         self._stop.clear()
-        self._ticker = threading.Thread(target=self._tick, args=(build, parts), name="nbbuild-view", daemon=True)
+        # the ticker resolves the kernel's output routing (context variables) as the cell does
+        context = contextvars.copy_context()
+        self._ticker = threading.Thread(target=context.run, args=(self._tick, build, parts), name="nbbuild-view",
+                                        daemon=True)
         self._ticker.start()
 
+    def _show(self, parts: dict, plain: str, bar: tuple[int, int, str] = (0, 1, "info"),
+              text: str = "<b>nbbuild</b> starting…") -> None:
+        """Make the box, in the state given, and display it. Layouts and styles are shared by every
+        box: each widget is a message to open, and every message a wake-up that the build's thread
+        pays for."""
+        if _SHARED is None:
+            _share()
+        value, most, style = bar
+        parts["sent"].update(bar=bar, text=text)
+        bar_ = w.IntProgress(value=value, min=0, max=most, bar_style=style, layout=_SHARED["bar"],
+                             style=_SHARED["bar_style"])
+        html_ = w.HTML(text, layout=_SHARED["text"], style=_SHARED["text_style"])
+        box = w.HBox([bar_, html_], layout=_SHARED["box"], _dom_classes=("nbbuild-progress",))
+        parts.update(box=box, bar=bar_, text=html_)
+        parts["handle"] = show(box, plain, view="build")
+
     def _tick(self, build: Any, parts: dict) -> None:
-        while not self._stop.wait(self.interval):
+        # a build that is over before the first tick is shown once, settled (no update to send)
+        start = time.monotonic()
+        while not self._stop.wait(self.interval if time.monotonic() - start < self.slower_after
+                                  else 2 * self.interval):
             p = build.progress()
             if p is None or p.done:
                 return
             try:
+                with self._lock:
+                    if "box" not in parts:
+                        self._show(parts, "nbbuild: building…")
                 self._push(parts, p)
             except Exception:  # the front end went away mid-build, or similar: the build goes on
                 log.debug("nbbuild: the build view could not be updated", exc_info=True)
                 return
 
-    def _set(self, parts: dict, name: str, attr: str, value: Any) -> None:
-        """Send a widget attribute only when it changed: every send is a message to the front end."""
-        sent = parts["sent"]
-        if sent.get((name, attr)) != value:
-            sent[(name, attr)] = value
-            setattr(parts[name], attr, value)
+    def _bar(self, parts: dict, value: int, most: int, style: str | None = None) -> None:
+        """The bar's changes in one message."""
+        want = (value, most, style or parts["bar"].bar_style)
+        if parts["sent"].get("bar") != want:
+            parts["sent"]["bar"] = want
+            bar = parts["bar"]
+            with bar.hold_sync():
+                bar.max, bar.value, bar.bar_style = most, value, want[2]
+
+    def _text(self, parts: dict, value: str) -> None:
+        if parts["sent"].get("text") != value:
+            parts["sent"]["text"] = value
+            parts["text"].value = value
 
     def _push(self, parts: dict, p: Progress) -> None:
         with self._lock:
-            self._set(parts, "bar", "max", max(1, p.known))
-            self._set(parts, "bar", "value", min(p.checked, max(1, p.known)))
+            known = max(1, p.known)
+            self._bar(parts, min(p.checked, known), known)
             counts = f"ran {p.ran}, reused {p.reused}" + (f", failed {p.failed}" if p.failed else "")
-            self._set(parts, "head", "value", f"<b>nbbuild</b> {p.checked}/{p.known} tasks · {counts} · "
-                                              f"{p.elapsed:.1f} s")
             now = p.running
-            self._set(parts, "running", "value",
-                      f'<span class="nbbuild-running">running <b>{html.escape(label(now[0].task))}</b> '
-                      f"{now[0].seconds:.1f} s</span>" + (f" (+{len(now) - 1} more)" if len(now) > 1 else "")
-                      if now else "")
-            self._set(parts, "rows", "value", rows_html(p))
+            running = (f'<div class="nbbuild-running">running <b>{html.escape(label(now[0].task))}</b> '
+                       f"{now[0].seconds:.1f} s" + (f" (+{len(now) - 1} more)" if len(now) > 1 else "") + "</div>"
+                       if now else "")
             self._live_graph(parts, p)
+            self._text(parts, f"<b>nbbuild</b> {p.checked}/{p.known} tasks · {counts} · {p.elapsed:.1f} s"
+                              f"{running}{rows_html(p)}{parts['graph']}")
 
     def _live_graph(self, parts: dict, p: Progress) -> None:
         graph = parts["snapshot"]
@@ -152,7 +184,7 @@ class BuildView:
                 for r in p.rows}
         live.update({r.key: "running" for r in p.running})
         parts["graph_at"] = time.monotonic()
-        self._set(parts, "graph", "value", self.draw(graph, None if p.done else live))
+        parts["graph"] = self.draw(graph, None if p.done else live)
 
     def finished(self, build: Any) -> None:
         self._stop.set()
@@ -168,19 +200,23 @@ class BuildView:
             except Exception:  # as at the start: the summary must still settle
                 log.warning("nbbuild: the task graph could not be read", exc_info=True)
         with self._lock:
-            ok = not p.error and not p.failed
-            self._set(parts, "bar", "max", max(1, p.checked))
-            self._set(parts, "bar", "value", max(1, p.checked))
-            self._set(parts, "bar", "bar_style", "success" if ok else "danger")
             text = label(line(p))
-            self._set(parts, "head", "value", f"<b>nbbuild</b> {html.escape(text)}")
-            self._set(parts, "running", "value", "")
-            self._set(parts, "rows", "value", f"<details><summary>{p.checked} task{'s' if p.checked != 1 else ''}</summary>{rows_html(p)}</details>"
-                      if p.rows else "")
             try:
                 self._live_graph(parts, p)
             except Exception:  # the graph is a bonus: the summary must still settle
                 log.debug("nbbuild: the live graph could not be drawn", exc_info=True)
+            rows = (f"<details><summary>{p.checked} task{'s' if p.checked != 1 else ''}</summary>{rows_html(p)}"
+                    "</details>" if p.rows else "")
+            bar = (max(1, p.checked), max(1, p.checked), "success" if not p.error and not p.failed else "danger")
+            settled = f"<b>nbbuild</b> {html.escape(text)}{rows}{parts['graph']}"
+            shown_live = "box" in parts
+            if shown_live:
+                self._bar(parts, *bar)
+                self._text(parts, settled)
+            else:
+                self._show(parts, text, bar, settled)
+        if not shown_live:
+            return        # displayed just now, settled: its plain text is already the line
         parts["handle"].update({"text/plain": text, "application/vnd.jupyter.widget-view+json":
                                 {"version_major": 2, "version_minor": 0, "model_id": parts["box"].model_id}},
                                raw=True, metadata={"nbbuild": {"view": "build"}})
