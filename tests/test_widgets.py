@@ -56,7 +56,7 @@ def rules(b, calls, pause=0.6):
 
 
 def test_while_a_build_runs_its_thread_shows_the_running_task(b, calls):
-    view = b.watch(Watched(interval=0.05))
+    view = b.watch(Watched(first=0.05, interval=0.05, bar_every=0.0))
     assert rules(b, calls)() == [1, 2, 3]
     assert calls == ["raw", "clean"]
     live = [(t, v) for n, t, v, _ in view.changes if n == "text" and "running <b>" in v]
@@ -67,16 +67,17 @@ def test_while_a_build_runs_its_thread_shows_the_running_task(b, calls):
 
 
 def test_updates_are_throttled_and_only_what_changed_is_sent(b, calls):
-    view = b.watch(Watched(interval=0.25, slower_after=0.6))
+    view = b.watch(Watched())
     rules(b, calls, pause=1.6)()
     during = [c for c in view.changes if c[1] == "nbbuild-view"]
-    # four pushes a second for 0.6 s, then two: a handful of changes, not one per task
-    assert 2 <= len([c for c in during if c[0] == "text"]) <= 6
+    # the text at 0.25 s, then every 0.5 s; the bar at most once a second: not one per task
+    assert 3 <= len([c for c in during if c[0] == "text"]) <= 4
+    assert 1 <= len({c[2] for c in during if c[0] == "bar" and c[3] == "value"}) <= 2
     assert len([c for c in during if c[0] == "bar" and c[3] == "max"]) <= 1       # the same max: sent once
 
 
 def test_it_settles_into_the_reports_line(b, calls, capsys):
-    view = b.watch(Watched(interval=0.05))
+    view = b.watch(Watched(first=0.05, interval=0.05, bar_every=0.0))
     rules(b, calls, pause=0.1)()
     parts = view.last
     assert "nbbuild-progress" in parts["box"]._dom_classes
@@ -88,7 +89,7 @@ def test_it_settles_into_the_reports_line(b, calls, capsys):
 
 
 def test_a_failed_build_settles_in_red(b):
-    view = b.watch(BuildView(interval=0.05))
+    view = b.watch(BuildView(first=0.05, interval=0.05))
 
     @b.rule
     def broken():
@@ -101,7 +102,7 @@ def test_a_failed_build_settles_in_red(b):
 
 
 def test_a_big_build_shows_the_slowest_tasks_not_every_row(b):
-    view = b.watch(BuildView(interval=0.05))
+    view = b.watch(BuildView(first=0.05, interval=0.05))
 
     @b.rule
     def leaf(i):
@@ -120,7 +121,7 @@ def test_a_big_build_shows_the_slowest_tasks_not_every_row(b):
 def test_a_live_graph_is_drawn_with_running_states_then_settled(b, calls):
     drawn = []
     snapshots = []
-    view = b.watch(BuildView(interval=0.05, snapshot=lambda targets: snapshots.append(targets) or graph(b, {}, targets),
+    view = b.watch(BuildView(first=0.05, interval=0.05, snapshot=lambda targets: snapshots.append(targets) or graph(b, {}, targets),
                              draw=lambda g, live: drawn.append(live) or "<svg/>"))
     clean = rules(b, calls, pause=1.2)
     view.graph_for([clean.task()])
@@ -157,7 +158,7 @@ def test_metrics_and_dashboard_render_the_build_metrics(b, calls):
 
 
 def test_a_build_over_before_the_first_tick_is_displayed_once_settled(b, calls, capsys):
-    view = b.watch(Watched(interval=0.5))
+    view = b.watch(Watched(first=0.5))
     rules(b, calls, pause=0.0)()
     assert capsys.readouterr().out.splitlines() == [str(b.report)]      # one display, no update
     parts = view.last

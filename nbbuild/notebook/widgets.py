@@ -6,9 +6,10 @@ Contract:
   build it displays a box (CSS class `nbbuild-progress`): a progress bar (tasks checked of those known), the task
   running now with its elapsed time, and rows per task (running, ran, reused, failed, skipped)
   with durations; only the running and the slowest tasks once a build has more than
-  `progress.ROW_LIMIT`. A ticker thread redraws it every `interval` seconds (twice that after the
-  first `slower_after` seconds), at most two messages a time and only for what changed, from its
-  own thread (a one-target build may run its body on the kernel's thread):
+  `progress.ROW_LIMIT`. A ticker thread redraws it, from its own thread (a one-target build may
+  run its body on the kernel's thread), `first` seconds in and then every `interval` seconds: the
+  text each time, the bar at most every `bar_every` seconds, and only what changed. Each widget
+  message costs the build's thread GIL hand-offs in the kernel (BENCHMARKS.md), hence few:
   the updates reach the front end while the cell runs. The box is displayed at the first tick: a
   build over before it is displayed once, settled. When the build ends the ticker is stopped and
   joined, then the box settles into the report's one line (the rows folded below it), and the
@@ -85,9 +86,10 @@ def rows_html(p: Progress) -> str:
 
 
 class BuildView:
-    def __init__(self, interval: float = 0.25, snapshot: Callable[[list], Any] | None = None,
-                 draw: Callable[[Any, dict | None], str] | None = None, slower_after: float = 1.0):
-        self.interval, self.slower_after = interval, slower_after
+    def __init__(self, interval: float = 0.5, snapshot: Callable[[list], Any] | None = None,
+                 draw: Callable[[Any, dict | None], str] | None = None, first: float = 0.25,
+                 bar_every: float = 1.0):
+        self.interval, self.first, self.bar_every = interval, first, bar_every
         self.snapshot, self.draw = snapshot, draw
         self._graph_targets: list | None = None
         self._lock = threading.Lock()     # one push at a time: widget syncs are not thread-safe
@@ -132,9 +134,9 @@ class BuildView:
 
     def _tick(self, build: Any, parts: dict) -> None:
         # a build that is over before the first tick is shown once, settled (no update to send)
-        start = time.monotonic()
-        while not self._stop.wait(self.interval if time.monotonic() - start < self.slower_after
-                                  else 2 * self.interval):
+        wait = self.first
+        while not self._stop.wait(wait):
+            wait = self.interval
             p = build.progress()
             if p is None or p.done:
                 return
@@ -147,11 +149,11 @@ class BuildView:
                 log.debug("nbbuild: the build view could not be updated", exc_info=True)
                 return
 
-    def _bar(self, parts: dict, value: int, most: int, style: str | None = None) -> None:
-        """The bar's changes in one message."""
+    def _bar(self, parts: dict, value: int, most: int, style: str | None = None, now: bool = False) -> None:
+        """The bar's changes in one message, at most one every `bar_every` seconds unless `now`."""
         want = (value, most, style or parts["bar"].bar_style)
-        if parts["sent"].get("bar") != want:
-            parts["sent"]["bar"] = want
+        if parts["sent"].get("bar") != want and (now or time.monotonic() - parts.get("bar_at", 0.0) >= self.bar_every):
+            parts["sent"]["bar"], parts["bar_at"] = want, time.monotonic()
             bar = parts["bar"]
             with bar.hold_sync():
                 bar.max, bar.value, bar.bar_style = most, value, want[2]
@@ -211,7 +213,7 @@ class BuildView:
             settled = f"<b>nbbuild</b> {html.escape(text)}{rows}{parts['graph']}"
             shown_live = "box" in parts
             if shown_live:
-                self._bar(parts, *bar)
+                self._bar(parts, *bar, now=True)
                 self._text(parts, settled)
             else:
                 self._show(parts, text, bar, settled)
