@@ -242,7 +242,8 @@ def kernel_part(args, root: str) -> dict:
         info = k.execute("import sys, ipykernel, ipywidgets\n_state = get_ipython()._nbbuild_state\n"
                          "b = _state.build\nb.workers = 1\n"
                          "_info = repr((sys.executable, ipykernel.__version__, ipywidgets.__version__, "
-                         "type(_state.view).__module__ + '.' + type(_state.view).__name__, _state.view.interval, "
+                         "type(_state.view).__module__ + '.' + type(_state.view).__name__, "
+                         "(_state.view.first, _state.view.interval, _state.view.bar_every), "
                          "len(b.watchers)))", "_info")["value"]
         info = ast.literal_eval(info)
         k.execute(TIMED + DIAG)
@@ -407,7 +408,8 @@ def report(kern: dict, text: dict, args, elapsed: float) -> str:
                f"Linux {platform.release()}, ipykernel {info['ipykernel']}, ipywidgets {info['ipywidgets']}, "
                f"nbbuild ({revision()})")
     out.append(f"Graph: {TASKS:,} tasks (top -> {FAN} mid -> {FAN} leaf each), workers=1. Kernel view: "
-               f"{info['view']} (ticker every {info['interval']} s). {args.pairs} pairs for 'run', "
+               f"{info['view']} (first update at {info['interval'][0]} s, then the text every {info['interval'][1]} s, "
+               f"the bar at most every {info['interval'][2]} s). {args.pairs} pairs for 'run', "
                f"{args.pairs_fast} for the others, after 2 warm-up builds; the order alternates pair to pair.")
     out.append("")
     rows = [["view", "build", "work", "off s", "on s", "on/off", "paired", "best", "Δ ms", "cpu paired",
