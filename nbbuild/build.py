@@ -21,8 +21,8 @@ Contract:
   task is stale or that it is up to date.
 - `b.attachment(task)`: what the run behind the task's current value attached (`trace.attach`),
   kept beside the value and outside its hash (the notebook keeps a cell's displayed output there).
-- Values live in memory too (bounded), so a no-op rebuild in the same process loads nothing; a
-  remembered value changed in place since is noticed and replaced by the stored one.
+- Values live in memory too (`memory.Memory`, bounded), so a no-op rebuild in the same process
+  loads nothing; a remembered value changed in place since is noticed and replaced by the stored one.
 """
 from __future__ import annotations
 
@@ -34,12 +34,12 @@ import os
 import sys
 import threading
 import time
-from collections import OrderedDict
 from typing import Any, Callable, Iterator
 
 from . import eviction as _bounds
 from . import explain, files, hashing
 from .clean import CleanSet
+from .memory import Memory
 from .metrics import Metrics, Session
 from .progress import Progress, Tracker
 from .errors import BuildError, RuleError
@@ -54,10 +54,6 @@ from .trace import current
 __all__ = ["Build", "BuildReport", "TaskReport"]
 
 log = logging.getLogger("nbbuild")
-_MEMORY_BYTES = 1 << 30          # values kept in memory between builds, by serialized size
-_MEMORY_VALUES = 100_000
-_IMMUTABLE = (int, float, str, bytes, bool, type(None), complex, frozenset)
-_ABSENT = object()
 _PATIENCE = 5.0
 
 
@@ -87,9 +83,7 @@ class Build:
         self.workers = workers
         self.rules: dict[str, Rule] = {}
         self.report: BuildReport | None = None
-        self._values: OrderedDict[str, Any] = OrderedDict()
-        self._sizes: dict[str, int] = {}
-        self._values_bytes = 0
+        self.memory = Memory(self.store)
         self._tasks: dict[str, Task] = {}
         self.observers: list[Callable[[list[Task], BuildReport], None]] = []
         self._failures: dict[str, str] = {}                  # task key -> why its last build failed
@@ -108,7 +102,7 @@ class Build:
             from .console import TextProgress     # a view: only imported when it is wanted
             self.watch(TextProgress())
         self._lock = threading.RLock()          # one build at a time
-        self._values_lock = threading.Lock()    # taken from any worker thread during a build
+        self._attachments_lock = threading.Lock()    # taken from any worker thread during a build
         files.install_hook()
 
     # ------------------------------------------------------------ rules
@@ -151,53 +145,8 @@ class Build:
 
     # ------------------------------------------------------------ values in memory
 
-    def _remember(self, digest: str, value: Any, size: int) -> None:
-        """Keep a value in memory (least recently used first out, within _MEMORY_BYTES of
-        serialized size and _MEMORY_VALUES entries)."""
-        with self._values_lock:
-            if digest in self._values:
-                self._values.move_to_end(digest)
-                return
-            self._values[digest] = value
-            self._sizes[digest] = size
-            self._values_bytes += size
-            while len(self._values) > 1 and (self._values_bytes > _MEMORY_BYTES
-                                             or len(self._values) > _MEMORY_VALUES):
-                old, _ = self._values.popitem(last=False)
-                self._values_bytes -= self._sizes.pop(old)
-
-    def _recall(self, digest: str, checked: set[str], task: Task | None = None) -> tuple[bool, Any]:
-        """(found, value) for a value hash: from memory, or loaded from the store. A value in
-        memory is re-hashed once per build (`checked`): one changed in place since it was built
-        is dropped, and the stored value is used instead."""
-        value = self._values.get(digest, _ABSENT)
-        if value is not _ABSENT:
-            if isinstance(value, _IMMUTABLE) or digest in checked or digest.startswith("u:"):
-                return True, value
-            try:
-                now = hashing.value_hash(value)
-                # some objects pickle differently each time (a matplotlib Figure counts its
-                # pickles): a second hash that differs again means "cannot tell", not "changed"
-                same = now == digest or hashing.value_hash(value) != now
-            except hashing.UnserializableValue:
-                same = False
-            if same:
-                checked.add(digest)
-                return True, value
-            log.warning("nbbuild: a value was changed in place after it was built; using the stored one")
-            self._forget(digest)
-        found, value, why = self.store.load(digest)
-        if not found:
-            if why:
-                log.warning("nbbuild: the stored value of %s could not be used: %s; it runs again",
-                            repr(task) if task is not None else digest, why)
-            return False, None
-        checked.add(digest)
-        self._remember(digest, value, self.store.value_size(digest) or 0)
-        return True, value
-
     def _keep_attachment(self, task: Task, digest: str, data: Any, persist: bool) -> None:
-        with self._values_lock:
+        with self._attachments_lock:
             self._attachments[task.key] = (digest, data)
         if persist:
             try:
@@ -238,10 +187,7 @@ class Build:
 
     def _forget(self, digest: str | None = None) -> None:
         """Drop one value (or all) from memory; the store keeps them."""
-        with self._values_lock:
-            for d in [digest] if digest is not None else list(self._values):
-                if self._values.pop(d, None) is not None or d in self._sizes:
-                    self._values_bytes -= self._sizes.pop(d, 0)
+        self.memory.forget(digest)
 
     # ------------------------------------------------------------ building
 

@@ -84,7 +84,7 @@ def _status(build: Any, task: Task, reason: str | None, memo: Memo) -> TaskStatu
         return TaskStatus(repr(task), "never built", reason, None, None)
     if reason is not None:
         return TaskStatus(repr(task), "stale", reason, seconds, None)
-    size = build.store.value_size(digest) if task.rule.policy == "persist" else build._sizes.get(digest)
+    size = build.store.value_size(digest) if task.rule.policy == "persist" else build.memory.size(digest)
     if not _stored(build, task, digest):
         return TaskStatus(repr(task), "not stored", "its value is not stored: it runs again when needed",
                           seconds, None)
@@ -115,7 +115,7 @@ def known(build: Any, rule: Rule) -> list[Task]:
 def _stored(build: Any, task: Task, digest: str | None) -> bool:
     if digest is None or digest.startswith("u:"):
         return False
-    if digest in build._values:
+    if digest in build.memory:
         return True
     return task.rule.policy == "persist" and build.store.has_value(digest)
 

@@ -367,7 +367,7 @@ class Scheduler:
         st.value, st.has_value, st.hash, st.outcome = value, True, digest, "executed"
         if previous is not None and previous != digest:
             log.warning("nbbuild: %r gave a different value when re-run (is it deterministic?)", task)
-        self.build._remember(digest, value, ser.nbytes if ser is not None else 0)
+        self.build.memory.remember(digest, value, ser.nbytes if ser is not None else 0)
         if rec.attachment is not None:
             self.build._keep_attachment(task, digest, rec.attachment, persist and not st.unstored)
         if version is None:
@@ -423,7 +423,7 @@ class Scheduler:
                 raise self.error_for(st)
             return st.value
         try:
-            found, value = self.build._recall(st.hash, self.checked, st.task)  # type: ignore[arg-type]
+            found, value = self.build.memory.recall(st.hash, self.checked, st.task)  # type: ignore[arg-type]
             if found:
                 st.value, st.has_value = value, True
             else:

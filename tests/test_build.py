@@ -327,7 +327,7 @@ def test_a_tasks_time_excludes_waiting_for_its_dependencies(b):
 
 
 def test_values_kept_in_memory_stay_within_their_bound(b, monkeypatch, calls):
-    monkeypatch.setattr("nbbuild.build._MEMORY_BYTES", 50_000)
+    monkeypatch.setattr("nbbuild.memory.MEMORY_BYTES", 50_000)
 
     @b.rule
     def big(i):
@@ -335,7 +335,7 @@ def test_values_kept_in_memory_stay_within_their_bound(b, monkeypatch, calls):
         return bytes([i]) * 20_000
 
     b.build(*[big.task(i) for i in range(10)])
-    assert b._values_bytes <= 50_000 and len(b._values) <= 3
+    assert b.memory.bytes <= 50_000 and len(b.memory.values) <= 3
     calls.clear()
     assert b.build(big.task(0)) == [bytes([0]) * 20_000]   # forgotten in memory, loaded from the store
     assert calls == []

@@ -141,3 +141,12 @@ def test_a_quick_build_sends_its_view_once_settled(tmp_path):
     state = nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
     bar = state[state[model]["state"]["children"][0].removeprefix("IPY_MODEL_")]["state"]
     assert (bar["value"], bar["max"], bar["bar_style"]) == (1, 1, "success")
+
+
+def test_the_build_view_comes_before_what_the_rules_print(tmp_path):
+    """Its place is taken when the build starts, even when the box only fills it a tick later."""
+    cell = "%%rule talk\nimport time\nprint('before')\ntime.sleep(0.8)\nprint('after')\ntalk = 1"
+    nb, _ = run(tmp_path, ["%load_ext nbbuild", cell])
+    outputs = nb.cells[1].outputs
+    assert is_build_view(outputs[0]) and outputs[0]["data"]["text/plain"].startswith("ran 1, ")
+    assert "".join(o["text"] for o in outputs[1:] if o["output_type"] == "stream") == "before\nafter\n"

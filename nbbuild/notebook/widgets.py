@@ -10,8 +10,9 @@ Contract:
   run its body on the kernel's thread), `first` seconds in and then every `interval` seconds: the
   text each time, the bar at most every `bar_every` seconds, and only what changed. Each widget
   message costs the build's thread GIL hand-offs in the kernel (BENCHMARKS.md), hence few:
-  the updates reach the front end while the cell runs. The box is displayed at the first tick: a
-  build over before it is displayed once, settled. When the build ends the ticker is stopped and
+  the updates reach the front end while the cell runs. Its place is taken when the build starts
+  (a plain-text display, first in the cell's output); the box fills it at the first tick, and a
+  build over before then gets its box made settled, with no update sent. When the build ends the ticker is stopped and
   joined, then the box settles into the report's one line (the rows folded below it), and the
   display's plain-text form becomes that line. Tasks are named as the user types them (`clean`).
 - `graph_for(targets)` asks for a live graph too, for the next build only: `snapshot(targets)`
@@ -108,6 +109,10 @@ class BuildView:
                 parts["snapshot"] = self.snapshot(parts["targets"])    # here, on the build's thread
             except Exception:  # the graph is a bonus: the build view goes on without it
                 log.warning("nbbuild: the task graph could not be read", exc_info=True)
+        # its place, first in the cell's output, before anything the rules print: the widget
+        # takes it at the first tick (or, for a build over by then, settled at the end)
+        parts["handle"] = display({"text/plain": "nbbuild: building…"}, raw=True, display_id=True,
+                                  metadata={"nbbuild": {"view": "build"}})
         self.last = parts
         self._stop.clear()
         # the ticker resolves the kernel's output routing (context variables) as the cell does
@@ -118,9 +123,9 @@ class BuildView:
 
     def _show(self, parts: dict, plain: str, bar: tuple[int, int, str] = (0, 1, "info"),
               text: str = "<b>nbbuild</b> starting…") -> None:
-        """Make the box, in the state given, and display it. Layouts and styles are shared by every
-        box: each widget is a message to open, and every message a wake-up that the build's thread
-        pays for."""
+        """Make the box, in the state given, and put it in the view's place. Layouts and styles are
+        shared by every box: each widget is a message to open, and every message a wake-up that
+        the build's thread pays for."""
         if _SHARED is None:
             _share()
         value, most, style = bar
@@ -130,7 +135,13 @@ class BuildView:
         html_ = w.HTML(text, layout=_SHARED["text"], style=_SHARED["text_style"])
         box = w.HBox([bar_, html_], layout=_SHARED["box"], _dom_classes=("nbbuild-progress",))
         parts.update(box=box, bar=bar_, text=html_)
-        parts["handle"] = show(box, plain, view="build")
+        self._place(parts, plain)
+
+    @staticmethod
+    def _place(parts: dict, plain: str) -> None:
+        parts["handle"].update({"text/plain": plain, "application/vnd.jupyter.widget-view+json":
+                                {"version_major": 2, "version_minor": 0, "model_id": parts["box"].model_id}},
+                               raw=True, metadata={"nbbuild": {"view": "build"}})
 
     def _tick(self, build: Any, parts: dict) -> None:
         # a build that is over before the first tick is shown once, settled (no update to send)
@@ -217,11 +228,8 @@ class BuildView:
                 self._text(parts, settled)
             else:
                 self._show(parts, text, bar, settled)
-        if not shown_live:
-            return        # displayed just now, settled: its plain text is already the line
-        parts["handle"].update({"text/plain": text, "application/vnd.jupyter.widget-view+json":
-                                {"version_major": 2, "version_minor": 0, "model_id": parts["box"].model_id}},
-                               raw=True, metadata={"nbbuild": {"view": "build"}})
+        if shown_live:      # else placed just now, settled: its plain text is already the line
+            self._place(parts, text)
 
     @property
     def shows_summary(self) -> bool:

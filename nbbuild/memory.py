@@ -1,0 +1,91 @@
+"""Values kept in memory between builds of one Build, so that a no-op rebuild in the same process
+loads nothing from the store.
+
+Contract:
+- `Memory(store)`: `remember(digest, value, size)` keeps a value by its hash, least recently used
+  out first, within `MEMORY_BYTES` of serialized size and `MEMORY_VALUES` entries (the newest
+  stays even when it alone is larger). Safe from any worker thread.
+- `recall(digest, checked, task)` -> (found, value): from memory, or loaded from the store (and
+  remembered). A remembered value that is not immutable is hashed again once per build (`checked`
+  holds what this build checked): one changed in place since it was built is dropped, with a
+  warning, and the stored value is used instead. A stored value that cannot be used is a miss,
+  with a warning naming the task.
+- `forget(digest=None)` drops one value, or all; the store keeps them. `digest in memory` and
+  `size(digest)` look without loading.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from typing import Any
+
+from . import hashing
+
+__all__ = ["Memory", "MEMORY_BYTES", "MEMORY_VALUES"]
+
+log = logging.getLogger("nbbuild")
+MEMORY_BYTES = 1 << 30
+MEMORY_VALUES = 100_000
+_IMMUTABLE = (int, float, str, bytes, bool, type(None), complex, frozenset)
+_ABSENT = object()
+
+
+class Memory:
+    def __init__(self, store: Any):
+        self.store = store
+        self.values: OrderedDict[str, Any] = OrderedDict()
+        self.sizes: dict[str, int] = {}
+        self.bytes = 0
+        self._lock = threading.Lock()
+
+    def __contains__(self, digest: str) -> bool:
+        return digest in self.values
+
+    def size(self, digest: str) -> int | None:
+        return self.sizes.get(digest)
+
+    def remember(self, digest: str, value: Any, size: int) -> None:
+        with self._lock:
+            if digest in self.values:
+                self.values.move_to_end(digest)
+                return
+            self.values[digest] = value
+            self.sizes[digest] = size
+            self.bytes += size
+            while len(self.values) > 1 and (self.bytes > MEMORY_BYTES or len(self.values) > MEMORY_VALUES):
+                old, _ = self.values.popitem(last=False)
+                self.bytes -= self.sizes.pop(old)
+
+    def recall(self, digest: str, checked: set[str], task: Any = None) -> tuple[bool, Any]:
+        value = self.values.get(digest, _ABSENT)
+        if value is not _ABSENT:
+            if isinstance(value, _IMMUTABLE) or digest in checked or digest.startswith("u:"):
+                return True, value
+            try:
+                now = hashing.value_hash(value)
+                # some objects pickle differently each time (a matplotlib Figure counts its
+                # pickles): a second hash that differs again means "cannot tell", not "changed"
+                same = now == digest or hashing.value_hash(value) != now
+            except hashing.UnserializableValue:
+                same = False
+            if same:
+                checked.add(digest)
+                return True, value
+            log.warning("nbbuild: a value was changed in place after it was built; using the stored one")
+            self.forget(digest)
+        found, value, why = self.store.load(digest)
+        if not found:
+            if why:
+                log.warning("nbbuild: the stored value of %s could not be used: %s; it runs again",
+                            repr(task) if task is not None else digest, why)
+            return False, None
+        checked.add(digest)
+        self.remember(digest, value, self.store.value_size(digest) or 0)
+        return True, value
+
+    def forget(self, digest: str | None = None) -> None:
+        with self._lock:
+            for d in [digest] if digest is not None else list(self.values):
+                if self.values.pop(d, None) is not None or d in self.sizes:
+                    self.bytes -= self.sizes.pop(d, 0)
