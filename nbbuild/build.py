@@ -14,8 +14,10 @@ Contract:
   top-level build, on the build's thread; meanwhile `b.progress()` (from any thread) is a
   `progress.Progress` snapshot of the running build, and after it the settled last one. A view
   that raises is logged and dropped for that build, never failing it.
-- `progress=`: True shows builds as a text line on stderr (console.TextProgress), False does
-  not; None (the default) does when stderr is a terminal and no Jupyter kernel runs here.
+- `progress=`: True shows builds as a text line on stderr (console.TextProgress: redrawn on a
+  terminal, a plain line every few seconds elsewhere, then the report's line), False does not;
+  None (the default) reads NBBUILD_PROGRESS (1 or 0), else shows it when stderr is a terminal and
+  no Jupyter kernel runs here.
 - `b.metrics()`: `metrics.Metrics` of the last build and of this Build's session, with store stats.
 - `b.report` describes the last build; `b.why(task)` explains, without running anything, why a
   task is stale or that it is up to date.
@@ -97,7 +99,15 @@ class Build:
         self._expected: dict[tuple[str, ...], int] = {}    # target keys -> tasks their last build checked
         self._session = Session()
         if progress is None:
-            progress = _on_terminal() and "ipykernel" not in sys.modules
+            setting = os.environ.get("NBBUILD_PROGRESS", "").strip().lower()
+            if setting in ("1", "true", "yes", "on"):
+                progress = True
+            elif setting in ("0", "false", "no", "off"):
+                progress = False
+            elif setting:
+                raise RuleError(f"NBBUILD_PROGRESS={setting!r}: use 1 (show builds on stderr) or 0 (do not)")
+            else:
+                progress = _on_terminal() and "ipykernel" not in sys.modules
         if progress:
             from .console import TextProgress     # a view: only imported when it is wanted
             self.watch(TextProgress())

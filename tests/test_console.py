@@ -10,6 +10,8 @@ import sys
 import textwrap
 import time
 
+import pytest
+
 import nbbuild
 from nbbuild.console import TextProgress, line
 from nbbuild.progress import Progress, TaskRow
@@ -138,3 +140,27 @@ def test_terminal_ipython_shows_the_line_and_prints_the_summary_once(tmp_path):
     assert "\rnbbuild " in text and "running slow " in text         # the live line, on stderr, as named there
     assert text.count("ran 1, reused 0, failed 0 in ") == 1, text   # the summary once (the magic's)
     assert "bound 1" in text
+
+
+@pytest.mark.parametrize("setting, shown", [("1", True), ("0", False), ("", False)])
+def test_nbbuild_progress_turns_the_line_on_or_off_where_stderr_is_no_terminal(tmp_path, setting, shown):
+    script = tmp_path / "pipeline.py"
+    script.write_text(textwrap.dedent(f"""
+        import nbbuild
+        b = nbbuild.Build({str(tmp_path / 'store')!r})
+        @b.rule
+        def answer():
+            return 42
+        print("value", answer())
+    """))
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(nbbuild.__file__)), "NBBUILD_PROGRESS": setting}
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0 and done.stdout == "value 42\n", done.stderr
+    assert done.stderr.startswith("ran 1, reused 0, failed 0 in ") == shown, done.stderr
+    assert (done.stderr == "") == (not shown)
+
+
+def test_a_bad_nbbuild_progress_is_one_line(monkeypatch, tmp_path):
+    monkeypatch.setenv("NBBUILD_PROGRESS", "loud")
+    with pytest.raises(nbbuild.RuleError, match=r"^NBBUILD_PROGRESS='loud': use 1 \(show builds on stderr\) or 0"):
+        nbbuild.Build(tmp_path / "store")
