@@ -83,6 +83,7 @@ class Build:
             raise RuleError(str(e)) from None
         self.store.on_room = functools.partial(_bounds.make_room, self.store)
         self.workers = workers
+        self.order = "critical-path"      # or "fifo": which ready task starts first (scheduler.py)
         self.rules: dict[str, Rule] = {}
         self.report: BuildReport | None = None
         self.memory = Memory(self.store)

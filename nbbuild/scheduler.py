@@ -9,7 +9,10 @@ Contract:
   asking greenlet (cheap: no switch on the no-op path) until the nesting reaches `MAX_INLINE`;
   deeper, it is queued and a hub starts it at the bottom of a stack, so neither deep chains nor
   wide fan-outs grow one stack without bound. Of a group fetched together, all but the first are offered to other threads first
-  (help-first), then taken back if nobody started them.
+  (help-first), then taken back if nobody started them. With several threads, the group is
+  ordered by the longest recorded path through each task (priority.py): the asking greenlet
+  takes the most urgent, and idle threads start queued tasks most urgent first (`build.order =
+  "fifo"` keeps the order of asking).
 - A task that would wait on a task that (transitively) waits on it raises CycleError there.
 - Failures are recorded in the state (own error, or the failed dependency that caused it) and
   never unwind the engine; only cancellation (KeyboardInterrupt, SystemExit) does, after which
@@ -22,7 +25,6 @@ import logging
 import threading
 import time
 import uuid
-from collections import deque
 from typing import Any, Sequence
 
 from greenlet import GreenletExit as GreenletExitType
@@ -30,6 +32,7 @@ from greenlet import GreenletExit as GreenletExitType
 from . import hashing
 from .errors import BuildError, Cancelled, CycleError
 from .executors import Hubs
+from .priority import CriticalPath, ReadyQueue
 from .rule import Task, Version, rule_version
 from .trace import FILE_PREFIX, Group, Recorder, Trace, current, match
 
@@ -45,7 +48,7 @@ class TaskState:
     """What one build knows of one task. Slots: one object per task per build, no dict."""
 
     __slots__ = ("task", "status", "hash", "value", "has_value", "error", "cause", "waiters",
-                 "blocked_on", "outcome", "seconds", "trace", "depth", "loading", "unstored")
+                 "blocked_on", "outcome", "seconds", "trace", "depth", "loading", "unstored", "up")
 
     def __init__(self, task: Task):
         self.task = task
@@ -63,6 +66,7 @@ class TaskState:
         self.depth = 0
         self.loading = False
         self.unstored = ""
+        self.up = 0.0                # recorded time of the chain above it (priority.py)
 
     def add_waiter(self, waker: Any) -> None:
         if self.waiters is None:
@@ -83,11 +87,14 @@ class Scheduler:
         self.states: dict[str, TaskState] = {}
         self.order: list[TaskState] = []
         self.lock = threading.Lock()
-        self.queue: deque[TaskState] = deque()
+        self.traces = self.store.traces_index()
+        # which queued task an idle thread starts: the longest recorded path first (one thread: no choice)
+        critical = build.workers > 1 and build.order == "critical-path"
+        self.paths = CriticalPath(self.traces) if critical else None
+        self.queue = ReadyQueue(self.paths)
         self.hubs = Hubs(build._pool, max(0, build.workers - 1), self.lock, self._take, self._worker_process)
         self.versions: dict[Any, Version] = {}
         self.known: dict[str, str] = {}          # key -> value hash of every task done in this build
-        self.traces = self.store.traces_index()
         self.tasks: dict[str, Task] = build._tasks
         self.checked: set[str] = set()
         self.forced: set[str] = set()            # keys that run even if up to date (build(force=True))
@@ -112,7 +119,7 @@ class Scheduler:
     def _take(self) -> TaskState | None:
         """Under the lock: the next queued task nobody has taken back."""
         while self.queue:
-            st = self.queue.popleft()
+            st = self.queue.pop()
             if st.status == QUEUED:
                 st.status = ACTIVE
                 return st
@@ -188,9 +195,19 @@ class Scheduler:
                     fresh.append(st)
                 sts.append(st)
             inline = depth < MAX_INLINE
-            for st in fresh[1:] if inline else fresh:
+            paths = self.paths
+            priorities = [0.0] * len(fresh)
+            if paths is not None and fresh:
+                up = me.up + paths.seconds(me.task.key) if me is not None else 0.0
+                # the asking thread takes the most urgent itself; the others are offered by urgency
+                ranked = sorted(((up + paths.below(st.task.key), st) for st in fresh), key=lambda r: -r[0])
+                fresh, priorities = [st for _, st in ranked], [p for p, _ in ranked]
+                for st in fresh:
+                    st.up = up
+            first = 1 if inline else 0
+            for st, priority in zip(fresh[first:], priorities[first:]):
                 st.status = QUEUED
-                self.queue.append(st)
+                self.queue.push(st, priority)
             if len(fresh) > inline:
                 self.hubs.notify()
             if inline and fresh:

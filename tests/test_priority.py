@@ -1,0 +1,85 @@
+"""Critical-path-first scheduling (priority.py): the longest recorded path starts first."""
+from __future__ import annotations
+
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+
+import nbbuild
+from nbbuild.priority import CriticalPath, ReadyQueue
+
+
+def index(graph: dict[str, tuple[float, tuple[str, ...]]]) -> dict:
+    """A trace index as the scheduler has it: key -> [newest trace], each with seconds and deps."""
+    def trace(seconds, deps):
+        return SimpleNamespace(seconds=seconds, split=lambda: (deps, ()))
+    return {k: [trace(s, d)] for k, (s, d) in graph.items()}
+
+
+def test_below_is_the_longest_recorded_chain_down_from_a_task():
+    paths = CriticalPath(index({"top": (1.0, ("a", "b")), "a": (2.0, ("c",)), "b": (5.0, ()), "c": (1.5, ())}))
+    assert [paths.below(k) for k in ("c", "a", "b", "top")] == [1.5, 3.5, 5.0, 6.0]
+    assert paths.below("never-ran") == 0.0 and paths.seconds("b") == 5.0
+
+
+def test_a_deep_chain_and_a_cycle_in_old_traces_are_fine():
+    chain = {f"t{i}": (0.5, (f"t{i + 1}",) if i < 5000 else ()) for i in range(5001)}
+    assert CriticalPath(index(chain)).below("t0") == pytest.approx(0.5 * 5001)
+    assert CriticalPath(index({"x": (1.0, ("y",)), "y": (2.0, ("x",))})).below("x") >= 1.0
+
+
+def test_the_queue_pops_the_most_urgent_first_ties_in_order():
+    q = ReadyQueue(CriticalPath({}))
+    for name, p in [("a", 1.0), ("b", 3.0), ("c", 1.0), ("d", 2.0)]:
+        q.push(name, p)
+    assert [q.pop() for _ in range(5)] == ["b", "d", "a", "c", None]
+    fifo = ReadyQueue(None)
+    for name, p in [("a", 1.0), ("b", 3.0)]:
+        fifo.push(name, p)
+    assert [fifo.pop(), fifo.pop(), fifo.pop()] == ["a", "b", None]
+
+
+def fan(b, durations, salt, starts):
+    """top fetches work(0..n) as one group; work(i) sleeps durations[i] (it reads `salt`, so
+    changing salt makes every one run again, with the durations recorded the time before)."""
+    lock = threading.Lock()
+
+    @b.rule
+    def work(i):
+        with lock:
+            starts.append(i)
+        time.sleep(durations[i] + 0 * salt[0])
+        return i
+
+    @b.rule
+    def top():
+        return sum(work.map(range(len(durations))))
+    return top
+
+
+@pytest.mark.parametrize("order, first", [("critical-path", [5, 4]), ("fifo", [0, 1])])
+def test_with_more_ready_tasks_than_threads_the_longest_starts_first(tmp_path, order, first):
+    durations = [0.02, 0.02, 0.02, 0.02, 0.1, 0.3]
+    salt, starts = [0], []
+    with nbbuild.Build(tmp_path / "store", workers=2) as b:
+        top = fan(b, durations, salt, starts)
+        assert top() == 15                       # the first build records how long each ran
+        b.order = order
+        salt[0] = 1
+        starts.clear()
+        assert top() == 15
+    assert sorted(starts) == [0, 1, 2, 3, 4, 5]
+    assert sorted(starts[:2]) == sorted(first)   # two threads: the two it starts first
+
+
+def test_one_thread_has_no_choice_to_make(tmp_path):
+    salt, starts = [0], []
+    with nbbuild.Build(tmp_path / "store", workers=1) as b:
+        top = fan(b, [0.0, 0.0, 0.05], salt, starts)
+        top()
+        salt[0] = 1
+        starts.clear()
+        top()
+    assert starts == [0, 1, 2]
