@@ -11,7 +11,8 @@ Contract:
   the priority is the longest recorded path through the task. Tasks never run count 0.
 - `ReadyQueue(paths)`: the scheduler's queue of tasks offered to idle threads. With `paths` it
   pops the highest priority first (ties: first queued first); without, first in first out.
-  `push(state, priority)`, `pop()` (None when empty), `len()`.
+  `push(state, priority)`, `pop()` (None when empty), `len()`. Priorities count to the
+  millisecond: closer ones keep the order they were queued in.
 Nothing here touches the store: `traces` is the build's trace index (key -> traces, newest first).
 """
 from __future__ import annotations
@@ -33,14 +34,19 @@ class CriticalPath:
         found = self.traces.get(key)
         return found[0].seconds if found else 0.0
 
-    def _deps(self, key: str) -> tuple[str, ...]:
-        found = self.traces.get(key)
-        return found[0].split()[0] if found else ()
-
     def below(self, key: str) -> float:
         done = self._below
-        if key in done:
-            return done[key]
+        value = done.get(key)
+        if value is not None:
+            return value
+        found = self.traces.get(key)
+        if not found:
+            done[key] = 0.0
+            return 0.0
+        trace = found[0]
+        if not trace.deps or not trace.split()[0]:     # most tasks of a big build: no walk needed
+            done[key] = trace.seconds
+            return trace.seconds
         # post-order walk: a task's value once all of its dependencies have theirs
         stack: list[tuple[str, bool]] = [(key, False)]
         seen = {key}
@@ -48,9 +54,10 @@ class CriticalPath:
             k, expanded = stack.pop()
             if k in done:
                 continue
-            deps = self._deps(k)
+            found = self.traces.get(k)
+            deps = found[0].split()[0] if found else ()
             if expanded:
-                done[k] = self.seconds(k) + max((done.get(d, 0.0) for d in deps), default=0.0)
+                done[k] = (found[0].seconds if found else 0.0) + max((done.get(d, 0.0) for d in deps), default=0.0)
                 continue
             stack.append((k, True))
             for d in deps:
@@ -71,7 +78,8 @@ class ReadyQueue:
         if self.paths is None:
             self._fifo.append(state)
         else:
-            heapq.heappush(self._heap, (-priority, next(self._order), state))
+            # to the millisecond: tasks of microseconds (a no-op build) keep their order of asking
+            heapq.heappush(self._heap, (-round(priority, 3), next(self._order), state))
 
     def pop(self) -> Any:
         if self.paths is None:

@@ -193,25 +193,27 @@ class Scheduler:
                     st = self.states[t.key] = TaskState(t)
                     self.tasks.setdefault(t.key, t)
                     fresh.append(st)
+                elif st.status == QUEUED and self.paths is not None:
+                    self._raise(me, st)
                 sts.append(st)
             inline = depth < MAX_INLINE
             paths = self.paths
-            priorities = [0.0] * len(fresh)
-            if paths is not None and fresh:
-                up = me.up + paths.seconds(me.task.key) if me is not None else 0.0
-                # the asking thread takes the most urgent itself; the others are offered by urgency
-                ranked = sorted(((up + paths.below(st.task.key), st) for st in fresh), key=lambda r: -r[0])
-                fresh, priorities = [st for _, st in ranked], [p for p, _ in ranked]
-                for st in fresh:
-                    st.up = up
-            first = 1 if inline else 0
-            for st, priority in zip(fresh[first:], priorities[first:]):
-                st.status = QUEUED
-                self.queue.push(st, priority)
-            if len(fresh) > inline:
-                self.hubs.notify()
-            if inline and fresh:
-                fresh[0].status = ACTIVE
+            ranked = paths is not None and len(fresh) > inline
+            if not ranked:
+                self._offer(me, fresh, inline, None)
+        if ranked:
+            # urgencies are worked out outside the lock (the other threads go on meanwhile): nobody
+            # starts a task that is still NEW, they only wait for it
+            up = me.up + paths.seconds(me.task.key) if me is not None else 0.0    # type: ignore[union-attr]
+            priorities = [up + paths.below(st.task.key) for st in fresh]          # type: ignore[union-attr]
+            if inline:       # the asking thread takes the most urgent itself
+                best = max(range(len(fresh)), key=priorities.__getitem__)
+                fresh.insert(0, fresh.pop(best))
+                priorities.insert(0, priorities.pop(best))
+            with self.lock:
+                if self.cancelled is not None:      # interrupted meanwhile: these were failed
+                    raise Cancelled("build interrupted")
+                self._offer(me, fresh, inline, priorities)
         if inline:
             for i, st in enumerate(fresh):
                 if i:
@@ -230,6 +232,32 @@ class Scheduler:
             if st.status < DONE:
                 self._wait(me, st)
         return sts
+
+    def _offer(self, me: TaskState | None, fresh: list[TaskState], inline: bool,
+               priorities: list[float] | None) -> None:
+        """Under the lock: queue the fresh tasks (all but the first when it runs inline here), by
+        urgency when `priorities` are given, and wake idle threads."""
+        if self.paths is not None and fresh:
+            up = me.up + self.paths.seconds(me.task.key) if me is not None else 0.0
+            for st in fresh:
+                st.up = up
+        for i in range(1 if inline else 0, len(fresh)):
+            st = fresh[i]
+            st.status = QUEUED
+            self.queue.push(st, priorities[i] if priorities is not None else 0.0)
+        if len(fresh) > inline:
+            self.hubs.notify()
+        if inline and fresh:
+            fresh[0].status = ACTIVE
+
+    def _raise(self, me: TaskState | None, st: TaskState) -> None:
+        """Under the lock: a queued task that a more urgent one now waits for is queued again at
+        that urgency (its old place is skipped: it is no longer queued when reached)."""
+        paths = self.paths
+        up = me.up + paths.seconds(me.task.key) if me is not None else 0.0    # type: ignore[union-attr]
+        if up > st.up:
+            st.up = up
+            self.queue.push(st, up + paths.below(st.task.key))                  # type: ignore[union-attr]
 
     def _one(self, me: TaskState | None, task: Task, depth: int) -> TaskState | None:
         """Fast path for one task: its state when it is done or could be brought up to date here,

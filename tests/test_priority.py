@@ -14,7 +14,7 @@ from nbbuild.priority import CriticalPath, ReadyQueue
 def index(graph: dict[str, tuple[float, tuple[str, ...]]]) -> dict:
     """A trace index as the scheduler has it: key -> [newest trace], each with seconds and deps."""
     def trace(seconds, deps):
-        return SimpleNamespace(seconds=seconds, split=lambda: (deps, ()))
+        return SimpleNamespace(seconds=seconds, deps=tuple(((d, "h"),) for d in deps), split=lambda: (deps, ()))
     return {k: [trace(s, d)] for k, (s, d) in graph.items()}
 
 
