@@ -18,6 +18,10 @@ Contract:
   terminal, a plain line every few seconds elsewhere, then the report's line), False does not;
   None (the default) reads NBBUILD_PROGRESS (1 or 0), else shows it when stderr is a terminal and
   no Jupyter kernel runs here.
+- `executor=` where rule bodies run: "threads" (the default: here, `workers` at once),
+  "processes" (a pool of worker processes), "dask" (a LocalCluster made on first use), a
+  `distributed.Client`, or a Dask scheduler's address. `@b.rule(executor=, timeout=, retries=)`
+  sets them per rule (body.py, remote.py, executors.py). The store, traces and scheduling stay here.
 - `b.metrics()`: `metrics.Metrics` of the last build and of this Build's session, with store stats.
 - `b.report` describes the last build; `b.why(task)` explains, without running anything, why a
   task is stale or that it is up to date.
@@ -62,7 +66,7 @@ _PATIENCE = 5.0
 class Build:
     def __init__(self, path: str | os.PathLike = ".nbbuild", quota: int | str | None = None,
                  workers: int | None = None, *, min_free: int | str | None = None, eviction: str | None = None,
-                 progress: bool | None = None):
+                 progress: bool | None = None, executor: Any = None):
         for name, size in (("quota", quota), ("min_free", min_free)):
             try:
                 parse_size(size)
@@ -83,6 +87,14 @@ class Build:
             raise RuleError(str(e)) from None
         self.store.on_room = functools.partial(_bounds.make_room, self.store)
         self.workers = workers
+        self.executor = executor
+        self._executors: dict[Any, Any] = {}
+        if executor is not None:
+            try:
+                self.executor_for(None)                 # a bad one says so now, not at the first build
+            except RuleError:
+                self.store.close()
+                raise
         self.order = "critical-path"      # or "fifo": which ready task starts first (scheduler.py)
         self.rules: dict[str, Rule] = {}
         self.report: BuildReport | None = None
@@ -118,9 +130,12 @@ class Build:
 
     # ------------------------------------------------------------ rules
 
-    def rule(self, fn: Callable | None = None, *, policy: str = "persist", name: str | None = None) -> Any:
+    def rule(self, fn: Callable | None = None, *, policy: str = "persist", name: str | None = None,
+             executor: Any = None, timeout: float | None = None, retries: int = 0) -> Any:
         def register(f: Callable) -> Rule:
-            r = Rule(f, self, name=name, policy=policy)
+            r = Rule(f, self, name=name, policy=policy, executor=executor, timeout=timeout, retries=retries)
+            if executor is not None:
+                self.executor_for(r)
             if r.name in self.rules:
                 # tasks of the rule it replaces must not run the old function any more
                 prefix = r.name + "/"
@@ -398,7 +413,24 @@ class Build:
 
     # ------------------------------------------------------------ lifetime
 
+    def executor_for(self, rule: Rule | None) -> Any:
+        """What runs the rule's bodies (None: here, on a thread), made on first use."""
+        spec = rule.executor if rule is not None and rule.executor is not None else self.executor
+        if spec is None or spec == "threads":
+            return None
+        key = spec if isinstance(spec, str) else id(spec)
+        found = self._executors.get(key)
+        if found is None:
+            found = self._executors[key] = _make_executor(spec, self.workers)
+        return found
+
     def close(self) -> None:
+        for ex in self._executors.values():
+            try:
+                ex.close()
+            except Exception:  # closing is best effort: the store must still be closed
+                log.debug("nbbuild: closing an executor failed", exc_info=True)
+        self._executors.clear()
         self._pool.shutdown()
         self.store.close()
 
@@ -407,6 +439,25 @@ class Build:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _make_executor(spec: Any, workers: int) -> Any:
+    from .executors import DaskExecutor, ProcessExecutor
+    if spec == "processes":
+        return ProcessExecutor(max(workers, 2))
+    if spec == "dask" or (isinstance(spec, str) and ("://" in spec or ":" in spec)):
+        try:
+            import distributed
+        except ImportError:
+            raise RuleError("executor dask needs the dask extra: pip install 'nbbuild[dask]'") from None
+        if spec == "dask":
+            return DaskExecutor(distributed.Client(processes=True, dashboard_address=None, n_workers=max(workers, 2),
+                                                   threads_per_worker=1), owned=True)
+        return DaskExecutor(spec)
+    if type(spec).__name__ == "Client" and hasattr(spec, "submit"):
+        return DaskExecutor(spec)
+    raise RuleError(f"executor={spec!r}: use 'threads', 'processes', 'dask', a distributed.Client or a "
+                    "Dask scheduler's address")
 
 
 def _on_terminal() -> bool:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import os
 import queue
 import threading
 from collections import deque
@@ -86,6 +87,12 @@ class Hubs:
         for hub, g in wakers:
             hub.resumes.append(g)
         if wakers and self.helpers:
+            self.cond.notify_all()
+
+    def wake_from_outside(self, waker: tuple[_Hub, greenlet]) -> None:
+        """From any thread (a remote future's callback): resume that greenlet."""
+        with self.lock:
+            waker[0].resumes.append(waker[1])
             self.cond.notify_all()
 
     def notify(self) -> None:
@@ -208,3 +215,187 @@ class HelperPool:
             self._inbox.put(None)
         for t in threads:
             t.join(timeout=5)
+
+
+# ---------------------------------------------------------------- bodies elsewhere (remote.py)
+#
+# An executor's `start(payload, timeout, name)` returns a job: `next()` blocks for the body's next
+# message (("need", ...), or ("done",) once it ended, however), `answer(message)` replies to a
+# "need", `result()` is what `remote.run` returned (a timeout says so in one line), `stop()`
+# stops the body wherever it is. The body's side of the channel (`ask`, `done`) is pickled to it.
+
+
+class _QueueChannel:
+    """The body's side, over two queues (a multiprocessing Manager's, or Dask's by name)."""
+
+    def __init__(self, requests: Any, answers: Any, dask: bool = False):
+        self.requests, self.answers, self.dask = requests, answers, dask
+
+    def _queues(self) -> tuple[Any, Any]:
+        if not self.dask:
+            return self.requests, self.answers
+        from distributed import Queue
+        return Queue(self.requests), Queue(self.answers)
+
+    def ask(self, message: tuple) -> tuple:
+        requests, answers = self._queues()
+        requests.put(message)
+        if not self.dask:
+            return answers.get()
+        from distributed import rejoin, secede
+        secede()                  # waiting for the kernel must not hold a worker thread
+        try:
+            return answers.get()
+        finally:
+            rejoin()
+
+    def done(self) -> None:
+        self._queues()[0].put(("done",))
+
+
+class _Job:
+    def __init__(self, future: Any, requests: Any, answers: Any, timeout: float | None, name: str,
+                 stop: Callable[[], None], empty: type[BaseException]):
+        self.future, self.requests, self.answers = future, requests, answers
+        self.timeout, self.name, self._stop, self.empty = timeout, name, stop, empty
+        self.timed_out = False
+
+    def next(self) -> tuple:
+        while True:
+            try:
+                return self.requests.get(timeout=1.0)
+            except self.empty:
+                if self.future.done():    # it ended without a word (a worker that died)
+                    return ("done",)
+
+    def answer(self, message: tuple) -> None:
+        self.answers.put(message)
+
+    def result(self) -> bytes:
+        from concurrent.futures import TimeoutError as FutureTimeout
+        if self.timed_out:
+            raise self._overdue()
+        try:
+            return self.future.result()
+        except FutureTimeout:
+            raise self._overdue() from None
+
+    def _overdue(self) -> TimeoutError:
+        return TimeoutError(f"{self.name} ran longer than its timeout of {self.timeout:g} s: it was stopped")
+
+    def stop(self) -> None:
+        self._stop()
+        try:
+            self.requests.put(("done",))
+        except Exception:  # the queue went with the worker: the watcher sees the future done
+            pass
+
+
+class ProcessExecutor:
+    """Rule bodies in a pool of worker processes (pebble: a task past its timeout, or cancelled,
+    has its worker process stopped and replaced; the pool stays usable). Workers are spawned, not
+    forked: a kernel has threads. A Manager process carries the bodies' requests for values."""
+
+    kind = "processes"
+
+    def __init__(self, workers: int | None = None):
+        import multiprocessing
+
+        import pebble
+        self.workers = workers or (os.cpu_count() or 1)
+        self._context = multiprocessing.get_context("spawn")
+        self.pool = pebble.ProcessPool(max_workers=self.workers, context=self._context)
+        self._manager: Any = None
+        self._lock = threading.Lock()
+        self._waiting = 0
+
+    def hold(self) -> bool:
+        """May one more worker wait for the kernel? Not the last free one: what it waits for may
+        need a process to run in."""
+        with self._lock:
+            if self._waiting + 1 >= self.workers:
+                return False
+            self._waiting += 1
+            return True
+
+    def release(self) -> None:
+        with self._lock:
+            self._waiting -= 1
+
+    def start(self, payload: bytes, timeout: float | None, name: str) -> _Job:
+        import queue as queues
+
+        from .remote import run
+        with self._lock:
+            if self._manager is None:
+                self._manager = self._context.Manager()
+            requests, answers = self._manager.Queue(), self._manager.Queue()
+        future = self.pool.schedule(run, args=(payload, _QueueChannel(requests, answers)), timeout=timeout)
+        # a body stopped by a timeout says nothing: its end is put in its place
+        future.add_done_callback(lambda f: f.cancelled() or f.exception() is None or requests.put(("done",)))
+        return _Job(future, requests, answers, timeout, name, future.cancel, queues.Empty)
+
+    def close(self) -> None:
+        self.pool.stop()
+        self.pool.join(timeout=10)
+        if self._manager is not None:
+            self._manager.shutdown()
+
+
+class DaskExecutor:
+    """Rule bodies on a Dask cluster: a `distributed.Client`, or the address of a scheduler.
+    Submitted with pure=False (a retry must run again, not share a key with the failed try). A
+    running Dask task cannot be stopped: on a timeout or a cancel its worker is restarted."""
+
+    kind = "dask"
+
+    def __init__(self, client: Any, owned: bool = False):
+        if isinstance(client, str):
+            from distributed import Client
+            client, owned = Client(client), True
+        self.client, self.owned = client, owned
+
+    def hold(self) -> bool:
+        return True                   # a waiting body secedes: it holds no worker thread
+
+    def release(self) -> None:
+        pass
+
+    def start(self, payload: bytes, timeout: float | None, name: str) -> _Job:
+        import uuid
+
+        from distributed import Queue
+
+        from .remote import run
+        tag = uuid.uuid4().hex
+        requests, answers = Queue(f"nbbuild-{tag}-asks", client=self.client), Queue(f"nbbuild-{tag}-answers",
+                                                                                 client=self.client)
+        future = self.client.submit(run, payload, _QueueChannel(requests.name, answers.name, dask=True), pure=False)
+        job = _Job(future, requests, answers, timeout, name, lambda: self._stop(future), TimeoutError)
+        if timeout is not None:
+            def overdue() -> None:
+                if not future.done():
+                    job.timed_out = True
+                    job.stop()
+            timer = threading.Timer(timeout, overdue)
+            timer.daemon = True
+            timer.start()
+            future.add_done_callback(lambda _f: timer.cancel())
+        return job
+
+    def _stop(self, future: Any) -> None:
+        try:
+            processing = self.client.processing()
+            workers = [w for w, keys in processing.items() if future.key in keys]
+            future.cancel()
+            if workers:
+                self.client.restart_workers(workers)
+        except Exception:  # the cluster went away: nothing left to stop
+            log.debug("nbbuild: could not stop a Dask task", exc_info=True)
+
+    def close(self) -> None:
+        if self.owned:
+            cluster = getattr(self.client, "cluster", None)
+            self.client.close()
+            if cluster is not None:
+                cluster.close()

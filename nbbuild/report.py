@@ -28,7 +28,9 @@ class BuildReport:
     """One build, described with task reprs: `executed` ran, `reused` were up to date (of them,
     `constructed` came from an older trace: an edit was reverted), `failed` raised, `skipped` were
     not built because a dependency failed, `unstored` ran but their values could not be stored.
-    `saved_seconds` adds up the recorded run times of the reused tasks."""
+    `saved_seconds` adds up the recorded run times of the reused tasks. `attempts` gives the tasks
+    whose body ran more than once (retries) and how often; `overdue` those that ran past their
+    timeout on a thread (where a body cannot be stopped)."""
 
     executed: list[str]
     reused: list[str]
@@ -39,6 +41,8 @@ class BuildReport:
     seconds: float
     saved_seconds: float
     rows: tuple = field(default=((), (), (), {}), repr=False, compare=False)
+    attempts: dict = field(default_factory=dict)
+    overdue: list = field(default_factory=list)
 
     @functools.cached_property
     def tasks(self) -> tuple[TaskReport, ...]:
@@ -83,4 +87,6 @@ def make_report(sched: Any, untouched: list[tuple[str, float, str]], seconds: fl
     return BuildReport(
         executed=lists["executed"], reused=lists["verified"] + lists["constructed"], failed=lists["failed"],
         skipped=lists["skipped"], unstored=unstored, constructed=lists["constructed"], seconds=seconds,
-        saved_seconds=saved, rows=(texts, outcomes, durations, notes))
+        saved_seconds=saved, rows=(texts, outcomes, durations, notes),
+        attempts={st.task._repr: st.attempts for st in sched.order if st.attempts > 1},
+        overdue=[st.task._repr for st in sched.order if st.overdue])

@@ -98,7 +98,8 @@ def _is_default(value: Any, default: Any) -> bool:
 class Rule:
     """A user's function registered with a Build."""
 
-    def __init__(self, fn: Callable, build: Any, name: str | None = None, policy: str = "persist"):
+    def __init__(self, fn: Callable, build: Any, name: str | None = None, policy: str = "persist",
+                 executor: Any = None, timeout: float | None = None, retries: int = 0):
         if not callable(fn):
             raise RuleError(f"@rule needs a function, got {type(fn).__name__}")
         if policy not in POLICIES:
@@ -106,10 +107,18 @@ class Rule:
         name = name or getattr(fn, "__name__", None)
         if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
             raise RuleError(f"rule name {name!r} is not a Python identifier; pass name='...'")
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                    or timeout <= 0):
+            raise RuleError(f"rule {name}: timeout={timeout!r}: give seconds, more than 0")
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise RuleError(f"rule {name}: retries={retries!r}: give a whole number, 0 or more")
         self.fn = fn
         self.name = name
         self.policy = policy
         self.build = build
+        self.executor = executor      # None: the Build's (threads, processes, dask); see executors.py
+        self.timeout = float(timeout) if timeout is not None else None
+        self.retries = retries
         try:
             self.signature = inspect.signature(fn)
         except (TypeError, ValueError):
@@ -122,6 +131,12 @@ class Rule:
 
     def __repr__(self) -> str:
         return f"<rule {self.name} policy={self.policy}>"
+
+    def __reduce__(self) -> tuple:
+        """Shipped to a worker (remote.py), a rule is its function and name: there it is a stub
+        whose calls are served from the values sent with the body."""
+        from .remote import rule_stub
+        return rule_stub, (self.fn, self.name, self.policy)
 
     def task(self, *args: Any, **kwargs: Any) -> Task:
         n = len(args)

@@ -20,21 +20,19 @@ Contract:
 """
 from __future__ import annotations
 
-import gc
 import logging
 import threading
 import time
-import uuid
 from typing import Any, Sequence
 
 from greenlet import GreenletExit as GreenletExitType
 
-from . import hashing
+from . import body
 from .errors import BuildError, Cancelled, CycleError
 from .executors import Hubs
 from .priority import CriticalPath, ReadyQueue
 from .rule import Task, Version, rule_version
-from .trace import FILE_PREFIX, Group, Recorder, Trace, current, match
+from .trace import FILE_PREFIX, Group, Recorder, Trace, match
 
 __all__ = ["Scheduler", "TaskState"]
 
@@ -48,7 +46,8 @@ class TaskState:
     """What one build knows of one task. Slots: one object per task per build, no dict."""
 
     __slots__ = ("task", "status", "hash", "value", "has_value", "error", "cause", "waiters",
-                 "blocked_on", "outcome", "seconds", "trace", "depth", "loading", "unstored", "up")
+                 "blocked_on", "outcome", "seconds", "trace", "depth", "loading", "unstored", "up",
+                 "attempts", "overdue")
 
     def __init__(self, task: Task):
         self.task = task
@@ -67,6 +66,8 @@ class TaskState:
         self.loading = False
         self.unstored = ""
         self.up = 0.0                # recorded time of the chain above it (priority.py)
+        self.attempts = 0            # runs of its body in this build (body.py: retries)
+        self.overdue = False         # ran past its timeout on a thread
 
     def add_waiter(self, waker: Any) -> None:
         if self.waiters is None:
@@ -100,6 +101,7 @@ class Scheduler:
         self.forced: set[str] = set()            # keys that run even if up to date (build(force=True))
         self.cancelled: BaseException | None = None
         self.running: dict[str, tuple[TaskState, float]] = {}   # bodies running now, read by views
+        self.waiting_elsewhere: dict[int, Any] = {}   # greenlets waiting on remote work (remote.py)
         self.gc = False
         self._root_states: list[TaskState] = []
 
@@ -172,6 +174,7 @@ class Scheduler:
                     st.status = FAILED
                     st.error = Cancelled("build interrupted")
                     wakers.extend(st.take_waiters())
+            wakers.extend(self.waiting_elsewhere.values())     # bodies waiting on remote work
         self.hubs.cancel(exc, wakers)
 
     # ------------------------------------------------------------ the engine
@@ -365,76 +368,14 @@ class Scheduler:
         return all(d.status == DONE and d.hash == rec for d, rec in zip(deps, wanted))
 
     def _execute(self, st: TaskState) -> None:
-        task = st.task
-        rule = task.rule
-        if task._args is None and not self._fits(task):
-            # read back from an old trace, with arguments the rule no longer takes: no such task
-            # any more. Dependents see a mismatch and run, asking for what they need now.
-            st.outcome = "obsolete"
-            return
-        version = self.version(rule) if rule.policy != "none" else None
-        rec = Recorder(st, self)
-        token = current.set(rec)
-        start = time.perf_counter()
-        error: BaseException | None = None
-        self.running[task.key] = (st, start)
-        if self.gc:
-            gc.enable()
-        try:
-            value = task.run()
-        except BaseException as e:
-            error = e
-        finally:
-            gc.disable()
-            current.reset(token)
-            self.running.pop(task.key, None)
-        st.seconds = time.perf_counter() - start - rec.waited
-        if isinstance(error, (KeyboardInterrupt, SystemExit, Cancelled, GreenletExitType)):
-            raise error
-        if rec.failed_dep is not None:
-            st.cause, st.outcome = rec.failed_dep, "skipped"
-            return
-        if error is not None:
-            st.error, st.outcome = error, "failed"
-            return
-        persist = rule.policy == "persist"
-        try:
-            ser: hashing.Serialized | None = hashing.pickle_value(value)
-        except hashing.UnserializableValue as e:
-            ser, persist = None, False
-            st.unstored = str(e)
-        if ser is not None and persist and version is not None:
-            why_not = self.store.put_value(ser)    # a large value is hashed while it is written
-            if why_not is not None:
-                st.unstored = why_not
-        digest = ser.digest if ser is not None else "u:" + uuid.uuid4().hex
-        previous = st.hash
-        st.value, st.has_value, st.hash, st.outcome = value, True, digest, "executed"
-        if previous is not None and previous != digest:
-            log.warning("nbbuild: %r gave a different value when re-run (is it deterministic?)", task)
-        self.build.memory.remember(digest, value, ser.nbytes if ser is not None else 0)
-        if rec.attachment is not None:
-            self.build._keep_attachment(task, digest, rec.attachment, persist and not st.unstored)
-        if version is None:
-            return
-        trace = Trace(task.key, rule.name, task.encoded, repr(task), version.version, rec.dependencies(),
-                      digest, st.seconds, version.parts, version.packages)
-        # a value the store could not take keeps a persistent trace all the same: its hash lets
-        # dependents be verified without it, and a later build that needs it runs the task
-        self.store.record(trace, persist=persist)
-        st.trace = trace
-
-    @staticmethod
-    def _fits(task: Task) -> bool:
-        try:
-            return task.rule.accepts(task.args, task.kwargs)
-        except Exception:  # arguments that cannot be read back at all
-            return False
+        body.execute(self, st)
 
     # ------------------------------------------------------------ values
 
-    def fetch_values(self, rec: Recorder, tasks: Sequence[Task]) -> list[Any]:
-        """A running rule body asks for `tasks`: suspend until their values are there."""
+    def fetch_values(self, rec: Recorder, tasks: Sequence[Task], record: bool = True) -> list[Any]:
+        """A running rule body asks for `tasks`: suspend until their values are there. `record`:
+        the group is a dependency of the body now (a body run elsewhere records its groups once
+        it succeeded, remote.py)."""
         if self.cancelled is not None:
             raise Cancelled("build interrupted")
         me = rec.state
@@ -447,7 +388,8 @@ class Scheduler:
                     rec.failed_dep = st
                     raise self.error_for(st)
             values = [self._value(st, me) for st in sts]
-            rec.add_group(tuple((st.task.key, st.hash) for st in sts))
+            if record:
+                rec.add_group(tuple((st.task.key, st.hash) for st in sts))
             return values
         finally:
             rec.paused -= 1

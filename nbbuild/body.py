@@ -1,0 +1,133 @@
+"""Running one task's body: where (on this thread, or elsewhere through the rule's executor), how
+many attempts, what its timeout means, and what becomes of the result (value stored, trace
+recorded).
+
+Contract:
+- `execute(scheduler, state)` runs the body with a fresh Recorder as `trace.current`, then on
+  success hashes and stores the value and records the trace; the state's outcome says what
+  happened: "executed", "failed" (its own error), "skipped" (a dependency failed), or "obsolete"
+  (a task read back from an old trace whose arguments the rule no longer takes). Cancellation
+  (KeyboardInterrupt, SystemExit, Cancelled) propagates and stores nothing.
+- A rule's `executor` (else the Build's) runs the body elsewhere (remote.run_elsewhere); None
+  runs it here, on the thread of the greenlet.
+- `retries=N`: an attempt that raises (its own error, not a failed dependency or a cancel) is run
+  again, up to N more times, each attempt afresh; `state.attempts` counts them (the report lists
+  tasks that needed more than one).
+- `timeout=` seconds: elsewhere, a body past it is stopped and fails with TimeoutError; here (a
+  thread cannot be stopped) it runs on, and is reported as overdue with a warning.
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import time
+import uuid
+from typing import Any
+
+from greenlet import GreenletExit
+
+from . import hashing
+from .errors import Cancelled
+from .trace import Recorder, Trace, current
+
+__all__ = ["execute"]
+
+log = logging.getLogger("nbbuild")
+_CANCEL = (KeyboardInterrupt, SystemExit, Cancelled, GreenletExit)
+
+
+def execute(sched: Any, st: Any) -> None:
+    task = st.task
+    rule = task.rule
+    if task._args is None and not _fits(task):
+        # read back from an old trace, with arguments the rule no longer takes: no such task
+        # any more. Dependents see a mismatch and run, asking for what they need now.
+        st.outcome = "obsolete"
+        return
+    version = sched.version(rule) if rule.policy != "none" else None
+    executor = sched.build.executor_for(rule)
+    timeout = rule.timeout
+    while True:
+        st.attempts += 1
+        rec, value, error = _attempt(sched, st, executor, timeout)
+        if isinstance(error, _CANCEL):
+            raise error
+        if error is None or rec.failed_dep is not None or st.attempts > rule.retries:
+            break
+        log.warning("nbbuild: %r failed (%s: %s); trying again (%d of %d)", task, type(error).__name__, error,
+                    st.attempts + 1, rule.retries + 1)
+    if executor is None and timeout is not None and st.seconds > timeout:
+        st.overdue = True
+        log.warning("nbbuild: %r ran %.1f s, past its timeout of %g s (a body on a thread cannot be stopped: "
+                    "give the rule executor='processes' to stop it)", task, st.seconds, timeout)
+    if rec.failed_dep is not None:
+        st.cause, st.outcome = rec.failed_dep, "skipped"
+        return
+    if error is not None:
+        st.error, st.outcome = error, "failed"
+        return
+    _keep(sched, st, rec, value, version)
+
+
+def _attempt(sched: Any, st: Any, executor: Any, timeout: float | None) -> tuple[Recorder, Any, BaseException | None]:
+    task = st.task
+    rec = Recorder(st, sched)
+    token = current.set(rec)
+    start = time.perf_counter()
+    value: Any = None
+    error: BaseException | None = None
+    sched.running[task.key] = (st, start)
+    if sched.gc:
+        gc.enable()
+    try:
+        if executor is None:
+            value = task.run()
+        else:
+            from .remote import run_elsewhere
+            value = run_elsewhere(executor, sched, st, rec, timeout)
+    except BaseException as e:
+        error = e
+    finally:
+        gc.disable()
+        current.reset(token)
+        sched.running.pop(task.key, None)
+    st.seconds = time.perf_counter() - start - rec.waited
+    return rec, value, error
+
+
+def _keep(sched: Any, st: Any, rec: Recorder, value: Any, version: Any) -> None:
+    task = st.task
+    rule = task.rule
+    persist = rule.policy == "persist"
+    try:
+        ser: hashing.Serialized | None = hashing.pickle_value(value)
+    except hashing.UnserializableValue as e:
+        ser, persist = None, False
+        st.unstored = str(e)
+    if ser is not None and persist and version is not None:
+        why_not = sched.store.put_value(ser)    # a large value is hashed while it is written
+        if why_not is not None:
+            st.unstored = why_not
+    digest = ser.digest if ser is not None else "u:" + uuid.uuid4().hex
+    previous = st.hash
+    st.value, st.has_value, st.hash, st.outcome = value, True, digest, "executed"
+    if previous is not None and previous != digest:
+        log.warning("nbbuild: %r gave a different value when re-run (is it deterministic?)", task)
+    sched.build.memory.remember(digest, value, ser.nbytes if ser is not None else 0)
+    if rec.attachment is not None:
+        sched.build._keep_attachment(task, digest, rec.attachment, persist and not st.unstored)
+    if version is None:
+        return
+    trace = Trace(task.key, rule.name, task.encoded, repr(task), version.version, rec.dependencies(),
+                  digest, st.seconds, version.parts, version.packages)
+    # a value the store could not take keeps a persistent trace all the same: its hash lets
+    # dependents be verified without it, and a later build that needs it runs the task
+    sched.store.record(trace, persist=persist)
+    st.trace = trace
+
+
+def _fits(task: Any) -> bool:
+    try:
+        return task.rule.accepts(task.args, task.kwargs)
+    except Exception:  # arguments that cannot be read back at all
+        return False

@@ -1,0 +1,266 @@
+"""Rule bodies run elsewhere (a process pool, a Dask cluster): what is shipped, how fetches inside
+such a body work, and what comes back. The store, the traces and the scheduling stay here.
+
+Design: the body is shipped with cloudpickle (functions and lambdas of a notebook go by value),
+together with the values of the dependencies its newest trace says it fetches. A fetch of
+anything else asks the kernel over a channel (a queue of the executor's) and blocks until the
+answer comes: the kernel fetches those tasks like any dependency (suspending only this task's
+greenlet) and sends their values. So a body runs once, as on a thread. Its fetches, in its own
+order, and the files it read become the trace.
+
+Contract:
+- `run(payload, channel) -> bytes` is what a worker runs: `payload` is cloudpickle of (function,
+  args, kwargs, {task key: value}); it returns cloudpickle of ("ok", value, groups fetched, files
+  read), ("error", exception, traceback text), ("abandoned",) when a dependency failed, or
+  ("need", tasks) when it was told to stop and be sent again.
+- A worker kept waiting holds a process of the pool: the executor's `hold()` says whether one more
+  may wait (one slot always stays free for what they wait for, so nothing deadlocks). When not,
+  the body is stopped and sent again with what it asked for: it then runs more than once, as
+  restarting schedulers do; with enough processes for the nesting of remote calls it runs once.
+- In a worker a Rule is a stub (`rule_stub`) with the same `task()` (keys are identical) whose
+  calls are served from the values sent or asked for; `nbbuild.file` and `open` record reads.
+- `run_elsewhere(executor, scheduler, state, recorder, timeout)` runs one task's body through an
+  executor (executors.ProcessExecutor, executors.DaskExecutor) and returns its value, or raises
+  its exception (the remote traceback attached as a note). The greenlet that waits holds no
+  thread; a cancelled build cancels the remote work; a timeout stops it.
+"""
+from __future__ import annotations
+
+import threading
+import traceback
+from typing import Any
+
+import cloudpickle
+
+from .trace import FILE_PREFIX, current
+
+__all__ = ["run", "rule_stub", "run_elsewhere", "Abandoned", "RemoteError"]
+
+_INSTALLED = False
+
+
+class RemoteError(Exception):
+    """A rule's exception that could not be sent back as it was (it does not pickle)."""
+
+
+class Abandoned(BaseException):
+    """Inside a remote body: a dependency it asked for failed. A BaseException, so that a body's
+    own `except Exception` does not swallow it."""
+
+
+class Restart(BaseException):
+    """Inside a remote body: the kernel will not keep this worker waiting (every other one waits
+    already: the dependency would have nowhere to run). The body stops; it is sent again with
+    the values it asked for."""
+
+    def __init__(self, tasks: bytes):
+        super().__init__("sent again with its dependencies")
+        self.tasks = tasks
+
+
+class _Elsewhere:
+    """Stands for the Build in a worker: stub rules and the recorder agree on it."""
+
+    def __repr__(self) -> str:
+        return "<the kernel's Build>"
+
+
+ELSEWHERE = _Elsewhere()
+
+
+def rule_stub(fn: Any, name: str, policy: str) -> Any:
+    """A Rule in a worker, made when one is unpickled there (Rule.__reduce__)."""
+    from .rule import Rule
+    return Rule(fn, ELSEWHERE, name=name, policy=policy)
+
+
+class _RemoteRecorder:
+    """`trace.current` in a worker: rule calls are served from the values sent, else asked for
+    over the channel; reads are noted."""
+
+    def __init__(self, supplied: dict[str, Any], channel: Any):
+        self.supplied, self.channel = supplied, channel
+        self.scheduler = self
+        self.build = ELSEWHERE
+        self.paused = 0
+        self.attachment = None
+        self.groups: list[list[str]] = []
+        self.files: list[str] = []
+
+    def fetch_values(self, rec: Any, tasks: list) -> list[Any]:
+        missing = [t for t in tasks if t.key not in self.supplied]
+        if missing:
+            asked = cloudpickle.dumps([(t.rule.name, t.args, t.kwargs) for t in missing])
+            answer = self.channel.ask(("need", asked))
+            if answer[0] == "restart":
+                raise Restart(asked)
+            if answer[0] != "values":
+                raise Abandoned()
+            self.supplied.update(cloudpickle.loads(answer[1]))
+        self.groups.append([t.key for t in tasks])
+        return [self.supplied[t.key] for t in tasks]
+
+    def read_file(self, path: str) -> None:
+        if path not in self.files:
+            self.files.append(path)
+
+    def wrote_file(self, path: str) -> None:
+        pass
+
+
+def run(payload: bytes, channel: Any) -> bytes:
+    global _INSTALLED
+    if not _INSTALLED:
+        from . import files
+        files.install_hook()
+        _INSTALLED = True
+    fn, args, kwargs, supplied = cloudpickle.loads(payload)
+    rec = _RemoteRecorder(supplied, channel)
+    token = current.set(rec)
+    try:
+        value = fn(*args, **kwargs)
+        out: tuple = ("ok", value, rec.groups, rec.files)
+    except Abandoned:
+        out = ("abandoned",)
+    except Restart as e:
+        out = ("need", e.tasks)
+    except Exception as e:  # the rule's own error, sent back to fail its task there
+        out = ("error", e, traceback.format_exc())
+    finally:
+        current.reset(token)
+    try:
+        return _sendable(out)
+    finally:
+        channel.done()
+
+
+def _sendable(out: tuple) -> bytes:
+    try:
+        return cloudpickle.dumps(out)
+    except Exception as e:  # a value or an exception that does not pickle
+        if out[0] == "ok":
+            return cloudpickle.dumps(("error", RemoteError(f"its value cannot be sent back: {e}"), ""))
+        return cloudpickle.dumps(("error", RemoteError(f"{type(out[1]).__name__}: {out[1]}"), out[2]))
+
+
+def run_elsewhere(executor: Any, sched: Any, st: Any, rec: Any, timeout: float | None = None) -> Any:
+    task = st.task
+    supplied: dict[str, Any] = {}
+    for group in _recorded_groups(sched, task.key):   # what it fetched last time: sent with it
+        try:
+            values = sched.fetch_values(rec, group, record=False)
+        except Exception:  # a dependency that failed: the body asks again if it still needs it
+            rec.failed_dep = None
+            continue
+        supplied.update(zip((t.key for t in group), values))
+    while True:
+        result = _one_run(executor, sched, task, rec, supplied, timeout)
+        if result[0] != "need":
+            break
+        tasks = _tasks(sched, result[1])     # it was stopped, to be sent again with these
+        values = sched.fetch_values(rec, tasks, record=False)
+        supplied.update(zip((t.key for t in tasks), values))
+    kind = result[0]
+    if kind == "error":
+        error = result[1]
+        if result[2]:
+            error.add_note("in the worker:\n" + result[2].rstrip())
+        raise error
+    if kind == "abandoned":       # a dependency failed after all: fetch_values has said so above
+        raise RemoteError(f"{task!r} was abandoned by its worker")
+    _, value, groups, files = result
+    for group in groups:
+        rec.add_group(tuple((key, sched.states[key].hash) for key in group))
+    for path in files:
+        rec.read_file(path)
+    return value
+
+
+def _tasks(sched: Any, asked: bytes) -> list[Any]:
+    return [sched.build.rules[name].task(*args, **kwargs) for name, args, kwargs in cloudpickle.loads(asked)]
+
+
+def _one_run(executor: Any, sched: Any, task: Any, rec: Any, supplied: dict, timeout: float | None) -> tuple:
+    payload = cloudpickle.dumps((task.rule.fn, task.args, task.kwargs, supplied))
+    job = executor.start(payload, timeout, repr(task))
+    waiter = _Waiter(sched, job)
+    try:
+        while True:
+            message = waiter.next()
+            if message[0] != "need":
+                return cloudpickle.loads(job.result())    # "done"
+            if not executor.hold():
+                job.answer(("restart",))
+                continue
+            try:
+                tasks = _tasks(sched, message[1])
+                values = sched.fetch_values(rec, tasks, record=False)
+            except BaseException:
+                job.answer(("failed",))
+                raise
+            finally:
+                executor.release()
+            job.answer(("values", cloudpickle.dumps(dict(zip((t.key for t in tasks), values)))))
+    except BaseException:
+        job.stop()
+        raise
+    finally:
+        waiter.close()
+
+
+class _Waiter:
+    """Hands the job's messages to its greenlet: a thread blocks on the job's requests (and its
+    end) and wakes the greenlet, but only while it waits for one (a wake while it waits for a
+    dependency would resume it too early)."""
+
+    def __init__(self, sched: Any, job: Any):
+        self.sched, self.job = sched, job
+        self.inbox: list[tuple] = []
+        self.lock = threading.Lock()
+        self.waker: Any = None
+        self.thread = threading.Thread(target=self._watch, name="nbbuild-remote", daemon=True)
+        self.thread.start()
+
+    def _watch(self) -> None:
+        while True:
+            message = self.job.next()
+            with self.lock:
+                self.inbox.append(message)
+                waker, self.waker = self.waker, None
+            if waker is not None:
+                self.sched.hubs.wake_from_outside(waker)
+            if message[0] == "done":
+                return
+
+    def next(self) -> tuple:
+        sched = self.sched
+        while True:
+            with self.lock:
+                if self.inbox:
+                    return self.inbox.pop(0)
+                self.waker = sched.hubs.waker()
+            with sched.lock:                  # so that an interrupt wakes it too (it then stops the job)
+                sched.waiting_elsewhere[id(self)] = self.waker
+            try:
+                sched.hubs.suspend()
+            finally:
+                with sched.lock:
+                    sched.waiting_elsewhere.pop(id(self), None)
+
+    def close(self) -> None:
+        with self.lock:
+            self.waker = None
+
+
+def _recorded_groups(sched: Any, key: str) -> list[list[Any]]:
+    found = sched.traces.get(key)
+    if not found:
+        return []
+    groups = []
+    for group in found[0].deps:
+        tasks = [sched.tasks.get(k) or sched.build._task_for_key(k) for k, _ in group if not k.startswith(FILE_PREFIX)]
+        if tasks and all(t is not None for t in tasks):
+            groups.append(tasks)
+    return groups
+
+

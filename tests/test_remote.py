@@ -1,0 +1,233 @@
+"""Rule bodies elsewhere (remote.py, executors.py): a process pool and a real Dask LocalCluster
+give the same values and the same run counts as threads; errors, timeouts, retries and cancel.
+
+Bodies run in other processes, so run counts come from a file each body appends its name to
+(its own side effect), read back as a list. Rules are defined inside the tests: cloudpickle ships
+them by value, and nothing they use is a module-level name of this file (a worker could not
+import it).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+import nbbuild
+from oracle import from_scratch
+
+distributed = pytest.importorskip("distributed")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    client = distributed.Client(processes=True, n_workers=2, threads_per_worker=1, dashboard_address=None)
+    yield client
+    cluster = client.cluster
+    client.close()
+    cluster.close()
+
+
+@pytest.fixture(params=["threads", "processes", "dask"])
+def executor(request):
+    return request.getfixturevalue("cluster") if request.param == "dask" else request.param
+
+
+def read(log) -> list[str]:
+    return open(log).read().split() if os.path.exists(log) else []
+
+
+def pipeline(b, log, data):
+    @b.rule
+    def words(path):
+        with open(log, "a") as f:
+            f.write("words\n")
+        return open(nbbuild.file(path)).read().split()
+
+    @b.rule
+    def count(path):
+        n = len(words(path))
+        with open(log, "a") as f:
+            f.write("count\n")
+        return n
+
+    square = b.rule(lambda x: x * x, name="square")         # a lambda: shipped by value
+
+    @b.rule
+    def report(path, n):
+        with open(log, "a") as f:
+            f.write("report\n")
+        return {"count": count(path), "squares": sum(square.map(range(n))), "pid": os.getpid()}
+    return report
+
+
+def test_the_same_values_and_run_counts_as_threads(tmp_path, executor):
+    log, data = str(tmp_path / "ran.txt"), tmp_path / "a.txt"
+    data.write_text("one two three two")
+    with nbbuild.Build(tmp_path / "store", executor=executor, workers=2) as b:
+        report = pipeline(b, log, data)
+        value = report(str(data), 4)
+        assert {k: value[k] for k in ("count", "squares")} == {"count": 4, "squares": 14}
+        assert (value["pid"] == os.getpid()) == (executor == "threads")      # it ran elsewhere
+        assert sorted(read(log)) == ["count", "report", "words"]
+        assert sorted(b.report.executed) == sorted(
+            ["report('" + str(data) + "', 4)", f"count('{data}')", f"words('{data}')"]
+            + [f"square({i})" for i in range(4)])
+        expected = from_scratch(report.task(str(data), 4))                  # (it runs the bodies too)
+        assert (value["count"], value["squares"]) == (expected["count"], expected["squares"])
+        os.remove(log)
+    with nbbuild.Build(tmp_path / "store", executor=executor, workers=2) as again:   # a fresh Build
+        report = pipeline(again, log, data)
+        assert report(str(data), 4)["count"] == 4
+        assert read(log) == []                                               # nothing ran
+        data.write_text("one two")                                           # a file read in the body
+        assert report(str(data), 4)["count"] == 2
+        assert sorted(read(log)) == ["count", "report", "words"]
+
+
+def test_a_rule_that_fails_elsewhere_fails_its_task_with_the_workers_traceback(tmp_path, executor):
+    with nbbuild.Build(tmp_path / "store", executor=executor, workers=2) as b:
+        @b.rule
+        def broken(x):
+            return {"a": 1}[x]
+
+        @b.rule
+        def top():
+            return broken("b")
+
+        with pytest.raises(nbbuild.BuildError, match=r"broken\('b'\) failed: KeyError: 'b'") as info:
+            top()
+        assert [repr(t) for t in info.value.chain] == ["top()", "broken('b')"]
+        if executor != "threads":
+            assert "in the worker:" in "\n".join(getattr(info.value.__cause__, "__notes__", []))
+        assert b.report.failed == ["broken('b')"] and b.report.skipped == ["top()"]
+
+
+@pytest.mark.parametrize("where", ["processes", "dask"])
+def test_a_body_past_its_timeout_is_stopped_and_the_executor_stays_usable(tmp_path, where, request):
+    executor = request.getfixturevalue("cluster") if where == "dask" else where
+    marker = str(tmp_path / "finished")
+    with nbbuild.Build(tmp_path / "store", executor=executor, workers=2) as b:
+        @b.rule(timeout=1)
+        def slow():
+            time.sleep(20)
+            open(marker, "w").close()
+            return 1
+
+        @b.rule
+        def quick():
+            return 2
+
+        start = time.monotonic()
+        with pytest.raises(nbbuild.BuildError, match=r"slow\(\) failed: TimeoutError: slow\(\) ran longer than its "
+                                                     r"timeout of 1 s: it was stopped"):
+            slow()
+        assert time.monotonic() - start < 15
+        assert quick() == 2                                  # the executor still works
+    time.sleep(1)
+    assert not os.path.exists(marker)                        # the body was stopped, not left to run
+
+
+def test_on_threads_a_body_past_its_timeout_is_reported_overdue(b, caplog):
+    @b.rule(timeout=0.05)
+    def slowish():
+        time.sleep(0.2)
+        return 1
+
+    assert slowish() == 1
+    assert b.report.overdue == ["slowish()"]
+    assert "ran 0.2 s, past its timeout of 0.05 s" in caplog.text
+
+
+@pytest.mark.parametrize("where", ["threads", "processes"])
+def test_a_flaky_rule_is_tried_again_and_the_attempts_are_reported(tmp_path, where):
+    tries = str(tmp_path / "tries.txt")
+    with nbbuild.Build(tmp_path / "store", executor=where, workers=2) as b:
+        @b.rule(retries=2)
+        def flaky():
+            with open(tries, "a") as f:
+                f.write("x")
+            if len(open(tries).read()) < 3:
+                raise ConnectionError("the server hung up")
+            return "ok"
+
+        assert flaky() == "ok"
+        assert b.report.attempts == {"flaky()": 3}
+        os.remove(tries)
+
+        @b.rule(retries=1, name="flaky")
+        def hopeless():
+            with open(tries, "a") as f:
+                f.write("x")
+            raise ConnectionError("down")
+
+        with pytest.raises(nbbuild.BuildError, match="ConnectionError: down"):
+            hopeless()
+        assert len(open(tries).read()) == 2 and b.report.attempts == {"flaky()": 2}
+
+
+@pytest.mark.parametrize("where", ["processes", "dask"])
+def test_an_interrupt_cancels_remote_work_stores_nothing_and_leaves_the_executor_usable(tmp_path, where, request):
+    executor = request.getfixturevalue("cluster") if where == "dask" else where
+    started, finished = tmp_path / "started", str(tmp_path / "finished")
+    with nbbuild.Build(tmp_path / "store", executor=executor, workers=2) as b:
+        @b.rule
+        def slow(i):
+            open(str(started) + str(i), "w").close()
+            time.sleep(15)
+            open(finished, "w").close()
+            return i
+
+        @b.rule
+        def both():
+            return sum(slow.map(range(2)))
+
+        def interrupt_once_started():
+            deadline = time.monotonic() + 30
+            while not (os.path.exists(str(started) + "0") or os.path.exists(str(started) + "1")):
+                if time.monotonic() > deadline:
+                    return
+                time.sleep(0.05)
+            time.sleep(0.3)
+            os.kill(os.getpid(), signal.SIGINT)   # as Ctrl-C or Jupyter's interrupt: a real signal
+
+        threading.Thread(target=interrupt_once_started, daemon=True).start()
+        start = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            both()
+        assert time.monotonic() - start < 12
+        assert b.status(both.task()).state == "never built" and b.status(slow.task(0)).state == "never built"
+
+        @b.rule
+        def quick():
+            return 3
+
+        assert quick() == 3                                  # the executor still works
+    time.sleep(1)
+    assert not os.path.exists(finished)                      # the remote bodies were stopped
+
+
+def test_a_rule_may_run_elsewhere_while_the_others_run_here(tmp_path):
+    with nbbuild.Build(tmp_path / "store", workers=2) as b:
+        @b.rule(executor="processes")
+        def far():
+            return os.getpid()
+
+        @b.rule
+        def near():
+            return (os.getpid(), far())
+
+        here, there = near()
+        assert here == os.getpid() and there != os.getpid()
+
+
+def test_a_bad_executor_is_one_line(tmp_path):
+    with pytest.raises(nbbuild.RuleError, match=r"^executor='gpu': use 'threads', 'processes', 'dask'"):
+        nbbuild.Build(tmp_path / "store", executor="gpu")
+    with nbbuild.Build(tmp_path / "store") as b:
+        with pytest.raises(nbbuild.RuleError, match=r"^rule f: timeout=0: give seconds, more than 0$"):
+            b.rule(lambda: 1, name="f", timeout=0)
+        with pytest.raises(nbbuild.RuleError, match=r"^rule f: retries=-1: give a whole number, 0 or more$"):
+            b.rule(lambda: 1, name="f", retries=-1)
