@@ -37,7 +37,6 @@ import functools
 import gc
 import logging
 import os
-import sys
 import threading
 import time
 from typing import Any, Callable, Iterator
@@ -45,12 +44,13 @@ from typing import Any, Callable, Iterator
 from . import eviction as _bounds
 from . import explain, files, hashing
 from .clean import CleanSet
+from .console import TextProgress, wanted
 from .memory import Memory
 from .metrics import Metrics, Session
 from .progress import Progress, Tracker
 from .errors import BuildError, RuleError
 from .eviction import parse_size
-from .executors import HelperPool
+from .executors import HelperPool, make_executor
 from .rule import Rule, Task, resolve_target
 from .report import BuildReport, TaskReport, make_report
 from .scheduler import DONE, Scheduler
@@ -111,18 +111,11 @@ class Build:
         self._tracker: Tracker | None = None
         self._expected: dict[tuple[str, ...], int] = {}    # target keys -> tasks their last build checked
         self._session = Session()
-        if progress is None:
-            setting = os.environ.get("NBBUILD_PROGRESS", "").strip().lower()
-            if setting in ("1", "true", "yes", "on"):
-                progress = True
-            elif setting in ("0", "false", "no", "off"):
-                progress = False
-            elif setting:
-                raise RuleError(f"NBBUILD_PROGRESS={setting!r}: use 1 (show builds on stderr) or 0 (do not)")
-            else:
-                progress = _on_terminal() and "ipykernel" not in sys.modules
-        if progress:
-            from .console import TextProgress     # a view: only imported when it is wanted
+        try:
+            shown = wanted(progress)
+        except ValueError as e:
+            raise RuleError(str(e)) from None
+        if shown:
             self.watch(TextProgress())
         self._lock = threading.RLock()          # one build at a time
         self._attachments_lock = threading.Lock()    # taken from any worker thread during a build
@@ -421,7 +414,10 @@ class Build:
         key = spec if isinstance(spec, str) else id(spec)
         found = self._executors.get(key)
         if found is None:
-            found = self._executors[key] = _make_executor(spec, self.workers)
+            try:
+                found = self._executors[key] = make_executor(spec, self.workers)
+            except ValueError as e:
+                raise RuleError(str(e)) from None
         return found
 
     def close(self) -> None:
@@ -439,32 +435,6 @@ class Build:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
-
-def _make_executor(spec: Any, workers: int) -> Any:
-    from .executors import DaskExecutor, ProcessExecutor
-    if spec == "processes":
-        return ProcessExecutor(max(workers, 2))
-    if spec == "dask" or (isinstance(spec, str) and ("://" in spec or ":" in spec)):
-        try:
-            import distributed
-        except ImportError:
-            raise RuleError("executor dask needs the dask extra: pip install 'nbbuild[dask]'") from None
-        if spec == "dask":
-            return DaskExecutor(distributed.Client(processes=True, dashboard_address=None, n_workers=max(workers, 2),
-                                                   threads_per_worker=1), owned=True)
-        return DaskExecutor(spec)
-    if type(spec).__name__ == "Client" and hasattr(spec, "submit"):
-        return DaskExecutor(spec)
-    raise RuleError(f"executor={spec!r}: use 'threads', 'processes', 'dask', a distributed.Client or a "
-                    "Dask scheduler's address")
-
-
-def _on_terminal() -> bool:
-    try:
-        return sys.stderr is not None and sys.stderr.isatty()
-    except (AttributeError, ValueError):
-        return False
 
 
 @contextlib.contextmanager

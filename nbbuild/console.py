@@ -13,16 +13,37 @@ Contract:
   cleared and, with `summary`, the report's one line (or why the build stopped) is written. A
   build shorter than `delay` writes nothing but that summary.
 - `line(progress, width)` is the text of one snapshot, used by the widget's plain-text form too.
+- `wanted(progress)`: whether a Build shows this view (its `progress=` argument): True or False
+  as given; None reads NBBUILD_PROGRESS (1 or 0; anything else is a ValueError in one line),
+  else yes when stderr is a terminal and no Jupyter kernel runs in this process.
 """
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from typing import IO, Any, Callable
 
 from .progress import Progress
 
-__all__ = ["TextProgress", "line", "bar"]
+__all__ = ["TextProgress", "line", "bar", "wanted"]
+
+
+def wanted(progress: bool | None) -> bool:
+    if progress is not None:
+        return bool(progress)
+    setting = os.environ.get("NBBUILD_PROGRESS", "").strip().lower()
+    if setting in ("1", "true", "yes", "on"):
+        return True
+    if setting in ("0", "false", "no", "off"):
+        return False
+    if setting:
+        raise ValueError(f"NBBUILD_PROGRESS={setting!r}: use 1 (show builds on stderr) or 0 (do not)")
+    try:
+        terminal = sys.stderr is not None and sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        terminal = False
+    return terminal and "ipykernel" not in sys.modules
 
 
 def bar(fraction: float, width: int = 20) -> str:

@@ -31,7 +31,7 @@ from greenlet import getcurrent, greenlet
 
 from .errors import Cancelled
 
-__all__ = ["Hubs", "HelperPool"]
+__all__ = ["Hubs", "HelperPool", "ProcessExecutor", "DaskExecutor", "make_executor"]
 
 log = logging.getLogger("nbbuild")
 _IDLE = object()
@@ -218,6 +218,26 @@ class HelperPool:
 
 
 # ---------------------------------------------------------------- bodies elsewhere (remote.py)
+
+def make_executor(spec: Any, workers: int) -> Any:
+    """An executor for `spec` ("processes", "dask", a distributed.Client, a scheduler address);
+    ValueError, in one line, for anything else."""
+    if spec == "processes":
+        return ProcessExecutor(max(workers, 2))
+    if spec == "dask" or (isinstance(spec, str) and ("://" in spec or ":" in spec)):
+        try:
+            import distributed
+        except ImportError:
+            raise ValueError("executor dask needs the dask extra: pip install 'nbbuild[dask]'") from None
+        if spec == "dask":
+            return DaskExecutor(distributed.Client(processes=True, dashboard_address=None, n_workers=max(workers, 2),
+                                                   threads_per_worker=1), owned=True)
+        return DaskExecutor(spec)
+    if type(spec).__name__ == "Client" and hasattr(spec, "submit"):
+        return DaskExecutor(spec)
+    raise ValueError(f"executor={spec!r}: use 'threads', 'processes', 'dask', a distributed.Client or a "
+                     "Dask scheduler's address")
+
 #
 # An executor's `start(payload, timeout, name)` returns a job: `next()` blocks for the body's next
 # message (("need", ...), or ("done",) once it ended, however), `answer(message)` replies to a
