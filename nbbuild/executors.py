@@ -223,7 +223,8 @@ def make_executor(spec: Any, workers: int) -> Any:
     """An executor for `spec` ("processes", "dask", a distributed.Client, a scheduler address);
     ValueError, in one line, for anything else."""
     if spec == "processes":
-        return ProcessExecutor(max(workers, 2))
+        # twice the workers: a body waiting for the kernel (a rule calling a rule) keeps its process
+        return ProcessExecutor(max(2 * workers, 4))
     if spec == "dask" or (isinstance(spec, str) and ("://" in spec or ":" in spec)):
         try:
             import distributed
