@@ -64,13 +64,17 @@ _STYLE = ("<style>.nbbuild-rows{border-collapse:collapse;font-size:12px;margin-t
           ".nbbuild-scroll{max-height:16em;overflow-y:auto}</style>")
 
 
+def _bundle(widget: w.Widget, text: str) -> dict:
+    """The widget with `text` as its plain-text form (what nbconvert, a terminal or an output
+    comparison sees)."""
+    return {"text/plain": text, "application/vnd.jupyter.widget-view+json":
+            {"version_major": 2, "version_minor": 0, "model_id": widget.model_id}}
+
+
 def show(widget: w.Widget, text: str, **metadata: Any) -> Any:
-    """Display the widget with `text` as its plain-text form (what nbconvert, a terminal or an
-    output comparison sees); returns the display handle."""
-    bundle = {"text/plain": text,
-              "application/vnd.jupyter.widget-view+json": {"version_major": 2, "version_minor": 0,
-                                                           "model_id": widget.model_id}}
-    return display(bundle, raw=True, display_id=True, metadata={"nbbuild": metadata} if metadata else None)
+    """Display the widget with `text` as its plain-text form; returns the display handle."""
+    return display(_bundle(widget, text), raw=True, display_id=True,
+                   metadata={"nbbuild": metadata} if metadata else None)
 
 
 def _secs(s: float) -> str:
@@ -139,9 +143,7 @@ class BuildView:
 
     @staticmethod
     def _place(parts: dict, plain: str) -> None:
-        parts["handle"].update({"text/plain": plain, "application/vnd.jupyter.widget-view+json":
-                                {"version_major": 2, "version_minor": 0, "model_id": parts["box"].model_id}},
-                               raw=True, metadata={"nbbuild": {"view": "build"}})
+        parts["handle"].update(_bundle(parts["box"], plain), raw=True, metadata={"nbbuild": {"view": "build"}})
 
     def _tick(self, build: Any, parts: dict) -> None:
         # a build that is over before the first tick is shown once, settled (no update to send)
