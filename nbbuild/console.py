@@ -10,9 +10,13 @@ Contract:
   `interval`, in place (`\\r`) on a terminal. On a stream that is not a terminal it writes a plain
   line at most every `plain_interval` seconds instead.
 - When the build ends the ticker is stopped and joined before the last write: the line is
-  cleared and, with `summary`, the report's one line (or why the build stopped) is written. A
-  build shorter than `delay` writes nothing but that summary.
+  cleared and, with `summary`, the report's one line (or why the build stopped) is written; with
+  `targets` too, it starts with the build's targets (`clean: ran 1, reused 1, ...`), so that a log
+  of many builds (`nbbuild run`) says which line is which. A build shorter than `delay` writes
+  nothing but that summary.
 - `line(progress, width)` is the text of one snapshot, used by the widget's plain-text form too.
+- `own_stderr()`: this process's own stderr as a stream, also in a Jupyter kernel (which sends
+  fd 2 to the cell's output): where a kernel that `nbbuild run` started draws the line.
 - `wanted(progress)`: whether a Build shows this view (its `progress=` argument): True or False
   as given; None reads NBBUILD_PROGRESS (1 or 0; anything else is a ValueError in one line),
   else yes when stderr is a terminal and no Jupyter kernel runs in this process.
@@ -26,7 +30,7 @@ from typing import IO, Any, Callable
 
 from .progress import Progress
 
-__all__ = ["TextProgress", "line", "bar", "wanted"]
+__all__ = ["TextProgress", "line", "bar", "wanted", "own_stderr"]
 
 
 def wanted(progress: bool | None) -> bool:
@@ -44,6 +48,16 @@ def wanted(progress: bool | None) -> bool:
     except (AttributeError, ValueError):
         terminal = False
     return terminal and "ipykernel" not in sys.modules
+
+
+def own_stderr() -> IO[str]:
+    """ipykernel points fd 2 at a pipe into the cell's output, and its `sys.stderr.fileno()` is a
+    copy of the original: the terminal (or log) of the process that started the kernel. Elsewhere
+    (and where ipykernel leaves fd 2 alone, so that fileno() is not offered) it is fd 2 itself."""
+    try:
+        return os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1, encoding="utf-8", errors="replace")
+    except (AttributeError, OSError, ValueError):
+        return sys.__stderr__
 
 
 def bar(fraction: float, width: int = 20) -> str:
@@ -70,8 +84,9 @@ def line(p: Progress, width: int = 100, names: Callable[[str], str] = str) -> st
 
 class TextProgress:
     def __init__(self, stream: IO[str] | None = None, summary: bool = True, delay: float = 0.3,
-                 interval: float = 0.25, plain_interval: float = 5.0, names: Callable[[str], str] = str):
-        self.stream, self.names = stream, names
+                 interval: float = 0.25, plain_interval: float = 5.0, names: Callable[[str], str] = str,
+                 targets: bool = False):
+        self.stream, self.names, self.targets = stream, names, targets
         self.summary, self.delay, self.interval, self.plain_interval = summary, delay, interval, plain_interval
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
@@ -132,4 +147,5 @@ class TextProgress:
             self._write("\r\x1b[K")
         p = build.progress()
         if self.summary and p is not None:
-            self._write(self.names(line(p)) + "\n")
+            lead = ", ".join(p.targets) + ": " if self.targets and p.targets else ""
+            self._write(self.names(lead + line(p)) + "\n")

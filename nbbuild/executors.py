@@ -10,7 +10,8 @@ Contract:
   calls `process(item)`. Worker greenlets are pooled per thread (starting a fresh greenlet costs far
   more than switching to an idle one) and started from the hub, at the bottom of the stack.
 - Every greenlet runs in a copy of the caller's context (contextvars), and each task a hub starts
-  gets a fresh copy: rule bodies see what the caller set, as asyncio tasks do.
+  gets a fresh copy (of the item's `context` when it has one: the task that asked for it): rule
+  bodies see what the caller set, as asyncio tasks do.
 - `suspend()` parks the current greenlet until someone calls `wake([waker()])` for it: a waiting
   task holds no thread. Greenlets never move between threads: a waker names the greenlet's hub.
 - `cancel(exc)` makes every later `suspend()` raise `Cancelled`; the calling thread's suspended
@@ -157,7 +158,9 @@ class Hubs:
                     g = hub.idle.pop()
                 else:
                     g = greenlet(self._worker, parent=hub.greenlet)
-                g.gr_context = self.context.copy()   # each task from the queue starts afresh
+                # each queued task starts in a copy of its asker's context (the build's, else)
+                asked = getattr(item, "context", None)
+                g.gr_context = (asked if asked is not None else self.context).copy()
             try:
                 self._after(hub, g.switch(item) if item is not None else g.switch(), g)
             except BaseException:
@@ -221,7 +224,8 @@ class HelperPool:
 
 def make_executor(spec: Any, workers: int) -> Any:
     """An executor for `spec` ("processes", "dask", a distributed.Client, a scheduler address);
-    ValueError, in one line, for anything else."""
+    ValueError, in one line, for anything else. "dask" is the process's default Client when it
+    has one, else a LocalCluster of its own (closed with the Build)."""
     if spec == "processes":
         # twice the workers: a body waiting for the kernel (a rule calling a rule) keeps its process
         return ProcessExecutor(max(2 * workers, 4))
@@ -231,6 +235,10 @@ def make_executor(spec: Any, workers: int) -> Any:
         except ImportError:
             raise ValueError("executor dask needs the dask extra: pip install 'nbbuild[dask]'") from None
         if spec == "dask":
+            try:   # the Client this process made already (a notebook's `client = Client()`)
+                return DaskExecutor(distributed.default_client())
+            except ValueError:
+                pass
             return DaskExecutor(distributed.Client(processes=True, dashboard_address=None, n_workers=max(workers, 2),
                                                    threads_per_worker=1), owned=True)
         return DaskExecutor(spec)

@@ -11,7 +11,7 @@ order, and the files it read become the trace.
 Contract:
 - `run(payload, channel) -> bytes` is what a worker runs: `payload` is cloudpickle of (function,
   args, kwargs, {task key: value}); it returns cloudpickle of ("ok", value, groups fetched, files
-  read), ("error", exception, traceback text), ("abandoned",) when a dependency failed, or
+  read, what it attached), ("error", exception, traceback text), ("abandoned",) when a dependency failed, or
   ("need", tasks) when it was told to stop and be sent again.
 - A worker kept waiting holds a process of the pool: the executor's `hold()` says whether one more
   may wait (one slot always stays free for what they wait for, so nothing deadlocks). When not,
@@ -22,10 +22,13 @@ Contract:
 - `run_elsewhere(executor, scheduler, state, recorder, timeout)` runs one task's body through an
   executor (executors.ProcessExecutor, executors.DaskExecutor) and returns its value, or raises
   its exception (the remote traceback attached as a note). The greenlet that waits holds no
-  thread; a cancelled build cancels the remote work; a timeout stops it.
+  thread; a cancelled build cancels the remote work; a timeout stops it. What the body attached
+  (`trace.attach`) is kept as if it had run here, and a rule's `received(task, value, attachment)`,
+  when it has one, is called here with them (the notebook shows what a cell printed in a worker).
 """
 from __future__ import annotations
 
+import logging
 import threading
 import traceback
 from typing import Any
@@ -36,6 +39,7 @@ from .trace import FILE_PREFIX, current
 
 __all__ = ["run", "rule_stub", "run_elsewhere", "Abandoned", "RemoteError"]
 
+log = logging.getLogger("nbbuild")
 _INSTALLED = False
 
 
@@ -119,7 +123,7 @@ def run(payload: bytes, channel: Any) -> bytes:
     token = current.set(rec)
     try:
         value = fn(*args, **kwargs)
-        out: tuple = ("ok", value, rec.groups, rec.files)
+        out: tuple = ("ok", value, rec.groups, rec.files, rec.attachment)
     except Abandoned:
         out = ("abandoned",)
     except Restart as e:
@@ -164,15 +168,22 @@ def run_elsewhere(executor: Any, sched: Any, st: Any, rec: Any, timeout: float |
     if kind == "error":
         error = result[1]
         if result[2]:
-            error.add_note("in the worker:\n" + result[2].rstrip())
+            where = "in the worker:\n" + result[2].rstrip()
+            if hasattr(error, "add_note"):       # Python 3.11: shown under the traceback
+                error.add_note(where)
+            else:
+                log.warning("nbbuild: %r failed %s", task, where)
         raise error
     if kind == "abandoned":       # a dependency failed after all: fetch_values has said so above
         raise RemoteError(f"{task!r} was abandoned by its worker")
-    _, value, groups, files = result
+    _, value, groups, files, attachment = result
     for group in groups:
         rec.add_group(tuple((key, sched.states[key].hash) for key in group))
     for path in files:
         rec.read_file(path)
+    rec.attachment = attachment
+    if task.rule.received is not None:
+        task.rule.received(task, value, attachment)
     return value
 
 

@@ -119,6 +119,8 @@ class Rule:
         self.executor = executor      # None: the Build's (threads, processes, dask); see executors.py
         self.timeout = float(timeout) if timeout is not None else None
         self.retries = retries
+        # called here with (task, value, attachment) when a body that ran elsewhere returns
+        self.received: Callable[[Any, Any, Any], None] | None = None
         try:
             self.signature = inspect.signature(fn)
         except (TypeError, ValueError):

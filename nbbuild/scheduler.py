@@ -12,7 +12,8 @@ Contract:
   (help-first), then taken back if nobody started them. With several threads, the group is
   ordered by the longest recorded path through each task (priority.py): the asking greenlet
   takes the most urgent, and idle threads start queued tasks most urgent first (`build.order =
-  "fifo"` keeps the order of asking).
+  "fifo"` keeps the order of asking). A queued task starts in a copy of the context of the task
+  that asked for it (as an asyncio task does, and as it would inline), its recorder left out.
 - A task that would wait on a task that (transitively) waits on it raises CycleError there.
 - Failures are recorded in the state (own error, or the failed dependency that caused it) and
   never unwind the engine; only cancellation (KeyboardInterrupt, SystemExit) does, after which
@@ -20,6 +21,7 @@ Contract:
 """
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
@@ -32,7 +34,7 @@ from .errors import BuildError, Cancelled, CycleError
 from .executors import Hubs
 from .priority import CriticalPath, ReadyQueue
 from .rule import Task, Version, rule_version
-from .trace import FILE_PREFIX, Group, Recorder, Trace, match
+from .trace import FILE_PREFIX, Group, Recorder, Trace, current, match
 
 __all__ = ["Scheduler", "TaskState"]
 
@@ -47,7 +49,7 @@ class TaskState:
 
     __slots__ = ("task", "status", "hash", "value", "has_value", "error", "cause", "waiters",
                  "blocked_on", "outcome", "seconds", "trace", "depth", "loading", "unstored", "up",
-                 "attempts", "overdue")
+                 "attempts", "overdue", "context")
 
     def __init__(self, task: Task):
         self.task = task
@@ -68,6 +70,7 @@ class TaskState:
         self.up = 0.0                # recorded time of the chain above it (priority.py)
         self.attempts = 0            # runs of its body in this build (body.py: retries)
         self.overdue = False         # ran past its timeout on a thread
+        self.context: contextvars.Context | None = None   # where it was asked for, when queued
 
     def add_waiter(self, waker: Any) -> None:
         if self.waiters is None:
@@ -244,9 +247,11 @@ class Scheduler:
             up = me.up + self.paths.seconds(me.task.key) if me is not None else 0.0
             for st in fresh:
                 st.up = up
+        asker = _asker_context() if len(fresh) > inline else None
         for i in range(1 if inline else 0, len(fresh)):
             st = fresh[i]
             st.status = QUEUED
+            st.context = asker
             self.queue.push(st, priorities[i] if priorities is not None else 0.0)
         if len(fresh) > inline:
             self.hubs.notify()
@@ -444,3 +449,11 @@ class Scheduler:
         e.__cause__ = err
         return e
 
+
+def _asker_context() -> contextvars.Context:
+    """The asking task's context, for the tasks it queues: what its body set (the notebook's
+    output record, say) reaches them as it would inline; its trace recorder does not."""
+    ctx = contextvars.copy_context()
+    if ctx.get(current) is not None:
+        ctx.run(current.set, None)
+    return ctx

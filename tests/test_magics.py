@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
-from nbbuild.notebook.magics import _parse_rule_line
+from nbbuild.notebook.lines import parse_rule_line as _parse_rule_line
 
 
 @pytest.fixture
@@ -256,11 +256,12 @@ def test_after_a_restart_the_same_cells_run_no_rule_body(tmp_path):
 @given(st.text(max_size=40))
 def test_any_rule_line_parses_or_says_usage(line):
     try:
-        name, lazy, policy, params = _parse_rule_line(line)
+        name, lazy, policy, params, options = _parse_rule_line(line)
     except UsageError:
         return
     assert name is None or name.isidentifier()
     assert policy in ("persist", "memory", "none") and params is None or isinstance(params, str)
+    assert set(options) <= {"executor", "timeout", "retries"}
 
 
 MODEL = "%%rule model(alpha, l1=0.0)\ncalls.append(('model', alpha, l1))\nscore = sum(raw) * alpha + l1\nscore\n"
@@ -456,3 +457,64 @@ def test_an_ordinary_cell_that_changes_a_parameter_names_what_is_stale(ip, capsy
     assert capsys.readouterr().out == "stale: clean, top — run %build top\n"
     ip.run_cell("unrelated = 1")
     assert capsys.readouterr().out == ""
+
+
+# ---------------------------------------------------------------- where a cell's body runs
+
+def test_rule_line_options_are_the_rules():
+    assert _parse_rule_line("fit --executor dask --timeout 2.5 --retries=1") == (
+        "fit", False, "persist", None, {"executor": "dask", "timeout": 2.5, "retries": 1})
+    assert _parse_rule_line("model(alpha) --executor processes")[3:] == ("alpha", {"executor": "processes"})
+
+
+@pytest.mark.parametrize("line, says", [
+    ("--executor gpu", "--executor gpu: use threads, processes, dask"),
+    ("--executor", "--executor needs a value"),
+    ("--timeout soon", "--timeout takes seconds, not 'soon'"),
+    ("--timeout 0", "timeout=0.0: give seconds, more than 0"),
+    ("--retries 1.5", "--retries takes a whole number, not '1.5'"),
+    ("--retries -1", "retries=-1: give a whole number, 0 or more"),
+])
+def test_a_bad_rule_option_is_one_line(ip, line, says):
+    result = ip.run_cell(f"%%rule {line}\nx = 1\n")
+    assert isinstance(result.error_in_exec, UsageError) and says in str(result.error_in_exec)
+    assert "\n" not in str(result.error_in_exec) and "x" not in ip.user_ns
+
+
+def test_a_cell_on_a_process_pool_binds_what_it_made_there_and_prints_here(ip, capsys):
+    ip.run_cell("import os\nthreshold = 0\nkernel = os.getpid()")
+    ip.run_cell(RAW)
+    result = ip.run_cell("%%rule --executor processes\ncalls.append('clean')\n"
+                         "clean = sorted(v for v in raw if v >= threshold)\nprint('in a worker:', os.getpid() != kernel)\n"
+                         "len(clean)\n")
+    assert result.result == 3 and ip.user_ns["clean"] == [1, 3, 5]
+    assert "in a worker: True\n" in capsys.readouterr().out
+    assert ip.user_ns["calls"] == ["raw"]          # the worker appended to its own copy of `calls`
+
+
+def test_a_cell_past_its_timeout_on_a_process_pool_is_stopped_and_says_so(ip):
+    ip.run_cell("import time")
+    result = ip.run_cell("%%rule --executor processes --timeout 1\ntime.sleep(60)\nslow = 1\n")
+    error = str(result.error_in_exec)
+    assert isinstance(result.error_in_exec, UsageError) and "longer than its timeout of 1 s" in error
+    assert "slow" not in ip.user_ns
+    ip.run_cell("%%rule slow --executor processes --timeout 5\nslow = 2\n")    # the pool still works
+    assert ip.user_ns["slow"] == 2
+
+
+def test_a_client_in_the_namespace_is_an_executor(ip):
+    distributed = pytest.importorskip("distributed")
+    client = distributed.Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None)
+    try:
+        ip.user_ns["client"] = client
+        ip.run_cell("import threading\nthreshold = 0")
+        ip.run_cell("%%rule --executor client\nwhere = threading.current_thread().name\n")
+        assert ip.user_ns["where"] != threading_name()
+        assert ip._nbbuild_state.build.rules["where"].executor is client
+    finally:
+        client.close()
+
+
+def threading_name() -> str:
+    import threading
+    return threading.current_thread().name

@@ -27,7 +27,7 @@ from outputs import merged, printed
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "quickstart.ipynb"
 TIMEOUT = 120
 SUMMARY = re.compile(r"^ran (\d+), reused (\d+), failed (\d+) in .*$", re.MULTILINE)
-SESSION = re.compile(r"^session\s+\d+ builds: ran (\d+), reused (\d+), failed (\d+)", re.MULTILINE)
+SESSION = re.compile(r"^session\s+\d+ builds?: ran (\d+), reused (\d+), failed (\d+)", re.MULTILINE)
 TIMED = re.compile(r"^(CPU times|Wall time):.*\n?", re.MULTILINE)       # %%time's own lines vary
 
 

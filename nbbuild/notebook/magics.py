@@ -9,6 +9,11 @@ Contract:
   default, the first name it assigns); it is built at once unless --lazy, its outputs are bound in
   the user namespace, and its last expression is the cell's result. A name another rule produces
   is refused. Re-running a cell replaces its rule; rules its change made stale are named.
+- `--executor threads|processes|dask|ADDRESS|CLIENT`, `--timeout S`, `--retries N` on a `%%rule`
+  line are the Rule's (Build.rule): the body runs on a process pool or a Dask cluster (`dask`:
+  the Client this process already has, else a LocalCluster; or a scheduler's address, or the
+  name of a Client in the namespace); what it prints, displays and plots there is shown in the
+  cell and replayed as any (elsewhere.py).
 - `%%rule NAME(param, other=default)`: a parametric rule; `NAME` is bound to it, and `NAME(...)`
   anywhere returns the value (the cell's `NAME`, or else its last expression), built incrementally.
 - `%build TARGET [TARGET ...] [--force] [--dry-run] [-j N] [--graph]`: builds the rules producing
@@ -31,8 +36,6 @@ from __future__ import annotations
 
 import ast
 import os
-import re
-import shlex
 import sys
 from typing import Any
 
@@ -41,10 +44,10 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 
 from ..errors import BuildError, CycleError, NbbuildError
-from ..rule import POLICIES
-from .cells import CAPTURE, FETCH, LAST, analyse, compile_cell, parse_signature
+from .cells import LAST, analyse, compile_cell, parse_signature
 from . import views
 from .graph import label
+from .lines import parse_rule_line, split_targets
 from .state import NotebookState
 
 __all__ = ["NbbuildMagics", "load_ipython_extension", "unload_ipython_extension"]
@@ -52,60 +55,6 @@ __all__ = ["NbbuildMagics", "load_ipython_extension", "unload_ipython_extension"
 
 _NBBUILD_USAGE = ("%nbbuild status | why TARGET | graph [TARGET] | store [--quota SIZE] [gc | clear] | metrics"
                   " | dashboard [TARGET] (%nbbuild? for help)")
-_SIGNATURE = re.compile(r"^\s*([^\s(]+)\s*\((.*)\)(.*)$", re.S)
-
-
-def _parse_rule_line(line: str) -> tuple[str | None, bool, str, str | None]:
-    """(name, --lazy, policy, parameter text or None)."""
-    params = None
-    m = _SIGNATURE.match(line)
-    if not m and "(" in line:
-        raise UsageError(f"%%rule: unbalanced brackets in {line.strip()!r}; usage: %%rule NAME(param, other=default)")
-    if m:
-        if not m.group(1).isidentifier():
-            raise UsageError(f"%%rule: rule name {m.group(1)!r} is not a Python identifier")
-        params, line = m.group(2), m.group(1) + " " + m.group(3)
-    try:
-        words = shlex.split(line)
-    except ValueError as e:
-        raise UsageError(f"%%rule: {e}") from None
-    name, lazy, policy = None, False, "persist"
-    it = iter(words)
-    for w in it:
-        if w == "--lazy":
-            lazy = True
-        elif w == "--policy" or w.startswith("--policy="):
-            policy = w.partition("=")[2] if "=" in w else next(it, "")
-            if policy not in POLICIES:
-                raise UsageError(f"%%rule: --policy takes one of {', '.join(POLICIES)}, not {policy!r}")
-        elif w.startswith("-"):
-            raise UsageError(f"%%rule: unknown option {w!r}; usage: %%rule [NAME] [--lazy] [--policy P]")
-        elif name is None:
-            if not w.isidentifier():
-                raise UsageError(f"%%rule: rule name {w!r} is not a Python identifier")
-            name = w
-        else:
-            raise UsageError(f"%%rule: one rule name only, got {name!r} and {w!r}")
-    return name, lazy, policy, params
-
-
-def _split_targets(line: str) -> list[str]:
-    """Words of a %build line; a parametric call such as `model(alpha = 0.1)` is one word."""
-    words, depth, current = [], 0, ""
-    for ch in line:
-        depth += ch in "([{"
-        depth -= ch in ")]}"
-        if ch.isspace() and depth <= 0:
-            if current:
-                words.append(current)
-            current, depth = "", 0
-        else:
-            current += ch
-    if depth > 0:
-        raise UsageError(f"%build: unbalanced brackets in {line.strip()!r}")
-    return words + ([current] if current else [])
-
-
 @magics_class
 class NbbuildMagics(Magics):
     def __init__(self, shell: Any, state: NotebookState):
@@ -116,7 +65,7 @@ class NbbuildMagics(Magics):
     def rule(self, line: str, cell: str) -> Any:
         """The cell becomes a rule: it runs only when what it reads changed.
 
-        %%rule [NAME] [--lazy] [--policy persist|memory|none]
+        %%rule [NAME] [--lazy] [--policy persist|memory|none] [--executor E] [--timeout S] [--retries N]
         %%rule NAME(param, other=default)
 
         The cell's outputs are the names it binds at top level; its inputs are the names it
@@ -129,6 +78,12 @@ class NbbuildMagics(Magics):
         --lazy        register the rule only; `%build NAME` builds it
         --policy P    persist (default: kept in the store, across restarts), memory (this
                       session only), none (runs at every build)
+        --executor E  where the body runs: threads (default, in the kernel), processes (a
+                      process pool), dask (the Client you made, else a LocalCluster), a Dask
+                      scheduler's address, or the name of a distributed.Client variable
+        --timeout S   stop a body elsewhere after S seconds (it fails); in the kernel it is
+                      reported as overdue
+        --retries N   run a failing body again, up to N more times
         NAME(param, other=default)
                       a parametric rule: the parameters are locals of the cell; `NAME(...)`
                       anywhere returns the value of the cell's `NAME` (or its last expression),
@@ -138,7 +93,8 @@ class NbbuildMagics(Magics):
         After a change, the rules it made stale are named ("stale: clean — run %build clean").
         """
         state = self.state
-        name, lazy, policy, param_text = _parse_rule_line(line)
+        name, lazy, policy, param_text, options = parse_rule_line(line)
+        options = self._resolve(options)
         source = self.shell.transform_cell(cell)
         try:
             names = analyse(source)
@@ -146,7 +102,7 @@ class NbbuildMagics(Magics):
         except NbbuildError as e:
             raise UsageError(str(e)) from None
         if params is not None:
-            return self._parametric(name, policy, source, names, params)
+            return self._parametric(name, policy, source, names, params, options)
         name = name or names.default_name
         if name is None:
             raise UsageError("%%rule: the cell binds no name; give the rule one: %%rule NAME")
@@ -162,7 +118,7 @@ class NbbuildMagics(Magics):
         try:
             fn = compile_cell(source, name, filename, fetched, names.outputs, self.shell.user_ns,
                               capture=True)
-            rule = state.build.rule(fn, name=name, policy=policy)
+            rule = state.make_rule(fn, name, policy, options)
         except NbbuildError as e:
             raise UsageError(str(e)) from None
         state.defined(name, superseded)
@@ -176,7 +132,18 @@ class NbbuildMagics(Magics):
         self._say_stale(name)
         return values[0].get(LAST) if values else None
 
-    def _parametric(self, name: str, policy: str, source: str, names: Any, params: Any) -> None:
+    def _resolve(self, options: dict[str, Any]) -> dict[str, Any]:
+        """`--executor client`: a name in the namespace (a distributed.Client) is that object."""
+        spec = options.get("executor")
+        if isinstance(spec, str) and spec.isidentifier() and spec not in ("threads", "processes", "dask"):
+            if spec not in self.shell.user_ns:
+                raise UsageError(f"%%rule: --executor {spec}: use threads, processes, dask, a scheduler's "
+                                 "address, or the name of a distributed.Client")
+            options = dict(options, executor=self.shell.user_ns[spec])
+        return options
+
+    def _parametric(self, name: str, policy: str, source: str, names: Any, params: Any,
+                    options: dict[str, Any]) -> None:
         """A rule with parameters: registered, bound under its name, built when called."""
         state = self.state
         own = {a.arg for a in params.posonlyargs + params.args + params.kwonlyargs}
@@ -190,7 +157,7 @@ class NbbuildMagics(Magics):
         try:
             fn = compile_cell(source, name, filename, fetched, names.outputs, self.shell.user_ns, params,
                               capture=True)
-            rule = state.build.rule(fn, name=name, policy=policy)
+            rule = state.make_rule(fn, name, policy, options)
         except NbbuildError as e:
             raise UsageError(str(e)) from None
         state.defined(name, superseded)
@@ -245,7 +212,7 @@ class NbbuildMagics(Magics):
         taken and the time saved. A reused target shows again what it printed and displayed
         when it ran.
         """
-        words = _split_targets(line)
+        words = split_targets(line)
         targets, jobs, force, dry, graph, it = [], None, False, False, False, iter(words)
         for w in it:
             if w == "--force":
@@ -312,7 +279,7 @@ class NbbuildMagics(Magics):
 
         TARGET is a name a rule produces, a rule's name, or a call such as model(alpha=0.1).
         """
-        words = _split_targets(line)
+        words = split_targets(line)
         command, rest = (words[0], words[1:]) if words else ("", [])
         if command == "status" and not rest:
             views.status(self.state)
@@ -407,8 +374,7 @@ def load_ipython_extension(shell: Any) -> None:
             state = shell._nbbuild_state = NotebookState(shell, path)
         except NbbuildError as e:
             raise UsageError(f"nbbuild: {e}") from None
-    shell.user_ns[FETCH] = state.fetch
-    shell.user_ns[CAPTURE] = state.capture
+    shell.user_ns.update(state.hooks)
     for event in ("pre_run_cell", "post_run_cell"):
         if getattr(state, event) not in shell.events.callbacks[event]:
             shell.events.register(event, getattr(state, event))

@@ -51,6 +51,8 @@ class _Tee:
         cap = _recording.get()
         if cap is not None and isinstance(text, str):
             cap.stream(self._name, text)
+            if not cap.echo:
+                return len(text)
         return self._stream.write(text)
 
     def __getattr__(self, attr: str) -> Any:
@@ -113,7 +115,11 @@ _taps = _Taps()
 
 
 class Capture:
-    """The record of one run of a rule cell's body (a context manager; see the module contract)."""
+    """The record of one run of a rule cell's body (a context manager; see the module contract).
+    `echo` False: what the body writes is recorded only (in a worker, whose output belongs in the
+    kernel's cell, not in the worker's log, nor, through an inherited descriptor, twice there)."""
+
+    echo = True
 
     def __init__(self, shell: Any, bind: Any = None):
         self.shell = shell

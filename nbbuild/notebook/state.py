@@ -5,10 +5,14 @@ which rule, and how builds are shown. The magics read and change it; it lives on
 Contract:
 - `NotebookState(shell, path)` opens a Build at `path` with `workers=1` (rule bodies on the
   kernel's thread), puts the fetch and capture hooks that compiled cells call into the user
-  namespace, and replays, after every build, what reused targets showed when they ran.
+  namespace (`hooks`: elsewhere.CellFetch, CellCapture, which also work in a worker), and
+  replays, after every build, what reused targets showed when they ran.
 - `view` shows every top-level build: in a Jupyter kernel the live widget (widgets.BuildView,
   whose box settles into the report's line), elsewhere (terminal IPython) the text line on stderr
-  (console.TextProgress). `rich` says whether the front end takes widgets and SVG.
+  (console.TextProgress). With `NBBUILD_VIEW=text` (what `nbbuild run` sets; `widget` is the
+  default, anything else one UsageError line) a kernel shows the text line too, on the kernel
+  process's own stderr (the terminal of a headless run, not the cell's output), each build's
+  report line after it led by its targets. `rich` says whether the front end takes widgets and SVG.
 - `producers` maps each output name to the one rule that produces it (imports are not listed: a
   module is the same whoever imports it); `inputs` and `outputs` are each cell rule's names.
 - Identity: with JupyterLab's cell ids (`pre_run_cell`), a rule belongs to its cell:
@@ -18,15 +22,17 @@ Contract:
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from IPython.core.error import UsageError
 
 from ..build import Build
-from ..console import TextProgress
+from ..console import TextProgress, own_stderr
 from .cells import CAPTURE, FETCH, LAST, analyse
+from .elsewhere import CellCapture, CellFetch, received
 from .graph import label, snapshot
-from .replay import Capture, replay
+from .replay import replay
 
 __all__ = ["NotebookState"]
 
@@ -44,15 +50,21 @@ class NotebookState:
         self.cells: dict[str, str] = {}          # rule name -> id of the cell that defines it
         self.cell_id: str | None = None           # the running cell's id (JupyterLab sends one)
         self.cell_source = ""
-        shell.user_ns[FETCH] = self.fetch
-        shell.user_ns[CAPTURE] = self.capture
+        self.hooks = {FETCH: CellFetch(self), CAPTURE: CellCapture(self)}
+        shell.user_ns.update(self.hooks)
         self.build.observers.append(self.replay_reused)
         # a kernel's front end draws widgets; a terminal shell gets the text line
         self.rich = getattr(shell, "kernel", None) is not None
-        if self.rich:
+        shown = os.environ.get("NBBUILD_VIEW", "").strip().lower()
+        if shown not in ("", "widget", "text"):
+            raise UsageError(f"NBBUILD_VIEW={shown!r}: use text (the progress line on stderr) or widget (the default)")
+        if self.rich and shown != "text":
             from .widgets import BuildView
             from .draw import html
             self.view: Any = BuildView(snapshot=self.graph, draw=html)
+        elif self.rich:
+            # a headless run: nobody sees the cells' outputs while they run, the terminal does
+            self.view = TextProgress(stream=own_stderr(), names=label, targets=True)
         else:
             self.view = TextProgress(summary=False, names=label)
         self.build.watch(self.view)
@@ -91,6 +103,13 @@ class NotebookState:
         if stale:
             print(f"stale: {', '.join(stale)} — run %build {stale[-1]}")
 
+    def make_rule(self, fn: Any, name: str, policy: str, options: dict[str, Any]) -> Any:
+        """A cell's rule (options: executor, timeout, retries). A body run elsewhere shows here
+        what it showed there, and binds its outputs (elsewhere.received)."""
+        rule = self.build.rule(fn, name=name, policy=policy, **options)
+        rule.received = received(self)
+        return rule
+
     def superseded(self, name: str) -> list[str]:
         """The rules the running cell defined before under other names, which rule `name` now
         replaces. With cell ids (JupyterLab), another cell may not take a rule's name; without
@@ -127,16 +146,8 @@ class NotebookState:
                 replay(self.shell, self.build.attachment(task))
             seen.add(task.key)
 
-    def capture(self) -> Capture:
-        """Around a rule cell's body: records what it shows, to replay when its value is reused."""
-        return Capture(self.shell, self.bind)
-
     def bind(self, outputs: dict) -> None:
         self.shell.user_ns.update({k: v for k, v in outputs.items() if k != LAST})
-
-    def fetch(self, name: str) -> Any:
-        """Inside a rule body: the value of `name`, as a tracked dependency on its rule."""
-        return self.build.rules[self.producers[name]]()[name]
 
     def rule_for(self, target: str) -> Any:
         name = self.producers.get(target, target)

@@ -259,7 +259,7 @@ def metrics_text(m: Metrics) -> str:
     trouble = ", ".join(f"{st[k]} {k.replace('_', ' ')}" for k in ("damaged", "write_failures") if st.get(k))
     out = [f"last build {_figures_text(m.last)} ({m.last.verified} verified, {m.last.constructed} from older traces)"
            ] if m.last is not None else []
-    out += [f"session    {s.builds} builds: {_figures_text(s)}",
+    out += [f"session    {s.builds} build{'' if s.builds == 1 else 's'}: {_figures_text(s)}",
             f"store      {usage}; {st['values']} values, {st['traces']} traces",
             f"reuse      {st['hits']} hits, {st['misses']} misses{rate}, {st['evictions']} evictions ({st['policy']})",
             f"traffic    {_size(st['bytes_written'])} written, {_size(st['bytes_read'])} read"

@@ -1,0 +1,164 @@
+"""A rule cell whose body runs in another process (`%%rule NAME --executor processes|dask`): the
+two hooks a compiled cell calls, as they are in the kernel and as they travel to a worker.
+
+A cell's function reads its dependencies through `cells.FETCH` and records what it shows through
+`cells.CAPTURE`, globals of the user's namespace. cloudpickle ships the function with the globals
+it reads, so these two are shipped too; each pickles as its worker stand-in.
+
+Contract:
+- `CellFetch(state)(name)`, in the kernel: the value of `name`, a tracked fetch of the rule that
+  produces it. Pickled, it is a `RemoteFetch` of the name -> producing rule map: in a worker it
+  fetches through a stub of that rule (remote.rule_stub: the same task key), so the value comes
+  from those sent with the body or is asked of the kernel, and enters the trace as here.
+- `CellCapture(state)()`, in the kernel: a replay.Capture on the shell. Pickled, it is a
+  `RemoteCapture`: a replay.Capture with no front end. It records what the body prints to stdout
+  and stderr, what it shows with `display(obj)` (an IPython shell is made in the worker, with no
+  history and a silent publisher, so rich reprs are IPython's own), and the pyplot figures it
+  leaves open (drawn as PNG, then closed, as the inline backend does). The record is attached to the run
+  (trace.attach) and comes back with the value.
+- `received(state)`: the Rule.received hook of such a rule: called in the kernel when its body
+  returns, it shows the record in the running cell, as if the body had run here, and binds the
+  cell's outputs (as a rule that ran here binds them).
+"""
+from __future__ import annotations
+
+import base64
+import io
+import os
+import sys
+import warnings
+from typing import Any, Callable
+
+from .replay import Capture, replay
+
+__all__ = ["CellFetch", "CellCapture", "RemoteFetch", "RemoteCapture", "received"]
+
+
+class CellFetch:
+    def __init__(self, state: Any):
+        self.state = state
+
+    def __call__(self, name: str) -> Any:
+        state = self.state
+        return state.build.rules[state.producers[name]]()[name]
+
+    def __reduce__(self) -> tuple:
+        return RemoteFetch, (dict(self.state.producers),)
+
+
+class RemoteFetch:
+    """FETCH in a worker: a name's value through a stub of its producer (a cell rule takes no
+    arguments, so its task key is its name's)."""
+
+    def __init__(self, producers: dict[str, str]):
+        self.producers = producers
+        self.stubs: dict[str, Any] = {}
+
+    def __call__(self, name: str) -> Any:
+        rule_name = self.producers[name]
+        stub = self.stubs.get(rule_name)
+        if stub is None:
+            from ..remote import rule_stub
+            stub = self.stubs[rule_name] = rule_stub(_no_body, rule_name, "persist")
+        return stub()[name]
+
+
+def _no_body() -> None:
+    raise RuntimeError("a rule stub's body runs in the kernel, not here")
+
+
+class CellCapture:
+    def __init__(self, state: Any):
+        self.state = state
+
+    def __call__(self) -> Capture:
+        return Capture(self.state.shell, self.state.bind)
+
+    def __reduce__(self) -> tuple:
+        return RemoteCapture, ()
+
+
+class _Publisher:
+    """The display publisher of a worker: there is no front end; the capture's tap records."""
+
+    def publish(self, data: Any = None, metadata: Any = None, **kwargs: Any) -> None:
+        pass
+
+    def clear_output(self, wait: bool = False) -> None:
+        pass
+
+
+def _worker_shell() -> Any:
+    """IPython's shell, made once in a worker (no history, a silent publisher) so that
+    `display`, `IPython.display.display` and rich reprs work as in the kernel."""
+    from IPython.core.interactiveshell import InteractiveShell
+    if InteractiveShell.initialized():
+        return InteractiveShell.instance()
+    from traitlets.config import Config
+    config = Config()
+    config.HistoryManager.enabled = False
+    shell = InteractiveShell.instance(config=config)
+    shell.display_pub = _Publisher()
+    return shell
+
+
+class RemoteCapture:
+    """CAPTURE in a worker: `RemoteCapture()()` is the capture of one run of the body."""
+
+    def __call__(self) -> Capture:
+        shell = _worker_shell()
+        _plain_backend()
+        return _WorkerCapture(shell)
+
+
+class _WorkerCapture(Capture):
+    echo = False
+
+    def __enter__(self) -> Capture:
+        super().__enter__()
+        # each body here is a run of its own (what it fetches ran in the kernel): a capture a
+        # worker thread inherited (Dask starts a thread for a seceded task) is not its caller
+        self.parent = None
+        return self
+
+    def __exit__(self, etype: Any, exc: Any, tb: Any) -> None:
+        if etype is None:
+            _draw_figures(self.shell)
+        return super().__exit__(etype, exc, tb)
+
+
+def _plain_backend() -> None:
+    """A worker inherits the kernel's MPLBACKEND (the inline backend), which has no front end
+    here and would close figures as it "shows" them: draw off-screen, figures kept for us."""
+    if "inline" in os.environ.get("MPLBACKEND", ""):
+        os.environ["MPLBACKEND"] = "agg"
+    plt = sys.modules.get("matplotlib.pyplot")
+    if plt is not None and "inline" in str(plt.get_backend()):
+        plt.switch_backend("agg")
+    warnings.filterwarnings("ignore", message=".*non-interactive, and thus cannot be shown")
+
+
+def _draw_figures(shell: Any) -> None:
+    """The pyplot figures the body left open, as the inline backend would show them."""
+    plt = sys.modules.get("matplotlib.pyplot")
+    if plt is None:
+        return
+    for number in plt.get_fignums():
+        fig = plt.figure(number)
+        buffer = io.BytesIO()
+        try:
+            fig.savefig(buffer, format="png", bbox_inches="tight")
+        except Exception:  # the user's figure may fail to draw, as it would inline; the value stands
+            continue
+        finally:
+            plt.close(fig)
+        shell.display_pub.publish(data={"image/png": base64.b64encode(buffer.getvalue()).decode(),
+                                         "text/plain": repr(fig)}, metadata={})
+
+
+def received(state: Any) -> Callable[[Any, Any, Any], None]:
+    def show(task: Any, value: Any, attachment: Any) -> None:
+        replay(state.shell, attachment)
+        if task.rule.name not in state.parametric and isinstance(value, dict):
+            state.bind(value)
+    return show
