@@ -38,8 +38,19 @@ system-packages:
 test: $(STAMP) system-packages
 	$(BIN)/python -m pytest -q tests notebooks --nbval-lax
 
+# `nbbuild run` twice on a fresh temporary store (removed at the end): the first run builds, the
+# second, in a fresh kernel, must reuse everything (else the demo fails)
+DEMO_NB := notebooks/quickstart.ipynb
 demo: $(STAMP)
-	$(BIN)/python notebooks/run_demo.py
+	@store=$$(mktemp -d); trap 'rm -rf "$$store"' EXIT; \
+	echo "== 1. nbbuild run $(DEMO_NB): an empty store, every rule runs"; \
+	NBBUILD_DIR=$$store $(BIN)/nbbuild run $(DEMO_NB) || exit 1; \
+	echo; echo "== 2. the same again, in a fresh kernel, on the store the first run left"; \
+	second=$$(NBBUILD_DIR=$$store $(BIN)/nbbuild run $(DEMO_NB)) || exit 1; echo "$$second"; \
+	echo; case "$$second" in \
+	  *" builds: ran 0, "*|*" build: ran 0, "*) echo "== the second run ran 0 tasks: it reused every value from the store";; \
+	  *) echo "== the second run ran tasks again: nothing should have been stale"; exit 1;; \
+	esac
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_noop.py
