@@ -10,7 +10,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 # the signing key of the tests, and no bounds from the environment of whoever runs them
 os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="nbbuild-tests-config-")
-for _name in ("NBBUILD_QUOTA", "NBBUILD_MIN_FREE", "NBBUILD_EVICTION", "NBBUILD_DIR", "NBBUILD_PROGRESS", "NBBUILD_VIEW"):
+for _name in ("NBBUILD_QUOTA", "NBBUILD_MIN_FREE", "NBBUILD_EVICTION", "NBBUILD_DIR", "NBBUILD_PROGRESS", "NBBUILD_VIEW",
+              "MPLBACKEND"):
     os.environ.pop(_name, None)
 
 import nbbuild  # noqa: E402

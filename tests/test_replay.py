@@ -279,12 +279,14 @@ print("rows:", len(frame))
 
 def test_after_a_restart_the_same_cells_replay_the_same_outputs(tmp_path):
     import json
+    import os
     import subprocess
 
     cells = json.dumps(["import sys", SHOWS, FRAME])
-    first, second = (json.loads(subprocess.run([sys.executable, "-c", KERNEL, str(tmp_path), cells],
+    quiet = dict(os.environ, NBBUILD_PROGRESS="0")   # the screen: the cells' outputs, without the progress
+    first, second = (json.loads(subprocess.run([sys.executable, "-c", KERNEL, str(tmp_path), cells], env=quiet,
                                                capture_output=True, text=True, check=True).stdout)
-                     for _ in range(2))
+                     for _ in range(2))                # line a slow first run draws
     assert first["calls"] == ["shows", "frame"] and second["calls"] == []
     kinds = [e[0] for e in first["events"]]
     assert kinds == ["stdout", "display", "stderr", "stdout", "display", "stdout", "display"]

@@ -90,7 +90,9 @@ class _Publisher:
 
 def _worker_shell() -> Any:
     """IPython's shell, made once in a worker (no history, a silent publisher) so that
-    `display`, `IPython.display.display` and rich reprs work as in the kernel."""
+    `display`, `IPython.display.display` and rich reprs work as in the kernel. Where a shell
+    exists already (a Dask worker thread in the kernel's own process), it is the kernel's: its
+    plotting backend is left alone."""
     from IPython.core.interactiveshell import InteractiveShell
     if InteractiveShell.initialized():
         return InteractiveShell.instance()
@@ -99,6 +101,7 @@ def _worker_shell() -> Any:
     config.HistoryManager.enabled = False
     shell = InteractiveShell.instance(config=config)
     shell.display_pub = _Publisher()
+    _plain_backend()
     return shell
 
 
@@ -106,9 +109,7 @@ class RemoteCapture:
     """CAPTURE in a worker: `RemoteCapture()()` is the capture of one run of the body."""
 
     def __call__(self) -> Capture:
-        shell = _worker_shell()
-        _plain_backend()
-        return _WorkerCapture(shell)
+        return _WorkerCapture(_worker_shell())
 
 
 class _WorkerCapture(Capture):

@@ -9,7 +9,7 @@ Contract:
   replays, after every build, what reused targets showed when they ran.
 - `view` shows every top-level build: in a Jupyter kernel the live widget (widgets.BuildView,
   whose box settles into the report's line), elsewhere (terminal IPython) the text line on stderr
-  (console.TextProgress). With `NBBUILD_VIEW=text` (what `nbbuild run` sets; `widget` is the
+  (console.TextProgress; NBBUILD_PROGRESS=0 turns it off). With `NBBUILD_VIEW=text` (what `nbbuild run` sets; `widget` is the
   default, anything else one UsageError line) a kernel shows the text line too, on the kernel
   process's own stderr (the terminal of a headless run, not the cell's output), each build's
   report line after it led by its targets. `rich` says whether the front end takes widgets and SVG.
@@ -67,7 +67,8 @@ class NotebookState:
             self.view = TextProgress(stream=own_stderr(), names=label, targets=True)
         else:
             self.view = TextProgress(summary=False, names=label)
-        self.build.watch(self.view)
+        if self.rich or os.environ.get("NBBUILD_PROGRESS", "").strip() not in ("0", "false", "no", "off"):
+            self.build.watch(self.view)     # a terminal shell's line can be turned off: NBBUILD_PROGRESS=0
 
     def pre_run_cell(self, info: Any = None) -> None:
         self.cell_id = getattr(info, "cell_id", None)
