@@ -99,10 +99,14 @@ def _worker_shell() -> Any:
     from traitlets.config import Config
     config = Config()
     config.HistoryManager.enabled = False
-    shell = InteractiveShell.instance(config=config)
+    global _MADE
+    shell = _MADE = InteractiveShell.instance(config=config)
     shell.display_pub = _Publisher()
     _plain_backend()
     return shell
+
+
+_MADE: Any = None   # the shell made here: this process is a worker of ours, its figures are the body's
 
 
 class RemoteCapture:
@@ -123,7 +127,7 @@ class _WorkerCapture(Capture):
         return self
 
     def __exit__(self, etype: Any, exc: Any, tb: Any) -> None:
-        if etype is None:
+        if etype is None and self.shell is _MADE:    # (in the kernel's process, the kernel draws them)
             _draw_figures(self.shell)
         return super().__exit__(etype, exc, tb)
 
