@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import base64
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
-from test_kernel import CELLS, KERNELSPEC, RULE_CELLS, TIMEOUT, ran, shown
+from test_kernel import CELLS, KERNELSPEC, RULE_CELLS, TIMEOUT, Execution, ran, shown
+from test_kernel import notebook as named_cells
 
 pytest.importorskip("distributed")
 
@@ -37,18 +37,7 @@ def notebook(executor: str | None) -> nbformat.NotebookNode:
         cells["elsewhere"] = "import os\nprint(where != os.getpid())"
     if executor == "dask":
         cells = {"load": cells.pop("load"), "cluster": CLUSTER, **cells, "close": "client.close()"}
-    nb = []
-    for name, source in cells.items():
-        cell = nbformat.v4.new_code_cell(source)
-        cell.metadata["name"] = name
-        nb.append(cell)
-    return nbformat.v4.new_notebook(cells=nb, metadata={"kernelspec": KERNELSPEC})
-
-
-@dataclass
-class Execution:
-    outputs: dict[str, list]
-    ran: list[str]
+    return named_cells(cells)
 
 
 def executions(directory: Path, executor: str | None) -> list[Execution]:

@@ -74,9 +74,10 @@ CELLS = {
 RULE_CELLS = ["raw", "clean", "plot", "model", "build_model", "build"]   # what shows rule outputs
 
 
-def notebook() -> nbformat.NotebookNode:
+def notebook(sources: dict[str, str] = CELLS) -> nbformat.NotebookNode:
+    """The cells, each named in its metadata."""
     cells = []
-    for name, source in CELLS.items():
+    for name, source in sources.items():
         cell = nbformat.v4.new_code_cell(source)
         cell.metadata["name"] = name
         cells.append(cell)
