@@ -6,15 +6,16 @@ Contract:
   nbbuild` opens the notebook's own store, as in Jupyter (`NBBUILD_DIR`, or `--dir`, names
   another). Every code cell runs, in order, as Run All would, until one fails. With `--target`,
   rule cells are only registered (`--lazy`), the notebook's own `%build` and `%nbbuild` lines are
-  left out, and so are plain cells that read what rules produce (they use built values); then
-  one `%build NAME ...` builds the targets and what they need. While it runs, the kernel draws
+  left out, and so are plain cells that read what rules produce (they use built values), but for
+  one that binds a name a later rule reads, run after a build of what it reads; then one
+  `%build NAME ...` builds the targets and what they need. While it runs, the kernel draws
   each build's progress line on stderr and then its report line, led by its targets
   (NBBUILD_VIEW=text, notebook/state.py); what cells write to stderr (warnings) follows each
   cell there, as a script's would; at the end stdout gets one line, the session's totals
   from `%nbbuild metrics` ("N builds: ran R, reused U, failed F; ..."). Exit 0; 1 when a cell
   failed (a rule, or any cell: one line naming it and the error's last line).
 - `status NOTEBOOK`, `why NOTEBOOK TARGET`, `graph NOTEBOOK [TARGET] [-o FILE]`: the notebook's
-  rules registered as with --target (nothing is built), then `%nbbuild status | why | graph`;
+  rules registered as with --target (nothing is built but what such a plain cell reads), then `%nbbuild status | why | graph`;
   the text goes to stdout, `-o` writes the graph (SVG; a Mermaid diagram, said so on stderr,
   where no Graphviz lays one out; `-o -` is stdout).
 - `store info|gc|clear [--dir DIR]` needs no kernel: it opens the store (default `NBBUILD_DIR`,
@@ -100,21 +101,24 @@ def _code_cells(nb: Any) -> list[tuple[int, Any]]:
 def _registered(nb: Any) -> list[tuple[int, Any, str]]:
     """The cells that define the build, changed so that nothing is built: each `%%rule` line gets
     --lazy (a parametric rule is lazy already), the notebook's own `%build` and `%nbbuild` lines
-    go, and so do plain cells that read a name a rule above them produces: they use built values
-    (`clean.tail()`, `model(alpha=0.1)`), and would build it or fail without it."""
+    go, and so do plain cells that read a name a rule above them produces (`clean.tail()`,
+    `model(alpha=0.1)`): they use built values. But for one that binds a name a later rule reads
+    (`columns = list(clean)`): it stays, after a `%build` of the names it reads."""
     from IPython.core.inputtransformer2 import TransformerManager
     from .notebook.cells import analyse
     transform = TransformerManager().transform_cell
 
-    def names(source: str, outputs: bool) -> set[str]:
+    def names(source: str) -> tuple[set[str], set[str]]:
+        """(inputs, outputs other than imports); unknown for what analyse cannot read (%%bash)."""
         try:
             found = analyse(transform(source))
-        except Exception:  # not Python (a %%bash body), or anything analyse cannot read: unknown
-            return set()
-        return set(found.outputs) - set(found.imported) if outputs else set(found.inputs)
+        except Exception:  # not Python, or anything analyse cannot read: nothing known
+            return set(), set()
+        return set(found.inputs), set(found.outputs) - set(found.imported)
 
+    cells = []                          # (number, cell, source, rule?, inputs, outputs)
     produced: set[str] = set()
-    kept = []
+    parametric: set[str] = set()        # called in the cell, they build themselves
     for number, cell in _code_cells(nb):
         lines = cell.source.splitlines()
         head = 0
@@ -123,19 +127,34 @@ def _registered(nb: Any) -> list[tuple[int, Any, str]]:
         rule = next((i for i in range(head) if _RULE_LINE.match(lines[i])), None)
         if rule is not None:
             words = lines[rule][len("%%rule"):]
+            inputs, outputs = names("\n".join(lines[rule + 1:]))
             if "(" in words:
-                produced.add(words.split("(")[0].strip())
-            else:
-                if "--lazy" not in words.split():
-                    lines[rule] += " --lazy"
-                produced |= names("\n".join(lines[rule + 1:]), outputs=True)
-            kept.append((number, cell, "\n".join(lines)))
+                outputs = {words.split("(")[0].strip()}
+                parametric |= outputs
+            elif "--lazy" not in words.split():
+                lines[rule] += " --lazy"
+            produced |= outputs
+            cells.append((number, cell, "\n".join(lines), True, inputs, outputs))
             continue
         body = [line for line in lines[head:] if not _OWN_LINE.match(line)]
-        if not "".join(body).strip() or produced & names("\n".join(body), outputs=False):
+        if "".join(body).strip():
+            inputs, outputs = names("\n".join(body))
+            cells.append((number, cell, "\n".join(lines[:head] + body), False, inputs & produced, outputs))
+    kept: list[tuple[int, Any, str]] = []
+    needed: set[str] = set()            # names that rules further down read
+    for number, cell, source, is_rule, inputs, outputs in reversed(cells):
+        if is_rule:
+            needed |= inputs
+        elif inputs:                    # it reads built values
+            if not outputs & needed:
+                continue
+            needed |= inputs
+            kept.append((number, cell, source))
+            if inputs - parametric:
+                kept.append((number, cell, f"%build {' '.join(sorted(inputs - parametric))}"))
             continue
-        kept.append((number, cell, "\n".join(lines[:head] + body)))
-    return kept
+        kept.append((number, cell, source))
+    return kept[::-1]
 
 
 # ------------------------------------------------------------ the kernel
@@ -353,28 +372,9 @@ def cmd_store(args: argparse.Namespace) -> int:
         elif args.action == "clear":
             b.clear()
             print("store cleared: every rule runs again when built")
-        print(_store_text(b))
+        from .notebook.views import store_text
+        print(store_text(b))
     return 0
-
-
-def _store_text(b: Any) -> str:
-    from .notebook.graph import size_text
-    st = b.store.stats()
-    size, quota = st["size_bytes"], st["quota_bytes"]
-    usage = f"{size_text(size)} of {size_text(quota)} ({100 * size / quota:.0f}%)" if quota else \
-        f"{size_text(size)} (no quota)"
-    asked = st["hits"] + st["misses"]
-    rate = f" ({100 * st['hits'] / asked:.0f}% hits)" if asked else ""
-    trouble = "".join(f"; {st[k]} {k.replace('_', ' ')}" for k in ("damaged", "write_failures") if st.get(k))
-    return "\n".join([
-        f"store    {st['path']}",
-        f"size     {usage}",
-        f"quota    {b.store.quota_source}",
-        f"values   {st['values']} ({st['value_files']} as files), {st['traces']} traces",
-        f"reuse    {st['hits']} hits, {st['misses']} misses{rate}, {st['evictions']} evictions ({st['policy']})",
-        f"traffic  {size_text(st['bytes_written'])} written, {size_text(st['bytes_read'])} read{trouble}",
-        f"disk     {size_text(st['free_bytes'])} free, floor {size_text(st['min_free_bytes'] or 0)}",
-    ])
 
 
 # ------------------------------------------------------------ arguments

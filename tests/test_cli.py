@@ -107,6 +107,20 @@ def test_run_target_builds_only_that_target_and_what_it_needs(tmp_path):
     assert summary(again.stdout)[0] == 1
 
 
+def test_run_target_keeps_a_plain_cell_whose_names_a_later_rule_reads(tmp_path):
+    """`width = len(clean)` reads a built value, and `wide` reads `width`: the cell is run, after
+    a build of `clean`, so that `wide` sees the value Run All would give it."""
+    cells = RULES[:4] + ["width = len(clean)", "%%rule\nlog('wide')\nwide = [x * width for x in clean]",
+                         "print(wide)"]
+    folder = write(tmp_path, cells).parent
+    done = nbbuild_cmd("run", "nb.ipynb", "--target", "wide", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert calls(folder) == ["raw", "clean", "wide"]
+    everything = nbbuild_cmd("run", "nb.ipynb", cwd=tmp_path)
+    assert everything.returncode == 0, everything.stderr
+    assert calls(folder) == ["raw", "clean", "wide"]      # Run All agrees: `wide` is up to date
+
+
 def test_a_failing_rule_exits_1_with_one_line_naming_it(tmp_path):
     cells = RULES[:4] + ["%%rule\nlog('bad')\nbad = clean[0] / 0", "%%rule\nlog('after')\nafter = 1"]
     folder = write(tmp_path, cells).parent

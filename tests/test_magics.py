@@ -182,16 +182,20 @@ def test_store_shows_size_and_quota_and_gc_and_clear_work(ip, capsys):
     capsys.readouterr()
     ip.run_cell("%nbbuild store --quota 5GB")
     out = capsys.readouterr().out
-    assert re.fullmatch(r"store .*\.nbbuild: \d+\.\d KB of 5\.0 GB \(0%\); 1 values \(0 as files\), 1 traces\n"
-                        r"quota saved in the store \(%nbbuild store --quota\); eviction gdsf; "
-                        r"disk [0-9.]+ [KMG]B free, floor [0-9.]+ [KMG]B\n", out)
+    assert re.fullmatch(r"store    .*\.nbbuild\n"
+                        r"size     \d+\.\d KB of 5\.0 GB \(0%\)\n"
+                        r"quota    saved in the store \(%nbbuild store --quota\)\n"
+                        r"values   1 \(0 as files\), 1 traces\n"
+                        r"reuse    \d+ hits, \d+ misses( \(\d+% hits\))?, 0 evictions \(gdsf\)\n"
+                        r"traffic  .* written, .* read\n"
+                        r"disk     [0-9.]+ [KMG]B free, floor [0-9.]+ [KMG]B\n", out)
     ip.run_cell("%nbbuild store --min-free 0 --eviction lru gc")
     assert "evicted 0 values" in capsys.readouterr().out
     ip.run_cell("%nbbuild store --quota 1")       # a lower quota evicts at once
-    assert "; 0 values (0 as files), 1 traces" in capsys.readouterr().out
+    assert "values   0 (0 as files), 1 traces" in capsys.readouterr().out
     ip.run_cell("%nbbuild store --quota none")
     ip.run_cell("%nbbuild store clear")
-    assert "0 values (0 as files), 0 traces" in capsys.readouterr().out
+    assert "values   0 (0 as files), 0 traces" in capsys.readouterr().out
     ip.user_ns["calls"].clear()
     ip.run_cell(RAW)
     assert ip.user_ns["calls"] == ["raw"]

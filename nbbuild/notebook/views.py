@@ -7,6 +7,8 @@ Bad input is one UsageError line.
 """
 from __future__ import annotations
 
+from typing import Any
+
 from IPython.core.error import UsageError
 from IPython.display import display
 
@@ -19,7 +21,7 @@ from .state import NotebookState
 from .widgets import dashboard as board
 from .widgets import metrics_text, metrics_view, show
 
-__all__ = ["status", "graph", "store", "metrics"]
+__all__ = ["status", "graph", "store", "metrics", "store_text"]
 
 
 def status(state: NotebookState) -> None:
@@ -58,11 +60,7 @@ def store(state: NotebookState, words: list[str]) -> None:
     elif action == "clear":
         b.clear()
         print("store cleared: every rule runs again when built")
-    stats = b.store.stats()
-    print(f"store {stats['path']}: {_usage(stats)}; {stats['values']} values ({stats['value_files']} as files), "
-          f"{stats['traces']} traces\n"
-          f"quota {b.store.quota_source}; eviction {stats['policy']}; disk {size_text(stats['free_bytes'])} free, "
-          f"floor {size_text(stats['min_free_bytes'] or 0)}")
+    print(store_text(b))
 
 
 def metrics(state: NotebookState) -> None:
@@ -92,8 +90,21 @@ def graph(state: NotebookState, targets: list | None, dashboard: bool) -> None:
     display({mime: data, "text/plain": text}, raw=True, metadata={"nbbuild": {"view": "graph"}})
 
 
-def _usage(stats: dict) -> str:
-    size, quota = stats["size_bytes"], stats["quota_bytes"]
-    if not quota:
-        return f"{size_text(size)} (no quota)"
-    return f"{size_text(size)} of {size_text(quota)} ({100 * size / quota:.0f}%)"
+def store_text(b: Any) -> str:
+    """Where the store stands, a line a figure (`%nbbuild store`, `nbbuild store`)."""
+    st = b.store.stats()
+    size, quota = st["size_bytes"], st["quota_bytes"]
+    usage = f"{size_text(size)} of {size_text(quota)} ({100 * size / quota:.0f}%)" if quota else \
+        f"{size_text(size)} (no quota)"
+    asked = st["hits"] + st["misses"]
+    rate = f" ({100 * st['hits'] / asked:.0f}% hits)" if asked else ""
+    trouble = "".join(f"; {st[k]} {k.replace('_', ' ')}" for k in ("damaged", "write_failures") if st.get(k))
+    return "\n".join([
+        f"store    {st['path']}",
+        f"size     {usage}",
+        f"quota    {b.store.quota_source}",
+        f"values   {st['values']} ({st['value_files']} as files), {st['traces']} traces",
+        f"reuse    {st['hits']} hits, {st['misses']} misses{rate}, {st['evictions']} evictions ({st['policy']})",
+        f"traffic  {size_text(st['bytes_written'])} written, {size_text(st['bytes_read'])} read{trouble}",
+        f"disk     {size_text(st['free_bytes'])} free, floor {size_text(st['min_free_bytes'] or 0)}",
+    ])
