@@ -187,12 +187,34 @@ def run_elsewhere(executor: Any, sched: Any, st: Any, rec: Any, timeout: float |
     return value
 
 
+def _culprit(fn: Any) -> str:
+    """Which global of the body does not pickle, said as ", from global NAME", if one is to blame."""
+    code, names = getattr(fn, "__code__", None), []
+    stack = [code] if code is not None else []
+    while stack:
+        c = stack.pop()
+        names += c.co_names
+        stack += [k for k in c.co_consts if hasattr(k, "co_names")]
+    scope = getattr(fn, "__globals__", {})
+    for name in dict.fromkeys(names):
+        if name in scope:
+            try:
+                cloudpickle.dumps(scope[name])
+            except Exception:  # this is the one
+                return f", from global {name!r}"
+    return ""
+
+
 def _tasks(sched: Any, asked: bytes) -> list[Any]:
     return [sched.build.rules[name].task(*args, **kwargs) for name, args, kwargs in cloudpickle.loads(asked)]
 
 
 def _one_run(executor: Any, sched: Any, task: Any, rec: Any, supplied: dict, timeout: float | None) -> tuple:
-    payload = cloudpickle.dumps((task.rule.fn, task.args, task.kwargs, supplied))
+    try:
+        payload = cloudpickle.dumps((task.rule.fn, task.args, task.kwargs, supplied))
+    except Exception as e:  # a global it reads, an argument or a value that does not pickle
+        raise RemoteError(f"{task!r} cannot be sent to its worker: {type(e).__name__}: {e}"
+                          f"{_culprit(task.rule.fn)} (what runs elsewhere must pickle; or run it on threads)") from None
     job = executor.start(payload, timeout, repr(task))
     waiter = _Waiter(sched, job)
     try:

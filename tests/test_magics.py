@@ -522,3 +522,14 @@ def test_a_client_in_the_namespace_is_an_executor(ip):
 def threading_name() -> str:
     import threading
     return threading.current_thread().name
+
+
+def test_a_cell_that_cannot_be_sent_to_a_worker_says_which_global_in_one_line(ip, capsys):
+    ip.run_cell("import threading\nlock = threading.Lock()")
+    capsys.readouterr()
+    result = ip.run_cell("%%rule --executor processes\nwith lock:\n    guarded = 1\n")
+    error = str(result.error_in_exec)
+    assert isinstance(result.error_in_exec, UsageError) and "\n" not in error
+    assert "cannot be sent to its worker" in error and "from global 'lock'" in error
+    shown = capsys.readouterr()
+    assert "Traceback" not in shown.out + shown.err and "cloudpickle" not in shown.out + shown.err
