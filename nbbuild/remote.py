@@ -11,7 +11,7 @@ order, and the files it read become the trace.
 Contract:
 - `run(payload, channel) -> bytes` is what a worker runs: `payload` is cloudpickle of (function,
   args, kwargs, {task key: value}); it returns cloudpickle of ("ok", value, groups fetched, files
-  read, what it attached), ("error", exception, traceback text), ("abandoned",) when a dependency failed, or
+  read, what it attached), ("error", exception, its frames outside nbbuild, its last line), ("abandoned",) when a dependency failed, or
   ("need", tasks) when it was told to stop and be sent again.
 - A worker kept waiting holds a process of the pool: the executor's `hold()` says whether one more
   may wait (one slot always stays free for what they wait for, so nothing deadlocks). When not,
@@ -28,7 +28,9 @@ Contract:
 """
 from __future__ import annotations
 
+import linecache
 import logging
+import os
 import threading
 import traceback
 from typing import Any
@@ -129,7 +131,7 @@ def run(payload: bytes, channel: Any) -> bytes:
     except Restart as e:
         out = ("need", e.tasks)
     except Exception as e:  # the rule's own error, sent back to fail its task there
-        out = ("error", e, traceback.format_exc())
+        out = ("error", e, _frames(e), "".join(traceback.format_exception_only(type(e), e)))
     finally:
         current.reset(token)
     try:
@@ -143,8 +145,28 @@ def _sendable(out: tuple) -> bytes:
         return cloudpickle.dumps(out)
     except Exception as e:  # a value or an exception that does not pickle
         if out[0] == "ok":
-            return cloudpickle.dumps(("error", RemoteError(f"its value cannot be sent back: {e}"), ""))
-        return cloudpickle.dumps(("error", RemoteError(f"{type(out[1]).__name__}: {out[1]}"), out[2]))
+            return cloudpickle.dumps(("error", RemoteError(f"its value cannot be sent back: {e}"), [], ""))
+        return cloudpickle.dumps(("error", RemoteError(f"{type(out[1]).__name__}: {out[1]}"), out[2], out[3]))
+
+
+def _frames(error: BaseException) -> list[tuple[str, int, str, str]]:
+    """The body's frames of the traceback (not the engine's): the kernel shows them with the
+    lines of its cells, which a worker does not have."""
+    own = os.path.dirname(os.path.abspath(__file__))
+    return [(f.filename, f.lineno or 0, f.name, f.line or "") for f in traceback.extract_tb(error.__traceback__)
+            if not os.path.abspath(f.filename).startswith(own + os.sep)]
+
+
+def _worker_traceback(frames: list, last: str, fn: Any) -> str:
+    """cloudpickle names the files of the functions it ships by value "<dynamic-code>": here they
+    are the files (a notebook's cells) of the body's own functions, by name, with their lines."""
+    files = _files_of(fn)
+    lines = []
+    for name, lineno, where, line in frames:
+        name = files.get(where, name) if name == "<dynamic-code>" else name
+        lines.append((name, lineno, where, line or linecache.getline(name, lineno).strip()))
+    return ("Traceback (most recent call last), in the worker:\n"
+            + "".join(traceback.StackSummary.from_list(lines).format()) + last)
 
 
 def run_elsewhere(executor: Any, sched: Any, st: Any, rec: Any, timeout: float | None = None) -> Any:
@@ -168,11 +190,11 @@ def run_elsewhere(executor: Any, sched: Any, st: Any, rec: Any, timeout: float |
     if kind == "error":
         error = result[1]
         if result[2]:
-            where = "in the worker:\n" + result[2].rstrip()
+            where = _worker_traceback(result[2], result[3], task.rule.fn).rstrip()
             if hasattr(error, "add_note"):       # Python 3.11: shown under the traceback
                 error.add_note(where)
             else:
-                log.warning("nbbuild: %r failed %s", task, where)
+                log.warning("nbbuild: %r failed; %s", task, where)
         raise error
     if kind == "abandoned":       # a dependency failed after all: fetch_values has said so above
         raise RemoteError(f"{task!r} was abandoned by its worker")
@@ -185,6 +207,26 @@ def run_elsewhere(executor: Any, sched: Any, st: Any, rec: Any, timeout: float |
     if task.rule.received is not None:
         task.rule.received(task, value, attachment)
     return value
+
+
+def _files_of(fn: Any, depth: int = 3) -> dict[str, str]:
+    """Function name -> its file, for the body and the functions it reaches (a few calls deep)."""
+    found: dict[str, str] = {}
+    todo = [(fn, 0)]
+    while todo:
+        f, level = todo.pop()
+        code = getattr(f, "__code__", None)
+        if code is None or code.co_name in found:
+            continue
+        stack = [code]
+        while stack:
+            c = stack.pop()
+            found.setdefault(c.co_name, c.co_filename)
+            stack += [k for k in c.co_consts if hasattr(k, "co_names")]
+            if level < depth:
+                scope = getattr(f, "__globals__", {})
+                todo += [(scope[n], level + 1) for n in c.co_names if callable(scope.get(n))]
+    return found
 
 
 def _culprit(fn: Any) -> str:

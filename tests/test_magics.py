@@ -533,3 +533,14 @@ def test_a_cell_that_cannot_be_sent_to_a_worker_says_which_global_in_one_line(ip
     assert "cannot be sent to its worker" in error and "from global 'lock'" in error
     shown = capsys.readouterr()
     assert "Traceback" not in shown.out + shown.err and "cloudpickle" not in shown.out + shown.err
+
+
+def test_a_cell_that_fails_in_a_worker_shows_its_own_lines_there(ip, capsys):
+    ip.run_cell("def ratio(a, b):\n    return a / b\n")
+    ip.run_cell(RAW)
+    capsys.readouterr()
+    result = ip.run_cell("%%rule bad --executor processes\nfirst = raw[0]\nbad = ratio(first, raw[2] + 2)\n")
+    assert str(result.error_in_exec) == "bad failed: ZeroDivisionError: division by zero"
+    err = capsys.readouterr().err
+    assert "in the worker" in err and "bad = ratio(first, raw[2] + 2)" in err and "return a / b" in err
+    assert "nbbuild/" not in err and "cloudpickle" not in err

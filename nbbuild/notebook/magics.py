@@ -334,6 +334,10 @@ class NbbuildMagics(Magics):
             tb = tb.tb_next
         if tb is not None:
             self.shell.showtraceback((type(error), error, tb))
+            return
+        for note in getattr(error, "__notes__", ()):   # a body that failed in a worker: its own frames
+            if note.startswith("Traceback (most recent call last), in the worker"):
+                print(note, file=sys.stderr)
 
     def _say_unstored(self, tasks: list, values: list) -> None:
         """A value that cannot be stored is rebuilt after every restart: say so, and say which
