@@ -2,14 +2,18 @@
 all its cells, and the outputs are checked in the DOM as a person would see them: the live build
 view (an ipywidgets progress bar in `.nbbuild-progress`, then its summary), the graph as an SVG
 image, no traceback. A full-page screenshot is left in tests/artifacts/jupyterlab.png, with the
-server's log and the browser's console.
+server's log and the browser's console. And the README's tour: Run All on a copy of
+notebooks/quickstart.ipynb, which must finish with no error (JupyterLab sends cell ids, which
+nbclient does not).
 
 Needs Debian's Chromium at /usr/bin/chromium (`make test` installs it) and the playwright package
 (dev extra); without them the test is skipped, or fails when CI is set.
 """
 from __future__ import annotations
 
+import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -40,12 +44,20 @@ def sync_api():
     return require_browser()
 
 
+QUICKSTART = Path(__file__).resolve().parent.parent / "notebooks" / "quickstart.ipynb"
+
+
 @pytest.fixture
-def lab(sync_api, tmp_path):
+def lab(sync_api, tmp_path, request):
+    """JupyterLab serving NOTEBOOK: the cells above, or (parametrized "quickstart") a copy of
+    notebooks/quickstart.ipynb."""
     server = JupyterLab(tmp_path / "lab")
     try:
         server.root.mkdir(parents=True)
-        write_notebook(server.root / NOTEBOOK, CELLS)
+        if getattr(request, "param", None) == "quickstart":
+            shutil.copyfile(QUICKSTART, server.root / NOTEBOOK)
+        else:
+            write_notebook(server.root / NOTEBOOK, CELLS)
         server.start()
         yield server
     finally:
@@ -87,7 +99,8 @@ def open_notebook(page, lab) -> None:
             return !!kernel && kernel.connectionStatus === 'connected' && kernel.status === 'idle';
         }""",
         arg=NOTEBOOK, timeout=APP_TIMEOUT, polling=250)
-    page.locator(".jp-Notebook .jp-Cell").nth(len(CELLS) - 1).wait_for(state="attached")
+    cells = len(json.loads((lab.root / NOTEBOOK).read_text())["cells"])
+    page.locator(".jp-Notebook .jp-Cell").nth(cells - 1).wait_for(state="attached")
 
 
 def run_all(page) -> None:
@@ -205,3 +218,18 @@ def test_notebook_in_jupyterlab(page, lab):
     if failed:
         pytest.fail("in the browser:\n- " + "\n- ".join(failed)
                     + f"\n(screenshot: {ARTIFACTS / 'jupyterlab.png'})", pytrace=False)
+
+
+@pytest.mark.parametrize("lab", ["quickstart"], indirect=True)
+def test_the_quickstart_runs_all_in_jupyterlab(page, lab):
+    """The README's tour: Run All on notebooks/quickstart.ipynb in JupyterLab (which sends cell
+    ids, unlike nbclient) finishes with no error, and its builds show their views and lines."""
+    open_notebook(page, lab)
+    run_all(page)
+    errors = tracebacks(page)
+    assert not errors, "error output in the quickstart:\n" + "\n---\n".join(errors)
+    prompts = page.locator(".jp-Notebook .jp-CodeCell .jp-InputPrompt")
+    unrun = [i for i in range(prompts.count()) if not any(ch.isdigit() for ch in prompts.nth(i).inner_text())]
+    assert not unrun, f"code cells that did not run (Run All stops at an error): {unrun}"
+    assert page.locator(".nbbuild-progress", has_text="ran ").count() >= 5
+    check_graph_svg(page, page.locator(".jp-Notebook .jp-CodeCell", has_text="%nbbuild graph").first)
