@@ -11,8 +11,9 @@ order, and the files it read become the trace.
 Contract:
 - `run(payload, channel) -> bytes` is what a worker runs: `payload` is cloudpickle of (function,
   args, kwargs, {task key: value}); it returns cloudpickle of ("ok", value, groups fetched, files
-  read, what it attached), ("error", exception, its frames outside nbbuild, its last line), ("abandoned",) when a dependency failed, or
-  ("need", tasks) when it was told to stop and be sent again.
+  read, what it attached), ("error", exception, its frames outside nbbuild, its last line),
+  ("abandoned",) when a dependency failed, or ("need", tasks) when it was told to stop and be
+  sent again.
 - A worker kept waiting holds a process of the pool: the executor's `hold()` says whether one more
   may wait (one slot always stays free for what they wait for, so nothing deadlocks). When not,
   the body is stopped and sent again with what it asked for: it then runs more than once, as
@@ -33,10 +34,12 @@ import logging
 import os
 import threading
 import traceback
+import types
 from typing import Any
 
 import cloudpickle
 
+from . import hashing
 from .trace import FILE_PREFIX, current
 
 __all__ = ["run", "rule_stub", "run_elsewhere", "Abandoned", "RemoteError"]
@@ -212,33 +215,29 @@ def run_elsewhere(executor: Any, sched: Any, st: Any, rec: Any, timeout: float |
 def _files_of(fn: Any, depth: int = 3) -> dict[str, str]:
     """Function name -> its file, for the body and the functions it reaches (a few calls deep)."""
     found: dict[str, str] = {}
-    todo = [(fn, 0)]
+    todo, seen = [(fn, 0)], set()
     while todo:
         f, level = todo.pop()
         code = getattr(f, "__code__", None)
-        if code is None or code.co_name in found:
+        if code is None or id(code) in seen:
             continue
+        seen.add(id(code))
         stack = [code]
         while stack:
             c = stack.pop()
             found.setdefault(c.co_name, c.co_filename)
-            stack += [k for k in c.co_consts if hasattr(k, "co_names")]
-            if level < depth:
-                scope = getattr(f, "__globals__", {})
-                todo += [(scope[n], level + 1) for n in c.co_names if callable(scope.get(n))]
+            stack += [k for k in c.co_consts if isinstance(k, types.CodeType)]
+        if level < depth:
+            scope = getattr(f, "__globals__", {})
+            todo += [(scope[chain[0]], level + 1) for chain in hashing.global_names(code)
+                     if isinstance(scope.get(chain[0]), types.FunctionType)]
     return found
 
 
 def _culprit(fn: Any) -> str:
     """Which global of the body does not pickle, said as ", from global NAME", if one is to blame."""
-    code, names = getattr(fn, "__code__", None), []
-    stack = [code] if code is not None else []
-    while stack:
-        c = stack.pop()
-        names += c.co_names
-        stack += [k for k in c.co_consts if hasattr(k, "co_names")]
-    scope = getattr(fn, "__globals__", {})
-    for name in dict.fromkeys(names):
+    code, scope = getattr(fn, "__code__", None), getattr(fn, "__globals__", {})
+    for name in dict.fromkeys(chain[0] for chain in (hashing.global_names(code) if code is not None else ())):
         if name in scope:
             try:
                 cloudpickle.dumps(scope[name])
