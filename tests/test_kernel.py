@@ -21,7 +21,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from jupyter_client import KernelManager
+from jupyter_client.manager import start_new_kernel
 from nbclient import NotebookClient
 from outputs import is_build_view, merged, printed
 
@@ -245,12 +245,8 @@ if slow_mode:
 
 @pytest.fixture
 def kernel(tmp_path, kernel_env):
-    km = KernelManager(kernel_name="python3")
-    km.start_kernel(cwd=str(tmp_path))
-    kc = km.client()
+    km, kc = start_new_kernel(kernel_name="python3", cwd=str(tmp_path), startup_timeout=TIMEOUT)
     try:
-        kc.start_channels()
-        kc.wait_for_ready(timeout=TIMEOUT)
         ok(kc, "%load_ext nbbuild")
         ok(kc, RAN + "import time\nslow_mode = True")
         ok(kc, "%%rule --lazy\nran('raw')\nraw = [1, 2, 3]\n")

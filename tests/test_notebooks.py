@@ -176,17 +176,13 @@ def test_run_all_in_jupyterlab_works_too(tmp_path, name):
     """JupyterLab sends each cell's id with its code (nbclient does not), and with cell ids a rule
     belongs to its cell: a notebook must not define one rule in two cells. Its cells are sent
     here as JupyterLab sends them, `cellId` in the request's metadata, to a real kernel."""
-    from jupyter_client import KernelManager
+    from jupyter_client.manager import start_new_kernel
     nb = nbformat.read(NOTEBOOK.parent / name, as_version=4)
     with pytest.MonkeyPatch.context() as m:
         m.delenv("NBBUILD_DIR", raising=False)
         m.delenv("MPLBACKEND", raising=False)
-        km = KernelManager(kernel_name="python3")
-        km.start_kernel(cwd=str(tmp_path))
-    kc = km.client()
+        km, kc = start_new_kernel(kernel_name="python3", cwd=str(tmp_path), startup_timeout=TIMEOUT)
     try:
-        kc.start_channels()
-        kc.wait_for_ready(timeout=TIMEOUT)
         for c in code_cells(nb):
             content = {"code": c.source, "silent": False, "store_history": True, "user_expressions": {},
                        "allow_stdin": False, "stop_on_error": True}
