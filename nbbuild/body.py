@@ -7,7 +7,9 @@ Contract:
   success hashes and stores the value and records the trace; the state's outcome says what
   happened: "executed", "failed" (its own error), "skipped" (a dependency failed), or "obsolete"
   (a task read back from an old trace whose arguments the rule no longer takes). Cancellation
-  (KeyboardInterrupt, SystemExit, Cancelled) propagates and stores nothing.
+  (KeyboardInterrupt, SystemExit, Cancelled) propagates and stores nothing; so does a body that
+  saw its build's cancellation and returned anyway (it caught `Cancelled` with `except
+  BaseException`): what it returned is a fallback, not its value.
 - A rule's `executor` (else the Build's) runs the body elsewhere (remote.run_elsewhere); None
   runs it here, on the thread of the greenlet.
 - `retries=N`: an attempt that raises (its own error, not a failed dependency or a cancel) is run
@@ -52,6 +54,10 @@ def execute(sched: Any, st: Any) -> None:
         rec, value, error = _attempt(sched, st, executor, timeout)
         if isinstance(error, _CANCEL):
             raise error
+        if rec.cancelled or sched.cancelled is not None:
+            # the body saw the cancellation (or ran on while the build was interrupted) and
+            # returned all the same: a fallback, not its value
+            raise Cancelled("build interrupted")
         if error is None or rec.failed_dep is not None or st.attempts > rule.retries:
             break
         log.warning("nbbuild: %r failed (%s: %s); trying again (%d of %d)", task, type(error).__name__, error,

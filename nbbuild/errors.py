@@ -1,6 +1,6 @@
 """Every exception nbbuild raises.
 
-Contract: all derive from `NbbuildError`. Messages are one line that says what is wrong and what
+Contract: all derive from `NbbuildError`, except `Cancelled`, a BaseException (see there). Messages are one line that says what is wrong and what
 to do; the notebook layer shows `str(error)` and nothing else for these.
 """
 from __future__ import annotations
@@ -46,5 +46,9 @@ class CycleError(NbbuildError):
                          + "; break it by removing one of these calls")
 
 
-class Cancelled(NbbuildError):
-    """Raised inside rule bodies whose build was interrupted."""
+class Cancelled(BaseException):
+    """Raised inside rule bodies (at a `fetch`, a rule call, a name a cell reads) whose build was
+    interrupted. A BaseException, as trio's `Cancelled` is, so that a body's own `except Exception`
+    does not swallow it: a body that guards a dependency with a fallback would otherwise return
+    the fallback, and the interrupted build would store it. A body that catches it all the same
+    (`except BaseException`) is never stored, whatever it returns."""

@@ -29,12 +29,12 @@ from typing import Any, Sequence
 
 from greenlet import GreenletExit as GreenletExitType
 
-from . import body
+from . import body, environment
 from .errors import BuildError, Cancelled, CycleError
 from .executors import Hubs
 from .priority import CriticalPath, ReadyQueue
 from .rule import Task, Version, rule_version
-from .trace import FILE_PREFIX, Group, Recorder, Trace, current, match
+from .trace import FILE_PREFIX, INPUT_PREFIX, Group, Recorder, Trace, current, match
 
 __all__ = ["Scheduler", "TaskState"]
 
@@ -317,6 +317,12 @@ class Scheduler:
     def file_hash(self, path: str) -> str:
         return self.files.hash(path)
 
+    def input_hash(self, key: str) -> str:
+        """The hash a dependency that is not a task (a file, an environment variable) has now."""
+        if key.startswith(FILE_PREFIX):
+            return self.files.hash(key[len(FILE_PREFIX):])
+        return environment.digest(key)
+
     def _verify(self, st: TaskState) -> bool:
         rule = st.task.rule
         policy = rule.policy
@@ -351,8 +357,8 @@ class Scheduler:
             key, recorded = group[0]
             dep = self.states.get(key)
             if dep is None or dep.status < DONE:
-                if key.startswith(FILE_PREFIX):
-                    return self.files.hash(key[len(FILE_PREFIX):]) == recorded
+                if key.startswith(INPUT_PREFIX):
+                    return self.input_hash(key) == recorded
                 t = self.tasks.get(key) or self.build._task_for_key(key)
                 if t is None:
                     return False
@@ -360,8 +366,8 @@ class Scheduler:
             return dep.status == DONE and dep.hash == recorded
         tasks: list[Task] = []
         for key, recorded in group:
-            if key.startswith(FILE_PREFIX):
-                if self.files.hash(key[len(FILE_PREFIX):]) != recorded:
+            if key.startswith(INPUT_PREFIX):
+                if self.input_hash(key) != recorded:
                     return False
             else:
                 t = self.build._task_for_key(key)
@@ -369,7 +375,7 @@ class Scheduler:
                     return False
                 tasks.append(t)
         deps = self._ensure(st, tasks, st.depth) if tasks else []
-        wanted = [rec for key, rec in group if not key.startswith(FILE_PREFIX)]
+        wanted = [rec for key, rec in group if not key.startswith(INPUT_PREFIX)]
         return all(d.status == DONE and d.hash == rec for d, rec in zip(deps, wanted))
 
     def _execute(self, st: TaskState) -> None:
@@ -382,6 +388,7 @@ class Scheduler:
         the group is a dependency of the body now (a body run elsewhere records its groups once
         it succeeded, remote.py)."""
         if self.cancelled is not None:
+            rec.cancelled = True
             raise Cancelled("build interrupted")
         me = rec.state
         rec.paused += 1
@@ -396,6 +403,9 @@ class Scheduler:
             if record:
                 rec.add_group(tuple((st.task.key, st.hash) for st in sts))
             return values
+        except Cancelled:
+            rec.cancelled = True     # whatever the body returns now, it is not stored
+            raise
         finally:
             rec.paused -= 1
             rec.waited += time.perf_counter() - start
@@ -441,7 +451,7 @@ class Scheduler:
     def error_for(self, st: TaskState) -> BaseException:
         chain = self.chain(st)
         root = chain[-1]
-        if isinstance(root.error, CycleError):
+        if isinstance(root.error, (CycleError, Cancelled)):
             return root.error
         err = root.error
         detail = f"{type(err).__name__}: {err}" if err is not None else "its value could not be had"

@@ -25,9 +25,15 @@ from typing import Any, Callable, Sequence
 
 from .hashing import hash_bytes
 
-__all__ = ["Trace", "Recorder", "current", "match", "attach", "FILE_PREFIX", "MISSING"]
+__all__ = ["Trace", "Recorder", "current", "match", "attach", "FILE_PREFIX", "ENV_PREFIX", "ENV_ALL",
+           "INPUT_PREFIX", "MISSING"]
 
+# Dependencies that are not tasks: their keys begin with INPUT_PREFIX, which no task key does (a
+# task key begins with its rule's name, an identifier).
+INPUT_PREFIX = "@"
 FILE_PREFIX = "@file:"
+ENV_PREFIX = "@env:"   # an environment variable read by key (environment.py)
+ENV_ALL = "@environ"   # the whole environment (iterated, copied)
 MISSING = "-"          # the "hash" of a dependency that cannot be had (unknown rule, missing file)
 
 Group = tuple[tuple[str, str], ...]
@@ -109,22 +115,31 @@ class Trace:
         """(task dependency keys, (file path, hash) pairs), computed once per trace."""
         found = self.__dict__.get("_split")
         if found is None:
-            tasks, files = [], []
+            tasks, files, env = [], [], []
             for group in self.deps:
                 for k, h in group:
                     if k.startswith(FILE_PREFIX):
                         files.append((k[len(FILE_PREFIX):], h))
+                    elif k.startswith(INPUT_PREFIX):
+                        env.append((k, h))
                     else:
                         tasks.append(k)
             found = self.__dict__["_split"] = (tuple(tasks), tuple(files))
+            self.__dict__["_env"] = tuple(env)
         return found
+
+    def environment(self) -> tuple[tuple[str, str], ...]:
+        """(ENV_PREFIX + name or ENV_ALL, hash) of the environment it read, computed once."""
+        if "_env" not in self.__dict__:
+            self.split()
+        return self.__dict__["_env"]
 
 
 class Recorder:
     """Collects what one run of a task fetches and reads."""
 
     __slots__ = ("state", "scheduler", "groups", "files", "written", "paused", "failed_dep", "waited",
-                 "attachment")
+                 "attachment", "cancelled")
 
     def __init__(self, state: Any, scheduler: Any):
         self.state = state
@@ -136,6 +151,7 @@ class Recorder:
         self.failed_dep: Any = None
         self.waited = 0.0      # seconds spent fetching dependencies: not the task's own time
         self.attachment: Any = None
+        self.cancelled = False   # the body saw its build's cancellation: never stored
 
     def add_group(self, group: Group) -> None:
         self.groups.append(group)
@@ -153,6 +169,19 @@ class Recorder:
 
     def wrote_file(self, path: str) -> None:
         self.written.add(path)
+
+    def read_input(self, key: str, digest: str) -> None:
+        """An input that is neither a task nor a file (an environment variable), as it was at
+        its first read. `files` holds these keys too: they cannot clash with paths, which are
+        absolute."""
+        if key in self.files:
+            return
+        self.files.add(key)
+        self.groups.append(((key, digest),))
+
+    def wrote_input(self, key: str) -> None:
+        """The body set it: reading it later reads its own write, not an input."""
+        self.files.add(key)
 
     def dependencies(self) -> tuple[Group, ...]:
         if not self.written:

@@ -6,9 +6,10 @@ from nbbuild import errors
 
 
 def test_the_hierarchy():
-    for cls in (errors.BuildError, errors.CycleError, errors.RuleError, errors.UnknownTargetError,
-                errors.Cancelled):
+    for cls in (errors.BuildError, errors.CycleError, errors.RuleError, errors.UnknownTargetError):
         assert issubclass(cls, errors.NbbuildError)
+    # a cancellation passes through a rule body's `except Exception` (tests/test_cancel.py)
+    assert issubclass(errors.Cancelled, BaseException) and not issubclass(errors.Cancelled, Exception)
     assert issubclass(errors.UnknownTargetError, LookupError)
     assert set(nbbuild.__all__) >= {"NbbuildError", "BuildError", "CycleError", "RuleError", "UnknownTargetError"}
 
