@@ -42,7 +42,7 @@ import time
 from typing import Any, Callable, Iterator
 
 from . import eviction as _bounds
-from . import explain, files, hashing
+from . import environment, explain, files, hashing
 from .clean import CleanSet
 from .console import TextProgress, wanted
 from .memory import Memory
@@ -120,6 +120,7 @@ class Build:
         self._lock = threading.RLock()          # one build at a time
         self._attachments_lock = threading.Lock()    # taken from any worker thread during a build
         files.install_hook()
+        environment.install()     # reads of os.environ become inputs by key
 
     # ------------------------------------------------------------ rules
 

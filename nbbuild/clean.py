@@ -7,7 +7,8 @@ Contract:
 - Before the next build, `invalidate(rules, version_of, file_hash)` re-checks only the inputs:
   each remembered rule's version once (a global it reads may have changed, or the rule been
   redefined or removed), each remembered file once, and drops every task that reads a changed
-  input, every task of policy "none", and, transitively, every task that depends on a dropped one.
+  input (environment variables it read included), every task of policy "none", and,
+  transitively, every task that depends on a dropped one.
   What remains is up to date without visiting it: the scheduler takes those hashes as known.
 - `closure(keys, skip)` lists, dependencies first, the remembered tasks the targets reach, for the
   report: a task up to date this way was reused even though the build never touched it.
@@ -18,6 +19,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any, Callable, Iterable
 
+from . import environment
 
 __all__ = ["CleanSet"]
 
@@ -79,6 +81,14 @@ class CleanSet:
                 if h != recorded:
                     seeds.add(key)
                     break
+            else:
+                for name, recorded in entry[0].environment():   # keys are prefixed: no clash with paths
+                    h = now.get(name)
+                    if h is None:
+                        h = now[name] = environment.digest(name)
+                    if h != recorded:
+                        seeds.add(key)
+                        break
         if not seeds:
             return
         dependents = defaultdict(list)

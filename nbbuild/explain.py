@@ -5,7 +5,8 @@ Contract:
 - `why(build, task)`: "<task> is up to date", or "<task> is stale: <reason>". Reasons name the
   first difference found, walking the newest matching trace in recorded order: "never built", "code
   of clean changed", "function helper changed", "global threshold changed", "dependency raw()
-  changed", "dependency raw() is stale (...)", "file data.csv changed" or "is missing"; package
+  changed", "dependency raw() is stale (...)", "file data.csv changed" or "is missing",
+  "environment variable HOME changed" (set, unset or another value), "the environment changed"; package
   version changes are added in brackets. An older trace that still matches (a reverted edit)
   makes the task up to date.
 - `plan(build, tasks)`: (task repr, reason) of every task that building them may run, dependencies
@@ -25,9 +26,10 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from . import environment
 from .files import short_path
 from .rule import Rule, Task, rule_version
-from .trace import FILE_PREFIX, MISSING
+from .trace import FILE_PREFIX, INPUT_PREFIX, MISSING
 
 __all__ = ["TaskStatus", "why", "plan", "status", "statuses", "inputs", "known"]
 
@@ -174,6 +176,10 @@ def _why_trace(build: Any, tr: Any, memo: Memo, versions: dict) -> str | None:
                 now = build._files.hash(path)
                 if now != recorded:
                     return f"file {short_path(path)} {'is missing' if now == MISSING else 'changed'}"
+                continue
+            if key.startswith(INPUT_PREFIX):
+                if environment.digest(key) != recorded:
+                    return environment.describe(key)
                 continue
             dep = build._task_for_key(key)
             if dep is None:

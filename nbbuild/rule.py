@@ -10,8 +10,9 @@ Contract:
 - `rule_version(fn)` follows the code, not its formatting: the normalised bytecode of the function,
   of the user-defined functions and classes it reaches (transitively: `__main__`, a notebook, the
   user's own modules, editable installs; not installed packages or the standard library), its
-  defaults and closure cells, and the plain global values it reads, by value hash. Rules, builds
-  and modules are never hashed as values (a rule called by a rule is a dependency edge). Installed
+  defaults and closure cells, and the plain global values it reads, by value hash. Rules, builds,
+  modules and `os.environ` (read by key, environment.py) are never hashed as values (a rule
+  called by a rule is a dependency edge). Installed
   packages it touches are recorded with their versions, not hashed.
 """
 from __future__ import annotations
@@ -39,6 +40,7 @@ __all__ = ["Rule", "Task", "Version", "rule_version", "POLICIES"]
 log = logging.getLogger("nbbuild")
 POLICIES = ("persist", "memory", "none")
 _PLAIN_REPR = (str, int, float, bool, type(None), bytes)
+_ENVIRONB = getattr(os, "environb", None)     # not on Windows
 
 
 class Task:
@@ -339,7 +341,9 @@ class _Versioner:
         self.reach(name, obj)
 
     def reach(self, name: str, obj: Any) -> None:
-        if self.skip(obj):
+        if self.skip(obj) or obj is os.environ or obj is _ENVIRONB:
+            # the environment is an input by key, recorded as the body reads it (environment.py):
+            # by value here, any variable would make every rule that reads one stale
             return
         if isinstance(obj, types.ModuleType):
             self.package_of(obj.__name__)
