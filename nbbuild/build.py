@@ -381,6 +381,11 @@ class Build:
             self._session.evicted(removed)
             return removed
 
+    def gc_foreign(self) -> tuple[int, int]:
+        """Remove the entries other keys signed (foreign.py); (how many, bytes) went."""
+        with self._turn():
+            return self.store.gc_foreign()
+
     def set_quota(self, quota: int | str | None, save: bool = True) -> None:
         """Change the store's quota ('unlimited' for none); `save` keeps it in the store for the
         sessions that follow (NBBUILD_QUOTA and Build(quota=) still come first there)."""

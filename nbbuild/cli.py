@@ -19,8 +19,9 @@ Contract:
   the text goes to stdout, `-o` writes the graph (SVG; a Mermaid diagram, said so on stderr,
   where no Graphviz lays one out; `-o -` is stdout).
 - `store info|gc|clear [--dir DIR]` needs no kernel: it opens the store (default `NBBUILD_DIR`,
-  else `.nbbuild` here) with the Build API; `gc` evicts down to the quota and prunes old traces,
-  `clear` empties it; each then says where the store stands. A folder that is no store is
+  else `.nbbuild` here) with the Build API; `info` writes nothing; `gc` evicts down to the quota
+  and prunes old traces, `gc --foreign` removes the entries other keys signed (and nothing else),
+  `clear` empties it of this key's entries; each says what it deletes, then where the store stands. A folder that is no store is
   refused, and none is ever made.
 - The notebook file is only read. Bad arguments (a missing or non-notebook file, a notebook that
   never loads nbbuild, an unknown target, a folder that is no store) are one line on stderr,
@@ -366,13 +367,12 @@ def cmd_store(args: argparse.Namespace) -> int:
         b = Build(path, workers=1, progress=False)
     except NbbuildError as e:
         raise Usage(f"store {where}: {e}") from None
+    if args.foreign and args.action != "gc":
+        raise Usage("--foreign goes with gc only: nbbuild store gc --foreign")
+    from .notebook.views import store_text, sweep
     with b:
-        if args.action == "gc":
-            print(f"evicted {b.gc()} values; pruned old traces")
-        elif args.action == "clear":
-            b.clear()
-            print("store cleared: every rule runs again when built")
-        from .notebook.views import store_text
+        if args.action != "info":
+            print(sweep(b, args.action, args.foreign))
         print(store_text(b))
     return 0
 
@@ -417,6 +417,8 @@ def _parser() -> argparse.ArgumentParser:
                            "values, traces, hits; gc: evict down to the quota and prune old traces; clear: "
                            "empty it (every rule runs again; the saved quota stays).")
     store.add_argument("action", choices=("info", "gc", "clear"), metavar="info|gc|clear")
+    store.add_argument("--foreign", action="store_true", help="with gc: remove only the entries other keys "
+                       "signed (other users, another XDG_CONFIG_HOME), which are otherwise kept")
     store.add_argument("--dir", metavar="DIR", help="the store (default: NBBUILD_DIR, else .nbbuild here)")
     store.set_defaults(func=cmd_store)
     return p

@@ -22,7 +22,8 @@ Contract:
   from the traces that produced the value.
 - `prune(store)` bounds the metadata: at most 16 traces per task; traces (but a task's newest)
   whose value was evicted over 30 days ago, or is gone and was made that long ago; attachments
-  and eviction notes nobody refers to; file entries of files that are gone; stray files.
+  and eviction notes nobody refers to; file entries of files that are gone; stray files. Rows
+  another key signed (foreign.py) are neither evicted nor pruned: they are not this key's to judge.
 """
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ import re
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
+
+from .foreign import base
 
 __all__ = ["parse_size", "resolve", "evict", "make_room", "prune", "Candidate", "POLICIES", "order",
            "DEFAULT_SHARE", "DEFAULT_CAP", "LOW_WATER"]
@@ -224,8 +227,19 @@ def prune(store, keep: int = 16, evicted_for: float = 30 * 86400.0, now: float |
     marks = dict(store.table.marks())
     drop: list[str] = []
     wanted: set[tuple[str, str]] = set()   # (task key, result) of the traces that stay
-    for row, rowid in store.table.keys("t:"):
-        key, _, ident = row[2:].rpartition("#")
+    theirs: set[str] = set()               # another key's rows: kept, whatever they say
+
+    def own(prefix: str) -> list[tuple[str, int]]:
+        found = []
+        for row, value, rowid, filename in store.table.scan(prefix):
+            if store.owner(row, value, filename) == "foreign":
+                theirs.add(row)
+            else:
+                found.append((row, rowid))
+        return found
+
+    for row, rowid in own("t:"):
+        key, _, ident = base(row)[2:].rpartition("#")
         lst = index.get(key, [])
         pos = next((i for i, t in enumerate(lst) if t.ident == ident), None)
         if pos is None:
@@ -241,10 +255,15 @@ def prune(store, keep: int = 16, evicted_for: float = 30 * 86400.0, now: float |
         else:
             wanted.add((key, tr.result))
     results = {r for _, r in wanted}
-    drop += [row for row, _ in store.table.keys("a:") if tuple(row[2:].rsplit("#", 1)) not in wanted]
-    drop += ["x:" + d for d in marks if d not in results or d in present]
+    drop += [row for row, _ in own("a:") if tuple(base(row)[2:].rsplit("#", 1)) not in wanted]
     store.flush()
-    drop += [row for row, _ in store.table.keys("f:") if not os.path.exists(row[2:])]
+    drop += [row for row, _ in own("f:") if not os.path.exists(base(row)[2:])]
+    # a cosignature of a value that is gone, or that this key now holds itself
+    drop += [row for row, _ in own("c:") if row[2:].partition("#")[0] not in present
+             or not store.owner("v:" + row[2:].partition("#")[0], *(store.table.get("v:" + row[2:].partition("#")[0])
+                                                                   or (None, None))) == "foreign"]
+    # an eviction note another key's traces may refer to stays, unless its value is back
+    drop += ["x:" + d for d in marks if d in present or (d not in results and not theirs)]
     if drop:
         store.delete_rows(drop)
     store.forget_traces({row for row in drop if row.startswith("t:")})

@@ -7,8 +7,10 @@ Contract:
   `refresh_if_changed()` does that only when the store changed since, looking at most every 50 ms.
 - Per task key, at most 16 traces are kept, newest first. Traces of rules with policy "memory",
   and traces a failed write could not store, are kept in `memory` (this process only).
-- A row whose signature does not match this user's key, or that cannot be decoded, is never used:
-  it is handed to `reject` (the store reports it once and drops it).
+- A row signed by another key (signing.py: its key id is not ours) is another user's: it is never
+  used and handed to `foreign` (the store reports it once and keeps it). A row with our key id
+  whose signature does not match, or that cannot be decoded, is damaged: never used, it is
+  handed to `reject` (the store reports it once and drops it).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import time
 from collections import defaultdict
 from typing import Callable, Iterable
 
+from .foreign import base
 from .signing import Signer
 from .table import Table
 from .trace import Trace
@@ -28,8 +31,9 @@ _DECODE_ERRORS = (ValueError, KeyError, TypeError, UnicodeDecodeError)
 
 
 class Index:
-    def __init__(self, table: Table, signer: Signer, reject: Callable[[str], None]):
-        self.table, self.signer, self.reject = table, signer, reject
+    def __init__(self, table: Table, signer: Signer, reject: Callable[[str], None],
+                 foreign: Callable[[str], None] = lambda key: None):
+        self.table, self.signer, self.reject, self.foreign = table, signer, reject, foreign
         self.traces: dict[str, list[Trace]] | None = None
         self.memory: dict[str, list[Trace]] = defaultdict(list)
         self.file_entries: dict[str, tuple[int, int, str, int]] | None = None
@@ -47,7 +51,10 @@ class Index:
                 continue
             data = self.signer.open(key, value) if filename is None and type(value) is bytes else None
             if data is None:
-                self.reject(key)
+                if filename is None and type(value) is bytes and self.signer.foreign(value):
+                    self.foreign(key)
+                else:
+                    self.reject(key)
                 continue
             yield key, data
 
@@ -68,7 +75,7 @@ class Index:
         for key, data in self._scan("f:"):
             try:
                 size, mtime, digest, seen = data.tobytes().decode().split(" ")
-                entries[key[2:]] = (int(size), int(mtime), digest, int(seen))
+                entries[base(key)[2:]] = (int(size), int(mtime), digest, int(seen))
             except ValueError:
                 self.reject(key)
         self.traces = dict(traces)
@@ -115,7 +122,7 @@ class Index:
 
     def forget(self, row: str) -> None:
         """Drop the trace of row `t:<key>#<ident>` from the persisted index."""
-        key, _, ident = row[2:].rpartition("#")
+        key, _, ident = base(row)[2:].rpartition("#")
         lst = (self.traces or {}).get(key)
         if lst:
             lst[:] = [t for t in lst if t.ident != ident]

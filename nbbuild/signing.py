@@ -11,7 +11,12 @@ Contract:
   with one warning: then nothing stored survives the process.
 - `Signer(key).seal(row, data, signed)` returns `mac + data`; the MAC covers the row key and the
   first `signed` bytes of `data` (all of it by default). `open(row, sealed, signed)` returns
-  `data`, or None when the MAC is missing or wrong. Values sign their header and pickle stream,
+  `data`, or None when the MAC is missing or wrong.
+- A MAC is MAC_BYTES: 12 bytes of HMAC-SHA256, then the key's id (`Signer.kid`, 4 bytes: the
+  HMAC of a fixed string, which tells nothing of the key). `foreign(sealed)` says whether a row
+  that does not open was sealed by another key (its id is not ours): such a row is another
+  user's, to be ignored and kept; a row with our id and a wrong MAC is damaged. Rows sealed
+  before key ids (a full 16-byte HMAC) still open under the key that sealed them. Values sign their header and pickle stream,
   the part that runs code when loaded; their bulk buffers are covered by the value hash, which is
   in the row key and checked on every load.
 """
@@ -24,10 +29,12 @@ import os
 import secrets
 import stat
 
-__all__ = ["user_key", "key_path", "Signer", "MAC_BYTES"]
+__all__ = ["user_key", "key_path", "Signer", "MAC_BYTES", "KID_BYTES"]
 
 log = logging.getLogger("nbbuild")
 MAC_BYTES = 16
+KID_BYTES = 4                 # the key id ends the MAC: [HMAC (12 bytes) | key id (4 bytes)]
+_HMAC_BYTES = MAC_BYTES - KID_BYTES
 _KEY_BYTES = 32
 _ephemeral: bytes | None = None
 
@@ -90,20 +97,41 @@ class Signer:
     """HMAC-SHA256 (RFC 2104) with the key's inner and outer pads hashed once: signing the many
     small rows of a store (one per trace) costs two hash-state copies each, not a new HMAC."""
 
-    __slots__ = ("_inner", "_outer")
+    __slots__ = ("_inner", "_outer", "kid")
 
     def __init__(self, key: bytes):
         block = key.ljust(64, b"\0")      # SHA-256's block; keys here are 32 bytes
         self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
         self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
+        self.kid = self._hmac("", b"nbbuild key id")[:KID_BYTES]
 
-    def mac(self, row: str, data: bytes | memoryview, signed: int | None = None) -> bytes:
+    def _hmac(self, row: str, data: bytes | memoryview, signed: int | None = None) -> bytes:
         inner = self._inner.copy()
         inner.update(row.encode() + b"\0")
         inner.update(data if signed is None else memoryview(data)[:signed])
         outer = self._outer.copy()
         outer.update(inner.digest())
-        return outer.digest()[:MAC_BYTES]
+        return outer.digest()
+
+    def mac(self, row: str, data: bytes | memoryview, signed: int | None = None) -> bytes:
+        return self._hmac(row, data, signed)[:_HMAC_BYTES] + self.kid
+
+    def verify(self, row: str, mac: bytes | memoryview, data: bytes | memoryview, signed: int | None = None) -> bool:
+        """Whether `mac` is this key's over `data`: with its key id, or a full HMAC of a row sealed
+        before key ids."""
+        mac = bytes(mac)
+        if len(mac) != MAC_BYTES:
+            return False
+        full = self._hmac(row, data, signed)
+        if mac[_HMAC_BYTES:] == self.kid:
+            return hmac.compare_digest(mac[:_HMAC_BYTES], full[:_HMAC_BYTES])
+        return hmac.compare_digest(mac, full[:MAC_BYTES])
+
+    def foreign(self, sealed: bytes | memoryview | None) -> bool:
+        """Whether a row that does not open carries another key's id (not damage: another user's)."""
+        if sealed is None or len(sealed) < MAC_BYTES:
+            return False
+        return bytes(memoryview(sealed)[_HMAC_BYTES:MAC_BYTES]) != self.kid
 
     def seal(self, row: str, data: bytes, signed: int | None = None) -> bytes:
         return self.mac(row, data, signed) + data
@@ -115,6 +143,6 @@ class Signer:
         data = view[MAC_BYTES:]
         if signed is not None and signed > len(data):
             return None
-        if not hmac.compare_digest(bytes(view[:MAC_BYTES]), self.mac(row, data, signed)):
+        if not self.verify(row, view[:MAC_BYTES], data, signed):
             return None
         return data

@@ -4,9 +4,13 @@ Contract:
 - Values are content-addressed: row `v:<hash>` holds the value whose xxh3_128 is <hash>, inline
   when small, else as a value file (valuefile.py) that the row indexes. A value row is never
   overwritten. Every load checks the value against its hash and signature: a missing, truncated,
-  altered or foreign value is a miss (`load` says why), and its row is removed so that the task's
-  next run can store it again. Nothing read from the store is unpickled unless its signature
-  (signing.py, this user's key) matches; rows that are not signed are reported once and dropped.
+  altered value is a miss (`load` says why), and its row is removed so that the task's next run
+  can store it again. Nothing read from the store is unpickled unless its signature (signing.py,
+  this user's key) matches; damaged rows (our key id, a wrong MAC) are reported once and dropped.
+- Rows another key signed (foreign.py) are another user's: never loaded, counted, deleted or
+  rewritten (a value or trace this key would store where one of theirs is stays theirs); one
+  warning per process says they are there. Only `gc_foreign()` removes them, and `clear()` and
+  eviction leave them. A process that only looks (status, why, plan, stats) writes nothing.
 - Each trace is its own immutable row `t:<task key>#<trace ident>`, so processes sharing a store
   never read-modify-write one another's rows. A trace is written after (or with) its value.
 - Traces and file stat entries are read in bulk into an in-memory index (index.py); `refresh()`
@@ -30,7 +34,7 @@ import time
 from collections import defaultdict
 from typing import Any, Callable, Iterable
 
-from . import files, hashing, valuefile
+from . import files, foreign, hashing, valuefile
 from .signing import MAC_BYTES, Signer, key_path, user_key
 from .index import Index
 from .table import WRITE_ERRORS, Table
@@ -60,7 +64,7 @@ class Store:
         os.makedirs(self._tmp, mode=0o700, exist_ok=True)
         valuefile.sweep_tmp(self._tmp)
         self._lock = threading.RLock()
-        self.index = Index(self.table, self.signer, self._reject)
+        self.index = Index(self.table, self.signer, self._reject, self._foreign)
         self._pending: dict[str, bytes] = {}
         self._pending_bytes = 0
         self._counters: dict[str, int] = defaultdict(int)   # not yet written to the store
@@ -82,9 +86,19 @@ class Store:
         self._rejected.append(key)
         if "unsigned" not in self._warned:
             self._warned.add("unsigned")
-            log.warning("nbbuild: the store %s holds entries not signed with your key (%s): a store copied "
-                        "from another user or edited by hand is never loaded, since loading runs code. "
-                        "They are dropped and their tasks run again.", self.path, key_path())
+            log.warning("nbbuild: the store %s holds damaged entries: not signed with your key (%s), nor by "
+                        "another key (edited by hand?). They are never loaded, since loading runs code; they "
+                        "are dropped and their tasks run again.", self.path, key_path())
+
+    def _foreign(self, key: str) -> None:
+        foreign.kept(self.path, key)
+
+    def owner(self, key: str, value: Any, filename: Any = None) -> str:
+        """"mine", "foreign" or "damaged" (foreign.owner)."""
+        return foreign.owner(self.signer, key, value, filename)
+
+    def _theirs(self, key: str, value: Any, filename: Any = None) -> bool:
+        return foreign.owner(self.signer, key, value, filename) == "foreign"
 
     def refresh(self) -> None:
         """Load the index, or add what other processes wrote since the last look."""
@@ -172,9 +186,16 @@ class Store:
             # removing value files holds too (_remove_files): it cannot take the file from under
             # the new row. Killed in between: a stray file for the sweep, never a row without file.
             with self.table.transact():
+                key = valuefile.row_key(ser.digest)
+                row = self.table.get(key)
+                with open(tmp, "rb") as f:
+                    mac = f.read(MAC_BYTES)
+                if row is not None and self._theirs(key, *row) and os.path.exists(path):
+                    os.unlink(tmp)      # another key's value file stays theirs: this key cosigns it
+                    self.table.upsert([(foreign.cosign(ser.digest, self.signer.kid), mac)])
+                    return
                 os.replace(tmp, path)
-                self.table.insert_file(valuefile.row_key(ser.digest), valuefile.file_name(ser.digest),
-                                       ser.nbytes, self.clock)
+                self.table.insert_file(key, valuefile.file_name(ser.digest), ser.nbytes, self.clock, mac)
 
         try:
             self.flush()
@@ -192,22 +213,33 @@ class Store:
         key = valuefile.row_key(digest)
         with self._lock:
             sealed: Any = self._pending.get(key)
-        filename = None
+        filename, mac = None, None
         if sealed is None:
             row = self.table.get(key)
             if row is None:
                 return False, None, ""
             sealed, filename = row
+            if self._theirs(key, sealed, filename):     # this key's cosignature, if it has one
+                found = self.table.get(foreign.cosign(digest, self.signer.kid))
+                mac = found[0] if found is not None and type(found[0]) is bytes else None
         try:
             if filename is not None:
                 if not valuefile.FILE_NAME.match(str(filename)):
                     raise valuefile.Damaged("its row names a file outside the store")
-                meta, buffers = valuefile.read(os.path.join(self.path, filename), digest, self.signer)
+                meta, buffers = valuefile.read(os.path.join(self.path, filename), digest, self.signer, mac)
                 nbytes = sum(len(b) for b in buffers) + len(meta)
             else:
-                meta, buffers = valuefile.open_inline(key, sealed, digest, self.signer)
+                meta, buffers = valuefile.open_inline(key, sealed if mac is None else mac + sealed[MAC_BYTES:],
+                                                      digest, self.signer)
                 nbytes = len(sealed)
         except valuefile.Damaged as e:
+            if e.foreign:          # another key's value: a miss here, kept for its owner
+                self._foreign(key)
+                return False, None, ""
+            if mac is not None:    # a damaged cosignature goes; their value stays
+                self.count("damaged", 1)
+                self.delete_rows([foreign.cosign(digest, self.signer.kid)])
+                return False, None, str(e)
             if not self._drop_damaged(key, str(e), filename):
                 return False, None, ""     # evicted (or stored again) by another process meanwhile
             return False, None, str(e)
@@ -249,8 +281,13 @@ class Store:
         return len(blob) if blob is not None else self.table.size_of(key)
 
     def has_value(self, digest: str) -> bool:
+        """Whether this key's value is stored (another key's is not: it cannot be loaded here)."""
         key = valuefile.row_key(digest)
-        return key in self._pending or self.table.get(key) is not None
+        if key in self._pending:
+            return True
+        row = self.table.get(key)
+        return row is not None and (not self._theirs(key, *row)
+                                    or self.table.get(foreign.cosign(digest, self.signer.kid)) is not None)
 
     def touch(self, digests: Iterable[str]) -> None:
         """Note that values were used now (recency and frequency, for eviction)."""
@@ -279,12 +316,18 @@ class Store:
             sealed = self._pending.get(row)
         if sealed is None:
             found = self.table.get(row)
+            if found is not None and type(found[0]) is bytes and self._theirs(row, *found):
+                row = foreign.alt(row, self.signer.kid)      # theirs: this key's own is beside it
+                found = self.table.get(row)
             sealed = found[0] if found is not None and type(found[0]) is bytes else None
             if sealed is None:
                 return None
         data = self.signer.open(row, sealed)
         if data is None:
-            self._reject(row)
+            if self.signer.foreign(sealed):
+                self._foreign(row)
+            else:
+                self._reject(row)
             return None
         return data.tobytes()
 
@@ -347,11 +390,20 @@ class Store:
             try:
                 with self.table.transact():
                     # values first, traces last (one transaction): a trace never points at a missing value
-                    written = self.table.insert_blobs([(k, v) for k, v in pending.items() if k[0] == "v"], self.clock)
+                    # another key's row stays theirs: this key writes its own beside it (foreign.py)
+                    have = self.table.stored(list(pending) + [valuefile.row_key(d) for d in touched])
+                    theirs = {k for k, row in have.items() if self._theirs(k, *row)}
+                    kid = self.signer.kid
+                    written = self.table.insert_blobs([(k, v) for k, v in pending.items()
+                                                       if k[0] == "v" and k not in theirs], self.clock, self._theirs)
                     counters["bytes_written"] = counters.get("bytes_written", 0) + written
                     self.tally["bytes_written"] += written
-                    self.table.upsert([(k, v) for k, v in pending.items() if k[0] != "v"])
-                    self.table.used({valuefile.row_key(d): use for d, use in touched.items()}, self.clock)
+                    self.table.upsert([(foreign.cosign(k[2:], kid), v[:MAC_BYTES]) if k[0] == "v" else
+                                       (foreign.alt(k, kid), self.signer.seal(foreign.alt(k, kid), v[MAC_BYTES:]))
+                                       for k, v in pending.items() if k in theirs])
+                    self.table.upsert([(k, v) for k, v in pending.items() if k[0] != "v" and k not in theirs])
+                    self.table.used({foreign.cosign(d, kid) if valuefile.row_key(d) in theirs else valuefile.row_key(d):
+                                     use for d, use in touched.items()}, self.clock)
                     self.table.add_counts({"m:" + name: n for name, n in counters.items()})
             except WRITE_ERRORS as e:
                 # nothing of this batch is stored; its traces stay known to this process
@@ -413,7 +465,10 @@ class Store:
         with self._lock:
             for d in digests:
                 self._pending.pop(valuefile.row_key(d), None)
-        freed = self.delete_rows([valuefile.row_key(d) for d in digests])
+        keys = [valuefile.row_key(d) for d in digests]
+        have = self.table.stored(keys)      # another key's value stays: this key's cosignature goes
+        freed = self.delete_rows([foreign.cosign(k[2:], self.signer.kid) if k in have and self._theirs(k, *have[k])
+                                  else k for k in keys])
         if evicted and digests:
             now = time.time()
             try:
@@ -458,7 +513,8 @@ class Store:
         """(hash, stored bytes, stored at, last used, uses, policy clock at last use) of every
         stored value, uses not yet written included."""
         self.flush(counters_too=True)
-        return self.table.value_rows()
+        return self.table.value_rows(self.signer.kid, lambda k, v, f: not self._theirs(k, v, f) or
+                                     self.table.get(foreign.cosign(k[2:], self.signer.kid)) is not None)
 
     def value_sizes(self) -> list[tuple[str, int, float]]:
         """(hash, size in bytes, stored at) of every stored value."""
@@ -486,13 +542,32 @@ class Store:
             self._pending.clear()
             self._pending_bytes = 0
             self._touched.clear()
+            kept = [k for k, _ in foreign.rows(self.table, self.signer)]
+            names: list[str] = []
             try:
-                with self.table.transact():   # settings (the quota) stay; values, traces and counters go
-                    self.table.clear()
+                with self.table.transact():   # settings (the quota) and other keys' rows stay
+                    names = self.table.clear(kept)
             except WRITE_ERRORS as e:
                 self._write_failed(e)
-            shutil.rmtree(os.path.join(self.path, "v"), ignore_errors=True)
+            if kept:
+                self._remove_files(names)
+            else:
+                shutil.rmtree(os.path.join(self.path, "v"), ignore_errors=True)
             self.index.clear()
+
+    def own_entries(self) -> tuple[int, int, int]:
+        """(values, their bytes, traces) this key would lose to clear()."""
+        values = self.value_rows()
+        traces = sum(1 for k, v, _, f in self.table.scan("t:") if not self._theirs(k, v, f))
+        return len(values), sum(size for _, size, *_ in values), traces
+
+    def gc_foreign(self) -> tuple[int, int]:
+        """Remove every row another key signed, and their value files: (rows, bytes) removed."""
+        with self._lock:
+            found = foreign.rows(self.table, self.signer)
+            if found:
+                self.delete_rows([k for k, _ in found])
+            return len(found), sum(size for _, size in found)
 
     def close(self) -> None:
         try:

@@ -35,6 +35,7 @@ log = logging.getLogger("nbbuild")
 WRITE_ERRORS = (OSError, sqlite3.Error)
 FILE_NAME = re.compile(r"^v/[0-9a-f]{2}/[0-9a-f]{32}\.nbv$")   # the only files a row may name
 _MODE_RAW, _MODE_BINARY = 1, 2
+_VALUE = "CASE WHEN mode = 4 THEN NULL ELSE value END"   # a pickle row (diskcache's, never ours) reads as NULL
 _COLUMNS = ("INTO Cache(key, raw, store_time, expire_time, access_time, access_count, tag, size,"
             " mode, filename, value) VALUES (?, 1, ?, NULL, ?, ?, ?, ?, ?, ?, ?)")
 
@@ -126,7 +127,7 @@ class Table:
         lo, hi = prefix_range(prefix)
         # what is new since `after` is found by rowid (few rows), not through the key index (all)
         where = "rowid > ? AND +key >= ? AND +key < ?" if after else "rowid > ? AND key >= ? AND key < ?"
-        return self.sql(f"SELECT key, value, rowid, filename FROM Cache WHERE {where} AND raw = 1", (after, lo, hi))
+        return self.sql(f"SELECT key, {_VALUE}, rowid, filename FROM Cache WHERE {where} AND raw = 1", (after, lo, hi))
 
     def last_rowid(self) -> int:
         return self.sql("SELECT MAX(rowid) FROM Cache")[0][0] or 0
@@ -141,7 +142,7 @@ class Table:
 
     def get(self, key: str) -> tuple[Any, Any] | None:
         """(value, filename) of a row, or None."""
-        rows = self.sql("SELECT value, filename FROM Cache WHERE key = ? AND raw = 1", (key,))
+        rows = self.sql(f"SELECT {_VALUE}, filename FROM Cache WHERE key = ? AND raw = 1", (key,))
         return rows[0] if rows else None
 
     def number(self, key: str, default: Any = None) -> Any:
@@ -166,13 +167,20 @@ class Table:
                 f"SELECT key FROM Cache WHERE raw = 1 AND key IN ({','.join('?' * len(chunk))})", chunk))
         return found
 
-    def value_rows(self) -> list[tuple[str, int, float, float, int, float]]:
+    def value_rows(self, kid: bytes | None = None,
+                   others: Any = None) -> list[tuple[str, int, float, float, int, float]]:
+        """Every value row; with `kid`, those whose MAC ends with that key id, and those without for
+        which `others(key, value, filename)` is true."""
         lo, hi = prefix_range("v:")
         rows = self.sql("SELECT key, CASE WHEN filename IS NULL THEN length(value) ELSE size END, store_time,"
-                        " access_time, access_count, tag FROM Cache WHERE key >= ? AND key < ? AND raw = 1", (lo, hi))
+                        " access_time, access_count, tag, substr(value, 13, 4), filename FROM Cache"
+                        " WHERE key >= ? AND key < ? AND raw = 1", (lo, hi))
+        if kid is not None:
+            rows = [r for r in rows if r[6] == kid or (r[6] is None and r[7] is not None)
+                    or others(r[0], *(self.get(r[0]) or (None, None)))]
         return [(k[2:], int(size or 0), float(stored or 0), float(used or stored or 0), int(uses or 0),
                  float(tag) if isinstance(tag, (int, float)) else 0.0)
-                for k, size, stored, used, uses, tag in rows]
+                for k, size, stored, used, uses, tag, _, _ in rows]
 
     def filenames(self) -> set[str]:
         return {f for (f,) in self.sql("SELECT filename FROM Cache WHERE key >= 'v:' AND key < 'w:' AND raw = 1"
@@ -192,27 +200,31 @@ class Table:
         for i in range(0, len(keys), 500):
             chunk = keys[i:i + 500]
             found.update((k, (v, f)) for k, v, f in self.sql(
-                f"SELECT key, value, filename FROM Cache WHERE raw = 1 AND key IN ({','.join('?' * len(chunk))})",
+                f"SELECT key, {_VALUE}, filename FROM Cache WHERE raw = 1 AND key IN ({','.join('?' * len(chunk))})",
                 chunk))
         return found
 
-    def insert_blobs(self, rows: list[tuple[str, bytes]], clock: float) -> int:
+    def insert_blobs(self, rows: list[tuple[str, bytes]], clock: float,
+                     keep: Any = lambda key, value, filename: False) -> int:
         """New value rows; returns the bytes that went in. A row already there is left alone when
         it holds these very bytes (a value row is content-addressed and its seal deterministic),
-        and replaced otherwise: it is damaged, or was not sealed with this user's key."""
+        or when `keep(key, value, filename)` says so (another key's row), and replaced otherwise:
+        it is damaged."""
         have = self.stored([k for k, _ in rows])
         now = time.time()
         new = [(k, now, now, 1, clock, 0, _MODE_RAW, None, sqlite3.Binary(v)) for k, v in rows
-               if have.get(k) != (v, None)]
+               if have.get(k) != (v, None) and not (k in have and keep(k, *have[k]))]
         stale = [r[0] for r in new if r[0] in have]
         if stale:   # DELETE, then INSERT: diskcache's count and size triggers stay right (REPLACE skips them)
             self.delete(stale)   # a file such a row named is left to sweep_files, which knows the store's own
         self.con.executemany("INSERT OR IGNORE " + _COLUMNS, new)
         return sum(len(r[-1]) for r in new)
 
-    def insert_file(self, key: str, filename: str, size: int, clock: float) -> None:
+    def insert_file(self, key: str, filename: str, size: int, clock: float, mac: bytes | None = None) -> None:
+        """A value file's row; its value column keeps the file's MAC (whose key it is, foreign.py)."""
         now = time.time()
-        self.con.execute("INSERT OR IGNORE " + _COLUMNS, (key, now, now, 1, clock, size, _MODE_BINARY, filename, None))
+        self.con.execute("INSERT OR IGNORE " + _COLUMNS, (key, now, now, 1, clock, size, _MODE_BINARY, filename,
+                                                          None if mac is None else sqlite3.Binary(mac)))
 
     def upsert(self, rows: list[tuple[str, Any]]) -> None:
         now = time.time()
@@ -280,11 +292,16 @@ class Table:
                     pass
         return freed
 
-    def clear(self) -> None:
-        """Every row but the settings (`s:`)."""
+    def clear(self, keep: Iterable[str] = ()) -> list[str]:
+        """Every row but the settings (`s:`) and those in `keep`; returns the value files they named."""
+        keep = set(keep)
+        if keep:
+            return self.delete([k for (k,) in self.sql("SELECT key FROM Cache WHERE raw = 1 AND NOT"
+                                                       " (key >= 's:' AND key < 't:')") if k not in keep])
         top = self._top()
         self.con.execute("DELETE FROM Cache WHERE NOT (raw = 1 AND key >= 's:' AND key < 't:')")
         self._keep_top(top)
+        return []
 
     def close(self) -> None:
         self.cache.close()

@@ -12,7 +12,8 @@ Contract:
   store makes it together with the value's row, under its write lock). When the value's hash is not known yet it is computed
   while the file is written, so hashing costs no extra time; returns the hash.
 - `read(path, digest, signer)` returns `(pickle stream, buffers)`; raises `Damaged` (saying what
-  is wrong) for a missing, truncated, altered or unsigned file. The pickle stream is checked
+  is wrong) for a missing, truncated, altered or unsigned file, with `foreign` set for a file
+  another key signed (signing.py: not damage). The pickle stream is checked
   against the signature before anything is unpickled; the buffers are checked against the hash
   while they are read.
 - Disk I/O runs on a helper thread while the calling thread hashes the previous chunk.
@@ -49,7 +50,12 @@ _MMAP_BYTES = 32 << 20
 
 
 class Damaged(Exception):
-    """A stored value that cannot be trusted; the message says what is wrong."""
+    """A stored value that cannot be trusted; the message says what is wrong. `foreign`: it is
+    whole but signed by another key (another user's value: ignored and kept, not damage)."""
+
+    def __init__(self, message: str, foreign: bool = False):
+        super().__init__(message)
+        self.foreign = foreign
 
 
 def row_key(digest: str) -> str:
@@ -147,6 +153,8 @@ def open_inline(key: str, sealed: Any, digest: str, signer: Signer) -> tuple[mem
     except ValueError as e:
         raise Damaged(f"its row is damaged ({e})") from None
     if signer.open(key, sealed, signed) is None:
+        if signer.foreign(sealed):
+            raise Damaged("it was signed by another key", foreign=True)
         raise Damaged("its signature does not match this user's key")
     if hash_bytes(meta, *buffers) != digest:
         raise Damaged("its content does not match its hash")
@@ -192,7 +200,8 @@ def _buffer(size: int) -> Any:
     return bytearray(size)
 
 
-def read(path: str, digest: str, signer: Signer) -> tuple[bytes, list[Any]]:
+def read(path: str, digest: str, signer: Signer, mac: bytes | None = None) -> tuple[bytes, list[Any]]:
+    """`mac`: check the file against this MAC, not its own (a cosignature, foreign.py)."""
     try:
         f = open(path, "rb", buffering=0)
     except FileNotFoundError:
@@ -233,7 +242,7 @@ def read(path: str, digest: str, signer: Signer) -> tuple[bytes, list[Any]]:
         helper = threading.Thread(target=fill, name="nbbuild-io", daemon=True)
         helper.start()
         try:
-            signed = signer.mac(row_key(digest), header + meta) == fixed[:MAC_BYTES]
+            signed = signer.verify(row_key(digest), mac or fixed[:MAC_BYTES], header + meta)
             hasher = xxhash.xxh3_128(meta)
             for _ in chunks:
                 chunk = done.get()
@@ -243,6 +252,8 @@ def read(path: str, digest: str, signer: Signer) -> tuple[bytes, list[Any]]:
         finally:
             helper.join()
         if not signed:
+            if signer.foreign(mac or fixed):
+                raise Damaged("it was signed by another key", foreign=True)
             raise Damaged("its signature does not match this user's key")
     if hasher.hexdigest() != digest:
         raise Damaged("its content does not match its hash")

@@ -365,19 +365,23 @@ def test_pickle_rows_under_every_prefix_are_never_unpickled(built, calls, caplog
     assert len(unsigned) == 1
 
 
-def test_a_store_signed_with_another_key_runs_everything_once_again(built, calls, caplog, tmp_path, monkeypatch):
+def test_a_store_signed_with_another_key_is_kept_and_this_key_builds_its_own_beside_it(built, calls, caplog,
+                                                                                        tmp_path, monkeypatch):
+    mine = os.environ["XDG_CONFIG_HOME"]
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "another-user"))
     caplog.clear()
     report = _build(built, calls)
     assert sorted(calls) == ["big", "small", "total", "vec"]
     assert sorted(report.executed) == ["big()", "small()", "total()", "vec()"]
-    unsigned = [w for w in _warnings(caplog) if "not signed with your key" in w]
-    assert len(unsigned) == 1 and str(tmp_path / "another-user") in unsigned[0]
+    [warning] = _warnings(caplog)
+    assert "signed by another key" in warning and "kept" in warning and "gc --foreign" in warning
     calls.clear()
     caplog.clear()
-    report = _build(built, calls)          # the store is this user's now
+    report = _build(built, calls)          # its own entries, beside the first key's
     assert calls == [] and report.executed == []
-    assert _warnings(caplog) == []
+    monkeypatch.setenv("XDG_CONFIG_HOME", mine)
+    report = _build(built, calls)          # and the first key's are all there
+    assert calls == [] and report.executed == []
 
 
 _opened: list | None = None      # paths opened while a test listens (an audit hook, installed once)

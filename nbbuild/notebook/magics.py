@@ -21,10 +21,11 @@ Contract:
   report's one line: in a kernel the live build view (widgets.py) settles into it, elsewhere it is
   printed. --force runs the targets themselves again; --dry-run says what would run and why;
   --graph adds the live task graph to the build view.
-- `%nbbuild status | why TARGET | graph [TARGET] | store [--quota SIZE] [gc | clear] | metrics |
-  dashboard [TARGET]`: look at the build; nothing runs (see `%nbbuild?`), but for `store`: --quota
-  (saved in the store), --min-free and --eviction set its bounds, gc evicts and prunes now, clear
-  empties it. In a kernel, graph is SVG (draw.py), metrics and dashboard are widgets; each has the
+- `%nbbuild status | why TARGET | graph [TARGET] | store [--quota SIZE] [gc [--foreign] | clear] |
+  metrics | dashboard [TARGET]`: look at the build; nothing runs and nothing in the store changes
+  (see `%nbbuild?`), but for `store`: --quota (saved in the store), --min-free and --eviction set
+  its bounds, gc evicts and prunes now, gc --foreign removes the entries other keys signed (kept
+  otherwise), clear empties it of this key's entries; each says what it deleted. In a kernel, graph is SVG (draw.py), metrics and dashboard are widgets; each has the
   text form beside it, which is what a terminal shows.
 - After every build, a target reused instead of run replays what it showed when it ran (replay.py).
 - With JupyterLab's cell ids, a rule belongs to its cell: another cell may not take its name, and
@@ -53,7 +54,8 @@ from .state import NotebookState
 __all__ = ["NbbuildMagics", "load_ipython_extension", "unload_ipython_extension"]
 
 
-_NBBUILD_USAGE = ("%nbbuild status | why TARGET | graph [TARGET] | store [--quota SIZE] [gc | clear] | metrics"
+_NBBUILD_USAGE = ("%nbbuild status | why TARGET | graph [TARGET] | store [--quota SIZE] [gc [--foreign] | clear]"
+                  " | metrics"
                   " | dashboard [TARGET] (%nbbuild? for help)")
 @magics_class
 class NbbuildMagics(Magics):
@@ -270,7 +272,9 @@ class NbbuildMagics(Magics):
         %nbbuild store --eviction gdsf|lru   what goes first: gdsf weighs recompute time, size
                                    and use (default); lru the least recently used
         %nbbuild store gc          evict now, down to the quota; prune old traces
-        %nbbuild store clear       empty the store: every rule runs again
+        %nbbuild store gc --foreign   remove the entries other keys signed (other users,
+                                   another XDG_CONFIG_HOME): kept until then, never loaded
+        %nbbuild store clear       empty the store of your entries: every rule runs again
         %nbbuild metrics           the last build and this session: tasks ran / reused /
                                    verified, time spent and saved, hit rate, bytes read and
                                    written, evictions, the slowest rules; the store's size

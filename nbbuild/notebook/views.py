@@ -21,7 +21,7 @@ from .state import NotebookState
 from .widgets import dashboard as board
 from .widgets import metrics_text, metrics_view, show
 
-__all__ = ["status", "graph", "store", "metrics", "store_text"]
+__all__ = ["status", "graph", "store", "metrics", "store_text", "sweep"]
 
 
 def status(state: NotebookState) -> None:
@@ -35,7 +35,9 @@ def store(state: NotebookState, words: list[str]) -> None:
     """`%nbbuild store ...`: set the bounds, gc or clear, then say where the store stands."""
     b = state.build
     action, it = None, iter(words)
-    usage = "usage: %nbbuild store [--quota SIZE] [--min-free SIZE] [--eviction gdsf|lru] [gc | clear]"
+    usage = "usage: %nbbuild store [--quota SIZE] [--min-free SIZE] [--eviction gdsf|lru] [gc [--foreign] | clear]"
+    others = "--foreign" in words
+    words = [w for w in words if w != "--foreign"]
     for w in it:
         option, _, given = w.partition("=")
         if option in ("--quota", "--min-free", "--eviction"):
@@ -55,12 +57,25 @@ def store(state: NotebookState, words: list[str]) -> None:
             action = w
         else:
             raise UsageError(f"%nbbuild store: {w!r}? {usage}")
-    if action == "gc":
-        print(f"evicted {b.gc()} values")
-    elif action == "clear":
-        b.clear()
-        print("store cleared: every rule runs again when built")
+    if others and action != "gc":
+        raise UsageError(f"%nbbuild store: --foreign goes with gc only: %nbbuild store gc --foreign")
+    if action is not None:
+        print(sweep(b, action, others))
     print(store_text(b))
+
+
+def sweep(b: Any, action: str, others: bool = False) -> str:
+    """Run `gc`, `gc --foreign` or `clear` and say what went (`%nbbuild store`, `nbbuild store`)."""
+    if action == "gc" and others:
+        n, size = b.gc_foreign()
+        return (f"removed {n} entries signed by other keys ({size_text(size)})" if n else
+                "no entries signed by other keys: nothing removed")
+    if action == "gc":
+        return f"evicted {b.gc()} values down to the quota; pruned old traces"
+    values, size, traces = b.store.own_entries()
+    b.clear()
+    return (f"store cleared: deleted {values} values ({size_text(size)}) and {traces} traces signed with your "
+            "key (entries of other keys are kept); every rule runs again when built")
 
 
 def metrics(state: NotebookState) -> None:
