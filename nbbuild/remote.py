@@ -11,7 +11,8 @@ order, and the files it read become the trace.
 Contract:
 - `run(payload, channel) -> bytes` is what a worker runs: `payload` is cloudpickle of (function,
   args, kwargs, {task key: value}); it returns cloudpickle of ("ok", value, groups fetched, files
-  read, what it attached), ("error", exception, its frames outside nbbuild, its last line),
+  read, what it attached, the environment variables it read with their hashes in the worker),
+  ("error", exception, its frames outside nbbuild, its last line),
   ("abandoned",) when a dependency failed, or ("need", tasks) when it was told to stop and be
   sent again.
 - A worker kept waiting holds a process of the pool: the executor's `hold()` says whether one more
@@ -40,7 +41,7 @@ from typing import Any
 import cloudpickle
 
 from . import hashing
-from .trace import FILE_PREFIX, current
+from .trace import INPUT_PREFIX, current
 
 __all__ = ["run", "rule_stub", "run_elsewhere", "Abandoned", "RemoteError"]
 
@@ -95,6 +96,8 @@ class _RemoteRecorder:
         self.attachment = None
         self.groups: list[list[str]] = []
         self.files: list[str] = []
+        self.inputs: list[tuple[str, str]] = []    # environment variables, as the worker had them
+        self.seen: set[str] = set()
 
     def fetch_values(self, rec: Any, tasks: list) -> list[Any]:
         missing = [t for t in tasks if t.key not in self.supplied]
@@ -116,19 +119,28 @@ class _RemoteRecorder:
     def wrote_file(self, path: str) -> None:
         pass
 
+    def read_input(self, key: str, digest: str) -> None:
+        if key not in self.seen:
+            self.seen.add(key)
+            self.inputs.append((key, digest))
+
+    def wrote_input(self, key: str) -> None:
+        self.seen.add(key)
+
 
 def run(payload: bytes, channel: Any) -> bytes:
     global _INSTALLED
     if not _INSTALLED:
-        from . import files
+        from . import environment, files
         files.install_hook()
+        environment.install()
         _INSTALLED = True
     fn, args, kwargs, supplied = cloudpickle.loads(payload)
     rec = _RemoteRecorder(supplied, channel)
     token = current.set(rec)
     try:
         value = fn(*args, **kwargs)
-        out: tuple = ("ok", value, rec.groups, rec.files, rec.attachment)
+        out: tuple = ("ok", value, rec.groups, rec.files, rec.attachment, rec.inputs)
     except Abandoned:
         out = ("abandoned",)
     except Restart as e:
@@ -201,11 +213,13 @@ def run_elsewhere(executor: Any, sched: Any, st: Any, rec: Any, timeout: float |
         raise error
     if kind == "abandoned":       # a dependency failed after all: fetch_values has said so above
         raise RemoteError(f"{task!r} was abandoned by its worker")
-    _, value, groups, files, attachment = result
+    _, value, groups, files, attachment, inputs = result
     for group in groups:
         rec.add_group(tuple((key, sched.states[key].hash) for key in group))
     for path in files:
         rec.read_file(path)
+    for key, digest in inputs:
+        rec.read_input(key, digest)
     rec.attachment = attachment
     if task.rule.received is not None:
         task.rule.received(task, value, attachment)
@@ -332,7 +346,7 @@ def _recorded_groups(sched: Any, key: str) -> list[list[Any]]:
         return []
     groups = []
     for group in found[0].deps:
-        tasks = [sched.tasks.get(k) or sched.build._task_for_key(k) for k, _ in group if not k.startswith(FILE_PREFIX)]
+        tasks = [sched.tasks.get(k) or sched.build._task_for_key(k) for k, _ in group if not k.startswith(INPUT_PREFIX)]
         if tasks and all(t is not None for t in tasks):
             groups.append(tasks)
     return groups

@@ -6,6 +6,9 @@ Contract:
   fetch call; members of a group were asked for together), each with the value hash it had, the
   result's value hash, and how long the run took.
 - `record`: a `Recorder` collects a running task's dependencies; `Recorder.trace()` freezes them.
+  Dependencies that are not tasks have keys beginning with `INPUT_PREFIX`: files (`FILE_PREFIX` +
+  path, content hash) and environment variables (`ENV_PREFIX` + name, or `ENV_ALL` for all of
+  them; environment.py), each recorded at its first read.
 - `verify`/`construct`: `match(traces, version, fetch_group)` walks the traces newest first and each
   trace's groups in order, asking `fetch_group` for the current hashes of one group at a time, and
   stops a trace at its first mismatch: so it only ever fetches what running the rule would fetch.

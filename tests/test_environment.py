@@ -209,3 +209,35 @@ def test_a_rule_cell_that_imports_os_itself(ip, monkeypatch):  # noqa: F811
     monkeypatch.setenv(X, "on")
     ip.run_cell("%build setting")
     assert ip.user_ns["setting"] == "on" and ip.user_ns["calls"] == ["env"]
+
+
+@pytest.mark.parametrize("where", ["processes"])
+def test_a_body_run_in_a_worker_records_what_it_read_there(tmp_path, monkeypatch, where):
+    log = str(tmp_path / "ran.txt")
+
+    def define_far(b):
+        @b.rule(executor=where)
+        def far():
+            import os as here
+            with open(log, "a") as f:
+                f.write("far\n")
+            return here.environ.get("NBT_ENV_X", "unset")
+        return far
+
+    def ran():
+        found = open(log).read().split() if os.path.exists(log) else []
+        if found:
+            os.remove(log)
+        return found
+
+    with nbbuild.Build(tmp_path / "store", workers=2) as b:
+        far = define_far(b)
+        assert far() == "unset" and ran() == ["far"]
+        monkeypatch.setenv(OTHER, "1")
+        assert far() == "unset" and ran() == []
+    monkeypatch.setenv(X, "on")          # a fresh Build: its workers start with the kernel's environment
+    with nbbuild.Build(tmp_path / "store", workers=2) as b:
+        far = define_far(b)
+        assert b.why(far.task()) == f"far() is stale: environment variable {X} changed"
+        assert far() == "on" and ran() == ["far"]
+        assert far() == "on" and ran() == []

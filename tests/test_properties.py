@@ -1,4 +1,5 @@
-"""Random DAGs of rules over random input files, random edits, and after every build:
+"""Random DAGs of rules over random input files and environment variables, random edits (an
+unrelated variable among them), and after every build:
 (a) every target equals its from-scratch evaluation (the shared oracle), and
 (b) exactly the minimal set of tasks ran: a task runs iff no earlier run of the same code saw the
     same dependency values (so a code change or a changed dependency value runs it, an unchanged
@@ -12,6 +13,7 @@ import random
 import tempfile
 from dataclasses import dataclass, field
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -25,6 +27,15 @@ FORMATS = [
     "\n    total = {const}  # trailing comment\n\n",
     '    """A docstring."""\n    total = {const}\n',
 ]
+ENV = ["NBPROP_E0", "NBPROP_E1"]
+UNRELATED = "NBPROP_UNRELATED"      # read by no rule: setting it runs nothing
+ENV_VALUES = [None, "0", "1", "2", "01"]      # None: unset; "0", "01" and unset give equal values
+ENV_READS = [                       # the ways a body reads a variable by key
+    'os.environ.get("{v}", "0")',
+    'os.getenv("{v}") or "0"',
+    'os.environ["{v}"] if "{v}" in os.environ else "0"',
+    '__import__("os").environb.get(b"{v}", b"0").decode()',
+]
 
 
 @dataclass
@@ -33,6 +44,8 @@ class Spec:
     deps: list[list[int]]          # rule i reads rules deps[i] (all < i)
     reads: list[list[int]]         # rule i reads files reads[i]
     declared: list[bool]           # read through nbbuild.file() rather than a bare open()
+    envs: list[list[int]] = field(default_factory=list)   # rule i reads variables ENV[envs[i]]
+    env_reads: list[int] = field(default_factory=list)    # how (ENV_READS)
 
 
 @dataclass
@@ -41,6 +54,7 @@ class State:
     consts: list[int]
     formats: list[int]
     texts: list[str] = field(default_factory=list)     # the exact bytes of each input file
+    env: list[str | None] = field(default_factory=lambda: [None] * len(ENV))
     history: list[dict] = field(default_factory=list)
 
 
@@ -54,6 +68,8 @@ def rule_source(i: int, spec: Spec, state: State) -> str:
     for f in spec.reads[i]:
         opener = f"nbbuild.file(F{f})" if spec.declared[i] else f"F{f}"
         lines.append(f"    with open({opener}) as fh:\n        total += int(fh.read())\n")
+    for e in spec.envs[i]:
+        lines.append(f"    total += int({ENV_READS[spec.env_reads[i]].format(v=ENV[e])})\n")
     lines.append(f"    return total % {MOD}\n")
     return "".join(lines)
 
@@ -72,9 +88,11 @@ class Model:
         def value(i: int) -> int:
             if i not in values:
                 dep_values = tuple(value(d) for d in self.spec.deps[i])
-                inputs = (state.consts[i], dep_values, tuple(state.texts[f] for f in self.spec.reads[i]))
+                env = tuple(state.env[e] for e in self.spec.envs[i])
+                inputs = (state.consts[i], dep_values, tuple(state.texts[f] for f in self.spec.reads[i]), env)
                 if inputs not in self.seen[i]:
                     total = state.consts[i] + sum(dep_values) + sum(state.contents[f] for f in self.spec.reads[i])
+                    total += sum(int(v or "0") for v in env)
                     self.seen[i][inputs] = total % MOD
                     ran.add(i)
                 values[i] = self.seen[i][inputs]
@@ -92,7 +110,9 @@ def specs(draw):
     deps = [sorted(draw(st.sets(st.integers(0, i - 1), max_size=3))) if i else [] for i in range(n)]
     reads = [sorted(draw(st.sets(st.integers(0, files - 1), max_size=2))) for _ in range(n)]
     declared = [draw(st.booleans()) for _ in range(n)]
-    return Spec(files, deps, reads, declared)
+    envs = [sorted(draw(st.sets(st.integers(0, len(ENV) - 1), max_size=2))) for _ in range(n)]
+    env_reads = [draw(st.integers(0, len(ENV_READS) - 1)) for _ in range(n)]
+    return Spec(files, deps, reads, declared, envs, env_reads)
 
 
 EDITS = st.one_of(
@@ -103,14 +123,16 @@ EDITS = st.one_of(
     st.tuples(st.just("format"), st.integers(0, 6), st.integers(0, len(FORMATS) - 1)),
     st.tuples(st.just("revert"), st.integers(0, 20), st.just(0)),
     st.tuples(st.just("reopen"), st.just(0), st.just(0)),
+    st.tuples(st.just("env"), st.integers(0, len(ENV) - 1), st.integers(0, len(ENV_VALUES) - 1)),
+    st.tuples(st.just("unrelated_env"), st.just(0), st.integers(0, 9)),
 )
 
 
 class Session:
     """A store directory, its input files, and the Build that rules are defined in."""
 
-    def __init__(self, root: str, spec: Spec, state: State, workers: int):
-        self.root, self.spec, self.workers = root, spec, workers
+    def __init__(self, root: str, spec: Spec, state: State, workers: int, env: pytest.MonkeyPatch):
+        self.root, self.spec, self.workers, self.env = root, spec, workers, env
         self.paths = [os.path.join(root, f"in{f}.txt") for f in range(spec.files)]
         self.calls: list[str] = []
         self.build = None
@@ -120,7 +142,7 @@ class Session:
         if self.build is not None:
             self.build.close()
         self.build = nbbuild.Build(os.path.join(self.root, "store"), workers=self.workers)
-        self.ns = {"nbbuild": nbbuild, "b": self.build, "calls": self.calls,
+        self.ns = {"nbbuild": nbbuild, "os": os, "b": self.build, "calls": self.calls,
                    **{f"F{f}": p for f, p in enumerate(self.paths)}}
         for i in range(len(self.spec.deps)):
             self.define(i, state)
@@ -131,6 +153,12 @@ class Session:
     def write(self, f: int, text: str) -> None:
         with open(self.paths[f], "w") as fh:
             fh.write(text)
+
+    def setenv(self, name: str, value: str | None) -> None:
+        if value is None:
+            self.env.delenv(name, raising=False)
+        else:
+            self.env.setenv(name, value)
 
 
 def apply(edit, spec: Spec, state: State, session: Session) -> None:
@@ -151,8 +179,16 @@ def apply(edit, spec: Spec, state: State, session: Session) -> None:
     elif kind == "format":
         state.formats[a % n] = x
         session.define(a % n, state)
+    elif kind == "env":
+        state.env[a] = ENV_VALUES[x]
+        session.setenv(ENV[a], state.env[a])
+    elif kind == "unrelated_env":
+        session.setenv(UNRELATED, str(x))
     elif kind == "revert" and state.history:
         old = state.history[a % len(state.history)]
+        state.env[:] = old["env"]
+        for e, value in enumerate(state.env):
+            session.setenv(ENV[e], value)
         for f, (c, text) in enumerate(zip(old["contents"], old["texts"])):
             if text != state.texts[f]:
                 state.contents[f], state.texts[f] = c, text
@@ -173,8 +209,10 @@ def test_random_dags_rebuild_exactly_the_minimal_set_and_match_from_scratch(spec
     contents = [rnd.randrange(10) for _ in range(spec.files)]
     state = State(contents, [rnd.randrange(5) for _ in range(n)], [0] * n, [str(c) for c in contents])
     model = Model(spec)
-    with tempfile.TemporaryDirectory() as root:
-        session = Session(root, spec, state, workers)
+    with tempfile.TemporaryDirectory() as root, pytest.MonkeyPatch.context() as env:
+        for name in ENV + [UNRELATED]:
+            env.delenv(name, raising=False)
+        session = Session(root, spec, state, workers, env)
         for f, text in enumerate(state.texts):
             session.write(f, text)
         try:
@@ -193,6 +231,7 @@ def test_random_dags_rebuild_exactly_the_minimal_set_and_match_from_scratch(spec
                 assert values == [expected_values[t] for t in targets]
                 assert values == [from_scratch(r.task()) for r in rules]
                 state.history.append({"contents": list(state.contents), "texts": list(state.texts),
-                                      "consts": list(state.consts), "formats": list(state.formats)})
+                                      "consts": list(state.consts), "formats": list(state.formats),
+                                      "env": list(state.env)})
         finally:
             session.build.close()
