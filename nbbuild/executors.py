@@ -239,8 +239,9 @@ def make_executor(spec: Any, workers: int) -> Any:
                 return DaskExecutor(distributed.default_client())
             except ValueError:
                 pass
+            # its workers' warnings (a body stopped by a restart) would reach the cell's output
             return DaskExecutor(distributed.Client(processes=True, dashboard_address=None, n_workers=max(workers, 2),
-                                                   threads_per_worker=1), owned=True)
+                                                   threads_per_worker=1, silence_logs=logging.ERROR), owned=True)
         return DaskExecutor(spec)
     if type(spec).__name__ == "Client" and hasattr(spec, "submit"):
         return DaskExecutor(spec)
@@ -283,21 +284,35 @@ class _QueueChannel:
 
 
 class _Job:
+    """The kernel's side of one body elsewhere. `poll`: seconds between looks at the future while
+    no message comes (a Manager queue); None blocks (a Dask queue: its `get(timeout=)` times out
+    on the scheduler, which logs each time out as an error with a traceback, in the kernel when
+    the cluster is local). Without a poll, the future's end puts ("done",) itself."""
+
     def __init__(self, future: Any, requests: Any, answers: Any, timeout: float | None, name: str,
-                 stop: Callable[[], None], empty: type[BaseException]):
+                 stop: Callable[[_Job], None], empty: type[BaseException], poll: float | None):
         self.future, self.requests, self.answers = future, requests, answers
-        self.timeout, self.name, self._stop, self.empty = timeout, name, stop, empty
+        self.timeout, self.name, self._stop, self.empty, self.poll = timeout, name, stop, empty, poll
         self.timed_out = False
+        self.asking = False     # the body waits for an answer
+        self.ends_itself = False   # it was answered ("failed",): it stops by itself
 
     def next(self) -> tuple:
         while True:
             try:
-                return self.requests.get(timeout=1.0)
+                message = self.requests.get(timeout=self.poll) if self.poll else self.requests.get()
             except self.empty:
                 if self.future.done():    # it ended without a word (a worker that died)
                     return ("done",)
+                continue
+            except Exception:  # the queue went with its cluster: nothing more will come
+                return ("done",)
+            self.asking = message[0] == "need"
+            return message
 
     def answer(self, message: tuple) -> None:
+        self.asking = False
+        self.ends_itself = message[0] == "failed"
         self.answers.put(message)
 
     def result(self) -> bytes:
@@ -313,7 +328,7 @@ class _Job:
         return TimeoutError(f"{self.name} ran longer than its timeout of {self.timeout:g} s: it was stopped")
 
     def stop(self) -> None:
-        self._stop()
+        self._stop(self)
         try:
             self.requests.put(("done",))
         except Exception:  # the queue went with the worker: the watcher sees the future done
@@ -362,7 +377,7 @@ class ProcessExecutor:
         future = self.pool.schedule(run, args=(payload, _QueueChannel(requests, answers)), timeout=timeout)
         # a body stopped by a timeout says nothing: its end is put in its place
         future.add_done_callback(lambda f: f.cancelled() or f.exception() is None or requests.put(("done",)))
-        return _Job(future, requests, answers, timeout, name, future.cancel, queues.Empty)
+        return _Job(future, requests, answers, timeout, name, lambda _job: future.cancel(), queues.Empty, 1.0)
 
     def close(self) -> None:
         self.pool.stop()
@@ -371,18 +386,31 @@ class ProcessExecutor:
             self._manager.shutdown()
 
 
+async def _exit_worker() -> None:
+    """Run in a Dask worker's event loop (a coroutine: Client.run sends those without waiting)."""
+    os._exit(1)
+
+
 class DaskExecutor:
     """Rule bodies on a Dask cluster: a `distributed.Client`, or the address of a scheduler.
-    Submitted with pure=False (a retry must run again, not share a key with the failed try). A
-    running Dask task cannot be stopped: on a timeout or a cancel its worker is restarted."""
+    Submitted with pure=False (a retry must run again, not share a key with the failed try).
+
+    Stopping a body (a cancel, a timeout): one that waits for the kernel is answered "failed" and
+    ends by itself. One that runs cannot be stopped in its thread: its worker is restarted, in the
+    background (a restart takes seconds, more on a busy machine, and an interrupt must return at
+    once); `close()` waits for the restarts under way, within RESTART_WAIT seconds."""
 
     kind = "dask"
+    RESTART_WAIT = 60.0
 
     def __init__(self, client: Any, owned: bool = False):
         if isinstance(client, str):
             from distributed import Client
             client, owned = Client(client), True
         self.client, self.owned = client, owned
+        self._stopping: queue.Queue[Any] = queue.Queue()
+        self._stopper: threading.Thread | None = None
+        self._lock = threading.Lock()
 
     def hold(self) -> bool:
         return True                   # a waiting body secedes: it holds no worker thread
@@ -400,7 +428,14 @@ class DaskExecutor:
         requests, answers = Queue(f"nbbuild-{tag}-asks", client=self.client), Queue(f"nbbuild-{tag}-answers",
                                                                                  client=self.client)
         future = self.client.submit(run, payload, _QueueChannel(requests.name, answers.name, dask=True), pure=False)
-        job = _Job(future, requests, answers, timeout, name, lambda: self._stop(future), TimeoutError)
+        job = _Job(future, requests, answers, timeout, name, self._stop, TimeoutError, None)
+
+        def ended(_future: Any) -> None:      # however it ended: the watcher blocks on the queue
+            try:
+                requests.put(("done",))
+            except Exception:  # the cluster went away: the watcher's get fails too
+                pass
+        future.add_done_callback(ended)
         if timeout is not None:
             def overdue() -> None:
                 if not future.done():
@@ -412,17 +447,70 @@ class DaskExecutor:
             future.add_done_callback(lambda _f: timer.cancel())
         return job
 
-    def _stop(self, future: Any) -> None:
-        try:
-            processing = self.client.processing()
-            workers = [w for w, keys in processing.items() if future.key in keys]
-            future.cancel()
-            if workers:
-                self.client.restart_workers(workers)
-        except Exception:  # the cluster went away: nothing left to stop
-            log.debug("nbbuild: could not stop a Dask task", exc_info=True)
+    def _stop(self, job: _Job) -> None:
+        if job.asking:
+            try:
+                job.answer(("failed",))       # it waits for us: told so, it stops by itself
+            except Exception:  # the cluster went away
+                pass
+        if job.ends_itself:
+            job.future.cancel()
+            return
+        with self._lock:
+            self._stopping.put(job.future)
+            if self._stopper is None or not self._stopper.is_alive():
+                self._stopper = threading.Thread(target=self._restarts, name="nbbuild-dask-stop", daemon=True)
+                self._stopper.start()
+
+    def _restarts(self) -> None:
+        """Stops the workers of the futures to stop, a batch at a time, until none is left: each
+        such worker's process ends at once (`os._exit`, run in its event loop, which answers
+        while its threads are busy) and its nanny starts a fresh one. (`Client.restart_workers`
+        asks the worker to close first, which waited past a minute here for a body that rejoins
+        a thread pool a sleeping body holds.) A worker without a nanny is left running."""
+        while True:
+            with self._lock:
+                futures = []
+                while not self._stopping.empty():
+                    futures.append(self._stopping.get_nowait())
+                if not futures:
+                    self._stopper = None
+                    return
+            try:
+                keys = {f.key for f in futures}
+                workers = [w for w, running in self.client.processing().items() if keys & set(running)]
+                for f in futures:
+                    f.cancel()
+                known = self.client.scheduler_info().get("workers", {})
+                nannied = [w for w in workers if known.get(w, {}).get("nanny")]
+                if len(nannied) < len(workers):
+                    log.warning("nbbuild: a Dask worker without a nanny cannot be stopped: its body runs on")
+                if nannied:
+                    self.client.run(_exit_worker, workers=nannied, wait=False)
+                    self._wait_gone(nannied)
+            except Exception:  # the cluster went away: nothing left to stop
+                log.debug("nbbuild: could not stop a Dask task", exc_info=True)
+
+    def _wait_gone(self, workers: list[str], seconds: float = 30.0) -> None:
+        import time
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if not set(workers) & set(self.client.scheduler_info().get("workers", {})):
+                return
+            time.sleep(0.05)      # the scheduler notices a closed worker within a heartbeat
+
+    def settle(self, wait: float) -> bool:
+        """Wait (at most `wait` seconds) for the stops under way; True when none is left."""
+        with self._lock:
+            stopper = self._stopper
+        if stopper is not None:
+            stopper.join(wait)
+            return not stopper.is_alive()
+        return True
 
     def close(self) -> None:
+        if not self.settle(self.RESTART_WAIT):
+            log.warning("nbbuild: Dask workers were still restarting after %g s", self.RESTART_WAIT)
         if self.owned:
             cluster = getattr(self.client, "cluster", None)
             self.client.close()

@@ -10,7 +10,8 @@ order, and the files it read become the trace.
 
 Contract:
 - `run(payload, channel) -> bytes` is what a worker runs: `payload` is cloudpickle of (function,
-  args, kwargs, {task key: value}); it returns cloudpickle of ("ok", value, groups fetched, files
+  args, kwargs, {task key: value}, the kernel's environment for a worker process of ours, else
+  None); it returns cloudpickle of ("ok", value, groups fetched, files
   read, what it attached, the environment variables it read with their hashes in the worker),
   ("error", exception, its frames outside nbbuild, its last line),
   ("abandoned",) when a dependency failed, or ("need", tasks) when it was told to stop and be
@@ -135,7 +136,9 @@ def run(payload: bytes, channel: Any) -> bytes:
         files.install_hook()
         environment.install()
         _INSTALLED = True
-    fn, args, kwargs, supplied = cloudpickle.loads(payload)
+    fn, args, kwargs, supplied, environ = cloudpickle.loads(payload)
+    if environ is not None:
+        _take_environment(environ)
     rec = _RemoteRecorder(supplied, channel)
     token = current.set(rec)
     try:
@@ -153,6 +156,16 @@ def run(payload: bytes, channel: Any) -> bytes:
         return _sendable(out)
     finally:
         channel.done()
+
+
+def _take_environment(environ: dict[str, str]) -> None:
+    """A worker process of ours starts with the environment the kernel had then: the body sees
+    the kernel's as it is now (a variable set or unset since), as it would on a thread."""
+    for name in [n for n in os.environ if n not in environ]:
+        del os.environ[name]
+    for name, value in environ.items():
+        if os.environ.get(name) != value:
+            os.environ[name] = value
 
 
 def _sendable(out: tuple) -> bytes:
@@ -265,8 +278,15 @@ def _tasks(sched: Any, asked: bytes) -> list[Any]:
 
 
 def _one_run(executor: Any, sched: Any, task: Any, rec: Any, supplied: dict, timeout: float | None) -> tuple:
+    # our own worker processes get the kernel's environment with each body; a cluster's workers
+    # (other machines) keep their own, and what a body reads there is what its trace records
+    rec.paused += 1        # engine work: not the body's read of the whole environment
     try:
-        payload = cloudpickle.dumps((task.rule.fn, task.args, task.kwargs, supplied))
+        environ = dict(os.environ) if executor.kind == "processes" else None
+    finally:
+        rec.paused -= 1
+    try:
+        payload = cloudpickle.dumps((task.rule.fn, task.args, task.kwargs, supplied, environ))
     except Exception as e:  # a global it reads, an argument or a value that does not pickle
         raise RemoteError(f"{task!r} cannot be sent to its worker: {type(e).__name__}: {e}"
                           f"{_culprit(task.rule.fn)} (what runs elsewhere must pickle; or run it on threads)") from None

@@ -241,3 +241,7 @@ def test_a_body_run_in_a_worker_records_what_it_read_there(tmp_path, monkeypatch
         assert b.why(far.task()) == f"far() is stale: environment variable {X} changed"
         assert far() == "on" and ran() == ["far"]
         assert far() == "on" and ran() == []
+        monkeypatch.setenv(X, "off")     # the same Build, its worker processes started before this
+        assert far() == "off" and ran() == ["far"]
+        monkeypatch.delenv(X)
+        assert far() == "unset" and ran() == []      # as in the first Build: its trace is reused
