@@ -225,9 +225,9 @@ def test_a_load_that_races_an_eviction_is_a_plain_miss_and_drops_nothing_stored_
             steps.append(evicter.delete_values([ser.digest]))       # evicted right after the row was read
         return found
 
-    def read(path, digest, signer):
+    def read(path, digest, signer, *rest):
         try:
-            return real_read(path, digest, signer)
+            return real_read(path, digest, signer, *rest)
         except valuefile.Damaged:
             if len(steps) == 1:
                 steps.append(restorer.put_value(_array_value()))   # stored again meanwhile

@@ -136,11 +136,18 @@ def test_a_flipped_byte_in_a_buffer_is_damaged(tmp_path, tmp_dir):
 def test_a_flipped_byte_in_the_pickle_stream_or_header_breaks_the_signature(tmp_path, tmp_dir):
     digest, path, ser = _write(tmp_path, _several_buffers())
     meta_at = MAC_BYTES + len(ser.header)
-    for offset in (0, MAC_BYTES - 1, meta_at, meta_at + len(ser.meta) // 2, meta_at + len(ser.meta) - 1):
+    for offset in (0, meta_at, meta_at + len(ser.meta) // 2, meta_at + len(ser.meta) - 1):
         _flip(path, offset)
-        with pytest.raises(Damaged, match="signature"):
+        with pytest.raises(Damaged, match="signature") as e:
             valuefile.read(str(path), digest, SIGNER)
+        assert not e.value.foreign
         _flip(path, offset)
+    # the MAC's last bytes name the key that signed it: flipped, it names a key that is not ours,
+    # so the file is never loaded, and kept (another key's, as far as this key can tell)
+    _flip(path, MAC_BYTES - 1)
+    with pytest.raises(Damaged, match="another key"):
+        valuefile.read(str(path), digest, SIGNER)
+    _flip(path, MAC_BYTES - 1)
 
 
 def test_a_header_claiming_other_sizes_is_damaged(tmp_path, tmp_dir):
@@ -152,10 +159,11 @@ def test_a_header_claiming_other_sizes_is_damaged(tmp_path, tmp_dir):
         _flip(path, offset)
 
 
-def test_a_file_signed_with_another_key_or_for_another_hash_is_damaged(tmp_path, tmp_dir):
+def test_a_file_signed_with_another_key_is_foreign_and_one_for_another_hash_is_damaged(tmp_path, tmp_dir):
     digest, path, _ = _write(tmp_path, np.arange(1000), signer=Signer(b"x" * 32))
-    with pytest.raises(Damaged, match="signature"):
+    with pytest.raises(Damaged, match="signed by another key") as e:     # not loaded; not damage either
         valuefile.read(str(path), digest, SIGNER)
+    assert e.value.foreign
     digest, path, _ = _write(tmp_path, np.arange(1000))
     with pytest.raises(Damaged, match="signature"):
         valuefile.read(str(path), "f" * 32, SIGNER)                 # a file moved to another value's name
