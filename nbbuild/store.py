@@ -543,6 +543,7 @@ class Store:
             self._pending_bytes = 0
             self._touched.clear()
             kept = [k for k, _ in foreign.rows(self.table, self.signer)]
+            kept += self._cosigned_by_others()      # their cosignature's MAC is over this row's bytes
             names: list[str] = []
             try:
                 with self.table.transact():   # settings (the quota) and other keys' rows stay
@@ -554,6 +555,11 @@ class Store:
             else:
                 shutil.rmtree(os.path.join(self.path, "v"), ignore_errors=True)
             self.index.clear()
+
+    def _cosigned_by_others(self) -> list[str]:
+        """This key's value rows that another key cosigned (foreign.cosign): theirs too, so kept."""
+        mine = "#" + self.signer.kid.hex()
+        return [valuefile.row_key(k[2:].split("#", 1)[0]) for k, *_ in self.table.scan("c:") if not k.endswith(mine)]
 
     def own_entries(self) -> tuple[int, int, int]:
         """(values, their bytes, traces) this key would lose to clear()."""

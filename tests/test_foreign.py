@@ -253,3 +253,109 @@ def test_interleaved_keys_never_lose_an_entry_they_did_not_delete(tmp_path_facto
                 calls.clear()
                 b.build(_define(b, calls, (name,))[0].task(n))
                 assert b.report.executed == [], (who, name, n)
+
+
+# ------------------------------------------------------------ the notebook's paths that start a kernel
+
+_NB_CELLS = [
+    "%load_ext nbbuild",
+    "n = 3\ndef log(name):\n    with open('calls.txt', 'a') as f:\n        f.write(name + '\\n')",
+    "%%rule\nlog('raw')\nraw = list(range(n))",
+    "%%rule\nlog('clean')\nclean = [x * 2 for x in raw]",
+    "%%rule\nlog('other')\nother = sum(raw)",
+    "print(clean)",
+]
+_KERNEL_TIMEOUT = 120
+
+
+def _notebook(folder):
+    import nbformat
+    folder.mkdir(parents=True, exist_ok=True)
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in _NB_CELLS])
+    nbformat.write(nb, str(folder / "nb.ipynb"))
+    return folder / ".nbbuild"
+
+
+def _ran(folder):
+    log = folder / "calls.txt"
+    return log.read_text().split() if log.exists() else []
+
+
+def _env(config):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTEST_CURRENT_TEST", "NBBUILD_VIEW", "NBBUILD_DIR", "MPLBACKEND")}
+    env["XDG_CONFIG_HOME"] = str(config)
+    return env
+
+
+def _cli(folder, config, *args):
+    done = subprocess.run([sys.executable, "-m", "nbbuild", *args], cwd=folder, env=_env(config),
+                          capture_output=True, text=True, timeout=_KERNEL_TIMEOUT)
+    assert done.returncode == 0, (args, done.stderr)
+    return done
+
+
+def _built_under(folder, config):
+    """`nbbuild run nb.ipynb` under the key of `config`: every rule ran once; the store's state."""
+    store = _notebook(folder)
+    _cli(folder, config, "run", "nb.ipynb")
+    assert _ran(folder) == ["raw", "clean", "other"]
+    return store, _state(store)
+
+
+def _state(store):
+    """The store's dump and its Settings table (its counts, its size, a quota kept in it)."""
+    con = sqlite3.connect(f"file:{store / 'cache.db'}?mode=ro", uri=True)
+    try:
+        settings = con.execute("SELECT key, value FROM Settings ORDER BY key").fetchall()
+    finally:
+        con.close()
+    return _dump(store), settings
+
+
+def _runs_nothing_again(folder, config, store, before):
+    """Under the first key, the next run runs no rule body: all its entries are there."""
+    again = _cli(folder, config, "run", "nb.ipynb")
+    assert _ran(folder) == ["raw", "clean", "other"], again.stderr
+    assert "ran 0, reused" in again.stdout and "failed 0" in again.stdout, again.stdout
+    assert set(_signed(before[0][0])) <= set(_signed(_dump(store)[0]))
+
+
+def test_the_cli_commands_that_look_under_another_key_change_nothing(tmp_path):
+    folder, a, other = tmp_path / "project", tmp_path / "a", tmp_path / "b"
+    store, before = _built_under(folder, a)
+    status = _cli(folder, other, "status", "nb.ipynb")
+    why = _cli(folder, other, "why", "nb.ipynb", "clean")
+    graph = _cli(folder, other, "graph", "nb.ipynb", "-o", str(tmp_path / "graph.svg"))
+    assert _state(store) == before                     # not a row, not a file of the store changed
+    assert _ran(folder) == ["raw", "clean", "other"]   # and no rule body ran
+    for done in (status, why, graph):
+        assert "dropped" not in done.stderr, done.stderr
+    assert "never built" in status.stdout              # another key's entries are not its own
+    assert (tmp_path / "graph.svg").read_text().rstrip().endswith("</svg>")
+    _runs_nothing_again(folder, a, store, before)
+
+
+def test_the_magics_that_look_in_a_kernel_under_another_key_change_nothing(tmp_path):
+    from jupyter_client.manager import start_new_kernel
+    folder, a, other = tmp_path / "project", tmp_path / "a", tmp_path / "b"
+    store, before = _built_under(folder, a)
+    km, kc = start_new_kernel(kernel_name="python3", cwd=str(folder), env=_env(other),
+                              startup_timeout=_KERNEL_TIMEOUT)
+    said = {}
+    try:
+        for code in _NB_CELLS[:2] + [c.replace("%%rule", "%%rule --lazy", 1) for c in _NB_CELLS[2:5]] + [
+                "%nbbuild status", "%nbbuild why clean", "%nbbuild graph", "%nbbuild metrics", "%nbbuild store",
+                "%build clean other --dry-run"]:
+            reply = kc.execute_interactive(code, timeout=_KERNEL_TIMEOUT, store_history=False,
+                                           output_hook=lambda msg, code=code: said.setdefault(code, []).append(msg))
+            assert reply["content"]["status"] == "ok", (code, said.get(code))
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    assert _state(store) == before                     # not a row, not a file of the store changed
+    assert _ran(folder) == ["raw", "clean", "other"]   # and no rule body ran
+    errors = "".join(m["content"].get("text", "") for msgs in said.values() for m in msgs
+                     if m["msg_type"] == "stream" and m["content"]["name"] == "stderr")
+    assert "dropped" not in errors and "UsageError" not in errors, errors
+    _runs_nothing_again(folder, a, store, before)
