@@ -396,9 +396,10 @@ class DaskExecutor:
     Submitted with pure=False (a retry must run again, not share a key with the failed try).
 
     Stopping a body (a cancel, a timeout): one that waits for the kernel is answered "failed" and
-    ends by itself. One that runs cannot be stopped in its thread: its worker is restarted, in the
-    background (a restart takes seconds, more on a busy machine, and an interrupt must return at
-    once); `close()` waits for the restarts under way, within RESTART_WAIT seconds."""
+    ends by itself. One that runs cannot be stopped in its thread: its worker's process is ended
+    and its nanny starts a fresh one, in the background (that takes seconds, more on a busy
+    machine, and an interrupt must return at once); `close()` waits for the stops under way,
+    within RESTART_WAIT seconds."""
 
     kind = "dask"
     RESTART_WAIT = 60.0
