@@ -23,7 +23,8 @@ Contract:
 - `prune(store)` bounds the metadata: at most 16 traces per task; traces (but a task's newest)
   whose value was evicted over 30 days ago, or is gone and was made that long ago; attachments
   and eviction notes nobody refers to; file entries of files that are gone; stray files. Rows
-  another key signed (foreign.py) are neither evicted nor pruned: they are not this key's to judge.
+  another key signed (foreign.py) are neither evicted nor pruned: they are not this key's to judge;
+  nor is a value of this key that another key cosigned (its entry depends on those bytes).
 """
 from __future__ import annotations
 
@@ -185,7 +186,7 @@ def evict(store, held: Callable[[], set[str]] = frozenset, need: int = 0) -> int
     excess = _excess(store, need)
     if excess <= 0:
         return 0
-    keep = held()
+    keep = held() | store.shared_values()
     costs = _costs(store)
     candidates = [Candidate(d, size, stored, used, uses, credit, costs.get(d, 0.0))
                   for d, size, stored, used, uses, credit in store.value_rows() if d not in keep]

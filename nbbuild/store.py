@@ -556,6 +556,11 @@ class Store:
                 shutil.rmtree(os.path.join(self.path, "v"), ignore_errors=True)
             self.index.clear()
 
+    def shared_values(self) -> set[str]:
+        """Hashes of this key's values that another key cosigned: theirs too, so never evicted
+        by this key (another key's entry is not this key's to delete)."""
+        return {row[2:] for row in self._cosigned_by_others()}
+
     def _cosigned_by_others(self) -> list[str]:
         """This key's value rows that another key cosigned (foreign.cosign): theirs too, so kept."""
         mine = "#" + self.signer.kid.hex()

@@ -150,6 +150,21 @@ def test_two_keys_building_the_same_tasks_each_keep_their_own(tmp_path):
         assert all(k in _signed(_dump(store)[0]) for k in snapshot if k[:2] != "c:" and "\x1f" not in k)
 
 
+def test_eviction_under_one_key_keeps_the_values_another_key_cosigned(tmp_path):
+    store, a, other = tmp_path / "store", tmp_path / "a", tmp_path / "b"
+    calls: list = []
+    for config in (a, other):           # the second key cosigns the first key's values
+        with _key(config):
+            calls.clear()
+            _build(store, calls)
+    with _key(a), nbbuild.Build(store, workers=1) as b:
+        b.store.quota = 1               # everything of a's own must go
+        b.gc()
+    with _key(other):
+        calls.clear()
+        assert _build(store, calls).executed == [] and calls == []
+
+
 def test_a_damaged_row_of_this_key_is_damage_and_another_keys_is_not(tmp_path, caplog):
     store, a, other = tmp_path / "store", tmp_path / "a", tmp_path / "b"
     calls: list = []
