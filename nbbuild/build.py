@@ -205,8 +205,22 @@ class Build:
         finally:
             self._lock.release()
 
-    def _forget(self, digest: str | None = None) -> None:
-        """Drop one value (or all) from memory; the store keeps them."""
+    def remembered(self, target: Any) -> tuple[str, Any] | None:
+        """(hash, value) of the target's current value when memory holds it; else None. Loads
+        nothing: for a caller that checks whether a value it was handed changed in place."""
+        digest = self._clean.hashes.get(self._target(target).key)
+        if digest is None or digest not in self.memory:
+            return None
+        return digest, self.memory.values.get(digest)
+
+    def forget(self, target: Any = None, digest: str | None = None) -> None:
+        """Drop a target's current value (or the value of that hash; with neither, all values)
+        from memory; the store keeps them. For a value changed in place after it was built: the
+        next fetch loads the stored one."""
+        if target is not None:
+            digest = self._clean.hashes.get(self._target(target).key)
+            if digest is None:
+                return
         self.memory.forget(digest)
 
     # ------------------------------------------------------------ building
@@ -404,7 +418,7 @@ class Build:
         """Empty the store and forget what this process built: every task runs again."""
         with self._turn():
             self.store.clear()
-            self._forget()
+            self.forget()
             self._clean.clear()
             self._attachments.clear()
             self._failures.clear()

@@ -18,3 +18,13 @@ def _plain_call(rule: Rule, *args: Any, **kwargs: Any) -> Any:
 def from_scratch(task: Task) -> Any:
     with mock.patch.object(Rule, "__call__", _plain_call):
         return task.rule.fn(*task.args, **task.kwargs)
+
+
+def plainly(cells: list[str], names: tuple[str, ...]) -> dict[str, Any]:
+    """The values of `names` after running the cells, in order, as plain Python: what a notebook
+    of the same cells gives without nbbuild."""
+    import copy
+    namespace: dict[str, Any] = {}
+    for n, cell in enumerate(cells):
+        exec(compile(cell, f"<cell {n + 1}>", "exec"), namespace)
+    return {name: copy.deepcopy(namespace[name]) for name in names}

@@ -65,7 +65,7 @@ def ip(tmp_path, monkeypatch):
 
     monkeypatch.setattr(shell, "run_cell", on_screen)
     shell.run_line_magic("load_ext", "nbbuild")
-    shell.run_cell("calls = []")
+    shell.run_cell("from probe import Calls; calls = Calls()")
     shell.screen = screen
     yield shell
     shell._nbbuild_state.build.close()
@@ -261,7 +261,8 @@ ip.enable_gui = lambda gui=None: None
 sys.stdout, sys.stderr = Stream("stdout"), Stream("stderr")
 ip.run_cell("%load_ext nbbuild")
 ip.run_cell("%matplotlib inline")
-ip.run_cell("calls = []")
+sys.path.insert(0, sys.argv[3])
+ip.run_cell("from probe import Calls; calls = Calls()")
 for cell in json.loads(sys.argv[2]):
     ip.run_cell(cell)
 out.write(json.dumps({"calls": ip.user_ns["calls"], "events": events}) + "\n")
@@ -284,7 +285,7 @@ def test_after_a_restart_the_same_cells_replay_the_same_outputs(tmp_path):
 
     cells = json.dumps(["import sys", SHOWS, FRAME])
     quiet = dict(os.environ, NBBUILD_PROGRESS="0")   # the screen: the cells' outputs, without the progress
-    first, second = (json.loads(subprocess.run([sys.executable, "-c", KERNEL, str(tmp_path), cells], env=quiet,
+    first, second = (json.loads(subprocess.run([sys.executable, "-c", KERNEL, str(tmp_path), cells, os.path.dirname(__file__)], env=quiet,
                                                capture_output=True, text=True, check=True).stdout)
                      for _ in range(2))                # line a slow first run draws
     assert first["calls"] == ["shows", "frame"] and second["calls"] == []

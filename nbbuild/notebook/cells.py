@@ -20,9 +20,9 @@ A syntax error, or a star import (whose names cannot be known), raises RuleError
 
 `compile_cell(source, name, filename, fetched, namespace)` makes the rule's function: a function
 named `name`, with `namespace` (the user's) as its globals, whose body is the cell. Each name in
-`fetched` (inputs that other rules produce) is assigned first from `__nbbuild_fetch__(name)`, a
-tracked fetch; every other input is read from the namespace, so the core versions it by value or
-by code. It returns a dict of the outputs the cell bound, plus its last expression's value under
+`fetched` (inputs whose version another rule bound) is assigned first from
+`__nbbuild_fetch__(name, rule)`, a tracked fetch of that rule's version; every other input is read
+from the namespace, so the core versions it by value or by code. It returns a dict of the outputs the cell bound, plus its last expression's value under
 `LAST`. Line numbers stay those of the cell, so tracebacks point at the cell's lines.
 """
 from __future__ import annotations
@@ -328,13 +328,16 @@ def parse_signature(text: str) -> ast.arguments:
     return fn.args  # type: ignore[attr-defined]
 
 
-def compile_cell(source: str, name: str, filename: str, fetched: tuple[str, ...],
+def compile_cell(source: str, name: str, filename: str, fetched: dict[str, str],
                  outputs: tuple[str, ...], namespace: dict, params: ast.arguments | None = None,
-                 capture: bool = False) -> types.FunctionType:
-    """With `params`, the function takes them and returns the value of `name` as the cell binds
-    it, or else its last expression, instead of the dict of outputs. With `capture`, the body runs
-    inside `with __nbbuild_capture__() as record:` (the notebook's output recorder, a global), and
-    `record.outputs(locals(), names)` picks the outputs."""
+                 capture: bool = False, watch: tuple[str, ...] = ()) -> types.FunctionType:
+    """`fetched` maps each name the cell reads from a rule to that rule's name (the version it
+    reads): the call `__nbbuild_fetch__(name, rule)` is part of the code, so reading another
+    version is another rule version. With `params`, the function takes them and returns the value
+    of `name` as the cell binds it, or else its last expression, instead of the dict of outputs.
+    With `capture`, the body runs inside `with __nbbuild_capture__(globals(), watch, name) as
+    record:` (the notebook's recorder of output and of changes in place, a global; `watch`: the
+    globals read by value), and `record.outputs(locals(), names)` picks the outputs."""
     tree = _parse(source)
     body: list[ast.stmt] = list(tree.body)
     for node in ast.walk(tree):
@@ -346,7 +349,7 @@ def compile_cell(source: str, name: str, filename: str, fetched: tuple[str, ...]
         last = body[-1]
         body[-1] = ast.copy_location(ast.Assign([ast.Name(LAST, ast.Store())], last.value), last)
     line = body[0].lineno if body else 1
-    prologue = [ast.parse(f"{n} = {FETCH}({n!r})").body[0] for n in fetched]
+    prologue = [ast.parse(f"{n} = {FETCH}({n!r}, {r!r})").body[0] for n, r in fetched.items()]
     if params is None and capture:
         epilogue = ast.parse(f"return {_RECORD}.outputs(locals(), {tuple(outputs) + (LAST,)!r})").body
     elif params is None:
@@ -359,7 +362,10 @@ def compile_cell(source: str, name: str, filename: str, fetched: tuple[str, ...]
             n.col_offset = n.end_col_offset = 0  # type: ignore[attr-defined]
     inner = prologue + (body or [ast.Pass()]) + epilogue
     if capture:
-        call = ast.Call(ast.Name(CAPTURE, ast.Load()), [], [])
+        call = ast.parse(f"{CAPTURE}(globals(), {tuple(watch)!r}, {name!r})", mode="eval").body
+        for n in ast.walk(call):
+            n.lineno = n.end_lineno = line  # type: ignore[attr-defined]
+            n.col_offset = n.end_col_offset = 0  # type: ignore[attr-defined]
         inner = [ast.With([ast.withitem(call, ast.Name(_RECORD, ast.Store()))], inner, lineno=line, col_offset=0)]
     fn = ast.FunctionDef(name=name, args=params or ast.arguments([], [], None, [], [], None, []),
                          body=inner, decorator_list=[], returns=None,

@@ -6,10 +6,12 @@ A cell's function reads its dependencies through `cells.FETCH` and records what 
 it reads, so these two are shipped too; each pickles as its worker stand-in.
 
 Contract:
-- `CellFetch(state)(name)`, in the kernel: the value of `name`, a tracked fetch of the rule that
-  produces it. Pickled, it is a `RemoteFetch` of the name -> producing rule map: in a worker it
-  fetches through a stub of that rule (remote.rule_stub: the same task key), so the value comes
-  from those sent with the body or is asked of the kernel, and enters the trace as here.
+- `CellFetch(state)(name, rule)`, in the kernel: the value of `name` as `rule` bound it (the
+  version the cell reads), a tracked fetch of that rule. Pickled, it is a `RemoteFetch`: in a
+  worker it fetches through a stub of that rule (remote.rule_stub: the same task key), so the
+  value comes from those sent with the body or is asked of the kernel, and enters the trace as
+  here. Either way the fetched value is noted in the running capture (versions.Changes), so that
+  a body that changes it in place makes a new version of its names.
 - `CellCapture(state)()`, in the kernel: a replay.Capture on the shell. Pickled, it is a
   `RemoteCapture`: a replay.Capture with no front end. It records what the body prints to stdout
   and stderr, what it shows with `display(obj)` (an IPython shell is made in the worker, with no
@@ -29,7 +31,9 @@ import sys
 import warnings
 from typing import Any, Callable
 
-from .replay import Capture, replay
+from ..trace import current
+from .replay import Capture, recording, replay
+from .versions import fingerprint
 
 __all__ = ["CellFetch", "CellCapture", "RemoteFetch", "RemoteCapture", "received"]
 
@@ -38,29 +42,54 @@ class CellFetch:
     def __init__(self, state: Any):
         self.state = state
 
-    def __call__(self, name: str) -> Any:
-        state = self.state
-        return state.build.rules[state.producers[name]]()[name]
+    def __call__(self, name: str, producer: str) -> Any:
+        rule = self.state.build.rules.get(producer)
+        if rule is None:
+            raise NameError(f"name {name!r} is not defined: the cell that bound it is gone; run it again")
+        return _take(rule, name)
 
     def __reduce__(self) -> tuple:
-        return RemoteFetch, (dict(self.state.producers),)
+        return RemoteFetch, ()
+
+
+def _take(rule: Any, name: str) -> Any:
+    """`name` from the rule's value (its dict of outputs), fetched; the value and the hash it was
+    fetched with are noted, so that a change in place is found when the body ends."""
+    task = rule.task()
+    value = rule()
+    cap, rec = recording(), current.get()
+    if cap is not None and rec is not None:
+        cap.changes.fetched(value, _fetched_hash(rec, task.key, value))
+    if not isinstance(value, dict) or name not in value:
+        raise NameError(f"name {name!r} is not defined: the cell {rule.name} did not bind it")
+    return value[name]
+
+
+def _fetched_hash(rec: Any, key: str, value: Any) -> str | None:
+    """The hash the value was fetched with: in the kernel, the trace's; in a worker (whose record
+    keeps keys only, and whose value is a copy sent to it), the value's own, taken now."""
+    for group in reversed(rec.groups):
+        for item in group:
+            if isinstance(item, tuple) and item[0] == key:
+                return item[1]
+            if item == key:
+                return fingerprint(value)
+    return None
 
 
 class RemoteFetch:
-    """FETCH in a worker: a name's value through a stub of its producer (a cell rule takes no
-    arguments, so its task key is its name's)."""
+    """FETCH in a worker: a name's value through a stub of the rule that bound its version (a cell
+    rule takes no arguments, so its task key is its name's)."""
 
-    def __init__(self, producers: dict[str, str]):
-        self.producers = producers
+    def __init__(self) -> None:
         self.stubs: dict[str, Any] = {}
 
-    def __call__(self, name: str) -> Any:
-        rule_name = self.producers[name]
-        stub = self.stubs.get(rule_name)
+    def __call__(self, name: str, producer: str) -> Any:
+        stub = self.stubs.get(producer)
         if stub is None:
             from ..remote import rule_stub
-            stub = self.stubs[rule_name] = rule_stub(_no_body, rule_name, "persist")
-        return stub()[name]
+            stub = self.stubs[producer] = rule_stub(_no_body, producer, "persist")
+        return _take(stub, name)
 
 
 def _no_body() -> None:
@@ -71,8 +100,9 @@ class CellCapture:
     def __init__(self, state: Any):
         self.state = state
 
-    def __call__(self) -> Capture:
-        return Capture(self.state.shell, self.state.bind)
+    def __call__(self, namespace: dict | None = None, watch: tuple[str, ...] = (),
+                 rule: str | None = None) -> Capture:
+        return Capture(self.state.shell, self.state.bind, namespace, watch, rule)
 
     def __reduce__(self) -> tuple:
         return RemoteCapture, ()
@@ -112,8 +142,9 @@ _MADE: Any = None   # the shell made here: this process is a worker of ours, its
 class RemoteCapture:
     """CAPTURE in a worker: `RemoteCapture()()` is the capture of one run of the body."""
 
-    def __call__(self) -> Capture:
-        return _WorkerCapture(_worker_shell())
+    def __call__(self, namespace: dict | None = None, watch: tuple[str, ...] = (),
+                 rule: str | None = None) -> Capture:
+        return _WorkerCapture(_worker_shell(), None, namespace, watch, rule)
 
 
 class _WorkerCapture(Capture):
@@ -165,5 +196,5 @@ def received(state: Any) -> Callable[[Any, Any, Any], None]:
     def show(task: Any, value: Any, attachment: Any) -> None:
         replay(state.shell, attachment)
         if task.rule.name not in state.parametric and isinstance(value, dict):
-            state.bind(value)
+            state.bind(value, task.rule.name)
     return show

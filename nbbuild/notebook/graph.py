@@ -26,7 +26,7 @@ from typing import Any, Iterable
 from ..files import short_path
 
 __all__ = ["Node", "Graph", "snapshot", "collapse", "tree", "table", "label", "size_text", "seconds_text",
-           "DRAW_LIMIT"]
+           "DRAW_LIMIT", "TITLES"]
 
 DRAW_LIMIT = 500
 # the state a rule's node takes when its tasks differ: the first of these any of them has
@@ -53,11 +53,15 @@ class Graph:
 
 
 _CALL = re.compile(r"\b([A-Za-z_][A-Za-z0-9_]*)\(\)")
+# rule name -> how messages name it (state.NotebookState keeps it): a cell rule named for the
+# version it binds, `df` or `df (cell 4)`, not by its rule name `df_1f3a9c2e`
+TITLES: dict[str, str] = {}
 
 
 def label(text: str) -> str:
-    """`clean()` reads `clean`: a cell rule is named, not called (also inside a reason)."""
-    return _CALL.sub(r"\1", text)
+    """`clean()` reads `clean`: a cell rule is named, not called (also inside a reason), by its
+    title where it has one."""
+    return _CALL.sub(lambda m: TITLES.get(m[1], m[1]), text)
 
 
 def snapshot(build: Any, static: dict[str, tuple[str, ...]], targets: Iterable[Any] | None = None) -> Graph:

@@ -5,10 +5,13 @@ Contract:
 - `%load_ext nbbuild` opens a Build on `.nbbuild/` in the working directory (`NBBUILD_DIR`
   overrides it) with `workers=1`, so rule bodies run on the kernel's thread. Its state lives on the
   shell, so `%reload_ext nbbuild` keeps the rules; `%unload_ext nbbuild` removes the magics.
-- `%%rule [NAME] [--lazy] [--policy persist|memory|none]`: the cell becomes the rule NAME (by
-  default, the first name it assigns); it is built at once unless --lazy, its outputs are bound in
-  the user namespace, and its last expression is the cell's result. A name another rule produces
-  is refused. Re-running a cell replaces its rule; rules its change made stale are named.
+- `%%rule [NAME] [--lazy] [--policy persist|memory|none]`: the cell becomes a rule (named NAME,
+  or after the cell: versions.identity); it is built at once unless --lazy, its outputs are bound
+  in the user namespace, and its last expression is the cell's result. Names have versions
+  (versions.py): any number of cells may bind a name, and a cell reads the version plain execution
+  gives it, the latest bound before it ran; what it changes in place is its version too. A cell
+  that binds nothing is a rule as well. Re-running a cell replaces its rule; rules its change made
+  stale are named.
 - `--executor threads|processes|dask|ADDRESS|CLIENT`, `--timeout S`, `--retries N` on a `%%rule`
   line are the Rule's (Build.rule): the body runs on a process pool or a Dask cluster (`dask`:
   the Client this process already has, else a LocalCluster; or a scheduler's address, or the
@@ -28,8 +31,8 @@ Contract:
   otherwise), clear empties it of this key's entries; each says what it deleted. In a kernel, graph is SVG (draw.py), metrics and dashboard are widgets; each has the
   text form beside it, which is what a terminal shows.
 - After every build, a target reused instead of run replays what it showed when it ran (replay.py).
-- With JupyterLab's cell ids, a rule belongs to its cell: another cell may not take its name, and
-  a cell that now defines another rule drops its old one. Without them the name is the identity.
+- With cell ids (JupyterLab, Notebook 7), a rule belongs to its cell: another cell may not take a
+  name given with `%%rule NAME`, and a cell that now defines another rule drops its old one.
 - Messages name a cell rule as `clean`, not `clean()`; every nbbuild error is one UsageError line,
   and a failing or interrupted rule shows only its own frames.
 """
@@ -46,6 +49,7 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 
 from ..errors import BuildError, CycleError, NbbuildError
 from .cells import LAST, analyse, compile_cell, parse_signature
+from .versions import identity
 from . import views
 from .graph import label
 from .lines import parse_rule_line, split_targets
@@ -70,13 +74,16 @@ class NbbuildMagics(Magics):
         %%rule [NAME] [--lazy] [--policy persist|memory|none] [--executor E] [--timeout S] [--retries N]
         %%rule NAME(param, other=default)
 
-        The cell's outputs are the names it binds at top level; its inputs are the names it
-        reads. A name another rule produces is a dependency; any other global (a parameter set in
-        an ordinary cell, a helper function) is an input by value or by code. Running the cell
+        The cell's outputs are the names it binds at top level, and the values it changes in
+        place; its inputs are the names it reads. Any number of cells may bind a name: a cell
+        reads the version plain execution gives it, the latest bound before it ran. A version a
+        rule cell bound is a dependency; one an ordinary cell bound (a parameter, a helper
+        function) is an input by value or by code. Running the cell
         builds the rule (restoring its outputs, and what it printed and displayed, when nothing
         it reads changed) and binds its outputs; the last expression is the cell's result.
 
-        NAME          the rule's name; by default the first name the cell assigns
+        NAME          the rule's name; by default one made from the cell (messages call it
+                      by the first name it assigns: `df`, or `df (cell 4)` when several do)
         --lazy        register the rule only; `%build NAME` builds it
         --policy P    persist (default: kept in the store, across restarts), memory (this
                       session only), none (runs at every build)
@@ -91,7 +98,6 @@ class NbbuildMagics(Magics):
                       anywhere returns the value of the cell's `NAME` (or its last expression),
                       built once per distinct arguments
 
-        One name has one producing rule: a cell binding a name another rule produces is refused.
         After a change, the rules it made stale are named ("stale: clean — run %build clean").
         """
         state = self.state
@@ -105,34 +111,40 @@ class NbbuildMagics(Magics):
             raise UsageError(str(e)) from None
         if params is not None:
             return self._parametric(name, policy, source, names, params, options)
-        name = name or names.default_name
-        if name is None:
-            raise UsageError("%%rule: the cell binds no name; give the rule one: %%rule NAME")
+        own = state.own_rules(source)
+        # a name is read as the version plain execution gives: the latest binding before this
+        # cell; a name this cell bound itself before (`x = x + 1` run again) is read by value
+        fetched = {n: r for n, r in state.versions.resolve(names.inputs, None).items() if r not in own}
+        first, named = names.default_name, name is not None
+        name = name or identity(state.cell_id, source, fetched, first)
         superseded = state.superseded(name)
-        produced = tuple(o for o in names.outputs if o not in names.imported)   # imports are shared
-        for out in names.outputs:
-            owner = state.producers.get(out)
-            if owner is not None and owner != name and owner not in superseded:
-                raise UsageError(f"{out!r} is already produced by rule {owner}; rule {name} cannot bind it too: "
-                                 f"rename it here, or `del {out}` at the end of this cell if no other cell needs it")
-        fetched = tuple(n for n in names.inputs if state.producers.get(n, name) != name)
         filename = self.shell.compile.cache(source, self.shell.execution_count)
+        watch = tuple(n for n in names.inputs if n not in fetched)
         try:
             fn = compile_cell(source, name, filename, fetched, names.outputs, self.shell.user_ns,
-                              capture=True)
+                              capture=True, watch=watch)
             rule = state.make_rule(fn, name, policy, options)
         except NbbuildError as e:
             raise UsageError(str(e)) from None
-        state.defined(name, superseded)
-        for out in [o for o, r in state.producers.items() if r == name]:
-            del state.producers[out]
-        state.producers.update({o: name for o in produced})
-        state.outputs[name], state.inputs[name] = produced, names.inputs
+        state.defined(name, superseded, source, first, named)
+        produced = tuple(o for o in names.outputs if o not in names.imported)   # a module is the same whoever imports it
+        state.versions.bound(None, [o for o in names.outputs if o in names.imported])
+        state.versions.bound(name, produced)
+        state.outputs[name], state.inputs[name], state.fetches[name] = produced, names.inputs, fetched
+        state.rebound(names.outputs)
         if lazy:
             return None
         values = self._build([rule.task()], summary=False)
+        value = values[0] if values else {}
+        if isinstance(value, dict):      # what it changed in place is its version now
+            changed = [k for k in value if k != LAST and k not in produced and k not in names.imported]
+            if changed:
+                state.versions.bound(name, changed)
+                state.outputs[name] = produced + tuple(changed)
+                state.rebound(changed)
+                self.shell.user_ns.update({k: value[k] for k in changed})
         self._say_stale(name)
-        return values[0].get(LAST) if values else None
+        return value.get(LAST) if isinstance(value, dict) else None
 
     def _resolve(self, options: dict[str, Any]) -> dict[str, Any]:
         """`--executor client`: a name in the namespace (a distributed.Client) is that object."""
@@ -145,26 +157,33 @@ class NbbuildMagics(Magics):
         return options
 
     def _parametric(self, name: str, policy: str, source: str, names: Any, params: Any,
-                    options: dict[str, Any]) -> None:
-        """A rule with parameters: registered, bound under its name, built when called."""
+                    options: dict[str, Any], filename: str | None = None) -> None:
+        """A rule with parameters: registered, bound under its name, built when called. Like a
+        function, a call reads the latest versions of the names it reads: when a cell binds one
+        of them again, the rule is made again (`state.functions`) with the versions it now reads."""
         state = self.state
         own = {a.arg for a in params.posonlyargs + params.args + params.kwonlyargs}
         own.update(a.arg for a in (params.vararg, params.kwarg) if a is not None)
-        superseded = state.superseded(name)
-        if name in state.producers and state.producers[name] not in superseded:
-            raise UsageError(f"{name!r} is already produced by rule {state.producers[name]}; "
-                             f"a parametric rule {name} cannot take its name")
-        fetched = tuple(n for n in names.inputs if n in state.producers and n not in own)
-        filename = self.shell.compile.cache(source, self.shell.execution_count)
+        remade = filename is not None
+        superseded = [] if remade else state.superseded(name)
+        fetched = {n: r for n, r in state.versions.resolve(names.inputs, name).items() if n not in own}
+        filename = filename or self.shell.compile.cache(source, self.shell.execution_count)
         try:
             fn = compile_cell(source, name, filename, fetched, names.outputs, self.shell.user_ns, params,
                               capture=True)
             rule = state.make_rule(fn, name, policy, options)
         except NbbuildError as e:
             raise UsageError(str(e)) from None
-        state.defined(name, superseded)
+        state.functions[name] = lambda: self._parametric(name, policy, source, names, params, options, filename)
+        if remade:
+            state.fetches[name] = fetched
+            self.shell.user_ns[name] = rule
+            return None
+        state.defined(name, superseded, source, None, named=True)
         state.inputs[name] = tuple(n for n in names.inputs if n not in own)
+        state.fetches[name] = fetched
         state.parametric.add(name)
+        state.versions.bound(None, [name])   # the rule object itself, bound plainly
         self.shell.user_ns[name] = rule
         return None
 
@@ -182,7 +201,8 @@ class NbbuildMagics(Magics):
             raise UsageError(f"%build: {target!r} is neither a name nor a call") from None
         if not isinstance(call, ast.Call) or not isinstance(call.func, ast.Name):
             raise UsageError(f"%build: {target!r} is neither a name nor a call of a rule")
-        rule = self.state.build.rules.get(call.func.id)
+        rules = self.state.build.rules
+        rule = rules.get(call.func.id) or rules.get(self.state.versions.producer(call.func.id) or "")
         if rule is None:
             raise UsageError(f"%build: no rule named {call.func.id!r}")
         ns = self.shell.user_ns
@@ -194,7 +214,7 @@ class NbbuildMagics(Magics):
         try:
             return rule.task(*args, **kwargs)
         except NbbuildError as e:
-            raise UsageError(str(e)) from None
+            raise UsageError(label(str(e))) from None
 
     @line_magic
     def build(self, line: str) -> Any:
@@ -202,7 +222,7 @@ class NbbuildMagics(Magics):
 
         %build TARGET [TARGET ...] [--force] [--dry-run] [-j N] [--graph]
 
-        TARGET        a name a rule produces, a rule's name, or a call of a parametric rule
+        TARGET        a name (its latest version), a rule's name, or a call of a parametric rule
                       such as model(alpha=0.1) (its value is the cell's result)
         --force       run the targets themselves again (what they read is still only checked)
         --dry-run     say what would run and why; run nothing
@@ -281,7 +301,7 @@ class NbbuildMagics(Magics):
                                    against its quota
         %nbbuild dashboard [TARGET]   the graph and the metrics side by side
 
-        TARGET is a name a rule produces, a rule's name, or a call such as model(alpha=0.1).
+        TARGET is a name (its latest version), a rule's name, or a call such as model(alpha=0.1).
         """
         words = split_targets(line)
         command, rest = (words[0], words[1:]) if words else ("", [])

@@ -12,8 +12,10 @@ Contract:
   their own: the recording in progress is a ContextVar. A rule run inside another's body (a
   parametric call) adds its record to the caller's too, as it appeared there. Threads a body
   starts are not recorded.
-- `outputs(locals, names)` picks the cell's outputs, leaving out closed objects (files), and hands
-  them to `bind`: the notebook binds what every rule that ran produced, not only the targets'.
+- `outputs(locals, names)` picks the cell's outputs, leaving out closed objects (files), adds the
+  values the body changed in place (`changes`, versions.Changes: what it read by value, given as
+  `watch`, and the rules' values it fetched), and hands them to `bind(outputs, rule, spoiled)`:
+  the notebook binds what every rule that ran produced, not only the targets'.
 - When the body returns, the record is attached to its run (`trace.attach`): stored beside the
   value, outside its hash, so a different output alone never makes dependents stale.
 - `replay(shell, record)` shows a record again, in order.
@@ -30,8 +32,9 @@ import threading
 from typing import Any
 
 from ..trace import attach
+from .versions import Changes
 
-__all__ = ["Capture", "replay", "LIMIT", "FORMAT"]
+__all__ = ["Capture", "replay", "recording", "LIMIT", "FORMAT"]
 
 FORMAT = "nbbuild-output-1"
 LIMIT = 32 << 20
@@ -114,6 +117,11 @@ class _Taps:
 _taps = _Taps()
 
 
+def recording() -> Capture | None:
+    """The capture of the rule body running here, if any."""
+    return _recording.get()
+
+
 class Capture:
     """The record of one run of a rule cell's body (a context manager; see the module contract).
     `echo` False: what the body writes is recorded only (in a worker, whose output belongs in the
@@ -121,9 +129,16 @@ class Capture:
 
     echo = True
 
-    def __init__(self, shell: Any, bind: Any = None):
+    def __init__(self, shell: Any, bind: Any = None, namespace: dict | None = None,
+                 watch: tuple[str, ...] = (), rule: str | None = None):
         self.shell = shell
         self.bind = bind
+        self.rule = rule
+        self.namespace = namespace if namespace is not None else {}
+        self.changes = Changes()
+        for name in watch:        # values read by value: a change in place is a new version
+            if name in self.namespace:
+                self.changes.watch(name, self.namespace[name])
         self.events: list[tuple] = []
         self.size = 0
         self.pending_clear = False
@@ -164,8 +179,10 @@ class Capture:
         """The cell's outputs from its locals. An object that says it is closed (`with open(...)
         as f` leaves one) is no use to another cell, and could not be stored: it is left out."""
         out = {k: scope[k] for k in names if k in scope and not _closed(scope[k])}
+        for name, value in self.changes.changed(self.namespace).items():
+            out.setdefault(name, value)    # changed in place: a new version of the name
         if self.bind is not None:   # a rule that ran binds its outputs, also when it was only a dependency
-            self.bind(out)
+            self.bind(out, self.rule, self.changes.spoiled)
         return out
 
     # -------------------------------------------------------- recording

@@ -13,12 +13,22 @@ Contract:
   default, anything else one UsageError line) a kernel shows the text line too, on the kernel
   process's own stderr (the terminal of a headless run, not the cell's output), each build's
   report line after it led by its targets. `rich` says whether the front end takes widgets and SVG.
-- `producers` maps each output name to the one rule that produces it (imports are not listed: a
-  module is the same whoever imports it); `inputs` and `outputs` are each cell rule's names.
-- Identity: with JupyterLab's cell ids (`pre_run_cell`), a rule belongs to its cell:
-  `superseded(name)` refuses a name another cell's rule has and lists the rules this cell defined
-  before under other names, which `defined(name, superseded)` then drops. Without cell ids the
-  rule's name is the cell's identity.
+- `versions` (versions.Versions) says which rule bound the latest version of each name, as cells
+  run: a rule cell when it is defined and when it runs, an ordinary cell when it binds a name or
+  reads one a rule bound (it may have changed it in place: it is read by value from then on).
+  For each cell rule, `inputs` are the names its cell reads, `fetches` the rules whose versions it
+  reads (name -> rule), `outputs` the names it binds (with those it changed in place, once run).
+- Identity: with cell ids (JupyterLab, Notebook 7: `pre_run_cell`), a rule belongs to its cell:
+  `superseded(name)` refuses a rule name another cell's rule has and lists the rules this cell
+  defined before under other names, which `defined(...)` then drops. Without cell ids, a cell's
+  rule is named after its source and the versions it reads (versions.identity).
+- `bind(outputs, rule, spoiled)`: a rule's outputs enter the namespace, but for names a later cell
+  bound again (a dependency run for a target does not undo later cells); a fetched value the
+  body changed in place (`spoiled`) is dropped from memory, and the stored one is used from then
+  on.
+- `title(rule)`: how messages name a cell rule (graph.label): the first name it binds, with its
+  cell's execution count when another cell's rule binds that name first too (`df (cell 4)`);
+  `cell 7` for a cell that binds no name.
 """
 from __future__ import annotations
 
@@ -31,8 +41,9 @@ from ..build import Build
 from ..console import TextProgress, own_stderr
 from .cells import CAPTURE, FETCH, LAST, analyse
 from .elsewhere import CellCapture, CellFetch, received
-from .graph import label, snapshot
+from .graph import TITLES, label, snapshot
 from .replay import replay
+from .versions import Versions, fingerprint, unchangeable
 
 __all__ = ["NotebookState"]
 
@@ -43,13 +54,20 @@ class NotebookState:
     def __init__(self, shell: Any, path: str):
         self.shell = shell
         self.build = Build(path, workers=1, progress=False)
-        self.producers: dict[str, str] = {}      # output name -> rule name
+        self.versions = Versions()
         self.outputs: dict[str, tuple[str, ...]] = {}
         self.inputs: dict[str, tuple[str, ...]] = {}
+        self.fetches: dict[str, dict[str, str]] = {}
         self.parametric: set[str] = set()
+        self.functions: dict[str, Any] = {}      # parametric rule -> remakes it with the versions it reads now
         self.cells: dict[str, str] = {}          # rule name -> id of the cell that defines it
+        self.sources: dict[str, str] = {}        # rule name -> its cell's source
+        self.firsts: dict[str, str | None] = {}  # default-named rule -> the name it binds first
+        self.numbers: dict[str, int] = {}        # rule name -> execution count of its cell's last run
         self.cell_id: str | None = None           # the running cell's id (JupyterLab sends one)
         self.cell_source = ""
+        self.ran_rule = False                     # the running cell is a rule cell (or a build)
+        self.cell_number = 0                      # the running cell's In [n]
         self.hooks = {FETCH: CellFetch(self), CAPTURE: CellCapture(self)}
         shell.user_ns.update(self.hooks)
         self.build.observers.append(self.replay_reused)
@@ -73,23 +91,64 @@ class NotebookState:
     def pre_run_cell(self, info: Any = None) -> None:
         self.cell_id = getattr(info, "cell_id", None)
         self.cell_source = getattr(info, "raw_cell", None) or ""
+        self.ran_rule = False
+        # the cell's In [n]: IPython counts a cell that is kept in the history before it runs
+        count = int(getattr(self.shell, "execution_count", 0) or 0)
+        self.cell_number = count - 1 if getattr(info, "store_history", False) else count
 
     def post_run_cell(self, result: Any = None) -> None:
-        """An ordinary cell that rebinds a name rules read (`threshold = 0.7`) names the rules it
-        made stale, as an edited rule cell does: their bound values are out of date now."""
+        """An ordinary cell: the names it binds are its versions now, read by value; names it
+        reads that rules bound may have been changed in place, so they are read by value too.
+        One that rebinds a name rules read by value (`threshold = 0.7`) names the rules it made
+        stale, as an edited rule cell does."""
         source = self.cell_source.lstrip()
-        if not source or source.startswith(("%%rule", "%build", "%nbbuild")) or not self.inputs:
+        if self.ran_rule or not source or source.startswith(("%%rule", "%build", "%nbbuild")):
             return
         try:
-            bound = set(analyse(self.shell.transform_cell(source)).outputs) - set(self.producers)
-        except Exception:  # any cell at all, even one that cannot be parsed: then there is nothing to say
+            names = analyse(self.shell.transform_cell(source))
+        except Exception:  # any cell at all, even one that cannot be parsed: then nothing is known
             return
-        readers = [r for r, reads in self.inputs.items() if bound.intersection(reads)]
+        self.versions.read_plainly(self.changed_plainly(names.inputs))
+        bound = set(names.outputs)
+        self.versions.bound(None, list(bound))
+        self.rebound(set(names.inputs) | bound)
+        readers = [r for r, reads in self.inputs.items()
+                   if any(n in bound and n not in self.fetches.get(r, {}) for n in reads)]
         if readers:
             found = list(readers)
             for r in readers:
                 found += [d for d in self.dependents(r) if d not in found]
             self.say_stale(found)
+
+    def changed_plainly(self, reads: tuple[str, ...]) -> list[str]:
+        """Of the names an ordinary cell read, those whose rule's value it may have changed in
+        place (or that no longer hold it): their version is the namespace's from now on, and the
+        rule's value in memory, changed, is dropped (its stored one stays)."""
+        ns, changed = self.shell.user_ns, []
+        rules: dict[str, list[str]] = {}
+        for n in reads:
+            r = self.versions.producer(n)
+            if r is not None and r in self.build.rules and r not in self.parametric:
+                rules.setdefault(r, []).append(n)
+        for r, read in rules.items():
+            task = self.build.rules[r].task()
+            held = self.build.remembered(task)
+            value = held[1] if held is not None else None
+            if not isinstance(value, dict) or any(n not in ns or ns[n] is not value.get(n) for n in read):
+                changed += read
+            elif not all(unchangeable(v) for v in value.values()) and fingerprint(value) != held[0]:  # type: ignore[index]
+                changed += [n for n in self.versions.names_of(r) if n in ns and ns[n] is value.get(n)]
+                self.build.forget(task)
+        return changed
+
+    def rebound(self, names: Any) -> None:
+        """Cells bound `names` again: a parametric rule reading one of them reads the new version
+        from now on, as a function reads a global when called."""
+        names = set(names)
+        for rule, remake in list(self.functions.items()):
+            reads = set(self.inputs.get(rule, ())) & names
+            if reads and any(self.versions.producer(n) != self.fetches.get(rule, {}).get(n) for n in reads):
+                remake()
 
     def say_stale(self, rules: list[str]) -> None:
         """One line naming which of `rules` (their known calls, for parametric ones) are stale."""
@@ -102,7 +161,15 @@ class NotebookState:
             tasks = b.known_tasks(rule) if r in self.parametric else [rule.task()]
             stale += [label(repr(t)) for t in tasks if b.status(t).state == "stale"]
         if stale:
-            print(f"stale: {', '.join(stale)} — run %build {stale[-1]}")
+            print(f"stale: {', '.join(stale)} — run %build {self.target_text(stale[-1])}")
+
+    def target_text(self, title: str) -> str:
+        """What to type after %build for a rule named `title` in messages."""
+        for rule, t in TITLES.items():
+            if t == title:
+                first = self.firsts.get(rule)
+                return first if first and self.versions.producer(first) == rule else rule
+        return title
 
     def make_rule(self, fn: Any, name: str, policy: str, options: dict[str, Any]) -> Any:
         """A cell's rule (options: executor, timeout, retries). A body run elsewhere shows here
@@ -110,6 +177,13 @@ class NotebookState:
         rule = self.build.rule(fn, name=name, policy=policy, **options)
         rule.received = received(self)
         return rule
+
+    def own_rules(self, source: str) -> set[str]:
+        """The rules this cell defined before: its cell id's, or without one, those of the same
+        source (a cell run again, whose `x = x + 1` reads the `x` it made, by value)."""
+        if self.cell_id is not None:
+            return {r for r, c in self.cells.items() if c == self.cell_id}
+        return {r for r, s in self.sources.items() if s == source}
 
     def superseded(self, name: str) -> list[str]:
         """The rules the running cell defined before under other names, which rule `name` now
@@ -123,20 +197,44 @@ class NotebookState:
             raise UsageError(f"rule {name} is defined by another cell; name this one: %%rule OTHER_NAME")
         return [old for old, c in self.cells.items() if c == cid and old != name]
 
-    def defined(self, name: str, superseded: list[str]) -> None:
+    def defined(self, name: str, superseded: list[str], source: str, first: str | None, named: bool) -> None:
+        """Rule `name` is the running cell's now (`named`: the user gave the name; otherwise the
+        cell binds `first` first, or nothing)."""
         for old in superseded:
             self.drop(old)
         if self.cell_id is not None:
             self.cells[name] = self.cell_id
+        self.sources[name] = source
+        self.numbers[name] = self.cell_number
+        if named:
+            self.firsts.pop(name, None)
+            TITLES.pop(name, None)
+        else:
+            self.firsts[name] = first
+        self.ran_rule = True
+        self._retitle()
 
     def drop(self, name: str) -> None:
         self.build.rules.pop(name, None)
-        self.cells.pop(name, None)
-        self.outputs.pop(name, None)
-        self.inputs.pop(name, None)
+        for table in (self.cells, self.sources, self.outputs, self.inputs, self.fetches, self.numbers, self.firsts):
+            table.pop(name, None)   # type: ignore[attr-defined]
         self.parametric.discard(name)
-        for out in [o for o, r in self.producers.items() if r == name]:
-            del self.producers[out]
+        self.functions.pop(name, None)
+        self.versions.dropped(name)
+        TITLES.pop(name, None)
+
+    def _retitle(self) -> None:
+        """Titles of default-named rules: the name they bind first, and the cell's number when
+        several rules bind it first (or none)."""
+        shared: dict[str | None, int] = {}
+        for rule, first in self.firsts.items():
+            shared[first] = shared.get(first, 0) + 1
+        for rule, first in self.firsts.items():
+            n = self.numbers.get(rule, 0)
+            if first is None:
+                TITLES[rule] = f"cell {n}" if n else "cell"
+            else:
+                TITLES[rule] = first if shared[first] == 1 else f"{first} (cell {n})"
 
     def replay_reused(self, targets: list, report: Any) -> None:
         """After any build (a magic, or `model(alpha=0.1)` in a plain cell): a target reused
@@ -147,21 +245,28 @@ class NotebookState:
                 replay(self.shell, self.build.attachment(task))
             seen.add(task.key)
 
-    def bind(self, outputs: dict) -> None:
-        self.shell.user_ns.update({k: v for k, v in outputs.items() if k != LAST})
+    def bind(self, outputs: dict, rule: str | None = None, spoiled: list[str] | tuple = ()) -> None:
+        for digest in spoiled:
+            self.build.forget(digest=digest)
+        latest = self.versions.latest
+        self.shell.user_ns.update({k: v for k, v in outputs.items()
+                                   if k != LAST and (rule is None or k not in latest or latest[k] == rule)})
 
     def rule_for(self, target: str) -> Any:
-        name = self.producers.get(target, target)
+        producer = self.versions.producer(target)
+        if producer is None and target in self.versions.latest:
+            raise UsageError(f"{target!r} was last bound by an ordinary cell: there is nothing to build; "
+                             "make that cell a rule (%%rule) to build it")
+        name = producer or target
         if name not in self.build.rules:
-            known = ", ".join(sorted(self.producers)) or "none yet"
+            known = ", ".join(sorted(n for n, r in self.versions.latest.items() if r is not None)) or "none yet"
             raise UsageError(f"no rule produces {target!r} (names produced: {known})")
         return self.build.rules[name]
 
     def static(self) -> dict[str, tuple[str, ...]]:
-        """Rule name -> the rules producing the names its cell reads (before it has run)."""
-        return {rule: tuple(dict.fromkeys(self.producers[n] for n in reads
-                                          if self.producers.get(n, rule) != rule))
-                for rule, reads in self.inputs.items()}
+        """Rule name -> the rules whose versions its cell reads (before it has run)."""
+        return {rule: tuple(dict.fromkeys(r for r in self.fetches.get(rule, {}).values() if r != rule))
+                for rule in self.inputs}
 
     def graph(self, targets: list | None = None) -> Any:
         """The graph snapshot of the targets (every rule when None)."""
@@ -173,15 +278,15 @@ class NotebookState:
         return html(self.graph(targets))
 
     def dependents(self, name: str) -> list[str]:
-        """Rules that read, directly or not, what rule `name` produces, in definition order."""
+        """Rules that read, directly or not, a version rule `name` bound, in definition order."""
         found: list[str] = []
-        frontier = set(self.outputs.get(name, ()))
+        frontier = {name}
         changed = True
         while changed:
             changed = False
-            for rule, reads in self.inputs.items():
-                if rule != name and rule not in found and frontier.intersection(reads):
+            for rule, reads in self.fetches.items():
+                if rule != name and rule not in found and frontier.intersection(reads.values()):
                     found.append(rule)
-                    frontier.update(self.outputs.get(rule, ()))
+                    frontier.add(rule)
                     changed = True
         return found

@@ -1,0 +1,189 @@
+"""Notebooks as people write them: names bound by many cells, cells that bind nothing, values
+changed in place. Every cell a rule gives what plain execution gives (the oracle: the same cells
+run as plain Python), re-runs only what plain execution would compute differently, and a restart
+runs nothing."""
+from __future__ import annotations
+
+import pytest
+from IPython.core.interactiveshell import InteractiveShell
+
+from nbbuild.notebook.graph import label
+from oracle import plainly
+
+# cells as people write them: `df` bound three times, a loop variable, a figure-and-axes pair whose
+# axes another cell changes in place, a list another cell appends to, cells that bind nothing
+CELLS = [
+    "rows = [3, 1, -2, 5, 8]",
+    "df = [r for r in rows if r > 0]",
+    "df = sorted(df)",
+    "for i in range(3):\n    total = sum(df) + i",
+    "fig = {'title': 'sizes', 'lines': []}\nax = fig['lines']",
+    "ax.append(len(df))",
+    "lines = list(fig['lines'])",
+    "items = []",
+    "items.append(total)\nitems.append(i)",
+    "print('items:', items)",
+    "df = df + [100]",
+    "summary = (len(items), lines, df[-1], fig)",
+]
+NAMES = ("rows", "df", "i", "total", "fig", "ax", "lines", "items", "summary")
+
+
+@pytest.fixture
+def shell(tmp_path, monkeypatch):
+    """`shell()`: a fresh IPython with nbbuild loaded on one store: calling it again is a kernel
+    restart (a new Build on the same store, nothing in memory)."""
+    monkeypatch.chdir(tmp_path)
+    made: list = []
+
+    def start() -> InteractiveShell:
+        stop()
+        ip = InteractiveShell.instance()
+        ip.run_line_magic("load_ext", "nbbuild")
+        made.append(ip)
+        return ip
+
+    def stop() -> None:
+        if made:
+            ip = made.pop()
+            ip._nbbuild_state.build.close()
+            ip.run_line_magic("unload_ext", "nbbuild")
+        InteractiveShell.clear_instance()
+
+    yield start
+    stop()
+
+
+def run_all(ip, cells, ids=None) -> list[str]:
+    """Run every cell as a rule, in order (Restart & Run All); the cells whose bodies ran, as the
+    report names them."""
+    ran: list[str] = []
+    for n, cell in enumerate(cells):
+        before = ip._nbbuild_state.build.report
+        result = ip.run_cell("%%rule\n" + cell, store_history=True, cell_id=ids[n] if ids else None)
+        assert result.error_in_exec is None and result.error_before_exec is None, (cell, result)
+        report = ip._nbbuild_state.build.report
+        if report is not before:
+            ran += [label(t) for t in report.executed]
+    return ran
+
+
+def values(ip) -> dict:
+    return {n: ip.user_ns[n] for n in NAMES}
+
+
+def test_every_cell_a_rule_gives_what_plain_execution_gives(shell, capsys):
+    ip = shell()
+    run_all(ip, CELLS)
+    assert values(ip) == plainly(CELLS, NAMES)
+    assert values(ip)["summary"] == (2, [4], 100, {"title": "sizes", "lines": [4]})
+    assert "items: [19, 2]" in capsys.readouterr().out
+
+
+def test_run_all_again_and_after_a_restart_runs_nothing_and_gives_the_same(shell, capsys):
+    ip = shell()
+    first = run_all(ip, CELLS)
+    assert len(first) == len(CELLS)                  # each cell ran once, the first time
+    capsys.readouterr()
+    assert run_all(ip, CELLS) == []
+    ip = shell()                                     # a kernel restart
+    assert run_all(ip, CELLS) == []
+    assert values(ip) == plainly(CELLS, NAMES)
+    assert "items: [19, 2]" in capsys.readouterr().out    # what a reused cell printed, shown again
+
+
+def test_inserting_a_cell_reruns_only_the_cells_whose_versions_changed(shell):
+    ip = shell()
+    run_all(ip, CELLS)
+    cells = CELLS[:3] + ["df = df[1:]"] + CELLS[3:]      # a new version of df before the loop
+    ip = shell()
+    ran = run_all(ip, cells)
+    assert values(ip) == plainly(cells, NAMES)
+    # the new cell, then every cell reading what it changed, directly or not; not `rows`, the
+    # first two versions of `df`, the figure's cell, or `items = []`
+    assert ran == ["df (cell 4)", "total", "cell 7", "lines", "cell 10", "cell 11", "df (cell 12)", "summary"]
+
+
+def test_moving_and_deleting_cells_that_nothing_reads_reruns_nothing(shell):
+    ip = shell()
+    run_all(ip, CELLS)
+    cells = [CELLS[0], CELLS[7]] + CELLS[1:7] + CELLS[8:9] + CELLS[10:]   # `items = []` moved up, the print gone
+    ip = shell()
+    assert run_all(ip, cells) == []
+    assert values(ip) == plainly(cells, NAMES)
+
+
+def test_with_cell_ids_an_edited_cell_reruns_with_what_reads_it_and_cuts_off_equal_values(shell):
+    ids = [f"cell-{n}" for n in range(len(CELLS))]
+    ip = shell()
+    run_all(ip, CELLS, ids)
+    edited = list(CELLS)
+    edited[1] = "df = [r for r in rows if r >= 1]"       # the same values: early cutoff
+    assert run_all(ip, edited, ids) == ["df (cell 14)"]
+    edited[1] = "df = [r for r in rows if r > 3]"        # now [5, 8]
+    ran = run_all(ip, edited, ids)
+    assert ran[:3] == ["df (cell 26)", "df (cell 27)", "total"] and "rows" not in ran
+    assert values(ip) == plainly(edited, NAMES)
+
+
+def test_a_change_in_place_is_a_new_version_and_the_earlier_value_is_kept(shell):
+    ip = shell()
+    run_all(ip, CELLS)
+    state = ip._nbbuild_state
+    appends = next(r for r, reads in state.fetches.items() if "ax" in reads)    # `ax.append(len(df))`
+    assert state.rule_for("fig").name == state.rule_for("ax").name == appends   # its versions now
+    assert state.fetches[state.rule_for("lines").name]["fig"] == appends
+    made = state.fetches[appends]["ax"]                 # the cell `fig = {...}; ax = ...` itself
+    assert state.build.build(made)[0]["fig"] == {"title": "sizes", "lines": []}
+    ip = shell()
+    run_all(ip, CELLS)
+    assert ip.user_ns["lines"] == [4] and ip.user_ns["fig"]["lines"] == [4]
+
+
+def test_an_ordinary_cell_that_changes_a_value_in_place_is_what_later_rule_cells_read(shell):
+    cells = ["%%rule\ndata = [1, 2]", "data.append(3)", "%%rule\nn = len(data)", "print(n)"]
+    ip = shell()
+    for cell in cells:
+        ip.run_cell(cell, store_history=True)
+    assert ip.user_ns["n"] == 3
+    assert ip._nbbuild_state.build.build(ip._nbbuild_state.build.rules[
+        next(iter(ip._nbbuild_state.build.rules))])[0]["data"] == [1, 2]   # stored as it was made
+    ip = shell()
+    ip.run_cell(cells[0])
+    ip.run_cell(cells[1])
+    before = ip._nbbuild_state.build.report
+    ip.run_cell(cells[2])
+    assert ip.user_ns["n"] == 3 and ip._nbbuild_state.build.report.executed == [] != before
+
+
+def test_a_cell_that_binds_nothing_is_a_rule_and_shows_its_output_again(shell, capsys):
+    ip = shell()
+    ip.run_cell("%%rule\nx = 41")
+    ip.run_cell("%%rule\nprint('the answer is', x + 1)")
+    assert "the answer is 42" in capsys.readouterr().out
+    ip = shell()
+    ip.run_cell("%%rule\nx = 41")
+    ip.run_cell("%%rule\nprint('the answer is', x + 1)")
+    assert ip._nbbuild_state.build.report.executed == []
+    assert "the answer is 42" in capsys.readouterr().out
+
+
+def test_build_name_builds_the_latest_version_and_status_names_versions_apart(shell, capsys):
+    ip = shell()
+    run_all(ip, CELLS)
+    capsys.readouterr()
+    ip.run_cell("%build df")
+    assert ip.user_ns["df"] == [1, 3, 5, 8, 100]
+    ip.run_cell("%nbbuild status")
+    out = capsys.readouterr().out
+    for title in ("df (cell 2)", "df (cell 3)", "df (cell 11)", "total", "cell 6", "summary"):
+        assert title in out
+
+
+def test_a_loop_variable_and_a_file_handle_in_many_cells_are_accepted(shell, tmp_path, capsys):
+    cells = ["for f in ['a', 'b']:\n    last = f", "with open('x.txt', 'w') as f:\n    f.write('hi')",
+             "with open('x.txt') as f:\n    text = f.read()", "for last in range(2):\n    pass"]
+    ip = shell()
+    run_all(ip, cells)
+    assert ip.user_ns["text"] == "hi" and ip.user_ns["last"] == 1
+    assert "Error" not in capsys.readouterr().err
