@@ -187,3 +187,53 @@ def test_a_loop_variable_and_a_file_handle_in_many_cells_are_accepted(shell, tmp
     run_all(ip, cells)
     assert ip.user_ns["text"] == "hi" and ip.user_ns["last"] == 1
     assert "Error" not in capsys.readouterr().err
+
+
+def test_auto_makes_every_code_cell_a_rule_without_rule_lines(shell, capsys):
+    ip = shell()
+    ip.run_cell("%nbbuild auto", store_history=True)
+    for cell in CELLS:
+        assert ip.run_cell(cell, store_history=True).error_in_exec is None
+    assert values(ip) == plainly(CELLS, NAMES)
+    assert len(ip._nbbuild_state.build.rules) == len(CELLS)
+    ip = shell()
+    ip.run_cell("%nbbuild auto", store_history=True)
+    executed = []
+    for cell in CELLS:
+        before = ip._nbbuild_state.build.report
+        ip.run_cell(cell, store_history=True)
+        assert ip._nbbuild_state.build.report is not before      # each cell was a build
+        executed += ip._nbbuild_state.build.report.executed
+    assert executed == [] and values(ip) == plainly(CELLS, NAMES)
+    assert "items: [19, 2]" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("cell", [
+    "%matplotlib inline",
+    "%time x = 1",
+    "files = !echo hi",
+    "!echo hi",
+    "%%time\nx = 1",
+    "# just a comment",
+    "# nbbuild: off\nx = 1",
+    "from math import *",
+    "await_ = 1\nimport asyncio\nawait asyncio.sleep(0)",
+    "x = (1 +",
+    "len?",
+])
+def test_under_auto_a_cell_that_cannot_or_should_not_be_a_rule_runs_as_an_ordinary_cell(shell, cell):
+    ip = shell()
+    ip.run_cell("%nbbuild auto")
+    ip.run_cell(cell)
+    assert ip._nbbuild_state.build.rules == {}
+
+
+def test_auto_off_stops_it_and_rule_cells_still_work(shell):
+    ip = shell()
+    ip.run_cell("%nbbuild auto on")
+    ip.run_cell("a = 1")
+    ip.run_cell("%nbbuild auto off")
+    ip.run_cell("b = a + 1")
+    ip.run_cell("%%rule\nc = b + 1")
+    assert len(ip._nbbuild_state.build.rules) == 2 and ip.user_ns["c"] == 3
+    assert ip.run_cell("%nbbuild auto sideways").error_in_exec is not None

@@ -17,6 +17,8 @@ returns `CellNames`:
   inside a comprehension binds there. Builtins and IPython's own names (`get_ipython`, `In`,
   `Out`, `_`, `_i3`, `display`, ...) are never inputs.
 A syntax error, or a star import (whose names cannot be known), raises RuleError with one line.
+`refusal(source)` says in one line why a cell cannot be a rule (those, and top-level `await`,
+`yield`, `return`), or None.
 
 `compile_cell(source, name, filename, fetched, namespace)` makes the rule's function: a function
 named `name`, with `namespace` (the user's) as its globals, whose body is the cell. Each name in
@@ -36,7 +38,7 @@ from dataclasses import dataclass
 
 from ..errors import RuleError
 
-__all__ = ["CellNames", "analyse", "compile_cell", "parse_signature", "LAST", "FETCH", "CAPTURE"]
+__all__ = ["CellNames", "analyse", "compile_cell", "parse_signature", "refusal", "LAST", "FETCH", "CAPTURE"]
 
 LAST = "__nbbuild_last__"
 FETCH = "__nbbuild_fetch__"
@@ -340,11 +342,7 @@ def compile_cell(source: str, name: str, filename: str, fetched: dict[str, str],
     globals read by value), and `record.outputs(locals(), names)` picks the outputs."""
     tree = _parse(source)
     body: list[ast.stmt] = list(tree.body)
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Yield, ast.YieldFrom, ast.Await)) and not _inside_function(tree, node):
-            raise RuleError("a rule cell cannot yield or await at top level; move that into a function")
-        if isinstance(node, (ast.Return, ast.Nonlocal)) and not _inside_function(tree, node):
-            raise RuleError(f"'{type(node).__name__.lower()}' outside a function in a rule cell")
+    _check_top_level(tree)
     if body and isinstance(body[-1], ast.Expr):   # the cell's last expression, displayed as Jupyter would
         last = body[-1]
         body[-1] = ast.copy_location(ast.Assign([ast.Name(LAST, ast.Store())], last.value), last)
@@ -378,6 +376,24 @@ def compile_cell(source: str, name: str, filename: str, fetched: dict[str, str],
     scratch: dict = {}
     exec(code, namespace, scratch)
     return scratch[name]
+
+
+def _check_top_level(tree: ast.AST) -> None:
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Yield, ast.YieldFrom, ast.Await)) and not _inside_function(tree, node):
+            raise RuleError("a rule cell cannot yield or await at top level; move that into a function")
+        if isinstance(node, (ast.Return, ast.Nonlocal)) and not _inside_function(tree, node):
+            raise RuleError(f"'{type(node).__name__.lower()}' outside a function in a rule cell")
+
+
+def refusal(source: str) -> str | None:
+    """Why the cell (Python, after IPython's transformation) cannot be a rule, or None."""
+    try:
+        analyse(source)
+        _check_top_level(_parse(source))
+    except RuleError as e:
+        return str(e)
+    return None
 
 
 def _inside_function(tree: ast.AST, target: ast.AST) -> bool:

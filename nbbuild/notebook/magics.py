@@ -24,6 +24,8 @@ Contract:
   report's one line: in a kernel the live build view (widgets.py) settles into it, elsewhere it is
   printed. --force runs the targets themselves again; --dry-run says what would run and why;
   --graph adds the live task graph to the build view.
+- `%nbbuild auto [on|off]`: every following code cell runs as a rule without `%%rule` (auto.py
+  says which cells stay ordinary).
 - `%nbbuild status | why TARGET | graph [TARGET] | store [--quota SIZE] [gc [--foreign] | clear] |
   metrics | dashboard [TARGET]`: look at the build; nothing runs and nothing in the store changes
   (see `%nbbuild?`), but for `store`: --quota (saved in the store), --min-free and --eviction set
@@ -59,7 +61,7 @@ __all__ = ["NbbuildMagics", "load_ipython_extension", "unload_ipython_extension"
 
 
 _NBBUILD_USAGE = ("%nbbuild status | why TARGET | graph [TARGET] | store [--quota SIZE] [gc [--foreign] | clear]"
-                  " | metrics"
+                  " | metrics | auto [on|off]"
                   " | dashboard [TARGET] (%nbbuild? for help)")
 @magics_class
 class NbbuildMagics(Magics):
@@ -300,6 +302,12 @@ class NbbuildMagics(Magics):
                                    written, evictions, the slowest rules; the store's size
                                    against its quota
         %nbbuild dashboard [TARGET]   the graph and the metrics side by side
+        %nbbuild auto [on|off]     every following code cell runs as a rule, without %%rule
+                                   (off: as before). A cell stays ordinary when it begins
+                                   with another cell magic, holds a line magic or a shell
+                                   escape (%matplotlib, !pip), cannot be a rule (a star
+                                   import, top-level await), or begins with the line
+                                   `# nbbuild: off`
 
         TARGET is a name (its latest version), a rule's name, or a call such as model(alpha=0.1).
         """
@@ -316,6 +324,11 @@ class NbbuildMagics(Magics):
             views.store(self.state, rest)
         elif command == "metrics" and not rest:
             views.metrics(self.state)
+        elif command == "auto" and (not rest or rest == ["on"] or rest == ["off"]):
+            if rest == ["off"]:
+                self.state.auto.off()
+            else:
+                self.state.auto.on()
         else:
             said = f"%nbbuild: {line.strip()!r}? " if line.strip() else ""
             raise UsageError(f"{said}usage: {_NBBUILD_USAGE}")
@@ -411,6 +424,8 @@ def load_ipython_extension(shell: Any) -> None:
 
 def unload_ipython_extension(shell: Any) -> None:
     state = getattr(shell, "_nbbuild_state", None)
+    if state is not None:
+        state.auto.off()
     for event in ("pre_run_cell", "post_run_cell"):
         if state is not None and getattr(state, event) in shell.events.callbacks[event]:
             shell.events.unregister(event, getattr(state, event))

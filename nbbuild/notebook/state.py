@@ -22,6 +22,7 @@ Contract:
   `superseded(name)` refuses a rule name another cell's rule has and lists the rules this cell
   defined before under other names, which `defined(...)` then drops. Without cell ids, a cell's
   rule is named after its source and the versions it reads (versions.identity).
+- `auto` (auto.Auto): `%nbbuild auto` makes every following code cell a rule.
 - `bind(outputs, rule, spoiled)`: a rule's outputs enter the namespace, but for names a later cell
   bound again (a dependency run for a target does not undo later cells); a fetched value the
   body changed in place (`spoiled`) is dropped from memory, and the stored one is used from then
@@ -39,6 +40,7 @@ from IPython.core.error import UsageError
 
 from ..build import Build
 from ..console import TextProgress, own_stderr
+from .auto import Auto
 from .cells import CAPTURE, FETCH, LAST, analyse
 from .elsewhere import CellCapture, CellFetch, received
 from .graph import TITLES, label, snapshot
@@ -68,6 +70,7 @@ class NotebookState:
         self.cell_source = ""
         self.ran_rule = False                     # the running cell is a rule cell (or a build)
         self.cell_number = 0                      # the running cell's In [n]
+        self.auto = Auto(shell)
         self.hooks = {FETCH: CellFetch(self), CAPTURE: CellCapture(self)}
         shell.user_ns.update(self.hooks)
         self.build.observers.append(self.replay_reused)
@@ -92,6 +95,7 @@ class NotebookState:
         self.cell_id = getattr(info, "cell_id", None)
         self.cell_source = getattr(info, "raw_cell", None) or ""
         self.ran_rule = False
+        self.auto.arm(self.cell_source)
         # the cell's In [n]: IPython counts a cell that is kept in the history before it runs
         count = int(getattr(self.shell, "execution_count", 0) or 0)
         self.cell_number = count - 1 if getattr(info, "store_history", False) else count
