@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any, Callable, Iterable
 
-from . import environment
+from . import inputs
 
 __all__ = ["CleanSet"]
 
@@ -85,7 +85,7 @@ class CleanSet:
                 for name, recorded in entry[0].environment():   # keys are prefixed: no clash with paths
                     h = now.get(name)
                     if h is None:
-                        h = now[name] = environment.digest(name)
+                        h = now[name] = inputs.digest(name)
                     if h != recorded:
                         seeds.add(key)
                         break

@@ -26,7 +26,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from . import environment
+from .inputs import describe as input_describe, digest as input_digest
 from .files import short_path
 from .rule import Rule, Task, rule_version
 from .trace import FILE_PREFIX, INPUT_PREFIX, MISSING
@@ -178,8 +178,8 @@ def _why_trace(build: Any, tr: Any, memo: Memo, versions: dict) -> str | None:
                     return f"file {short_path(path)} {'is missing' if now == MISSING else 'changed'}"
                 continue
             if key.startswith(INPUT_PREFIX):
-                if environment.digest(key) != recorded:
-                    return environment.describe(key)
+                if input_digest(key) != recorded:
+                    return input_describe(key)
                 continue
             dep = build._task_for_key(key)
             if dep is None:

@@ -29,7 +29,7 @@ from typing import Any, Sequence
 
 from greenlet import GreenletExit as GreenletExitType
 
-from . import body, environment
+from . import body, environment, inputs
 from .errors import BuildError, Cancelled, CycleError
 from .executors import Hubs
 from .priority import CriticalPath, ReadyQueue
@@ -321,7 +321,7 @@ class Scheduler:
         """The hash a dependency that is not a task (a file, an environment variable) has now."""
         if key.startswith(FILE_PREFIX):
             return self.files.hash(key[len(FILE_PREFIX):])
-        return environment.digest(key)
+        return inputs.digest(key)
 
     def _verify(self, st: TaskState) -> bool:
         rule = st.task.rule

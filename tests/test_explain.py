@@ -65,7 +65,7 @@ def test_status_says_not_stored_when_the_value_is_gone(tmp_path, calls):
         raw, clean, total = _pipeline(b, calls, tmp_path, {"clean": False})
         b.build(total)
         digest = b._clean.hashes[clean.task().key]
-        b._forget()
+        b.forget()
         b.store.delete_value(digest)
         assert b.status(clean).state == "not stored"
 

@@ -237,3 +237,39 @@ def test_auto_off_stops_it_and_rule_cells_still_work(shell):
     ip.run_cell("%%rule\nc = b + 1")
     assert len(ip._nbbuild_state.build.rules) == 2 and ip.user_ns["c"] == 3
     assert ip.run_cell("%nbbuild auto sideways").error_in_exec is not None
+
+
+RANDOM_CELLS = [
+    "import random\nimport numpy as np\nrandom.seed(1)\nnp.random.seed(2)",
+    "a = random.random()\nx = np.random.rand(3)",
+    "label = 'no draws here'",
+    "b = random.random()\ny = np.random.rand(2)",
+]
+
+
+def test_cells_that_draw_leave_the_generators_where_plain_execution_would(shell):
+    names = ("a", "b", "x", "y", "label")
+    ip = shell()
+    assert run_all(ip, RANDOM_CELLS) != []
+    first = {n: ip.user_ns[n] for n in names}
+    ip = shell()
+    assert run_all(ip, RANDOM_CELLS) == []                # reused, each leaving the state it left
+    again = {n: ip.user_ns[n] for n in names}
+    assert again["a"] == first["a"] and again["b"] == first["b"] and list(again["y"]) == list(first["y"])
+    plain = plainly(RANDOM_CELLS, names)
+    assert (again["a"], again["b"], list(again["x"]), list(again["y"])) == (
+        plain["a"], plain["b"], list(plain["x"]), list(plain["y"]))
+
+
+def test_a_cell_that_draws_runs_again_when_an_earlier_cell_draws_differently(shell, capsys):
+    ip = shell()
+    run_all(ip, RANDOM_CELLS)
+    cells = list(RANDOM_CELLS)
+    cells[1] = "a = random.random()\nx = np.random.rand(4)"     # one more draw of numpy's
+    ip = shell()
+    ran = run_all(ip, cells)
+    assert ran == ["a", "b"]                   # not the seeding cell, nor the one that draws nothing
+    assert list(ip.user_ns["y"]) == list(plainly(cells, ("y",))["y"])
+    capsys.readouterr()
+    ip.run_cell("%nbbuild why b")     # run again now, b would start where it left the generators
+    assert "b is stale: the state of random's global generator changed" in capsys.readouterr().out

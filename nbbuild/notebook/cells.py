@@ -38,8 +38,9 @@ from dataclasses import dataclass
 
 from ..errors import RuleError
 
-__all__ = ["CellNames", "analyse", "compile_cell", "parse_signature", "refusal", "LAST", "FETCH", "CAPTURE"]
+__all__ = ["CellNames", "analyse", "compile_cell", "parse_signature", "refusal", "LAST", "FETCH", "CAPTURE", "OWN"]
 
+OWN = "__nbbuild_"                 # names of ours in a cell's outputs begin so: never the user's
 LAST = "__nbbuild_last__"
 FETCH = "__nbbuild_fetch__"
 CAPTURE = "__nbbuild_capture__"

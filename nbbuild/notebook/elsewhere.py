@@ -149,6 +149,7 @@ class RemoteCapture:
 
 class _WorkerCapture(Capture):
     echo = False
+    follows_generators = False
 
     def __enter__(self) -> Capture:
         super().__enter__()

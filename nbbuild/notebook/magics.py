@@ -50,7 +50,9 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 
 from ..errors import BuildError, CycleError, NbbuildError
-from .cells import LAST, analyse, compile_cell, parse_signature
+from .. import randomness
+from .cells import LAST, OWN, analyse, compile_cell, parse_signature
+from .replay import GENERATORS
 from .versions import identity
 from . import views
 from .graph import label
@@ -130,7 +132,7 @@ class NbbuildMagics(Magics):
             raise UsageError(str(e)) from None
         state.defined(name, superseded, source, first, named)
         produced = tuple(o for o in names.outputs if o not in names.imported)   # a module is the same whoever imports it
-        state.versions.bound(None, [o for o in names.outputs if o in names.imported])
+        state.versions.imported(name, [o for o in names.outputs if o in names.imported])
         state.versions.bound(name, produced)
         state.outputs[name], state.inputs[name], state.fetches[name] = produced, names.inputs, fetched
         state.rebound(names.outputs)
@@ -139,12 +141,14 @@ class NbbuildMagics(Magics):
         values = self._build([rule.task()], summary=False)
         value = values[0] if values else {}
         if isinstance(value, dict):      # what it changed in place is its version now
-            changed = [k for k in value if k != LAST and k not in produced and k not in names.imported]
+            changed = [k for k in value if not k.startswith(OWN) and k not in produced and k not in names.imported]
             if changed:
                 state.versions.bound(name, changed)
                 state.outputs[name] = produced + tuple(changed)
                 state.rebound(changed)
                 self.shell.user_ns.update({k: value[k] for k in changed})
+            if GENERATORS in value:      # the random generators, where this cell left them
+                randomness.restore(value[GENERATORS])
         self._say_stale(name)
         return value.get(LAST) if isinstance(value, dict) else None
 
@@ -357,7 +361,7 @@ class NbbuildMagics(Magics):
         self._say_unstored(tasks, values)
         for task, value in zip(tasks, values):
             if task.rule.name not in self.state.parametric:
-                self.shell.user_ns.update({k: v for k, v in value.items() if k != LAST})
+                self.state.bind(value, task.rule.name)
         return values
 
     def _view_says_it(self) -> bool:
@@ -385,7 +389,7 @@ class NbbuildMagics(Magics):
             culprits = []
             for task, value in zip(tasks, values):
                 if repr(task) == text and isinstance(value, dict):
-                    culprits = [k for k, v in value.items() if k != LAST and not _picklable(v)]
+                    culprits = [k for k, v in value.items() if not k.startswith(OWN) and not _picklable(v)]
             if culprits or "pickle" in reason:
                 what = f"{', '.join(culprits)} cannot be pickled" if culprits else reason
                 advice = "keep such objects inside a function, or `del` them at the end of the cell"

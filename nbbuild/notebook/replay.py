@@ -15,7 +15,9 @@ Contract:
 - `outputs(locals, names)` picks the cell's outputs, leaving out closed objects (files), adds the
   values the body changed in place (`changes`, versions.Changes: what it read by value, given as
   `watch`, and the rules' values it fetched), and hands them to `bind(outputs, rule, spoiled)`:
-  the notebook binds what every rule that ran produced, not only the targets'.
+  the notebook binds what every rule that ran produced, not only the targets'. A body that moved
+  the kernel's global random generators (randomness.Draws) records where they started as an
+  input of its run, and where they ended under `GENERATORS` in its outputs.
 - When the body returns, the record is attached to its run (`trace.attach`): stored beside the
   value, outside its hash, so a different output alone never makes dependents stale.
 - `replay(shell, record)` shows a record again, in order.
@@ -31,10 +33,13 @@ import sys
 import threading
 from typing import Any
 
-from ..trace import attach
+from ..randomness import Draws
+from ..trace import attach, current
 from .versions import Changes
 
-__all__ = ["Capture", "replay", "recording", "LIMIT", "FORMAT"]
+__all__ = ["Capture", "replay", "recording", "LIMIT", "FORMAT", "GENERATORS"]
+
+GENERATORS = "__nbbuild_generators__"   # the outputs' key of the random generators' end states
 
 FORMAT = "nbbuild-output-1"
 LIMIT = 32 << 20
@@ -128,6 +133,7 @@ class Capture:
     kernel's cell, not in the worker's log, nor, through an inherited descriptor, twice there)."""
 
     echo = True
+    follows_generators = True     # the kernel's global random generators (not a worker's)
 
     def __init__(self, shell: Any, bind: Any = None, namespace: dict | None = None,
                  watch: tuple[str, ...] = (), rule: str | None = None):
@@ -136,6 +142,7 @@ class Capture:
         self.rule = rule
         self.namespace = namespace if namespace is not None else {}
         self.changes = Changes()
+        self.draws: Draws | None = Draws() if self.follows_generators else None
         for name in watch:        # values read by value: a change in place is a new version
             if name in self.namespace:
                 self.changes.watch(name, self.namespace[name])
@@ -146,6 +153,8 @@ class Capture:
         self.parent: Capture | None = None
 
     def __enter__(self) -> Capture:
+        if self.draws is not None:
+            self.draws.start()
         _taps.open(self.shell)
         self.parent = _recording.get()
         self._token = _recording.set(self)
@@ -154,6 +163,8 @@ class Capture:
     # Not a generator-based context manager: returning from __exit__ lets the body's own
     # exception go on from the cell's frame, so its traceback gains no frames of ours.
     def __exit__(self, etype: Any, exc: Any, tb: Any) -> None:
+        if self.draws is not None:      # a body that failed, or returned no outputs
+            self.draws.finish()
         try:
             if etype is None:
                 _flush_inline_figures()
@@ -181,6 +192,14 @@ class Capture:
         out = {k: scope[k] for k in names if k in scope and not _closed(scope[k])}
         for name, value in self.changes.changed(self.namespace).items():
             out.setdefault(name, value)    # changed in place: a new version of the name
+        if self.draws is not None:
+            drawn, self.draws = self.draws.finish(), None
+            rec = current.get()
+            for key, digest in drawn[0].items():   # where the generators started: an input
+                if rec is not None:
+                    rec.read_input(key, digest)
+            if drawn[1]:
+                out[GENERATORS] = drawn[1]         # where they ended: restored on reuse
         if self.bind is not None:   # a rule that ran binds its outputs, also when it was only a dependency
             self.bind(out, self.rule, self.changes.spoiled)
         return out

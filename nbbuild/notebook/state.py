@@ -41,7 +41,7 @@ from IPython.core.error import UsageError
 from ..build import Build
 from ..console import TextProgress, own_stderr
 from .auto import Auto
-from .cells import CAPTURE, FETCH, LAST, analyse
+from .cells import CAPTURE, FETCH, LAST, OWN, analyse
 from .elsewhere import CellCapture, CellFetch, received
 from .graph import TITLES, label, snapshot
 from .replay import replay
@@ -252,9 +252,8 @@ class NotebookState:
     def bind(self, outputs: dict, rule: str | None = None, spoiled: list[str] | tuple = ()) -> None:
         for digest in spoiled:
             self.build.forget(digest=digest)
-        latest = self.versions.latest
         self.shell.user_ns.update({k: v for k, v in outputs.items()
-                                   if k != LAST and (rule is None or k not in latest or latest[k] == rule)})
+                                   if not k.startswith(OWN) and (rule is None or self.versions.binds(rule, k))})
 
     def rule_for(self, target: str) -> Any:
         producer = self.versions.producer(target)

@@ -15,6 +15,9 @@ Contract:
     cell's own rule: re-running `x = x + 1` reads the `x` it made, by value), that rule's name.
     The cell's rule fetches them from those rules; every other name is read by value.
   - `producer(name)`: the rule whose version of `name` is the latest, or None.
+  - `imported(rule, names)`: a rule cell bound them by import (read by value, as modules are the
+    same whoever imports them); `binds(rule, name)`: whether the rule's value of `name` is the
+    latest version, so that running the rule binds it.
 - `identity(cell_id, source, fetched, first)`: the rule name of a cell that gives none: the first
   name it assigns (`cell` when it binds none) and a digest. With a cell id (JupyterLab, Notebook
   7, VS Code) the digest is the cell id's, so an edited cell keeps its rule; without one
@@ -67,11 +70,23 @@ def identity(cell_id: str | None, source: str, fetched: dict[str, str], first: s
 class Versions:
     def __init__(self) -> None:
         self.latest: dict[str, str | None] = {}    # name -> rule of its latest version (None: ordinary)
+        self.importers: dict[str, str] = {}        # a name a rule cell bound by an import -> that rule
 
     def bound(self, rule: str | None, names: tuple[str, ...] | list[str]) -> None:
         for name in names:
             self.latest.pop(name, None)      # the newest binding is the last in the dict's order
             self.latest[name] = rule
+            self.importers.pop(name, None)
+
+    def imported(self, rule: str, names: tuple[str, ...] | list[str]) -> None:
+        """A rule cell imported them: a module is the same whoever imports it, so readers take
+        it by value (no dependency on the cell), but the cell binds it when it runs."""
+        self.bound(None, names)
+        self.importers.update((n, rule) for n in names)
+
+    def binds(self, rule: str, name: str) -> bool:
+        """Whether the rule's value of `name` is the latest version (to be bound when it runs)."""
+        return name not in self.latest or self.latest[name] == rule or self.importers.get(name) == rule
 
     def read_plainly(self, names: set[str] | list[str]) -> list[str]:
         """Names an ordinary cell read that rules had bound: now read by value. Returns the rules."""
