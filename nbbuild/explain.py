@@ -26,7 +26,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from .inputs import describe as input_describe, digest as input_digest
+from .inputs import describe as input_describe, digest as input_digest, for_targets_only
 from .files import short_path
 from .rule import Rule, Task, rule_version
 from .trace import FILE_PREFIX, INPUT_PREFIX, MISSING
@@ -135,7 +135,8 @@ def _explain(build: Any, tasks: list[Task], memo: Memo) -> list[str | None]:
         sys.setrecursionlimit(limit)
 
 
-def _why(build: Any, task: Task, memo: Memo, versions: dict) -> tuple[str | None, str | None, float | None]:
+def _why(build: Any, task: Task, memo: Memo, versions: dict,
+         target: bool = True) -> tuple[str | None, str | None, float | None]:
     if task.key in memo:
         return memo[task.key]
     memo[task.key] = ("it depends on itself", None, None)   # until known; a cycle reads this
@@ -156,7 +157,7 @@ def _why(build: Any, task: Task, memo: Memo, versions: dict) -> tuple[str | None
             # the newest trace's reason is the one to give, unless an older trace still matches
             reasons = []
             for tr in matching:
-                reason = _why_trace(build, tr, memo, versions)
+                reason = _why_trace(build, tr, memo, versions, target)
                 if reason is None:
                     result = (None, tr.result, tr.seconds)
                     break
@@ -168,7 +169,7 @@ def _why(build: Any, task: Task, memo: Memo, versions: dict) -> tuple[str | None
     return result
 
 
-def _why_trace(build: Any, tr: Any, memo: Memo, versions: dict) -> str | None:
+def _why_trace(build: Any, tr: Any, memo: Memo, versions: dict, target: bool = True) -> str | None:
     for group in tr.deps:
         for key, recorded in group:
             if key.startswith(FILE_PREFIX):
@@ -178,13 +179,13 @@ def _why_trace(build: Any, tr: Any, memo: Memo, versions: dict) -> str | None:
                     return f"file {short_path(path)} {'is missing' if now == MISSING else 'changed'}"
                 continue
             if key.startswith(INPUT_PREFIX):
-                if input_digest(key) != recorded:
+                if (target or not for_targets_only(key)) and input_digest(key) != recorded:
                     return input_describe(key)
                 continue
             dep = build._task_for_key(key)
             if dep is None:
                 return f"rule {key.partition('/')[0]} it used is gone or changed its arguments"
-            reason, h, _ = _why(build, dep, memo, versions)
+            reason, h, _ = _why(build, dep, memo, versions, target=False)
             if reason is not None:
                 return f"dependency {dep!r} is stale ({reason})"
             if h != recorded:

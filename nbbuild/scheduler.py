@@ -103,6 +103,7 @@ class Scheduler:
         self.checked: set[str] = set()
         self.forced: set[str] = set()            # keys that run even if up to date (build(force=True))
         self.cancelled: BaseException | None = None
+        self.targets: frozenset[str] = frozenset()     # keys of the tasks this build was asked for
         self.running: dict[str, tuple[TaskState, float]] = {}   # bodies running now, read by views
         self.waiting_elsewhere: dict[int, Any] = {}   # greenlets waiting on remote work (remote.py)
         self.gc = False
@@ -131,6 +132,7 @@ class Scheduler:
         return None
 
     def _root(self, tasks: Sequence[Task]) -> None:
+        self.targets = frozenset(t.key for t in tasks)
         sts = self._ensure(None, tasks, 0)
         self._root_states = sts
         for st in sts:
@@ -350,6 +352,12 @@ class Scheduler:
             return False
         return self._verify(st)
 
+    def _counts(self, st: TaskState, key: str) -> bool:
+        """Whether an input is checked for this task: the random generators' state only for a
+        target (inputs.for_targets_only): a version another task reads was made from where they
+        were then, as plain execution does not run the cell that made it again."""
+        return not inputs.for_targets_only(key) or st.task.key in self.targets
+
     def _group_matches(self, st: TaskState, group: Group) -> bool:
         """Do the dependencies of one recorded group (fetched together) still have their hashes?
         A failed dependency is a mismatch: if the body still needs it, it fails there."""
@@ -358,7 +366,7 @@ class Scheduler:
             dep = self.states.get(key)
             if dep is None or dep.status < DONE:
                 if key.startswith(INPUT_PREFIX):
-                    return self.input_hash(key) == recorded
+                    return not self._counts(st, key) or self.input_hash(key) == recorded
                 t = self.tasks.get(key) or self.build._task_for_key(key)
                 if t is None:
                     return False
@@ -367,7 +375,7 @@ class Scheduler:
         tasks: list[Task] = []
         for key, recorded in group:
             if key.startswith(INPUT_PREFIX):
-                if self.input_hash(key) != recorded:
+                if self._counts(st, key) and self.input_hash(key) != recorded:
                     return False
             else:
                 t = self.build._task_for_key(key)

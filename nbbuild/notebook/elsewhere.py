@@ -160,7 +160,8 @@ class _WorkerCapture(Capture):
 
     def __exit__(self, etype: Any, exc: Any, tb: Any) -> None:
         if etype is None and self.shell is _MADE:    # (in the kernel's process, the kernel draws them)
-            _draw_figures(self.shell)
+            with self.drawing_figures():
+                _draw_figures(self.shell)
         return super().__exit__(etype, exc, tb)
 
 

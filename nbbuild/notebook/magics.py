@@ -420,7 +420,7 @@ def load_ipython_extension(shell: Any) -> None:
         except NbbuildError as e:
             raise UsageError(f"nbbuild: {e}") from None
     shell.user_ns.update(state.hooks)
-    for event in ("pre_run_cell", "post_run_cell"):
+    for event in ("pre_run_cell", "post_run_cell", "post_execute"):
         if getattr(state, event) not in shell.events.callbacks[event]:
             shell.events.register(event, getattr(state, event))
     shell.register_magics(NbbuildMagics(shell, state))
@@ -430,7 +430,7 @@ def unload_ipython_extension(shell: Any) -> None:
     state = getattr(shell, "_nbbuild_state", None)
     if state is not None:
         state.auto.off()
-    for event in ("pre_run_cell", "post_run_cell"):
+    for event in ("pre_run_cell", "post_run_cell", "post_execute"):
         if state is not None and getattr(state, event) in shell.events.callbacks[event]:
             shell.events.unregister(event, getattr(state, event))
     magics = shell.magics_manager.magics

@@ -21,23 +21,28 @@ Contract:
 - When the body returns, the record is attached to its run (`trace.attach`): stored beside the
   value, outside its hash, so a different output alone never makes dependents stale.
 - `replay(shell, record)` shows a record again, in order.
+- Figures come after the cell's result, as in plain Jupyter (whose inline backend draws them after
+  the cell): what is displayed while the inline figures are drawn (`drawing_figures`) is recorded
+  as a "figure" and, in the kernel, held until `show_figures(shell)` (IPython's post_execute,
+  after Out[n]) shows it; a replayed figure waits the same way.
 - An output that cannot be kept is replaced by a note in the record, and the value still works:
   a widget view (it needs its live kernel object), data that is not plain JSON, or output beyond
   `LIMIT` bytes for one cell.
 """
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import json
 import sys
 import threading
-from typing import Any
+from typing import Any, Iterator
 
 from ..randomness import Draws
 from ..trace import attach, current
 from .versions import Changes
 
-__all__ = ["Capture", "replay", "recording", "LIMIT", "FORMAT", "GENERATORS"]
+__all__ = ["Capture", "replay", "recording", "show_figures", "LIMIT", "FORMAT", "GENERATORS"]
 
 GENERATORS = "__nbbuild_generators__"   # the outputs' key of the random generators' end states
 
@@ -92,6 +97,9 @@ class _Taps:
                     data = kwargs.get("data", args[0] if args else None)
                     metadata = kwargs.get("metadata", args[1] if len(args) > 1 else None)
                     cap.display(data, metadata, kwargs.get("transient"), bool(kwargs.get("update")))
+                    if cap.drawing and cap.echo and isinstance(data, dict):
+                        _after_result.append((dict(data), dict(metadata or {})))   # shown after Out[n]
+                        return None
                 return publish(*args, **kwargs)
 
             def tapped_clear(*args: Any, **kwargs: Any) -> Any:
@@ -151,6 +159,7 @@ class Capture:
         self.pending_clear = False
         self._token: contextvars.Token | None = None
         self.parent: Capture | None = None
+        self.drawing = False
 
     def __enter__(self) -> Capture:
         if self.draws is not None:
@@ -167,7 +176,8 @@ class Capture:
             self.draws.finish()
         try:
             if etype is None:
-                _flush_inline_figures()
+                with self.drawing_figures():
+                    _flush_inline_figures()
         finally:
             if self._token is not None:
                 _recording.reset(self._token)
@@ -177,11 +187,21 @@ class Capture:
         if self.parent is not None:   # a rule run inside another's body showed its output there too
             self.parent.extend(self.events)
 
+    @contextlib.contextmanager
+    def drawing_figures(self) -> Iterator[None]:
+        """What is displayed meanwhile is the figures the inline backend draws after a cell: they
+        are recorded as figures, and shown after the cell's result, as plain Jupyter shows them."""
+        self.drawing = True
+        try:
+            yield
+        finally:
+            self.drawing = False
+
     def extend(self, events: list[tuple]) -> None:
         for event in events:
             if event[0] == "stream":
                 self.stream(event[1], event[2])
-            elif event[0] == "display":
+            elif event[0] in ("display", "figure"):
                 self._add(event, len(json.dumps(event[1:3], default=_bytes_only)))
             else:
                 self.events.append(event)
@@ -241,7 +261,7 @@ class Capture:
             size = len(json.dumps([data, metadata or {}], default=_bytes_only))
         except (TypeError, ValueError) as e:
             return self._note(f"a display whose data is not plain JSON ({e})")
-        event = ("display", dict(data), dict(metadata or {}), display_id)
+        event = ("figure" if self.drawing else "display", dict(data), dict(metadata or {}), display_id)
         if display_id is not None:
             for i, old in enumerate(self.events):
                 if old[0] == "display" and old[3] == display_id:
@@ -288,6 +308,16 @@ def _flush_inline_figures() -> None:
         pass
 
 
+_after_result: list[tuple[dict, dict]] = []     # figures to show once the cell's result is shown
+
+
+def show_figures(shell: Any) -> None:
+    """IPython's post_execute: the figures the cell drew (or replayed), after its Out[n]."""
+    while _after_result:
+        data, metadata = _after_result.pop(0)
+        shell.display_pub.publish(data=data, metadata=metadata)
+
+
 def replay(shell: Any, record: Any) -> bool:
     """Show a record again. False when `record` is not one (nothing was shown)."""
     if not (isinstance(record, tuple) and len(record) == 2 and record[0] == FORMAT):
@@ -301,6 +331,8 @@ def replay(shell: Any, record: Any) -> bool:
             sys.stdout.flush()
             sys.stderr.flush()
             shell.display_pub.publish(data=event[1], metadata=event[2])
+        elif kind == "figure":
+            _after_result.append((event[1], event[2]))
         elif kind == "note":
             print(event[1], file=sys.stderr)
     sys.stdout.flush()

@@ -44,7 +44,7 @@ from .auto import Auto
 from .cells import CAPTURE, FETCH, LAST, OWN, analyse
 from .elsewhere import CellCapture, CellFetch, received
 from .graph import TITLES, label, snapshot
-from .replay import replay
+from .replay import replay, show_figures
 from .versions import Versions, fingerprint, unchangeable
 
 __all__ = ["NotebookState"]
@@ -99,6 +99,10 @@ class NotebookState:
         # the cell's In [n]: IPython counts a cell that is kept in the history before it runs
         count = int(getattr(self.shell, "execution_count", 0) or 0)
         self.cell_number = count - 1 if getattr(info, "store_history", False) else count
+
+    def post_execute(self) -> None:
+        """After the cell's result (Out[n]): the figures it drew or replayed, as plain Jupyter."""
+        show_figures(self.shell)
 
     def post_run_cell(self, result: Any = None) -> None:
         """An ordinary cell: the names it binds are its versions now, read by value; names it
