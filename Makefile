@@ -35,8 +35,14 @@ system-packages:
 	  done; \
 	fi
 
+# pytest-xdist: a worker a core (at most 4), a test file at a time: the tests of a file share its
+# module-scoped fixtures (a kernel, executed notebooks, a Dask cluster) and a notebook's cells run
+# in order in one kernel under nbval. Each worker takes its files in the order of a plain run.
+# (Not loadgroup: xdist 3.8 cannot mark groups under pytest 9.)
+PYTEST_WORKERS ?= -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorder
+
 test: $(STAMP) system-packages
-	$(BIN)/python -m pytest -q tests notebooks --nbval-lax
+	$(BIN)/python -m pytest -q $(PYTEST_WORKERS) tests notebooks --nbval-lax
 
 # `nbbuild run` twice on a fresh temporary store (removed at the end): the first run builds, the
 # second, in a fresh kernel, must reuse everything (else the demo fails)

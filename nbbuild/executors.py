@@ -256,10 +256,17 @@ def make_executor(spec: Any, workers: int) -> Any:
 
 
 class _QueueChannel:
-    """The body's side, over two queues (a multiprocessing Manager's, or Dask's by name)."""
+    """The body's side, over two queues (a multiprocessing Manager's, or Dask's by name). On Dask,
+    `stopped()` says whether the kernel stopped the body before it began (a flag by name)."""
 
-    def __init__(self, requests: Any, answers: Any, dask: bool = False):
-        self.requests, self.answers, self.dask = requests, answers, dask
+    def __init__(self, requests: Any, answers: Any, dask: bool = False, flag: str | None = None):
+        self.requests, self.answers, self.dask, self.flag = requests, answers, dask, flag
+
+    def stopped(self) -> bool:
+        if not self.dask or self.flag is None:
+            return False
+        from distributed import Event
+        return Event(self.flag).is_set()
 
     def _queues(self) -> tuple[Any, Any]:
         if not self.dask:
@@ -296,6 +303,7 @@ class _Job:
         self.timed_out = False
         self.asking = False     # the body waits for an answer
         self.ends_itself = False   # it was answered ("failed",): it stops by itself
+        self.flag: str | None = None   # Dask: the name of the flag that stops it before it begins
 
     def next(self) -> tuple:
         while True:
@@ -399,7 +407,11 @@ class DaskExecutor:
     ends by itself. One that runs cannot be stopped in its thread: its worker's process is ended
     and its nanny starts a fresh one, in the background (that takes seconds, more on a busy
     machine, and an interrupt must return at once); `close()` waits for the stops under way,
-    within RESTART_WAIT seconds."""
+    within RESTART_WAIT seconds. Which workers to end is what the scheduler says they run once
+    the job's flag is set: a body looks at its flag when it begins (and does not begin when it
+    is set), so one that began before is running by then, where the scheduler says, and one
+    that begins after does not run. (Looking first and cancelling after, a body the scheduler
+    sent to a worker in between ran on, its worker's thread taken, for as long as it took.)"""
 
     kind = "dask"
     RESTART_WAIT = 60.0
@@ -428,8 +440,11 @@ class DaskExecutor:
         tag = uuid.uuid4().hex
         requests, answers = Queue(f"nbbuild-{tag}-asks", client=self.client), Queue(f"nbbuild-{tag}-answers",
                                                                                  client=self.client)
-        future = self.client.submit(run, payload, _QueueChannel(requests.name, answers.name, dask=True), pure=False)
+        flag = f"nbbuild-{tag}-stop"
+        future = self.client.submit(run, payload, _QueueChannel(requests.name, answers.name, dask=True, flag=flag),
+                                    pure=False)
         job = _Job(future, requests, answers, timeout, name, self._stop, TimeoutError, None)
+        job.flag = flag
 
         def ended(_future: Any) -> None:      # however it ended: the watcher blocks on the queue
             try:
@@ -458,7 +473,7 @@ class DaskExecutor:
             job.future.cancel()
             return
         with self._lock:
-            self._stopping.put(job.future)
+            self._stopping.put(job)
             if self._stopper is None or not self._stopper.is_alive():
                 self._stopper = threading.Thread(target=self._restarts, name="nbbuild-dask-stop", daemon=True)
                 self._stopper.start()
@@ -469,15 +484,19 @@ class DaskExecutor:
         while its threads are busy) and its nanny starts a fresh one. (`Client.restart_workers`
         asks the worker to close first, which waited past a minute here for a body that rejoins
         a thread pool a sleeping body holds.) A worker without a nanny is left running."""
+        from distributed import Event
         while True:
             with self._lock:
-                futures = []
+                jobs = []
                 while not self._stopping.empty():
-                    futures.append(self._stopping.get_nowait())
-                if not futures:
+                    jobs.append(self._stopping.get_nowait())
+                if not jobs:
                     self._stopper = None
                     return
+            futures = [job.future for job in jobs]
             try:
+                for job in jobs:       # first: from now on none of them begins (see the class)
+                    Event(job.flag, client=self.client).set()
                 keys = {f.key for f in futures}
                 workers = [w for w, running in self.client.processing().items() if keys & set(running)]
                 for f in futures:

@@ -14,8 +14,8 @@ Contract:
   None); it returns cloudpickle of ("ok", value, groups fetched, files
   read, what it attached, the environment variables it read with their hashes in the worker),
   ("error", exception, its frames outside nbbuild, its last line),
-  ("abandoned",) when a dependency failed, or ("need", tasks) when it was told to stop and be
-  sent again.
+  ("abandoned",) when a dependency failed (or the kernel stopped it before it began), or
+  ("need", tasks) when it was told to stop and be sent again.
 - A worker kept waiting holds a process of the pool: the executor's `hold()` says whether one more
   may wait (one slot always stays free for what they wait for, so nothing deadlocks). When not,
   the body is stopped and sent again with what it asked for: it then runs more than once, as
@@ -136,6 +136,9 @@ def run(payload: bytes, channel: Any) -> bytes:
         files.install_hook()
         environment.install()
         _INSTALLED = True
+    if channel.stopped():     # stopped before it began: it does not begin
+        channel.done()
+        return cloudpickle.dumps(("abandoned",))
     fn, args, kwargs, supplied, environ = cloudpickle.loads(payload)
     if environ is not None:
         _take_environment(environ)

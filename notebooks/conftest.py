@@ -8,6 +8,10 @@ removed at the end. The kernel inherits the environment of this process when it 
 variable is set only while nbval sets a notebook up: other tests in the same session (tests/, whose
 kernels and shells rely on the default) do not see it.
 
+Under pytest-xdist, `make test` distributes by file (`--dist loadfile`): a notebook's cells run in
+order on one worker, in one kernel, as nbval needs. Each worker is a pytest session of its own,
+with a temporary store of its own.
+
 To run against a store that outlives the session — for instance to check that the notebooks pass
 a second time, when everything is restored from the first run's store — name it:
 `NOTEBOOKS_NBBUILD_DIR=/tmp/store pytest --nbval-lax notebooks/` (twice).

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
@@ -15,6 +16,53 @@ for _name in ("NBBUILD_QUOTA", "NBBUILD_MIN_FREE", "NBBUILD_EVICTION", "NBBUILD_
     os.environ.pop(_name, None)
 
 import nbbuild  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def kernel_env():
+    """For the kernels a test starts (they inherit this process's environment): their own defaults,
+    `.nbbuild` in the kernel's working directory and the inline matplotlib backend, whatever the
+    environment of whoever runs the tests says (a test that sets them uses monkeypatch, which puts
+    them back before the next test)."""
+    with pytest.MonkeyPatch.context() as m:
+        m.delenv("NBBUILD_DIR", raising=False)
+        m.delenv("MPLBACKEND", raising=False)
+        yield
+
+
+KERNEL_TIMEOUT = 120      # s: a deadline for a hung kernel, never reached by a working one
+
+
+@pytest.fixture(scope="session")
+def execute_notebook(kernel_env):
+    """`execute_notebook(nb, directory)` runs the notebook's cells in a fresh kernel working in
+    `directory`, as nbclient does (Run All, no cell ids), and returns it with its outputs; a cell
+    that raises fails the test. The one way tests execute a whole notebook."""
+    from nbclient import NotebookClient
+
+    def execute(nb, directory, timeout: float = KERNEL_TIMEOUT):
+        NotebookClient(nb, timeout=timeout, resources={"metadata": {"path": str(directory)}}).execute()
+        return nb
+    return execute
+
+
+@pytest.fixture(scope="session")
+def kernel_in(kernel_env):
+    """`with kernel_in(directory, env=None) as (km, kc):` a fresh python3 kernel working in
+    `directory` (with `env`, else this process's environment), shut down afterwards. The one way
+    tests start a kernel of their own."""
+    from jupyter_client.manager import start_new_kernel
+
+    @contextlib.contextmanager
+    def start(directory, env: dict | None = None, timeout: float = KERNEL_TIMEOUT):
+        extra = {} if env is None else {"env": env}
+        km, kc = start_new_kernel(kernel_name="python3", cwd=str(directory), startup_timeout=timeout, **extra)
+        try:
+            yield km, kc
+        finally:
+            kc.stop_channels()
+            km.shutdown_kernel(now=True)
+    return start
 
 
 @pytest.fixture

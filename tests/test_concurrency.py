@@ -13,11 +13,11 @@ from __future__ import annotations
 import contextlib
 import json
 import subprocess
-import time
 
 import numpy as np
 import pytest
 import store_workload as w
+from waiting import wait_until
 
 import nbbuild
 from nbbuild import hashing, valuefile
@@ -58,11 +58,11 @@ def _reports(tmp_path, procs):
 def _go(tmp_path, procs):
     """The start barrier: once every process has its store open, all are let go at once."""
     go = tmp_path / "go"
-    deadline = time.monotonic() + 60
-    while not all((tmp_path / f"ready-{who}").exists() for who in procs):
+
+    def ready() -> bool:
         assert all(p.poll() is None for p in procs.values()), "a process ended before it was ready"
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+        return all((tmp_path / f"ready-{who}").exists() for who in procs)
+    wait_until(ready, "every process to have its store open")
     go.write_text("go")
 
 

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
-from test_kernel import CELLS, KERNELSPEC, RULE_CELLS, TIMEOUT, Execution, ran, shown
+from test_kernel import CELLS, KERNELSPEC, RULE_CELLS, Execution, ran, shown
 from test_kernel import notebook as named_cells
 
 pytest.importorskip("distributed")
@@ -40,31 +39,22 @@ def notebook(executor: str | None) -> nbformat.NotebookNode:
     return named_cells(cells)
 
 
-def executions(directory: Path, executor: str | None) -> list[Execution]:
+def executions(execute_notebook, directory: Path, executor: str | None) -> list[Execution]:
     done = []
     for _ in range(2):
-        nb = notebook(executor)
-        NotebookClient(nb, timeout=TIMEOUT, resources={"metadata": {"path": str(directory)}}).execute()
+        nb = execute_notebook(notebook(executor), directory)
         done.append(Execution({c.metadata["name"]: c.outputs for c in nb.cells}, ran(directory)))
     return done
 
 
 @pytest.fixture(scope="module")
-def on_threads(tmp_path_factory, kernel_env) -> list[Execution]:
-    return executions(tmp_path_factory.mktemp("threads"), None)
+def on_threads(tmp_path_factory, execute_notebook) -> list[Execution]:
+    return executions(execute_notebook, tmp_path_factory.mktemp("threads"), None)
 
 
 @pytest.fixture(scope="module", params=["processes", "dask"])
-def elsewhere(request, tmp_path_factory, kernel_env) -> tuple[str, list[Execution]]:
-    return request.param, executions(tmp_path_factory.mktemp(request.param), request.param)
-
-
-@pytest.fixture(scope="module")
-def kernel_env():
-    with pytest.MonkeyPatch.context() as m:
-        m.delenv("NBBUILD_DIR", raising=False)
-        m.delenv("MPLBACKEND", raising=False)
-        yield
+def elsewhere(request, tmp_path_factory, execute_notebook) -> tuple[str, list[Execution]]:
+    return request.param, executions(execute_notebook, tmp_path_factory.mktemp(request.param), request.param)
 
 
 def as_seen(outputs: list) -> list[tuple]:
@@ -117,13 +107,12 @@ MAPPED = {
 }
 
 
-def test_bodies_on_one_worker_at_once_each_record_their_own_output(tmp_path, kernel_env):
+def test_bodies_on_one_worker_at_once_each_record_their_own_output(tmp_path, execute_notebook):
     """Twelve bodies on two Dask workers, each waiting for the kernel (`raw`) and so seceding: each
     records only what it printed itself, and the calling cell shows each line once, also when
     it is replayed."""
     cells = [nbformat.v4.new_code_cell(source) for source in MAPPED.values()]
-    nb = nbformat.v4.new_notebook(cells=cells, metadata={"kernelspec": KERNELSPEC})
-    NotebookClient(nb, timeout=TIMEOUT, resources={"metadata": {"path": str(tmp_path)}}).execute()
+    nb = execute_notebook(nbformat.v4.new_notebook(cells=cells, metadata={"kernelspec": KERNELSPEC}), tmp_path)
     outputs = dict(zip(MAPPED, (c.outputs for c in nb.cells)))
     lines = [f"f {i} sees 300000" for i in range(12)]
     records = [line for e in shown(outputs["records"]) for line in e[2].splitlines()]

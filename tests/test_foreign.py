@@ -351,23 +351,17 @@ def test_the_cli_commands_that_look_under_another_key_change_nothing(tmp_path):
     _runs_nothing_again(folder, a, store, before)
 
 
-def test_the_magics_that_look_in_a_kernel_under_another_key_change_nothing(tmp_path):
-    from jupyter_client.manager import start_new_kernel
+def test_the_magics_that_look_in_a_kernel_under_another_key_change_nothing(tmp_path, kernel_in):
     folder, a, other = tmp_path / "project", tmp_path / "a", tmp_path / "b"
     store, before = _built_under(folder, a)
-    km, kc = start_new_kernel(kernel_name="python3", cwd=str(folder), env=_env(other),
-                              startup_timeout=_KERNEL_TIMEOUT)
     said = {}
-    try:
+    with kernel_in(folder, env=_env(other)) as (km, kc):
         for code in _NB_CELLS[:2] + [c.replace("%%rule", "%%rule --lazy", 1) for c in _NB_CELLS[2:5]] + [
                 "%nbbuild status", "%nbbuild why clean", "%nbbuild graph", "%nbbuild metrics", "%nbbuild store",
                 "%build clean other --dry-run"]:
             reply = kc.execute_interactive(code, timeout=_KERNEL_TIMEOUT, store_history=False,
                                            output_hook=lambda msg, code=code: said.setdefault(code, []).append(msg))
             assert reply["content"]["status"] == "ok", (code, said.get(code))
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
     assert _state(store) == before                     # not a row, not a file of the store changed
     assert _ran(folder) == ["raw", "clean", "other"]   # and no rule body ran
     errors = "".join(m["content"].get("text", "") for msgs in said.values() for m in msgs

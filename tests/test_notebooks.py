@@ -21,7 +21,6 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
 from outputs import merged, printed
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "quickstart.ipynb"
@@ -32,18 +31,11 @@ TIMED = re.compile(r"^(CPU times|Wall time):.*\n?", re.MULTILINE)       # %%time
 
 
 @pytest.fixture(scope="module")
-def executions(tmp_path_factory):
+def executions(tmp_path_factory, execute_notebook):
     """The quickstart executed twice in one temporary folder, each time in a fresh kernel."""
     directory = tmp_path_factory.mktemp("quickstart")
     shutil.copy(NOTEBOOK, directory / NOTEBOOK.name)
-    done = []
-    with pytest.MonkeyPatch.context() as m:
-        m.delenv("NBBUILD_DIR", raising=False)     # the kernel inherits our environment: use the default
-        m.delenv("MPLBACKEND", raising=False)
-        for _ in range(2):
-            nb = nbformat.read(directory / NOTEBOOK.name, as_version=4)
-            NotebookClient(nb, timeout=TIMEOUT, resources={"metadata": {"path": str(directory)}}).execute()
-            done.append(nb)
+    done = [execute_notebook(nbformat.read(directory / NOTEBOOK.name, as_version=4), directory) for _ in range(2)]
     assert (directory / ".nbbuild").is_dir()    # the store: `.nbbuild/` next to the notebook
     return done
 
@@ -172,17 +164,12 @@ def test_status_and_why_after_both_executions(executions):
 
 
 @pytest.mark.parametrize("name", ["quickstart.ipynb", "pipeline.ipynb"])
-def test_run_all_in_jupyterlab_works_too(tmp_path, name):
+def test_run_all_in_jupyterlab_works_too(tmp_path, name, kernel_in):
     """JupyterLab sends each cell's id with its code (nbclient does not), and with cell ids a rule
     belongs to its cell: a notebook must not define one rule in two cells. Its cells are sent
     here as JupyterLab sends them, `cellId` in the request's metadata, to a real kernel."""
-    from jupyter_client.manager import start_new_kernel
     nb = nbformat.read(NOTEBOOK.parent / name, as_version=4)
-    with pytest.MonkeyPatch.context() as m:
-        m.delenv("NBBUILD_DIR", raising=False)
-        m.delenv("MPLBACKEND", raising=False)
-        km, kc = start_new_kernel(kernel_name="python3", cwd=str(tmp_path), startup_timeout=TIMEOUT)
-    try:
+    with kernel_in(tmp_path) as (km, kc):
         for c in code_cells(nb):
             content = {"code": c.source, "silent": False, "store_history": True, "user_expressions": {},
                        "allow_stdin": False, "stop_on_error": True}
@@ -199,6 +186,3 @@ def test_run_all_in_jupyterlab_works_too(tmp_path, name):
                     reply = kc.get_shell_msg(timeout=TIMEOUT)
             assert reply["content"]["status"] == "ok", (c.id, c.source, reply["content"])
             assert "UsageError" not in stderr, (c.id, c.source, stderr)
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)

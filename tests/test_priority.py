@@ -9,6 +9,7 @@ import pytest
 
 import nbbuild
 from nbbuild.priority import CriticalPath, ReadyQueue
+from waiting import wait_until
 
 
 def index(graph: dict[str, tuple[float, tuple[str, ...]]]) -> dict:
@@ -41,15 +42,19 @@ def test_the_queue_pops_the_most_urgent_first_ties_in_order():
     assert [fifo.pop(), fifo.pop(), fifo.pop()] == ["a", "b", None]
 
 
-def fan(b, durations, salt, starts):
+def fan(b, durations, salt, starts, threads=2):
     """top fetches work(0..n) as one group; work(i) sleeps durations[i] (it reads `salt`, so
-    changing salt makes every one run again, with the durations recorded the time before)."""
+    changing salt makes every one run again, with the durations recorded the time before).
+    `starts` lists the bodies in the order the threads took them: the first bodies, one a thread,
+    wait until each of them is listed (a thread slow to list its body would otherwise let the
+    other thread list the next one before it)."""
     lock = threading.Lock()
 
     @b.rule
     def work(i):
         with lock:
             starts.append(i)
+        wait_until(lambda: len(starts) >= threads, "every thread to take its first body")
         time.sleep(durations[i] + 0 * salt[0])
         return i
 
@@ -61,7 +66,7 @@ def fan(b, durations, salt, starts):
 
 @pytest.mark.parametrize("order, first", [("critical-path", [5, 4]), ("fifo", [0, 1])])
 def test_with_more_ready_tasks_than_threads_the_longest_starts_first(tmp_path, order, first):
-    durations = [0.02, 0.02, 0.02, 0.02, 0.1, 0.3]
+    durations = [0.01, 0.01, 0.01, 0.01, 0.2, 0.5]      # far apart: a busy machine's stalls do not reorder them
     salt, starts = [0], []
     with nbbuild.Build(tmp_path / "store", workers=2) as b:
         top = fan(b, durations, salt, starts)
@@ -77,7 +82,7 @@ def test_with_more_ready_tasks_than_threads_the_longest_starts_first(tmp_path, o
 def test_one_thread_has_no_choice_to_make(tmp_path):
     salt, starts = [0], []
     with nbbuild.Build(tmp_path / "store", workers=1) as b:
-        top = fan(b, [0.0, 0.0, 0.05], salt, starts)
+        top = fan(b, [0.0, 0.0, 0.05], salt, starts, threads=1)
         top()
         salt[0] = 1
         starts.clear()

@@ -9,6 +9,7 @@ import it).
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 import time
@@ -17,6 +18,7 @@ import pytest
 
 import nbbuild
 from oracle import from_scratch
+from waiting import wait_until
 
 distributed = pytest.importorskip("distributed")
 
@@ -138,7 +140,8 @@ def test_on_threads_a_body_past_its_timeout_is_reported_overdue(b, caplog):
 
     assert slowish() == 1
     assert b.report.overdue == ["slowish()"]
-    assert "ran 0.2 s, past its timeout of 0.05 s" in caplog.text
+    said = re.search(r"ran (\d+\.\d) s, past its timeout of 0.05 s", caplog.text)
+    assert said and float(said.group(1)) >= 0.2, caplog.text      # at least its 0.2 s: more on a busy machine
 
 
 @pytest.mark.parametrize("where", ["threads", "processes"])
@@ -176,15 +179,6 @@ def alive(pid: int) -> bool:
         return False
 
 
-def wait_for(condition, seconds: float = 60) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
 @pytest.fixture
 def sigint():
     """Python's own SIGINT handler (KeyboardInterrupt) for the test: a process started in the
@@ -197,8 +191,8 @@ def sigint():
 def interrupt_when(condition) -> threading.Thread:
     """SIGINT to this process, as Ctrl-C or Jupyter's interrupt, once `condition()` holds."""
     def run() -> None:
-        if wait_for(condition):
-            os.kill(os.getpid(), signal.SIGINT)
+        wait_until(condition, "the bodies to start")
+        os.kill(os.getpid(), signal.SIGINT)
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread

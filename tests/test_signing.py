@@ -6,12 +6,12 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
 from nbbuild import signing
 from nbbuild.signing import MAC_BYTES, Signer, key_path, user_key
+from waiting import wait_until
 
 
 @pytest.fixture
@@ -71,9 +71,8 @@ def test_processes_creating_the_key_at_once_agree_on_one(tmp_path):
              for i in range(4)]
     try:
         for r in range(rounds):
-            deadline = time.monotonic() + 60
-            while len(list(tmp_path.glob(f"ready-{r}-*"))) < 4 and time.monotonic() < deadline:
-                time.sleep(0.001)
+            wait_until(lambda: len(list(tmp_path.glob(f"ready-{r}-*"))) == 4, f"the four processes ready for round {r}",
+                       interval=0.001)
             (tmp_path / f"go-{r}").touch()     # all four are spinning on this file
         outputs = [p.communicate(timeout=60)[0].split() for p in procs]
     finally:

@@ -70,8 +70,11 @@ def test_updates_are_throttled_and_only_what_changed_is_sent(b, calls):
     view = b.watch(Watched())
     rules(b, calls, pause=1.6)()
     during = [c for c in view.changes if c[1] == "nbbuild-view"]
-    # the text at 0.25 s, then every 0.5 s; the bar at most once a second: not one per task
-    assert 3 <= len([c for c in during if c[0] == "text"]) <= 4
+    # the text at 0.25 s, then every 0.5 s (at 0.25, 0.75 and 1.25 s while the body sleeps its
+    # 1.6 s, and no more often however long the build took on a busy machine); the bar at most
+    # once a second: not one per task
+    most = 1 + int((b.report.seconds - 0.25) / 0.5)
+    assert 3 <= len([c for c in during if c[0] == "text"]) <= most
     assert 1 <= len({c[2] for c in during if c[0] == "bar" and c[3] == "value"}) <= 2
     assert len([c for c in during if c[0] == "bar" and c[3] == "max"]) <= 1       # the same max: sent once
 
