@@ -213,6 +213,6 @@ def test_a_settled_build_keeps_no_value_alive(b):
         return value
 
     b.build(big)
-    b._forget()                   # the Build's own memory of values: what stays is up to the rest
+    b.forget()                    # the Build's own memory of values: what stays is up to the rest
     gc.collect()
     assert made[0]() is None and b.progress().done

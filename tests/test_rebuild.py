@@ -136,7 +136,7 @@ def test_verifying_needs_hashes_not_values(notebook, calls):
     clean_hash = store.traces(notebook.ns["clean"].task().key)[0].result
     store.delete_value(raw_hash)
     store.delete_value(clean_hash)
-    notebook.b._forget()   # as in a new process: nothing in memory
+    notebook.b.forget()    # as in a new process: nothing in memory
     assert notebook.b.why(notebook.ns["clean"].task()) == (
         "clean() is up to date, but its value is no longer stored: it runs again when needed")
     assert notebook.b.why(notebook.ns["model"].task()) == "model() is up to date"
@@ -152,7 +152,7 @@ def test_an_evicted_value_reruns_only_its_task(notebook, calls):
     notebook.build()
     store = notebook.b.store
     store.delete_value(store.traces(notebook.ns["clean"].task().key)[0].result)
-    notebook.b._forget()   # as in a new process: nothing in memory
+    notebook.b.forget()    # as in a new process: nothing in memory
     notebook.run(PIPELINE.replace("sum(xs) / len(xs)", "max(xs)"))
     assert notebook.build() == 5
     assert calls == ["model", "clean"]
