@@ -11,17 +11,21 @@
         return len(words(path))
 
     count("a.txt")            # builds incrementally; a second call runs nothing
+
+Files a rule body writes are its outputs: stored with its value and put back when it is reused
+(`nbbuild.output(path)` declares one written where nbbuild cannot see, by a subprocess, say).
 """
 from __future__ import annotations
 
 from .build import Build, BuildReport, TaskReport
-from .errors import BuildError, Cancelled, CycleError, NbbuildError, RuleError, UnknownTargetError
+from .errors import BuildError, Cancelled, CycleError, NbbuildError, OutsideRuleError, RuleError, UnknownTargetError
 from .files import file
+from .outputs import output
 from .rule import Rule, Task
 
 __all__ = [
-    "Build", "BuildReport", "TaskReport", "Rule", "Task", "file",
-    "NbbuildError", "BuildError", "CycleError", "RuleError", "UnknownTargetError", "Cancelled",
+    "Build", "BuildReport", "TaskReport", "Rule", "Task", "file", "output",
+    "NbbuildError", "BuildError", "CycleError", "RuleError", "UnknownTargetError", "OutsideRuleError", "Cancelled",
 ]
 
 __version__ = "0.1.0"

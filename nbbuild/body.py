@@ -4,7 +4,8 @@ recorded).
 
 Contract:
 - `execute(scheduler, state)` runs the body with a fresh Recorder as `trace.current`, then on
-  success hashes and stores the value and records the trace; the state's outcome says what
+  success hashes and stores the value, stores the files it wrote (outputs.keep: they are part of
+  its trace) and records the trace; the state's outcome says what
   happened: "executed", "failed" (its own error), "skipped" (a dependency failed), or "obsolete"
   (a task read back from an old trace whose arguments the rule no longer takes). Cancellation
   (KeyboardInterrupt, SystemExit, Cancelled) propagates and stores nothing; so does a body that
@@ -28,7 +29,7 @@ from typing import Any
 
 from greenlet import GreenletExit
 
-from . import hashing
+from . import hashing, outputs
 from .errors import Cancelled
 from .trace import Recorder, Trace, current
 
@@ -124,8 +125,10 @@ def _keep(sched: Any, st: Any, rec: Recorder, value: Any, version: Any) -> None:
         sched.build._keep_attachment(task, digest, rec.attachment, persist and not st.unstored)
     if version is None:
         return
+    # the files it wrote go in before the trace that names them, as its value does
+    written = outputs.keep(sched.store, rec.made, persist) if rec.made else ()
     trace = Trace(task.key, rule.name, task.encoded, repr(task), version.version, rec.dependencies(),
-                  digest, st.seconds, version.parts, version.packages)
+                  digest, st.seconds, version.parts, version.packages, outputs=written)
     # a value the store could not take keeps a persistent trace all the same: its hash lets
     # dependents be verified without it, and a later build that needs it runs the task
     sched.store.record(trace, persist=persist)

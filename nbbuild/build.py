@@ -24,7 +24,8 @@ Contract:
   sets them per rule (body.py, remote.py, executors.py). The store, traces and scheduling stay here.
 - `b.metrics()`: `metrics.Metrics` of the last build and of this Build's session, with store stats.
 - `b.report` describes the last build; `b.why(task)` explains, without running anything, why a
-  task is stale or that it is up to date.
+  task is stale or that it is up to date (and which of its files the last build that checked it
+  put back from the store: `_restored`).
 - `b.attachment(task)`: what the run behind the task's current value attached (`trace.attach`),
   kept beside the value and outside its hash (the notebook keeps a cell's displayed output there).
 - Values live in memory too (`memory.Memory`, bounded), so a no-op rebuild in the same process
@@ -42,7 +43,7 @@ import time
 from typing import Any, Callable, Iterator
 
 from . import eviction as _bounds
-from . import environment, explain, files, hashing
+from . import environment, explain, files, hashing, outputs
 from .clean import CleanSet
 from .console import TextProgress, wanted
 from .memory import Memory
@@ -103,6 +104,7 @@ class Build:
         self.observers: list[Callable[[list[Task], BuildReport], None]] = []
         self._failures: dict[str, str] = {}                  # task key -> why its last build failed
         self._attachments: dict[str, tuple[str, Any]] = {}   # task key -> (value hash, attachment)
+        self._restored: dict[str, list[str]] = {}            # task key -> files its last check put back
         self._files = files.FileHasher()     # stat entries come from the store at the first build
         self._clean = CleanSet()
         self._generation = self.store.generation
@@ -300,6 +302,10 @@ class Build:
                     st.unstored = self.store.write_error or "the store could not be written"
         self._clean.record(sched.states.values(), sched.versions, DONE)
         for st in sched.states.values():
+            if st.task.key in sched.restored:
+                self._restored[st.task.key] = sched.restored[st.task.key]
+            else:
+                self._restored.pop(st.task.key, None)
             if st.status == DONE:
                 self._failures.pop(st.task.key, None)
             elif st.outcome in ("failed", "skipped"):
@@ -312,7 +318,8 @@ class Build:
         try:
             # once the build is over only the targets' values are sure to stay; the policy
             # orders everything else, what this build made or used included
-            _bounds.evict(self.store, lambda: {st.hash for st in states if st.hash})
+            _bounds.evict(self.store, lambda: {st.hash for st in states if st.hash}
+                          | outputs.copies(st.trace for st in states))
             _bounds.maybe_prune(self.store)
         except Exception:  # eviction is housekeeping: it must not fail a build that succeeded
             log.warning("nbbuild: eviction failed", exc_info=True)
@@ -380,6 +387,10 @@ class Build:
         """(tasks, file paths) the target read when it last ran, in order; empty if it never ran."""
         return explain.inputs(self, self._target(target))
 
+    def outputs(self, target: Any) -> list[str]:
+        """The files the target wrote when it last ran (outputs.py); empty if it never ran."""
+        return explain.outputs(self, self._target(target))
+
     def known_tasks(self, rule: Rule) -> list[Task]:
         """The rule's tasks that were built before (traces) or in this process, by repr."""
         return explain.known(self, rule)
@@ -421,6 +432,7 @@ class Build:
             self.forget()
             self._clean.clear()
             self._attachments.clear()
+            self._restored.clear()
             self._failures.clear()
             self._generation = self.store.generation
 

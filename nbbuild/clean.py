@@ -7,7 +7,8 @@ Contract:
 - Before the next build, `invalidate(rules, version_of, file_hash)` re-checks only the inputs:
   each remembered rule's version once (a global it reads may have changed, or the rule been
   redefined or removed), each remembered file once, and drops every task that reads a changed
-  input (environment variables it read included), every task of policy "none", and,
+  input (environment variables it read included), every task whose written files (outputs.py) are
+  missing or changed (the build visits it, and puts them back), every task of policy "none", and,
   transitively, every task that depends on a dropped one.
   What remains is up to date without visiting it: the scheduler takes those hashes as known.
 - `closure(keys, skip)` lists, dependencies first, the remembered tasks the targets reach, for the
@@ -73,22 +74,22 @@ class CleanSet:
         if changed:
             seeds.update(k for k in self.hashes if k.partition("/")[0] in changed)
         now: dict[str, str] = {}
-        for key, entry in self.entries.items():
-            for path, recorded in entry[0].split()[1]:
-                h = now.get(path)
+
+        def differ(pairs: Iterable[tuple[str, str]], digest: Callable[[str], str]) -> bool:
+            for name, recorded in pairs:      # environment keys are prefixed: no clash with paths
+                h = now.get(name)
                 if h is None:
-                    h = now[path] = file_hash(path)
+                    h = now[name] = digest(name)
                 if h != recorded:
-                    seeds.add(key)
-                    break
-            else:
-                for name, recorded in entry[0].environment():   # keys are prefixed: no clash with paths
-                    h = now.get(name)
-                    if h is None:
-                        h = now[name] = inputs.digest(name)
-                    if h != recorded:
-                        seeds.add(key)
-                        break
+                    return True
+            return False
+
+        for key, entry in self.entries.items():
+            trace = entry[0]
+            files, env = trace.split()[1], trace.environment()
+            if (files and differ(files, file_hash) or env and differ(env, inputs.digest)
+                    or trace.outputs and differ(((p, content) for p, content, _ in trace.outputs), file_hash)):
+                seeds.add(key)
         if not seeds:
             return
         dependents = defaultdict(list)

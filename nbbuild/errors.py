@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-__all__ = ["NbbuildError", "BuildError", "CycleError", "RuleError", "UnknownTargetError", "Cancelled"]
+__all__ = ["NbbuildError", "BuildError", "CycleError", "RuleError", "UnknownTargetError", "OutsideRuleError",
+           "Cancelled"]
 
 
 class NbbuildError(Exception):
@@ -20,6 +21,11 @@ class RuleError(NbbuildError):
 
 class UnknownTargetError(NbbuildError, LookupError):
     """A target that no rule produces."""
+
+
+class OutsideRuleError(NbbuildError):
+    """A call that only means something inside a running rule body, made outside one
+    (`nbbuild.output(path)`: which rule's output would the file be?)."""
 
 
 class BuildError(NbbuildError):

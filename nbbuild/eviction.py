@@ -19,7 +19,7 @@ Contract:
 - Policies order the candidates: "lru" (least recently used first) and "gdsf" (GreedyDual-Size-
   Frequency: priority = clock + uses * recompute seconds / bytes, lowest first; the clock rises to
   each evicted value's priority, so values not used for long age out). Recompute seconds come
-  from the traces that produced the value.
+  from the traces that produced the value (or the copy of a file their run wrote).
 - `prune(store)` bounds the metadata: at most 16 traces per task; traces (but a task's newest)
   whose value was evicted over 30 days ago, or is gone and was made that long ago; attachments
   and eviction notes nobody refers to; file entries of files that are gone; stray files. Rows
@@ -158,8 +158,10 @@ def _costs(store) -> dict[str, float]:
     costs: dict[str, float] = {}
     for lst in store.traces_index().values():
         for tr in lst:
-            if tr.seconds > costs.get(tr.result, -1.0):
-                costs[tr.result] = tr.seconds
+            # a copy of a file the run wrote (outputs.py) costs the run, as its value does
+            for digest in (tr.result, *(copy for _, _, copy in tr.outputs)) if tr.outputs else (tr.result,):
+                if tr.seconds > costs.get(digest, -1.0):
+                    costs[digest] = tr.seconds
     return costs
 
 

@@ -6,9 +6,13 @@ Contract:
   first difference found, walking the newest matching trace in recorded order: "never built", "code
   of clean changed", "function helper changed", "global threshold changed", "dependency raw()
   changed", "dependency raw() is stale (...)", "file data.csv changed" or "is missing",
-  "environment variable HOME changed" (set, unset or another value), "the environment changed"; package
-  version changes are added in brackets. An older trace that still matches (a reverted edit)
-  makes the task up to date.
+  "environment variable HOME changed" (set, unset or another value), "the environment changed",
+  "file out.csv it wrote is missing and no copy of it is stored" (its copy was evicted: outputs.py);
+  package version changes are added in brackets. An older trace that still matches (a reverted
+  edit) makes the task up to date. Files it wrote are named after "is up to date": those its last
+  build in this process put back ("; its last build restored file out.csv from the store"), and
+  those missing or changed now, which the next build puts back ("; file out.csv it wrote is
+  missing: building it restores it from the store").
 - `plan(build, tasks)`: (task repr, reason) of every task that building them may run, dependencies
   first. Early cutoff may yet spare some of them.
 - `status(build, task)`: a `TaskStatus`: `state` one of "up to date", "stale", "never built",
@@ -16,7 +20,8 @@ Contract:
   gone or could not be stored: it runs again when needed); the reason in words; the last run's
   seconds; the stored value's size in bytes (None when not stored). `statuses(build, tasks)` is
   the status of each, sharing the work (what one task's dependencies are is found out once).
-- `inputs(build, task)`: the tasks and files the newest trace of the task read, in order.
+- `inputs(build, task)`: the tasks and files the newest trace of the task read, in order;
+  `outputs(build, task)`: the files it wrote.
 - `known(build, rule)`: the rule's tasks that have traces or were built in this process.
 Nothing here runs a rule, writes to the store, or loads a value.
 """
@@ -26,12 +31,13 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from . import outputs as _outputs
 from .inputs import describe as input_describe, digest as input_digest, for_targets_only
 from .files import short_path
 from .rule import Rule, Task, rule_version
 from .trace import FILE_PREFIX, INPUT_PREFIX, MISSING
 
-__all__ = ["TaskStatus", "why", "plan", "status", "statuses", "inputs", "known"]
+__all__ = ["TaskStatus", "why", "plan", "status", "statuses", "inputs", "outputs", "known"]
 
 STATES = ("up to date", "stale", "never built", "failed", "not stored")
 
@@ -46,8 +52,8 @@ class TaskStatus:
 
 
 # A memo maps task key -> (reason or None when up to date, value hash when up to date, seconds of
-# the trace that decided). Dependencies are inserted before their dependents.
-Memo = dict[str, tuple[str | None, str | None, float | None]]
+# the trace that decided, that trace when up to date). Dependencies are inserted before their dependents.
+Memo = dict[str, tuple[str | None, str | None, float | None, Any]]
 
 
 def why(build: Any, task: Task) -> str:
@@ -55,16 +61,38 @@ def why(build: Any, task: Task) -> str:
     reason = _explain(build, [task], memo)[0]
     if reason is not None:
         return f"{task!r} is stale: {reason}"
+    notes = _files_notes(build, task, memo[task.key][3])
     if not _stored(build, task, memo[task.key][1]):
-        return f"{task!r} is up to date, but its value is no longer stored: it runs again when needed"
-    return f"{task!r} is up to date"
+        return f"{task!r} is up to date, but its value is no longer stored: it runs again when needed" + notes
+    return f"{task!r} is up to date" + notes
+
+
+def _files_notes(build: Any, task: Task, trace: Any) -> str:
+    """What became, or becomes, of the files the task wrote: put back from the store."""
+    notes = []
+    restored = build._restored.get(task.key)
+    if restored:
+        notes.append(f"its last build restored {_files(restored)} from the store")
+    if trace is not None and trace.outputs:
+        pending = _outputs.look(build._files.hash, build.store, trace)[1]
+        if len(pending) == 1:
+            what = "is missing" if build._files.hash(pending[0]) == MISSING else "changed"
+            notes.append(f"{_files(pending)} it wrote {what}: building it restores it from the store")
+        elif pending:
+            notes.append(f"{_files(pending)} it wrote are missing or changed: building it restores them "
+                         "from the store")
+    return "".join("; " + n for n in notes)
+
+
+def _files(paths: list[str]) -> str:
+    return ("file " if len(paths) == 1 else "files ") + ", ".join(short_path(p) for p in paths)
 
 
 def plan(build: Any, tasks: list[Task]) -> list[tuple[str, str]]:
     memo: Memo = {}
     _explain(build, tasks, memo)
     return [(build._tasks[key]._repr if key in build._tasks else key, reason)
-            for key, (reason, _, _) in memo.items() if reason is not None]
+            for key, (reason, *_) in memo.items() if reason is not None]
 
 
 def status(build: Any, task: Task) -> TaskStatus:
@@ -78,7 +106,7 @@ def statuses(build: Any, tasks: list[Task]) -> list[TaskStatus]:
 
 
 def _status(build: Any, task: Task, reason: str | None, memo: Memo) -> TaskStatus:
-    _, digest, seconds = memo[task.key]
+    _, digest, seconds, _ = memo[task.key]
     failure = build._failures.get(task.key)
     if failure is not None:
         return TaskStatus(repr(task), "failed", failure, seconds, None)
@@ -103,6 +131,14 @@ def inputs(build: Any, task: Task) -> tuple[list[Task], list[str]]:
     keys, files = trace.split()
     tasks = [t for t in (build._task_for_key(k) for k in dict.fromkeys(keys)) if t is not None]
     return tasks, [path for path, _ in files]
+
+
+def outputs(build: Any, task: Task) -> list[str]:
+    trace = build.store.any_trace(task.key)
+    if trace is None:
+        entry = build._clean.entries.get(task.key)
+        trace = entry[0] if entry is not None else None
+    return [path for path, _, _ in trace.outputs] if trace is not None else []
 
 
 def known(build: Any, rule: Rule) -> list[Task]:
@@ -136,34 +172,34 @@ def _explain(build: Any, tasks: list[Task], memo: Memo) -> list[str | None]:
 
 
 def _why(build: Any, task: Task, memo: Memo, versions: dict,
-         target: bool = True) -> tuple[str | None, str | None, float | None]:
+         target: bool = True) -> tuple[str | None, str | None, float | None, Any]:
     if task.key in memo:
         return memo[task.key]
-    memo[task.key] = ("it depends on itself", None, None)   # until known; a cycle reads this
+    memo[task.key] = ("it depends on itself", None, None, None)   # until known; a cycle reads this
     rule = task.rule
     traces = build.store.traces(task.key, rule.policy == "persist") or build.store.memory_traces.get(task.key, [])
     last = traces[0].seconds if traces else None
-    result: tuple[str | None, str | None, float | None]
+    result: tuple[str | None, str | None, float | None, Any]
     if rule.policy == "none":
-        result = ("its policy is 'none': it runs every build", None, last)
+        result = ("its policy is 'none': it runs every build", None, last, None)
     elif not traces:
-        result = ("never built", None, None)
+        result = ("never built", None, None, None)
     else:
         v = versions.get(rule) or versions.setdefault(rule, rule_version(rule.fn, build._is_engine_object))
         matching = [t for t in traces if t.version == v.version]
         if not matching:
-            result = (_version_change(rule.name, traces[0], v), None, last)
+            result = (_version_change(rule.name, traces[0], v), None, last, None)
         else:
             # the newest trace's reason is the one to give, unless an older trace still matches
             reasons = []
             for tr in matching:
                 reason = _why_trace(build, tr, memo, versions, target)
                 if reason is None:
-                    result = (None, tr.result, tr.seconds)
+                    result = (None, tr.result, tr.seconds, tr)
                     break
                 reasons.append(reason)
             else:
-                result = (reasons[0], None, last)
+                result = (reasons[0], None, last, None)
     del memo[task.key]          # re-inserted last: the memo lists dependencies first
     memo[task.key] = result
     return result
@@ -185,11 +221,13 @@ def _why_trace(build: Any, tr: Any, memo: Memo, versions: dict, target: bool = T
             dep = build._task_for_key(key)
             if dep is None:
                 return f"rule {key.partition('/')[0]} it used is gone or changed its arguments"
-            reason, h, _ = _why(build, dep, memo, versions, target=False)
+            reason, h, *_ = _why(build, dep, memo, versions, target=False)
             if reason is not None:
                 return f"dependency {dep!r} is stale ({reason})"
             if h != recorded:
                 return f"dependency {dep!r} changed"
+    if tr.outputs:     # files it wrote that differ now are put back, unless their copy is gone
+        return _outputs.look(build._files.hash, build.store, tr)[0]
     return None
 
 

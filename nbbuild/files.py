@@ -10,8 +10,11 @@ Contract:
 - One audit hook per process records `open` events of the running body's recorder: reads only,
   never the Python installation, site-packages, `__pycache__`, `/proc`, `/sys`, `/dev`, the
   system's `/etc` and `/usr`, the user's cache directory, module source or bytecode, or the stores
-  (registered with `exclude`); `nbbuild.file()` declares any of these explicitly when wanted. A file the run writes is not an
-  input. The hook never raises and returns at once for every other event.
+  (registered with `exclude`); `nbbuild.file()` declares any of these explicitly when wanted. A file the run writes
+  (opened for writing, or moved into place with os.rename/os.replace) is not an input; one it wrote
+  whole (mode "w" or "x", O_TRUNC or O_EXCL, or moved into place) is an output (outputs.py), one it
+  appended to or changed in place (a log) is neither. The hook never raises and returns at once for
+  every other event.
 """
 from __future__ import annotations
 
@@ -117,6 +120,7 @@ _SKIP_SUFFIXES = (".py", ".pyc", ".pyo", ".so", ".pyd", ".pth")
 _installed = False
 _install_lock = threading.Lock()
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
+_WHOLE_FLAGS = os.O_TRUNC | os.O_EXCL     # a file written from scratch, not added to
 
 
 def exclude(path: str) -> None:
@@ -125,25 +129,38 @@ def exclude(path: str) -> None:
     _excluded = _excluded + (os.path.join(os.path.realpath(path), ""),)
 
 
+def _tracked(path: Any) -> str | None:
+    """The absolute path of a file the hook looks at, or None (a descriptor, code, excluded)."""
+    if path is None or isinstance(path, int):
+        return None
+    path = os.path.abspath(os.fsdecode(path))
+    if path.endswith(_SKIP_SUFFIXES) or "/__pycache__/" in path or path.startswith(_excluded):
+        return None
+    return path
+
+
 def _hook(event: str, args: tuple) -> None:
-    if event != "open":
+    if event != "open" and event != "os.rename":
         return
     try:
         rec = current.get()
         if rec is None or rec.paused:
             return
-        path, mode, flags = args
-        if path is None or isinstance(path, int):
+        if event == "os.rename":
+            # os.rename and os.replace: a file moved into place (an atomic save) was written here
+            if args[2] in (None, -1) and args[3] in (None, -1) and (dst := _tracked(args[1])) is not None:
+                rec.wrote_file(dst)
             return
-        path = os.path.abspath(os.fsdecode(path))
-        if path.endswith(_SKIP_SUFFIXES) or "/__pycache__/" in path or path.startswith(_excluded):
+        path, mode, flags = args
+        path = _tracked(path)
+        if path is None:
             return
         if isinstance(mode, str):
-            writes = any(c in mode for c in "wax+")
+            writes, whole = any(c in mode for c in "wax+"), "w" in mode or "x" in mode
         else:
-            writes = bool((flags or 0) & _WRITE_FLAGS)
+            writes, whole = bool((flags or 0) & _WRITE_FLAGS), bool((flags or 0) & _WHOLE_FLAGS)
         if writes:
-            rec.wrote_file(path)
+            rec.wrote_file(path, whole)
         elif not os.path.isdir(path):
             rec.read_file(path)
     except BaseException:  # an audit hook that raises breaks the user's open()

@@ -12,7 +12,8 @@ Contract:
 - `run(payload, channel) -> bytes` is what a worker runs: `payload` is cloudpickle of (function,
   args, kwargs, {task key: value}, the kernel's environment for a worker process of ours, else
   None); it returns cloudpickle of ("ok", value, groups fetched, files
-  read, what it attached, the environment variables it read with their hashes in the worker),
+  read, what it attached, the environment variables it read with their hashes in the worker, files
+  it wrote, each with whether it wrote it whole: stored from here, outputs.py),
   ("error", exception, its frames outside nbbuild, its last line),
   ("abandoned",) when a dependency failed (or the kernel stopped it before it began), or
   ("need", tasks) when it was told to stop and be sent again.
@@ -99,6 +100,7 @@ class _RemoteRecorder:
         self.files: list[str] = []
         self.inputs: list[tuple[str, str]] = []    # environment variables, as the worker had them
         self.seen: set[str] = set()
+        self.written: dict[str, bool] = {}      # path -> written whole (trace.Recorder.wrote_file)
 
     def fetch_values(self, rec: Any, tasks: list) -> list[Any]:
         missing = [t for t in tasks if t.key not in self.supplied]
@@ -117,8 +119,8 @@ class _RemoteRecorder:
         if path not in self.files:
             self.files.append(path)
 
-    def wrote_file(self, path: str) -> None:
-        pass
+    def wrote_file(self, path: str, whole: bool = True) -> None:
+        self.written[path] = self.written.get(path, False) or whole
 
     def read_input(self, key: str, digest: str) -> None:
         if key not in self.seen:
@@ -146,7 +148,7 @@ def run(payload: bytes, channel: Any) -> bytes:
     token = current.set(rec)
     try:
         value = fn(*args, **kwargs)
-        out: tuple = ("ok", value, rec.groups, rec.files, rec.attachment, rec.inputs)
+        out: tuple = ("ok", value, rec.groups, rec.files, rec.attachment, rec.inputs, rec.written)
     except Abandoned:
         out = ("abandoned",)
     except Restart as e:
@@ -229,13 +231,15 @@ def run_elsewhere(executor: Any, sched: Any, st: Any, rec: Any, timeout: float |
         raise error
     if kind == "abandoned":       # a dependency failed after all: fetch_values has said so above
         raise RemoteError(f"{task!r} was abandoned by its worker")
-    _, value, groups, files, attachment, inputs = result
+    _, value, groups, files, attachment, inputs, written = result
     for group in groups:
         rec.add_group(tuple((key, sched.states[key].hash) for key in group))
     for path in files:
         rec.read_file(path)
     for key, digest in inputs:
         rec.read_input(key, digest)
+    for path, whole in written.items():      # the worker's paths: a filesystem shared with it, as for reads
+        rec.wrote_file(path, whole)
     rec.attachment = attachment
     if task.rule.received is not None:
         task.rule.received(task, value, attachment)

@@ -30,7 +30,8 @@ class BuildReport:
     not built because a dependency failed, `unstored` ran but their values could not be stored.
     `saved_seconds` adds up the recorded run times of the reused tasks. `attempts` gives the tasks
     whose body ran more than once (retries) and how often; `overdue` those that ran past their
-    timeout on a thread (where a body cannot be stopped)."""
+    timeout on a thread (where a body cannot be stopped); `restored` the reused tasks whose files
+    (outputs.py) were missing or changed and were written back from the store, with their paths."""
 
     executed: list[str]
     reused: list[str]
@@ -43,6 +44,7 @@ class BuildReport:
     rows: tuple = field(default=((), (), (), {}), repr=False, compare=False)
     attempts: dict = field(default_factory=dict)
     overdue: list = field(default_factory=list)
+    restored: dict = field(default_factory=dict)
 
     @functools.cached_property
     def tasks(self) -> tuple[TaskReport, ...]:
@@ -89,4 +91,5 @@ def make_report(sched: Any, untouched: list[tuple[str, float, str]], seconds: fl
         skipped=lists["skipped"], unstored=unstored, constructed=lists["constructed"], seconds=seconds,
         saved_seconds=saved, rows=(texts, outcomes, durations, notes),
         attempts={st.task._repr: st.attempts for st in sched.order if st.attempts > 1},
-        overdue=[st.task._repr for st in sched.order if st.overdue])
+        overdue=[st.task._repr for st in sched.order if st.overdue],
+        restored={sched.states[key].task._repr: list(paths) for key, paths in sched.restored.items()})

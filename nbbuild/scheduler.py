@@ -14,6 +14,9 @@ Contract:
   takes the most urgent, and idle threads start queued tasks most urgent first (`build.order =
   "fifo"` keeps the order of asking). A queued task starts in a copy of the context of the task
   that asked for it (as an asyncio task does, and as it would inline), its recorder left out.
+- A reused task's files (outputs.py) are put back while its trace is matched: before it is done,
+  so before anything that depends on it goes on. `restored` maps the keys of tasks whose files
+  were put back to those files' paths.
 - A task that would wait on a task that (transitively) waits on it raises CycleError there.
 - Failures are recorded in the state (own error, or the failed dependency that caused it) and
   never unwind the engine; only cancellation (KeyboardInterrupt, SystemExit) does, after which
@@ -29,7 +32,7 @@ from typing import Any, Sequence
 
 from greenlet import GreenletExit as GreenletExitType
 
-from . import body, environment, inputs
+from . import body, environment, inputs, outputs
 from .errors import BuildError, Cancelled, CycleError
 from .executors import Hubs
 from .priority import CriticalPath, ReadyQueue
@@ -107,6 +110,7 @@ class Scheduler:
         self.running: dict[str, tuple[TaskState, float]] = {}   # bodies running now, read by views
         self.waiting_elsewhere: dict[int, Any] = {}   # greenlets waiting on remote work (remote.py)
         self.gc = False
+        self.restored: dict[str, list[str]] = {}     # task key -> files put back from the store
         self._root_states: list[TaskState] = []
 
     # ------------------------------------------------------------ running, waiting, waking
@@ -338,7 +342,7 @@ class Scheduler:
             traces = in_memory + traces if traces else in_memory
         if not traces:
             return False
-        trace, pos = match(traces, version.version, st, self.known, self._group_matches)
+        trace, pos = match(traces, version.version, st, self.known, self._group_matches, self._outputs_ready)
         if trace is None:
             return False
         st.hash, st.trace, st.seconds = trace.result, trace, trace.seconds
@@ -385,6 +389,15 @@ class Scheduler:
         deps = self._ensure(st, tasks, st.depth) if tasks else []
         wanted = [rec for key, rec in group if not key.startswith(INPUT_PREFIX)]
         return all(d.status == DONE and d.hash == rec for d, rec in zip(deps, wanted))
+
+    def _outputs_ready(self, st: TaskState, trace: Trace) -> bool:
+        """Are the files the trace's run wrote as it left them, once put back from the store?"""
+        put: list[str] = []
+        ready = outputs.restore(self.store, self.files.hash, trace, put)
+        if put:
+            with self.lock:
+                self.restored.setdefault(st.task.key, []).extend(put)
+        return ready
 
     def _execute(self, st: TaskState) -> None:
         body.execute(self, st)

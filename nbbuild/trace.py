@@ -9,11 +9,18 @@ Contract:
   Dependencies that are not tasks have keys beginning with `INPUT_PREFIX`: files (`FILE_PREFIX` +
   path, content hash) and environment variables (`ENV_PREFIX` + name, or `ENV_ALL` for all of
   them; environment.py), each recorded at its first read.
-- `verify`/`construct`: `match(traces, version, fetch_group)` walks the traces newest first and each
-  trace's groups in order, asking `fetch_group` for the current hashes of one group at a time, and
-  stops a trace at its first mismatch: so it only ever fetches what running the rule would fetch.
-  The first trace that matches gives the result hash: the newest one is a verifying trace, an older
-  one a constructive trace (an edit was reverted).
+- Outputs: `outputs` lists the files the run wrote (outputs.py), each as (absolute path, content
+  hash, hash of its stored copy or `MISSING`). They are not dependencies: a trace is matched on its
+  dependencies alone, and then asked whether its files are there or can be put back. A trace
+  without outputs is stored exactly as before outputs existed (12 fields); one with them has a
+  13th field, and its `ident` covers them.
+- `verify`/`construct`: `match(traces, version, state, known, group_matches, outputs_ready)` walks
+  the traces newest first and each trace's groups in order, asking `group_matches` for the current
+  hashes of one group at a time, and stops a trace at its first mismatch: so it only ever fetches
+  what running the rule would fetch. A trace whose dependencies all match and that has outputs is
+  then passed to `outputs_ready(state, trace)` (outputs.restore puts its files back; False when it
+  cannot). The first trace that matches gives the result hash: the newest one is a verifying
+  trace, an older one a constructive trace (an edit was reverted).
 - `attach(data)`: a running body keeps data with its run (what it displayed, say), outside its value.
 - The current recorder of the running rule body is `current` (a ContextVar: per thread and per
   greenlet). Engine work sets `paused` so that nothing it opens is taken for an input.
@@ -29,7 +36,7 @@ from typing import Any, Callable, Sequence
 from .hashing import hash_bytes
 
 __all__ = ["Trace", "Recorder", "current", "match", "attach", "FILE_PREFIX", "ENV_PREFIX", "ENV_ALL",
-           "INPUT_PREFIX", "MISSING"]
+           "INPUT_PREFIX", "MISSING", "Output"]
 
 # Dependencies that are not tasks: their keys begin with INPUT_PREFIX, which no task key does (a
 # task key begins with its rule's name, an identifier).
@@ -40,6 +47,7 @@ ENV_ALL = "@environ"   # the whole environment (iterated, copied)
 MISSING = "-"          # the "hash" of a dependency that cannot be had (unknown rule, missing file)
 
 Group = tuple[tuple[str, str], ...]
+Output = tuple[str, str, str]    # (absolute path, content hash, stored copy's value hash or MISSING)
 
 # The stored form is text split by NUL-led markers: NUL occurs in none of the parts (keys and
 # hashes are plain, paths cannot hold NUL, JSON and repr escape it), and splitting is several
@@ -75,6 +83,7 @@ class Trace:
     parts: tuple[tuple[str, str], ...] = ()
     packages: tuple[tuple[str, str], ...] = ()
     created: float = field(default_factory=time.time, compare=False)
+    outputs: tuple[Output, ...] = ()
 
     def _cached(self, name: str, make: Callable[[], str]) -> str:
         # a frozen dataclass still has a __dict__: derived text is computed once, lazily (loading
@@ -89,29 +98,41 @@ class Trace:
         return self._cached("_deps", lambda: _G.join(_P.join(k + _H + h for k, h in g) for g in self.deps))
 
     @property
+    def _outputs_text(self) -> str:
+        return _P.join(_H.join(o) for o in self.outputs)
+
+    @property
     def ident(self) -> str:
         """Identity of what the trace says (not when): equal traces share it."""
+        # without outputs, the same bytes as before outputs were recorded: stores made then keep their rows
         return self._cached("_ident", lambda: hash_bytes(
-            self.version.encode(), self.result.encode(), self._deps_text.encode())[:16])
+            self.version.encode(), self.result.encode(), self._deps_text.encode(),
+            (_F + self._outputs_text).encode() if self.outputs else b"")[:16])
 
     def encode(self) -> bytes:
-        return _F.join([_MAGIC, self.key, self.rule, self.args, self.repr, self.version, self.result,
-                        repr(float(self.seconds)), repr(float(self.created)), _json_pairs(self.parts),
-                        _json_pairs(self.packages), self._deps_text]).encode()
+        fields = [_MAGIC, self.key, self.rule, self.args, self.repr, self.version, self.result,
+                  repr(float(self.seconds)), repr(float(self.created)), _json_pairs(self.parts),
+                  _json_pairs(self.packages), self._deps_text]
+        if self.outputs:
+            fields.append(self._outputs_text)
+        return _F.join(fields).encode()
 
     @classmethod
     def decode(cls, data: bytes | str) -> Trace:
         text = data.decode() if isinstance(data, (bytes, bytearray, memoryview)) else data
         fields = text.split(_F)
-        if len(fields) != 12 or fields[0] != _MAGIC:
+        if len(fields) not in (12, 13) or fields[0] != _MAGIC:
             raise ValueError("not an nbbuild trace")
-        _, key, rule, args, rep, version, result, seconds, created, parts, packages, deps = fields
+        _, key, rule, args, rep, version, result, seconds, created, parts, packages, deps = fields[:12]
+        outputs = tuple(tuple(o.split(_H)) for o in fields[12].split(_P)) if len(fields) == 13 else ()
+        if any(len(o) != 3 for o in outputs):
+            raise ValueError("not an nbbuild trace")
         tr = object.__new__(cls)   # not the frozen __init__: loading thousands of traces is hot
         tr.__dict__.update(
             key=key, rule=rule, args=args, repr=rep, version=version, result=result,
             deps=tuple([tuple([tuple(p.split(_H)) for p in g.split(_P)]) for g in deps.split(_G)]) if deps else (),
             seconds=float(seconds), created=float(created), parts=_pairs(parts), packages=_pairs(packages),
-            _deps=deps)
+            outputs=outputs, _deps=deps)
         return tr
 
     def split(self) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
@@ -141,7 +162,7 @@ class Trace:
 class Recorder:
     """Collects what one run of a task fetches and reads."""
 
-    __slots__ = ("state", "scheduler", "groups", "files", "written", "paused", "failed_dep", "waited",
+    __slots__ = ("state", "scheduler", "groups", "files", "written", "made", "paused", "failed_dep", "waited",
                  "attachment", "cancelled")
 
     def __init__(self, state: Any, scheduler: Any):
@@ -149,7 +170,8 @@ class Recorder:
         self.scheduler = scheduler
         self.groups: list[Group] = []
         self.files: set[str] = set()
-        self.written: set[str] = set()
+        self.written: set[str] = set()    # files it wrote to: not inputs
+        self.made: set[str] = set()       # of those, files it wrote whole: its outputs (outputs.py)
         self.paused = 0
         self.failed_dep: Any = None
         self.waited = 0.0      # seconds spent fetching dependencies: not the task's own time
@@ -170,8 +192,13 @@ class Recorder:
             self.paused -= 1
         self.groups.append(((FILE_PREFIX + path, h),))
 
-    def wrote_file(self, path: str) -> None:
+    def wrote_file(self, path: str, whole: bool = True) -> None:
+        """`whole`: it wrote the file from scratch (created or truncated it, or moved it into
+        place); not when it appended to it or changed it in place (a log): what is there then is
+        not its alone to put back."""
         self.written.add(path)
+        if whole:
+            self.made.add(path)
 
     def read_input(self, key: str, digest: str) -> None:
         """An input that is neither a task nor a file (an environment variable), as it was at
@@ -209,13 +236,16 @@ def attach(data: Any) -> bool:
 
 
 def match(traces: Sequence[Trace], version: str, state: Any, known: dict[str, str],
-          group_matches: Callable[[Any, Group], bool]) -> tuple[Trace | None, int]:
+          group_matches: Callable[[Any, Group], bool],
+          outputs_ready: Callable[[Any, Trace], bool] | None = None) -> tuple[Trace | None, int]:
     """The first trace (newest first) of this version whose dependencies still have the recorded
-    hashes, and its position (0: verifying trace; more: constructive trace).
+    hashes, and whose outputs are there (or were put back), and its position (0: verifying trace;
+    more: constructive trace).
 
     `known` maps the keys of tasks already brought up to date in this build to their hashes (the
     cheap common case); `group_matches(state, group)` fetches one group and says whether its
-    hashes are unchanged."""
+    hashes are unchanged; `outputs_ready(state, trace)` (None: outputs are not looked at) says
+    whether the files the trace's run wrote are as it left them, after putting them back."""
     for i, trace in enumerate(traces):
         if trace.version != version:
             continue
@@ -230,5 +260,7 @@ def match(traces: Sequence[Trace], version: str, state: Any, known: dict[str, st
             if not group_matches(state, group):
                 break
         else:
-            return trace, i
+            # outputs last: only a trace that matches otherwise may write its files back
+            if not trace.outputs or outputs_ready is None or outputs_ready(state, trace):
+                return trace, i
     return None, -1
