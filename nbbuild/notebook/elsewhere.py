@@ -59,7 +59,7 @@ def _take(rule: Any, name: str) -> Any:
     value = rule()
     cap, rec = recording(), current.get()
     if cap is not None and rec is not None:
-        cap.changes.fetched(value, _fetched_hash(rec, task.key, value))
+        cap.changes.fetched(value, _fetched_hash(rec, task.key, value), rule.name)
     if not isinstance(value, dict) or name not in value:
         raise NameError(f"name {name!r} is not defined: the cell {rule.name} did not bind it")
     return value[name]
@@ -102,7 +102,9 @@ class CellCapture:
 
     def __call__(self, namespace: dict | None = None, watch: tuple[str, ...] = (),
                  rule: str | None = None) -> Capture:
-        return Capture(self.state.shell, self.state.bind, namespace, watch, rule)
+        cap = Capture(self.state.shell, self.state.bind, namespace, watch, rule)
+        cap.producer = self.state.versions.producer
+        return cap
 
     def __reduce__(self) -> tuple:
         return RemoteCapture, ()

@@ -141,7 +141,10 @@ class NbbuildMagics(Magics):
         values = self._build([rule.task()], summary=False)
         value = values[0] if values else {}
         if isinstance(value, dict):      # what it changed in place is its version now
-            changed = [k for k in value if not k.startswith(OWN) and k not in produced and k not in names.imported]
+            # a name another cell bound since the rule it fetched from is not that rule's any more
+            sources = set(fetched.values())
+            changed = [k for k in value if not k.startswith(OWN) and k not in produced and k not in names.imported
+                       and ((k in names.inputs and k not in fetched) or state.versions.producer(k) in sources)]
             if changed:
                 state.versions.bound(name, changed)
                 state.outputs[name] = produced + tuple(changed)

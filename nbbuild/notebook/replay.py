@@ -36,15 +36,17 @@ import contextvars
 import json
 import sys
 import threading
+import types
 from typing import Any, Iterator
 
 from ..randomness import Draws
 from ..trace import attach, current
 from .versions import Changes
 
-__all__ = ["Capture", "replay", "recording", "show_figures", "LIMIT", "FORMAT", "GENERATORS"]
+__all__ = ["Capture", "replay", "recording", "show_figures", "LIMIT", "FORMAT", "GENERATORS", "MODULES"]
 
-GENERATORS = "__nbbuild_generators__"   # the outputs' key of the random generators' end states
+GENERATORS = "__nbbuild_generators__"
+MODULES = "__nbbuild_modules__"         # the modules a cell bound: name -> module name   # the outputs' key of the random generators' end states
 
 FORMAT = "nbbuild-output-1"
 LIMIT = 32 << 20
@@ -148,6 +150,7 @@ class Capture:
         self.shell = shell
         self.bind = bind
         self.rule = rule
+        self.producer: Any = None      # name -> the rule of its latest version, where known
         self.namespace = namespace if namespace is not None else {}
         self.changes = Changes()
         self.draws: Draws | None = Draws() if self.follows_generators else None
@@ -210,7 +213,11 @@ class Capture:
         """The cell's outputs from its locals. An object that says it is closed (`with open(...)
         as f` leaves one) is no use to another cell, and could not be stored: it is left out."""
         out = {k: scope[k] for k in names if k in scope and not _closed(scope[k])}
-        for name, value in self.changes.changed(self.namespace).items():
+        modules = {k: v.__name__ for k, v in out.items() if isinstance(v, types.ModuleType)}
+        if modules:     # by name: a module pickled beside a key of its name hashes differently once loaded
+            out = {k: v for k, v in out.items() if k not in modules}
+            out[MODULES] = modules
+        for name, value in self.changes.changed(self.namespace, self.producer).items():
             out.setdefault(name, value)    # changed in place: a new version of the name
         if self.draws is not None:
             drawn, self.draws = self.draws.finish(), None

@@ -33,6 +33,7 @@ Contract:
 """
 from __future__ import annotations
 
+import importlib
 import os
 from typing import Any
 
@@ -44,7 +45,7 @@ from .auto import Auto
 from .cells import CAPTURE, FETCH, LAST, OWN, analyse
 from .elsewhere import CellCapture, CellFetch, received
 from .graph import TITLES, label, snapshot
-from .replay import replay, show_figures
+from .replay import MODULES, replay, show_figures
 from .versions import Versions, fingerprint, unchangeable
 
 __all__ = ["NotebookState"]
@@ -187,11 +188,13 @@ class NotebookState:
         return rule
 
     def own_rules(self, source: str) -> set[str]:
-        """The rules this cell defined before: its cell id's, or without one, those of the same
-        source (a cell run again, whose `x = x + 1` reads the `x` it made, by value)."""
+        """The rules this cell defined before, by its cell id (whose `x = x + 1` run again reads
+        the `x` it made, by value); none without a cell id."""
         if self.cell_id is not None:
             return {r for r, c in self.cells.items() if c == self.cell_id}
-        return {r for r, s in self.sources.items() if s == source}
+        # without a cell id, a cell run again is named after the version it reads: reading its
+        # own last version makes it another rule (`x = x + 1` gives a new x each time)
+        return set()
 
     def superseded(self, name: str) -> list[str]:
         """The rules the running cell defined before under other names, which rule `name` now
@@ -256,8 +259,9 @@ class NotebookState:
     def bind(self, outputs: dict, rule: str | None = None, spoiled: list[str] | tuple = ()) -> None:
         for digest in spoiled:
             self.build.forget(digest=digest)
-        self.shell.user_ns.update({k: v for k, v in outputs.items()
-                                   if not k.startswith(OWN) and (rule is None or self.versions.binds(rule, k))})
+        wanted = {k: v for k, v in outputs.items() if not k.startswith(OWN)}
+        wanted.update((k, importlib.import_module(m)) for k, m in outputs.get(MODULES, {}).items())
+        self.shell.user_ns.update({k: v for k, v in wanted.items() if rule is None or self.versions.binds(rule, k)})
 
     def rule_for(self, target: str) -> Any:
         producer = self.versions.producer(target)

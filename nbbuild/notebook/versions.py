@@ -26,7 +26,7 @@ Contract:
   cells does not change.
 - `Changes`: what one run of a cell changed in place. `watch(name, value)` takes a fingerprint of a
   value read by value before the body runs; `fetched(value, digest)` notes a rule's value (its
-  dict of outputs) fetched with the hash it was stored under. `changed(scope)` afterwards gives
+  dict of outputs) fetched with the hash it was stored under, and takes its fingerprint. `changed(scope)` afterwards gives
   the names whose values changed in place, with their values: a watched name that fingerprints
   differently, and every output of a fetched rule's value that does (its names are one unit:
   `fig` and `ax` share one figure). A value whose pickle differs from one time to the next (a
@@ -121,24 +121,31 @@ def fingerprint(value: Any) -> str | None:
 class Changes:
     def __init__(self) -> None:
         self.watched: dict[str, tuple[Any, str | None]] = {}
-        self.rules: list[tuple[dict, str]] = []
+        self.rules: list[tuple[dict, str, str | None, str | None]] = []
         self.spoiled: list[str] = []
 
     def watch(self, name: str, value: Any) -> None:
         if name not in self.watched and not unchangeable(value):
             self.watched[name] = (value, fingerprint(value))
 
-    def fetched(self, value: Any, digest: str | None) -> None:
-        if digest is not None and isinstance(value, dict) and all(v is not value for v, _ in self.rules):
-            self.rules.append((value, digest))
+    def fetched(self, value: Any, digest: str | None, rule: str | None = None) -> None:
+        if digest is not None and isinstance(value, dict) and all(v[0] is not value for v in self.rules):
+            # compared with its fingerprint now, not with the stored hash: the same value loaded
+            # back can pickle differently (pickle shares equal objects by identity)
+            self.rules.append((value, digest, fingerprint(value), rule))
 
-    def changed(self, scope: dict) -> dict[str, Any]:
+    def changed(self, scope: dict, producer: Any = None) -> dict[str, Any]:
+        """`producer(name)`, where known (in the kernel): the rule of the name's latest version;
+        a fetched value's names another cell bound since are not its to give."""
         out: dict[str, Any] = {}
         for name, (value, before) in self.watched.items():
             if before is not None and scope.get(name) is value and fingerprint(value) != before:
                 out[name] = value
-        for value, digest in self.rules:
-            if not all(unchangeable(v) for v in value.values()) and fingerprint(value) != digest:
+        for value, digest, before, rule in self.rules:
+            if not all(unchangeable(v) for v in value.values()) and (before is None or fingerprint(value) != before):
                 self.spoiled.append(digest)
-                out.update((k, v) for k, v in value.items() if not k.startswith("__"))
+                for k, v in value.items():
+                    if not k.startswith("__") and not unchangeable(v) and (
+                            producer is None or rule is None or producer(k) == rule):
+                        out.setdefault(k, v)
         return out
