@@ -108,7 +108,9 @@ class Draws:
             if not ours:
                 continue
             outputs[RNG_PREFIX + name] = state
-            if self.seeded.get(name) != before:      # it drew before seeding, or never seeded
+            # it drew before seeding, or never seeded; a generator made during the body (numpy
+            # imported by it) started from fresh entropy, which no run gives again: no input
+            if before != "-" and self.seeded.get(name) != before:
                 inputs[RNG_PREFIX + name] = before
         return inputs, outputs
 

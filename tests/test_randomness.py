@@ -64,3 +64,14 @@ def test_seed_still_works_outside_a_body_and_keeps_its_name():
     first = random.random()
     random.seed(1)
     assert random.random() == first and random.seed.__name__ == "seed"
+
+
+def test_a_generator_made_during_the_body_is_an_output_but_no_input(monkeypatch):
+    monkeypatch.delitem(__import__("sys").modules, "numpy")     # as in a fresh kernel's first cell
+    draws = Draws()
+    draws.start()
+    monkeypatch.undo()                                        # the body imports numpy
+    np.random.seed(4)
+    np.random.rand()
+    inputs, outputs = draws.finish()
+    assert NUMPY not in inputs and NUMPY in outputs

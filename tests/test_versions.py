@@ -233,6 +233,13 @@ def test_under_auto_a_cell_that_cannot_or_should_not_be_a_rule_runs_as_an_ordina
     assert ip._nbbuild_state.build.rules == {}
 
 
+def test_under_auto_the_modulo_operator_on_a_continuation_line_is_no_magic(shell):
+    ip = shell()
+    ip.run_cell("%nbbuild auto")
+    ip.run_cell('n = 3\ntext = (\n    "%d items"\n    % n\n)')
+    assert len(ip._nbbuild_state.build.rules) == 1 and ip.user_ns["text"] == "3 items"
+
+
 def test_auto_off_stops_it_and_rule_cells_still_work(shell):
     ip = shell()
     ip.run_cell("%nbbuild auto on")

@@ -21,7 +21,6 @@ Contract:
 from __future__ import annotations
 
 import ast
-import re
 from typing import Any
 
 from .cells import refusal
@@ -29,7 +28,6 @@ from .cells import refusal
 __all__ = ["Auto", "OFF_MARKER"]
 
 OFF_MARKER = "# nbbuild: off"
-_MAGIC_LINE = re.compile(r"^\s*(%|!)|^[^#'\"]*=\s*(%|!)")
 
 
 class Auto(ast.NodeTransformer):
@@ -70,12 +68,12 @@ class Auto(ast.NodeTransformer):
         first = cell.lstrip().splitlines()[0].strip()
         if first.replace(" ", "").lower() == OFF_MARKER.replace(" ", ""):
             return False
-        if any(_MAGIC_LINE.match(line) for line in code):
-            return False
         try:
             python = self.shell.transform_cell(cell)
         except Exception:  # IPython's own transformers on any text: then plain execution says
             return False
-        if "get_ipython()" in python and "get_ipython()" not in cell:   # `x?` and friends
+        # a line magic, a shell escape, `x?`: IPython's own transformation says, not a guess at
+        # the text (`% n` on a continuation line is Python's operator)
+        if "get_ipython()" in python and "get_ipython()" not in cell:
             return False
         return refusal(python) is None
