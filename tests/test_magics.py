@@ -14,14 +14,15 @@ from hypothesis import strategies as st
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
+from shells import fresh_shell
+
 from nbbuild.notebook.lines import parse_rule_line as _parse_rule_line
 
 
 @pytest.fixture
 def ip(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    InteractiveShell.clear_instance()
-    shell = InteractiveShell.instance()
+    shell = fresh_shell()
     shell.run_line_magic("load_ext", "nbbuild")
     shell.run_cell("from probe import Calls; calls = Calls()")
     yield shell
@@ -367,8 +368,7 @@ def fuzz_shell(tmp_path_factory):
     import os
     old = os.getcwd()
     os.chdir(tmp_path_factory.mktemp("fuzz"))
-    InteractiveShell.clear_instance()
-    shell = InteractiveShell.instance()
+    shell = fresh_shell()
     shell.run_line_magic("load_ext", "nbbuild")
     shell.run_cell("from probe import Calls\ncalls = Calls()\nthreshold = 0")
     shell.run_cell(RAW)

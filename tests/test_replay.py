@@ -7,6 +7,8 @@ import pytest
 from IPython.core.displaypub import DisplayPublisher
 from IPython.core.interactiveshell import InteractiveShell
 
+from shells import fresh_shell
+
 from nbbuild.notebook.replay import LIMIT
 
 
@@ -49,8 +51,7 @@ class _Publisher(DisplayPublisher):
 def ip(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     screen = Screen()
-    InteractiveShell.clear_instance()
-    shell = InteractiveShell.instance()
+    shell = fresh_shell()
     pub = _Publisher(shell=shell)
     pub.screen = screen
     shell.display_pub = pub

@@ -12,6 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from IPython.core.interactiveshell import InteractiveShell
 
+from shells import fresh_shell
+
 from nbbuild.notebook.graph import label
 from oracle import plainly
 
@@ -43,7 +45,7 @@ def shell(tmp_path, monkeypatch):
 
     def start() -> InteractiveShell:
         stop()
-        ip = InteractiveShell.instance()
+        ip = fresh_shell()
         ip.run_line_magic("load_ext", "nbbuild")
         made.append(ip)
         return ip

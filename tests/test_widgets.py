@@ -12,12 +12,12 @@ import nbbuild
 from nbbuild.notebook.graph import snapshot as graph
 from nbbuild.notebook.widgets import BuildView, dashboard, metrics_text, metrics_view
 from nbbuild.progress import ROW_LIMIT, SLOWEST
+from shells import fresh_shell
 
 
 @pytest.fixture(autouse=True)
 def shell():
-    InteractiveShell.clear_instance()
-    yield InteractiveShell.instance()
+    yield fresh_shell()
     InteractiveShell.clear_instance()
 
 
