@@ -133,6 +133,22 @@ def test_with_cell_ids_an_edited_cell_reruns_with_what_reads_it_and_cuts_off_equ
     assert values(ip) == plainly(edited, NAMES)
 
 
+@pytest.mark.parametrize("cell", ["x = x + 1", "x += 1", "x = [v + 1 for v in [x]][0]"])
+def test_a_cell_run_again_reads_the_value_it_bound_as_plain_execution_does(shell, cell):
+    ip = shell()
+    ip.run_cell("x = 1")
+    ids = ["the-cell"]
+    for expected in (2, 3, 4):                  # with a cell id: the same rule each time, reading x by value
+        ran = run_all(ip, [cell], ids)
+        assert ip.user_ns["x"] == expected and ran == ["x"]
+    ip = shell()                                # Restart & Run All: x = 1 again, the cell reused
+    ip.run_cell("x = 1")
+    assert run_all(ip, [cell], ids) == [] and ip.user_ns["x"] == 2
+    ip = shell()
+    result = ip.run_cell("%%rule\n" + cell, cell_id="the-cell")    # x never bound: it fails, as plainly
+    assert "NameError" in str(result.error_in_exec) or "UnboundLocalError" in str(result.error_in_exec)
+
+
 def test_a_change_in_place_is_a_new_version_and_the_earlier_value_is_kept(shell):
     ip = shell()
     run_all(ip, CELLS)

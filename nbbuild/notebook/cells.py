@@ -349,6 +349,8 @@ def compile_cell(source: str, name: str, filename: str, fetched: dict[str, str],
         body[-1] = ast.copy_location(ast.Assign([ast.Name(LAST, ast.Store())], last.value), last)
     line = body[0].lineno if body else 1
     prologue = [ast.parse(f"{n} = {FETCH}({n!r}, {r!r})").body[0] for n, r in fetched.items()]
+    prologue += _global_reads([n for n in analyse(source).inputs if n not in fetched and n not in (params_of(params))
+                               and _binds_locally(body, n)])
     if params is None and capture:
         epilogue = ast.parse(f"return {_RECORD}.outputs(locals(), {tuple(outputs) + (LAST,)!r})").body
     elif params is None:
@@ -377,6 +379,39 @@ def compile_cell(source: str, name: str, filename: str, fetched: dict[str, str],
     scratch: dict = {}
     exec(code, namespace, scratch)
     return scratch[name]
+
+
+def params_of(params: ast.arguments | None) -> set[str]:
+    if params is None:
+        return set()
+    every = params.posonlyargs + params.args + params.kwonlyargs + [a for a in (params.vararg, params.kwarg) if a]
+    return {a.arg for a in every}
+
+
+def _binds_locally(body: list[ast.stmt], name: str) -> bool:
+    """Whether `name` is a local variable of a function with this body."""
+    scratch = ast.fix_missing_locations(ast.Module([ast.FunctionDef(
+        name="f", args=ast.arguments([], [], None, [], [], None, []), body=body or [ast.Pass()],
+        decorator_list=[], returns=None, type_comment=None, lineno=1, col_offset=0)], type_ignores=[]))
+    try:
+        code = compile(scratch, "<cell>", "exec").co_consts
+    except SyntaxError:
+        return False
+    fn = next(c for c in code if isinstance(c, types.CodeType))
+    return name in fn.co_varnames or name in fn.co_cellvars
+
+
+def _global_reads(names: list[str]) -> list[ast.stmt]:
+    """`x = x + 1` read by value: in the function that a rule cell becomes, x is local, so the
+    value the cell starts from is read from the notebook's globals first, through a nested
+    function (whose LOAD_GLOBAL makes x an input of the rule, as a global read is). A name not
+    bound yet stays unbound, so the body fails as plain execution would."""
+    out: list[ast.stmt] = []
+    for n in names:
+        reader = f"{OWN}read_{n}"
+        out += ast.parse(f"def {reader}():\n    global {n}\n    return {n}\n"
+                         f"try:\n    {n} = {reader}()\nexcept NameError:\n    pass\n").body
+    return out
 
 
 def _check_top_level(tree: ast.AST) -> None:
