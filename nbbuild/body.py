@@ -127,6 +127,7 @@ def _keep(sched: Any, st: Any, rec: Recorder, value: Any, version: Any) -> None:
         return
     # the files it wrote go in before the trace that names them, as its value does
     written = outputs.keep(sched.store, rec.made, persist) if rec.made else ()
+    sched.build.owners.claim(task.key, [o[0] for o in written])
     trace = Trace(task.key, rule.name, task.encoded, repr(task), version.version, rec.dependencies(),
                   digest, st.seconds, version.parts, version.packages, outputs=written)
     # a value the store could not take keeps a persistent trace all the same: its hash lets

@@ -105,6 +105,7 @@ class Build:
         self._failures: dict[str, str] = {}                  # task key -> why its last build failed
         self._attachments: dict[str, tuple[str, Any]] = {}   # task key -> (value hash, attachment)
         self._restored: dict[str, list[str]] = {}            # task key -> files its last check put back
+        self.owners = outputs.Owners()                       # file -> the task that wrote it last
         self._files = files.FileHasher()     # stat entries come from the store at the first build
         self._clean = CleanSet()
         self._generation = self.store.generation
@@ -284,7 +285,10 @@ class Build:
         self.store.held = lambda: {st.hash for st in sched.states.copy().values()
                                    if st.hash and not st.has_value}
         # what this process verified before and whose inputs did not change is known up to date
-        self._clean.invalidate(self.rules, sched.version, self._files.hash)
+        # a target's files are all put back, as running it again plainly writes them all again
+        targets = {t.key for t in tasks}
+        self._clean.invalidate(self.rules, sched.version, self._files.hash,
+                               lambda key: self.owners.mine(key, key in targets))
         sched.known.update(self._clean.hashes)
         if force:
             sched.forced = {t.key for t in tasks}

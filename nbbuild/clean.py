@@ -4,11 +4,11 @@ Contract:
 - After a build, `record(states, versions)` keeps, for every task the build brought up to date,
   its value hash, the dependencies and files its trace names (with the hashes it saw), its repr and
   run time, and the version of each rule as computed in that build.
-- Before the next build, `invalidate(rules, version_of, file_hash)` re-checks only the inputs:
+- Before the next build, `invalidate(rules, version_of, file_hash, mine)` re-checks only the inputs:
   each remembered rule's version once (a global it reads may have changed, or the rule been
   redefined or removed), each remembered file once, and drops every task that reads a changed
   input (environment variables it read included), every task whose written files (outputs.py) are
-  missing or changed (the build visits it, and puts them back), every task of policy "none", and,
+  missing or changed (of the files it was the last to write, `mine(key)(path)`: outputs.Owners) (the build visits it, and puts them back), every task of policy "none", and,
   transitively, every task that depends on a dropped one.
   What remains is up to date without visiting it: the scheduler takes those hashes as known.
 - `closure(keys, skip)` lists, dependencies first, the remembered tasks the targets reach, for the
@@ -58,7 +58,8 @@ class CleanSet:
         return entry[0].split()[0] if entry is not None else ()
 
     def invalidate(self, rules: dict[str, Any], version_of: Callable[[Any], Any],
-                   file_hash: Callable[[str], str]) -> None:
+                   file_hash: Callable[[str], str],
+                   mine: Callable[[str], Callable[[str], bool]] | None = None) -> None:
         if not self.hashes:
             return
         changed = set()
@@ -88,7 +89,8 @@ class CleanSet:
             trace = entry[0]
             files, env = trace.split()[1], trace.environment()
             if (files and differ(files, file_hash) or env and differ(env, inputs.digest)
-                    or trace.outputs and differ(((p, content) for p, content, _ in trace.outputs), file_hash)):
+                    or trace.outputs and differ(((p, content) for p, content, _ in trace.outputs
+                                                 if mine is None or mine(key)(p)), file_hash)):
                 seeds.add(key)
         if not seeds:
             return

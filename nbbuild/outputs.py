@@ -28,6 +28,11 @@ Contract:
 - `look(file_hash, store, trace)`: what `restore` would do, without doing it: (why the trace cannot
   be reused, or None; paths it would put back). For explain.py. `copies(traces)`: the stored
   copies' hashes (kept with the targets' values after a build).
+- A file several tasks write belongs to the one that wrote it, or put it back, last in this
+  process (`Owners`): a dependency met again does not put back a file another task wrote since,
+  changed or missing, for plain execution leaves the last write there (`with open("a.txt", "w")`
+  in two cells). A build's target, and a task met for the first time in this process, put back
+  all their files.
 - `output(path)`: inside a rule body, declares `path` written by it and returns it unchanged;
   outside one, raises OutsideRuleError.
 """
@@ -46,7 +51,7 @@ from .errors import OutsideRuleError
 from .files import short_path
 from .trace import MISSING, Output, Trace, current
 
-__all__ = ["output", "keep", "restore", "look", "copies"]
+__all__ = ["output", "keep", "restore", "look", "copies", "Owners"]
 
 log = logging.getLogger("nbbuild")
 
@@ -164,9 +169,33 @@ class _FileView:
 
 # ---------------------------------------------------------------- on reuse
 
-def look(file_hash: Callable[[str], str], store: Any, trace: Trace) -> tuple[str | None, list[str]]:
+class Owners:
+    """Which task wrote, or put back, each file last in this process (by task key). A task met
+    for the first time, or a build's target, writes its files now, whoever wrote them before; a
+    dependency met again puts back only those no task has written since."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, str] = {}
+        self.met: set[str] = set()
+
+    def claim(self, key: str, paths: Iterable[str]) -> None:
+        self.met.add(key)
+        for path in paths:
+            self.last[path] = key
+
+    def mine(self, key: str, target: bool = False) -> Callable[[str], bool]:
+        """Whether a file is the task's to put back (a build's target: all it wrote)."""
+        if target or key not in self.met:
+            return lambda path: True
+        return lambda path: self.last.get(path, key) == key
+
+
+def look(file_hash: Callable[[str], str], store: Any, trace: Trace,
+         mine: Callable[[str], bool] | None = None) -> tuple[str | None, list[str]]:
     pending: list[str] = []
     for path, content, stored in trace.outputs:
+        if mine is not None and not mine(path):
+            continue
         now = file_hash(path)
         if now == content:
             continue
@@ -177,8 +206,9 @@ def look(file_hash: Callable[[str], str], store: Any, trace: Trace) -> tuple[str
     return None, pending
 
 
-def restore(store: Any, file_hash: Callable[[str], str], trace: Trace, restored: list[str]) -> bool:
-    why, pending = look(file_hash, store, trace)
+def restore(store: Any, file_hash: Callable[[str], str], trace: Trace, restored: list[str],
+            mine: Callable[[str], bool] | None = None) -> bool:
+    why, pending = look(file_hash, store, trace, mine)
     if why is not None:
         return False
     stored = {path: copy for path, _, copy in trace.outputs}

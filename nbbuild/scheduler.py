@@ -393,7 +393,11 @@ class Scheduler:
     def _outputs_ready(self, st: TaskState, trace: Trace) -> bool:
         """Are the files the trace's run wrote as it left them, once put back from the store?"""
         put: list[str] = []
-        ready = outputs.restore(self.store, self.files.hash, trace, put)
+        owners = self.build.owners
+        mine = owners.mine(st.task.key, st.task.key in self.targets)
+        ready = outputs.restore(self.store, self.files.hash, trace, put, mine)
+        if ready:
+            owners.claim(st.task.key, [o[0] for o in trace.outputs if mine(o[0])])
         if put:
             with self.lock:
                 self.restored.setdefault(st.task.key, []).extend(put)

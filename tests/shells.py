@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 
 from IPython.core.interactiveshell import InteractiveShell
+from traitlets.config import Config
 
 
 def fresh_shell() -> InteractiveShell:
@@ -16,4 +17,5 @@ def fresh_shell() -> InteractiveShell:
     with contextlib.suppress(ImportError):
         from matplotlib_inline.backend_inline import configure_inline_support
         configure_inline_support.__dict__.pop("current_backend", None)
-    return InteractiveShell.instance()
+    # history in memory: no history-saving thread and sqlite file per shell (tests make hundreds)
+    return InteractiveShell.instance(config=Config({"HistoryManager": {"hist_file": ":memory:"}}))

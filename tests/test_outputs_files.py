@@ -351,3 +351,48 @@ def test_a_trace_keeps_its_files_apart_from_its_dependencies():
     assert asked == []                                              # a stale trace writes nothing back
     assert match([writer], "v", None, {"a/1": "x"}, lambda s, g: True, ready) == (writer, 0)
     assert asked == [writer]
+
+
+def shared_file_rules(b, calls, out):
+    @b.rule
+    def first():
+        calls.append("first")
+        with open(out, "w") as f:
+            f.write("first")
+        return 1
+
+    @b.rule
+    def second():
+        calls.append("second")
+        with open(out, "w") as f:
+            f.write("second")
+        return 2
+
+    @b.rule
+    def after_first():
+        return first() + 10
+    return first, second, after_first
+
+
+def test_a_file_two_rules_write_holds_the_last_write_as_plain_execution_leaves_it(store_dir, tmp_path, calls):
+    """Two cells write one file: the later write stays, though the first is met again (by a rule
+    that reads its value), as plainly; a process puts back the files of a task it meets for the
+    first time, in the order it meets them."""
+    out = str(tmp_path / "shared.txt")
+    with nbbuild.Build(store_dir) as b:
+        first, second, after_first = shared_file_rules(b, calls, out)
+        first()
+        second()
+        assert after_first() == 11 and open(out).read() == "second"
+        assert b.report.restored == {}
+        assert first() == 1 and calls == ["first", "second"]   # asked for: it writes again, as run again plainly
+        assert open(out).read() == "first" and b.report.restored == {"first()": [out]}
+    calls.clear()
+    with nbbuild.Build(store_dir) as b:           # a new process: first, then second, reused
+        first, second, after_first = shared_file_rules(b, calls, out)
+        second()
+        assert open(out).read() == "second"
+        first()
+        assert open(out).read() == "first"        # met for the first time: its write is the last
+        assert after_first() == 11 and open(out).read() == "first"
+        assert calls == []

@@ -5,6 +5,7 @@ runs nothing."""
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 
 import pytest
@@ -163,6 +164,18 @@ def test_a_change_in_place_is_a_new_version_and_the_earlier_value_is_kept(shell)
     assert ip.user_ns["lines"] == [4] and ip.user_ns["fig"]["lines"] == [4]
 
 
+def test_a_reused_cell_that_changed_a_value_in_place_gives_its_other_names_where_it_now_runs(shell):
+    made = "fig = {'title': 'sizes', 'lines': []}\nax = fig['lines']"
+    cells = [made, "fig = 'another figure'", "ax.append(1)", "shown = (fig, ax)"]
+    ip = shell()
+    run_all(ip, cells)                     # ax.append: ax's new version only (fig was bound again)
+    cells = [made, "ax.append(1)", "shown = (fig, ax)"]     # without the cell between
+    ip = shell()
+    ran = run_all(ip, cells)               # ax.append reused, and fig is its version now as well
+    assert ip.user_ns["shown"] == plainly(cells, ("shown",))["shown"] == ({"title": "sizes", "lines": [1]}, [1])
+    assert ran == ["shown"]
+
+
 def test_an_ordinary_cell_that_changes_a_value_in_place_is_what_later_rule_cells_read(shell):
     cells = ["%%rule\ndata = [1, 2]", "data.append(3)", "%%rule\nn = len(data)", "print(n)"]
     ip = shell()
@@ -317,9 +330,14 @@ _TEMPLATES = [
     "{x}.append(random.randint(0, 99))",
     "for item in {y}:\n    {x} = [item + {k}]",
     "random.seed({k})\n{x} = [random.random()]",
+    "{x} = {y} + [p]",                                     # the ordinary parameter cell's p
+    "with open('{x}.txt', 'w') as f:\n    f.write(str({y}))",   # a file written...
+    "{x} = [open('{y}.txt').read()]",                      # ...and read by a later cell
 ]
 _NAMES3 = ("a", "b", "c")
-_FIRST = "import random\nrandom.seed(7)\na, b, c = [1], [2], [3]"
+_FIRST = "import random\nrandom.seed(7)\na, b, c = [1], [2], [3]\nfor n in 'abc':\n    open(n + '.txt', 'w').write(n)"
+_PARAM = "p = {k}"      # an ordinary cell (no %%rule), the second of every notebook: a parameter
+_FILE_READ = re.compile(r"open\('(\w)\.txt'\)")
 
 cell_strategy = st.builds(lambda t, x, y, k: _TEMPLATES[t].format(x=x, y=y, k=k),
                           st.integers(0, len(_TEMPLATES) - 1), st.sampled_from(_NAMES3),
@@ -329,51 +347,72 @@ edit_strategy = st.one_of(
     st.tuples(st.just("insert"), st.integers(0, 20), cell_strategy),
     st.tuples(st.just("delete"), st.integers(0, 20), st.just("")),
     st.tuples(st.just("swap"), st.integers(0, 20), st.just("")),
+    st.tuples(st.just("param"), st.integers(0, 3), st.just("")),
 )
 
 
 class Model:
-    """What a minimal incremental run of the cells runs: a cell runs when its source, the
-    versions of the names it reads (who bound them last, and with which inputs) or, if it draws,
-    the generator's state it starts from were never seen before; a name it binds or changes in
-    place (with the other names of the cell that bound that value) is then its version."""
+    """What a minimal incremental run of the cells runs: a rule cell runs when its source, the
+    versions of the names it reads (who bound them last, and with which inputs; an ordinary
+    cell's names by value), the bytes of the files it reads or, if it draws, the generator's
+    state it starts from were never seen before; a name it binds or changes in place (with the
+    other names of the cell that bound that value) is then its version. It runs the cells
+    plainly in its own directory, which outlives the rounds as the notebook's does."""
 
-    def __init__(self) -> None:
+    def __init__(self, directory: str) -> None:
         self.seen: set[str] = set()
+        self.directory = directory
 
-    def run(self, cells: list[str]) -> tuple[list[int], dict]:
+    def run(self, cells: list[str]) -> tuple[list[int], dict, dict]:
         import copy
         import random
         from nbbuild.notebook.cells import analyse
-        ns: dict = {}
-        binder: dict[str, str] = {}
-        unit: dict[str, set[str]] = {}
-        ran = []
-        for n, src in enumerate(cells):
-            names = analyse(src)
-            reads = sorted(set(names.inputs) & set(binder))
-            before = {r: copy.deepcopy(ns[r]) for r in reads}
-            rng = repr(random.getstate())
-            exec(compile(src, f"<cell {n}>", "exec"), ns)
-            draws = repr(random.getstate()) != rng
-            seeds_first = "random.seed(" in src        # (the templates seed before they draw)
-            key = repr((src, [(r, binder[r]) for r in reads], rng if draws and not seeds_first else None))
-            if key not in self.seen:
-                ran.append(n)
-                self.seen.add(key)
-            changed = {r for r in reads if ns.get(r) != before[r] and r not in names.outputs}
-            new = set(o for o in names.outputs if o in _NAMES3 or o == "item")
-            for r in changed:
-                new |= {m for m in unit.get(binder[r], set()) if binder.get(m) == binder[r]}
-            for m in new:
-                binder[m] = key
-            unit[key] = new
-        return ran, {k: ns[k] for k in _NAMES3}
+        here = os.getcwd()
+        os.chdir(self.directory)
+        try:
+            ns: dict = {}
+            binder: dict[str, str] = {}
+            unit: dict[str, set[str]] = {}
+            ran = []
+            for n, src in enumerate(cells):
+                names = analyse(src)
+                if n == 1:                                     # the ordinary cell: read by value
+                    exec(compile(src, "<cell 1>", "exec"), ns)
+                    continue
+                reads = sorted(set(names.inputs) & set(binder))
+                plain = [(r, repr(ns[r])) for r in names.inputs if r == "p"]
+                files = [(f, open(f"{f}.txt").read()) for f in _FILE_READ.findall(src)]
+                before = {r: copy.deepcopy(ns[r]) for r in reads}
+                rng = repr(random.getstate())
+                exec(compile(src, f"<cell {n}>", "exec"), ns)
+                draws = repr(random.getstate()) != rng
+                seeds_first = "random.seed(" in src        # (the templates seed before they draw)
+                key = repr((src, [(r, binder[r]) for r in reads], plain, files,
+                            rng if draws and not seeds_first else None))
+                if key not in self.seen:
+                    ran.append(n)
+                    self.seen.add(key)
+                changed = {r for r in reads if ns.get(r) != before[r] and r not in names.outputs}
+                new = set(o for o in names.outputs if o in _NAMES3 or o == "item")
+                for r in changed:
+                    new |= {m for m in unit.get(binder[r], set()) if binder.get(m) == binder[r]}
+                for m in new:
+                    binder[m] = key
+                unit[key] = new
+            return ran, {k: ns[k] for k in _NAMES3}, _files()
+        finally:
+            os.chdir(here)
+
+
+def _files() -> dict[str, str]:
+    return {n: open(f"{n}.txt").read() for n in _NAMES3}
 
 
 def _edit(cells: list[str], edit: tuple) -> list[str]:
     kind, at, src = edit
-    body = cells[1:]
+    if kind == "param":
+        return [cells[0], _PARAM.format(k=at)] + cells[2:]
+    body = cells[2:]
     at = at % (len(body) + (kind == "insert")) if body or kind == "insert" else 0
     if kind == "replace" and body:
         body[at] = src
@@ -384,15 +423,15 @@ def _edit(cells: list[str], edit: tuple) -> list[str]:
     elif kind == "swap" and len(body) > 1:
         j = (at + 1) % len(body)
         body[at], body[j] = body[j], body[at]
-    return [cells[0]] + body
+    return cells[:2] + body
 
 
 @settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(cell_strategy, min_size=2, max_size=6), st.lists(edit_strategy, min_size=1, max_size=3))
 def test_after_any_edits_the_values_are_plain_executions_and_only_what_changed_runs(shell, cells, edits):
-    cells = [_FIRST] + cells
-    model = Model()
+    cells = [_FIRST, _PARAM.format(k=0)] + cells
     here = os.getcwd()
+    model = Model(tempfile.mkdtemp(prefix="nbbuild-model-"))
     os.chdir(tempfile.mkdtemp(prefix="nbbuild-property-"))    # each example its own store
     try:
         _rounds(shell, model, cells, edits)
@@ -402,14 +441,15 @@ def test_after_any_edits_the_values_are_plain_executions_and_only_what_changed_r
 
 def _rounds(shell, model, cells, edits) -> None:
     for round_cells in [cells] + [cells := _edit(cells, e) for e in edits]:   # noqa: B020
-        expected_ran, expected = model.run(round_cells)
+        expected_ran, expected, expected_files = model.run(round_cells)
         ip = shell()                                   # each round: Restart & Run All
         ran = []
         for n, cell in enumerate(round_cells):
             before = ip._nbbuild_state.build.report
-            result = ip.run_cell("%%rule\n" + cell, store_history=True)
+            result = ip.run_cell(cell if n == 1 else "%%rule\n" + cell, store_history=True)
             assert result.error_in_exec is None, (cell, result.error_in_exec)
             if ip._nbbuild_state.build.report is not before and ip._nbbuild_state.build.report.executed:
                 ran.append(n)
         assert {k: ip.user_ns[k] for k in _NAMES3} == expected, round_cells
+        assert _files() == expected_files, round_cells
         assert ran == expected_ran, round_cells

@@ -102,9 +102,7 @@ class CellCapture:
 
     def __call__(self, namespace: dict | None = None, watch: tuple[str, ...] = (),
                  rule: str | None = None) -> Capture:
-        cap = Capture(self.state.shell, self.state.bind, namespace, watch, rule)
-        cap.producer = self.state.versions.producer
-        return cap
+        return Capture(self.state.shell, self.state.bind, namespace, watch, rule)
 
     def __reduce__(self) -> tuple:
         return RemoteCapture, ()

@@ -52,7 +52,7 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from ..errors import BuildError, CycleError, NbbuildError
 from .. import randomness
 from .cells import LAST, OWN, analyse, compile_cell, parse_signature
-from .replay import GENERATORS
+from .replay import GENERATORS, ORIGINS
 from .versions import identity
 from . import views
 from .graph import label
@@ -142,9 +142,10 @@ class NbbuildMagics(Magics):
         value = values[0] if values else {}
         if isinstance(value, dict):      # what it changed in place is its version now
             # a name another cell bound since the rule it fetched from is not that rule's any more
-            sources = set(fetched.values())
+            origins = value.get(ORIGINS, {})
             changed = [k for k in value if not k.startswith(OWN) and k not in produced and k not in names.imported
-                       and ((k in names.inputs and k not in fetched) or state.versions.producer(k) in sources)]
+                       and ((k in names.inputs and k not in fetched)
+                            or (k in origins and state.versions.producer(k) == origins[k]))]
             if changed:
                 state.versions.bound(name, changed)
                 state.outputs[name] = produced + tuple(changed)

@@ -43,9 +43,10 @@ from ..randomness import Draws
 from ..trace import attach, current
 from .versions import Changes
 
-__all__ = ["Capture", "replay", "recording", "show_figures", "LIMIT", "FORMAT", "GENERATORS", "MODULES"]
+__all__ = ["Capture", "replay", "recording", "show_figures", "LIMIT", "FORMAT", "GENERATORS", "MODULES", "ORIGINS"]
 
 GENERATORS = "__nbbuild_generators__"
+ORIGINS = "__nbbuild_origins__"         # a name changed in place -> the rule whose value it was
 MODULES = "__nbbuild_modules__"         # the modules a cell bound: name -> module name   # the outputs' key of the random generators' end states
 
 FORMAT = "nbbuild-output-1"
@@ -150,7 +151,6 @@ class Capture:
         self.shell = shell
         self.bind = bind
         self.rule = rule
-        self.producer: Any = None      # name -> the rule of its latest version, where known
         self.namespace = namespace if namespace is not None else {}
         self.changes = Changes()
         self.draws: Draws | None = Draws() if self.follows_generators else None
@@ -217,8 +217,10 @@ class Capture:
         if modules:     # by name: a module pickled beside a key of its name hashes differently once loaded
             out = {k: v for k, v in out.items() if k not in modules}
             out[MODULES] = modules
-        for name, value in self.changes.changed(self.namespace, self.producer).items():
+        for name, value in self.changes.changed(self.namespace).items():
             out.setdefault(name, value)    # changed in place: a new version of the name
+        if self.changes.origins:
+            out[ORIGINS] = dict(self.changes.origins)
         if self.draws is not None:
             drawn, self.draws = self.draws.finish(), None
             rec = current.get()

@@ -123,6 +123,7 @@ class Changes:
         self.watched: dict[str, tuple[Any, str | None]] = {}
         self.rules: list[tuple[dict, str, str | None, str | None]] = []
         self.spoiled: list[str] = []
+        self.origins: dict[str, str] = {}
 
     def watch(self, name: str, value: Any) -> None:
         if name not in self.watched and not unchangeable(value):
@@ -134,9 +135,12 @@ class Changes:
             # back can pickle differently (pickle shares equal objects by identity)
             self.rules.append((value, digest, fingerprint(value), rule))
 
-    def changed(self, scope: dict, producer: Any = None) -> dict[str, Any]:
-        """`producer(name)`, where known (in the kernel): the rule of the name's latest version;
-        a fetched value's names another cell bound since are not its to give."""
+    def changed(self, scope: dict) -> dict[str, Any]:
+        """The names whose values the body changed in place: a name read by value, or every name
+        of a fetched rule's value that changed (`fig` with `ax`). `origins` then says which rule's
+        value each of the latter came from: whether it is a new version of the name is decided
+        when it is bound (only while that rule's is the latest), not here, for a reused cell is
+        bound among other cells than those it ran among."""
         out: dict[str, Any] = {}
         for name, (value, before) in self.watched.items():
             if before is not None and scope.get(name) is value and fingerprint(value) != before:
@@ -145,7 +149,8 @@ class Changes:
             if not all(unchangeable(v) for v in value.values()) and (before is None or fingerprint(value) != before):
                 self.spoiled.append(digest)
                 for k, v in value.items():
-                    if not k.startswith("__") and not unchangeable(v) and (
-                            producer is None or rule is None or producer(k) == rule):
-                        out.setdefault(k, v)
+                    if not k.startswith("__") and not unchangeable(v) and k not in out:
+                        out[k] = v
+                        if rule is not None:
+                            self.origins[k] = rule
         return out
