@@ -102,7 +102,8 @@ class Draws:
         inputs, outputs = {}, {}
         for name, before in self.before.items():
             state = _state(name)
-            if state is None or _hash(state) == before:
+            # seeding where the state already was moves nothing, yet a reused cell must seed too
+            if state is None or (_hash(state) == before and name not in self.seeded):
                 continue
             ours = name in self.drew or name in self.seeded or _elsewhere[name] == self.others.get(name)
             if not ours:

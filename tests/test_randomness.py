@@ -37,6 +37,18 @@ def test_a_body_that_seeds_before_it_draws_does_not_depend_on_the_state_before()
     assert inputs == {} and set(outputs) == {NUMPY}
 
 
+def test_a_body_that_seeds_where_the_state_already_is_still_leaves_that_state():
+    """`random.seed(7)` when an earlier seed(7) left the state there moves nothing; the reused
+    cell must seed all the same (the cells before it may leave the generator elsewhere then)."""
+    random.seed(7)
+    np.random.seed(7)
+    inputs, outputs = run(lambda: (random.seed(7), np.random.seed(7)))
+    assert inputs == {} and set(outputs) == {RANDOM, NUMPY}
+    random.random()
+    randomness.restore(outputs)
+    assert random.random() == (random.seed(7), random.random())[1]
+
+
 def test_a_body_that_draws_then_seeds_depends_on_the_state_before():
     start = randomness.digest(RANDOM)
 
