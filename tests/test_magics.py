@@ -470,6 +470,20 @@ def test_an_ordinary_cell_that_changes_a_parameter_names_what_is_stale(ip, capsy
     assert capsys.readouterr().out == ""
 
 
+@pytest.mark.parametrize("cell, says", [
+    ("await x", "run this cell without %%rule"),
+    ("yield 1", "run this cell without %%rule"),
+    ("return 3", "plain Python refuses it too"),
+    ("from os import *", "import the names you use, or run it without %%rule"),
+    ("x = (", "syntax error in the cell, line 1"),
+    ("def f():\n    nonlocal q\n", "run it without %%rule"),
+])
+def test_a_cell_that_cannot_be_a_rule_says_what_to_do_in_one_line(ip, cell, says):
+    result = ip.run_cell(f"%%rule\n{cell}\n")
+    assert isinstance(result.error_in_exec, UsageError) and says in str(result.error_in_exec)
+    assert "\n" not in str(result.error_in_exec)
+
+
 # ---------------------------------------------------------------- where a cell's body runs
 
 def test_rule_line_options_are_the_rules():

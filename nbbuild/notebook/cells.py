@@ -150,7 +150,7 @@ class _Scope(ast.NodeVisitor):
         for alias in node.names:
             if alias.name == "*":
                 raise RuleError(f"'from {getattr(node, 'module', '')} import *' in a rule cell binds names that "
-                                "cannot be known; import the names you use")
+                                "cannot be known; import the names you use, or run it without %%rule")
             self.bind([alias.asname or alias.name.partition(".")[0]])
 
     visit_ImportFrom = visit_Import
@@ -375,7 +375,7 @@ def compile_cell(source: str, name: str, filename: str, fetched: dict[str, str],
     try:
         code = compile(module, filename, "exec")
     except SyntaxError as e:
-        raise RuleError(f"the cell cannot be a rule, line {e.lineno}: {e.msg}") from None
+        raise RuleError(f"the cell cannot be a rule, line {e.lineno}: {e.msg}; run it without %%rule") from None
     scratch: dict = {}
     exec(code, namespace, scratch)
     return scratch[name]
@@ -417,9 +417,11 @@ def _global_reads(names: list[str]) -> list[ast.stmt]:
 def _check_top_level(tree: ast.AST) -> None:
     for node in ast.walk(tree):
         if isinstance(node, (ast.Yield, ast.YieldFrom, ast.Await)) and not _inside_function(tree, node):
-            raise RuleError("a rule cell cannot yield or await at top level; move that into a function")
+            raise RuleError("a rule cell cannot yield or await at top level: run this cell without %%rule, "
+                            "or move that into a function")
         if isinstance(node, (ast.Return, ast.Nonlocal)) and not _inside_function(tree, node):
-            raise RuleError(f"'{type(node).__name__.lower()}' outside a function in a rule cell")
+            raise RuleError(f"'{type(node).__name__.lower()}' outside a function, line {node.lineno}: "
+                            "plain Python refuses it too; remove it or put it in a function")
 
 
 def refusal(source: str) -> str | None:
