@@ -109,7 +109,7 @@ def test_inserting_a_cell_reruns_only_the_cells_whose_versions_changed(shell):
     assert values(ip) == plainly(cells, NAMES)
     # the new cell, then every cell reading what it changed, directly or not; not `rows`, the
     # first two versions of `df`, the figure's cell, or `items = []`
-    assert ran == ["df (cell 4)", "total", "cell 7", "lines", "cell 10", "cell 11", "df (cell 12)", "summary"]
+    assert ran == ["df (cell 4)", "total", "ax (cell 7)", "lines", "items (cell 10)", "cell 11", "df (cell 12)", "summary"]
 
 
 def test_moving_and_deleting_cells_that_nothing_reads_reruns_nothing(shell):

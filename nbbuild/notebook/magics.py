@@ -147,6 +147,8 @@ class NbbuildMagics(Magics):
                        and ((k in names.inputs and k not in fetched)
                             or (k in origins and state.versions.producer(k) == origins[k]))]
             if changed:
+                # `df["y"] = ...`: a version of df (of ax, rather than fig, for `ax.plot(...)`)
+                state.named_by_change(name, next((k for k in changed if k in names.inputs), changed[0]))
                 state.versions.bound(name, changed)
                 state.outputs[name] = produced + tuple(changed)
                 state.rebound(changed)

@@ -62,6 +62,7 @@ class NotebookState:
         self.inputs: dict[str, tuple[str, ...]] = {}
         self.fetches: dict[str, dict[str, str]] = {}
         self.parametric: set[str] = set()
+        self.changers: set[str] = set()      # default-named rules titled by a name they changed in place
         self.functions: dict[str, Any] = {}      # parametric rule -> remakes it with the versions it reads now
         self.cells: dict[str, str] = {}          # rule name -> id of the cell that defines it
         self.sources: dict[str, str] = {}        # rule name -> its cell's source
@@ -225,11 +226,19 @@ class NotebookState:
         self.ran_rule = True
         self._retitle()
 
+    def named_by_change(self, rule: str, name: str) -> None:
+        """A default-named rule that binds nothing but changed `name` in place is titled by it."""
+        if rule in self.firsts and self.firsts[rule] is None:
+            self.firsts[rule] = name
+            self.changers.add(rule)
+            self._retitle()
+
     def drop(self, name: str) -> None:
         self.build.rules.pop(name, None)
         for table in (self.cells, self.sources, self.outputs, self.inputs, self.fetches, self.numbers, self.firsts):
             table.pop(name, None)   # type: ignore[attr-defined]
         self.parametric.discard(name)
+        self.changers.discard(name)
         self.functions.pop(name, None)
         self.versions.dropped(name)
         TITLES.pop(name, None)
@@ -244,8 +253,9 @@ class NotebookState:
             n = self.numbers.get(rule, 0)
             if first is None:
                 TITLES[rule] = f"cell {n}" if n else "cell"
-            else:
-                TITLES[rule] = first if shared[first] == 1 else f"{first} (cell {n})"
+            else:       # a cell that changed a name in place never made its first version
+                alone = shared[first] == 1 and rule not in self.changers
+                TITLES[rule] = first if alone else f"{first} (cell {n})"
 
     def replay_reused(self, targets: list, report: Any) -> None:
         """After any build (a magic, or `model(alpha=0.1)` in a plain cell): a target reused
