@@ -176,6 +176,24 @@ def test_a_reused_cell_that_changed_a_value_in_place_gives_its_other_names_where
     assert ran == ["shown"]
 
 
+def test_matplotlib_settings_a_reused_cell_changed_are_set_again(shell):
+    import matplotlib
+    cells = ["import matplotlib\nimport matplotlib.pyplot as plt\nplt.style.use('ggplot')",
+             "matplotlib.rcParams['lines.linewidth'] = 7.0",
+             "label = 'draws nothing'"]
+    try:
+        ip = shell()
+        assert len(run_all(ip, cells)) == 3
+        ran = matplotlib.rcParams["lines.linewidth"], matplotlib.rcParams["axes.facecolor"]
+        matplotlib.rcdefaults()                   # a new kernel starts from matplotlib's defaults
+        ip = shell()
+        assert run_all(ip, cells) == []
+        assert (matplotlib.rcParams["lines.linewidth"], matplotlib.rcParams["axes.facecolor"]) == ran == (
+            7.0, "#E5E5E5")                       # as plain execution leaves them
+    finally:
+        matplotlib.rcdefaults()
+
+
 def test_an_ordinary_cell_that_changes_a_value_in_place_is_what_later_rule_cells_read(shell):
     cells = ["%%rule\ndata = [1, 2]", "data.append(3)", "%%rule\nn = len(data)", "print(n)"]
     ip = shell()

@@ -52,9 +52,9 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from ..errors import BuildError, CycleError, NbbuildError
 from .. import randomness
 from .cells import LAST, OWN, analyse, compile_cell, parse_signature
-from .replay import GENERATORS, ORIGINS
+from .replay import GENERATORS, ORIGINS, SETTINGS
 from .versions import identity
-from . import views
+from . import ambient, views
 from .graph import label
 from .lines import parse_rule_line, split_targets
 from .state import NotebookState
@@ -155,6 +155,7 @@ class NbbuildMagics(Magics):
                 self.shell.user_ns.update({k: value[k] for k in changed})
             if GENERATORS in value:      # the random generators, where this cell left them
                 randomness.restore(value[GENERATORS])
+            ambient.restore(value.get(SETTINGS, {}))     # and matplotlib's settings
         self._say_stale(name)
         return value.get(LAST) if isinstance(value, dict) else None
 

@@ -41,11 +41,13 @@ from typing import Any, Iterator
 
 from ..randomness import Draws
 from ..trace import attach, current
+from .ambient import Settings
 from .versions import Changes
 
-__all__ = ["Capture", "replay", "recording", "show_figures", "LIMIT", "FORMAT", "GENERATORS", "MODULES", "ORIGINS"]
+__all__ = ["Capture", "replay", "recording", "show_figures", "LIMIT", "FORMAT", "GENERATORS", "MODULES", "ORIGINS", "SETTINGS"]
 
 GENERATORS = "__nbbuild_generators__"
+SETTINGS = "__nbbuild_settings__"       # the library settings a cell changed (ambient.py)
 ORIGINS = "__nbbuild_origins__"         # a name changed in place -> the rule whose value it was
 MODULES = "__nbbuild_modules__"         # the modules a cell bound: name -> module name   # the outputs' key of the random generators' end states
 
@@ -154,6 +156,7 @@ class Capture:
         self.namespace = namespace if namespace is not None else {}
         self.changes = Changes()
         self.draws: Draws | None = Draws() if self.follows_generators else None
+        self.settings: Settings | None = Settings() if self.follows_generators else None
         for name in watch:        # values read by value: a change in place is a new version
             if name in self.namespace:
                 self.changes.watch(name, self.namespace[name])
@@ -167,6 +170,8 @@ class Capture:
     def __enter__(self) -> Capture:
         if self.draws is not None:
             self.draws.start()
+        if self.settings is not None:
+            self.settings.start()
         _taps.open(self.shell)
         self.parent = _recording.get()
         self._token = _recording.set(self)
@@ -229,6 +234,8 @@ class Capture:
                     rec.read_input(key, digest)
             if drawn[1]:
                 out[GENERATORS] = drawn[1]         # where they ended: restored on reuse
+        if self.settings is not None and (changed := self.settings.finish()):
+            out[SETTINGS] = changed                # matplotlib's rcParams it changed: set again on reuse
         if self.bind is not None:   # a rule that ran binds its outputs, also when it was only a dependency
             self.bind(out, self.rule, self.changes.spoiled)
         return out
