@@ -67,7 +67,6 @@ ENVIRON_SET = ("a body that sets an environment variable it read (import sklearn
 MODULE_STATE = ("module state a rule cell changes (plt.rcParams, plt.style.use) is not restored with it: "
                 "after a restart later cells see the defaults")
 EDIT_RERUNS = "an edit re-runs later cells that read nothing the edited cell produced"
-QUALNAME = "a function defined in a rule cell gets another __qualname__ (its repr differs)"
 AUTO_PERCENT = ("%nbbuild auto leaves a cell ordinary when a continuation line starts with the % operator "
                 "(taken for a line magic)")
 MEMORY_OUTPUT = "edited run: what joblib.Memory prints in code cell 5 differs from the edited plain run"
@@ -89,7 +88,7 @@ KNOWN: dict[str, str] = {
     "scikit-learn:examples/manifold/plot_compare_methods": ENVIRON_SET,
     "scikit-learn:examples/model_selection/plot_precision_recall": ENVIRON_SET,
     "scikit-learn:examples/preprocessing/plot_target_encoder_cross_val": ENVIRON_SET,
-    "scikit-learn:examples/ensemble/plot_feature_transformation": f"{ENVIRON_SET}; {QUALNAME}",
+    "scikit-learn:examples/ensemble/plot_feature_transformation": ENVIRON_SET,
     "scikit-learn:examples/ensemble/plot_voting_decision_regions": ENVIRON_SET,
     "scikit-learn:examples/linear_model/plot_quantile_regression": ENVIRON_SET,
     "scikit-learn:examples/release_highlights/plot_release_highlights_1_5_0": ENVIRON_SET,
