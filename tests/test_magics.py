@@ -603,3 +603,14 @@ def test_functions_and_classes_a_rule_cell_defines_are_named_as_plainly_also_aft
         "__main__.make", "__main__.make.<locals>.inner", "__main__.Model", "__main__.Model.fit",
         "__main__.<lambda>", "<function make"]
 
+
+@pytest.mark.parametrize("cell", ["%%rule\ny = 2\ny;", "%%rule\ny = 2\ny;  # quiet", "y = 2\ny;"])
+def test_a_rule_cell_ending_in_a_semicolon_shows_no_result_as_in_plain_execution(ip, capsys, cell):
+    ip.run_cell("41 + 1", store_history=True)
+    ip.run_cell("x = 1\nx;", store_history=True)       # plain execution: no Out, `_` stays
+    if not cell.startswith("%%rule"):
+        ip.run_cell("%nbbuild auto")
+    capsys.readouterr()
+    ip.run_cell(cell, store_history=True)
+    assert "Out" not in capsys.readouterr().out
+    assert ip.user_ns["y"] == 2 and ip.user_ns["_"] == 42 and len(ip._nbbuild_state.build.rules) == 1
