@@ -315,10 +315,7 @@ def _seen(events: list[tuple]) -> list[tuple]:
             for e in events if e[0] != "stderr"]
 
 
-def test_the_result_is_formatted_before_the_figures_are_drawn_as_in_plain_execution(ip, monkeypatch):
-    from matplotlib_inline import backend_inline
-    # it selects the figure formats once per process, not per shell: this shell's are needed here
-    monkeypatch.delattr(backend_inline.configure_inline_support, "current_backend", raising=False)
+def test_the_result_is_formatted_before_the_figures_are_drawn_as_in_plain_execution(ip):
     ip.enable_gui = lambda gui=None: None
     ip.run_line_magic("matplotlib", "inline")
     cell = "import matplotlib.pyplot as plt\nfig, ax = plt.subplots()\nax.plot([1, 2])\nax.set_xlabel('x')"
