@@ -1,12 +1,14 @@
 """A cell's outputs (names it binds at top level) and inputs (free names it reads)."""
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nbbuild.errors import RuleError
-from nbbuild.notebook.cells import analyse
+from nbbuild.notebook.cells import analyse, compile_cell
 
 
 def io(src):
@@ -145,3 +147,30 @@ def test_a_star_import_is_refused_in_one_line():
 ])
 def test_the_default_rule_name_is_what_the_cell_assigns_first(source, name):
     assert analyse(source).default_name == name
+
+
+DEFINES = """\
+def make():
+    def inner(): pass
+    return inner
+class Model:
+    def fit(self): return [step for step in (1,)]
+    class Part: pass
+square = lambda x: x
+"""
+
+
+def _named(ns: dict) -> list[str]:
+    made = (ns["make"], ns["make"](), ns["Model"], ns["Model"].fit, ns["Model"].Part, ns["square"])
+    return [f"{v.__module__}.{v.__qualname__}" for v in made] + [re.sub(r"0x\w+", "0x?", repr(ns["make"]))]
+
+
+def test_functions_and_classes_a_cell_defines_are_named_as_plain_execution_names_them():
+    plain = {"__name__": "__main__"}
+    exec(DEFINES, plain)
+    namespace = {"__name__": "__main__"}
+    fn = compile_cell(DEFINES, "f_1a2b", "<cell>", {}, analyse(DEFINES).outputs, namespace)
+    assert _named(fn()) == _named(plain) == [
+        "__main__.make", "__main__.make.<locals>.inner", "__main__.Model", "__main__.Model.fit",
+        "__main__.Model.Part", "__main__.<lambda>", "<function make at 0x?>"]
+    assert fn.__qualname__ == "f_1a2b" and fn()["Model"]().fit() == [1]

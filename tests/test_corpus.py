@@ -60,27 +60,21 @@ CELL_TIMEOUT = 300          # seconds a cell may take (nbclient's deadline on ea
 STARTUP_TIMEOUT = 120
 
 # Known nbbuild failures, notebook id -> the bugs: xfail(strict=True) until nbbuild fixes them
-RESULT_AFTER_DRAW = ("a rule cell's result is formatted after its figure is drawn: Text(0.5, 23.9, 'x') "
-                     "where plain execution shows Text(0.5, 0, 'x')")
 ENVIRON_SET = ("a body that sets an environment variable it read (import sklearn: os.environ.setdefault) "
                "is run again by the next cell's build, repeating its output there")
 MODULE_STATE = ("module state a rule cell changes (plt.rcParams, plt.style.use) is not restored with it: "
                 "after a restart later cells see the defaults")
 EDIT_RERUNS = "an edit re-runs later cells that read nothing the edited cell produced"
-QUALNAME = "a function defined in a rule cell gets another __qualname__ (its repr differs)"
 AUTO_PERCENT = ("%nbbuild auto leaves a cell ordinary when a continuation line starts with the % operator "
                 "(taken for a line magic)")
 MEMORY_OUTPUT = "edited run: what joblib.Memory prints in code cell 5 differs from the edited plain run"
 KNOWN: dict[str, str] = {
     "matplotlib:galleries/users_explain/colors/colormap-manipulation": EDIT_RERUNS,
     "matplotlib:galleries/users_explain/text/text_intro": EDIT_RERUNS,
-    "matplotlib:galleries/tutorials/lifecycle": f"{RESULT_AFTER_DRAW}; {MODULE_STATE}; {EDIT_RERUNS}",
-    "matplotlib:galleries/users_explain/axes/arranging_axes": RESULT_AFTER_DRAW,
+    "matplotlib:galleries/tutorials/lifecycle": f"{MODULE_STATE}; {EDIT_RERUNS}",
     "matplotlib:galleries/users_explain/axes/tight_layout_guide": EDIT_RERUNS,
     "matplotlib:galleries/users_explain/axes/autoscale": EDIT_RERUNS,
-    "matplotlib:galleries/users_explain/axes/axes_units": f"{RESULT_AFTER_DRAW}; {MODULE_STATE}; {EDIT_RERUNS}",
-    "matplotlib:galleries/users_explain/axes/colorbar_placement": RESULT_AFTER_DRAW,
-    "matplotlib:galleries/examples/statistics/histogram_normalization": RESULT_AFTER_DRAW,
+    "matplotlib:galleries/users_explain/axes/axes_units": f"{MODULE_STATE}; {EDIT_RERUNS}",
     "scikit-learn:examples/model_selection/plot_roc": f"{ENVIRON_SET}; {EDIT_RERUNS}",
     "scikit-learn:examples/gaussian_process/plot_gpr_noisy": ENVIRON_SET,
     "scikit-learn:examples/model_selection/plot_likelihood_ratios": ENVIRON_SET,
@@ -89,7 +83,7 @@ KNOWN: dict[str, str] = {
     "scikit-learn:examples/manifold/plot_compare_methods": ENVIRON_SET,
     "scikit-learn:examples/model_selection/plot_precision_recall": ENVIRON_SET,
     "scikit-learn:examples/preprocessing/plot_target_encoder_cross_val": ENVIRON_SET,
-    "scikit-learn:examples/ensemble/plot_feature_transformation": f"{ENVIRON_SET}; {QUALNAME}",
+    "scikit-learn:examples/ensemble/plot_feature_transformation": ENVIRON_SET,
     "scikit-learn:examples/ensemble/plot_voting_decision_regions": ENVIRON_SET,
     "scikit-learn:examples/linear_model/plot_quantile_regression": ENVIRON_SET,
     "scikit-learn:examples/release_highlights/plot_release_highlights_1_5_0": ENVIRON_SET,

@@ -565,3 +565,52 @@ def test_a_cell_that_fails_in_a_worker_shows_its_own_lines_there(ip, capsys):
     err = capsys.readouterr().err
     assert "in the worker" in err and "bad = ratio(first, raw[2] + 2)" in err and "return a / b" in err
     assert "nbbuild/" not in err and "cloudpickle" not in err
+
+
+DEFINES = """\
+def make():
+    def inner(): pass
+    return inner
+class Model:
+    def fit(self): return self
+square = lambda x: x
+"""
+NAMED = ("named = [f'{v.__module__}.{v.__qualname__}' for v in (make, make(), Model, Model.fit, square)]\n"
+         "named.append(repr(make).split(' at ')[0])")
+NAMING = textwrap.dedent("""
+    import json, os, sys
+    from IPython.core.interactiveshell import InteractiveShell
+    os.chdir(sys.argv[1])
+    sys.path.insert(0, sys.argv[3])
+    ip = InteractiveShell.instance()
+    ip.run_cell("%load_ext nbbuild")
+    ip.run_cell("from probe import Calls\\ncalls = Calls()")
+    for cell in json.loads(sys.argv[2]):
+        ip.run_cell(cell)
+    print(json.dumps({"calls": ip.user_ns["calls"], "named": ip.user_ns["named"]}))
+""")
+
+
+def test_functions_and_classes_a_rule_cell_defines_are_named_as_plainly_also_after_a_restart(tmp_path):
+    plain: dict = {"__name__": "__main__"}
+    exec(DEFINES + NAMED, plain)
+    cells = json.dumps(["%%rule\ncalls.append('defines')\n" + DEFINES, NAMED])
+    first, second = (json.loads(subprocess.run([sys.executable, "-c", NAMING, str(tmp_path), cells, TESTS],
+                                               capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+                     for _ in range(2))    # the second: reused from the store, unpickled
+    assert first["calls"] == ["defines"] and second["calls"] == []
+    assert first["named"] == second["named"] == plain["named"] == [
+        "__main__.make", "__main__.make.<locals>.inner", "__main__.Model", "__main__.Model.fit",
+        "__main__.<lambda>", "<function make"]
+
+
+@pytest.mark.parametrize("cell", ["%%rule\ny = 2\ny;", "%%rule\ny = 2\ny;  # quiet", "y = 2\ny;"])
+def test_a_rule_cell_ending_in_a_semicolon_shows_no_result_as_in_plain_execution(ip, capsys, cell):
+    ip.run_cell("41 + 1", store_history=True)
+    ip.run_cell("x = 1\nx;", store_history=True)       # plain execution: no Out, `_` stays
+    if not cell.startswith("%%rule"):
+        ip.run_cell("%nbbuild auto")
+    capsys.readouterr()
+    ip.run_cell(cell, store_history=True)
+    assert "Out" not in capsys.readouterr().out
+    assert ip.user_ns["y"] == 2 and ip.user_ns["_"] == 42 and len(ip._nbbuild_state.build.rules) == 1

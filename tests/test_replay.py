@@ -307,3 +307,23 @@ def test_a_parametric_call_shows_its_output_inside_the_calling_cell_again(ip):
     ip.run_cell("model(2)")                     # a call in a plain cell replays too
     assert _shown(ip.screen.take())[0] == ("stdout", "fitting 2\n4\n")
     assert ip.user_ns["calls"] == [1, 2]
+
+
+def _seen(events: list[tuple]) -> list[tuple]:
+    """stdout and displays (a figure as its kind), without the progress line on stderr."""
+    return [(e[0], e[1] if e[0] == "stdout" else "figure" if "image/png" in e[1] else e[1])
+            for e in events if e[0] != "stderr"]
+
+
+def test_the_result_is_formatted_before_the_figures_are_drawn_as_in_plain_execution(ip):
+    ip.enable_gui = lambda gui=None: None
+    ip.run_line_magic("matplotlib", "inline")
+    cell = "import matplotlib.pyplot as plt\nfig, ax = plt.subplots()\nax.plot([1, 2])\nax.set_xlabel('x')"
+    ip.run_cell(cell)
+    plain = _seen(ip.screen.take())
+    assert plain == [("stdout", "Text(0.5, 0, 'x')\n"), ("display", "figure")]   # drawing moves the label
+    ip.run_cell("%%rule\n" + cell)
+    assert _seen(ip.screen.take()) == plain
+    ip.run_cell("%%rule\n" + cell)                          # reused: the result as it was formatted
+    assert _seen(ip.screen.take()) == plain
+    assert repr(ip.user_ns["_"]) != "Text(0.5, 0, 'x')"    # the value itself, drawn since

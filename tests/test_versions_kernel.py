@@ -20,6 +20,9 @@ CELLS = [
     "noise = np.random.rand(3)\nnoise.round(6).tolist()",
     "items = []\nfor i in range(3):\n    items.append(i * len(df))\nitems",
     "items.append(-1)\ndf.describe().loc['count', 'x']",
+    # the result is formatted before the figure is drawn (which moves the label), as plainly
+    "fig, ax = plt.subplots()\nax.plot(df.x)\nax.set_xlabel('x')",
+    "fig, ax = plt.subplots()\nax.set_title('no result');",
 ]
 SESSION = "# nbbuild: off\nprint('ran', get_ipython()._nbbuild_state.build.metrics().session.ran)"
 
@@ -66,3 +69,8 @@ def test_every_cell_a_rule_shows_what_plain_execution_shows_also_after_a_restart
 def test_the_result_comes_before_the_figures_as_in_plain_jupyter(plain):
     assert [kind for kind, _ in plain[4]] == ["execute_result", "figure"]     # the oracle's order
     assert [kind for kind, _ in plain[5]] == ["stdout", "figure"]
+
+
+def test_the_oracle_shows_a_result_formatted_before_the_figure_is_drawn_and_none_after_a_semicolon(plain):
+    assert plain[9] == [("execute_result", "Text(0.5, 0, 'x')"), ("figure", "")]
+    assert plain[10] == [("figure", "")]

@@ -25,13 +25,20 @@ named `name`, with `namespace` (the user's) as its globals, whose body is the ce
 `fetched` (inputs whose version another rule bound) is assigned first from
 `__nbbuild_fetch__(name, rule)`, a tracked fetch of that rule's version; every other input is read
 from the namespace, so the core versions it by value or by code. It returns a dict of the outputs the cell bound, plus its last expression's value under
-`LAST`. Line numbers stay those of the cell, so tracebacks point at the cell's lines.
+`LAST` (none when a semicolon ends the cell: IPython shows no result for it, and sets no `_`).
+Line numbers stay those of the cell, so tracebacks point at the cell's lines. Functions and
+classes the cell defines are named as plain execution names them (`make`, `Model.fit`,
+`make.<locals>.inner`; their `__module__` is the namespace's `__name__`), not as locals of the
+rule's function: their repr, and their pickle (cloudpickle keeps `__qualname__`), are plain
+execution's.
 """
 from __future__ import annotations
 
 import ast
 import builtins
+import io
 import re
+import tokenize
 import types
 import warnings
 from dataclasses import dataclass
@@ -344,7 +351,8 @@ def compile_cell(source: str, name: str, filename: str, fetched: dict[str, str],
     tree = _parse(source)
     body: list[ast.stmt] = list(tree.body)
     _check_top_level(tree)
-    if body and isinstance(body[-1], ast.Expr):   # the cell's last expression, displayed as Jupyter would
+    quiet = params is None and _quiet(source)
+    if body and isinstance(body[-1], ast.Expr) and not quiet:   # the cell's last expression, displayed as Jupyter would
         last = body[-1]
         body[-1] = ast.copy_location(ast.Assign([ast.Name(LAST, ast.Store())], last.value), last)
     line = body[0].lineno if body else 1
@@ -376,6 +384,7 @@ def compile_cell(source: str, name: str, filename: str, fetched: dict[str, str],
         code = compile(module, filename, "exec")
     except SyntaxError as e:
         raise RuleError(f"the cell cannot be a rule, line {e.lineno}: {e.msg}; run it without %%rule") from None
+    code = _top_level_names(code, f"{name}.<locals>.")
     scratch: dict = {}
     exec(code, namespace, scratch)
     return scratch[name]
@@ -412,6 +421,34 @@ def _global_reads(names: list[str]) -> list[ast.stmt]:
         out += ast.parse(f"def {reader}():\n    global {n}\n    return {n}\n"
                          f"try:\n    {n} = {reader}()\nexcept NameError:\n    pass\n").body
     return out
+
+
+def _quiet(source: str) -> bool:
+    """A semicolon ends the cell (`plt.plot(x);`): IPython's displayhook then shows nothing."""
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
+    except (tokenize.TokenError, SyntaxError):
+        return False
+    skipped = (tokenize.ENDMARKER, tokenize.NEWLINE, tokenize.NL, tokenize.COMMENT)
+    last = next((t for t in reversed(tokens) if t.type not in skipped), None)
+    return last is not None and last.type == tokenize.OP and last.string == ";"
+
+
+def _top_level_names(code: types.CodeType, prefix: str) -> types.CodeType:
+    """`code` with the qualified names the compiler gave the functions, classes, lambdas and
+    comprehensions of the cell (`f_1a2b.<locals>.make`) without the rule function's `prefix`. The
+    compiler keeps them as the code objects' co_qualname (3.11+) and as string constants: before
+    MAKE_FUNCTION (3.10) and a class body's `__qualname__ = ...`. Only strings beginning with the
+    prefix change; '<locals>' cannot be part of a name, so the compiler made them."""
+    consts = tuple(_top_level_names(c, prefix) if isinstance(c, types.CodeType)
+                   else c[len(prefix):] if isinstance(c, str) and c.startswith(prefix) else c
+                   for c in code.co_consts)
+    if any(new is not old for new, old in zip(consts, code.co_consts)):   # (== on code ignores co_qualname)
+        code = code.replace(co_consts=consts)
+    qualname = getattr(code, "co_qualname", "")
+    if qualname.startswith(prefix):
+        code = code.replace(co_qualname=qualname[len(prefix):])
+    return code
 
 
 def _check_top_level(tree: ast.AST) -> None:

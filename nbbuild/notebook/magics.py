@@ -52,7 +52,7 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from ..errors import BuildError, CycleError, NbbuildError
 from .. import randomness
 from .cells import LAST, OWN, analyse, compile_cell, parse_signature
-from .replay import GENERATORS, ORIGINS, SETTINGS
+from .replay import GENERATORS, ORIGINS, SETTINGS, show_result
 from .versions import identity
 from . import ambient, views
 from .graph import label
@@ -157,7 +157,10 @@ class NbbuildMagics(Magics):
                 randomness.restore(value[GENERATORS])
             ambient.restore(value.get(SETTINGS, {}))     # and matplotlib's settings
         self._say_stale(name)
-        return value.get(LAST) if isinstance(value, dict) else None
+        result = value.get(LAST) if isinstance(value, dict) else None
+        if result is not None:   # Out[n] as the body formatted it, before its figures were drawn (replay.py)
+            show_result(self.shell, result, state.build.attachment(rule.task()))
+        return result
 
     def _resolve(self, options: dict[str, Any]) -> dict[str, Any]:
         """`--executor client`: a name in the namespace (a distributed.Client) is that object."""

@@ -21,10 +21,21 @@ Contract:
 - When the body returns, the record is attached to its run (`trace.attach`): stored beside the
   value, outside its hash, so a different output alone never makes dependents stale.
 - `replay(shell, record)` shows a record again, in order.
+- The cell's result (its last expression, `LAST` among the outputs) is formatted as IPython's
+  displayhook formats it (`display_formatter.format`) when the body ends, before the figures are
+  drawn: plain IPython formats Out[n] before its inline backend draws the figures, and drawing moves
+  a figure's artists (`ax.set_xlabel('x')` is `Text(0.5, 0, 'x')` before, `Text(0.5, 23.6, 'x')`
+  after). IPython's displayhook then shows that format for that value (identity), so Out[n] is what
+  plain execution shows while `_` and `Out` hold the value: in the kernel the capture hands it over
+  at once (also for a rule of policy none, which keeps no record), and it is recorded as the
+  "result", which `replay` does not show but the cell's magic hands over when the value is reused
+  or was made in a worker (`show_result(shell, value, record)`). A result that cannot be kept (a
+  widget, beyond `LIMIT`) is not recorded: the displayhook formats the value itself.
 - Figures come after the cell's result, as in plain Jupyter (whose inline backend draws them after
   the cell): what is displayed while the inline figures are drawn (`drawing_figures`) is recorded
-  as a "figure" and, in the kernel, held until `show_figures(shell)` (IPython's post_execute,
-  after Out[n]) shows it; a replayed figure waits the same way.
+  as a "figure" and, in the kernel, held until `after_cell(shell)` (IPython's post_execute, after
+  Out[n]) shows it; a replayed figure waits the same way. What is held is the shell's own, so a
+  shell never shows another's (tests make several shells in one process).
 - An output that cannot be kept is replaced by a note in the record, and the value still works:
   a widget view (it needs its live kernel object), data that is not plain JSON, or output beyond
   `LIMIT` bytes for one cell.
@@ -37,14 +48,17 @@ import json
 import sys
 import threading
 import types
+import weakref
 from typing import Any, Iterator
 
 from ..randomness import Draws
 from ..trace import attach, current
 from .ambient import Settings
+from .cells import LAST
 from .versions import Changes
 
-__all__ = ["Capture", "replay", "recording", "show_figures", "LIMIT", "FORMAT", "GENERATORS", "MODULES", "ORIGINS", "SETTINGS"]
+__all__ = ["Capture", "replay", "recording", "show_result", "after_cell", "LIMIT", "FORMAT", "GENERATORS",
+           "MODULES", "ORIGINS", "SETTINGS"]
 
 GENERATORS = "__nbbuild_generators__"
 SETTINGS = "__nbbuild_settings__"       # the library settings a cell changed (ambient.py)
@@ -103,7 +117,7 @@ class _Taps:
                     metadata = kwargs.get("metadata", args[1] if len(args) > 1 else None)
                     cap.display(data, metadata, kwargs.get("transient"), bool(kwargs.get("update")))
                     if cap.drawing and cap.echo and isinstance(data, dict):
-                        _after_result.append((dict(data), dict(metadata or {})))   # shown after Out[n]
+                        _held(cap.shell).append((dict(data), dict(metadata or {})))   # shown after Out[n]
                         return None
                 return publish(*args, **kwargs)
 
@@ -211,12 +225,16 @@ class Capture:
                 self.stream(event[1], event[2])
             elif event[0] in ("display", "figure"):
                 self._add(event, len(json.dumps(event[1:3], default=_bytes_only)))
+            elif event[0] == "result":     # the inner rule's result is not the cell's
+                continue
             else:
                 self.events.append(event)
 
     def outputs(self, scope: dict, names: tuple[str, ...]) -> dict[str, Any]:
         """The cell's outputs from its locals. An object that says it is closed (`with open(...)
         as f` leaves one) is no use to another cell, and could not be stored: it is left out."""
+        if LAST in names:
+            self.result(scope.get(LAST))
         out = {k: scope[k] for k in names if k in scope and not _closed(scope[k])}
         modules = {k: v.__name__ for k, v in out.items() if isinstance(v, types.ModuleType)}
         if modules:     # by name: a module pickled beside a key of its name hashes differently once loaded
@@ -288,6 +306,25 @@ class Capture:
             self._add(event, size)
         return None
 
+    def result(self, value: Any) -> None:
+        """The cell's result, formatted now, as IPython's displayhook would format it once the cell's
+        code is done: before the inline backend draws the figures."""
+        if value is None:         # the displayhook shows nothing for None
+            return
+        try:   # a value with _ipython_display_ displays itself here (recorded as a display) and gives {}
+            data, metadata = self.shell.display_formatter.format(value)
+            size = len(json.dumps([data, metadata or {}], default=_bytes_only))
+        except Exception:  # the user's reprs (IPython's formatters catch theirs): the displayhook tries later
+            return
+        if not isinstance(data, dict) or _WIDGET in data:   # a widget view needs its live object
+            return
+        self._cleared()                   # clear_output(wait=True) before it: Out[n] is the next output
+        if self.size + size <= LIMIT:     # else the displayhook formats the value itself
+            self.size += size
+            self.events.append(("result", dict(data), dict(metadata or {})))
+        if self.echo:
+            _expect(self.shell, value, data, metadata or {})
+
     def clear(self, wait: bool) -> None:
         if wait:
             self.pending_clear = True
@@ -324,13 +361,44 @@ def _flush_inline_figures() -> None:
         pass
 
 
-_after_result: list[tuple[dict, dict]] = []     # figures to show once the cell's result is shown
+# a shell -> the figures to show once its cell's result is shown
+_after_result: weakref.WeakKeyDictionary[Any, list[tuple[dict, dict]]] = weakref.WeakKeyDictionary()
 
 
-def show_figures(shell: Any) -> None:
+def _held(shell: Any) -> list[tuple[dict, dict]]:
+    return _after_result.setdefault(shell, [])
+
+
+def show_result(shell: Any, value: Any, record: Any) -> None:
+    """`value` is the cell's result (what its magic returns, Out[n]): IPython's displayhook shows
+    it as `record` (the run's that made it) says it was formatted then, if it does."""
+    if value is None or not (isinstance(record, tuple) and len(record) == 2 and record[0] == FORMAT):
+        return
+    shown = next((e for e in record[1] if e[0] == "result"), None)
+    if shown is not None:
+        _expect(shell, value, shown[1], shown[2])
+
+
+def _expect(shell: Any, value: Any, data: dict, metadata: dict) -> None:
+    """The displayhook's next result, if it is `value`, is shown as `data`: only for this value
+    and this cell (`after_cell` drops what the displayhook did not take)."""
+    hook = shell.displayhook
+
+    def compute_format_data(result: Any) -> Any:
+        hook.__dict__.pop("compute_format_data", None)
+        if result is value:
+            return data, metadata
+        return hook.compute_format_data(result)
+
+    hook.compute_format_data = compute_format_data
+
+
+def after_cell(shell: Any) -> None:
     """IPython's post_execute: the figures the cell drew (or replayed), after its Out[n]."""
-    while _after_result:
-        data, metadata = _after_result.pop(0)
+    shell.displayhook.__dict__.pop("compute_format_data", None)   # a result the displayhook did not show
+    held = _held(shell)
+    while held:
+        data, metadata = held.pop(0)
         shell.display_pub.publish(data=data, metadata=metadata)
 
 
@@ -348,7 +416,7 @@ def replay(shell: Any, record: Any) -> bool:
             sys.stderr.flush()
             shell.display_pub.publish(data=event[1], metadata=event[2])
         elif kind == "figure":
-            _after_result.append((event[1], event[2]))
+            _held(shell).append((event[1], event[2]))
         elif kind == "note":
             print(event[1], file=sys.stderr)
     sys.stdout.flush()

@@ -45,7 +45,7 @@ from .auto import Auto
 from .cells import CAPTURE, FETCH, LAST, OWN, analyse
 from .elsewhere import CellCapture, CellFetch, received
 from .graph import TITLES, label, snapshot
-from .replay import MODULES, replay, show_figures
+from .replay import MODULES, after_cell, replay
 from .versions import Versions, fingerprint, unchangeable
 
 __all__ = ["NotebookState"]
@@ -104,7 +104,7 @@ class NotebookState:
 
     def post_execute(self) -> None:
         """After the cell's result (Out[n]): the figures it drew or replayed, as plain Jupyter."""
-        show_figures(self.shell)
+        after_cell(self.shell)
 
     def post_run_cell(self, result: Any = None) -> None:
         """An ordinary cell: the names it binds are its versions now, read by value; names it
