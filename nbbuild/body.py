@@ -5,7 +5,8 @@ recorded).
 Contract:
 - `execute(scheduler, state)` runs the body with a fresh Recorder as `trace.current`, then on
   success hashes and stores the value, stores the files it wrote (outputs.keep: they are part of
-  its trace) and records the trace; the state's outcome says what
+  its trace), takes the environment variables it left changed (environment.finish: its trace's
+  effects) and records the trace; the state's outcome says what
   happened: "executed", "failed" (its own error), "skipped" (a dependency failed), or "obsolete"
   (a task read back from an old trace whose arguments the rule no longer takes). Cancellation
   (KeyboardInterrupt, SystemExit, Cancelled) propagates and stores nothing; so does a body that
@@ -29,9 +30,9 @@ from typing import Any
 
 from greenlet import GreenletExit
 
-from . import hashing, outputs
+from . import environment, hashing, outputs
 from .errors import Cancelled
-from .trace import Recorder, Trace, current
+from .trace import ENV_PREFIX, Recorder, Trace, current
 
 __all__ = ["execute"]
 
@@ -84,6 +85,7 @@ def _attempt(sched: Any, st: Any, executor: Any, timeout: float | None) -> tuple
     value: Any = None
     error: BaseException | None = None
     sched.running[task.key] = (st, start)
+    environment.forget(sched.owner(task.key))    # what its last run set is an input of this one
     if sched.gc:
         gc.enable()
     try:
@@ -106,6 +108,7 @@ def _keep(sched: Any, st: Any, rec: Recorder, value: Any, version: Any) -> None:
     task = st.task
     rule = task.rule
     persist = rule.policy == "persist"
+    effects = environment.finish(sched.owner(task.key), rec) if rec.env_set else ()
     try:
         ser: hashing.Serialized | None = hashing.pickle_value(value)
     except hashing.UnserializableValue as e:
@@ -127,9 +130,9 @@ def _keep(sched: Any, st: Any, rec: Recorder, value: Any, version: Any) -> None:
         return
     # the files it wrote go in before the trace that names them, as its value does
     written = outputs.keep(sched.store, rec.made, persist) if rec.made else ()
-    sched.build.owners.claim(task.key, [o[0] for o in written])
+    sched.build.owners.claim(task.key, [o[0] for o in written] + [ENV_PREFIX + name for name, _ in effects])
     trace = Trace(task.key, rule.name, task.encoded, repr(task), version.version, rec.dependencies(),
-                  digest, st.seconds, version.parts, version.packages, outputs=written)
+                  digest, st.seconds, version.parts, version.packages, outputs=written, environ=effects)
     # a value the store could not take keeps a persistent trace all the same: its hash lets
     # dependents be verified without it, and a later build that needs it runs the task
     sched.store.record(trace, persist=persist)

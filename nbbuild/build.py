@@ -25,7 +25,8 @@ Contract:
 - `b.metrics()`: `metrics.Metrics` of the last build and of this Build's session, with store stats.
 - `b.report` describes the last build; `b.why(task)` explains, without running anything, why a
   task is stale or that it is up to date (and which of its files the last build that checked it
-  put back from the store: `_restored`).
+  put back from the store: `_restored`; which environment variables it set again:
+  `_environ_restored`).
 - `b.attachment(task)`: what the run behind the task's current value attached (`trace.attach`),
   kept beside the value and outside its hash (the notebook keeps a cell's displayed output there).
 - Values live in memory too (`memory.Memory`, bounded), so a no-op rebuild in the same process
@@ -106,6 +107,7 @@ class Build:
         self._attachments: dict[str, tuple[str, Any]] = {}   # task key -> (value hash, attachment)
         self._restored: dict[str, list[str]] = {}            # task key -> files its last check put back
         self.owners = outputs.Owners()                       # file -> the task that wrote it last
+        self._environ_restored: dict[str, list[str]] = {}    # task key -> environment variables it set again
         self._files = files.FileHasher()     # stat entries come from the store at the first build
         self._clean = CleanSet()
         self._generation = self.store.generation
@@ -288,7 +290,7 @@ class Build:
         # a target's files are all put back, as running it again plainly writes them all again
         targets = {t.key for t in tasks}
         self._clean.invalidate(self.rules, sched.version, self._files.hash,
-                               lambda key: self.owners.mine(key, key in targets))
+                               lambda key: self.owners.mine(key, key in targets), sched.owner)
         sched.known.update(self._clean.hashes)
         if force:
             sched.forced = {t.key for t in tasks}
@@ -306,10 +308,11 @@ class Build:
                     st.unstored = self.store.write_error or "the store could not be written"
         self._clean.record(sched.states.values(), sched.versions, DONE)
         for st in sched.states.values():
-            if st.task.key in sched.restored:
-                self._restored[st.task.key] = sched.restored[st.task.key]
-            else:
-                self._restored.pop(st.task.key, None)
+            for found, kept in ((sched.restored, self._restored), (sched.environ_restored, self._environ_restored)):
+                if st.task.key in found:
+                    kept[st.task.key] = found[st.task.key]
+                else:
+                    kept.pop(st.task.key, None)
             if st.status == DONE:
                 self._failures.pop(st.task.key, None)
             elif st.outcome in ("failed", "skipped"):
@@ -437,6 +440,7 @@ class Build:
             self._clean.clear()
             self._attachments.clear()
             self._restored.clear()
+            self._environ_restored.clear()
             self._failures.clear()
             self._generation = self.store.generation
 

@@ -4,12 +4,14 @@ Contract:
 - After a build, `record(states, versions)` keeps, for every task the build brought up to date,
   its value hash, the dependencies and files its trace names (with the hashes it saw), its repr and
   run time, and the version of each rule as computed in that build.
-- Before the next build, `invalidate(rules, version_of, file_hash, mine)` re-checks only the inputs:
-  each remembered rule's version once (a global it reads may have changed, or the rule been
-  redefined or removed), each remembered file once, and drops every task that reads a changed
-  input (environment variables it read included), every task whose written files (outputs.py) are
-  missing or changed (of the files it was the last to write, `mine(key)(path)`: outputs.Owners) (the build visits it, and puts them back), every task of policy "none", and,
-  transitively, every task that depends on a dropped one.
+- Before the next build, `invalidate(rules, version_of, file_hash, mine, owner)` re-checks only
+  the inputs: each remembered rule's version once (a global it reads may have changed, or the rule
+  been redefined or removed), each remembered file once, and drops every task that reads a changed
+  input (environment variables it read included, but for those it set itself: `owner(key)` names
+  it to environment.py), every task whose written files (outputs.py) are missing or changed, or
+  whose environment variables no longer hold what it set (of the files and variables it was the
+  last to write, `mine(key)(path)`: outputs.Owners; the build visits it, and puts them back),
+  every task of policy "none", and, transitively, every task that depends on a dropped one.
   What remains is up to date without visiting it: the scheduler takes those hashes as known.
 - `closure(keys, skip)` lists, dependencies first, the remembered tasks the targets reach, for the
   report: a task up to date this way was reused even though the build never touched it.
@@ -20,7 +22,8 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any, Callable, Iterable
 
-from . import inputs
+from . import environment, inputs
+from .trace import ENV_PREFIX
 
 __all__ = ["CleanSet"]
 
@@ -59,7 +62,8 @@ class CleanSet:
 
     def invalidate(self, rules: dict[str, Any], version_of: Callable[[Any], Any],
                    file_hash: Callable[[str], str],
-                   mine: Callable[[str], Callable[[str], bool]] | None = None) -> None:
+                   mine: Callable[[str], Callable[[str], bool]] | None = None,
+                   owner: Callable[[str], Any] = lambda key: None) -> None:
         if not self.hashes:
             return
         changed = set()
@@ -76,11 +80,13 @@ class CleanSet:
             seeds.update(k for k in self.hashes if k.partition("/")[0] in changed)
         now: dict[str, str] = {}
 
-        def differ(pairs: Iterable[tuple[str, str]], digest: Callable[[str], str]) -> bool:
+        def differ(pairs: Iterable[tuple[str, str]], digest: Callable[[str], str], cached: bool = True) -> bool:
             for name, recorded in pairs:      # environment keys are prefixed: no clash with paths
-                h = now.get(name)
+                h = now.get(name) if cached else None
                 if h is None:
-                    h = now[name] = digest(name)
+                    h = digest(name)
+                    if cached:
+                        now[name] = h
                 if h != recorded:
                     return True
             return False
@@ -88,9 +94,16 @@ class CleanSet:
         for key, entry in self.entries.items():
             trace = entry[0]
             files, env = trace.split()[1], trace.environment()
-            if (files and differ(files, file_hash) or env and differ(env, inputs.digest)
+            # a task's own variables count at their values before it: its hashes are not the others'
+            who = owner(key) if env else None
+            own = who is not None and environment.owns(who)
+            last = mine(key) if mine is not None and (trace.outputs or trace.environ) else None
+            if (files and differ(files, file_hash)
+                    or env and differ(env, (lambda k: inputs.digest(k, who)) if own else inputs.digest, not own)
                     or trace.outputs and differ(((p, content) for p, content, _ in trace.outputs
-                                                 if mine is None or mine(key)(p)), file_hash)):
+                                                 if last is None or last(p)), file_hash)
+                    or trace.environ and environment.pending([e for e in trace.environ
+                                                              if last is None or last(ENV_PREFIX + e[0])])):
                 seeds.add(key)
         if not seeds:
             return

@@ -1,4 +1,4 @@
-"""Environment variables as inputs of a rule, by key.
+"""Environment variables as inputs of a rule, by key, and as effects of its run.
 
 Contract:
 - `install()` (once per process; later calls do nothing) gives `os.environ` and `os.environb` a
@@ -14,10 +14,21 @@ Contract:
   A variable the body sets (or deletes) before reading it is not an input: it read its own write.
   Engine work (a paused recorder) and code outside rule bodies record nothing; recording never
   raises into the caller.
-- `digest(key)` is the current hash of such an input key (what verification compares with the
-  recorded one); `describe(key)` says it in words for `why`.
+- Variables a body sets are its effects, as in plain execution (`import sklearn` sets
+  KMP_DUPLICATE_LIB_OK unless the user did): the value it read before setting one is its input,
+  the value it leaves is an effect of its run. `finish(owner, recorder)`, when the body returned,
+  gives the effects (name, value or None: unset) of the variables it left changed, for its trace,
+  and notes in this process that `owner` (a task of a store) left them so. `restore(owner,
+  effects)` sets them again when a trace is reused (nothing if they already hold those values),
+  and notes the same. `forget(owner)` when the task runs again.
+- `digest(key, owner=None)` is the current hash of such an input key (what verification compares
+  with the recorded one), where a variable `owner` left (and nobody changed since) counts at the
+  value it had before: its own doing is not a change of its input, and the whole environment is
+  hashed so too; a read of the whole environment in a body counts the variables the body set at
+  their values before it. `pending(effects)`: the variables that no longer hold their effect.
+  `describe(key)` says it in words for `why`.
 Reads in threads or processes a body starts are not tracked (as for files); a body run elsewhere
-records what its worker's environment gave it.
+records what its worker's environment gave it, and what it sets stays in the worker.
 """
 from __future__ import annotations
 
@@ -29,11 +40,14 @@ from typing import Any
 from .hashing import hash_bytes
 from .trace import ENV_ALL, ENV_PREFIX, MISSING, current
 
-__all__ = ["install", "digest", "describe", "ENV_PREFIX", "ENV_ALL"]
+__all__ = ["install", "digest", "owns", "describe", "finish", "restore", "forget", "pending", "ENV_PREFIX", "ENV_ALL"]
 
 log = logging.getLogger("nbbuild")
 _lock = threading.Lock()
 _installed = False
+# variable -> (owner, raw value before, raw value it left): the variables whose value a task's run
+# or reuse left in this process; a write of another value by anyone drops the entry
+_left: dict[str, tuple[Any, Any, Any]] = {}
 
 
 def _name(key: Any) -> str | None:
@@ -45,30 +59,116 @@ def _name(key: Any) -> str | None:
     return None
 
 
-def _value_hash(name: str) -> str:
-    # read straight from the mapping's data (not through the tracked methods): hashing is not a read
-    data = os.environ._data       # type: ignore[attr-defined]
+def _raw(name: str) -> Any:
+    """The variable's value as the mapping keeps it (bytes on POSIX), or None when unset: read
+    straight from its data, not through the tracked methods (looking is not a read)."""
     try:
-        raw = data[os.environ.encodekey(name)]        # type: ignore[attr-defined]
-    except (KeyError, TypeError, ValueError, UnicodeError):
+        return os.environ._data.get(os.environ.encodekey(name))     # type: ignore[attr-defined]
+    except (TypeError, ValueError, UnicodeError):
+        return None
+
+
+def _hash_raw(raw: Any) -> str:
+    if raw is None:
         return MISSING
     return hash_bytes(b"v", raw if isinstance(raw, bytes) else os.fsencode(raw))
 
 
-def _all_hash() -> str:
-    data = os.environ._data       # type: ignore[attr-defined]
+def _as_before(name: str, raw: Any, owner: Any) -> Any:
+    """`raw`, or the value before `owner` set the variable, when `raw` is what `owner` left."""
+    left = _left.get(name) if owner is not None else None
+    return left[1] if left is not None and left[0] == owner and left[2] == raw else raw
+
+
+def _all_hash(owner: Any = None, own: dict[str, Any] | None = None) -> str:
+    """The whole environment's hash; with the variables `owner` left, and those in `own` (a
+    running body's writes: name -> value before), at their values before."""
+    data = dict(os.environ._data)       # type: ignore[attr-defined]
+    undo = dict(own or {})
+    if owner is not None:
+        for name, (o, before, after) in list(_left.items()):
+            if o == owner and name not in undo and _raw(name) == after:
+                undo[name] = before
+    for name, before in undo.items():
+        try:
+            k = os.environ.encodekey(name)        # type: ignore[attr-defined]
+        except (TypeError, ValueError, UnicodeError):
+            continue
+        if before is None:
+            data.pop(k, None)
+        else:
+            data[k] = before
     items = sorted((k if isinstance(k, bytes) else os.fsencode(k), v if isinstance(v, bytes) else os.fsencode(v))
-                   for k, v in list(data.items()))
+                   for k, v in data.items())
     return hash_bytes(b"all", *(k + b"\0" + v + b"\0" for k, v in items))
 
 
-def digest(key: str) -> str:
-    """The hash an input key of this module has now."""
+def digest(key: str, owner: Any = None) -> str:
+    """The hash an input key of this module has now, for a task `owner` (see the contract)."""
     if key == ENV_ALL:
-        return _all_hash()
+        return _all_hash(owner)
     if key.startswith(ENV_PREFIX):
-        return _value_hash(key[len(ENV_PREFIX):])
+        name = key[len(ENV_PREFIX):]
+        return _hash_raw(_as_before(name, _raw(name), owner))
     return "?"        # not ours: matches no recorded hash
+
+
+def owns(owner: Any) -> bool:
+    """Whether some variable holds a value `owner` left (its inputs are then its own to hash)."""
+    return any(v[0] == owner for v in list(_left.values()))
+
+
+# ---------------------------------------------------------------- effects
+
+def _text(raw: Any) -> str | None:
+    return None if raw is None else os.environ.decodevalue(raw)     # type: ignore[attr-defined]
+
+
+def _encoded(value: str | None) -> Any:
+    return None if value is None else os.environ.encodevalue(value)  # type: ignore[attr-defined]
+
+
+def finish(owner: Any, recorder: Any) -> tuple[tuple[str, str | None], ...]:
+    """The effects of a body that returned: the variables it set that hold another value than
+    before it, by name; `owner` left them."""
+    effects = []
+    with _lock:
+        for name, before in sorted(recorder.env_set.items()):
+            now = _raw(name)
+            if now != before:
+                effects.append((name, _text(now)))
+                _left[name] = (owner, before, now)
+    return tuple(effects)
+
+
+def restore(owner: Any, effects: Any) -> list[str]:
+    """Set the variables as a reused run left them; the names of those that changed."""
+    changed = []
+    with _lock:
+        for name, value in effects:
+            before, wanted = _raw(name), _encoded(value)
+            if before == wanted:
+                continue
+            # the untracked write: putting an effect back is neither a read nor a write of a body
+            if value is None:
+                os._Environ.__delitem__(os.environ, name)          # type: ignore[attr-defined]
+            else:
+                os._Environ.__setitem__(os.environ, name, value)   # type: ignore[attr-defined]
+            _left[name] = (owner, before, _raw(name))
+            changed.append(name)
+    return changed
+
+
+def pending(effects: Any) -> list[str]:
+    """The variables among `effects` that do not hold the value the run left."""
+    return [name for name, value in effects if _raw(name) != _encoded(value)]
+
+
+def forget(owner: Any) -> None:
+    """`owner` runs again: what its last run left is an input like any other now."""
+    with _lock:
+        for name in [n for n, v in list(_left.items()) if v[0] == owner]:
+            _left.pop(name, None)
 
 
 def describe(key: str) -> str:
@@ -91,7 +191,7 @@ def _read(key: Any) -> None:
     try:
         name = _name(key)
         if name is not None:
-            rec.read_input(ENV_PREFIX + name, _value_hash(name))
+            rec.read_input(ENV_PREFIX + name, _hash_raw(_raw(name)))
     except Exception:  # a read must work as it did without us
         log.debug("nbbuild: could not record the read of %r", key, exc_info=True)
 
@@ -101,21 +201,28 @@ def _read_all() -> None:
     if rec is None:
         return
     try:
-        rec.read_input(ENV_ALL, _all_hash())
+        rec.read_input(ENV_ALL, _all_hash(own=getattr(rec, "env_set", None)))
     except Exception:  # as in _read
         log.debug("nbbuild: could not record a read of the whole environment", exc_info=True)
 
 
-def _wrote(key: Any) -> None:
-    rec = _recorder()
-    if rec is None:
-        return
+def _current(key: Any) -> Any:
     name = _name(key)
-    if name is not None:
-        try:
-            rec.wrote_input(ENV_PREFIX + name)
-        except Exception:  # as in _read
-            log.debug("nbbuild: could not record the write of %r", key, exc_info=True)
+    return _raw(name) if name is not None else None
+
+
+def _wrote(key: Any, before: Any) -> None:
+    name = _name(key)
+    if name is None:
+        return
+    try:
+        if _raw(name) != before:
+            _left.pop(name, None)     # not what a task left any more (whoever wrote it)
+        rec = _recorder()
+        if rec is not None:
+            rec.wrote_input(ENV_PREFIX + name, name, before)
+    except Exception:  # as in _read
+        log.debug("nbbuild: could not record the write of %r", key, exc_info=True)
 
 
 class _TrackedEnviron(os._Environ):     # type: ignore[name-defined,misc]
@@ -130,12 +237,14 @@ class _TrackedEnviron(os._Environ):     # type: ignore[name-defined,misc]
             _read(key)
 
     def __setitem__(self, key: Any, value: Any) -> None:
+        before = _current(key)
         super().__setitem__(key, value)
-        _wrote(key)
+        _wrote(key, before)
 
     def __delitem__(self, key: Any) -> None:
+        before = _current(key)
         super().__delitem__(key)
-        _wrote(key)
+        _wrote(key, before)
 
     def __iter__(self) -> Any:
         _read_all()

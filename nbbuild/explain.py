@@ -12,7 +12,10 @@ Contract:
   edit) makes the task up to date. Files it wrote are named after "is up to date": those its last
   build in this process put back ("; its last build restored file out.csv from the store"), and
   those missing or changed now, which the next build puts back ("; file out.csv it wrote is
-  missing: building it restores it from the store").
+  missing: building it restores it from the store"). So are the environment variables it set
+  (environment.py): "; its last build set environment variable X again as its run left it", or
+  "; environment variable X it set is unset: building it sets it again" (or "is set", "changed").
+  A variable a task set itself is not a change of its input.
 - `plan(build, tasks)`: (task repr, reason) of every task that building them may run, dependencies
   first. Early cutoff may yet spare some of them.
 - `status(build, task)`: a `TaskStatus`: `state` one of "up to date", "stale", "never built",
@@ -27,11 +30,12 @@ Nothing here runs a rule, writes to the store, or loads a value.
 """
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from typing import Any
 
-from . import outputs as _outputs
+from . import environment, outputs as _outputs
 from .inputs import describe as input_describe, digest as input_digest, for_targets_only
 from .files import short_path
 from .rule import Rule, Task, rule_version
@@ -61,14 +65,15 @@ def why(build: Any, task: Task) -> str:
     reason = _explain(build, [task], memo)[0]
     if reason is not None:
         return f"{task!r} is stale: {reason}"
-    notes = _files_notes(build, task, memo[task.key][3])
+    notes = _notes(build, task, memo[task.key][3])
     if not _stored(build, task, memo[task.key][1]):
         return f"{task!r} is up to date, but its value is no longer stored: it runs again when needed" + notes
     return f"{task!r} is up to date" + notes
 
 
-def _files_notes(build: Any, task: Task, trace: Any) -> str:
-    """What became, or becomes, of the files the task wrote: put back from the store."""
+def _notes(build: Any, task: Task, trace: Any) -> str:
+    """What became, or becomes, of the files the task wrote (put back from the store) and of the
+    environment variables it set (set again)."""
     notes = []
     restored = build._restored.get(task.key)
     if restored:
@@ -81,7 +86,21 @@ def _files_notes(build: Any, task: Task, trace: Any) -> str:
         elif pending:
             notes.append(f"{_files(pending)} it wrote are missing or changed: building it restores them "
                          "from the store")
+    names = build._environ_restored.get(task.key)
+    if names:
+        notes.append(f"its last build set {_variables(names)} again as its run left it")
+    names = environment.pending(trace.environ) if trace is not None and trace.environ else []
+    if len(names) == 1:
+        now = "is unset" if names[0] not in os.environ else "is set" if dict(trace.environ)[names[0]] is None \
+            else "changed"
+        notes.append(f"{_variables(names)} it set {now}: building it sets it again")
+    elif names:
+        notes.append(f"{_variables(names)} it set changed: building it sets them again")
     return "".join("; " + n for n in notes)
+
+
+def _variables(names: list[str]) -> str:
+    return ("environment variable " if len(names) == 1 else "environment variables ") + ", ".join(names)
 
 
 def _files(paths: list[str]) -> str:
@@ -215,7 +234,7 @@ def _why_trace(build: Any, tr: Any, memo: Memo, versions: dict, target: bool = T
                     return f"file {short_path(path)} {'is missing' if now == MISSING else 'changed'}"
                 continue
             if key.startswith(INPUT_PREFIX):
-                if (target or not for_targets_only(key)) and input_digest(key) != recorded:
+                if (target or not for_targets_only(key)) and input_digest(key, (build.store.path, tr.key)) != recorded:
                     return input_describe(key)
                 continue
             dep = build._task_for_key(key)

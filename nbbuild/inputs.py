@@ -1,7 +1,8 @@
 """Dependencies that are neither tasks nor files: what each kind of input is now, and how it is
 said to have changed.
 
-Contract: `digest(key)` gives the hash an input key (`trace.INPUT_PREFIX`...) has now:
+Contract: `digest(key, owner=None)` gives the hash an input key (`trace.INPUT_PREFIX`...) has now
+for the task `owner` (a variable it set itself counts at its value before: environment.py):
 environment variables (environment.py: `ENV_PREFIX`, `ENV_ALL`) and the global random generators
 (randomness.py: `RNG_PREFIX`); a key of no known kind matches no recorded hash. `describe(key)`
 says in words that it changed ("environment variable HOME changed"). `for_targets_only(key)`: an
@@ -10,15 +11,17 @@ global random generators: a cell that drew is not run again because a later cell
 """
 from __future__ import annotations
 
+from typing import Any
+
 from . import environment, randomness
 
 __all__ = ["digest", "describe", "for_targets_only"]
 
 
-def digest(key: str) -> str:
+def digest(key: str, owner: Any = None) -> str:
     if key.startswith(randomness.RNG_PREFIX):
         return randomness.digest(key)
-    return environment.digest(key)
+    return environment.digest(key, owner)
 
 
 def describe(key: str) -> str:

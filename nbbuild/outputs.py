@@ -32,7 +32,8 @@ Contract:
   process (`Owners`): a dependency met again does not put back a file another task wrote since,
   changed or missing, for plain execution leaves the last write there (`with open("a.txt", "w")`
   in two cells). A build's target, and a task met for the first time in this process, put back
-  all their files.
+  all their files. The same holds for the environment variables a task set (`ENV_PREFIX + name`
+  among the paths: environment.py).
 - `output(path)`: inside a rule body, declares `path` written by it and returns it unchanged;
   outside one, raises OutsideRuleError.
 """

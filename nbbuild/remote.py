@@ -101,6 +101,7 @@ class _RemoteRecorder:
         self.inputs: list[tuple[str, str]] = []    # environment variables, as the worker had them
         self.seen: set[str] = set()
         self.written: dict[str, bool] = {}      # path -> written whole (trace.Recorder.wrote_file)
+        self.env_set: dict[str, Any] = {}       # variables it set: name -> value before (environment.py)
 
     def fetch_values(self, rec: Any, tasks: list) -> list[Any]:
         missing = [t for t in tasks if t.key not in self.supplied]
@@ -127,8 +128,10 @@ class _RemoteRecorder:
             self.seen.add(key)
             self.inputs.append((key, digest))
 
-    def wrote_input(self, key: str) -> None:
-        self.seen.add(key)
+    def wrote_input(self, key: str, name: str | None = None, before: Any = None) -> None:
+        self.seen.add(key)     # what it sets stays in the worker: the kernel's environment keeps no effect
+        if name is not None:
+            self.env_set.setdefault(name, before)
 
 
 def run(payload: bytes, channel: Any) -> bytes:

@@ -16,7 +16,9 @@ Contract:
   that asked for it (as an asyncio task does, and as it would inline), its recorder left out.
 - A reused task's files (outputs.py) are put back while its trace is matched: before it is done,
   so before anything that depends on it goes on. `restored` maps the keys of tasks whose files
-  were put back to those files' paths.
+  were put back to those files' paths. So are the environment variables its run set
+  (environment.py; `environ_restored`: task key -> names), and a variable a task set itself is not
+  a change of its input (`owner(key)` names the task to environment.py).
 - A task that would wait on a task that (transitively) waits on it raises CycleError there.
 - Failures are recorded in the state (own error, or the failed dependency that caused it) and
   never unwind the engine; only cancellation (KeyboardInterrupt, SystemExit) does, after which
@@ -37,7 +39,7 @@ from .errors import BuildError, Cancelled, CycleError
 from .executors import Hubs
 from .priority import CriticalPath, ReadyQueue
 from .rule import Task, Version, rule_version
-from .trace import FILE_PREFIX, INPUT_PREFIX, Group, Recorder, Trace, current, match
+from .trace import ENV_PREFIX, FILE_PREFIX, INPUT_PREFIX, Group, Recorder, Trace, current, match
 
 __all__ = ["Scheduler", "TaskState"]
 
@@ -111,6 +113,7 @@ class Scheduler:
         self.waiting_elsewhere: dict[int, Any] = {}   # greenlets waiting on remote work (remote.py)
         self.gc = False
         self.restored: dict[str, list[str]] = {}     # task key -> files put back from the store
+        self.environ_restored: dict[str, list[str]] = {}     # task key -> environment variables set again
         self._root_states: list[TaskState] = []
 
     # ------------------------------------------------------------ running, waiting, waking
@@ -323,11 +326,16 @@ class Scheduler:
     def file_hash(self, path: str) -> str:
         return self.files.hash(path)
 
-    def input_hash(self, key: str) -> str:
-        """The hash a dependency that is not a task (a file, an environment variable) has now."""
+    def owner(self, key: str) -> tuple[str, str]:
+        """The task of this store, as environment.py knows who set a variable."""
+        return (self.store.path, key)
+
+    def input_hash(self, key: str, task: str | None = None) -> str:
+        """The hash a dependency that is not a task (a file, an environment variable) has now, for
+        the task `task` (what it set itself counts at its value before)."""
         if key.startswith(FILE_PREFIX):
             return self.files.hash(key[len(FILE_PREFIX):])
-        return inputs.digest(key)
+        return inputs.digest(key, self.owner(task) if task is not None else None)
 
     def _verify(self, st: TaskState) -> bool:
         rule = st.task.rule
@@ -370,7 +378,7 @@ class Scheduler:
             dep = self.states.get(key)
             if dep is None or dep.status < DONE:
                 if key.startswith(INPUT_PREFIX):
-                    return not self._counts(st, key) or self.input_hash(key) == recorded
+                    return not self._counts(st, key) or self.input_hash(key, st.task.key) == recorded
                 t = self.tasks.get(key) or self.build._task_for_key(key)
                 if t is None:
                     return False
@@ -379,7 +387,7 @@ class Scheduler:
         tasks: list[Task] = []
         for key, recorded in group:
             if key.startswith(INPUT_PREFIX):
-                if self._counts(st, key) and self.input_hash(key) != recorded:
+                if self._counts(st, key) and self.input_hash(key, st.task.key) != recorded:
                     return False
             else:
                 t = self.build._task_for_key(key)
@@ -391,17 +399,34 @@ class Scheduler:
         return all(d.status == DONE and d.hash == rec for d, rec in zip(deps, wanted))
 
     def _outputs_ready(self, st: TaskState, trace: Trace) -> bool:
-        """Are the files the trace's run wrote as it left them, once put back from the store?"""
-        put: list[str] = []
+        """Are the files the trace's run wrote as it left them, once put back from the store? Then
+        the environment variables it set are set again. Of those the task was the last to write, or
+        all when it is a target (outputs.Owners)."""
+        key = st.task.key
         owners = self.build.owners
-        mine = owners.mine(st.task.key, st.task.key in self.targets)
-        ready = outputs.restore(self.store, self.files.hash, trace, put, mine)
-        if ready:
-            owners.claim(st.task.key, [o[0] for o in trace.outputs if mine(o[0])])
-        if put:
-            with self.lock:
-                self.restored.setdefault(st.task.key, []).extend(put)
-        return ready
+        mine = owners.mine(key, key in self.targets)
+        if trace.outputs:
+            put: list[str] = []
+            ready = outputs.restore(self.store, self.files.hash, trace, put, mine)
+            if put:
+                with self.lock:
+                    self.restored.setdefault(key, []).extend(put)
+            if not ready:
+                return False
+            owners.claim(key, [o[0] for o in trace.outputs if mine(o[0])])
+        if trace.environ:
+            effects = [e for e in trace.environ if mine(ENV_PREFIX + e[0])]
+            try:
+                names = environment.restore(self.owner(key), effects)
+            except (OSError, ValueError) as e:   # a value this platform refuses: running it sets what it can
+                log.warning("nbbuild: the environment variables %r set could not be set again (%s); it runs again",
+                            trace.repr, e)
+                return False
+            owners.claim(key, [ENV_PREFIX + name for name, _ in effects])
+            if names:
+                with self.lock:
+                    self.environ_restored.setdefault(key, []).extend(names)
+        return True
 
     def _execute(self, st: TaskState) -> None:
         body.execute(self, st)

@@ -14,13 +14,19 @@ Contract:
   dependencies alone, and then asked whether its files are there or can be put back. A trace
   without outputs is stored exactly as before outputs existed (12 fields); one with them has a
   13th field, and its `ident` covers them.
+- `environ` lists the environment variables the run left changed, each as (name, the value it
+  left, or None: it unset it), put back when the trace is reused (environment.py). A trace that
+  has them has a 14th field (its 13th empty when it wrote no file), and its `ident` covers them.
+  The values are kept in the trace as they are (a variable is short): a secret a body puts in the
+  environment is in the store, as one it returns would be.
 - `verify`/`construct`: `match(traces, version, state, known, group_matches, outputs_ready)` walks
   the traces newest first and each trace's groups in order, asking `group_matches` for the current
   hashes of one group at a time, and stops a trace at its first mismatch: so it only ever fetches
   what running the rule would fetch. A trace whose dependencies all match and that has outputs is
-  then passed to `outputs_ready(state, trace)` (outputs.restore puts its files back; False when it
-  cannot). The first trace that matches gives the result hash: the newest one is a verifying
-  trace, an older one a constructive trace (an edit was reverted).
+  then passed to `outputs_ready(state, trace)` (outputs.restore puts its files back, and
+  environment.restore its variables; False when it cannot). The first trace that matches gives
+  the result hash: the newest one is a verifying trace, an older one a constructive trace (an
+  edit was reverted).
 - `attach(data)`: a running body keeps data with its run (what it displayed, say), outside its value.
 - The current recorder of the running rule body is `current` (a ContextVar: per thread and per
   greenlet). Engine work sets `paused` so that nothing it opens is taken for an input.
@@ -48,11 +54,12 @@ MISSING = "-"          # the "hash" of a dependency that cannot be had (unknown 
 
 Group = tuple[tuple[str, str], ...]
 Output = tuple[str, str, str]    # (absolute path, content hash, stored copy's value hash or MISSING)
+Effect = tuple[str, "str | None"]  # (environment variable, the value a run left it with, or None: unset)
 
 # The stored form is text split by NUL-led markers: NUL occurs in none of the parts (keys and
 # hashes are plain, paths cannot hold NUL, JSON and repr escape it), and splitting is several
 # times faster than parsing JSON, which matters when a fresh process reads every trace at once.
-_MAGIC, _F, _G, _P, _H = "NBT2", "\0F", "\0G", "\0P", "\0H"
+_MAGIC, _F, _G, _P, _H, _E = "NBT2", "\0F", "\0G", "\0P", "\0H", "\0E"
 _JSON = json.JSONEncoder(separators=(",", ":"))
 _decoded_pairs: dict[str, tuple[tuple[str, str], ...]] = {}
 
@@ -84,6 +91,7 @@ class Trace:
     packages: tuple[tuple[str, str], ...] = ()
     created: float = field(default_factory=time.time, compare=False)
     outputs: tuple[Output, ...] = ()
+    environ: tuple[Effect, ...] = ()
 
     def _cached(self, name: str, make: Callable[[], str]) -> str:
         # a frozen dataclass still has a __dict__: derived text is computed once, lazily (loading
@@ -102,29 +110,38 @@ class Trace:
         return _P.join(_H.join(o) for o in self.outputs)
 
     @property
+    def _environ_text(self) -> str:
+        # JSON escapes what a value may hold (a lone surrogate from an undecodable byte included)
+        return _JSON.encode(self.environ)
+
+    @property
     def ident(self) -> str:
         """Identity of what the trace says (not when): equal traces share it."""
         # without outputs, the same bytes as before outputs were recorded: stores made then keep their rows
         return self._cached("_ident", lambda: hash_bytes(
             self.version.encode(), self.result.encode(), self._deps_text.encode(),
-            (_F + self._outputs_text).encode() if self.outputs else b"")[:16])
+            (_F + self._outputs_text).encode() if self.outputs else b"",
+            (_E + self._environ_text).encode() if self.environ else b"")[:16])
 
     def encode(self) -> bytes:
         fields = [_MAGIC, self.key, self.rule, self.args, self.repr, self.version, self.result,
                   repr(float(self.seconds)), repr(float(self.created)), _json_pairs(self.parts),
                   _json_pairs(self.packages), self._deps_text]
-        if self.outputs:
+        if self.outputs or self.environ:
             fields.append(self._outputs_text)
+        if self.environ:
+            fields.append(self._environ_text)
         return _F.join(fields).encode()
 
     @classmethod
     def decode(cls, data: bytes | str) -> Trace:
         text = data.decode() if isinstance(data, (bytes, bytearray, memoryview)) else data
         fields = text.split(_F)
-        if len(fields) not in (12, 13) or fields[0] != _MAGIC:
+        if len(fields) not in (12, 13, 14) or fields[0] != _MAGIC:
             raise ValueError("not an nbbuild trace")
         _, key, rule, args, rep, version, result, seconds, created, parts, packages, deps = fields[:12]
-        outputs = tuple(tuple(o.split(_H)) for o in fields[12].split(_P)) if len(fields) == 13 else ()
+        outputs = tuple(tuple(o.split(_H)) for o in fields[12].split(_P)) if len(fields) > 12 and fields[12] else ()
+        environ = tuple((n, v) for n, v in json.loads(fields[13])) if len(fields) == 14 else ()
         if any(len(o) != 3 for o in outputs):
             raise ValueError("not an nbbuild trace")
         tr = object.__new__(cls)   # not the frozen __init__: loading thousands of traces is hot
@@ -132,7 +149,7 @@ class Trace:
             key=key, rule=rule, args=args, repr=rep, version=version, result=result,
             deps=tuple([tuple([tuple(p.split(_H)) for p in g.split(_P)]) for g in deps.split(_G)]) if deps else (),
             seconds=float(seconds), created=float(created), parts=_pairs(parts), packages=_pairs(packages),
-            outputs=outputs, _deps=deps)
+            outputs=outputs, environ=environ, _deps=deps)
         return tr
 
     def split(self) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
@@ -163,7 +180,7 @@ class Recorder:
     """Collects what one run of a task fetches and reads."""
 
     __slots__ = ("state", "scheduler", "groups", "files", "written", "made", "paused", "failed_dep", "waited",
-                 "attachment", "cancelled")
+                 "attachment", "cancelled", "env_set")
 
     def __init__(self, state: Any, scheduler: Any):
         self.state = state
@@ -177,6 +194,7 @@ class Recorder:
         self.waited = 0.0      # seconds spent fetching dependencies: not the task's own time
         self.attachment: Any = None
         self.cancelled = False   # the body saw its build's cancellation: never stored
+        self.env_set: dict[str, Any] = {}   # environment variables it set: name -> value before (environment.py)
 
     def add_group(self, group: Group) -> None:
         self.groups.append(group)
@@ -209,9 +227,13 @@ class Recorder:
         self.files.add(key)
         self.groups.append(((key, digest),))
 
-    def wrote_input(self, key: str) -> None:
-        """The body set it: reading it later reads its own write, not an input."""
+    def wrote_input(self, key: str, name: str | None = None, before: Any = None) -> None:
+        """The body set it: reading it later reads its own write, not an input. `name`, `before`:
+        an environment variable, and its value before the body first set it (its effect is what
+        the body leaves it with, taken when the body returns)."""
         self.files.add(key)
+        if name is not None and name not in self.env_set:
+            self.env_set[name] = before
 
     def dependencies(self) -> tuple[Group, ...]:
         if not self.written:
@@ -260,7 +282,8 @@ def match(traces: Sequence[Trace], version: str, state: Any, known: dict[str, st
             if not group_matches(state, group):
                 break
         else:
-            # outputs last: only a trace that matches otherwise may write its files back
-            if not trace.outputs or outputs_ready is None or outputs_ready(state, trace):
+            # outputs last: only a trace that matches otherwise may write its files back (and
+            # set the environment variables its run set)
+            if not (trace.outputs or trace.environ) or outputs_ready is None or outputs_ready(state, trace):
                 return trace, i
     return None, -1

@@ -8,6 +8,7 @@ import pytest
 
 import nbbuild
 from oracle import from_scratch
+from test_kernel import RAN, SUMMARY, ok, ran
 from test_magics import ip  # noqa: F401 - the IPython shell fixture, one definition
 
 X, Y, OTHER = "NBT_ENV_X", "NBT_ENV_Y", "NBT_ENV_OTHER"
@@ -16,7 +17,8 @@ X, Y, OTHER = "NBT_ENV_X", "NBT_ENV_Y", "NBT_ENV_OTHER"
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch):
     for name in (X, Y, OTHER):
-        monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv(name, "")     # so that monkeypatch puts back what was there before, after the test
+        monkeypatch.delenv(name)
 
 
 def built(rule, calls):
@@ -245,3 +247,156 @@ def test_a_body_run_in_a_worker_records_what_it_read_there(tmp_path, monkeypatch
         assert far() == "off" and ran() == ["far"]
         monkeypatch.delenv(X)
         assert far() == "unset" and ran() == []      # as in the first Build: its trace is reused
+
+
+# ---------------------------------------------------------------- variables a body sets
+# What plain execution implies: a variable the body set is its own doing. The value it read before
+# setting it is its input; the value it left is its effect, which a reused task leaves as well.
+
+def configures(b, calls):
+    """`import sklearn` in small: a library that sets a variable unless the user did."""
+    @b.rule
+    def setup():
+        calls.append("setup")
+        os.environ.setdefault(X, "1")
+        return "hi"
+
+    @b.rule
+    def after():
+        calls.append("after")
+        return setup() + "!"
+
+    return setup, after
+
+
+def test_a_variable_the_body_sets_after_reading_it_does_not_make_it_stale(b, calls):
+    setup, after = configures(b, calls)
+    assert setup() == "hi" and calls == ["setup"] and os.environ[X] == "1"
+    calls.clear()
+    assert after() == "hi!" and calls == ["after"]      # the variable it set is not a change
+    calls.clear()
+    assert setup() == "hi" and calls == []
+    assert b.why(setup.task()) == "setup() is up to date"
+
+
+def test_a_reused_task_leaves_the_variables_it_set_as_its_run_did(store_dir, calls, monkeypatch):
+    with nbbuild.Build(store_dir) as b:
+        setup, after = configures(b, calls)
+        assert after() == "hi!" and calls == ["after", "setup"]
+    monkeypatch.delenv(X)               # a fresh process: as before the first run
+    calls.clear()
+    with nbbuild.Build(store_dir) as b:
+        setup, after = configures(b, calls)
+        assert b.why(setup.task()) == (f"setup() is up to date; environment variable {X} it set is unset: "
+                                       "building it sets it again")
+        assert setup() == "hi" and calls == [] and os.environ[X] == "1"
+        assert b.why(setup.task()) == (f"setup() is up to date; its last build set environment variable {X} "
+                                       "again as its run left it")
+        assert after() == "hi!" and calls == []
+
+
+def test_a_variable_set_outside_to_another_value_is_a_change(b, calls, monkeypatch):
+    setup, after = configures(b, calls)
+    after()
+    monkeypatch.setenv(X, "1")          # the value it has: nothing changed
+    assert b.why(setup.task()) == "setup() is up to date"
+    monkeypatch.setenv(X, "2")
+    assert b.why(setup.task()) == f"setup() is stale: environment variable {X} changed"
+    calls.clear()
+    assert after() == "hi!" and calls == ["setup"] and os.environ[X] == "2"     # setdefault kept it
+    monkeypatch.delenv(X)               # as before its first run: that run's trace, and its effect
+    calls.clear()
+    assert after() == "hi!" and calls == [] and os.environ[X] == "1"
+
+
+def test_a_task_that_unset_a_variable_unsets_it_when_reused(store_dir, calls, monkeypatch):
+    def define(b):
+        @b.rule
+        def unsets():
+            calls.append("unsets")
+            return os.environ.pop(Y, "gone")
+        return unsets
+
+    monkeypatch.setenv(Y, "set")
+    with nbbuild.Build(store_dir) as b:
+        assert define(b)() == "set" and Y not in os.environ
+        calls.clear()
+        assert define(b)() == "set" and calls == []
+    monkeypatch.setenv(Y, "set")
+    with nbbuild.Build(store_dir) as b:
+        assert define(b)() == "set" and calls == [] and Y not in os.environ
+
+
+def test_a_body_that_reads_the_whole_environment_and_sets_a_variable(store_dir, calls, monkeypatch):
+    def define(b):
+        @b.rule
+        def whole():
+            calls.append("whole")
+            seen = sorted(k for k in os.environ if k.startswith("NBT_ENV_"))
+            os.environ[Y] = "mine"
+            return seen, sorted(k for k in os.environ.copy() if k.startswith("NBT_ENV_"))
+        return whole
+
+    with nbbuild.Build(store_dir) as b:
+        assert define(b)() == ([], [Y]) and calls == ["whole"]
+        calls.clear()
+        assert define(b)() == ([], [Y]) and calls == []
+    monkeypatch.delenv(Y)
+    with nbbuild.Build(store_dir) as b:
+        assert define(b)() == ([], [Y]) and calls == [] and os.environ[Y] == "mine"
+        monkeypatch.setenv(OTHER, "1")
+        assert define(b)() == ([OTHER, Y], [OTHER, Y]) and calls == ["whole"]   # as its run here left it
+
+
+def test_a_rule_cell_that_sets_a_variable_it_read(ip):  # noqa: F811
+    ip.run_cell(f"%%rule\nimport os\ncalls.append('one')\nos.environ.setdefault('{X}', '1')\ngreeting = 'hi'\n")
+    ip.run_cell("%%rule\ncalls.append('two')\nloud = greeting + '!'\n")
+    assert ip.user_ns["calls"] == ["one", "two"] and os.environ[X] == "1"
+
+
+SETS = f"%%rule\nimport os\nran('one')\nos.environ.setdefault('{X}', '1')\ngreeting = 'hi'\nprint(greeting)\n"
+READS = "%%rule\nran('two')\nloud = greeting + '!'\nprint(loud)\n"
+
+
+def printed(kc, code: str) -> list[str]:
+    return [line for line in ok(kc, code).splitlines() if not SUMMARY.match(line)]
+
+
+def test_in_a_kernel_a_cell_that_sets_a_variable_runs_once_and_sets_it_again_after_a_restart(tmp_path, kernel_in):
+    for restart in (False, True):
+        with kernel_in(tmp_path) as (km, kc):
+            ok(kc, "%load_ext nbbuild")
+            ok(kc, RAN + "import os")
+            assert printed(kc, SETS) == ["hi"]
+            assert printed(kc, READS) == ["hi!"]      # the first cell's output is not repeated here
+            assert ran(tmp_path) == ["one", "two"]    # nor did its body run again, nor after a restart
+            assert printed(kc, f"print(os.environ.get('{X}'))") == ["1"]
+            if restart:
+                assert printed(kc, "%nbbuild why greeting")[-1].endswith(
+                    f"is up to date; its last build set environment variable {X} again as its run left it")
+
+
+def test_a_dependency_met_again_leaves_a_variable_another_task_set_since(b, calls):
+    @b.rule
+    def first():
+        calls.append("first")
+        os.environ[X] = "first"
+        return 1
+
+    @b.rule
+    def second():
+        calls.append("second")
+        os.environ[X] = "second"
+        return 2
+
+    @b.rule
+    def uses_first():
+        calls.append("uses_first")
+        return first() + 1
+
+    first(), second()
+    assert os.environ[X] == "second"
+    calls.clear()
+    assert uses_first() == 2 and calls == ["uses_first"]
+    assert os.environ[X] == "second"       # plain execution leaves the last write there
+    assert first() == 1 and calls == ["uses_first"] and os.environ[X] == "first"   # a target sets it again

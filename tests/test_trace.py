@@ -50,3 +50,16 @@ def test_known_hashes_answer_without_fetching():
     fetched = []
     assert match(traces, "v", None, {"a": "1"}, _fetcher({"b": "1"}, fetched)) == (traces[0], 0)
     assert fetched == [["b"]]
+
+
+def test_the_environment_variables_a_run_set_round_trip_and_are_part_of_its_identity():
+    plain = _tr("h", ((("@env:A", "x"),),))
+    sets = Trace(plain.key, plain.rule, plain.args, plain.repr, plain.version, plain.deps, plain.result, 1.0,
+                 environ=(("A", "1"), ("B", None), ("C", "caf\udce9 \0F\"")))
+    both = Trace(plain.key, plain.rule, plain.args, plain.repr, plain.version, plain.deps, plain.result, 1.0,
+                 outputs=(("/p", "c", "s"),), environ=(("A", "1"),))
+    for tr in (plain, sets, both):
+        assert Trace.decode(tr.encode()) == tr
+    assert Trace.decode(sets.encode()).outputs == ()
+    assert len({plain.ident, sets.ident, both.ident}) == 3
+    assert plain.encode().count(b"\0F") == 11      # a trace that set nothing is stored as before
