@@ -71,8 +71,6 @@ KNOWN: dict[str, str] = {
     "matplotlib:galleries/users_explain/axes/tight_layout_guide": EDIT_RERUNS,
     "matplotlib:galleries/users_explain/axes/autoscale": EDIT_RERUNS,
     "matplotlib:galleries/users_explain/axes/axes_units": f"{MODULE_STATE}; {EDIT_RERUNS}",
-    "scikit-learn:examples/model_selection/plot_roc": EDIT_RERUNS,
-    "scikit-learn:examples/gaussian_process/plot_gpr_prior_posterior": EDIT_RERUNS,
     "matplotlib:galleries/examples/lines_bars_and_markers/marker_reference": EDIT_RERUNS,
     "scikit-learn:examples/cluster/plot_feature_agglomeration_vs_univariate_selection": MEMORY_OUTPUT,
 }
