@@ -69,16 +69,12 @@ AUTO_PERCENT = ("%nbbuild auto leaves a cell ordinary when a continuation line s
                 "(taken for a line magic)")
 MEMORY_OUTPUT = "edited run: what joblib.Memory prints in code cell 5 differs from the edited plain run"
 KNOWN: dict[str, str] = {
-    "matplotlib:galleries/users_explain/colors/colormap-manipulation": EDIT_RERUNS,
-    "matplotlib:galleries/users_explain/text/text_intro": EDIT_RERUNS,
     "matplotlib:galleries/tutorials/lifecycle": f"{MODULE_STATE}; {EDIT_RERUNS}",
-    "matplotlib:galleries/users_explain/axes/tight_layout_guide": EDIT_RERUNS,
-    "matplotlib:galleries/users_explain/axes/autoscale": EDIT_RERUNS,
-    "matplotlib:galleries/users_explain/axes/axes_units": f"{MODULE_STATE}; {EDIT_RERUNS}",
-    "scikit-learn:examples/model_selection/plot_roc": f"{ENVIRON_SET}; {EDIT_RERUNS}",
+    "matplotlib:galleries/users_explain/axes/axes_units": MODULE_STATE,
+    "scikit-learn:examples/model_selection/plot_roc": ENVIRON_SET,
     "scikit-learn:examples/gaussian_process/plot_gpr_noisy": ENVIRON_SET,
     "scikit-learn:examples/model_selection/plot_likelihood_ratios": ENVIRON_SET,
-    "scikit-learn:examples/gaussian_process/plot_gpr_prior_posterior": f"{ENVIRON_SET}; {EDIT_RERUNS}",
+    "scikit-learn:examples/gaussian_process/plot_gpr_prior_posterior": ENVIRON_SET,
     "scikit-learn:examples/cluster/plot_hdbscan": ENVIRON_SET,
     "scikit-learn:examples/manifold/plot_compare_methods": ENVIRON_SET,
     "scikit-learn:examples/model_selection/plot_precision_recall": ENVIRON_SET,
@@ -87,7 +83,6 @@ KNOWN: dict[str, str] = {
     "scikit-learn:examples/ensemble/plot_voting_decision_regions": ENVIRON_SET,
     "scikit-learn:examples/linear_model/plot_quantile_regression": ENVIRON_SET,
     "scikit-learn:examples/release_highlights/plot_release_highlights_1_5_0": ENVIRON_SET,
-    "matplotlib:galleries/examples/lines_bars_and_markers/marker_reference": EDIT_RERUNS,
     "scikit-learn:examples/cluster/plot_feature_agglomeration_vs_univariate_selection": MEMORY_OUTPUT,
     "scikit-learn:examples/semi_supervised/plot_label_propagation_digits": f"{ENVIRON_SET}; {AUTO_PERCENT}",
     "scikit-learn:examples/calibration/plot_calibration_curve": ENVIRON_SET,
