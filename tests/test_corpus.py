@@ -60,18 +60,11 @@ CELL_TIMEOUT = 300          # seconds a cell may take (nbclient's deadline on ea
 STARTUP_TIMEOUT = 120
 
 # Known nbbuild failures, notebook id -> the bugs: xfail(strict=True) until nbbuild fixes them
-MODULE_STATE = ("module state a rule cell changes (plt.rcParams, plt.style.use) is not restored with it: "
-                "after a restart later cells see the defaults")
-EDIT_RERUNS = "an edit re-runs later cells that read nothing the edited cell produced"
+SIDE_EFFECT = ("module state a reused cell's body made as a side effect is missing after a restart: "
+               "matplotlib.units.registry lacks the date converters that plotting dates registered")
 MEMORY_OUTPUT = "edited run: what joblib.Memory prints in code cell 5 differs from the edited plain run"
 KNOWN: dict[str, str] = {
-    "matplotlib:galleries/users_explain/colors/colormap-manipulation": EDIT_RERUNS,
-    "matplotlib:galleries/users_explain/text/text_intro": EDIT_RERUNS,
-    "matplotlib:galleries/tutorials/lifecycle": f"{MODULE_STATE}; {EDIT_RERUNS}",
-    "matplotlib:galleries/users_explain/axes/tight_layout_guide": EDIT_RERUNS,
-    "matplotlib:galleries/users_explain/axes/autoscale": EDIT_RERUNS,
-    "matplotlib:galleries/users_explain/axes/axes_units": f"{MODULE_STATE}; {EDIT_RERUNS}",
-    "matplotlib:galleries/examples/lines_bars_and_markers/marker_reference": EDIT_RERUNS,
+    "matplotlib:galleries/users_explain/axes/axes_units": SIDE_EFFECT,
     "scikit-learn:examples/cluster/plot_feature_agglomeration_vs_univariate_selection": MEMORY_OUTPUT,
 }
 

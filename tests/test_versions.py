@@ -194,6 +194,26 @@ def test_matplotlib_settings_a_reused_cell_changed_are_set_again(shell):
         matplotlib.rcdefaults()
 
 
+# a value whose pickle differs each time it is pickled, as a matplotlib Figure's does (pickling
+# its CallbackRegistry advances a counter)
+RESTLESS = ("class Restless:\n    pickled = 0\n    def __getstate__(self):\n"
+            "        Restless.pickled += 1\n        return {'n': Restless.pickled}")
+
+
+def test_a_cell_reading_one_name_of_a_cell_changes_only_the_names_whose_values_it_changed(shell):
+    # the cell after `fig, x` reads x only; fig pickles differently each time, x stays the same
+    cells = [RESTLESS, "fig = Restless()\nx = [1.0, 2.0]", "y = sum(x) * 0.5", "n = len(x)"]
+    ip = shell()
+    run_all(ip, cells)
+    state = ip._nbbuild_state
+    assert state.rule_for("x").name == state.fetches[state.rule_for("n").name]["x"] != state.rule_for("y").name
+    edited = list(cells)
+    edited[2] = "y = sum(x) * 0.25"
+    ip = shell()
+    assert run_all(ip, edited) == ["y"]          # not `n`: it reads nothing the edited cell produced
+    assert ip.user_ns["y"] == 0.75 and ip.user_ns["n"] == 2
+
+
 def test_an_ordinary_cell_that_changes_a_value_in_place_is_what_later_rule_cells_read(shell):
     cells = ["%%rule\ndata = [1, 2]", "data.append(3)", "%%rule\nn = len(data)", "print(n)"]
     ip = shell()
@@ -373,8 +393,9 @@ class Model:
     """What a minimal incremental run of the cells runs: a rule cell runs when its source, the
     versions of the names it reads (who bound them last, and with which inputs; an ordinary
     cell's names by value), the bytes of the files it reads or, if it draws, the generator's
-    state it starts from were never seen before; a name it binds or changes in place (with the
-    other names of the cell that bound that value) is then its version. It runs the cells
+    state it starts from were never seen before; a name it binds or changes in place is then its
+    version (the other names of the cell that bound a changed value stay that cell's: the
+    templates share no object between names, so none of them changed too). It runs the cells
     plainly in its own directory, which outlives the rounds as the notebook's does."""
 
     def __init__(self, directory: str) -> None:
@@ -390,7 +411,6 @@ class Model:
         try:
             ns: dict = {}
             binder: dict[str, str] = {}
-            unit: dict[str, set[str]] = {}
             ran = []
             for n, src in enumerate(cells):
                 names = analyse(src)
@@ -411,12 +431,8 @@ class Model:
                     ran.append(n)
                     self.seen.add(key)
                 changed = {r for r in reads if ns.get(r) != before[r] and r not in names.outputs}
-                new = set(o for o in names.outputs if o in _NAMES3 or o == "item")
-                for r in changed:
-                    new |= {m for m in unit.get(binder[r], set()) if binder.get(m) == binder[r]}
-                for m in new:
+                for m in changed | {o for o in names.outputs if o in _NAMES3 or o == "item"}:
                     binder[m] = key
-                unit[key] = new
             return ran, {k: ns[k] for k in _NAMES3}, _files()
         finally:
             os.chdir(here)

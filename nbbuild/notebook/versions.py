@@ -26,13 +26,15 @@ Contract:
   cells does not change.
 - `Changes`: what one run of a cell changed in place. `watch(name, value)` takes a fingerprint of a
   value read by value before the body runs; `fetched(value, digest)` notes a rule's value (its
-  dict of outputs) fetched with the hash it was stored under, and takes its fingerprint. `changed(scope)` afterwards gives
-  the names whose values changed in place, with their values: a watched name that fingerprints
-  differently, and every output of a fetched rule's value that does (its names are one unit:
-  `fig` and `ax` share one figure). A value whose pickle differs from one time to the next (a
-  matplotlib figure) counts as changed: a new version that equals the old is harmless, a missed
-  change is a stale value. The rules whose values changed are in `spoiled` (their digests), so
-  that the in-memory copy, now changed, is dropped and the stored one used.
+  dict of outputs) fetched with the hash it was stored under, and takes a fingerprint of each of
+  its names. `changed(scope)` afterwards gives the names whose values changed in place, with
+  their values: a watched name that fingerprints differently, and each name of a fetched rule's
+  value that does (`fig` and `ax` share one figure, so a change through `ax` changes both
+  fingerprints; `x` beside them keeps its own and stays the fetched rule's version). A value
+  whose pickle differs from one time to the next (a matplotlib figure) counts as changed: a new
+  version that equals the old is harmless, a missed change is a stale value. The rules whose
+  values changed are in `spoiled` (their digests), so that the in-memory copy, now changed, is
+  dropped and the stored one used.
 """
 from __future__ import annotations
 
@@ -118,6 +120,12 @@ def fingerprint(value: Any) -> str | None:
         return None        # cannot be told: it cannot be stored either
 
 
+def _fingerprints(value: dict) -> dict[str, str | None]:
+    """A fingerprint of each entry of a rule's value that can change in place. Names sharing an
+    object (`fig` and `ax`) each fingerprint it: a change through one changes both."""
+    return {k: fingerprint(v) for k, v in value.items() if not unchangeable(v)}
+
+
 class Changes:
     def __init__(self) -> None:
         self.watched: dict[str, tuple[Any, str | None]] = {}
@@ -131,26 +139,28 @@ class Changes:
 
     def fetched(self, value: Any, digest: str | None, rule: str | None = None) -> None:
         if digest is not None and isinstance(value, dict) and all(v[0] is not value for v in self.rules):
-            # compared with its fingerprint now, not with the stored hash: the same value loaded
-            # back can pickle differently (pickle shares equal objects by identity)
-            self.rules.append((value, digest, fingerprint(value), rule))
+            # each name's fingerprint now, not the stored hash: the same value loaded back can
+            # pickle differently (pickle shares equal objects by identity); by name, so that a
+            # value of the rule that pickles differently each time changes only itself
+            self.rules.append((value, digest, _fingerprints(value), rule))
 
     def changed(self, scope: dict) -> dict[str, Any]:
-        """The names whose values the body changed in place: a name read by value, or every name
-        of a fetched rule's value that changed (`fig` with `ax`). `origins` then says which rule's
-        value each of the latter came from: whether it is a new version of the name is decided
-        when it is bound (only while that rule's is the latest), not here, for a reused cell is
-        bound among other cells than those it ran among."""
+        """The names whose values the body changed in place: a name read by value, or each name
+        of a fetched rule's value that changed (`fig` with `ax`, not `x` beside them). `origins`
+        then says which rule's value each of the latter came from: whether it is a new version of
+        the name is decided when it is bound (only while that rule's is the latest), not here, for
+        a reused cell is bound among other cells than those it ran among."""
         out: dict[str, Any] = {}
         for name, (value, before) in self.watched.items():
             if before is not None and scope.get(name) is value and fingerprint(value) != before:
                 out[name] = value
         for value, digest, before, rule in self.rules:
-            if not all(unchangeable(v) for v in value.values()) and (before is None or fingerprint(value) != before):
+            changed = [k for k, f in before.items() if f is None or fingerprint(value.get(k)) != f]
+            if changed:
                 self.spoiled.append(digest)
-                for k, v in value.items():
-                    if not k.startswith("__") and not unchangeable(v) and k not in out:
-                        out[k] = v
-                        if rule is not None:
-                            self.origins[k] = rule
+            for k in changed:
+                if not k.startswith("__") and k not in out:
+                    out[k] = value[k]
+                    if rule is not None:
+                        self.origins[k] = rule
         return out
