@@ -247,15 +247,20 @@ KERNEL = textwrap.dedent("""
     ip.run_cell("from probe import Calls\\ncalls = Calls()\\nthreshold = 0")
     for cell in json.loads(sys.argv[2]):
         ip.run_cell(cell)
-    print(json.dumps({"calls": ip.user_ns["calls"], "clean": ip.user_ns["clean"]}))
+    print(json.dumps({n: ip.user_ns[n] for n in ["calls"] + sys.argv[4:]}))
 """)
 
 
+def in_two_processes(tmp_path, cells: list[str], *names: str) -> tuple[dict, dict]:
+    """The cells run in a fresh process, then in another on the same store (a kernel restart):
+    what each left in `calls` and in `names`."""
+    return tuple(json.loads(subprocess.run([sys.executable, "-c", KERNEL, str(tmp_path), json.dumps(cells), TESTS,
+                                            *names], capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+                 for _ in range(2))  # type: ignore[return-value]
+
+
 def test_after_a_restart_the_same_cells_run_no_rule_body(tmp_path):
-    cells = json.dumps([RAW, CLEAN])
-    first, second = (json.loads(subprocess.run([sys.executable, "-c", KERNEL, str(tmp_path), cells, TESTS],
-                                               capture_output=True, text=True, check=True).stdout.splitlines()[-1])
-                     for _ in range(2))
+    first, second = in_two_processes(tmp_path, [RAW, CLEAN], "clean")
     assert first["calls"] == ["raw", "clean"]
     assert second["calls"] == [] and second["clean"] == first["clean"] == [1, 3, 5]
 
@@ -577,27 +582,11 @@ square = lambda x: x
 """
 NAMED = ("named = [f'{v.__module__}.{v.__qualname__}' for v in (make, make(), Model, Model.fit, square)]\n"
          "named.append(repr(make).split(' at ')[0])")
-NAMING = textwrap.dedent("""
-    import json, os, sys
-    from IPython.core.interactiveshell import InteractiveShell
-    os.chdir(sys.argv[1])
-    sys.path.insert(0, sys.argv[3])
-    ip = InteractiveShell.instance()
-    ip.run_cell("%load_ext nbbuild")
-    ip.run_cell("from probe import Calls\\ncalls = Calls()")
-    for cell in json.loads(sys.argv[2]):
-        ip.run_cell(cell)
-    print(json.dumps({"calls": ip.user_ns["calls"], "named": ip.user_ns["named"]}))
-""")
-
-
 def test_functions_and_classes_a_rule_cell_defines_are_named_as_plainly_also_after_a_restart(tmp_path):
     plain: dict = {"__name__": "__main__"}
     exec(DEFINES + NAMED, plain)
-    cells = json.dumps(["%%rule\ncalls.append('defines')\n" + DEFINES, NAMED])
-    first, second = (json.loads(subprocess.run([sys.executable, "-c", NAMING, str(tmp_path), cells, TESTS],
-                                               capture_output=True, text=True, check=True).stdout.splitlines()[-1])
-                     for _ in range(2))    # the second: reused from the store, unpickled
+    # the second process: reused from the store, unpickled
+    first, second = in_two_processes(tmp_path, ["%%rule\ncalls.append('defines')\n" + DEFINES, NAMED], "named")
     assert first["calls"] == ["defines"] and second["calls"] == []
     assert first["named"] == second["named"] == plain["named"] == [
         "__main__.make", "__main__.make.<locals>.inner", "__main__.Model", "__main__.Model.fit",
