@@ -36,14 +36,31 @@ KERNEL_TIMEOUT = 120      # s: a deadline for a hung kernel, never reached by a 
 @pytest.fixture(scope="session")
 def execute_notebook(kernel_env):
     """`execute_notebook(nb, directory)` runs the notebook's cells in a fresh kernel working in
-    `directory`, as nbclient does (Run All, no cell ids), and returns it with its outputs; a cell
-    that raises fails the test. The one way tests execute a whole notebook."""
+    `directory`, as nbclient does (Run All, no cell ids), and returns it with its outputs as a front
+    end shows them: consecutive writes to one stream are one output, however the kernel's timed
+    flushes split them (`print('ran', 0)` may arrive as 'ran' and ' 0\n'). A cell that raises fails
+    the test. The one way tests execute a whole notebook."""
     from nbclient import NotebookClient
 
     def execute(nb, directory, timeout: float = KERNEL_TIMEOUT):
         NotebookClient(nb, timeout=timeout, resources={"metadata": {"path": str(directory)}}).execute()
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                cell.outputs = joined_streams(cell.outputs)
         return nb
     return execute
+
+
+def joined_streams(outputs: list) -> list:
+    joined: list = []
+    for o in outputs:
+        last = joined[-1] if joined else None
+        if (o.output_type == "stream" and last is not None and last.output_type == "stream"
+                and last.name == o.name):
+            last.text += o.text
+        else:
+            joined.append(o)
+    return joined
 
 
 @pytest.fixture(scope="session")
