@@ -129,7 +129,7 @@ def _keep(sched: Any, st: Any, rec: Recorder, value: Any, version: Any) -> None:
     if version is None:
         return
     # the files it wrote go in before the trace that names them, as its value does
-    written = outputs.keep(sched.store, rec.made, persist) if rec.made else ()
+    written = outputs.keep(sched.store, rec.made, persist, rec.removed) if rec.made or rec.removed else ()
     sched.build.owners.claim(task.key, [o[0] for o in written] + [ENV_PREFIX + name for name, _ in effects])
     trace = Trace(task.key, rule.name, task.encoded, repr(task), version.version, rec.dependencies(),
                   digest, st.seconds, version.parts, version.packages, outputs=written, environ=effects)

@@ -76,10 +76,13 @@ def _notes(build: Any, task: Task, trace: Any) -> str:
     environment variables it set (set again)."""
     notes = []
     restored = build._restored.get(task.key)
-    if restored:
-        notes.append(f"its last build restored {_files(restored)} from the store")
+    removed = {path for path, content, _ in trace.outputs if content == MISSING} if trace is not None else set()
+    if restored and (put := [p for p in restored if p not in removed]):
+        notes.append(f"its last build restored {_files(put)} from the store")
+    if restored and (gone := [p for p in restored if p in removed]):
+        notes.append(f"its last build removed {_files(gone)} again, as its run did")
     if trace is not None and trace.outputs:
-        pending = _outputs.look(build._files.hash, build.store, trace)[1]
+        pending = [p for p in _outputs.look(build._files.hash, build.store, trace)[1] if p not in removed]
         if len(pending) == 1:
             what = "is missing" if build._files.hash(pending[0]) == MISSING else "changed"
             notes.append(f"{_files(pending)} it wrote {what}: building it restores it from the store")
@@ -157,7 +160,7 @@ def outputs(build: Any, task: Task) -> list[str]:
     if trace is None:
         entry = build._clean.entries.get(task.key)
         trace = entry[0] if entry is not None else None
-    return [path for path, _, _ in trace.outputs] if trace is not None else []
+    return [path for path, content, _ in trace.outputs if content != MISSING] if trace is not None else []
 
 
 def known(build: Any, rule: Rule) -> list[Task]:

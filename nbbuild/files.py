@@ -13,7 +13,9 @@ Contract:
   (registered with `exclude`); `nbbuild.file()` declares any of these explicitly when wanted. A file the run writes
   (opened for writing, or moved into place with os.rename/os.replace) is not an input; one it wrote
   whole (mode "w" or "x", O_TRUNC or O_EXCL, or moved into place) is an output (outputs.py), one it
-  appended to or changed in place (a log) is neither. The hook never raises and returns at once for
+  appended to or changed in place (a log) is neither. A file or folder it removed (`os.remove`,
+  `os.rmdir`, `shutil.rmtree`, or renamed away) that it had not written itself is an effect too,
+  a removal (outputs.py). The hook never raises and returns at once for
   every other event.
 """
 from __future__ import annotations
@@ -139,17 +141,29 @@ def _tracked(path: Any) -> str | None:
     return path
 
 
+_REMOVALS = frozenset({"os.remove", "os.rmdir", "shutil.rmtree"})
+
+
 def _hook(event: str, args: tuple) -> None:
-    if event != "open" and event != "os.rename":
+    if event != "open" and event != "os.rename" and event not in _REMOVALS:
         return
     try:
         rec = current.get()
         if rec is None or rec.paused:
             return
         if event == "os.rename":
-            # os.rename and os.replace: a file moved into place (an atomic save) was written here
-            if args[2] in (None, -1) and args[3] in (None, -1) and (dst := _tracked(args[1])) is not None:
-                rec.wrote_file(dst)
+            # os.rename and os.replace: a file moved into place (an atomic save) was written here,
+            # and its old name removed
+            if args[2] in (None, -1) and args[3] in (None, -1):
+                if (src := _tracked(args[0])) is not None:
+                    rec.removed_file(src)
+                if (dst := _tracked(args[1])) is not None:
+                    rec.wrote_file(dst)
+            return
+        if event in _REMOVALS:
+            # relative to a descriptor: shutil.rmtree's own steps, its "shutil.rmtree" event says it all
+            if args[1] in (None, -1) and (path := _tracked(args[0])) is not None:
+                rec.removed_file(path)
             return
         path, mode, flags = args
         path = _tracked(path)

@@ -19,6 +19,10 @@ Contract:
   by an `Output` of the trace: (absolute path, content hash, the stored copy's value hash). The
   copy's hash is `MISSING` when it is not stored (policy "memory", larger than the quota, a full
   disk); a file that already has its copy in the store is not written again.
+- A file or folder the body removed (files.py), that it had not written itself and that is still
+  gone when it returns, is an `Output` with content `MISSING`: reuse removes it again, so a cell that
+  deletes its scratch folder leaves it gone, as plain execution does. `Build.outputs` lists only
+  the files written.
 - Outputs are not inputs: a changed output file never makes a trace stale by itself.
   `restore(store, file_hash, trace, restored)`, when a trace has matched on its dependencies: every
   output whose content differs from the recorded one (missing, changed) is written back from its
@@ -42,6 +46,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import shutil
 import stat as statmod
 from typing import Any, Callable, Iterable
 
@@ -76,7 +81,7 @@ def output(path: Any) -> Any:
 
 # ---------------------------------------------------------------- after a body succeeded
 
-def keep(store: Any, written: Iterable[str], persist: bool) -> tuple[Output, ...]:
+def keep(store: Any, written: Iterable[str], persist: bool, removed: Iterable[str] = ()) -> tuple[Output, ...]:
     found: list[Output] = []
     for path in _files(written):
         try:
@@ -84,6 +89,9 @@ def keep(store: Any, written: Iterable[str], persist: bool) -> tuple[Output, ...
         except OSError:      # gone or unreadable since the body returned: not an output after all
             continue
         found.append((path, content, stored))
+    made = {path for path, _, _ in found}
+    found += [(path, MISSING, MISSING) for path in sorted(set(removed))
+              if path not in made and not os.path.lexists(path)]
     return tuple(found)
 
 
@@ -183,6 +191,10 @@ class Owners:
         self.met.add(key)
         for path in paths:
             self.last[path] = key
+            if os.path.isabs(path):   # a folder it wrote or removed holds all that was under it
+                under = os.path.join(path, "")
+                for other in [p for p in self.last if p.startswith(under)]:
+                    self.last[other] = key
 
     def mine(self, key: str, target: bool = False) -> Callable[[str], bool]:
         """Whether a file is the task's to put back (a build's target: all it wrote)."""
@@ -200,6 +212,9 @@ def look(file_hash: Callable[[str], str], store: Any, trace: Trace,
         now = file_hash(path)
         if now == content:
             continue
+        if content == MISSING:      # it removed the file: removed again
+            pending.append(path)
+            continue
         if stored == MISSING or not store.has_value(stored):
             what = "is missing" if now == MISSING else "changed"
             return f"file {short_path(path)} it wrote {what} and no copy of it is stored", []
@@ -212,8 +227,16 @@ def restore(store: Any, file_hash: Callable[[str], str], trace: Trace, restored:
     why, pending = look(file_hash, store, trace, mine)
     if why is not None:
         return False
-    stored = {path: copy for path, _, copy in trace.outputs}
+    stored = {path: copy for path, content, copy in trace.outputs if content != MISSING}
     for path in pending:
+        if path not in stored:
+            try:
+                _remove(path)
+            except OSError as e:
+                log.warning("nbbuild: %s could not be removed (%s); %r runs again", short_path(path), e, trace.repr)
+                return False
+            restored.append(path)
+            continue
         found, data, why = store.load(stored[path])
         if not found:       # damaged or evicted meanwhile: running the task writes it afresh
             if why:
@@ -229,6 +252,13 @@ def restore(store: Any, file_hash: Callable[[str], str], trace: Trace, restored:
             del data        # a large file's copy is in memory once, only while it is written
         restored.append(path)
     return True
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    else:
+        os.remove(path)
 
 
 def _write_back(path: str, data: Any) -> None:

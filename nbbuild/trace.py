@@ -179,8 +179,8 @@ class Trace:
 class Recorder:
     """Collects what one run of a task fetches and reads."""
 
-    __slots__ = ("state", "scheduler", "groups", "files", "written", "made", "paused", "failed_dep", "waited",
-                 "attachment", "cancelled", "env_set")
+    __slots__ = ("state", "scheduler", "groups", "files", "written", "made", "removed", "paused", "failed_dep",
+                 "waited", "attachment", "cancelled", "env_set")
 
     def __init__(self, state: Any, scheduler: Any):
         self.state = state
@@ -189,6 +189,7 @@ class Recorder:
         self.files: set[str] = set()
         self.written: set[str] = set()    # files it wrote to: not inputs
         self.made: set[str] = set()       # of those, files it wrote whole: its outputs (outputs.py)
+        self.removed: set[str] = set()    # files and folders it removed, not of its own making
         self.paused = 0
         self.failed_dep: Any = None
         self.waited = 0.0      # seconds spent fetching dependencies: not the task's own time
@@ -217,6 +218,13 @@ class Recorder:
         self.written.add(path)
         if whole:
             self.made.add(path)
+
+    def removed_file(self, path: str) -> None:
+        """A file or folder it removed: an effect when it had not written it itself (a
+        temporary file is not) and it is still gone when the body returns (outputs.keep)."""
+        if path not in self.written:
+            self.removed.add(path)
+        self.written.add(path)
 
     def read_input(self, key: str, digest: str) -> None:
         """An input that is neither a task nor a file (an environment variable), as it was at

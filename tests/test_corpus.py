@@ -59,14 +59,11 @@ import corpus
 CELL_TIMEOUT = 300          # seconds a cell may take (nbclient's deadline on each kernel wait)
 STARTUP_TIMEOUT = 120
 
-# Known nbbuild failures, notebook id -> the bugs: xfail(strict=True) until nbbuild fixes them
-SIDE_EFFECT = ("module state a reused cell's body made as a side effect is missing after a restart: "
-               "matplotlib.units.registry lacks the date converters that plotting dates registered")
-MEMORY_OUTPUT = "edited run: what joblib.Memory prints in code cell 5 differs from the edited plain run"
-KNOWN: dict[str, str] = {
-    "matplotlib:galleries/users_explain/axes/axes_units": SIDE_EFFECT,
-    "scikit-learn:examples/cluster/plot_feature_agglomeration_vs_univariate_selection": MEMORY_OUTPUT,
-}
+# Known nbbuild failures, notebook id -> the bugs: xfail(strict=True) until nbbuild fixes them.
+# None now: the last two were a reused cell's imports loaded after its Figure (axes_units: the
+# order of matplotlib.units.registry) and a scratch folder a last cell removed coming back after a
+# restart (feature_agglomeration: joblib.Memory found its old results)
+KNOWN: dict[str, str] = {}
 
 
 def pytest_generate_tests(metafunc):

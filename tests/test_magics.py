@@ -603,3 +603,15 @@ def test_a_rule_cell_ending_in_a_semicolon_shows_no_result_as_in_plain_execution
     ip.run_cell(cell, store_history=True)
     assert "Out" not in capsys.readouterr().out
     assert ip.user_ns["y"] == 2 and ip.user_ns["_"] == 42 and len(ip._nbbuild_state.build.rules) == 1
+
+
+@pytest.mark.parametrize("imports", ["import matplotlib.dates as mdates\nimport matplotlib.pyplot as plt",
+                                     "import matplotlib.pyplot as plt\nimport matplotlib.dates as dates"])
+def test_a_reused_cell_imports_its_modules_in_the_order_it_imported_them(tmp_path, imports):
+    """Importing a module can register things (matplotlib.dates its unit converters) whose order a
+    later cell sees: a reused cell imports before its other values are loaded, in its own order."""
+    cells = [f"%%rule\ncalls.append('plot')\n{imports}\nfig, ax = plt.subplots()",
+             "import matplotlib.units as munits\norder = [k.__name__ for k in munits.registry]"]
+    first, second = in_two_processes(tmp_path, cells, "order")
+    assert first["calls"] == ["plot"] and second["calls"] == []
+    assert second["order"] == first["order"]

@@ -10,6 +10,7 @@ store (a new process, as far as the store can tell) gets the same rules.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -396,3 +397,64 @@ def test_a_file_two_rules_write_holds_the_last_write_as_plain_execution_leaves_i
         assert open(out).read() == "first"        # met for the first time: its write is the last
         assert after_first() == 11 and open(out).read() == "first"
         assert calls == []
+
+
+def deleting_rules(b, calls, folder):
+    cache, report = os.path.join(folder, "cache"), os.path.join(folder, "report.txt")
+
+    @b.rule
+    def fill():
+        calls.append("fill")
+        os.makedirs(cache, exist_ok=True)
+        for i in range(3):
+            with open(os.path.join(cache, f"{i}.bin"), "wb") as f:
+                f.write(bytes([i]) * 10)
+        with open(report, "w") as f:
+            f.write("draft")
+        return 3
+
+    @b.rule
+    def tidy():
+        calls.append("tidy")
+        shutil.rmtree(cache, ignore_errors=True)     # as a notebook's last cell removes its scratch folder
+        os.remove(report)
+        return "tidied"
+
+    @b.rule
+    def after_fill():
+        return fill() + 1
+    return fill, tidy, after_fill, cache, report
+
+
+def test_files_a_rule_deletes_are_deleted_again_when_it_is_reused(store_dir, tmp_path, calls):
+    """Deleting is an effect as writing is: one rule fills a folder, a later one removes it (and a
+    file); reused in a new process, in that order, they leave the folder gone, as plain execution
+    does, and a dependency met again does not bring the removed files back."""
+    with nbbuild.Build(store_dir) as b:
+        fill, tidy, after_fill, cache, report = deleting_rules(b, calls, str(tmp_path))
+        fill(), tidy()
+    assert not os.path.exists(cache) and not os.path.exists(report)
+    calls.clear()
+    with nbbuild.Build(store_dir) as b:            # a new process: both reused
+        fill, tidy, after_fill, cache, report = deleting_rules(b, calls, str(tmp_path))
+        fill()
+        assert sorted(os.listdir(cache)) == ["0.bin", "1.bin", "2.bin"] and open(report).read() == "draft"
+        assert tidy() == "tidied"
+        assert not os.path.exists(cache) and not os.path.exists(report)
+        assert after_fill() == 4 and not os.path.exists(cache) and not os.path.exists(report)
+        assert calls == []
+        assert b.outputs(tidy.task()) == [] and len(b.outputs(fill.task())) == 4   # it wrote none
+        assert f"its last build removed files {short_path(cache)}, {short_path(report)} again" in b.why(tidy.task())
+
+
+def test_a_temporary_file_a_rule_writes_and_removes_is_not_an_effect(b, tmp_path, calls):
+    scratch = tmp_path / "scratch.txt"
+
+    @b.rule
+    def uses_scratch():
+        scratch.write_text("x")
+        os.remove(scratch)
+        return 1
+
+    uses_scratch()
+    assert b.outputs(uses_scratch.task()) == [] and not scratch.exists()

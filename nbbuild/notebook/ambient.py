@@ -11,16 +11,22 @@ Contract:
   (`rcParamsOrig`), so `import matplotlib.pyplot as plt; plt.style.use("ggplot")` counts.
   `backend` is never recorded: the front end chooses it.
 - `restore(changed)`: sets those entries again (a reused cell's, after its body would have run).
+- `Imports(modules)`: the modules a cell bound (`{name: module name}`, in the order it imported
+  them), stored first among its outputs. Loading it imports them, so a reused cell's imports run
+  before its other values are loaded (a Figure's loading imports matplotlib.axes) and in the
+  cell's order: importing registers things a later cell sees, matplotlib.dates' unit converters
+  in `matplotlib.units.registry` among them. It pickles to the same bytes however often loaded.
 - Only what changed is kept, so a reused cell leaves every other setting as the cells before it
   left it. The settings are not an input: a later cell is not run again because they changed (what
   it prints is the same; its figures are drawn again only when it runs).
 """
 from __future__ import annotations
 
+import importlib
 import sys
 from typing import Any
 
-__all__ = ["Settings", "restore"]
+__all__ = ["Imports", "Settings", "restore"]
 
 _SKIP = frozenset({"backend", "backend_fallback"})
 
@@ -71,3 +77,17 @@ def restore(changed: dict[str, Any]) -> None:
                 mpl.rcParams[k] = v
             except Exception:
                 pass
+
+
+class Imports(dict):
+    def __reduce__(self) -> tuple:
+        return _imported, (dict(self),)
+
+
+def _imported(modules: dict[str, str]) -> Imports:
+    for module in modules.values():
+        try:
+            importlib.import_module(module)
+        except Exception:  # gone from this environment: binding the name says so, as running would
+            pass
+    return Imports(modules)

@@ -53,17 +53,17 @@ from typing import Any, Iterator
 
 from ..randomness import Draws
 from ..trace import attach, current
-from .ambient import Settings
+from .ambient import Imports, Settings
 from .cells import LAST
 from .versions import Changes
 
 __all__ = ["Capture", "replay", "recording", "show_result", "after_cell", "LIMIT", "FORMAT", "GENERATORS",
            "MODULES", "ORIGINS", "SETTINGS"]
 
-GENERATORS = "__nbbuild_generators__"
+GENERATORS = "__nbbuild_generators__"   # where the random generators ended (randomness.py)
 SETTINGS = "__nbbuild_settings__"       # the library settings a cell changed (ambient.py)
 ORIGINS = "__nbbuild_origins__"         # a name changed in place -> the rule whose value it was
-MODULES = "__nbbuild_modules__"         # the modules a cell bound: name -> module name   # the outputs' key of the random generators' end states
+MODULES = "__nbbuild_modules__"         # the modules a cell bound: name -> module name (ambient.Imports)
 
 FORMAT = "nbbuild-output-1"
 LIMIT = 32 << 20
@@ -238,8 +238,7 @@ class Capture:
         out = {k: scope[k] for k in names if k in scope and not _closed(scope[k])}
         modules = {k: v.__name__ for k, v in out.items() if isinstance(v, types.ModuleType)}
         if modules:     # by name: a module pickled beside a key of its name hashes differently once loaded
-            out = {k: v for k, v in out.items() if k not in modules}
-            out[MODULES] = modules
+            out = {MODULES: Imports(modules), **{k: v for k, v in out.items() if k not in modules}}
         for name, value in self.changes.changed(self.namespace).items():
             out.setdefault(name, value)    # changed in place: a new version of the name
         if self.changes.origins:
