@@ -487,3 +487,19 @@ def _rounds(shell, model, cells, edits) -> None:
         assert {k: ip.user_ns[k] for k in _NAMES3} == expected, round_cells
         assert _files() == expected_files, round_cells
         assert ran == expected_ran, round_cells
+
+
+def test_an_ordinary_cell_reading_a_name_changes_only_the_names_whose_values_it_changed(shell):
+    """`fig` pickles differently each time: an ordinary cell that only reads `x` beside it leaves
+    `x` the rule's version (`%build x` builds it), and a later cell reading `x` reuses."""
+    ip = shell()
+    ip.run_cell(RESTLESS)
+    cells = ["%%rule\nfig = Restless()\nx = [1.0, 2.0]", "print(len(x))", "%%rule\ny = sum(x)"]
+    for cell in cells:
+        assert ip.run_cell(cell, store_history=True).success
+    state = ip._nbbuild_state
+    maker = state.rule_for("x").name
+    assert state.versions.producer("x") == maker == state.fetches[state.rule_for("y").name]["x"]
+    assert ip.run_cell("%build x").success
+    ip.run_cell("x.append(3.0)")                  # an ordinary cell that does change it: its version now
+    assert state.versions.producer("x") is None

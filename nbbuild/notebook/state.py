@@ -71,6 +71,7 @@ class NotebookState:
         self.cell_id: str | None = None           # the running cell's id (JupyterLab sends one)
         self.cell_source = ""
         self.ran_rule = False                     # the running cell is a rule cell (or a build)
+        self.plain_reads: Any = None              # an ordinary cell's reads, before it ran
         self.cell_number = 0                      # the running cell's In [n]
         self.auto = Auto(shell)
         self.hooks = {FETCH: CellFetch(self), CAPTURE: CellCapture(self)}
@@ -98,6 +99,7 @@ class NotebookState:
         self.cell_source = getattr(info, "raw_cell", None) or ""
         self.ran_rule = False
         self.auto.arm(self.cell_source)
+        self.plain_reads = self._before_plainly(self.cell_source.lstrip())
         # the cell's In [n]: IPython counts a cell that is kept in the history before it runs
         count = int(getattr(self.shell, "execution_count", 0) or 0)
         self.cell_number = count - 1 if getattr(info, "store_history", False) else count
@@ -111,14 +113,11 @@ class NotebookState:
         reads that rules bound may have been changed in place, so they are read by value too.
         One that rebinds a name rules read by value (`threshold = 0.7`) names the rules it made
         stale, as an edited rule cell does."""
-        source = self.cell_source.lstrip()
-        if self.ran_rule or not source or source.startswith(("%%rule", "%build", "%nbbuild")):
+        before, self.plain_reads = self.plain_reads, None
+        if self.ran_rule or before is None:
             return
-        try:
-            names = analyse(self.shell.transform_cell(source))
-        except Exception:  # any cell at all, even one that cannot be parsed: then nothing is known
-            return
-        self.versions.read_plainly(self.changed_plainly(names.inputs))
+        names, fingerprints = before
+        self.versions.read_plainly(self.changed_plainly(names.inputs, fingerprints))
         bound = set(names.outputs)
         self.versions.bound(None, list(bound))
         self.rebound(set(names.inputs) | bound)
@@ -130,7 +129,30 @@ class NotebookState:
                 found += [d for d in self.dependents(r) if d not in found]
             self.say_stale(found)
 
-    def changed_plainly(self, reads: tuple[str, ...]) -> list[str]:
+    def _before_plainly(self, source: str) -> tuple[Any, dict[str, dict[str, str | None]]] | None:
+        """Before an ordinary cell runs: what it reads, and a fingerprint of each name of each rule
+        value it reads from (name by name, as `versions.Changes` does for a rule cell: a name
+        that pickles differently each time, a Figure, changes only itself). None: not an ordinary
+        cell (a rule cell, a build, a cell `%nbbuild auto` makes a rule), or one that cannot be read."""
+        if not source or source.startswith(("%%rule", "%build", "%nbbuild")):
+            return None
+        try:
+            if self.auto.enabled and self.auto.is_rule(source):
+                return None
+            names = analyse(self.shell.transform_cell(source))
+        except Exception:  # any cell at all, even one that cannot be parsed: then nothing is known
+            return None
+        fingerprints: dict[str, dict[str, str | None]] = {}
+        for r in {self.versions.producer(n) for n in names.inputs} - {None}:
+            held = self.build.remembered(self.build.rules[r].task()) if self._plain_rule(r) else None
+            if held is not None and isinstance(held[1], dict):
+                fingerprints[r] = {k: fingerprint(v) for k, v in held[1].items() if not unchangeable(v)}
+        return names, fingerprints
+
+    def _plain_rule(self, r: str | None) -> bool:
+        return r is not None and r in self.build.rules and r not in self.parametric
+
+    def changed_plainly(self, reads: tuple[str, ...], before: dict[str, dict[str, str | None]]) -> list[str]:
         """Of the names an ordinary cell read, those whose rule's value it may have changed in
         place (or that no longer hold it): their version is the namespace's from now on, and the
         rule's value in memory, changed, is dropped (its stored one stays)."""
@@ -138,16 +160,20 @@ class NotebookState:
         rules: dict[str, list[str]] = {}
         for n in reads:
             r = self.versions.producer(n)
-            if r is not None and r in self.build.rules and r not in self.parametric:
-                rules.setdefault(r, []).append(n)
+            if self._plain_rule(r):
+                rules.setdefault(r, []).append(n)   # type: ignore[arg-type]
         for r, read in rules.items():
             task = self.build.rules[r].task()
             held = self.build.remembered(task)
             value = held[1] if held is not None else None
-            if not isinstance(value, dict) or any(n not in ns or ns[n] is not value.get(n) for n in read):
+            if not isinstance(value, dict) or r not in before or any(n not in ns or ns[n] is not value.get(n)
+                                                                     for n in read):
                 changed += read
-            elif not all(unchangeable(v) for v in value.values()) and fingerprint(value) != held[0]:  # type: ignore[index]
-                changed += [n for n in self.versions.names_of(r) if n in ns and ns[n] is value.get(n)]
+                continue
+            spoiled = [k for k, f in before[r].items() if f is None or fingerprint(value.get(k)) != f]
+            if spoiled:
+                changed += [n for n in self.versions.names_of(r)
+                            if n in spoiled and n in ns and ns[n] is value.get(n)]
                 self.build.forget(task)
         return changed
 
