@@ -125,6 +125,7 @@ class Build:
         self._lock = threading.RLock()          # one build at a time
         self._attachments_lock = threading.Lock()    # taken from any worker thread during a build
         files.install_hook()
+        files.watch_outside(self.owners.outside)
         environment.install()     # reads of os.environ become inputs by key
 
     # ------------------------------------------------------------ rules

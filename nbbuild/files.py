@@ -15,7 +15,8 @@ Contract:
   whole (mode "w" or "x", O_TRUNC or O_EXCL, or moved into place) is an output (outputs.py), one it
   appended to or changed in place (a log) is neither. A file or folder it removed (`os.remove`,
   `os.rmdir`, `shutil.rmtree`, or renamed away) that it had not written itself is an effect too,
-  a removal (outputs.py). The hook never raises and returns at once for
+  a removal (outputs.py). Outside any rule body, the files written whole are told to
+  `watch_outside`'s methods. The hook never raises and returns at once for
   every other event.
 """
 from __future__ import annotations
@@ -27,13 +28,14 @@ import sys
 import sysconfig
 import threading
 import time
-from typing import Any
+import weakref
+from typing import Any, Callable
 
 import xxhash
 
 from .trace import MISSING, current
 
-__all__ = ["file", "FileHasher", "install_hook", "exclude", "short_path"]
+__all__ = ["file", "FileHasher", "install_hook", "exclude", "short_path", "watch_outside"]
 
 _RACY_NS = 2_000_000_000
 _CHUNK = 1 << 20
@@ -149,7 +151,11 @@ def _hook(event: str, args: tuple) -> None:
         return
     try:
         rec = current.get()
-        if rec is None or rec.paused:
+        if rec is None:
+            if _outside:
+                _changed_outside(event, args)
+            return
+        if rec.paused:
             return
         if event == "os.rename":
             # os.rename and os.replace: a file moved into place (an atomic save) was written here,
@@ -179,6 +185,35 @@ def _hook(event: str, args: tuple) -> None:
             rec.read_file(path)
     except BaseException:  # an audit hook that raises breaks the user's open()
         pass
+
+
+_outside: list[weakref.WeakMethod] = []
+
+
+def watch_outside(method: Callable[[str], None]) -> None:
+    """Call `method(path)` (a bound method, held weakly) for each file written whole outside any
+    rule body (an ordinary cell's `df.to_csv`), so that no task puts back its own copy over it
+    (outputs.Owners). Not for a removal: a file a task wrote, found missing, is put back by the
+    next build that needs it (rather than failing the reader)."""
+    _outside.append(weakref.WeakMethod(method))  # type: ignore[arg-type]
+
+
+def _changed_outside(event: str, args: tuple) -> None:
+    if event == "open":
+        path, mode, flags = args
+        whole = ("w" in mode or "x" in mode) if isinstance(mode, str) else bool((flags or 0) & _WHOLE_FLAGS)
+        paths = [path] if whole else []
+    elif event == "os.rename":
+        paths = [args[1]] if args[2] in (None, -1) and args[3] in (None, -1) else []
+    else:
+        return
+    for p in paths:
+        if (tracked := _tracked(p)) is not None:
+            for ref in list(_outside):
+                if (method := ref()) is None:
+                    _outside.remove(ref)
+                else:
+                    method(tracked)
 
 
 def install_hook() -> None:

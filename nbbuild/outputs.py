@@ -36,7 +36,8 @@ Contract:
   process (`Owners`): a dependency met again does not put back a file another task wrote since,
   changed or missing, for plain execution leaves the last write there (`with open("a.txt", "w")`
   in two cells). A build's target, and a task met for the first time in this process, put back
-  all their files. The same holds for the environment variables a task set (`ENV_PREFIX + name`
+  all their files. A file written outside any task (an ordinary cell) is no task's until one
+  writes it again (`Owners.outside`); one removed outside any task is put back when next needed. The same holds for the environment variables a task set (`ENV_PREFIX + name`
   among the paths: environment.py).
 - `output(path)`: inside a rule body, declares `path` written by it and returns it unchanged;
   outside one, raises OutsideRuleError.
@@ -195,6 +196,12 @@ class Owners:
                 under = os.path.join(path, "")
                 for other in [p for p in self.last if p.startswith(under)]:
                     self.last[other] = key
+
+    def outside(self, path: str) -> None:
+        """Written outside any task (an ordinary cell): no task's to put back when met again
+        (files.watch_outside)."""
+        if path in self.last:
+            self.last[path] = ""
 
     def mine(self, key: str, target: bool = False) -> Callable[[str], bool]:
         """Whether a file is the task's to put back (a build's target: all it wrote)."""

@@ -458,3 +458,16 @@ def test_a_temporary_file_a_rule_writes_and_removes_is_not_an_effect(b, tmp_path
 
     uses_scratch()
     assert b.outputs(uses_scratch.task()) == [] and not scratch.exists()
+
+
+def test_a_file_written_outside_any_rule_is_left_as_written_when_its_writer_is_met_again(b, tmp_path, calls):
+    """An ordinary cell writes a file a rule wrote: plain execution leaves its bytes there, and a
+    rule that reads the writer's value does not bring the writer's bytes back over them."""
+    out = tmp_path / "shared.txt"
+    first, second, after_first = shared_file_rules(b, calls, str(out))
+    first()
+    with open(out, "w") as f:
+        f.write("by hand")
+    assert after_first() == 11 and out.read_text() == "by hand"
+    assert first() == 1 and out.read_text() == "first"       # asked for: as running it again plainly
+    assert calls == ["first"]
