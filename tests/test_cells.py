@@ -65,9 +65,11 @@ local_later = 5
     assert io(src) == (["threshold"], ["f", "g", "local_later"])
 
 
-def test_a_function_declaring_global_binds_at_top_level():
+def test_a_function_declaring_global_binds_where_it_is_called_not_here():
+    """config is bound when setup() runs, which the analysis cannot know (it is found when bound:
+    test_versions' test_a_function_that_rebinds_a_global...)"""
     src = "def setup():\n    global config\n    config = load(source)\nsetup()"
-    assert io(src) == (["load", "source"], ["setup", "config"])
+    assert io(src) == (["load", "source"], ["setup"])
 
 
 def test_comprehensions_read_their_first_iterable_here_and_bind_walrus_here():

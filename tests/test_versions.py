@@ -503,3 +503,24 @@ def test_an_ordinary_cell_reading_a_name_changes_only_the_names_whose_values_it_
     assert ip.run_cell("%build x").success
     ip.run_cell("x.append(3.0)")                  # an ordinary cell that does change it: its version now
     assert state.versions.producer("x") is None
+
+
+GLOBALS = ["x = 1", "def bump():\n    global x\n    x += 1", "bump()", "y = x * 10",
+           "def setup():\n    global config\n    config = {'k': y}\nsetup()", "z = config['k'] + x"]
+
+
+@pytest.mark.parametrize("ordinary", [None, pytest.param(2, marks=pytest.mark.xfail(
+    strict=True, reason="after a restart, bump() restored from the store binds x in its pickled globals"))],
+    ids=["every cell a rule", "the call an ordinary cell"])
+def test_a_function_that_rebinds_a_global_makes_a_version_where_it_is_called(shell, ordinary):
+    """`global x` in a function binds x when the function runs, not where it is defined: the
+    cell that calls it makes the version later cells read, also when reused after a restart."""
+    expected = plainly(GLOBALS, ["x", "y", "config", "z"])
+    assert expected == {"x": 2, "y": 20, "config": {"k": 20}, "z": 22}
+    for restart in (False, True):
+        ip = shell()
+        for i, cell in enumerate(GLOBALS):
+            result = ip.run_cell(cell if i == ordinary else "%%rule\n" + cell, store_history=True)
+            assert result.success, (restart, cell, result.error_in_exec)
+        assert {n: ip.user_ns[n] for n in expected} == expected, restart
+    assert ip._nbbuild_state.build.metrics().session.ran == 0

@@ -3,9 +3,10 @@
 Contract: `analyse(source)` takes a cell's Python source (after IPython's own transformation) and
 returns `CellNames`:
 - `outputs`: the names the cell binds at top level, in order — assignments (also augmented,
-  annotated and walrus), imports, defs, classes, for/with/except/match targets, and names that a
-  function defined in the cell declares `global` and assigns. A name deleted at top level and not
-  bound again is not an output.
+  annotated and walrus), imports, defs, classes, for/with/except/match targets. A name deleted at
+  top level and not bound again is not an output. A name that a function declares `global` and
+  assigns is bound where the function is called, not where it is defined: it is found when it is
+  bound (replay.Capture's `REBOUND`), not here.
 - `default_name`: the rule's name when the cell gives none: the first name it assigns (`=`, `+=`,
   `:=`), else the first it binds (an import, a def, a loop or with target).
 - `imported`: outputs bound only by imports. They are bound like any output, but a module is the
@@ -280,7 +281,7 @@ def analyse(source: str) -> CellNames:
         raise RuleError("the cell nests too deeply to analyse; split the expression") from None
     bound_anywhere = set(top.bound) | set(top.globals_bound)
     inputs = [n for n in top.reads + [d for d in top.deferred if d not in bound_anywhere] if not _ignored(n)]
-    outputs = [n for n in top.bound + top.globals_bound if n not in top.deleted]
+    outputs = [n for n in top.bound if n not in top.deleted]
     assigned = [n for n in _assigned(tree.body) if n in outputs]
     imports, others = _bindings(tree.body)
     imported = [n for n in imports if n in outputs and n not in others and n not in top.globals_bound]
@@ -367,6 +368,12 @@ def compile_cell(source: str, name: str, filename: str, fetched: dict[str, str],
         epilogue = ast.parse(f"__l = locals()\nreturn __l.get({name!r}, __l.get({LAST!r}))").body
     for stmt in prologue + epilogue:
         for n in ast.walk(stmt):   # compiler-made lines: at the cell's first line, never in between
+            n.lineno = n.end_lineno = line  # type: ignore[attr-defined]
+            n.col_offset = n.end_col_offset = 0  # type: ignore[attr-defined]
+    if capture:     # from here on, what the body binds in the namespace is its own (REBOUND)
+        prologue += ast.parse(f"{_RECORD}.mark()").body
+    for stmt in prologue:
+        for n in ast.walk(stmt):
             n.lineno = n.end_lineno = line  # type: ignore[attr-defined]
             n.col_offset = n.end_col_offset = 0  # type: ignore[attr-defined]
     inner = prologue + (body or [ast.Pass()]) + epilogue

@@ -102,7 +102,9 @@ class CellCapture:
 
     def __call__(self, namespace: dict | None = None, watch: tuple[str, ...] = (),
                  rule: str | None = None) -> Capture:
-        return Capture(self.state.shell, self.state.bind, namespace, watch, rule)
+        capture = Capture(self.state.shell, self.state.bind, namespace, watch, rule)
+        capture.ours = self.state.ours
+        return capture
 
     def __reduce__(self) -> tuple:
         return RemoteCapture, ()

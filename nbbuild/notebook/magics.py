@@ -52,7 +52,7 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from ..errors import BuildError, CycleError, NbbuildError
 from .. import randomness
 from .cells import LAST, OWN, analyse, compile_cell, parse_signature
-from .replay import GENERATORS, ORIGINS, SETTINGS, show_result
+from .replay import GENERATORS, ORIGINS, REBOUND, SETTINGS, show_result
 from .versions import identity
 from . import ambient, views
 from .graph import label
@@ -142,9 +142,9 @@ class NbbuildMagics(Magics):
         value = values[0] if values else {}
         if isinstance(value, dict):      # what it changed in place is its version now
             # a name another cell bound since the rule it fetched from is not that rule's any more
-            origins = value.get(ORIGINS, {})
+            origins, rebound = value.get(ORIGINS, {}), value.get(REBOUND, ())
             changed = [k for k in value if not k.startswith(OWN) and k not in produced and k not in names.imported
-                       and ((k in names.inputs and k not in fetched)
+                       and ((k in names.inputs and k not in fetched) or k in rebound
                             or (k in origins and state.versions.producer(k) == origins[k]))]
             if changed:
                 # `df["y"] = ...`: a version of df (of ax, rather than fig, for `ax.plot(...)`)

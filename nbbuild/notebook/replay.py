@@ -58,11 +58,12 @@ from .cells import LAST
 from .versions import Changes
 
 __all__ = ["Capture", "replay", "recording", "show_result", "after_cell", "LIMIT", "FORMAT", "GENERATORS",
-           "MODULES", "ORIGINS", "SETTINGS"]
+           "MODULES", "ORIGINS", "REBOUND", "SETTINGS", "rebound"]
 
 GENERATORS = "__nbbuild_generators__"   # where the random generators ended (randomness.py)
 SETTINGS = "__nbbuild_settings__"       # the library settings a cell changed (ambient.py)
 ORIGINS = "__nbbuild_origins__"         # a name changed in place -> the rule whose value it was
+REBOUND = "__nbbuild_rebound__"         # names the body bound in the namespace, not as locals (`global x`)
 MODULES = "__nbbuild_modules__"         # the modules a cell bound: name -> module name (ambient.Imports)
 
 FORMAT = "nbbuild-output-1"
@@ -180,6 +181,12 @@ class Capture:
         self._token: contextvars.Token | None = None
         self.parent: Capture | None = None
         self.drawing = False
+        self.before: dict | None = None
+        self.ours: dict = {}         # what nbbuild bound in the namespace during this cell (state.bind)
+
+    def mark(self) -> None:
+        """The body's own code starts: the namespace's bindings now, to find those it makes."""
+        self.before = dict(self.namespace)
 
     def __enter__(self) -> Capture:
         if self.draws is not None:
@@ -239,6 +246,10 @@ class Capture:
         modules = {k: v.__name__ for k, v in out.items() if isinstance(v, types.ModuleType)}
         if modules:     # by name: a module pickled beside a key of its name hashes differently once loaded
             out = {MODULES: Imports(modules), **{k: v for k, v in out.items() if k not in modules}}
+        if self.before is not None and (found := rebound(self.before, self.namespace, self.ours)):
+            for name in found:          # `global x` in a function it called, `globals()[...] = `
+                out.setdefault(name, self.namespace[name])
+            out[REBOUND] = found
         for name, value in self.changes.changed(self.namespace).items():
             out.setdefault(name, value)    # changed in place: a new version of the name
         if self.changes.origins:
@@ -330,6 +341,14 @@ class Capture:
         else:
             self.events.clear()
             self.size, self.pending_clear = 0, False
+
+
+def rebound(before: dict, namespace: dict, ours: dict) -> tuple[str, ...]:
+    """The names bound in `namespace` since it was `before`: IPython's own `_` names aside, and
+    those holding what nbbuild bound meanwhile (`ours`: a dependency that ran binds its outputs)."""
+    missing = object()
+    return tuple(k for k, v in namespace.items() if not k.startswith("_") and k not in ("In", "Out")
+                 and before.get(k, missing) is not v and ours.get(k, missing) is not v)
 
 
 def _closed(obj: Any) -> bool:

@@ -45,7 +45,7 @@ from .auto import Auto
 from .cells import CAPTURE, FETCH, LAST, OWN, analyse
 from .elsewhere import CellCapture, CellFetch, received
 from .graph import TITLES, label, snapshot
-from .replay import MODULES, after_cell, replay
+from .replay import MODULES, after_cell, rebound, replay
 from .versions import Versions, fingerprint, unchangeable
 
 __all__ = ["NotebookState"]
@@ -72,6 +72,8 @@ class NotebookState:
         self.cell_source = ""
         self.ran_rule = False                     # the running cell is a rule cell (or a build)
         self.plain_reads: Any = None              # an ordinary cell's reads, before it ran
+        self.namespace_before: dict | None = None  # and the namespace's bindings then
+        self.ours: dict = {}                      # what nbbuild bound in the namespace during the cell
         self.cell_number = 0                      # the running cell's In [n]
         self.auto = Auto(shell)
         self.hooks = {FETCH: CellFetch(self), CAPTURE: CellCapture(self)}
@@ -100,6 +102,8 @@ class NotebookState:
         self.ran_rule = False
         self.auto.arm(self.cell_source)
         self.plain_reads = self._before_plainly(self.cell_source.lstrip())
+        self.ours.clear()
+        self.namespace_before = dict(self.shell.user_ns) if self.plain_reads is not None else None
         # the cell's In [n]: IPython counts a cell that is kept in the history before it runs
         count = int(getattr(self.shell, "execution_count", 0) or 0)
         self.cell_number = count - 1 if getattr(info, "store_history", False) else count
@@ -118,7 +122,9 @@ class NotebookState:
             return
         names, fingerprints = before
         self.versions.read_plainly(self.changed_plainly(names.inputs, fingerprints))
-        bound = set(names.outputs)
+        # and what it bound through a function's `global x`, `globals()[...]`, `exec`
+        bound = set(names.outputs) | set(rebound(self.namespace_before or {}, self.shell.user_ns, self.ours))
+        self.namespace_before = None
         self.versions.bound(None, list(bound))
         self.rebound(set(names.inputs) | bound)
         readers = [r for r, reads in self.inputs.items()
@@ -297,7 +303,9 @@ class NotebookState:
             self.build.forget(digest=digest)
         wanted = {k: v for k, v in outputs.items() if not k.startswith(OWN)}
         wanted.update((k, importlib.import_module(m)) for k, m in outputs.get(MODULES, {}).items())
-        self.shell.user_ns.update({k: v for k, v in wanted.items() if rule is None or self.versions.binds(rule, k)})
+        wanted = {k: v for k, v in wanted.items() if rule is None or self.versions.binds(rule, k)}
+        self.ours.update(wanted)
+        self.shell.user_ns.update(wanted)
 
     def rule_for(self, target: str) -> Any:
         producer = self.versions.producer(target)
