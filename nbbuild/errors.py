@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 __all__ = ["NbbuildError", "BuildError", "CycleError", "RuleError", "UnknownTargetError", "OutsideRuleError",
-           "Cancelled"]
+           "Cancelled", "CommandUsageError", "CommandFailed"]
 
 
 class NbbuildError(Exception):
@@ -50,6 +50,15 @@ class CycleError(NbbuildError):
         self.cycle = list(cycle)
         super().__init__("dependency cycle: " + " → ".join(map(repr, self.cycle))
                          + "; break it by removing one of these calls")
+
+
+class CommandUsageError(NbbuildError):
+    """The `nbbuild` command was given bad arguments (a missing notebook, an unknown target, a
+    parameter that is not NAME VALUE): one line, exit code 2."""
+
+
+class CommandFailed(NbbuildError):
+    """What the `nbbuild` command ran failed (a cell, the kernel): one line, exit code 1."""
 
 
 class Cancelled(BaseException):

@@ -1,0 +1,6 @@
+"""`python -m nbbuild.cli`: the `nbbuild` command."""
+import sys
+
+from . import main
+
+sys.exit(main())
