@@ -265,11 +265,20 @@ def test_store_refuses_a_folder_that_is_no_store_and_creates_none(tmp_path):
     (["run", "plain.ipynb", "--frobnicate"], "nbbuild: unrecognized arguments: --frobnicate"),
     (["graph", "plain.ipynb", "-o", "nowhere/graph.svg"], "nbbuild graph: -o nowhere/graph.svg: its folder nowhere"),
     (["store", "bogus"], "nbbuild store: argument info|gc|clear: invalid choice: 'bogus'"),
+    (["run", "loads.ipynb", "-p", "1x", "3"], "nbbuild run: -p: '1x' is not a Python name"),
+    (["run", "loads.ipynb", "-p", "a", "1", "-p", "a", "2"], "nbbuild run: -p a is given twice: add --sweep"),
+    (["run", "loads.ipynb", "-p", "a"], "nbbuild run: argument -p/--parameter: expected 2 arguments"),
+    (["run", "loads.ipynb", "-o", "loads.ipynb"], "nbbuild run: -o loads.ipynb: that is the notebook given"),
+    (["run", "loads.ipynb", "--sweep", "-p", "a", "1", "-p", "a", "2", "-o", "out.ipynb"],
+     "nbbuild run: -o out.ipynb: a sweep writes a notebook per parameter set: give a pattern such as 'out-{a}.ipynb'"),
+    (["run", "loads.ipynb", "-f", "notes.txt"], "nbbuild run: -f notes.txt: the file is not a mapping of NAME: VALUE"),
+    (["run", "loads.ipynb", "-f", "missing.yaml"], "nbbuild run: -f missing.yaml: cannot read it"),
 ])
 def test_bad_arguments_are_one_line_and_exit_2(tmp_path, args, says):
     (tmp_path / "notes.txt").write_text("just notes\n")
     (tmp_path / "folder").mkdir()
     write(tmp_path, ["x = 1"], name="plain.ipynb")
+    write(tmp_path, ["%load_ext nbbuild"], name="loads.ipynb")
     done = nbbuild_cmd(*args, cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     assert one_line(done.stderr).startswith(says)

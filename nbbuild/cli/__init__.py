@@ -14,6 +14,12 @@ Contract:
   cell there, as a script's would; at the end stdout gets one line, the session's totals
   from `%nbbuild metrics` ("N builds: ran R, reused U, failed F; ..."). Exit 0; 1 when a cell
   failed (a rule, or any cell: one line naming it and the error's last line).
+- Parameters, as papermill gives them (parameters.py): `-p NAME VALUE`, `-r NAME VALUE`, `-f
+  FILE.yaml` set values in a cell put after the one tagged `parameters`; rules that do not read a
+  changed one are reused from the store. `--sweep` (or a YAML list) runs the notebook once per
+  set, on one kernel, reusing what the runs share, and prints a table: a row per set with its
+  values, what ran, was reused and failed, its seconds, `--show NAME` columns, ok or failed.
+  `-o OUT.ipynb` writes the executed notebook (a pattern with `{NAME}` fields for a sweep).
 - `status NOTEBOOK`, `why NOTEBOOK TARGET`, `graph NOTEBOOK [TARGET] [-o FILE]`: the notebook's
   rules registered as with --target (nothing is built but what such a plain cell reads), then `%nbbuild status | why | graph`;
   the text goes to stdout, `-o` writes the graph (SVG; a Mermaid diagram, said so on stderr,
@@ -31,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -39,9 +46,21 @@ from typing import Any
 from ..errors import CommandFailed as Failed, CommandUsageError as Usage
 from .kernel import kernel as _kernel, session as _session, shown as _shown, store_dir as _store_dir, \
     text as _text, through as _through
+from ..notebook.auto import OFF_MARKER
+from . import parameters
 from .notebook import code_cells as _code_cells, read as _notebook, registered as _registered
 
 __all__ = ["main"]
+
+
+class _Pair(argparse.Action):
+    """-p and -r: (name, value) in the order given, -p's value read as papermill reads it."""
+
+    def __call__(self, parser: Any, namespace: argparse.Namespace, values: Any, option: Any = None) -> None:
+        name, text = values
+        pairs = list(getattr(namespace, self.dest) or [])
+        pairs.append((name, text if option in ("-r", "--raw") else parameters.value(text)))
+        setattr(namespace, self.dest, pairs)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -63,25 +82,110 @@ def _targets(given: list[str]) -> list[str]:
 def cmd_run(args: argparse.Namespace) -> int:
     path, nb = _notebook(args.notebook)
     targets = _targets(args.target or [])
+    runs = parameters.sets(args.parameters or [], args.file or [], args.sweep)
+    written = _written(args.output, path, runs)
     shown, store = _store_dir(path, args.dir)
     only = f", building {' '.join(targets)} only" if targets else ""
-    print(f"nbbuild: {args.notebook} in a fresh kernel{only}; store {shown}", file=sys.stderr, flush=True)
+    many = f", {len(runs)} parameter sets" if len(runs) > 1 else ""
+    print(f"nbbuild: {args.notebook} in a fresh kernel{only}{many}; store {shown}", file=sys.stderr, flush=True)
     start = time.perf_counter()
+    rows: list[list[str]] = []
+    failures: list[str] = []
     with _kernel(path, store) as run:
-        failure = _through(run, _registered(nb) if targets else [(n, c, c.source) for n, c in _code_cells(nb)], path.name)
-        if failure is None and targets:
-            wanted = " ".join(targets)
-            _, error, _ = run(f"%build {wanted} --dry-run")     # checks the targets, runs nothing
-            if error is not None:
-                raise Usage(f"--target: {error}")
-            _, error, _ = run(f"%build {wanted}")
-            failure = error
+        for i, values in enumerate(runs):
+            given, warning = parameters.inject(nb, values)
+            if warning and i == 0:
+                print(f"nbbuild: {warning}", file=sys.stderr, flush=True)
+            if len(runs) > 1:
+                print(f"nbbuild: {parameters.label(values)}", file=sys.stderr, flush=True)
+            before, began = _counts(run), time.perf_counter()
+            failure = _one_run(run, given, targets, path.name)
+            if failure is not None:
+                failures.append(failure if len(runs) == 1 else f"{parameters.label(values)}: {failure}")
+            if written[i] is not None:
+                _write(given, written[i])
+            if len(runs) > 1:
+                after = _counts(run)
+                rows.append([*(repr(values.get(n)) for n in _swept(runs)),
+                             *(str(a - b) for a, b in zip(after, before)), f"{time.perf_counter() - began:.1f}",
+                             *(_shown_value(run, n) for n in args.show or []),
+                             "failed" if failure is not None else "ok"])
         summary = _session(run)
         if summary:                     # said before the kernel's shutdown, which takes a moment
             print(f"{path.name}: {summary}; {time.perf_counter() - start:.1f} s in all", flush=True)
-    if failure is not None:
-        raise Failed(failure)
+    if rows:
+        print(_table([*_swept(runs), "ran", "reused", "failed", "seconds", *(args.show or []), "status"], rows))
+    if failures:
+        raise Failed(failures[0] if len(runs) == 1 else
+                     f"{len(failures)} of {len(runs)} parameter sets failed; the first, {failures[0]}")
     return 0
+
+
+def _one_run(run: Any, nb: Any, targets: list[str], name: str) -> str | None:
+    failure = _through(run, _registered(nb) if targets else [(n, c, c.source) for n, c in _code_cells(nb)], name)
+    if failure is None and targets:
+        wanted = " ".join(targets)
+        _, error, _ = run(f"%build {wanted} --dry-run")     # checks the targets, runs nothing
+        if error is not None:
+            raise Usage(f"--target: {error}")
+        _, error, _ = run(f"%build {wanted}")
+        failure = error
+    return failure
+
+
+def _written(output: str | None, notebook: Path, runs: list[dict]) -> list[Path | None]:
+    """Where each run's executed notebook goes (-o): a pattern with {NAME} fields for a sweep."""
+    if output is None:
+        return [None] * len(runs)
+    if len(runs) > 1 and "{" not in output:
+        raise Usage(f"-o {output}: a sweep writes a notebook per parameter set: give a pattern such as "
+                    f"'out-{{{_swept(runs)[0]}}}.ipynb'")
+    found = []
+    for values in runs:
+        try:
+            where = Path(output.format(**values))
+        except (KeyError, IndexError, ValueError) as e:
+            raise Usage(f"-o {output}: the pattern names {e} , which no -p gives: use the parameters' names "
+                        "in braces") from None
+        if where.resolve() == notebook.resolve():
+            raise Usage(f"-o {output}: that is the notebook given: the input is never written; name another file")
+        if not where.resolve().parent.is_dir():
+            raise Usage(f"-o {output}: its folder {where.parent} does not exist")
+        found.append(where)
+    return found
+
+
+def _write(nb: Any, where: Path) -> None:
+    import nbformat
+    try:
+        nbformat.write(nb, str(where))
+    except OSError as e:
+        raise Failed(f"-o {where}: cannot write it ({e.strerror or e})") from None
+    print(f"nbbuild: wrote {where}", file=sys.stderr, flush=True)
+
+
+def _swept(runs: list[dict]) -> list[str]:
+    """The names whose values differ between the runs: the sweep's columns."""
+    names = list(dict.fromkeys(n for values in runs for n in values))
+    return [n for n in names if len({repr(values.get(n)) for values in runs}) > 1] or names
+
+
+def _counts(run: Any) -> tuple[int, int, int]:
+    """(ran, reused, failed) of the session so far, from `%nbbuild metrics`."""
+    found = re.search(r"ran (\d+), reused (\d+), failed (\d+)", _session(run) or "")
+    return (int(found[1]), int(found[2]), int(found[3])) if found else (0, 0, 0)
+
+
+def _shown_value(run: Any, name: str) -> str:
+    """`--show NAME`: the value's text form after a run, shortened (an ordinary cell, not a rule)."""
+    cell, error, _ = run(f"{OFF_MARKER}\n{name}")
+    said = " ".join(_text(cell).split()) if error is None else "—"
+    return said if len(said) <= 40 else said[:39] + "…"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows])
 
 
 def _look(args: argparse.Namespace, command: str) -> Any:
@@ -178,6 +282,22 @@ def _parser() -> argparse.ArgumentParser:
                      "the notebook's own %%build and %%nbbuild lines and the plain cells that use built values "
                      "are left out. NAME: a name a rule produces, a rule, or a call such as 'model(alpha=0.1)'")
     run.add_argument("--dir", metavar="DIR", help=dir_help)
+    given = run.add_argument_group("parameters (papermill's conventions)")
+    given.add_argument("-p", "--parameter", dest="parameters", nargs=2, metavar=("NAME", "VALUE"),
+                       action=_Pair, help="set NAME to VALUE in a cell after the one tagged `parameters`; "
+                       "VALUE is read as True, False, None, a number, else text (repeat for more names)")
+    given.add_argument("-r", "--raw", dest="parameters", nargs=2, metavar=("NAME", "VALUE"), action=_Pair,
+                       help="the same, VALUE kept as text")
+    given.add_argument("-f", "--parameters-file", dest="file", metavar="FILE", action="append",
+                       help="a YAML file of NAME: VALUE; a list of such mappings runs the notebook once for each")
+    given.add_argument("--sweep", action="store_true", help="a name given several times with -p takes each "
+                       "value in turn (several such names: every combination), all on one kernel, reusing what "
+                       "the runs share; a table of the runs follows")
+    given.add_argument("--show", metavar="NAME", action="append",
+                       help="with a sweep: a column of NAME's value after each run")
+    run.add_argument("-o", "--output", metavar="OUT.ipynb", help="write the executed notebook, with its "
+                     "outputs and the parameters' cell, to OUT.ipynb (the input is never written); with a "
+                     "sweep, a pattern such as 'out-{alpha}.ipynb'")
     run.set_defaults(func=cmd_run)
 
     looks = [("status", "every rule: up to date, stale, never built, failed; why; last run time, size",

@@ -8,7 +8,8 @@ Contract:
   What a cell writes to stderr besides a UsageError goes to our stderr as it comes. A cell tagged
   `raises-exception` may fail. 
 - `through(run, steps, name)`: runs the steps `(number, cell, source)` in order until one fails;
-  None, or one line naming the failed code cell and its error.
+  None, or one line naming the failed code cell and its error. Each step's cell takes the outputs
+  it showed (for `-o`).
 - `text(cell)`: its stdout and the plain text of what it displayed; `shown(cell, mime)`;
   `session(run)`: the session's totals line of `%nbbuild metrics`.
 - A kernel that does not start, or dies, is `CommandFailed` with one line.
@@ -103,9 +104,16 @@ def kernel(notebook: Path, store: str | None) -> Iterator[Run]:
 
 
 def through(run: Run, steps: list[tuple[int, Any, str]], name: str) -> str | None:
-    """Run the notebook's cells in order; None, or the line saying which one failed and why."""
+    """Run the notebook's cells in order; None, or the line saying which one failed and why. Each
+    step's cell gets the outputs it showed (a cell run twice, both runs')."""
+    seen: set[int] = set()
     for number, cell, source in steps:
-        _, error, usage = run(source, tuple(cell.metadata.get("tags", ())))
+        executed, error, usage = run(source, tuple(cell.metadata.get("tags", ())))
+        if id(cell) in seen:
+            cell.outputs = list(cell.outputs) + list(executed.outputs)
+        else:
+            seen.add(id(cell))
+            cell.outputs, cell.execution_count = executed.outputs, executed.get("execution_count")
         if error is not None:
             return f"{error} (code cell {number} of {name})" if usage else \
                 f"code cell {number} of {name} failed: {error}"
