@@ -10,7 +10,7 @@ import pytest
 
 import nbbuild
 from nbbuild.notebook import draw
-from nbbuild.notebook.graph import DRAW_LIMIT, collapse, snapshot
+from nbbuild.notebook.graph import DRAW_LIMIT, collapse, snapshot, tree
 
 
 def plain_path_without_dot() -> str:
@@ -157,3 +157,36 @@ def test_a_big_graph_is_drawn_one_node_per_rule(b):
     mime, svg = draw.render(g)
     assert mime == "image/svg+xml" and svg.count('class="node') == 2 and f"leaf ×{DRAW_LIMIT + 50}" in svg
     assert collapse(snapshot(b, {}, [leaf.task(1)]))[0].nodes.keys() == {leaf.task(1).key}   # small: as it is
+
+
+def test_the_calls_of_a_rule_called_many_times_are_one_node_unless_asked_for(b):
+    """A what-if section calls fit(...) 14 times: one node `fit ×14`, in the SVG, the Mermaid
+    diagram and the text tree alike; the graph of `fit` itself draws every call."""
+    @b.rule
+    def fit(alpha, degree):
+        return alpha * degree
+
+    @b.rule
+    def scores():
+        return [fit(a, d) for a in range(7) for d in (1, 2)]
+
+    scores()
+    g = snapshot(b, {}, [scores.task()])
+    grouped, _ = collapse(g)
+    assert sorted(n.label for n in grouped.nodes.values()) == ["fit ×14", "scores"]
+    assert grouped.inputs[scores.task().key] == ("rule:fit",)
+    assert "fit ×14" in tree(grouped) and "fit(alpha=" not in tree(grouped)
+    assert "fit ×14" in draw.mermaid(grouped)
+    mime, svg = draw.render(g)
+    assert svg.count('class="node') == 2 if mime == "image/svg+xml" else "fit ×14" in svg
+    every, _ = collapse(g, expand=["fit"])
+    assert len(every.nodes) == 15
+    few = [fit.task(a, 1) for a in range(3)]           # three calls: drawn one by one
+    assert set(collapse(snapshot(b, {}, few))[0].nodes) == {t.key for t in few}
+
+
+def test_the_svg_in_a_widget_fits_the_output_area(graph):
+    html = draw.html(graph)          # laid out by dot, else pygraphviz's wheel (a dependency here)
+    width = float(re.search(r'<svg[^>]*\swidth="([\d.]+)pt"', html)[1])
+    assert html.startswith('<div style="max-width:100%;overflow:auto">')
+    assert f"width:100%;max-width:{width:.0f}pt;min-width:{width / 2:.0f}pt;height:auto" in html

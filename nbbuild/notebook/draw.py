@@ -7,13 +7,14 @@ Contract:
   (`COLOURS`), a second line with the last run time and stored size, targets drawn with a double
   border. `live` (task id -> state) overrides states while a build runs: "running", "ran",
   "reused", "failed", "skipped".
-- `render(graph, live=None) -> (mime, text)`: a big graph collapsed first (graph.collapse: one node
-  per rule), then ("image/svg+xml", svg) laid out by the `dot` program
+- `render(graph, live=None, expand=()) -> (mime, text)`: collapsed first (graph.collapse: a rule's
+  many calls one node, a big graph one node per rule), then ("image/svg+xml", svg) laid out by the `dot` program
   when it is on the PATH, else by pygraphviz (its manylinux wheel bundles the Graphviz libraries);
   else ("text/vnd.mermaid", diagram), which JupyterLab ≥ 4.1 draws. Never raises for a graph.
 - `mermaid(graph, live=None)` is that diagram. `renderer()` names what `render` will use.
-- `html(graph, live=None)` is the graph for an HTML widget: inline SVG, or the text tree where
-  only Mermaid is to be had (a widget does not draw Mermaid).
+- `html(graph, live=None, expand=())` is the graph for an HTML widget: inline SVG that fits the
+  output area's width (`fit`: shrunk to it, down to half size, then scrolled), or the text tree
+  where only Mermaid is to be had (a widget does not draw Mermaid). `expand`: graph.collapse's.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ import graphviz
 
 from .graph import Graph, Node, collapse, seconds_text, size_text, tree
 
-__all__ = ["COLOURS", "dot", "mermaid", "render", "renderer", "html"]
+__all__ = ["COLOURS", "dot", "mermaid", "render", "renderer", "html", "fit"]
 
 log = logging.getLogger("nbbuild")
 
@@ -153,8 +154,8 @@ def renderer() -> str:
     return "pygraphviz" if _pygraphviz() is not None else "mermaid"
 
 
-def render(graph: Graph, live: dict[str, str] | None = None) -> tuple[str, str]:
-    graph, live = collapse(graph, live)
+def render(graph: Graph, live: dict[str, str] | None = None, expand: Any = ()) -> tuple[str, str]:
+    graph, live = collapse(graph, live, expand)
     source = dot(graph, live).source
     way = renderer()
     try:
@@ -169,8 +170,25 @@ def render(graph: Graph, live: dict[str, str] | None = None) -> tuple[str, str]:
     return "text/vnd.mermaid", mermaid(graph, live)
 
 
-def html(graph: Graph, live: dict[str, str] | None = None) -> str:
-    mime, text = render(graph, live)
+def html(graph: Graph, live: dict[str, str] | None = None, expand: Any = ()) -> str:
+    mime, text = render(graph, live, expand)
     if mime == "image/svg+xml":
-        return text[text.find("<svg"):]
-    return f"<pre>{_html.escape(tree(collapse(graph)[0]))}</pre>"
+        return f'<div style="{_FRAME}">{fit(text[text.find("<svg"):])}</div>'
+    return f"<pre>{_html.escape(tree(collapse(graph, expand=expand)[0]))}</pre>"
+
+
+# A drawing wider than the output area is shrunk to its width, down to half its size; wider
+# still, it keeps half its size and the frame scrolls (no script runs in a widget's HTML to zoom)
+_FRAME = "max-width:100%;overflow:auto"
+_SIZE = re.compile(r'<svg\b([^>]*?)\swidth="([\d.]+)pt"\s+height="([\d.]+)pt"')
+
+
+def fit(svg: str) -> str:
+    """Graphviz's SVG drawn at most as wide as its container (height in proportion)."""
+    found = _SIZE.search(svg)
+    if found is None:
+        return svg
+    width, height = float(found[2]), float(found[3])
+    style = f'style="width:100%;max-width:{width:.0f}pt;min-width:{width / 2:.0f}pt;height:auto"'
+    return svg[:found.start()] + f'<svg{found[1]} width="{width:.0f}pt" height="{height:.0f}pt" {style}' + \
+        svg[found.end():]

@@ -10,10 +10,11 @@ Contract:
   built before (`Build.known_tasks`). Nothing runs and nothing is loaded.
 - A node's label is what the user types: `clean` for a cell rule, `model(alpha=0.1)` for a call,
   `file data.csv` for a file.
-- `collapse(graph, live)`: a graph of more than `DRAW_LIMIT` tasks, one node per rule instead
-  ("leaf ×10,000"): the most urgent state among its tasks (live states first), their run times
-  and sizes added up, an edge where any of its tasks read one of the other's. Smaller graphs are
-  returned as they are. What is drawn or printed stays readable and quick to lay out.
+- `collapse(graph, live, expand=())`: the calls of a rule called more than `GROUP_LIMIT` times
+  as one node ("fit ×14"), but for the rules named in `expand`; a graph of more than `DRAW_LIMIT`
+  tasks, one node per rule ("leaf ×10,000"). A group takes the most urgent state among its tasks
+  (live states first), their run times and sizes added up, an edge where any of its tasks read
+  one of the other's. What is drawn or printed stays readable and quick to lay out.
 - `tree(graph)` draws the graph as an indented tree, targets at the roots and inputs below; a
   task already drawn is not drawn again ("see above"). `table(graph)` is one line per task.
 """
@@ -26,9 +27,10 @@ from typing import Any, Iterable
 from ..files import short_path
 
 __all__ = ["Node", "Graph", "snapshot", "collapse", "tree", "table", "label", "size_text", "seconds_text",
-           "DRAW_LIMIT", "TITLES"]
+           "DRAW_LIMIT", "GROUP_LIMIT", "TITLES"]
 
 DRAW_LIMIT = 500
+GROUP_LIMIT = 3          # a rule called more often than this is drawn as one node, `fit ×14`
 # the state a rule's node takes when its tasks differ: the first of these any of them has
 _URGENCY = ("running", "failed", "skipped", "stale", "never built", "not stored", "ran", "reused", "up to date")
 
@@ -114,18 +116,31 @@ def snapshot(build: Any, static: dict[str, tuple[str, ...]], targets: Iterable[A
     return Graph(nodes, inputs, roots, known)
 
 
-def collapse(graph: Graph, live: dict[str, str] | None = None) -> tuple[Graph, dict[str, str] | None]:
-    """(graph, live) as they are when small; else one node per rule, live states folded in."""
+def collapse(graph: Graph, live: dict[str, str] | None = None,
+             expand: Iterable[str] = ()) -> tuple[Graph, dict[str, str] | None]:
+    """(graph, live) with the calls of a rule called more than `GROUP_LIMIT` times as one node
+    (`fit ×14`), but for the rules named in `expand`; a graph of more than `DRAW_LIMIT` tasks
+    with one node for every rule. Live states of grouped tasks are folded into their node."""
     tasks = [n for n in graph.nodes.values() if n.kind == "task"]
-    if len(tasks) <= DRAW_LIMIT:
+    rule = {n.id: n.id.partition("/")[0] for n in tasks}
+    counts: dict[str, int] = {}
+    for r in rule.values():
+        counts[r] = counts.get(r, 0) + 1
+    every = len(tasks) > DRAW_LIMIT
+    open_ = set(expand)
+    grouped = {r for r, n in counts.items() if every or (n > GROUP_LIMIT and r not in open_)}
+    if not grouped:
         return graph, live
     live = live or {}
-    rule_of = {n.id: "rule:" + n.id.partition("/")[0] for n in tasks}
+    rule_of = {n.id: ("rule:" + rule[n.id] if rule[n.id] in grouped else n.id) for n in tasks}
     members: dict[str, list[Node]] = {}
     for n in tasks:
         members.setdefault(rule_of[n.id], []).append(n)
     nodes: dict[str, Node] = {}
     for rid, group in members.items():
+        if not rid.startswith("rule:"):
+            nodes[rid] = group[0]
+            continue
         states = {live.get(n.id) or n.state for n in group}
         state = next((s for s in _URGENCY if s in states), group[0].state)
         seconds = [n.seconds for n in group if n.seconds is not None]
@@ -147,7 +162,9 @@ def collapse(graph: Graph, live: dict[str, str] | None = None) -> tuple[Graph, d
                     nodes.setdefault(i, graph.nodes[i])     # a file read
         inputs[own] = tuple(found)
     roots = tuple(dict.fromkeys(rule_of.get(r, r) for r in graph.roots))
-    return Graph(nodes, inputs, roots, {k: True for k in inputs}), None
+    known = {k: all(graph.edges_known.get(n.id, True) for n in members[k]) for k in inputs}
+    left = {k: v for k, v in live.items() if k in nodes and not k.startswith("rule:")} or None
+    return Graph(nodes, inputs, roots, known), left
 
 
 def size_text(size: int | None) -> str:

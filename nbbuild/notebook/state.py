@@ -327,10 +327,10 @@ class NotebookState:
         """The graph snapshot of the targets (every rule when None)."""
         return snapshot(self.build, self.static(), targets)
 
-    def graph_html(self, targets: list | None = None) -> str:
+    def graph_html(self, targets: list | None = None, expand: Any = ()) -> str:
         """The graph as HTML for a widget (draw.html)."""
         from .draw import html
-        return html(self.graph(targets))
+        return html(self.graph(targets), expand=expand)
 
     def dependents(self, name: str) -> list[str]:
         """Rules that read, directly or not, a version rule `name` bound, in definition order."""

@@ -91,7 +91,9 @@ def graph(state: NotebookState, targets: list | None, dashboard: bool) -> None:
     """The graph as SVG (or Mermaid) in a kernel, as a text tree elsewhere; with `dashboard`,
     beside the metrics."""
     g = state.graph(targets)
-    text = tree(collapse(g)[0])
+    # the calls of a rule asked for by name are drawn one by one; other rules' many calls, as one
+    opened = {getattr(t, "name", None) or getattr(getattr(t, "rule", None), "name", "") for t in targets or ()}
+    text = tree(collapse(g, expand=opened)[0])
     if not state.rich:
         if dashboard:
             text += "\n\n" + metrics_text(state.build.metrics())
@@ -99,9 +101,9 @@ def graph(state: NotebookState, targets: list | None, dashboard: bool) -> None:
         return
     if dashboard:
         m = state.build.metrics()
-        show(board(state.graph_html(targets), m), text + "\n\n" + metrics_text(m), view="dashboard")
+        show(board(state.graph_html(targets, opened), m), text + "\n\n" + metrics_text(m), view="dashboard")
         return
-    mime, data = render(g)
+    mime, data = render(g, expand=opened)
     display({mime: data, "text/plain": text}, raw=True, metadata={"nbbuild": {"view": "graph"}})
 
 
