@@ -615,3 +615,22 @@ def test_a_reused_cell_imports_its_modules_in_the_order_it_imported_them(tmp_pat
     first, second = in_two_processes(tmp_path, cells, "order")
     assert first["calls"] == ["plot"] and second["calls"] == []
     assert second["order"] == first["order"]
+
+
+SETS = ("%%rule\ncalls.append('settings')\nimport decimal, os, sys, warnings\nimport numpy as np\nimport pandas as pd\n"
+        "np.set_printoptions(precision=2)\nnp.seterr(all='raise')\npd.set_option('display.max_rows', 7)\n"
+        "decimal.getcontext().prec = 5\nwarnings.filterwarnings('ignore', message='nbbuild-test')\n"
+        "sys.path.append('extra-path')\nos.makedirs('sub', exist_ok=True)\nos.chdir('sub')")
+LOOKS = ("state = [repr(np.array([1.23456])), np.geterr()['divide'], pd.get_option('display.max_rows'), "
+         "str(decimal.Decimal(1) / decimal.Decimal(7)), "
+         "any(f[1] is not None and f[1].pattern == 'nbbuild-test' for f in warnings.filters), "
+         "'extra-path' in sys.path, os.path.basename(os.getcwd())]")
+
+
+def test_library_settings_a_rule_cell_changes_hold_for_later_cells_also_when_it_is_reused(tmp_path):
+    """numpy's print options and error state and decimal's context live in context variables, which
+    a body's copy of the context would keep to itself; pandas options, warning filters, sys.path and
+    the working directory are process-wide, and a reused cell would not set them after a restart."""
+    first, second = in_two_processes(tmp_path, [SETS, LOOKS], "state")
+    assert first["calls"] == ["settings"] and second["calls"] == []
+    assert first["state"] == second["state"] == ["array([1.23])", "raise", 7, "0.14286", True, True, "sub"]
