@@ -2,10 +2,17 @@ from __future__ import annotations
 
 import compileall
 import contextlib
+import copy
+import fcntl
+import hashlib
 import importlib.util
+import json
 import os
+import pickle
 import sys
 import tempfile
+from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 
@@ -58,6 +65,53 @@ def execute_notebook(kernel_env):
                 cell.outputs = joined_streams(cell.outputs)
         return nb
     return execute
+
+
+@pytest.fixture(scope="session")
+def executed_twice(execute_notebook, tmp_path_factory):
+    """`executed_twice(nb, after)`: the notebook executed twice in one new folder, each time in a
+    fresh kernel (the second finds the store the first left there, `.nbbuild/`), as a list of
+    (the executed notebook, `after(folder)` right after that execution), `after` a module-level
+    function whose result pickles.
+
+    Made once per run of the suite for an equal notebook and `after`, whichever test files ask
+    (test_kernel.py's notebook is test_elsewhere.py's on threads): under xdist the first worker to
+    ask makes it while the others wait, then they read what it made."""
+    def executions(nb, after: Callable[[Path], Any]) -> list[tuple[Any, Any]]:
+        cells = [(c.cell_type, c.source, c.metadata) for c in nb.cells]       # not their random ids
+        what = json.dumps([cells, nb.metadata, after.__module__, after.__qualname__], sort_keys=True)
+        key = hashlib.sha256(what.encode()).hexdigest()
+
+        def make():
+            folder = tmp_path_factory.mktemp("executed")
+            return [(execute_notebook(copy.deepcopy(nb), folder), after(folder)) for _ in range(2)]
+        return once(tmp_path_factory, key[:20], make)
+    return executions
+
+
+_made: dict[str, Any] = {}
+
+
+def once(tmp_path_factory, key: str, make: Callable[[], Any]) -> Any:
+    """make()'s result, made once per run of the suite: in this process, or under xdist by the
+    first worker to ask, in the folder the workers' temporary folders share (a lock file orders
+    them)."""
+    if key not in _made:
+        if "PYTEST_XDIST_WORKER" not in os.environ:
+            _made[key] = make()
+        else:
+            shared = tmp_path_factory.getbasetemp().parent / "made-once"
+            shared.mkdir(exist_ok=True)
+            with open(shared / f"{key}.lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)          # released when closed
+                done = shared / f"{key}.pickle"
+                if done.exists():
+                    _made[key] = pickle.loads(done.read_bytes())
+                else:
+                    _made[key] = make()
+                    (shared / f"{key}.part").write_bytes(pickle.dumps(_made[key]))
+                    (shared / f"{key}.part").replace(done)
+    return _made[key]
 
 
 def joined_streams(outputs: list) -> list:
