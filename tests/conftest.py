@@ -47,6 +47,11 @@ def kernel_env():
 
 
 KERNEL_TIMEOUT = 120      # s: a deadline for a hung kernel, never reached by a working one
+# How an executed notebook's kernel ends. nbclient's graceful default asks it to shut down and
+# polls until it has: ~0.4 s a kernel, over 1 s on a busy machine. Nothing a test reads is
+# written at a kernel's exit (every build commits its store before its cell ends), so the
+# kernel, and what it started, is killed at once.
+SHUTDOWN = "immediate"
 
 
 @pytest.fixture(scope="session")
@@ -59,7 +64,8 @@ def execute_notebook(kernel_env):
     from nbclient import NotebookClient
 
     def execute(nb, directory, timeout: float = KERNEL_TIMEOUT):
-        NotebookClient(nb, timeout=timeout, resources={"metadata": {"path": str(directory)}}).execute()
+        NotebookClient(nb, timeout=timeout, shutdown_kernel=SHUTDOWN,
+                       resources={"metadata": {"path": str(directory)}}).execute()
         for cell in nb.cells:
             if cell.cell_type == "code":
                 cell.outputs = joined_streams(cell.outputs)

@@ -46,7 +46,8 @@ def _date(stamp) -> datetime:
 def run(tmp_path, cells: list[str], env: dict | None = None) -> tuple[nbformat.NotebookNode, Recording]:
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells],
                                   metadata={"kernelspec": KERNELSPEC})
-    client = Recording(nb, timeout=90, resources={"metadata": {"path": str(tmp_path)}})
+    client = Recording(nb, timeout=90, shutdown_kernel="immediate",      # as conftest.SHUTDOWN
+                       resources={"metadata": {"path": str(tmp_path)}})
     full = {**os.environ, "NBBUILD_DIR": str(tmp_path / "store"), **(env or {})}
     client.execute(env=full)
     return nb, client
