@@ -34,6 +34,22 @@ for _name in ("NBBUILD_QUOTA", "NBBUILD_MIN_FREE", "NBBUILD_EVICTION", "NBBUILD_
 import nbbuild  # noqa: E402
 
 
+# The dearest files of `make test` (each tens of seconds of kernels, servers and clusters; from
+# a run's --durations), first. pytest-xdist (--dist loadfile) hands out whole files in the order
+# of the collection, keeping two waiting for each worker: with the dearest last (the notebooks
+# come after tests/), one worker could still be busy with them long after the other ran out.
+DEAREST_FIRST = ("tests/test_corpus.py", "tests/test_cli.py", "tests/test_browser.py", "tests/test_elsewhere.py",
+                 "tests/test_notebooks.py", "notebooks/pipeline.ipynb", "tests/test_versions_kernel.py",
+                 "tests/test_foreign.py", "tests/test_crash.py", "tests/test_properties.py",
+                 "tests/test_concurrency.py", "tests/test_remote.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {path: i for i, path in enumerate(DEAREST_FIRST)}
+    # stable: a file's tests (a notebook's cells) and the other files keep their order
+    items.sort(key=lambda item: rank.get(item.nodeid.partition("::")[0], len(rank)))
+
+
 @pytest.fixture(scope="session")
 def kernel_env():
     """For the kernels a test starts (they inherit this process's environment): their own defaults,
