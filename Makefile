@@ -41,13 +41,15 @@ system-packages:
 # (Not loadgroup: xdist 3.8 cannot mark groups under pytest 9.)
 PYTEST_WORKERS ?= -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorder
 
+# `-p tests.startup` first: it keeps rfc3987-syntax (3-5 s of CPU at import) out of every pytest
+# process, which nbval's import of nbformat would otherwise pay (tests/startup.py)
 test: $(STAMP) system-packages
-	$(BIN)/python -m pytest -q $(PYTEST_WORKERS) tests notebooks --nbval-lax
+	$(BIN)/python -m pytest -q -p tests.startup $(PYTEST_WORKERS) tests notebooks --nbval-lax
 
 # The whole corpus of real third-party notebooks (tests/corpus.py: sdists fetched from PyPI and
 # cached in ~/.cache/nbbuild-corpus); `make test` runs its fixed part, corpus.SUBSET
 corpus: $(STAMP)
-	$(BIN)/python -m pytest -q tests/test_corpus.py -m corpus
+	$(BIN)/python -m pytest -q -p tests.startup tests/test_corpus.py -m corpus
 
 # `nbbuild run` twice on a fresh temporary store (removed at the end): the first run builds, the
 # second, in a fresh kernel, must reuse everything (else the demo fails)

@@ -50,6 +50,14 @@ LAB_SETTINGS = {
 }
 
 
+# `python -m jupyterlab`, but for rfc3987-syntax: jupyter-events' schemas import jsonschema, which
+# imports it where it is installed, and it builds some 40 Lark grammars at import (3-5 s of CPU,
+# a good part of the server's start) for IRI formats that nothing here validates (nbbuild's
+# command leaves it out too: nbbuild/__main__.py)
+LAB_MAIN = ("import sys; sys.modules['rfc3987_syntax'] = None; "
+            "from jupyterlab.labapp import main; sys.exit(main())")
+
+
 def require_browser():
     """The playwright module, or a skip (a failure when CI is set) saying what is missing."""
     missing = []
@@ -114,8 +122,9 @@ class JupyterLab:
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
+        # no NBBUILD_DIR: each kernel's store is `.nbbuild/` beside its notebook, as a reader's is
         for name in ("JUPYTER_PATH", "JUPYTER_CONFIG_PATH", "PYTHONSTARTUP", "NBBUILD_QUOTA",
-                     "NBBUILD_MIN_FREE", "NBBUILD_EVICTION"):
+                     "NBBUILD_MIN_FREE", "NBBUILD_EVICTION", "NBBUILD_DIR"):
             env.pop(name, None)
         dirs = {
             "JUPYTER_RUNTIME_DIR": "runtime",
@@ -125,7 +134,6 @@ class JupyterLab:
             "JUPYTERLAB_WORKSPACES_DIR": "workspaces",
             "XDG_CONFIG_HOME": "xdg-config",
             "IPYTHONDIR": "ipython",
-            "NBBUILD_DIR": "store",
         }
         for name, sub in dirs.items():
             (self.base / sub).mkdir(parents=True, exist_ok=True)
@@ -159,7 +167,7 @@ class JupyterLab:
         env = self.env()
         self.write_settings()
         cmd = [
-            sys.executable, "-m", "jupyterlab",
+            sys.executable, "-c", LAB_MAIN,
             "--no-browser",
             "--ServerApp.ip=127.0.0.1",
             f"--ServerApp.port={self.port}",
@@ -215,7 +223,9 @@ class JupyterLab:
                            f"({last!r}):\n" + self.log_tail())
 
     def page_url(self, notebook: str) -> str:
-        return f"{self.url}/lab/tree/{urllib.parse.quote(notebook)}?token={self.token}"
+        """The notebook alone in JupyterLab: `reset` empties the workspace, where the server would
+        otherwise reopen the notebooks an earlier page of the same server had open."""
+        return f"{self.url}/lab/tree/{urllib.parse.quote(notebook)}?reset&token={self.token}"
 
     def stop(self) -> None:
         """Shut down through the REST API (kernels too), then TERM and KILL the process group, and

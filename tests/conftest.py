@@ -1,13 +1,29 @@
 from __future__ import annotations
 
+import compileall
 import contextlib
+import copy
+import fcntl
+import hashlib
+import importlib.util
+import json
 import os
+import pickle
 import sys
 import tempfile
+from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
+
+# Hundreds of kernels and subprocesses import nbbuild (and some of them these helpers). Where
+# PYTHONDONTWRITEBYTECODE is set (this machine sets it), none of them writes the bytecode it
+# compiles, so each compiled all of nbbuild again: some 0.25 s of CPU a process. Compiled once
+# here instead (a no-op when up to date; __pycache__ is git-ignored).
+compileall.compile_dir(importlib.util.find_spec("nbbuild").submodule_search_locations[0], quiet=2)
+compileall.compile_dir(os.path.dirname(__file__), maxlevels=0, quiet=2)
 
 # the signing key of the tests, and no bounds from the environment of whoever runs them
 os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="nbbuild-tests-config-")
@@ -16,6 +32,22 @@ for _name in ("NBBUILD_QUOTA", "NBBUILD_MIN_FREE", "NBBUILD_EVICTION", "NBBUILD_
     os.environ.pop(_name, None)
 
 import nbbuild  # noqa: E402
+
+
+# The dearest files of `make test` (each tens of seconds of kernels, servers and clusters; from
+# a run's --durations), first. pytest-xdist (--dist loadfile) hands out whole files in the order
+# of the collection, keeping two waiting for each worker: with the dearest last (the notebooks
+# come after tests/), one worker could still be busy with them long after the other ran out.
+DEAREST_FIRST = ("tests/test_corpus.py", "tests/test_cli.py", "tests/test_browser.py", "tests/test_elsewhere.py",
+                 "tests/test_notebooks.py", "notebooks/pipeline.ipynb", "tests/test_versions_kernel.py",
+                 "tests/test_foreign.py", "tests/test_crash.py", "tests/test_properties.py",
+                 "tests/test_concurrency.py", "tests/test_remote.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {path: i for i, path in enumerate(DEAREST_FIRST)}
+    # stable: a file's tests (a notebook's cells) and the other files keep their order
+    items.sort(key=lambda item: rank.get(item.nodeid.partition("::")[0], len(rank)))
 
 
 @pytest.fixture(scope="session")
@@ -31,6 +63,11 @@ def kernel_env():
 
 
 KERNEL_TIMEOUT = 120      # s: a deadline for a hung kernel, never reached by a working one
+# How an executed notebook's kernel ends. nbclient's graceful default asks it to shut down and
+# polls until it has: ~0.4 s a kernel, over 1 s on a busy machine. Nothing a test reads is
+# written at a kernel's exit (every build commits its store before its cell ends), so the
+# kernel, and what it started, is killed at once.
+SHUTDOWN = "immediate"
 
 
 @pytest.fixture(scope="session")
@@ -43,12 +80,60 @@ def execute_notebook(kernel_env):
     from nbclient import NotebookClient
 
     def execute(nb, directory, timeout: float = KERNEL_TIMEOUT):
-        NotebookClient(nb, timeout=timeout, resources={"metadata": {"path": str(directory)}}).execute()
+        NotebookClient(nb, timeout=timeout, shutdown_kernel=SHUTDOWN,
+                       resources={"metadata": {"path": str(directory)}}).execute()
         for cell in nb.cells:
             if cell.cell_type == "code":
                 cell.outputs = joined_streams(cell.outputs)
         return nb
     return execute
+
+
+@pytest.fixture(scope="session")
+def executed_twice(execute_notebook, tmp_path_factory):
+    """`executed_twice(nb, after)`: the notebook executed twice in one new folder, each time in a
+    fresh kernel (the second finds the store the first left there, `.nbbuild/`), as a list of
+    (the executed notebook, `after(folder)` right after that execution), `after` a module-level
+    function whose result pickles.
+
+    Made once per run of the suite for an equal notebook and `after`, whichever test files ask
+    (test_kernel.py's notebook is test_elsewhere.py's on threads): under xdist the first worker to
+    ask makes it while the others wait, then they read what it made."""
+    def executions(nb, after: Callable[[Path], Any]) -> list[tuple[Any, Any]]:
+        cells = [(c.cell_type, c.source, c.metadata) for c in nb.cells]       # not their random ids
+        what = json.dumps([cells, nb.metadata, after.__module__, after.__qualname__], sort_keys=True)
+        key = hashlib.sha256(what.encode()).hexdigest()
+
+        def make():
+            folder = tmp_path_factory.mktemp("executed")
+            return [(execute_notebook(copy.deepcopy(nb), folder), after(folder)) for _ in range(2)]
+        return once(tmp_path_factory, key[:20], make)
+    return executions
+
+
+_made: dict[str, Any] = {}
+
+
+def once(tmp_path_factory, key: str, make: Callable[[], Any]) -> Any:
+    """make()'s result, made once per run of the suite: in this process, or under xdist by the
+    first worker to ask, in the folder the workers' temporary folders share (a lock file orders
+    them)."""
+    if key not in _made:
+        if "PYTEST_XDIST_WORKER" not in os.environ:
+            _made[key] = make()
+        else:
+            shared = tmp_path_factory.getbasetemp().parent / "made-once"
+            shared.mkdir(exist_ok=True)
+            with open(shared / f"{key}.lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)          # released when closed
+                done = shared / f"{key}.pickle"
+                if done.exists():
+                    _made[key] = pickle.loads(done.read_bytes())
+                else:
+                    _made[key] = make()
+                    (shared / f"{key}.part").write_bytes(pickle.dumps(_made[key]))
+                    (shared / f"{key}.part").replace(done)
+    return _made[key]
 
 
 def joined_streams(outputs: list) -> list:

@@ -22,7 +22,8 @@ from browser_support import (ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, JupyterLab, dec
 
 pytestmark = pytest.mark.timeout(240)
 
-NOTEBOOK = "e2e.ipynb"
+E2E = "e2e/e2e.ipynb"
+QUICKSTART_COPY = "quickstart/quickstart.ipynb"
 CELLS = [
     "%load_ext nbbuild",
     "%%rule raw\nimport time\ntime.sleep(1.5)\nraw = list(range(100))",
@@ -39,7 +40,7 @@ SHOW_TIMEOUT = 15_000    # ms: an output rendered once its cell has run
 PROGRESS_BAR = ".nbbuild-progress .widget-hprogress"   # ipywidgets 8's bar in the build view
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def sync_api():
     return require_browser()
 
@@ -47,17 +48,18 @@ def sync_api():
 QUICKSTART = Path(__file__).resolve().parent.parent / "notebooks" / "quickstart.ipynb"
 
 
-@pytest.fixture
-def lab(sync_api, tmp_path, request):
-    """JupyterLab serving NOTEBOOK: the cells above, or (parametrized "quickstart") a copy of
-    notebooks/quickstart.ipynb."""
-    server = JupyterLab(tmp_path / "lab")
+@pytest.fixture(scope="module")
+def lab(sync_api, tmp_path_factory):
+    """One JupyterLab for the tests here (its start is the dearest part of each): it serves the
+    cells above as e2e/e2e.ipynb and a copy of notebooks/quickstart.ipynb as
+    quickstart/quickstart.ipynb, each notebook in a folder of its own, so that each kernel keeps
+    its store, `.nbbuild/`, beside its notebook, as a reader's would be."""
+    server = JupyterLab(tmp_path_factory.mktemp("lab"))
     try:
-        server.root.mkdir(parents=True)
-        if getattr(request, "param", None) == "quickstart":
-            shutil.copyfile(QUICKSTART, server.root / NOTEBOOK)
-        else:
-            write_notebook(server.root / NOTEBOOK, CELLS)
+        for folder in ("e2e", "quickstart"):
+            (server.root / folder).mkdir(parents=True)
+        write_notebook(server.root / E2E, CELLS)
+        shutil.copyfile(QUICKSTART, server.root / QUICKSTART_COPY)
         server.start()
         yield server
     finally:
@@ -67,29 +69,38 @@ def lab(sync_api, tmp_path, request):
             shutil.copyfile(server.log_path, ARTIFACTS / "jupyterlab-server.log")
 
 
-@pytest.fixture
-def page(sync_api, lab):
-    console: list[str] = []
+@pytest.fixture(scope="module")
+def browser(sync_api):
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
-            context = browser.new_context(viewport={"width": 1280, "height": 1600})
-            pg = context.new_page()
-            pg.set_default_timeout(SHOW_TIMEOUT)
-            pg.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
-            pg.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
-            yield pg
+            yield browser
         finally:
-            try:
-                browser.close()
-            finally:
-                ARTIFACTS.mkdir(exist_ok=True)
-                (ARTIFACTS / "browser-console.log").write_text("\n".join(console) + "\n")
+            browser.close()
 
 
-def open_notebook(page, lab) -> None:
+@pytest.fixture
+def page(browser):
+    """A page of its own (a fresh browser context) in the module's browser."""
+    console: list[str] = []
+    context = browser.new_context(viewport={"width": 1280, "height": 1600})
+    try:
+        pg = context.new_page()
+        pg.set_default_timeout(SHOW_TIMEOUT)
+        pg.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+        pg.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
+        yield pg
+    finally:
+        try:
+            context.close()
+        finally:
+            ARTIFACTS.mkdir(exist_ok=True)
+            (ARTIFACTS / "browser-console.log").write_text("\n".join(console) + "\n")
+
+
+def open_notebook(page, lab, notebook: str) -> None:
     """The notebook open and current, its kernel connected and idle."""
-    page.goto(lab.page_url(NOTEBOOK), wait_until="domcontentloaded", timeout=APP_TIMEOUT)
+    page.goto(lab.page_url(notebook), wait_until="domcontentloaded", timeout=APP_TIMEOUT)
     page.wait_for_function(
         """(path) => {
             const app = window.jupyterapp;
@@ -98,8 +109,8 @@ def open_notebook(page, lab) -> None:
             const kernel = w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;
             return !!kernel && kernel.connectionStatus === 'connected' && kernel.status === 'idle';
         }""",
-        arg=NOTEBOOK, timeout=APP_TIMEOUT, polling=250)
-    cells = len(json.loads((lab.root / NOTEBOOK).read_text())["cells"])
+        arg=notebook, timeout=APP_TIMEOUT, polling=250)
+    cells = len(json.loads((lab.root / notebook).read_text())["cells"])
     page.locator(".jp-Notebook .jp-Cell").nth(cells - 1).wait_for(state="attached")
 
 
@@ -193,7 +204,7 @@ def check_dashboard(page, cell) -> None:
 
 
 def test_notebook_in_jupyterlab(page, lab):
-    open_notebook(page, lab)
+    open_notebook(page, lab, E2E)
     run_all(page)
     cells = page.locator(".jp-Notebook .jp-Cell")
     build_cell, graph_cell = cells.nth(BUILD_CELL), cells.nth(GRAPH_CELL)
@@ -220,11 +231,10 @@ def test_notebook_in_jupyterlab(page, lab):
                     + f"\n(screenshot: {ARTIFACTS / 'jupyterlab.png'})", pytrace=False)
 
 
-@pytest.mark.parametrize("lab", ["quickstart"], indirect=True)
 def test_the_quickstart_runs_all_in_jupyterlab(page, lab):
     """The README's tour: Run All on notebooks/quickstart.ipynb in JupyterLab (which sends cell
     ids, unlike nbclient) finishes with no error, and its builds show their views and lines."""
-    open_notebook(page, lab)
+    open_notebook(page, lab, QUICKSTART_COPY)
     run_all(page)
     errors = tracebacks(page)
     assert not errors, "error output in the quickstart:\n" + "\n---\n".join(errors)

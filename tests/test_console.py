@@ -15,6 +15,7 @@ import pytest
 import nbbuild
 from nbbuild.console import TextProgress, line
 from nbbuild.progress import Progress, TaskRow
+from waiting import wait_until
 
 
 class Terminal(io.StringIO):
@@ -22,7 +23,9 @@ class Terminal(io.StringIO):
         return True
 
 
-def slow_rules(b, calls):
+def slow_rules(b, calls, until=lambda: True, what="nothing"):
+    """raw, and slow reading it; slow's body runs until `until()` holds: until the view has
+    written what the test looks for while a body runs (with a deadline)."""
     @b.rule
     def raw():
         calls.append("raw")
@@ -32,15 +35,19 @@ def slow_rules(b, calls):
     def slow():
         data = raw()
         calls.append("slow")
-        time.sleep(0.6)
+        wait_until(until, what)
         return sum(data)
     return slow
+
+
+def running_draws(out: io.StringIO) -> list[str]:
+    return [d for d in out.getvalue().split("\r") if d.startswith("nbbuild ") and "· running slow() " in d]
 
 
 def test_on_a_terminal_the_line_is_redrawn_in_place_then_replaced_by_the_summary(b, calls):
     out = Terminal()
     b.watch(TextProgress(out, delay=0.05, interval=0.05))
-    assert slow_rules(b, calls)() == 10
+    assert slow_rules(b, calls, lambda: len(running_draws(out)) >= 3, "three draws")() == 10
     assert calls == ["raw", "slow"]
     text = out.getvalue()
     draws = [d for d in text.split("\r") if d.startswith("nbbuild ")]
@@ -68,7 +75,7 @@ def test_without_a_summary_a_short_build_writes_nothing(b, calls):
 def test_on_a_stream_that_is_not_a_terminal_lines_are_plain_and_rare(b, calls):
     out = io.StringIO()
     b.watch(TextProgress(out, delay=0.05, interval=0.01, plain_interval=10.0))
-    slow_rules(b, calls)()
+    slow_rules(b, calls, lambda: out.getvalue(), "the first line")()
     lines = out.getvalue().splitlines()
     assert "\r" not in out.getvalue() and len(lines) == 2
     assert lines[0].startswith("nbbuild ") and lines[1] == str(b.report)
@@ -83,8 +90,13 @@ def test_a_line_names_the_longest_running_task_and_fits_the_width():
     assert len(line(p, width=50)) == 50 and line(p, width=50).endswith("…")
 
 
-def in_a_terminal(argv: list[str], cwd) -> tuple[int, str]:
-    """Run argv with a pseudo-terminal as its stdin, stdout and stderr; (exit code, what it wrote)."""
+# a body that runs until the test has seen its line: until the file `go` is in its folder
+UNTIL_GO = "deadline = time.monotonic() + 60\nwhile not os.path.exists('go') and time.monotonic() < deadline:\n    time.sleep(0.01)\n"
+
+
+def in_a_terminal(argv: list[str], cwd, go_once: bytes) -> tuple[int, str]:
+    """Run argv with a pseudo-terminal as its stdin, stdout and stderr; (exit code, what it wrote).
+    Once it has written `go_once`, the file `go` is made in `cwd` (see UNTIL_GO)."""
     leader, follower = pty.openpty()
     env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(nbbuild.__file__)), "TERM": "xterm"}
     proc = subprocess.Popen(argv, stdin=follower, stdout=follower, stderr=follower, env=env, cwd=cwd,
@@ -102,6 +114,8 @@ def in_a_terminal(argv: list[str], cwd) -> tuple[int, str]:
             if not chunk:
                 break
             seen += chunk
+            if go_once in seen and not (cwd / "go").exists():
+                (cwd / "go").touch()
         elif proc.poll() is not None:
             break
     proc.wait(timeout=30)
@@ -112,30 +126,27 @@ def in_a_terminal(argv: list[str], cwd) -> tuple[int, str]:
 def test_a_plain_script_on_a_terminal_shows_the_line_on_stderr(tmp_path):
     """`Build()` in a script, with nothing set, draws the line when stderr is a terminal."""
     script = tmp_path / "pipeline.py"
-    script.write_text(textwrap.dedent(f"""
-        import time, nbbuild
-        b = nbbuild.Build({str(tmp_path / 'store')!r})
-        @b.rule
-        def slow():
-            time.sleep(1.5)
-            return 1
-        print("value", slow())
-    """))
-    code, text = in_a_terminal([sys.executable, str(script)], tmp_path)
+    script.write_text(f"import os, time, nbbuild\n"
+                      f"b = nbbuild.Build({str(tmp_path / 'store')!r})\n"
+                      "@b.rule\n"
+                      "def slow():\n"
+                      + textwrap.indent(UNTIL_GO, "    ") +
+                      "    return 1\n"
+                      "print('value', slow())\n")
+    code, text = in_a_terminal([sys.executable, str(script)], tmp_path, b"running slow() ")
     assert code == 0, text
     assert "\rnbbuild " in text and "running slow() " in text
     assert "ran 1, reused 0, failed 0 in " in text and "value 1" in text
 
 
 def test_terminal_ipython_shows_the_line_and_prints_the_summary_once(tmp_path):
-    (tmp_path / "cells.ipy").write_text(textwrap.dedent("""
-        %load_ext nbbuild
-        get_ipython().run_cell_magic("rule", "slow --lazy", "import time\\ntime.sleep(1.5)\\nslow = 1\\n")
-        %build slow
-        print('bound', slow)
-    """))
+    body = "import os, time\n" + UNTIL_GO + "slow = 1\n"
+    (tmp_path / "cells.ipy").write_text("%load_ext nbbuild\n"
+                                        f"get_ipython().run_cell_magic('rule', 'slow --lazy', {body!r})\n"
+                                        "%build slow\n"
+                                        "print('bound', slow)\n")
     code, text = in_a_terminal([sys.executable, "-m", "IPython", "--no-banner", "--quick", "--colors=nocolor",
-                                "cells.ipy"], tmp_path)
+                                "cells.ipy"], tmp_path, b"running slow ")
     assert code == 0, text
     assert "\rnbbuild " in text and "running slow " in text         # the live line, on stderr, as named there
     assert text.count("ran 1, reused 0, failed 0 in ") == 1, text   # the summary once (the magic's)

@@ -186,7 +186,8 @@ def execute(name: str, code: list[str], way: str, directory: Path, store: Path |
     if store is not None:
         env["NBBUILD_DIR"] = str(store)
     NotebookClient(nb, timeout=CELL_TIMEOUT, startup_timeout=STARTUP_TIMEOUT, kernel_name="python3",
-                   allow_errors=True, resources={"metadata": {"path": str(cwd)}}).execute(env=env)
+                   allow_errors=True, shutdown_kernel="immediate",   # as conftest.SHUTDOWN
+                   resources={"metadata": {"path": str(cwd)}}).execute(env=env)
     probes = [json.loads(line) for line in probe.read_text().splitlines()] if probe.exists() else []
     assert len(probes) == len(cells) - 1, f"{name}: the probe logged {len(probes)} of {len(cells) - 1} cells"
     first = 1 + len(setup)

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import base64
 import re
-from pathlib import Path
 
 import nbformat
 import pytest
-from test_kernel import CELLS, KERNELSPEC, RULE_CELLS, Execution, ran, shown
+from test_kernel import CELLS, KERNELSPEC, RULE_CELLS, executed_twice_as, shown
 from test_kernel import notebook as named_cells
 
 pytest.importorskip("distributed")
@@ -39,22 +38,14 @@ def notebook(executor: str | None) -> nbformat.NotebookNode:
     return named_cells(cells)
 
 
-def executions(execute_notebook, directory: Path, executor: str | None) -> list[Execution]:
-    done = []
-    for _ in range(2):
-        nb = execute_notebook(notebook(executor), directory)
-        done.append(Execution({c.metadata["name"]: c.outputs for c in nb.cells}, ran(directory)))
-    return done
-
-
 @pytest.fixture(scope="module")
-def on_threads(tmp_path_factory, execute_notebook) -> list[Execution]:
-    return executions(execute_notebook, tmp_path_factory.mktemp("threads"), None)
+def on_threads(executed_twice):
+    return executed_twice_as(executed_twice, notebook(None))     # test_kernel.py's: made once
 
 
 @pytest.fixture(scope="module", params=["processes", "dask"])
-def elsewhere(request, tmp_path_factory, execute_notebook) -> tuple[str, list[Execution]]:
-    return request.param, executions(execute_notebook, tmp_path_factory.mktemp(request.param), request.param)
+def elsewhere(request, executed_twice):
+    return request.param, executed_twice_as(executed_twice, notebook(request.param))
 
 
 def as_seen(outputs: list) -> list[tuple]:

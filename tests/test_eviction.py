@@ -12,6 +12,7 @@ from nbbuild import RuleError, hashing
 from nbbuild.eviction import DEFAULT_CAP, DEFAULT_SHARE, Candidate, evict, order, parse_size, prune
 from nbbuild.store import Store
 from oracle import from_scratch
+from waiting import wait_until
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -231,8 +232,9 @@ def test_lru_and_gdsf_choose_differently_what_goes(tmp_path, calls):
                 return np.ones(500_000)         # 4 MB, no time
 
             b.build(dear)
-            time.sleep(0.05)
-            b.build(cheap)
+            used = max(row[3] for row in b.store.value_rows())      # when dear was last used
+            wait_until(lambda: time.time() > used, "the clock to pass dear's last use")
+            b.build(cheap)                                          # used later: LRU's newer one
             b.store.quota = b.store.volume() - 10_000    # one of the two must go
             b.gc()
             chosen[policy] = "dear" if b.store.has_value(b._clean.hashes[cheap.task().key]) else "cheap"

@@ -79,16 +79,24 @@ class Execution:
     ran: list[str]               # ran.txt after this execution
 
 
-@pytest.fixture(scope="module")
-def executions(tmp_path_factory, execute_notebook) -> tuple[Execution, Execution]:
-    """The same notebook executed twice in the same directory, each time in a fresh kernel."""
-    directory = tmp_path_factory.mktemp("notebook")
+def ran_and_stored(directory: Path) -> tuple[list[str], bool]:
+    """ran.txt's lines, and whether the store is `.nbbuild` in the kernel's directory."""
+    return ran(directory), (directory / ".nbbuild").is_dir()
+
+
+def executed_twice_as(executed_twice, nb: nbformat.NotebookNode) -> list[Execution]:
+    """The notebook executed twice in the same directory, each time in a fresh kernel (conftest)."""
     done = []
-    for _ in range(2):
-        nb = execute_notebook(notebook(), directory)
-        done.append(Execution({c.metadata["name"]: c.outputs for c in nb.cells}, ran(directory)))
-    assert (directory / ".nbbuild").is_dir()   # the store: `.nbbuild` in the kernel's directory
-    return done[0], done[1]
+    for executed, (ran_so_far, stored) in executed_twice(nb, ran_and_stored):
+        assert stored                          # the store: `.nbbuild` in the kernel's directory
+        done.append(Execution({c.metadata["name"]: c.outputs for c in executed.cells}, ran_so_far))
+    return done
+
+
+@pytest.fixture(scope="module")
+def executions(executed_twice) -> tuple[Execution, Execution]:
+    first, second = executed_twice_as(executed_twice, notebook())
+    return first, second
 
 
 def shown(outputs: list) -> list[tuple]:

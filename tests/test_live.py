@@ -7,6 +7,8 @@ import html
 import os
 import time
 from datetime import datetime
+from pathlib import Path
+from typing import Callable
 
 import nbformat
 import pytest
@@ -16,23 +18,31 @@ from outputs import is_build_view, view
 
 KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python"}
 
-SLOW = "%%rule slow --lazy\nimport time\nfor i in range(8):\n    time.sleep(0.25)\nslow = 1\n"
+# a body that runs until the test has seen what it waits for: until the file `go` is in the
+# kernel's folder (Recording makes it)
+UNTIL_GO = ("import os, time\ndeadline = time.monotonic() + 60\n"
+            "while not os.path.exists('go') and time.monotonic() < deadline:\n    time.sleep(0.01)\n")
+SLOW = "%%rule slow --lazy\n" + UNTIL_GO + "slow = 1\n"
 
 
 class Recording(NotebookClient):
     """An nbclient that notes when each widget update arrived (here and at the kernel) and when
-    each cell's execute reply arrived."""
+    each cell's execute reply arrived; and makes the file `go` in `folder` once `go_when(updates)`
+    holds."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, folder: Path, go_when: Callable[[list], bool] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.updates: list[tuple[int, float, str, dict]] = []   # cell, arrival, kernel's date, state
         self.replies: dict[int, tuple[float, str]] = {}
         self.on_cell_executed = self._replied
+        self.go, self.go_when = folder / "go", go_when
 
     def handle_comm_msg(self, outs, msg, cell_index):
         data = msg["content"].get("data", {})
         if msg["msg_type"] == "comm_msg" and data.get("method") == "update":
             self.updates.append((cell_index, time.monotonic(), msg["header"]["date"], data["state"]))
+            if self.go_when is not None and not self.go.exists() and self.go_when(self.updates):
+                self.go.touch()
         super().handle_comm_msg(outs, msg, cell_index)
 
     def _replied(self, cell, cell_index, execute_reply):
@@ -43,10 +53,12 @@ def _date(stamp) -> datetime:
     return stamp if isinstance(stamp, datetime) else datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
 
 
-def run(tmp_path, cells: list[str], env: dict | None = None) -> tuple[nbformat.NotebookNode, Recording]:
+def run(tmp_path, cells: list[str], env: dict | None = None,
+        go_when: Callable[[list], bool] | None = None) -> tuple[nbformat.NotebookNode, Recording]:
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells],
                                   metadata={"kernelspec": KERNELSPEC})
-    client = Recording(nb, timeout=90, resources={"metadata": {"path": str(tmp_path)}})
+    client = Recording(nb, timeout=90, shutdown_kernel="immediate",      # as conftest.SHUTDOWN
+                       resources={"metadata": {"path": str(tmp_path)}}, folder=tmp_path, go_when=go_when)
     full = {**os.environ, "NBBUILD_DIR": str(tmp_path / "store"), **(env or {})}
     client.execute(env=full)
     return nb, client
@@ -57,16 +69,26 @@ def without_dot() -> str:
                            if d and not os.path.exists(os.path.join(d, "dot")))
 
 
+def running_lines(updates: list, cell: int) -> list:
+    return [u for u in updates if u[0] == cell and "running <b>slow</b>" in str(u[3].get("value", ""))]
+
+
+def spread(updates: list) -> float:
+    return (_date(updates[-1][2]) - _date(updates[0][2])).total_seconds() if updates else 0.0
+
+
 def test_the_build_views_updates_arrive_while_the_build_runs(tmp_path):
-    nb, client = run(tmp_path, ["%load_ext nbbuild", SLOW, "%build slow"])
     build_cell = 2
+    nb, client = run(tmp_path, ["%load_ext nbbuild", SLOW, "%build slow"],
+                     go_when=lambda u: len(running_lines(u, build_cell)) >= 3 and spread(running_lines(u, build_cell)) >= 1.0)
     arrived, replied_date = client.replies[build_cell]
     updates = [u for u in client.updates if u[0] == build_cell]
     during = [u for u in updates if u[1] < arrived and _date(u[2]) < _date(replied_date)]
-    running = [u for u in during if "running <b>slow</b>" in str(u[3].get("value", ""))]
-    # the body sleeps 2 s; the view pushes a few times a second from its own thread
+    running = running_lines(during, build_cell)
+    # the body runs until three running lines a second apart or more have arrived here; the
+    # view pushes a few times a second from its own thread
     assert len(running) >= 3, [u[3] for u in updates]
-    assert (_date(running[-1][2]) - _date(running[0][2])).total_seconds() >= 1.0    # spread over the run
+    assert spread(running) >= 1.0                            # spread over the run
     assert len(during) <= 60                                # throttled: not a message per tick per widget
     settled = [u for u in updates if "bar_style" in u[3]]
     assert settled and settled[-1][3]["bar_style"] == "success"
@@ -78,7 +100,9 @@ def test_the_build_views_updates_arrive_while_the_build_runs(tmp_path):
 
 
 def test_a_live_graph_shows_the_running_task_in_the_build_view(tmp_path):
-    nb, client = run(tmp_path, ["%load_ext nbbuild", SLOW, "%build slow --graph"])
+    nb, client = run(tmp_path, ["%load_ext nbbuild", SLOW, "%build slow --graph"],
+                     go_when=lambda updates: any(u[0] == 2 and "nbbuild-running" in str(u[3].get("value", ""))
+                                                 and "<svg" in str(u[3].get("value", "")) for u in updates))
     arrived, _ = client.replies[2]
     svgs = [html.unescape(u[3]["value"].partition("<svg")[2]) for u in client.updates  # as a browser reads it
             if u[0] == 2 and u[1] < arrived and "<svg" in str(u[3].get("value", ""))]
@@ -145,8 +169,8 @@ def test_a_quick_build_sends_its_view_once_settled(tmp_path):
 
 def test_the_build_view_comes_before_what_the_rules_print(tmp_path):
     """Its place is taken when the build starts, even when the box only fills it a tick later."""
-    cell = "%%rule talk\nimport time\nprint('before')\ntime.sleep(0.8)\nprint('after')\ntalk = 1"
-    nb, _ = run(tmp_path, ["%load_ext nbbuild", cell])
+    cell = "%%rule talk\nprint('before')\n" + UNTIL_GO + "print('after')\ntalk = 1"
+    nb, _ = run(tmp_path, ["%load_ext nbbuild", cell], go_when=lambda updates: any(u[0] == 1 for u in updates))
     outputs = nb.cells[1].outputs
     assert is_build_view(outputs[0]) and outputs[0]["data"]["text/plain"].startswith("ran 1, ")
     assert "".join(o["text"] for o in outputs[1:] if o["output_type"] == "stream") == "before\nafter\n"

@@ -3,7 +3,6 @@ kernel the widgets have no front end; what they would send is what their traits 
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
@@ -13,6 +12,7 @@ from nbbuild.notebook.graph import snapshot as graph
 from nbbuild.notebook.widgets import BuildView, dashboard, metrics_text, metrics_view
 from nbbuild.progress import ROW_LIMIT, SLOWEST
 from shells import fresh_shell
+from waiting import wait_until
 
 
 @pytest.fixture(autouse=True)
@@ -40,7 +40,9 @@ class Watched(BuildView):
         return [v for n, _, v, _ in self.changes if n == name]
 
 
-def rules(b, calls, pause=0.6):
+def rules(b, calls, until=lambda: True, what="nothing"):
+    """raw, and clean reading it. clean's body runs until `until()` holds: until the view has
+    shown, from its own thread, what the test looks for while a body runs (with a deadline)."""
     @b.rule
     def raw():
         calls.append("raw")
@@ -50,14 +52,19 @@ def rules(b, calls, pause=0.6):
     def clean():
         data = raw()
         calls.append("clean")
-        time.sleep(pause)
+        wait_until(until, what)
         return sorted(data)
     return clean
 
 
+def texts(view: Watched) -> list[str]:
+    """The text widget's values the view's thread pushed."""
+    return [v for n, t, v, _ in view.changes if n == "text" and t == "nbbuild-view"]
+
+
 def test_while_a_build_runs_its_thread_shows_the_running_task(b, calls):
     view = b.watch(Watched(first=0.05, interval=0.05, bar_every=0.0))
-    assert rules(b, calls)() == [1, 2, 3]
+    assert rules(b, calls, lambda: any("running <b>" in v for v in texts(view)), "a running line")() == [1, 2, 3]
     assert calls == ["raw", "clean"]
     live = [(t, v) for n, t, v, _ in view.changes if n == "text" and "running <b>" in v]
     assert live and all(t == "nbbuild-view" for t, _ in live)        # pushed by the ticker thread
@@ -68,11 +75,11 @@ def test_while_a_build_runs_its_thread_shows_the_running_task(b, calls):
 
 def test_updates_are_throttled_and_only_what_changed_is_sent(b, calls):
     view = b.watch(Watched())
-    rules(b, calls, pause=1.6)()
+    rules(b, calls, lambda: len(texts(view)) >= 3, "three texts")()
     during = [c for c in view.changes if c[1] == "nbbuild-view"]
-    # the text at 0.25 s, then every 0.5 s (at 0.25, 0.75 and 1.25 s while the body sleeps its
-    # 1.6 s, and no more often however long the build took on a busy machine); the bar at most
-    # once a second: not one per task
+    # the text at 0.25 s, then every 0.5 s (at 0.25, 0.75 and 1.25 s while the body waits for
+    # the third, and no more often however long the build took on a busy machine); the bar at
+    # most once a second: not one per task
     most = 1 + int((b.report.seconds - 0.25) / 0.5)
     assert 3 <= len([c for c in during if c[0] == "text"]) <= most
     assert 1 <= len({c[2] for c in during if c[0] == "bar" and c[3] == "value"}) <= 2
@@ -81,7 +88,7 @@ def test_updates_are_throttled_and_only_what_changed_is_sent(b, calls):
 
 def test_it_settles_into_the_reports_line(b, calls, capsys):
     view = b.watch(Watched(first=0.05, interval=0.05, bar_every=0.0))
-    rules(b, calls, pause=0.1)()
+    rules(b, calls, lambda: texts(view), "the first tick")()
     parts = view.last
     assert "nbbuild-progress" in parts["box"]._dom_classes
     assert (parts["bar"].value, parts["bar"].max, parts["bar"].bar_style) == (2, 2, "success")
@@ -127,7 +134,7 @@ def test_a_live_graph_is_drawn_with_running_states_then_settled(b, calls):
     snapshots = []
     view = b.watch(BuildView(first=0.05, interval=0.05, snapshot=lambda targets: snapshots.append(targets) or graph(b, {}, targets),
                              draw=lambda g, live: drawn.append(live) or "<svg/>"))
-    clean = rules(b, calls, pause=1.2)
+    clean = rules(b, calls, lambda: any(live and "running" in live.values() for live in drawn), "a live graph")
     view.graph_for([clean.task()])
     clean()
     keys = {clean.task().key}
@@ -142,7 +149,7 @@ def test_a_live_graph_is_drawn_with_running_states_then_settled(b, calls):
 
 def test_metrics_and_dashboard_render_the_build_metrics(b, calls):
     b.set_quota("1 MB", save=False)
-    clean = rules(b, calls, pause=0.0)
+    clean = rules(b, calls)
     clean()
     clean()
     m = b.metrics()
@@ -162,8 +169,8 @@ def test_metrics_and_dashboard_render_the_build_metrics(b, calls):
 
 
 def test_a_build_over_before_the_first_tick_is_displayed_once_settled(b, calls, capsys):
-    view = b.watch(Watched(first=0.5))
-    rules(b, calls, pause=0.0)()
+    view = b.watch(Watched(first=60.0))      # its first tick far beyond any build of two tasks
+    rules(b, calls)()
     # its place, then the box put there settled: no widget update after
     assert capsys.readouterr().out.splitlines() == ["nbbuild: building…", str(b.report)]
     parts = view.last
@@ -174,7 +181,7 @@ def test_a_build_over_before_the_first_tick_is_displayed_once_settled(b, calls, 
 
 def test_boxes_share_their_layouts_and_styles(b, calls):
     view = b.watch(BuildView(interval=0.5))
-    clean = rules(b, calls, pause=0.0)
+    clean = rules(b, calls)
     clean()
     first = view.last
     clean()
