@@ -634,3 +634,29 @@ def test_library_settings_a_rule_cell_changes_hold_for_later_cells_also_when_it_
     first, second = in_two_processes(tmp_path, [SETS, LOOKS], "state")
     assert first["calls"] == ["settings"] and second["calls"] == []
     assert first["state"] == second["state"] == ["array([1.23])", "raise", 7, "0.14286", True, True, "sub"]
+
+
+GLOBALS = [
+    "import types\nthreshold = 1",
+    "%%rule\ncalls.append('defines')\n"
+    "def above(x):\n    return x > threshold\n"
+    "def fact(n):\n    return 1 if n < 2 else n * fact(n - 1)\n"
+    "def twice(x):\n    return later(x)\n"
+    "tests = {'above': above, 'lambdas': [lambda x: x > threshold]}\n"
+    "holder = types.SimpleNamespace(func=above)\n"
+    "class Limit:\n    def reached(self, x):\n        return x > threshold\n",
+    "threshold = 5\ndef later(x):\n    return 2 * x",
+    "seen = [above(3), fact(5), twice(2), tests['above'](3), tests['lambdas'][0](3), holder.func(3), Limit().reached(3)]",
+]
+
+
+def test_functions_a_rule_cell_defines_read_the_notebooks_globals_also_after_a_restart(tmp_path):
+    """A function (a method, one in a container or an attribute) reads globals when called, as
+    plainly: the notebook's current `threshold`, a function a later cell defines. Restored from
+    the store after a restart, it reads the notebook's namespace, not a copy made when stored."""
+    plain: dict = {"__name__": "__main__", "calls": []}
+    for cell in GLOBALS:
+        exec(cell.removeprefix("%%rule\n"), plain)
+    first, second = in_two_processes(tmp_path, GLOBALS, "seen")
+    assert first["calls"] == ["defines"] and second["calls"] == []
+    assert first["seen"] == second["seen"] == plain["seen"] == [False, 120, 4, False, False, False, False]
