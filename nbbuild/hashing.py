@@ -8,7 +8,7 @@ Contract:
   `pickle_value(value)` gives the same as a `Serialized` whose buffers are still the value's own
   memory and whose hash is computed when first asked (large values are written without a copy).
   Pickling and unpickling are pickling.py's (cloudpickle, keeping what plain execution gives: a
-  function of `__main__` loaded reads `__main__`'s globals).
+  function of `__main__` loaded reads `__main__`'s globals, a class keeps its qualified name).
 - `deserialize(blob)` is its inverse; `split(blob)` checks a blob's layout and cuts it into parts.
 - `encode_args(args)` gives a canonical, JSON-decodable text for task arguments; `decode_args`
   reverses it. Task keys are hashes of that text, stable across processes.

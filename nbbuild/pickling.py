@@ -1,7 +1,7 @@
 """How values are pickled and unpickled: cloudpickle, with what plain execution gives kept.
 
 cloudpickle pickles the functions and classes of `__main__` (a notebook, a script) by value. As it
-stands, it loses what plain execution has:
+stands, it loses two things plain execution has:
 - a function of `__main__` reads its globals when called, from `__main__`'s namespace: the
   notebook's current `threshold`, a function a later cell defines, itself when it recurses.
   cloudpickle loads it with a new dict of its own, holding copies of the globals it read when it
@@ -11,6 +11,8 @@ stands, it loses what plain execution has:
   bound (yet) is a NameError when called, as plainly. Methods, lambdas, functions in containers
   or held by other objects are all loaded through the same two calls, so all are covered;
   functions of other modules (pickled by reference) are not concerned.
+- a class keeps its `__qualname__` (`Model.Config`, `make.<locals>.Local`): it is not in the
+  class's `__dict__`, which is what cloudpickle keeps, so it is added to the pickled state.
 
 Contract:
 - `dump(value, buffers)` -> the pickle stream (protocol 5; out-of-band buffers appended to
@@ -32,11 +34,25 @@ from cloudpickle import cloudpickle as _cp
 __all__ = ["dump", "loads"]
 
 _CLOUDPICKLE_MODULES = ("cloudpickle.cloudpickle", "cloudpickle.cloudpickle_fast")
+_SKELETONS = (_cp._make_skeleton_class, getattr(_cp, "_make_skeleton_enum", None))
+
+
+class _Pickler(cloudpickle.Pickler):
+    def reducer_override(self, obj: Any) -> Any:
+        reduced = super().reducer_override(obj)
+        if (isinstance(obj, type) and isinstance(reduced, tuple) and reduced[0] in _SKELETONS
+                and obj.__qualname__ != obj.__name__):
+            (clsdict, slots) = reduced[2]
+            # _class_setstate sets every entry of the state on the class: the qualified name too
+            # ("".join: a copy, not the interned string, as cloudpickle does for determinism)
+            clsdict["__qualname__"] = "".join(obj.__qualname__)
+            reduced = reduced[:2] + ((clsdict, slots),) + reduced[3:]
+        return reduced
 
 
 def dump(value: Any, buffers: list | None = None) -> bytes:
     f = io.BytesIO()
-    cloudpickle.Pickler(f, protocol=5, buffer_callback=None if buffers is None else buffers.append).dump(value)
+    _Pickler(f, protocol=5, buffer_callback=None if buffers is None else buffers.append).dump(value)
     return f.getvalue()
 
 

@@ -660,3 +660,29 @@ def test_functions_a_rule_cell_defines_read_the_notebooks_globals_also_after_a_r
     first, second = in_two_processes(tmp_path, GLOBALS, "seen")
     assert first["calls"] == ["defines"] and second["calls"] == []
     assert first["seen"] == second["seen"] == plain["seen"] == [False, 120, 4, False, False, False, False]
+
+
+NESTED = """\
+class Model:
+    class Config:
+        pass
+    def make(self):
+        class Made:
+            pass
+        return Made
+def factory():
+    class Local:
+        pass
+    return Local
+Local = factory()
+Made = Model().make()
+"""
+def test_classes_nested_in_a_class_or_function_keep_their_qualified_names_after_a_restart(tmp_path):
+    named = "named = [f'{c.__module__}.{c.__qualname__}' for c in (Model.Config, Local, Made, factory())]\n"
+    plain: dict = {"__name__": "__main__"}
+    exec(NESTED + named, plain)
+    first, second = in_two_processes(tmp_path, ["%%rule\ncalls.append('defines')\n" + NESTED, named], "named")
+    assert first["calls"] == ["defines"] and second["calls"] == []
+    assert first["named"] == second["named"] == plain["named"] == [
+        "__main__.Model.Config", "__main__.factory.<locals>.Local", "__main__.Model.make.<locals>.Made",
+        "__main__.factory.<locals>.Local"]
