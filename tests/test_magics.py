@@ -522,6 +522,13 @@ def test_a_cell_on_a_process_pool_binds_what_it_made_there_and_prints_here(ip, c
     assert ip.user_ns["calls"] == ["raw"]          # the worker appended to its own copy of `calls`
 
 
+def test_a_function_a_cell_defines_on_a_process_pool_reads_the_notebooks_globals_here(ip):
+    ip.run_cell("threshold = 1")
+    ip.run_cell("%%rule --executor processes\ndef above(x):\n    return x > threshold\n")
+    ip.run_cell("threshold = 5")
+    assert ip.run_cell("above(3)").result is False and ip.user_ns["above"].__globals__ is ip.user_ns
+
+
 def test_a_cell_past_its_timeout_on_a_process_pool_is_stopped_and_says_so(ip):
     ip.run_cell("import time")
     result = ip.run_cell("%%rule --executor processes --timeout 1\ntime.sleep(60)\nslow = 1\n")
