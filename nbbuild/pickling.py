@@ -34,7 +34,10 @@ from cloudpickle import cloudpickle as _cp
 __all__ = ["dump", "loads"]
 
 _CLOUDPICKLE_MODULES = ("cloudpickle.cloudpickle", "cloudpickle.cloudpickle_fast")
-_SKELETONS = (_cp._make_skeleton_class, getattr(_cp, "_make_skeleton_enum", None))
+# cloudpickle's own (private) names: should a version rename them, values pickle and load as
+# cloudpickle alone does
+_SKELETONS = tuple(f for f in (getattr(_cp, "_make_skeleton_class", None), getattr(_cp, "_make_skeleton_enum", None))
+                   if f is not None)
 
 
 class _Pickler(cloudpickle.Pickler):
