@@ -711,3 +711,13 @@ def test_a_restored_frame_a_later_cell_fetches_is_not_taken_for_changed_in_place
     first, second = in_two_processes(tmp_path, cells, "total", "warned")
     assert first["calls"] == ["frame", "total"] and second["calls"] == ["total"] and second["total"] == 12
     assert second["warned"] == first["warned"] == []
+
+
+@pytest.mark.xfail(strict=True, reason="a function a rule cell defines closes over the versions the cell fetched "
+                   "and the names it bound (locals of the rule's function), where plainly it reads the notebook's "
+                   "globals when called")
+def test_a_function_reads_a_name_a_rule_cell_bound_as_the_notebook_has_it_when_called(ip):
+    ip.run_cell("%%rule\nthreshold = 1")
+    ip.run_cell("%%rule\ndef above(x):\n    return x > threshold\n")
+    ip.run_cell("%%rule\nthreshold = 5")
+    assert ip.run_cell("above(3)").result is False
