@@ -7,6 +7,8 @@ Contract:
   pickled in a canonical order, so equal values hash equally whatever `PYTHONHASHSEED` is.
   `pickle_value(value)` gives the same as a `Serialized` whose buffers are still the value's own
   memory and whose hash is computed when first asked (large values are written without a copy).
+  Pickling and unpickling are pickling.py's (cloudpickle, keeping what plain execution gives: a
+  function of `__main__` loaded reads `__main__`'s globals, a class keeps its qualified name).
 - `deserialize(blob)` is its inverse; `split(blob)` checks a blob's layout and cuts it into parts.
 - `encode_args(args)` gives a canonical, JSON-decodable text for task arguments; `decode_args`
   reverses it. Task keys are hashes of that text, stable across processes.
@@ -19,7 +21,6 @@ from __future__ import annotations
 import base64
 import bisect
 import dis
-import io
 import json
 import math
 import pathlib
@@ -29,8 +30,9 @@ import sys
 import types
 from typing import Any
 
-import cloudpickle
 import xxhash
+
+from . import pickling
 
 __all__ = [
     "serialize", "deserialize", "hash_bytes", "value_hash", "encode_args", "decode_args",
@@ -91,9 +93,7 @@ def _canonical(x: Any) -> Any:
 
 
 def _dump(value: Any, buffers: list | None = None) -> bytes:
-    f = io.BytesIO()
-    cloudpickle.Pickler(f, protocol=5, buffer_callback=None if buffers is None else buffers.append).dump(value)
-    return f.getvalue()
+    return pickling.dump(value, buffers)
 
 
 # pickle opcodes that build sets: EMPTY_SET, FROZENSET (protocol 4+)
@@ -194,13 +194,13 @@ def split(blob: bytes | memoryview) -> tuple[memoryview, list[memoryview], int]:
 
 
 def unpickle(meta: bytes | memoryview, buffers: list[Any]) -> Any:
-    return pickle.loads(meta, buffers=buffers)
+    return pickling.loads(meta, buffers)
 
 
 def deserialize(blob: bytes | memoryview) -> Any:
     meta, buffers, _ = split(blob)
     # writable copies: arrays loaded from the store must behave like fresh ones
-    return pickle.loads(meta, buffers=[bytearray(b) for b in buffers])
+    return pickling.loads(meta, [bytearray(b) for b in buffers])
 
 
 # ---------------------------------------------------------------- task arguments

@@ -8,8 +8,10 @@ Contract:
 - `recall(digest, checked, task)` -> (found, value): from memory, or loaded from the store (and
   remembered). A remembered value that is not immutable is hashed again once per build (`checked`
   holds what this build checked): one changed in place since it was built is dropped, with a
-  warning, and the stored value is used instead. A stored value that cannot be used is a miss,
-  with a warning naming the task.
+  warning, and the stored value is used instead. A value loaded from the store is hashed once as
+  loaded, and compared with that hash too: loaded back, it may pickle to other bytes than were
+  stored, and that is no change. A stored value that cannot be used is a miss, with a warning
+  naming the task.
 - `forget(digest=None)` drops one value, or all; the store keeps them. `digest in memory` and
   `size(digest)` look without loading.
 """
@@ -37,6 +39,7 @@ class Memory:
         self.values: OrderedDict[str, Any] = OrderedDict()
         self.sizes: dict[str, int] = {}
         self.bytes = 0
+        self.loaded: dict[str, str] = {}     # digest -> the hash of its value as loaded, where they differ
         self._lock = threading.Lock()
 
     def __contains__(self, digest: str) -> bool:
@@ -56,6 +59,7 @@ class Memory:
             while len(self.values) > 1 and (self.bytes > MEMORY_BYTES or len(self.values) > MEMORY_VALUES):
                 old, _ = self.values.popitem(last=False)
                 self.bytes -= self.sizes.pop(old)
+                self.loaded.pop(old, None)
 
     def recall(self, digest: str, checked: set[str], task: Any = None) -> tuple[bool, Any]:
         value = self.values.get(digest, _ABSENT)
@@ -64,9 +68,12 @@ class Memory:
                 return True, value
             try:
                 now = hashing.value_hash(value)
+                # a value loaded back may pickle to other bytes than were stored (a pandas
+                # frame's blocks laid out anew, a set in another process, a function of
+                # `__main__` reading the notebook's globals): its hash as loaded counts too; and
                 # some objects pickle differently each time (a matplotlib Figure counts its
                 # pickles): a second hash that differs again means "cannot tell", not "changed"
-                same = now == digest or hashing.value_hash(value) != now
+                same = now == digest or now == self.loaded.get(digest) or hashing.value_hash(value) != now
             except hashing.UnserializableValue:
                 same = False
             if same:
@@ -82,10 +89,25 @@ class Memory:
             return False, None
         checked.add(digest)
         self.remember(digest, value, self.store.value_size(digest) or 0)
+        self._note_loaded(digest, value)
         return True, value
+
+    def _note_loaded(self, digest: str, value: Any) -> None:
+        """The hash of a value as loaded, where it is not the stored one: what it is compared with."""
+        if isinstance(value, _IMMUTABLE):
+            return
+        try:
+            now = hashing.value_hash(value)
+        except hashing.UnserializableValue:
+            return
+        if now != digest:
+            with self._lock:
+                if digest in self.values:
+                    self.loaded[digest] = now
 
     def forget(self, digest: str | None = None) -> None:
         with self._lock:
             for d in [digest] if digest is not None else list(self.values):
                 if self.values.pop(d, None) is not None or d in self.sizes:
                     self.bytes -= self.sizes.pop(d, 0)
+                self.loaded.pop(d, None)

@@ -29,6 +29,8 @@ Contract:
   thread; a cancelled build cancels the remote work; a timeout stops it. What the body attached
   (`trace.attach`) is kept as if it had run here, and a rule's `received(task, value, attachment)`,
   when it has one, is called here with them (the notebook shows what a cell printed in a worker).
+  What comes back is loaded here as a stored value is (pickling.py): a function of `__main__`
+  that the body made reads this process's `__main__` (the notebook), not the worker's copy.
 """
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ from typing import Any
 
 import cloudpickle
 
-from . import hashing
+from . import hashing, pickling
 from .trace import INPUT_PREFIX, current
 
 __all__ = ["run", "rule_stub", "run_elsewhere", "Abandoned", "RemoteError"]
@@ -306,7 +308,7 @@ def _one_run(executor: Any, sched: Any, task: Any, rec: Any, supplied: dict, tim
         while True:
             message = waiter.next()
             if message[0] != "need":
-                return cloudpickle.loads(job.result())    # "done"
+                return pickling.loads(job.result())    # "done" (as a value is loaded: __main__'s functions read ours)
             if not executor.hold():
                 job.answer(("restart",))
                 continue

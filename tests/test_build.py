@@ -505,3 +505,46 @@ def test_a_value_that_pickles_differently_each_time_is_not_taken_for_changed_in_
     first = b.build(figure)[0]
     assert b.build(figure)[0] is first and calls == ["figure"]
     assert "changed in place" not in caplog.text
+
+
+class _PicklesOtherwiseOnceLoaded:
+    """Pickles to other bytes once loaded than as built, the same each time after: as a set of
+    strings does in another process (another hash seed), or a pandas frame whose blocks are laid
+    out anew when loaded."""
+
+    def __init__(self, origin: str = "built", items: list | None = None) -> None:
+        self.origin, self.items = origin, items if items is not None else []
+
+    def __reduce__(self):
+        return _PicklesOtherwiseOnceLoaded, ("stored" if self.origin == "built" else "loaded", self.items)
+
+
+def test_a_value_that_pickles_otherwise_once_loaded_is_not_taken_for_changed_in_place(store_dir, calls, caplog):
+    def define(build):
+        @build.rule
+        def box():
+            calls.append("box")
+            return _PicklesOtherwiseOnceLoaded()
+        return box
+
+    with nbbuild.Build(store_dir, workers=1) as b:
+        b.build(define(b))
+    with nbbuild.Build(store_dir, workers=1) as b:          # a restart: the value is loaded
+        box = define(b)
+        loaded = b.build(box)[0]
+        assert loaded.origin == "stored" and b.build(box)[0] is loaded
+        assert "changed in place" not in caplog.text
+        loaded.items.append(1)                                # a change after it was loaded is one
+        assert b.build(box)[0].items == [] and "changed in place" in caplog.text
+    assert calls == ["box"]
+
+
+def test_a_value_changed_in_place_after_it_was_built_is_replaced_by_the_stored_one(b, calls, caplog):
+    @b.rule
+    def items():
+        calls.append("items")
+        return [1, 2]
+
+    b.build(items)[0].append(3)
+    assert b.build(items)[0] == [1, 2] and calls == ["items"]
+    assert "a value was changed in place after it was built" in caplog.text

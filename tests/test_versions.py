@@ -509,9 +509,7 @@ GLOBALS = ["x = 1", "def bump():\n    global x\n    x += 1", "bump()", "y = x * 
            "def setup():\n    global config\n    config = {'k': y}\nsetup()", "z = config['k'] + x"]
 
 
-@pytest.mark.parametrize("ordinary", [None, pytest.param(2, marks=pytest.mark.xfail(
-    strict=True, reason="after a restart, bump() restored from the store binds x in its pickled globals"))],
-    ids=["every cell a rule", "the call an ordinary cell"])
+@pytest.mark.parametrize("ordinary", [None, 2], ids=["every cell a rule", "the call an ordinary cell"])
 def test_a_function_that_rebinds_a_global_makes_a_version_where_it_is_called(shell, ordinary):
     """`global x` in a function binds x when the function runs, not where it is defined: the
     cell that calls it makes the version later cells read, also when reused after a restart."""
