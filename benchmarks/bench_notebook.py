@@ -1,0 +1,123 @@
+"""Cells in a real kernel (nbclient, Run All), per cell: cold (an empty store), warm (a kernel
+restart on the store the cold run left: every rule cell reused) and plain (the same cells without
+nbbuild), for issue 17 items 1, 2 and 5.
+
+Two notebooks:
+- `pipeline`: notebooks/pipeline.ipynb up to its Dask section (a cluster's start-up is not what is
+  measured); its rule cells, cold against warm. Parametric rules and builds cannot run plainly,
+  so there is no plain run of it.
+- `small`: a generated notebook of N (default 200) small rule cells under `%nbbuild auto`, each
+  reading the one before (numbers, a list, a small array); plain is the same cells without nbbuild.
+
+Each cell's time is nbclient's record, from the kernel's execute_input to its execute_reply: the
+cell as the user waits for it (the magic, analysis, verification, loading, binding, replaying
+outputs, the build view). Runs are interleaved (cold, warm, plain, ...) and repeated; medians.
+
+    .venv/bin/python benchmarks/bench_notebook.py [--cells 200] [--repeat 3] [--markdown]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+from datetime import datetime
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import revision  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+PIPELINE = ROOT / "notebooks" / "pipeline.ipynb"
+
+
+def _when(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
+def seconds(cell) -> float:
+    t = cell.metadata["execution"]
+    return (_when(t["shell.execute_reply"]) - _when(t["iopub.execute_input"])).total_seconds()
+
+
+def execute(nb, folder: Path, store: Path | None) -> list[float]:
+    env = dict(os.environ, NBBUILD_VIEW="widget")
+    env.pop("NBBUILD_DIR", None)
+    if store is not None:
+        env["NBBUILD_DIR"] = str(store)
+    nb = nbformat.from_dict(nb)
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(folder)}}
+                   ).execute(env=env)
+    return [seconds(c) for c in nb.cells if c.cell_type == "code"]
+
+
+def pipeline_cells() -> tuple[nbformat.NotebookNode, list[int]]:
+    """The notebook up to its Dask section, and the indexes (among code cells) of its rule cells
+    that take no arguments (a parametric rule's cell only registers it)."""
+    nb = nbformat.read(str(PIPELINE), as_version=4)
+    cut = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code" and "dask.distributed" in c.source)
+    nb.cells = nb.cells[:cut]
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    rules = [i for i, c in enumerate(code) if c.source.startswith("%%rule") and "(" not in c.source.splitlines()[0]]
+    return nb, rules
+
+
+def small_cells(n: int, with_nbbuild: bool) -> nbformat.NotebookNode:
+    cells = ["import numpy as np\nx0 = 0\nitems0 = []\na0 = np.zeros(8)"]
+    for i in range(1, n):
+        cells.append(f"x{i} = x{i - 1} + {i}\nitems{i} = items{i - 1} + [x{i}]\na{i} = a{i - 1} + {i}\nx{i}")
+    head = ["%load_ext nbbuild", "%nbbuild auto"] if with_nbbuild else []
+    return nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in head + cells])
+
+
+def median_ms(values: list[float]) -> float:
+    return 1000 * statistics.median(values)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cells", type=int, default=200)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--markdown", action="store_true")
+    args = ap.parse_args()
+    pipeline, rules = pipeline_cells()
+    small, plain_small = small_cells(args.cells, True), small_cells(args.cells, False)
+    found: dict[str, list[list[float]]] = {k: [] for k in ("pipeline cold", "pipeline warm", "small cold",
+                                                           "small warm", "small plain")}
+    for _ in range(args.repeat):
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            store = folder / "store-pipeline"
+            cells = execute(pipeline, folder, store)
+            found["pipeline cold"].append([cells[i] for i in rules])
+            cells = execute(pipeline, folder, store)
+            found["pipeline warm"].append([cells[i] for i in rules])
+            store = folder / "store-small"
+            found["small cold"].append(execute(small, folder, store)[2:])
+            found["small warm"].append(execute(small, folder, store)[2:])
+            found["small plain"].append(execute(plain_small, folder, None))
+    print(f"# bench_notebook: {revision()}; {args.repeat} interleaved repeats, medians")
+    rows = []
+    for name, runs in found.items():
+        per_cell = [statistics.median(run[i] for run in runs) for i in range(len(runs[0]))]
+        total = statistics.median(sum(run) for run in runs)
+        rows.append((name, len(per_cell), median_ms(per_cell), 1000 * max(per_cell), total))
+    ratio = {r[0]: r[4] for r in rows}
+    if args.markdown:
+        print("| run | cells | median per cell | slowest cell | all cells |\n|---|---|---|---|---|")
+        for name, n, med, worst, total in rows:
+            print(f"| {name} | {n} | {med:.1f} ms | {worst:.0f} ms | {total:.2f} s |")
+    else:
+        for name, n, med, worst, total in rows:
+            print(f"{name:14s} {n:4d} cells  median {med:7.1f} ms  slowest {worst:7.0f} ms  all {total:7.2f} s")
+    print(f"pipeline warm / cold: 1/{ratio['pipeline cold'] / ratio['pipeline warm']:.0f} (goal ≤ 1/50)")
+    print(f"small cold / plain: {ratio['small cold'] / ratio['small plain']:.2f}× (goal: overhead ≤ 5%)")
+    print(f"small warm / plain: {ratio['small warm'] / ratio['small plain']:.2f}×")
+
+
+if __name__ == "__main__":
+    main()
