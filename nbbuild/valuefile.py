@@ -25,7 +25,8 @@ Contract:
   (saying what is wrong) for a missing, truncated, altered or unsigned file, with `foreign` set
   for a file another key signed (signing.py: not damage). The pickle stream is checked against
   the signature, and the buffers against the hash, before anything is unpickled.
-- Disk I/O runs on a helper thread while the calling thread hashes the previous chunk.
+- A large value is hashed on a helper thread while the calling thread writes it; a large file is
+  read on a helper thread while the calling thread hashes what was read.
 """
 from __future__ import annotations
 
@@ -102,35 +103,40 @@ def _chunks(view: memoryview, size: int = _CHUNK) -> Iterable[memoryview]:
         yield view[i:i + size]
 
 
-def _pipeline(work: Callable[[memoryview], None], parts: Iterable[memoryview]) -> None:
-    """`work` runs on a helper thread, one chunk behind the caller, who makes (and hashes) the
-    next chunk meanwhile."""
-    todo: queue.Queue = queue.Queue(maxsize=2)
-    failure: list[BaseException] = []
-
+def _hashing(ser: Serialized) -> Callable[[], str]:
+    """Start hashing the value (xxh3_128 of the pickle stream and the buffers); returns what
+    waits for the hash (and always for the helper: the value may change once it returns). A large value is hashed on a helper thread while the caller writes it
+    (xxhash releases the GIL): both only read the value's memory."""
     def run() -> None:
-        while True:
-            chunk = todo.get()
-            if chunk is None:
-                return
-            if not failure:
-                try:
-                    work(chunk)
-                except BaseException as e:  # reported on the calling thread
-                    failure.append(e)
+        try:
+            hasher = xxhash.xxh3_128(ser.meta)
+            for raw in ser.raws:
+                for chunk in _chunks(raw):
+                    hasher.update(chunk)
+            out.append(hasher.hexdigest())
+        except BaseException as e:  # reported on the calling thread
+            out.append(e)
 
-    helper = threading.Thread(target=run, name="nbbuild-io", daemon=True)
-    helper.start()
-    try:
-        for chunk in parts:
-            if failure:
-                break
-            todo.put(chunk)
-    finally:
-        todo.put(None)
-        helper.join()
-    if failure:
-        raise failure[0]
+    out: list[Any] = []
+    if ser.nbytes < _MAP_BYTES:
+        run()
+        helper = None
+    else:
+        helper = threading.Thread(target=run, name="nbbuild-hash", daemon=True)
+        helper.start()
+
+    def result() -> str:
+        if helper is not None:
+            helper.join()
+        if isinstance(out[0], BaseException):
+            raise out[0]
+        return out[0]
+    return result
+
+
+def _put(f: Any, chunk: memoryview) -> None:
+    while len(chunk):
+        chunk = chunk[f.write(chunk):]
 
 
 def write(ser: Serialized, signer: Signer, tmp_dir: str, path_for: Callable[[str], str],
@@ -143,28 +149,25 @@ def write(ser: Serialized, signer: Signer, tmp_dir: str, path_for: Callable[[str
             offsets, total = _layout(start, (r.nbytes for r in ser.raws), True)
             _preallocate(fd, total)
 
-            def put(chunk: memoryview) -> None:
-                while len(chunk):
-                    chunk = chunk[f.write(chunk):]
-
-            head = bytes(MAC_BYTES) + ser.header + ser.meta   # the MAC goes in once the hash is known
-            hasher = None if ser.known else xxhash.xxh3_128(ser.meta)
-
-            def chunks() -> Iterable[memoryview]:
-                yield memoryview(head)
+            digest = None if ser.known else _hashing(ser)
+            try:
                 pos = start
+                _put(f, memoryview(bytes(MAC_BYTES) + ser.header + ser.meta))   # the MAC goes in once the hash is known
                 for raw, at in zip(ser.raws, offsets):
                     if at > pos:
-                        yield memoryview(bytes(at - pos))
+                        _put(f, memoryview(bytes(at - pos)))
                     pos = at + raw.nbytes
                     for chunk in _chunks(raw):
-                        if hasher is not None:
-                            hasher.update(chunk)
-                        yield chunk
-
-            _pipeline(put, chunks())
-            if hasher is not None:
-                ser.digest = hasher.hexdigest()
+                        _put(f, chunk)
+            except BaseException:
+                if digest is not None:          # the helper is done before the value may change
+                    try:
+                        digest()
+                    except BaseException:       # the write's error is the one to report
+                        pass
+                raise
+            if digest is not None:
+                ser.digest = digest()
             mac = signer.mac(row_key(ser.digest), ser.header + ser.meta)
             os.pwrite(f.fileno(), mac, 0)
         path = path_for(ser.digest)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -278,3 +279,22 @@ def test_a_large_loaded_array_is_a_private_map_of_its_file(tmp_path, tmp_dir):
     assert str(path) in maps
     loaded["big"][:10] = -1
     assert _read(path, digest)["big"][0] == 0
+
+
+def test_a_large_write_that_fails_midway_raises_its_error_and_leaves_no_file(tmp_path, tmp_dir, monkeypatch):
+    # the hash of a large value is computed on a helper thread meanwhile: it is waited for, not reported
+    real, calls = valuefile._put, []
+
+    def put(f, chunk):
+        calls.append(len(chunk))
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        real(f, chunk)
+
+    monkeypatch.setattr(valuefile, "_CHUNK", 1 << 20)
+    monkeypatch.setattr(valuefile, "_put", put)
+    ser = hashing.pickle_value(np.arange(2_000_000, dtype=np.float64))      # 16 MB: hashed on a helper
+    with pytest.raises(OSError, match="No space"):
+        valuefile.write(ser, SIGNER, str(tmp_dir), lambda d: str(tmp_path / valuefile.file_name(d)))
+    assert os.listdir(tmp_dir) == [] and not (tmp_path / "v").exists()
+    assert [t for t in threading.enumerate() if t.name == "nbbuild-hash"] == []
