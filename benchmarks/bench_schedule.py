@@ -11,12 +11,17 @@ again (a global all of them read changes) alternate between `build.order = "fifo
 is max(longest chain of durations, total work / workers). Reported: each order's median
 makespan over the bound, and critical-path over FIFO.
 
+Two bounds: "bound" from the drawn durations, and "run bound", the same formula over the time
+each sleep really took in that build (a thread woken from a sleep waits for a core: on a busy
+2-core machine a 15 ms sleep takes 0.5-2 ms more, whatever the scheduler does). cp/run is the
+median over builds of each build's makespan over its own run bound.
+
 The price: working out priorities costs the scheduler about 1-2 µs a queued task. Measured too:
 a full re-check (nothing known clean in memory, as in a fresh process) of 10,101 tasks of
 microseconds (top -> 100 mid -> 100 leaf each, fetched with rule.map) on `workers` threads, in
 µs per task, each order's median of 9.
 
-Run: python benchmarks/bench_schedule.py [--markdown] [--dags 8] [--reps 3] [--workers 4]
+Run: python benchmarks/bench_schedule.py [--markdown] [--dags 8] [--reps 3] [--workers 2]
 """
 from __future__ import annotations
 
@@ -66,12 +71,15 @@ def run_dag(seed: int, workers: int, reps: int) -> dict:
     read = {j for d in deps for j in d}
     sinks = [i for i in range(len(deps)) if i not in read]
     salt = [0]
+    took = [0.0] * len(deps)        # how long each sleep really took, in the last build
     with tempfile.TemporaryDirectory() as store, nbbuild.Build(store, workers=workers, progress=False) as b:
         @b.rule
         def node(i):
             if deps[i]:
                 node.map(deps[i])
+            t0 = time.perf_counter()
             time.sleep(durations[i] + 0 * salt[0])
+            took[i] = time.perf_counter() - t0
             return i
 
         @b.rule
@@ -80,6 +88,7 @@ def run_dag(seed: int, workers: int, reps: int) -> dict:
 
         top()                                           # records every task's duration
         spans: dict[str, list[float]] = {"fifo": [], "critical-path": []}
+        runs: dict[str, list[float]] = {"fifo": [], "critical-path": []}     # makespan / run bound
         for r in range(reps):
             for order in (("fifo", "critical-path") if r % 2 == 0 else ("critical-path", "fifo")):
                 b.order = order
@@ -87,10 +96,12 @@ def run_dag(seed: int, workers: int, reps: int) -> dict:
                 t0 = time.perf_counter()
                 assert top() == len(sinks)
                 spans[order].append(time.perf_counter() - t0)
+                runs[order].append(spans[order][-1] / lower_bound(deps, took, workers)[0])
                 assert len(b.report.executed) == len(deps)      # top: spared by early cutoff
     bound, chain = lower_bound(deps, durations, workers)
     return {"seed": seed, "tasks": len(deps) + 1, "work": sum(durations), "chain": chain, "bound": bound,
-            "fifo": statistics.median(spans["fifo"]), "cp": statistics.median(spans["critical-path"])}
+            "fifo": statistics.median(spans["fifo"]), "cp": statistics.median(spans["critical-path"]),
+            "fifo_run": statistics.median(runs["fifo"]), "cp_run": statistics.median(runs["critical-path"])}
 
 
 def recheck_cost(workers: int, rounds: int = 9) -> dict[str, float]:
@@ -123,7 +134,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dags", type=int, default=8)
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--markdown", action="store_true")
     args = ap.parse_args()
     rows = [run_dag(seed, args.workers, args.reps) for seed in range(1, args.dags + 1)]
@@ -131,21 +142,23 @@ def main() -> int:
           f"nbbuild ({revision()})")
     print(f"{args.dags} random layered DAGs ({LAYERS} x {WIDTH} tasks + top), workers={args.workers}, "
           f"median of {args.reps} builds per order, the orders alternating.\n")
-    head = ["seed", "tasks", "work s", "chain s", "bound s", "fifo s", "cp s", "fifo/bound", "cp/bound", "cp/fifo"]
+    head = ["seed", "tasks", "work s", "chain s", "bound s", "fifo s", "cp s", "fifo/bound", "cp/bound", "cp/fifo", "fifo/run", "cp/run"]
     print("| " + " | ".join(head) + " |" if args.markdown else "  ".join(head))
     if args.markdown:
         print("| " + " | ".join("--:" for _ in head) + " |")
     for r in rows:
         cells = [str(r["seed"]), str(r["tasks"]), f"{r['work']:.2f}", f"{r['chain']:.3f}", f"{r['bound']:.3f}",
                  f"{r['fifo']:.3f}", f"{r['cp']:.3f}", f"{r['fifo'] / r['bound']:.2f}", f"{r['cp'] / r['bound']:.2f}",
-                 f"{r['cp'] / r['fifo']:.2f}"]
+                 f"{r['cp'] / r['fifo']:.2f}", f"{r['fifo_run']:.2f}", f"{r['cp_run']:.2f}"]
         print("| " + " | ".join(cells) + " |" if args.markdown else "  ".join(cells))
 
     def geo(xs: list[float]) -> float:
         return float(statistics.geometric_mean(xs))
     print(f"\ngeometric means: fifo/bound {geo([r['fifo'] / r['bound'] for r in rows]):.3f}, "
           f"cp/bound {geo([r['cp'] / r['bound'] for r in rows]):.3f}, "
-          f"cp/fifo {geo([r['cp'] / r['fifo'] for r in rows]):.3f}")
+          f"cp/fifo {geo([r['cp'] / r['fifo'] for r in rows]):.3f}, "
+          f"fifo/run {geo([r['fifo_run'] for r in rows]):.3f}, cp/run {geo([r['cp_run'] for r in rows]):.3f}; "
+          f"worst cp/fifo {max(r['cp'] / r['fifo'] for r in rows):.2f}")
     cost = recheck_cost(args.workers)
     print(f"full re-check of 10,101 µs tasks on {args.workers} threads: fifo {cost['fifo']:.1f} µs/task, "
           f"critical-path {cost['critical-path']:.1f} µs/task")

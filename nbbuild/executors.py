@@ -50,8 +50,11 @@ class _Hub:
 
 class Hubs:
     def __init__(self, pool: HelperPool, helpers: int, lock: threading.Lock,
-                 take: Callable[[], Any], process: Callable[[Any], None]):
+                 take: Callable[[], Any], process: Callable[[Any], None],
+                 unstall: Callable[[], bool] | None = None):
         self.pool, self.helpers = pool, helpers
+        self.unstall = unstall      # under the lock, all threads idle: True if it queued work
+        self.idle = 0
         self.lock = lock
         self.cond = threading.Condition(lock)
         self.take, self.process = take, process
@@ -149,7 +152,13 @@ class Hubs:
                         break
                     if root is None and (self.finished or self.cancelled is not None):
                         return
-                    self.cond.wait()
+                    if self.unstall is not None and self._stalled() and self.unstall():
+                        continue
+                    self.idle += 1
+                    try:
+                        self.cond.wait()
+                    finally:
+                        self.idle -= 1
             if root is not None and root.dead:
                 self._retire(hub)
                 return
@@ -168,6 +177,11 @@ class Hubs:
                 # thread it leaves run() so that the build is cancelled
                 if root is not None or self.cancelled is None:
                     raise
+
+    def _stalled(self) -> bool:
+        """Under the lock: is this thread the last one to go idle, with nothing to resume?"""
+        return (self.idle + 1 >= len(self.hubs) and self.cancelled is None
+                and not any(h.resumes for h in self.hubs.values()))
 
     def _after(self, hub: _Hub, result: Any, g: greenlet) -> None:
         if result is _IDLE:

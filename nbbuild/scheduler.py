@@ -54,7 +54,7 @@ class TaskState:
 
     __slots__ = ("task", "status", "hash", "value", "has_value", "error", "cause", "waiters",
                  "blocked_on", "outcome", "seconds", "trace", "depth", "loading", "unstored", "up",
-                 "attempts", "overdue", "context")
+                 "attempts", "overdue", "context", "deferred", "pending")
 
     def __init__(self, task: Task):
         self.task = task
@@ -76,6 +76,8 @@ class TaskState:
         self.attempts = 0            # runs of its body in this build (body.py: retries)
         self.overdue = False         # ran past its timeout on a thread
         self.context: contextvars.Context | None = None   # where it was asked for, when queued
+        self.deferred = 0            # 1: waiting for what its last run fetched; 2: its body runs next
+        self.pending = 0             # of those, how many are not done yet
 
     def add_waiter(self, waker: Any) -> None:
         if self.waiters is None:
@@ -101,7 +103,9 @@ class Scheduler:
         critical = build.workers > 1 and build.order == "critical-path"
         self.paths = CriticalPath(self.traces) if critical else None
         self.queue = ReadyQueue(self.paths)
-        self.hubs = Hubs(build._pool, max(0, build.workers - 1), self.lock, self._take, self._worker_process)
+        self.hubs = Hubs(build._pool, max(0, build.workers - 1), self.lock, self._take, self._worker_process,
+                         self._unstall if critical else None)
+        self.deferred: list[TaskState] = []     # tasks waiting for what their last run fetched
         self.versions: dict[Any, Version] = {}
         self.known: dict[str, str] = {}          # key -> value hash of every task done in this build
         self.tasks: dict[str, Task] = build._tasks
@@ -140,6 +144,8 @@ class Scheduler:
 
     def _root(self, tasks: Sequence[Task]) -> None:
         self.targets = frozenset(t.key for t in tasks)
+        if self.paths is not None:
+            self.paths.targets = self.targets
         sts = self._ensure(None, tasks, 0)
         self._root_states = sts
         for st in sts:
@@ -175,7 +181,41 @@ class Scheduler:
             if status == DONE:
                 self.known[st.task.key] = st.hash  # type: ignore[assignment]
             if st.waiters:
-                self.hubs.wake(st.take_waiters())
+                self.hubs.wake(self._ready_deferred(st.take_waiters()))
+
+    def _ready_deferred(self, waiters: list) -> list:
+        """Under the lock: of a finished task's waiters, the greenlets to wake; the deferred tasks
+        among them whose last one this was are queued (to start on whichever thread is free)."""
+        wakers = []
+        for w in waiters:
+            if type(w) is not TaskState:
+                wakers.append(w)
+            elif w.deferred == 1:
+                w.pending -= 1
+                if w.pending == 0:
+                    self._requeue(w)
+        return wakers
+
+    def _requeue(self, st: TaskState) -> None:
+        """Under the lock: a deferred task's body is next, queued at the length of the chain left
+        from it: its own time and the chain above it."""
+        st.deferred, st.status = 2, QUEUED
+        paths = self.paths
+        self.queue.push(st, max(st.up, paths.above(st.task.key)) + paths.seconds(st.task.key))  # type: ignore
+        self.hubs.notify()
+
+    def _unstall(self) -> bool:
+        """Under the lock, when every thread is idle: deferred tasks that still wait can only be
+        waiting for a cycle through what their last runs fetched (the code changed since): their
+        bodies run now, and a real cycle is then found as usual."""
+        waiting = [st for st in self.deferred if st.deferred == 1 and st.status < DONE]
+        self.deferred.clear()
+        if self.waiting_elsewhere or not waiting:
+            self.deferred.extend(waiting)
+            return False
+        for st in waiting:
+            self._requeue(st)
+        return True
 
     def _cancel(self, exc: BaseException) -> None:
         wakers = []
@@ -185,7 +225,7 @@ class Scheduler:
                 if st.status < DONE:
                     st.status = FAILED
                     st.error = Cancelled("build interrupted")
-                    wakers.extend(st.take_waiters())
+                    wakers.extend(w for w in st.take_waiters() if type(w) is not TaskState)
             wakers.extend(self.waiting_elsewhere.values())     # bodies waiting on remote work
         self.hubs.cancel(exc, wakers)
 
@@ -293,13 +333,13 @@ class Scheduler:
         self.tasks.setdefault(key, task)
         if me is None:
             self._process(st, depth + 1)
-            return st
-        me.blocked_on = st
-        try:
-            self._process(st, depth + 1)
-        finally:
-            me.blocked_on = None
-        return st
+        else:
+            me.blocked_on = st
+            try:
+                self._process(st, depth + 1)
+            finally:
+                me.blocked_on = None
+        return st if st.status >= DONE else None       # deferred: the caller waits for it
 
     def _worker_process(self, st: TaskState) -> None:
         self._process(st, 0)
@@ -307,7 +347,11 @@ class Scheduler:
     def _process(self, st: TaskState, depth: int) -> None:
         st.depth = depth
         try:
-            if st.task.key in self.forced or not (self._verify(st) or self._stored_meanwhile(st)):
+            if st.deferred:
+                self._execute(st)
+            elif st.task.key in self.forced or not (self._verify(st) or self._stored_meanwhile(st)):
+                if self.paths is not None and self._defer(st):
+                    return
                 self._execute(st)
         except (Cancelled, KeyboardInterrupt, SystemExit, GreenletExitType):
             raise
@@ -355,6 +399,54 @@ class Scheduler:
             return False
         st.hash, st.trace, st.seconds = trace.result, trace, trace.seconds
         st.outcome = "verified" if pos == 0 else "constructed"
+        return True
+
+    def _defer(self, st: TaskState) -> bool:
+        """With several threads, a task about to run first has what its last run fetched brought up
+        to date, without holding a thread: its body then starts where a thread is free once they
+        are done. Started at once, it would fetch them and wait, and a waiting body can only resume
+        on the thread it started on (a greenlet), even when that thread is busy and another idle.
+        True: deferred (queued again when they are done; `_unstall` if a cycle holds it)."""
+        found = self.traces.get(st.task.key)
+        keys = found[0].split()[0] if found else ()
+        if not keys:
+            return False
+        tasks = []
+        for k in keys:
+            dep = self.states.get(k)
+            if dep is not None and (dep.status >= DONE or dep is st):
+                continue
+            t = self.tasks.get(k) or self.build._task_for_key(k)
+            if t is not None:
+                tasks.append(t)
+        if not tasks:
+            return False
+        paths = self.paths
+        up = st.up + paths.seconds(st.task.key)                       # type: ignore[union-attr]
+        priorities = {t.key: up + paths.below(t.key) for t in tasks}   # type: ignore[union-attr]
+        with self.lock:
+            if self.cancelled is not None:
+                raise Cancelled("build interrupted")
+            fresh: list[TaskState] = []
+            pending: list[TaskState] = []
+            for t in tasks:
+                dep = self.states.get(t.key)
+                if dep is None:
+                    dep = self.states[t.key] = TaskState(t)
+                    self.tasks.setdefault(t.key, t)
+                    fresh.append(dep)
+                elif dep.status >= DONE or dep is st or dep in pending:
+                    continue
+                elif dep.status == QUEUED:
+                    self._raise(st, dep)
+                pending.append(dep)
+            if not pending:
+                return False
+            self._offer(st, fresh, False, [priorities[d.task.key] for d in fresh])
+            st.deferred, st.pending = 1, len(pending)
+            for dep in pending:
+                dep.add_waiter(st)
+            self.deferred.append(st)
         return True
 
     def _stored_meanwhile(self, st: TaskState) -> bool:

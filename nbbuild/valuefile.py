@@ -1,9 +1,18 @@
 """Value files: large values written and read at disk speed, checked on every load.
 
-A value file is `mac | header | pickle stream | buffer | buffer ...`, the layout of
-`hashing.Serialized` behind a signature (signing.py). The bulk (pickle protocol 5 out-of-band
-buffers: numpy arrays, pandas blocks, anything that supports them) goes straight from the
-object's memory to the file and back into fresh memory the loaded object takes over: one copy.
+A value file is `mac | header | pickle stream | pad | buffer | pad | buffer ...`, the layout of
+`hashing.Serialized` behind a signature (signing.py), each buffer that is not empty after the zero
+bytes (checked) that start it at a multiple of 64 bytes in the file (files written before had no
+pads; they are read too). The
+bulk (pickle protocol 5 out-of-band buffers: numpy arrays, pandas blocks, anything that supports
+them) goes straight from the object's memory to the file. Loading maps a file whose buffers are
+large (`_MAP_BYTES`) into memory, copy-on-write: what the file holds is already in the page
+cache, and a fresh process would otherwise first have to get (zeroed) memory as large as the
+value from the system, which costs more on this kind of machine than reading the file. Aligned
+to 64 bytes, the arrays over the map are aligned as numpy's own are. Value files are never
+written in place (written whole under a temporary name, then renamed; removed by unlinking,
+which leaves a map readable), so the bytes checked are the bytes the value sees. Smaller values
+are read into fresh memory the loaded object takes over: one copy.
 
 Contract:
 - `write(serialized, signer, tmp_dir, path_for)` writes the file under a temporary name in
@@ -11,12 +20,13 @@ Contract:
   temporary file that `sweep_tmp` removes). `place(tmp, path)` makes that move (os.replace; the
   store makes it together with the value's row, under its write lock). When the value's hash is not known yet it is computed
   while the file is written, so hashing costs no extra time; returns the hash.
-- `read(path, digest, signer)` returns `(pickle stream, buffers)`; raises `Damaged` (saying what
-  is wrong) for a missing, truncated, altered or unsigned file, with `foreign` set for a file
-  another key signed (signing.py: not damage). The pickle stream is checked
-  against the signature before anything is unpickled; the buffers are checked against the hash
-  while they are read.
-- Disk I/O runs on a helper thread while the calling thread hashes the previous chunk.
+- `read(path, digest, signer)` returns `(pickle stream, buffers)`, the buffers writable (a mapped
+  one copies a page when it is first written, and never writes to the file); raises `Damaged`
+  (saying what is wrong) for a missing, truncated, altered or unsigned file, with `foreign` set
+  for a file another key signed (signing.py: not damage). The pickle stream is checked against
+  the signature, and the buffers against the hash, before anything is unpickled.
+- A large value is hashed on a helper thread while the calling thread writes it; a large file is
+  read on a helper thread while the calling thread hashes what was read.
 """
 from __future__ import annotations
 
@@ -47,6 +57,10 @@ _READ_CHUNK = 8 << 20      # small enough that little hashing is left once the l
 # time (a 30 MB frame loads 2x faster so). 32 MiB is glibc's largest mmap threshold: malloc
 # itself maps anything bigger afresh.
 _MMAP_BYTES = 32 << 20
+# A file with a buffer at least this big is mapped rather than read (see above).
+_MAP_BYTES = 4 << 20
+_ALIGN = 64
+_CAN_MAP = hasattr(mmap, "MAP_PRIVATE") and hasattr(mmap, "PROT_WRITE")
 
 
 class Damaged(Exception):
@@ -67,40 +81,62 @@ def file_name(digest: str) -> str:
     return f"v/{digest[:2]}/{digest}.nbv"
 
 
+def _pad(pos: int) -> int:
+    """Zero bytes before a buffer that would start at file offset `pos`."""
+    return -pos % _ALIGN
+
+
+def _layout(start: int, sizes: Iterable[int], padded: bool) -> tuple[list[int], int]:
+    """(file offset of each buffer, file size), the buffers following a pickle stream that ends
+    at `start`."""
+    offsets, pos = [], start
+    for size in sizes:
+        if padded and size:
+            pos += _pad(pos)
+        offsets.append(pos)
+        pos += size
+    return offsets, pos
+
+
 def _chunks(view: memoryview, size: int = _CHUNK) -> Iterable[memoryview]:
     for i in range(0, len(view), size):
         yield view[i:i + size]
 
 
-def _pipeline(work: Callable[[memoryview], None], parts: Iterable[memoryview]) -> None:
-    """`work` runs on a helper thread, one chunk behind the caller, who makes (and hashes) the
-    next chunk meanwhile."""
-    todo: queue.Queue = queue.Queue(maxsize=2)
-    failure: list[BaseException] = []
-
+def _hashing(ser: Serialized) -> Callable[[], str]:
+    """Start hashing the value (xxh3_128 of the pickle stream and the buffers); returns what
+    waits for the hash (and always for the helper: the value may change once it returns). A large value is hashed on a helper thread while the caller writes it
+    (xxhash releases the GIL): both only read the value's memory."""
     def run() -> None:
-        while True:
-            chunk = todo.get()
-            if chunk is None:
-                return
-            if not failure:
-                try:
-                    work(chunk)
-                except BaseException as e:  # reported on the calling thread
-                    failure.append(e)
+        try:
+            hasher = xxhash.xxh3_128(ser.meta)
+            for raw in ser.raws:
+                for chunk in _chunks(raw):
+                    hasher.update(chunk)
+            out.append(hasher.hexdigest())
+        except BaseException as e:  # reported on the calling thread
+            out.append(e)
 
-    helper = threading.Thread(target=run, name="nbbuild-io", daemon=True)
-    helper.start()
-    try:
-        for chunk in parts:
-            if failure:
-                break
-            todo.put(chunk)
-    finally:
-        todo.put(None)
-        helper.join()
-    if failure:
-        raise failure[0]
+    out: list[Any] = []
+    if ser.nbytes < _MAP_BYTES:
+        run()
+        helper = None
+    else:
+        helper = threading.Thread(target=run, name="nbbuild-hash", daemon=True)
+        helper.start()
+
+    def result() -> str:
+        if helper is not None:
+            helper.join()
+        if isinstance(out[0], BaseException):
+            raise out[0]
+        return out[0]
+    return result
+
+
+def _put(f: Any, chunk: memoryview) -> None:
+    while len(chunk):
+        chunk = chunk[f.write(chunk):]
 
 
 def write(ser: Serialized, signer: Signer, tmp_dir: str, path_for: Callable[[str], str],
@@ -109,26 +145,29 @@ def write(ser: Serialized, signer: Signer, tmp_dir: str, path_for: Callable[[str
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with open(fd, "wb", buffering=0, closefd=True) as f:
-            _preallocate(fd, MAC_BYTES + ser.nbytes)
+            start = MAC_BYTES + len(ser.header) + len(ser.meta)
+            offsets, total = _layout(start, (r.nbytes for r in ser.raws), True)
+            _preallocate(fd, total)
 
-            def put(chunk: memoryview) -> None:
-                while len(chunk):
-                    chunk = chunk[f.write(chunk):]
-
-            head = bytes(MAC_BYTES) + ser.header + ser.meta   # the MAC goes in once the hash is known
-            hasher = None if ser.known else xxhash.xxh3_128(ser.meta)
-
-            def chunks() -> Iterable[memoryview]:
-                yield memoryview(head)
-                for raw in ser.raws:
+            digest = None if ser.known else _hashing(ser)
+            try:
+                pos = start
+                _put(f, memoryview(bytes(MAC_BYTES) + ser.header + ser.meta))   # the MAC goes in once the hash is known
+                for raw, at in zip(ser.raws, offsets):
+                    if at > pos:
+                        _put(f, memoryview(bytes(at - pos)))
+                    pos = at + raw.nbytes
                     for chunk in _chunks(raw):
-                        if hasher is not None:
-                            hasher.update(chunk)
-                        yield chunk
-
-            _pipeline(put, chunks())
-            if hasher is not None:
-                ser.digest = hasher.hexdigest()
+                        _put(f, chunk)
+            except BaseException:
+                if digest is not None:          # the helper is done before the value may change
+                    try:
+                        digest()
+                    except BaseException:       # the write's error is the one to report
+                        pass
+                raise
+            if digest is not None:
+                ser.digest = digest()
             mac = signer.mac(row_key(ser.digest), ser.header + ser.meta)
             os.pwrite(f.fileno(), mac, 0)
         path = path_for(ser.digest)
@@ -219,16 +258,41 @@ def read(path: str, digest: str, signer: Signer, mac: bytes | None = None) -> tu
             raise Damaged("its file is truncated")
         sizes = struct.unpack(f"<{n + 1}Q", size_bytes)
         header = fixed[MAC_BYTES:] + size_bytes
-        if total != MAC_BYTES + len(header) + sum(sizes):
-            raise Damaged(f"its file has {total} bytes where {MAC_BYTES + len(header) + sum(sizes)} were written")
+        start = MAC_BYTES + len(header) + sizes[0]
+        offsets, padded = _layout(start, sizes[1:], True)
+        if total != padded:
+            offsets, plain = _layout(start, sizes[1:], False)    # written before buffers had pads
+            if total != plain:
+                raise Damaged(f"its file has {total} bytes where {padded} were written")
         meta = f.read(sizes[0])
+        if len(meta) != sizes[0]:
+            raise Damaged("its file is truncated")
+        ends = [start] + [at + n for at, n in zip(offsets, sizes[1:])]
+        if any(os.pread(f.fileno(), at - end, end).strip(b"\0") for end, at in zip(ends, offsets) if at > end):
+            raise Damaged("its file has bytes between its buffers that are not zero")
+        signed = signer.verify(row_key(digest), mac or fixed[:MAC_BYTES], header + meta)
+        if not signed:
+            if signer.foreign(mac or fixed):
+                raise Damaged("it was signed by another key", foreign=True)
+            raise Damaged("its signature does not match this user's key")
+        if _CAN_MAP and max(sizes[1:], default=0) >= _MAP_BYTES and all(o % _ALIGN == 0 for o in offsets):
+            buffers = _mapped(f.fileno(), total, offsets, sizes[1:])
+            hasher = xxhash.xxh3_128(meta)
+            for b in buffers:
+                for chunk in _chunks(b, _READ_CHUNK):
+                    hasher.update(chunk)
+            if hasher.hexdigest() != digest:
+                raise Damaged("its content does not match its hash")
+            return meta, buffers
         buffers = [_buffer(s) for s in sizes[1:]]
-        chunks = [c for b in buffers for c in _chunks(memoryview(b), _READ_CHUNK)]
+        chunks = [(at + i, c) for b, at in zip(buffers, offsets)
+                  for i, c in zip(range(0, len(b), _READ_CHUNK), _chunks(memoryview(b), _READ_CHUNK))]
         done: queue.Queue = queue.Queue()
 
-        def fill() -> None:          # on a helper thread: the disk, while this one checks and hashes
+        def fill() -> None:          # on a helper thread: the disk, while this one hashes
             try:
-                for chunk in chunks:
+                for at, chunk in chunks:
+                    f.seek(at)
                     view = chunk
                     while len(view):
                         got = f.readinto(view)
@@ -242,7 +306,6 @@ def read(path: str, digest: str, signer: Signer, mac: bytes | None = None) -> tu
         helper = threading.Thread(target=fill, name="nbbuild-io", daemon=True)
         helper.start()
         try:
-            signed = signer.verify(row_key(digest), mac or fixed[:MAC_BYTES], header + meta)
             hasher = xxhash.xxh3_128(meta)
             for _ in chunks:
                 chunk = done.get()
@@ -251,13 +314,20 @@ def read(path: str, digest: str, signer: Signer, mac: bytes | None = None) -> tu
                 hasher.update(chunk)
         finally:
             helper.join()
-        if not signed:
-            if signer.foreign(mac or fixed):
-                raise Damaged("it was signed by another key", foreign=True)
-            raise Damaged("its signature does not match this user's key")
     if hasher.hexdigest() != digest:
         raise Damaged("its content does not match its hash")
     return meta, buffers
+
+
+def _mapped(fd: int, total: int, offsets: list[int], sizes: tuple[int, ...]) -> list[memoryview]:
+    """The buffers as views of one private, writable map of the whole file."""
+    m = mmap.mmap(fd, total, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    try:
+        m.madvise(mmap.MADV_SEQUENTIAL)      # the hash reads it in order: read ahead far
+    except (AttributeError, OSError):
+        pass
+    view = memoryview(m)
+    return [view[at:at + size] for at, size in zip(offsets, sizes)]
 
 
 def sweep_tmp(tmp_dir: str, older_than: float = 24 * 3600) -> int:

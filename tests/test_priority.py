@@ -88,3 +88,102 @@ def test_one_thread_has_no_choice_to_make(tmp_path):
         starts.clear()
         top()
     assert starts == [0, 1, 2]
+
+
+def test_above_is_the_longest_recorded_chain_from_the_targets_down_to_a_task():
+    # top (1) -> a (2) -> c; top -> b (5) -> c; c (1.5) is under both: the longer chain counts
+    paths = CriticalPath(index({"top": (1.0, ("a", "b")), "a": (2.0, ("c",)), "b": (5.0, ("c",)), "c": (1.5, ())}))
+    paths.targets = frozenset({"top"})
+    assert [paths.above(k) for k in ("top", "a", "b", "c", "elsewhere")] == [0.0, 1.0, 1.0, 6.0, 0.0]
+
+
+def test_a_task_that_never_ran_is_estimated_at_its_rules_mean_seen_so_far():
+    paths = CriticalPath(index({"work/1": (2.0, ()), "work/2": (4.0, ()), "plot/1": (9.0, ())}))
+    assert paths.seconds("work/new") == 0.0             # nothing of its rule seen yet
+    assert paths.below("work/1") + paths.below("work/2") == 6.0
+    assert paths.seconds("work/new") == paths.below("work/other") == 3.0
+    assert paths.seconds("fit/new") == 0.0
+
+
+def layered(b, salt, events, lock):
+    """node(i) of a small DAG reads what `graph` says; `events` logs ("start", i) when its body
+    starts and ("end", i) when it returns."""
+    graph = {0: (), 1: (), 2: (0,), 3: (0, 1), 4: (2, 3), 5: (1,), 6: (4, 5)}
+
+    @b.rule
+    def node(i):
+        with lock:
+            events.append(("start", i))
+        total = sum(node.map(graph[i])) + i + 0 * salt[0]
+        with lock:
+            events.append(("end", i))
+        return total
+
+    return graph, node
+
+
+def test_with_several_threads_a_body_starts_once_what_its_last_run_fetched_is_done(tmp_path):
+    # started at once, a body would fetch its dependencies and wait for them on the thread it
+    # started on (a greenlet cannot move), while another thread may be idle: it is deferred instead
+    salt, events, lock = [0], [], threading.Lock()
+    with nbbuild.Build(tmp_path / "store", workers=2) as b:
+        graph, node = layered(b, salt, events, lock)
+        first = node(6)
+        salt[0] = 1                     # every node runs again
+        events.clear()
+        assert node(6) == first
+    at = {e: n for n, e in enumerate(events)}
+    for i, deps in graph.items():
+        assert all(at[("end", d)] < at[("start", i)] for d in deps), (i, events)
+
+
+def test_one_thread_or_fifo_starts_a_body_first_and_lets_it_fetch(tmp_path):
+    for workers, order in ((1, "critical-path"), (2, "fifo")):
+        salt, events, lock = [0], [], threading.Lock()
+        with nbbuild.Build(tmp_path / f"store{workers}{order}", workers=workers) as b:
+            graph, node = layered(b, salt, events, lock)
+            b.order = order
+            node(6)
+            salt[0] = 1
+            events.clear()
+            node(6)
+        assert events.index(("start", 6)) < events.index(("end", 4)), (workers, order)
+
+
+def test_a_deferral_through_dependencies_the_code_no_longer_has_does_not_hang(tmp_path):
+    # the last run of a fetched b; now b fetches a and a fetches nothing: a waits for b (its last
+    # run's), b for a (its code's). When every thread is idle, a's body runs anyway
+    flip = [False]
+    with nbbuild.Build(tmp_path / "store", workers=2) as b:
+        @b.rule
+        def a():
+            return 1 if flip[0] else 1 + bee()
+
+        @b.rule
+        def bee():
+            return 10 + (a() if flip[0] else 0)
+
+        @b.rule
+        def top():
+            return sum([a(), bee()])
+
+        assert top() == 11 + 10
+        flip[0] = True
+        assert top() == 1 + 11
+
+
+def test_a_real_cycle_behind_a_deferral_is_still_a_cycle(tmp_path):
+    loop = [False]
+    with nbbuild.Build(tmp_path / "store", workers=2) as b:
+        @b.rule
+        def a():
+            return 1 + bee()
+
+        @b.rule
+        def bee():
+            return 10 + (a() if loop[0] else 0)
+
+        assert a() == 11
+        loop[0] = True
+        with pytest.raises((nbbuild.CycleError, nbbuild.BuildError)):
+            a()

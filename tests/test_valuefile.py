@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -51,7 +52,8 @@ def test_a_large_array_round_trips_and_its_hash_is_the_values_hash(tmp_path, tmp
     value = np.random.default_rng(0).random(1_000_000)            # 8 MB
     digest, path, ser = _write(tmp_path, value)
     assert digest == hashing.pickle_value(value).digest            # hashed while written, the same hash
-    assert path.stat().st_size == MAC_BYTES + ser.nbytes
+    at = path.stat().st_size - value.nbytes                         # where the one buffer (the last bytes) starts
+    assert at % 64 == 0 and 0 <= at - (MAC_BYTES + len(ser.header) + len(ser.meta)) < 64   # aligned, as numpy's
     assert path.stat().st_mode & 0o777 == 0o600
     assert os.listdir(tmp_dir) == []                               # the temporary file became the value file
     loaded = _read(path, digest)
@@ -207,3 +209,92 @@ def test_sweep_removes_temporary_files_of_dead_writers_and_keeps_live_ones(tmp_p
     assert valuefile.sweep_tmp(str(tmp_dir)) == 1                 # its writer is gone now
     assert os.listdir(tmp_dir) == [names["mine"]]
     assert valuefile.sweep_tmp(str(tmp_path / "no-such-dir")) == 0
+
+
+def _large_and_small():
+    """A value with a buffer large enough that its file is mapped, not read, and smaller ones."""
+    return {"big": np.arange(1_000_000, dtype=np.float64), "odd": np.arange(7, dtype=np.uint8),
+            "ints": np.arange(1000, dtype=np.int32), "text": "in the pickle stream"}
+
+
+def _buffer_offsets(path):
+    """(end of the pickle stream, [file offset of each buffer]), from the header and the padding rule."""
+    data = path.read_bytes()
+    n = int.from_bytes(data[MAC_BYTES + 4:MAC_BYTES + 8], "little")
+    sizes = [int.from_bytes(data[MAC_BYTES + 8 + 8 * i:MAC_BYTES + 16 + 8 * i], "little") for i in range(n + 1)]
+    pos = start = MAC_BYTES + 8 + 8 * (n + 1) + sizes[0]
+    offsets = []
+    for size in sizes[1:]:
+        pos += -pos % 64 if size else 0
+        offsets.append(pos)
+        pos += size
+    assert pos == len(data)
+    return start, offsets
+
+
+@pytest.mark.parametrize("make", [_large_and_small, _several_buffers], ids=["mapped", "read"])
+def test_every_buffer_starts_at_64_bytes_after_zeros_and_whatever_else_is_changed_is_damage(tmp_path, tmp_dir, make):
+    digest, path, ser = _write(tmp_path, make())
+    start, offsets = _buffer_offsets(path)
+    assert all(at % 64 == 0 for at, raw in zip(offsets, ser.raws) if raw.nbytes)
+    loaded = _read(path, digest)
+    for name, original in make().items():
+        if isinstance(original, np.ndarray):
+            assert np.array_equal(loaded[name], original) and loaded[name].flags.aligned, name
+    pads = [p for end, at in zip([start] + [o + r.nbytes for o, r in zip(offsets, ser.raws)], offsets)
+            for p in range(end, at)]
+    size = path.stat().st_size
+    for offset, why in [(offsets[0] + 3, "hash"), (size - 1, "hash"), (pads[0], "not zero"), (pads[-1], "not zero")]:
+        _flip(path, offset)
+        with pytest.raises(Damaged, match=why):
+            valuefile.read(str(path), digest, SIGNER)
+        _flip(path, offset)
+    for keep in (size - 1, offsets[0] + 10):
+        data = path.read_bytes()
+        os.truncate(path, keep)
+        with pytest.raises(Damaged):
+            valuefile.read(str(path), digest, SIGNER)
+        path.write_bytes(data)
+    assert sorted(_read(path, digest)) == sorted(make())
+
+
+@pytest.mark.parametrize("make", [_large_and_small, _several_buffers], ids=["mapped", "read"])
+def test_a_file_written_before_buffers_had_pads_still_loads(tmp_path, tmp_dir, make):
+    ser = hashing.pickle_value(make())
+    path = tmp_path / "old.nbv"
+    path.write_bytes(SIGNER.mac(valuefile.row_key(ser.digest), ser.header + ser.meta) + ser.header + ser.meta
+                     + b"".join(bytes(r) for r in ser.raws))
+    loaded = _read(path, ser.digest)
+    assert sorted(loaded) == sorted(make()) and np.array_equal(loaded["ints"], make()["ints"])
+    _flip(path, path.stat().st_size - 1)
+    with pytest.raises(Damaged, match="hash"):
+        valuefile.read(str(path), ser.digest, SIGNER)
+
+
+def test_a_large_loaded_array_is_a_private_map_of_its_file(tmp_path, tmp_dir):
+    # no fresh memory as large as the value: the page cache's pages, copied only when written
+    digest, path, _ = _write(tmp_path, _large_and_small())
+    loaded = _read(path, digest)
+    maps = open("/proc/self/maps").read() if os.path.exists("/proc/self/maps") else str(path)
+    assert str(path) in maps
+    loaded["big"][:10] = -1
+    assert _read(path, digest)["big"][0] == 0
+
+
+def test_a_large_write_that_fails_midway_raises_its_error_and_leaves_no_file(tmp_path, tmp_dir, monkeypatch):
+    # the hash of a large value is computed on a helper thread meanwhile: it is waited for, not reported
+    real, calls = valuefile._put, []
+
+    def put(f, chunk):
+        calls.append(len(chunk))
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        real(f, chunk)
+
+    monkeypatch.setattr(valuefile, "_CHUNK", 1 << 20)
+    monkeypatch.setattr(valuefile, "_put", put)
+    ser = hashing.pickle_value(np.arange(2_000_000, dtype=np.float64))      # 16 MB: hashed on a helper
+    with pytest.raises(OSError, match="No space"):
+        valuefile.write(ser, SIGNER, str(tmp_dir), lambda d: str(tmp_path / valuefile.file_name(d)))
+    assert os.listdir(tmp_dir) == [] and not (tmp_path / "v").exists()
+    assert [t for t in threading.enumerate() if t.name == "nbbuild-hash"] == []
