@@ -713,11 +713,21 @@ def test_a_restored_frame_a_later_cell_fetches_is_not_taken_for_changed_in_place
     assert second["warned"] == first["warned"] == []
 
 
-@pytest.mark.xfail(strict=True, reason="a function a rule cell defines closes over the versions the cell fetched "
-                   "and the names it bound (locals of the rule's function), where plainly it reads the notebook's "
-                   "globals when called")
 def test_a_function_reads_a_name_a_rule_cell_bound_as_the_notebook_has_it_when_called(ip):
     ip.run_cell("%%rule\nthreshold = 1")
     ip.run_cell("%%rule\ndef above(x):\n    return x > threshold\n")
     ip.run_cell("%%rule\nthreshold = 5")
     assert ip.run_cell("above(3)").result is False
+    assert ip.run_cell("%%rule\nverdict = above(3)").result is None and ip.user_ns["verdict"] is False
+
+
+@pytest.mark.parametrize("last", [5, 2])
+def test_a_rule_cell_calling_a_function_of_another_cell_reads_the_global_the_function_reads(tmp_path, last):
+    """Plainly, above() reads threshold when called; a rule cell that calls it is run again when
+    threshold changes, also when the function's cell is reused from the store after a restart."""
+    cells = ["%%rule\nthreshold = 1", "%%rule\ncalls.append('above')\ndef above(x):\n    return x > threshold\n",
+             f"threshold = {last}", "%%rule\ncalls.append('verdict')\nverdict = above(3)"]
+    first, second = in_two_processes(tmp_path, cells, "verdict")
+    assert first["verdict"] is second["verdict"] is (3 > last)
+    # the function's cell is defined again once threshold changed (its version holds the value it reads)
+    assert first["calls"] == ["above", "above", "verdict"] and second["calls"] == []

@@ -16,7 +16,8 @@ returns `CellNames`:
   the cell defines, a name they read that is neither their own nor bound anywhere at the cell's
   top level. The first iterable of a comprehension is read in the enclosing scope, and a walrus
   inside a comprehension binds there. Builtins and IPython's own names (`get_ipython`, `In`,
-  `Out`, `_`, `_i3`, `display`, ...) are never inputs.
+  `Out`, `_`, `_i3`, `display`, ...) are never inputs. `deferred`: the inputs read only inside
+  those functions, classes and lambdas, when they are called (plainly: the notebook's globals then).
 A syntax error, or a star import (whose names cannot be known), raises RuleError with one line.
 `refusal(source)` says in one line why a cell cannot be a rule (those, and top-level `await`,
 `yield`, `return`), or None.
@@ -65,6 +66,7 @@ class CellNames:
     outputs: tuple[str, ...]
     assigned: tuple[str, ...] = ()   # outputs bound by =, += or := (not import, def, for, with)
     imported: tuple[str, ...] = ()   # outputs bound only by import statements
+    deferred: tuple[str, ...] = ()   # inputs read only inside the functions, classes, lambdas it defines
 
     @property
     def default_name(self) -> str | None:
@@ -285,8 +287,9 @@ def analyse(source: str) -> CellNames:
     assigned = [n for n in _assigned(tree.body) if n in outputs]
     imports, others = _bindings(tree.body)
     imported = [n for n in imports if n in outputs and n not in others and n not in top.globals_bound]
+    later = [n for n in inputs if n not in top.reads]
     return CellNames(tuple(dict.fromkeys(inputs)), tuple(dict.fromkeys(outputs)), tuple(dict.fromkeys(assigned)),
-                     tuple(dict.fromkeys(imported)))
+                     tuple(dict.fromkeys(imported)), tuple(dict.fromkeys(later)))
 
 
 _OWN_SCOPE = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda, ast.ListComp, ast.SetComp,

@@ -118,7 +118,10 @@ class NbbuildMagics(Magics):
         own = state.own_rules(source)
         # a name is read as the version plain execution gives: the latest binding before this
         # cell; a name this cell bound itself before (`x = x + 1` run again) is read by value
-        fetched = {n: r for n, r in state.versions.resolve(names.inputs, None).items() if r not in own}
+        # but for one read only inside a function the cell defines: that reads the notebook's
+        # global when called, as plainly (the rule's version then holds its value, not a fetch)
+        fetched = {n: r for n, r in state.versions.resolve(names.inputs, None).items()
+                   if r not in own and n not in names.deferred}
         first, named = names.default_name, name is not None
         name = name or identity(state.cell_id, source, fetched, first)
         superseded = state.superseded(name)
