@@ -731,3 +731,20 @@ def test_a_rule_cell_calling_a_function_of_another_cell_reads_the_global_the_fun
     assert first["verdict"] is second["verdict"] is (3 > last)
     # the function's cell is defined again once threshold changed (its version holds the value it reads)
     assert first["calls"] == ["above", "above", "verdict"] and second["calls"] == []
+
+
+SCALED = ["%%rule\ncalls.append('f')\nscale = 2\ndef f(x):\n    return x * scale\n"
+          "class Scaler:\n    def apply(self, x):\n        return x * scale\nfirst = f(1)",
+          "scale = 3", "after = [f(1), Scaler().apply(1)]", "%%rule\ncalls.append('r')\nr = f(10)"]
+
+
+def test_a_function_reads_a_name_its_own_cell_bound_as_the_notebook_has_it_when_called(tmp_path):
+    """Plainly `scale` is a global that `f` and `Scaler.apply` read when called: a later cell's
+    `scale = 3` is what they see, also when their cell is reused after a restart."""
+    first, second = in_two_processes(tmp_path, SCALED, "first", "after", "r")
+    assert first["first"] == second["first"] == 2
+    assert first["after"] == second["after"] == [3, 3] and first["r"] == second["r"] == 30
+    assert first["calls"] == ["f", "r"] and second["calls"] == []
+    edited = SCALED[:1] + ["scale = 4"] + SCALED[2:]          # and a rule cell calling f sees it
+    third, fourth = in_two_processes(tmp_path, edited, "r")      # on the same store
+    assert third["r"] == fourth["r"] == 40 and third["calls"] == ["r"] and fourth["calls"] == []

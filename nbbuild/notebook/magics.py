@@ -155,7 +155,7 @@ class NbbuildMagics(Magics):
                 state.versions.bound(name, changed)
                 state.outputs[name] = produced + tuple(changed)
                 state.rebound(changed)
-                self.shell.user_ns.update({k: value[k] for k in changed})
+                state.rebind({k: value[k] for k in changed})
             if GENERATORS in value:      # the random generators, where this cell left them
                 randomness.restore(value[GENERATORS])
             ambient.restore(value.get(SETTINGS, {}))     # and matplotlib's settings

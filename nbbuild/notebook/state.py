@@ -42,6 +42,7 @@ from IPython.core.error import UsageError
 from ..build import Build
 from ..console import TextProgress, own_stderr
 from .auto import Auto
+from .closures import Closures
 from .cells import CAPTURE, FETCH, LAST, OWN, analyse
 from .elsewhere import CellCapture, CellFetch, received
 from .graph import TITLES, label, snapshot
@@ -74,6 +75,7 @@ class NotebookState:
         self.plain_reads: Any = None              # an ordinary cell's reads, before it ran
         self.namespace_before: dict | None = None  # and the namespace's bindings then
         self.ours: dict = {}                      # what nbbuild bound in the namespace during the cell
+        self.closures = Closures()                # functions of rule cells reading their cell's names
         self.cell_number = 0                      # the running cell's In [n]
         self.auto = Auto(shell)
         self.hooks = {FETCH: CellFetch(self), CAPTURE: CellCapture(self)}
@@ -125,6 +127,8 @@ class NotebookState:
         # and what it bound through a function's `global x`, `globals()[...]`, `exec`
         bound = set(names.outputs) | set(rebound(self.namespace_before or {}, self.shell.user_ns, self.ours))
         self.namespace_before = None
+        ns = self.shell.user_ns
+        self.follow({n: ns[n] for n in bound if n in ns})
         self.versions.bound(None, list(bound))
         self.rebound(set(names.inputs) | bound)
         readers = [r for r, reads in self.inputs.items()
@@ -306,6 +310,25 @@ class NotebookState:
         wanted = {k: v for k, v in wanted.items() if rule is None or self.versions.binds(rule, k)}
         self.ours.update(wanted)
         self.shell.user_ns.update(wanted)
+        self.follow(wanted)
+        self.closures.register(wanted)
+
+    def rebind(self, values: dict) -> None:
+        """Names bound again outside a rule's own outputs (a change in place)."""
+        self.shell.user_ns.update(values)
+        self.follow(values)
+
+    def follow(self, values: dict) -> None:
+        """The functions of rule cells that read these names read their new values (closures.py);
+        the names holding them are then versions of the namespace's, read by value."""
+        changed = self.closures.bound(values)
+        if not changed:
+            return
+        names = [n for n in self.closures.holders(self.shell.user_ns, changed) if n not in values]
+        for r in {self.versions.producer(n) for n in names} - {None}:
+            if r in self.build.rules and r not in self.parametric:
+                self.build.forget(self.build.rules[r].task())    # its value in memory is not its stored one now
+        self.versions.read_plainly(names)
 
     def rule_for(self, target: str) -> Any:
         producer = self.versions.producer(target)
