@@ -37,6 +37,7 @@ execution's.
 from __future__ import annotations
 
 import ast
+import functools
 import builtins
 import io
 import re
@@ -273,7 +274,10 @@ def _parse(source: str) -> ast.Module:
     return tree
 
 
+@functools.lru_cache(maxsize=512)
 def analyse(source: str) -> CellNames:
+    # a pure function of the text, asked for several times per cell (auto, the ordinary cell's
+    # reads, the rule, its refusal): analysed once
     tree = _parse(source)
     top = _Scope(top=True)
     try:
