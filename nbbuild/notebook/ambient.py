@@ -158,34 +158,24 @@ class _PandasOptions(_Setting):
                 pd.set_option(k, v)
 
 
-class _NumpyPrint(_Setting):
+class _Numpy(_Setting):
+    """numpy's settings read by one function and set by another (`get_printoptions` and
+    `set_printoptions`, `geterr` and `seterr`), kept in a context variable."""
     module = "numpy"
 
+    def __init__(self, get: str, put: str) -> None:
+        self.get, self.put = get, put
+
     def read(self) -> dict:
-        return dict(sys.modules["numpy"].get_printoptions())
+        return dict(getattr(sys.modules["numpy"], self.get)())
 
     def defaults(self) -> dict:
-        return dict(_fresh(sys.modules["numpy"].get_printoptions))
+        return dict(_fresh(getattr(sys.modules["numpy"], self.get)))
 
     def apply(self, change: dict) -> None:
         import numpy as np
         with contextlib.suppress(Exception):
-            np.set_printoptions(**change)
-
-
-class _NumpyErrors(_Setting):
-    module = "numpy"
-
-    def read(self) -> dict:
-        return dict(sys.modules["numpy"].geterr())
-
-    def defaults(self) -> dict:
-        return dict(_fresh(sys.modules["numpy"].geterr))
-
-    def apply(self, change: dict) -> None:
-        import numpy as np
-        with contextlib.suppress(Exception):
-            np.seterr(**change)
+            getattr(np, self.put)(**change)
 
 
 class _Decimal(_Setting):
@@ -280,8 +270,8 @@ class _RecursionLimit(_Setting):
 
 
 SETTINGS: dict[str, _Setting] = {
-    "matplotlib.rcParams": _RcParams(), "pandas.options": _PandasOptions(), "numpy.printoptions": _NumpyPrint(),
-    "numpy.errstate": _NumpyErrors(), "decimal.context": _Decimal(), "warnings.filters": _WarningFilters(),
+    "matplotlib.rcParams": _RcParams(), "pandas.options": _PandasOptions(), "numpy.printoptions": _Numpy("get_printoptions", "set_printoptions"),
+    "numpy.errstate": _Numpy("geterr", "seterr"), "decimal.context": _Decimal(), "warnings.filters": _WarningFilters(),
     "os.getcwd": _Cwd(), "sys.path": _SysPath(), "sys.recursionlimit": _RecursionLimit(),
 }
 
