@@ -43,21 +43,22 @@ import threading
 import time
 from typing import Any, Callable, Iterator
 
-from . import eviction as _bounds
-from . import environment, explain, files, hashing, outputs
-from .clean import CleanSet
-from .console import TextProgress, wanted
-from .memory import Memory
-from .metrics import Metrics, Session
-from .progress import Progress, Tracker
+from .store import eviction as _bounds
+from .engine import environment, explain, files, outputs
+from .store import serialisation
+from .engine.verified import CleanSet
+from .report.console import TextProgress, wanted
+from .store.memory import Memory
+from .report.metrics import Metrics, Session
+from .report.progress import Progress, Tracker
 from .errors import BuildError, RuleError
-from .eviction import parse_size
-from .executors import HelperPool, make_executor
-from .rule import Rule, Task, resolve_target
-from .report import BuildReport, TaskReport, make_report
-from .scheduler import DONE, Scheduler
-from .store import Store
-from .trace import current
+from .store.eviction import parse_size
+from .executors.hubs import HelperPool, make_executor
+from .engine.rule import Rule, Task, resolve_target
+from .report.report import BuildReport, TaskReport, make_report
+from .engine.scheduler import DONE, Scheduler
+from .store.store import Store
+from .engine.trace import current
 
 __all__ = ["Build", "BuildReport", "TaskReport"]
 
@@ -176,8 +177,8 @@ class Build:
             self._attachments[task.key] = (digest, data)
         if persist:
             try:
-                self.store.put_attachment(task.key, digest, hashing.serialize(data)[0])
-            except hashing.UnserializableValue as e:
+                self.store.put_attachment(task.key, digest, serialisation.serialize(data)[0])
+            except serialisation.UnserializableValue as e:
                 log.warning("nbbuild: what %r attached cannot be stored: %s", task, e)
 
     def attachment(self, target: Any) -> Any:
@@ -192,7 +193,7 @@ class Build:
             return found[1]
         blob = self.store.get_attachment(key, digest)
         try:
-            return hashing.deserialize(blob) if blob is not None else None
+            return serialisation.deserialize(blob) if blob is not None else None
         except Exception:  # as for values: a stored attachment that cannot be loaded is a miss
             log.warning("nbbuild: what %r attached could not be loaded", target)
             return None

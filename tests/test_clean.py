@@ -4,8 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from types import SimpleNamespace as NS
 
-from nbbuild.clean import CleanSet
-from nbbuild.trace import FILE_PREFIX, Trace
+from nbbuild.engine.verified import CleanSet
+from nbbuild.engine.trace import FILE_PREFIX, Trace
 
 DONE = 3
 

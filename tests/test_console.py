@@ -13,8 +13,8 @@ import time
 import pytest
 
 import nbbuild
-from nbbuild.console import TextProgress, line
-from nbbuild.progress import Progress, TaskRow
+from nbbuild.report.console import TextProgress, line
+from nbbuild.report.progress import Progress, TaskRow
 from waiting import wait_until
 
 

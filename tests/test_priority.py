@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 import nbbuild
-from nbbuild.priority import CriticalPath, ReadyQueue
+from nbbuild.engine.priority import CriticalPath, ReadyQueue
 from waiting import wait_until
 
 

@@ -6,7 +6,7 @@ import time
 import pytest
 
 import nbbuild
-from nbbuild.progress import ROW_LIMIT, SLOWEST
+from nbbuild.report.progress import ROW_LIMIT, SLOWEST
 
 
 class Recorder:

@@ -5,8 +5,8 @@ import random
 
 import numpy as np
 
-from nbbuild import randomness
-from nbbuild.randomness import RNG_PREFIX, Draws
+from nbbuild.engine import randomness
+from nbbuild.engine.randomness import RNG_PREFIX, Draws
 
 RANDOM, NUMPY = RNG_PREFIX + "random", RNG_PREFIX + "numpy"
 

@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from ..files import short_path
+from ..engine.files import short_path
 
 __all__ = ["Node", "Graph", "snapshot", "collapse", "tree", "table", "label", "size_text", "seconds_text",
            "DRAW_LIMIT", "GROUP_LIMIT", "TITLES"]

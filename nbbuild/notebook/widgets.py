@@ -36,9 +36,9 @@ from ipywidgets.widgets.widget_int import ProgressStyle
 from ipywidgets.widgets.widget_string import HTMLStyle
 from IPython.display import display
 
-from ..console import line
-from ..metrics import Metrics
-from ..progress import Progress
+from ..report.console import line
+from ..report.metrics import Metrics
+from ..report.progress import Progress
 from .graph import label
 from .graph import size_text as _size
 

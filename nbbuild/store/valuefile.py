@@ -43,7 +43,7 @@ from typing import Any, Callable, Iterable
 
 import xxhash
 
-from .hashing import MAGIC, Serialized, hash_bytes, split
+from .serialisation import MAGIC, Serialized, hash_bytes, split
 from .signing import MAC_BYTES, Signer
 from .table import FILE_NAME
 

@@ -31,11 +31,11 @@ import types
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from . import hashing
-from .errors import RuleError, UnknownTargetError
+from ..store import serialisation
+from ..errors import RuleError, UnknownTargetError
 from .trace import current
 
-__all__ = ["Rule", "Task", "Version", "rule_version", "POLICIES"]
+__all__ = ["Rule", "Task", "Version", "rule_version", "rule_stub", "ELSEWHERE", "POLICIES"]
 
 log = logging.getLogger("nbbuild")
 POLICIES = ("persist", "memory", "none")
@@ -60,7 +60,7 @@ class Task:
     @property
     def args(self) -> tuple:
         if self._args is None:
-            pos, kw = hashing.decode_args(self.encoded)
+            pos, kw = serialisation.decode_args(self.encoded)
             self._args, self._kwargs = tuple(pos), dict(kw)
         return self._args
 
@@ -139,7 +139,6 @@ class Rule:
     def __reduce__(self) -> tuple:
         """Shipped to a worker (remote.py), a rule is its function and name: there it is a stub
         whose calls are served from the values sent with the body."""
-        from .remote import rule_stub
         return rule_stub, (self.fn, self.name, self.policy)
 
     def task(self, *args: Any, **kwargs: Any) -> Task:
@@ -158,10 +157,10 @@ class Rule:
             pos, kw = bound.args, bound.kwargs
             text = self._call_repr(bound)
         try:
-            encoded = hashing.encode_args((pos, kw))
-        except hashing.UnserializableValue as e:
+            encoded = serialisation.encode_args((pos, kw))
+        except serialisation.UnserializableValue as e:
             raise RuleError(f"{self.name}: {e}; task arguments must be picklable") from None
-        key = f"{self.name}/{hashing.hash_bytes(encoded.encode())[:20]}"
+        key = f"{self.name}/{serialisation.hash_bytes(encoded.encode())[:20]}"
         if text is None:
             text = self._plain_repr(pos)
         return Task(self, pos, kw, key, encoded, text)
@@ -223,6 +222,22 @@ class Rule:
         if rec is not None and rec.scheduler.build is self.build:
             return rec.scheduler.fetch_values(rec, tasks)
         return self.build.build(*tasks)
+
+
+class _Elsewhere:
+    """Stands for the Build in a worker: stub rules and the worker's recorder agree on it."""
+
+    def __repr__(self) -> str:
+        return "<the kernel's Build>"
+
+
+ELSEWHERE = _Elsewhere()
+
+
+def rule_stub(fn: Any, name: str, policy: str) -> Rule:
+    """A Rule in a worker, made when one is unpickled there (Rule.__reduce__): the same `task()`
+    (keys are identical); its calls are served by the worker's recorder (executors/worker.py)."""
+    return Rule(fn, ELSEWHERE, name=name, policy=policy)
 
 
 # ---------------------------------------------------------------- versions
@@ -309,12 +324,12 @@ class _Versioner:
             return
         self.seen.add(id(fn))
         code = fn.__code__
-        self.parts[label] = hashing.code_fingerprint(code)
+        self.parts[label] = serialisation.code_fingerprint(code)
         if fn.__defaults__:
             self.value(f"{label}:defaults", fn.__defaults__)
         if fn.__kwdefaults__:
             self.value(f"{label}:kwdefaults", fn.__kwdefaults__)
-        reads = hashing.free_reads(code)
+        reads = serialisation.free_reads(code)
         for var, cell in zip(code.co_freevars, fn.__closure__ or ()):
             if var not in reads:
                 continue
@@ -324,7 +339,7 @@ class _Versioner:
                 continue
             self.reach(f"{label}:{var}", contents)
         g = fn.__globals__
-        for chain in hashing.global_names(code):
+        for chain in serialisation.global_names(code):
             if chain[0] in g:
                 self.reach_chain(g, chain)
 
@@ -385,8 +400,8 @@ class _Versioner:
 
     def value(self, label: str, obj: Any) -> None:
         try:
-            self.parts[label] = hashing.value_hash(obj)
-        except hashing.UnserializableValue:
+            self.parts[label] = serialisation.value_hash(obj)
+        except serialisation.UnserializableValue:
             # nothing process-specific may enter a version: fall back to the type
             log.debug("%s: %s cannot be hashed by value; only its type counts", label, type(obj).__name__)
             self.parts[label] = "type:" + type(obj).__qualname__
@@ -404,7 +419,7 @@ def rule_version(fn: Callable, skip: Callable[[Any], bool]) -> Version:
     else:
         v.value("callable", target)
     parts = tuple(v.parts.items())
-    version = hashing.hash_bytes(json.dumps([hashing.PY_TAG, parts]).encode())
+    version = serialisation.hash_bytes(json.dumps([serialisation.PY_TAG, parts]).encode())
     return Version(version, parts, tuple(sorted(v.packages.items())))
 
 

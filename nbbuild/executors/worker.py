@@ -21,7 +21,7 @@ Contract:
   may wait (one slot always stays free for what they wait for, so nothing deadlocks). When not,
   the body is stopped and sent again with what it asked for: it then runs more than once, as
   restarting schedulers do; with enough processes for the nesting of remote calls it runs once.
-- In a worker a Rule is a stub (`rule_stub`) with the same `task()` (keys are identical) whose
+- In a worker a Rule is a stub (`rule.rule_stub`) with the same `task()` (keys are identical) whose
   calls are served from the values sent or asked for; `nbbuild.file` and `open` record reads.
 - `run_elsewhere(executor, scheduler, state, recorder, timeout)` runs one task's body through an
   executor (executors.ProcessExecutor, executors.DaskExecutor) and returns its value, or raises
@@ -44,10 +44,11 @@ from typing import Any
 
 import cloudpickle
 
-from . import hashing, pickling
-from .trace import INPUT_PREFIX, current
+from ..store import serialisation, pickling
+from ..engine.rule import ELSEWHERE
+from ..engine.trace import INPUT_PREFIX, current
 
-__all__ = ["run", "rule_stub", "run_elsewhere", "Abandoned", "RemoteError"]
+__all__ = ["run", "run_elsewhere", "Abandoned", "RemoteError"]
 
 log = logging.getLogger("nbbuild")
 _INSTALLED = False
@@ -70,22 +71,6 @@ class Restart(BaseException):
     def __init__(self, tasks: bytes):
         super().__init__("sent again with its dependencies")
         self.tasks = tasks
-
-
-class _Elsewhere:
-    """Stands for the Build in a worker: stub rules and the recorder agree on it."""
-
-    def __repr__(self) -> str:
-        return "<the kernel's Build>"
-
-
-ELSEWHERE = _Elsewhere()
-
-
-def rule_stub(fn: Any, name: str, policy: str) -> Any:
-    """A Rule in a worker, made when one is unpickled there (Rule.__reduce__)."""
-    from .rule import Rule
-    return Rule(fn, ELSEWHERE, name=name, policy=policy)
 
 
 class _RemoteRecorder:
@@ -139,7 +124,7 @@ class _RemoteRecorder:
 def run(payload: bytes, channel: Any) -> bytes:
     global _INSTALLED
     if not _INSTALLED:
-        from . import environment, files
+        from ..engine import environment, files
         files.install_hook()
         environment.install()
         _INSTALLED = True
@@ -268,7 +253,7 @@ def _files_of(fn: Any, depth: int = 3) -> dict[str, str]:
             stack += [k for k in c.co_consts if isinstance(k, types.CodeType)]
         if level < depth:
             scope = getattr(f, "__globals__", {})
-            todo += [(scope[chain[0]], level + 1) for chain in hashing.global_names(code)
+            todo += [(scope[chain[0]], level + 1) for chain in serialisation.global_names(code)
                      if isinstance(scope.get(chain[0]), types.FunctionType)]
     return found
 
@@ -276,7 +261,7 @@ def _files_of(fn: Any, depth: int = 3) -> dict[str, str]:
 def _culprit(fn: Any) -> str:
     """Which global of the body does not pickle, said as ", from global NAME", if one is to blame."""
     code, scope = getattr(fn, "__code__", None), getattr(fn, "__globals__", {})
-    for name in dict.fromkeys(chain[0] for chain in (hashing.global_names(code) if code is not None else ())):
+    for name in dict.fromkeys(chain[0] for chain in (serialisation.global_names(code) if code is not None else ())):
         if name in scope:
             try:
                 cloudpickle.dumps(scope[name])

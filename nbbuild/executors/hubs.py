@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 from greenlet import getcurrent, greenlet
 
-from .errors import Cancelled
+from ..errors import Cancelled
 
 __all__ = ["Hubs", "HelperPool", "ProcessExecutor", "DaskExecutor", "make_executor"]
 
@@ -391,7 +391,7 @@ class ProcessExecutor:
     def start(self, payload: bytes, timeout: float | None, name: str) -> _Job:
         import queue as queues
 
-        from .remote import run
+        from .worker import run
         with self._lock:
             if self._manager is None:
                 self._manager = self._context.Manager()
@@ -450,7 +450,7 @@ class DaskExecutor:
 
         from distributed import Queue
 
-        from .remote import run
+        from .worker import run
         tag = uuid.uuid4().hex
         requests, answers = Queue(f"nbbuild-{tag}-asks", client=self.client), Queue(f"nbbuild-{tag}-answers",
                                                                                  client=self.client)

@@ -34,11 +34,12 @@ import time
 from collections import defaultdict
 from typing import Any, Callable, Iterable
 
-from . import files, foreign, hashing, valuefile
+from ..engine import files
+from . import foreign, serialisation, valuefile
 from .signing import MAC_BYTES, Signer, key_path, user_key
 from .index import Index
 from .table import WRITE_ERRORS, Table
-from .trace import Trace
+from ..engine.trace import Trace
 
 __all__ = ["Store"]
 
@@ -157,7 +158,7 @@ class Store:
 
     # ------------------------------------------------------------ values
 
-    def put_value(self, ser: hashing.Serialized) -> str | None:
+    def put_value(self, ser: serialisation.Serialized) -> str | None:
         """Store a value unless it is there already. Returns None when it is stored, else why not
         (it is larger than the quota, the disk is full...): the caller keeps it in memory."""
         size = ser.nbytes
@@ -177,7 +178,7 @@ class Store:
                 self._write(key, self.signer.seal(key, ser.blob(), ser.signed))
         return None
 
-    def _put_file(self, ser: hashing.Serialized) -> str | None:
+    def _put_file(self, ser: serialisation.Serialized) -> str | None:
         if ser.known and self.has_value(ser.digest):
             return None
 
@@ -246,7 +247,7 @@ class Store:
         self.count("bytes_read", nbytes)
         self.touch([digest])
         try:
-            return True, hashing.unpickle(meta, buffers), ""
+            return True, serialisation.unpickle(meta, buffers), ""
         except Exception as e:  # unpickling runs code (a class that moved, a package missing)
             return False, None, f"it cannot be unpickled here ({type(e).__name__}: {e})"
 

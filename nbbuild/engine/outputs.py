@@ -53,8 +53,8 @@ from typing import Any, Callable, Iterable
 
 import xxhash
 
-from . import hashing
-from .errors import OutsideRuleError
+from ..store import serialisation
+from ..errors import OutsideRuleError
 from .files import short_path
 from .trace import MISSING, Output, Trace, current
 
@@ -136,7 +136,7 @@ def _put(store: Any, path: str) -> tuple[str, str]:
         if store.has_value(digest):
             return content, digest
         raw: Any = memoryview(data) if data is not None else _FileView(fd, size, content)
-        ser = hashing.Serialized(META, [raw])
+        ser = serialisation.Serialized(META, [raw])
         ser.digest = digest
         try:
             why_not = store.put_value(ser)

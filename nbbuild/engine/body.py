@@ -30,8 +30,9 @@ from typing import Any
 
 from greenlet import GreenletExit
 
-from . import environment, hashing, outputs
-from .errors import Cancelled
+from . import environment, outputs
+from ..store import serialisation
+from ..errors import Cancelled
 from .trace import ENV_PREFIX, Recorder, Trace, current
 
 __all__ = ["execute"]
@@ -92,7 +93,7 @@ def _attempt(sched: Any, st: Any, executor: Any, timeout: float | None) -> tuple
         if executor is None:
             value = task.run()
         else:
-            from .remote import run_elsewhere
+            from ..executors.worker import run_elsewhere
             value = run_elsewhere(executor, sched, st, rec, timeout)
     except BaseException as e:
         error = e
@@ -110,8 +111,8 @@ def _keep(sched: Any, st: Any, rec: Recorder, value: Any, version: Any) -> None:
     persist = rule.policy == "persist"
     effects = environment.finish(sched.owner(task.key), rec) if rec.env_set else ()
     try:
-        ser: hashing.Serialized | None = hashing.pickle_value(value)
-    except hashing.UnserializableValue as e:
+        ser: serialisation.Serialized | None = serialisation.pickle_value(value)
+    except serialisation.UnserializableValue as e:
         ser, persist = None, False
         st.unstored = str(e)
     if ser is not None and persist and version is not None:

@@ -35,8 +35,8 @@ from typing import Any, Sequence
 from greenlet import GreenletExit as GreenletExitType
 
 from . import body, environment, inputs, outputs
-from .errors import BuildError, Cancelled, CycleError
-from .executors import Hubs
+from ..errors import BuildError, Cancelled, CycleError
+from ..executors.hubs import Hubs
 from .priority import CriticalPath, ReadyQueue
 from .rule import Task, Version, rule_version
 from .trace import ENV_PREFIX, FILE_PREFIX, INPUT_PREFIX, Group, Recorder, Trace, current, match

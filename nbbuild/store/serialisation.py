@@ -257,7 +257,7 @@ def _dec(x: Any) -> Any:
     if tag == "$p":
         return getattr(pathlib, v[0], pathlib.Path)(v[1])
     if tag == "$pk":
-        return pickle.loads(base64.b64decode(v))
+        return pickling.loads_plain(base64.b64decode(v))
     raise ValueError(f"unknown argument tag {tag!r}")
 
 

@@ -1,0 +1,127 @@
+"""The layout (nbbuild/engine, store, executors, report): no module imports itself through others,
+the core imports no IPython, and what an older nbbuild stored under its old module paths loads."""
+from __future__ import annotations
+
+import ast
+import base64
+import importlib
+import pathlib
+
+import pytest
+
+import nbbuild
+from nbbuild.engine.rule import Rule, Task
+from nbbuild.store import pickling, serialisation
+
+PACKAGE = pathlib.Path(nbbuild.__file__).parent
+UI = ("IPython", "ipywidgets", "ipykernel")
+# the notebook layer and the command may use IPython; the public face loads the magics on demand
+NOT_CORE = ("nbbuild.notebook", "nbbuild.cli", "nbbuild.__main__")
+
+
+def _modules() -> dict[str, pathlib.Path]:
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        found[".".join(parts)] = path
+    return found
+
+
+MODULES = _modules()
+
+
+def _imports(name: str, path: pathlib.Path) -> set[str]:
+    """Every module `name` imports, at any depth (in functions too: a cycle broken by an import
+    in a function is a cycle all the same)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[:len(package.split(".")) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            out.add(module)
+            out.update(f"{module}.{a.name}" for a in node.names if f"{module}.{a.name}" in MODULES)
+    return out
+
+
+GRAPH = {name: {m for m in _imports(name, path) if m in MODULES and m != name} for name, path in MODULES.items()}
+
+
+def test_no_module_of_nbbuild_imports_itself_through_others():
+    cycles = []
+    state: dict[str, int] = {}      # 1: on the path being walked, 2: done
+
+    def walk(name: str, path: list[str]) -> None:
+        state[name] = 1
+        for dep in sorted(GRAPH[name]):
+            if state.get(dep) == 1:
+                cycles.append(path[path.index(dep):] + [dep] if dep in path else [name, dep])
+            elif dep not in state:
+                walk(dep, path + [dep])
+        state[name] = 2
+
+    for name in sorted(GRAPH):
+        if name not in state:
+            walk(name, [name])
+    assert cycles == []
+
+
+def test_core_modules_import_no_ipython():
+    core = [n for n in MODULES if n != "nbbuild" and not n.startswith(NOT_CORE)]
+    assert len(core) > 30
+    using = {n: sorted(m for m in _imports(n, MODULES[n]) if m.split(".")[0] in UI) for n in core}
+    assert {n: m for n, m in using.items() if m} == {}
+
+
+# Made by nbbuild before its modules moved into subpackages (commit 9b5f4a3), with
+#   rule = Rule(json.dumps, None, name="dumps", policy="memory")
+#   VALUE = pickling.dump({"rule": rule, "task": rule.task([1, 2]), "n": 3})
+#   ARGS = hashing.encode_args(((rule.task("x"),), {}))
+# They name `nbbuild.remote.rule_stub` and `nbbuild.rule.Task`: a value of a rule that holds a
+# Rule or a Task is stored so, and a task whose argument is a Task has such a key text.
+VALUE = (
+    "gAWVHAIAAAAAAAB9lCiMBHJ1bGWUjA5uYmJ1aWxkLnJlbW90ZZSMCXJ1bGVfc3R1YpSTlIwEanNvbpSMBWR1bXBzlJOUaAaMBm1lbW9yeZSH"
+    "lFKUjAR0YXNrlIwMbmJidWlsZC5ydWxllIwEVGFza5STlCmBlE59lChoAWgKjAVfYXJnc5RdlChLAUsCZYWUjAdfa3dhcmdzlH2UKIwIc2tp"
+    "cGtleXOUiYwMZW5zdXJlX2FzY2lplIiMDmNoZWNrX2NpcmN1bGFylIiMCWFsbG93X25hbpSIjANjbHOUTowGaW5kZW50lE6MCnNlcGFyYXRv"
+    "cnOUTowHZGVmYXVsdJROjAlzb3J0X2tleXOUiXWMA2tleZSMGmR1bXBzLzU1MDNmNmJjNGNjYThmNGZmZDNhlIwHZW5jb2RlZJSMw1t7IiR0"
+    "IjpbWzEsMl1dfSx7IiRkIjpbWyJza2lwa2V5cyIsZmFsc2VdLFsiZW5zdXJlX2FzY2lpIix0cnVlXSxbImNoZWNrX2NpcmN1bGFyIix0cnVl"
+    "XSxbImFsbG93X25hbiIsdHJ1ZV0sWyJjbHMiLG51bGxdLFsiaW5kZW50IixudWxsXSxbInNlcGFyYXRvcnMiLG51bGxdLFsiZGVmYXVsdCIs"
+    "bnVsbF0sWyJzb3J0X2tleXMiLGZhbHNlXV19XZSMBV9yZXBylIwNZHVtcHMoWzEsIDJdKZR1hpRijAFulEsDdS4="
+)
+ARGS = (
+    '[{"$t":[{"$pk":"gAWV/gEAAAAAAACMDG5iYnVpbGQucnVsZZSMBFRhc2uUk5QpgZROfZQojARydWxllIwObmJidWlsZC5yZW1vdGWUjAlydW'
+    "xlX3N0dWKUk5SMBGpzb26UjAVkdW1wc5STlGgKjAZtZW1vcnmUh5RSlIwFX2FyZ3OUjAF4lIWUjAdfa3dhcmdzlH2UKIwIc2tpcGtleXOUiYwM"
+    "ZW5zdXJlX2FzY2lplIiMDmNoZWNrX2NpcmN1bGFylIiMCWFsbG93X25hbpSIjANjbHOUTowGaW5kZW50lE6MCnNlcGFyYXRvcnOUTowHZGVmYX"
+    "VsdJROjAlzb3J0X2tleXOUiXWMA2tleZSMGmR1bXBzL2FjMTYzNGM1MmVjYTA0ZGYyNDRjlIwHZW5jb2RlZJSMwVt7IiR0IjpbIngiXX0seyIk"
+    "ZCI6W1sic2tpcGtleXMiLGZhbHNlXSxbImVuc3VyZV9hc2NpaSIsdHJ1ZV0sWyJjaGVja19jaXJjdWxhciIsdHJ1ZV0sWyJhbGxvd19uYW4iLH"
+    "RydWVdLFsiY2xzIixudWxsXSxbImluZGVudCIsbnVsbF0sWyJzZXBhcmF0b3JzIixudWxsXSxbImRlZmF1bHQiLG51bGxdLFsic29ydF9rZXlz"
+    'IixmYWxzZV1dfV2UjAVfcmVwcpSMCmR1bXBzKCd4JymUdYaUYi4="}]},{"$d":[]}]'
+)
+
+
+def test_a_value_stored_under_the_old_module_paths_loads():
+    value = pickling.loads(base64.b64decode(VALUE))
+    assert sorted(value) == ["n", "rule", "task"]
+    assert isinstance(value["rule"], Rule) and (value["rule"].name, value["rule"].policy) == ("dumps", "memory")
+    assert isinstance(value["task"], Task) and repr(value["task"]) == "dumps([1, 2])"
+    assert value["task"].key == value["rule"].task([1, 2]).key
+    assert value["n"] == 3
+
+
+def test_task_arguments_encoded_under_the_old_module_paths_decode():
+    (task,), kwargs = serialisation.decode_args(ARGS)
+    assert kwargs == {}
+    assert isinstance(task, Task) and repr(task) == "dumps('x')" and task.key == "dumps/ac1634c52eca04df244c"
+
+
+@pytest.mark.parametrize("old", sorted(pickling.MOVED))
+def test_every_old_module_path_is_gone_and_leads_to_modules_that_exist(old):
+    assert old not in MODULES or (PACKAGE / old.split(".", 1)[1] / "__init__.py").exists()
+    assert all(importlib.import_module(new) for new in pickling.MOVED[old])
