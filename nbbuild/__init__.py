@@ -21,7 +21,8 @@ from .build import Build, BuildReport, TaskReport
 from .errors import BuildError, Cancelled, CycleError, NbbuildError, OutsideRuleError, RuleError, UnknownTargetError
 from .engine.files import file
 from .engine.outputs import output
-from .engine.rule import Rule, Task
+from .engine.rule import Rule
+from .engine.task import Task
 
 __all__ = [
     "Build", "BuildReport", "TaskReport", "Rule", "Task", "file", "output",

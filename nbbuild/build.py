@@ -21,7 +21,7 @@ Contract:
 - `executor=` where rule bodies run: "threads" (the default: here, `workers` at once),
   "processes" (a pool of worker processes), "dask" (a LocalCluster made on first use), a
   `distributed.Client`, or a Dask scheduler's address. `@b.rule(executor=, timeout=, retries=)`
-  sets them per rule (body.py, remote.py, executors.py). The store, traces and scheduling stay here.
+  sets them per rule (engine/body.py, executors/). The store, traces and scheduling stay here.
 - `b.metrics()`: `metrics.Metrics` of the last build and of this Build's session, with store stats.
 - `b.report` describes the last build; `b.why(task)` explains, without running anything, why a
   task is stale or that it is up to date (and which of its files the last build that checked it
@@ -53,10 +53,13 @@ from .report.metrics import Metrics, Session
 from .report.progress import Progress, Tracker
 from .errors import BuildError, RuleError
 from .store.eviction import parse_size
-from .executors.hubs import HelperPool, make_executor
-from .engine.rule import Rule, Task, resolve_target
+from .executors.hubs import HelperPool
+from .executors.pools import make_executor
+from .engine.rule import Rule, resolve_target
+from .engine.task import Task
 from .report.report import BuildReport, TaskReport, make_report
-from .engine.scheduler import DONE, Scheduler
+from .engine.scheduler import Scheduler
+from .engine.state import DONE
 from .store.store import Store
 from .engine.trace import current
 

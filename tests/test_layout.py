@@ -10,8 +10,10 @@ import pathlib
 import pytest
 
 import nbbuild
-from nbbuild.engine.rule import Rule, Task
-from nbbuild.store import pickling, serialisation
+from nbbuild.engine.rule import Rule
+from nbbuild.engine.task import Task
+from nbbuild.engine import arguments
+from nbbuild.store import pickling
 
 PACKAGE = pathlib.Path(nbbuild.__file__).parent
 UI = ("IPython", "ipywidgets", "ipykernel")
@@ -34,10 +36,15 @@ MODULES = _modules()
 
 def _imports(name: str, path: pathlib.Path) -> set[str]:
     """Every module `name` imports, at any depth (in functions too: a cycle broken by an import
-    in a function is a cycle all the same)."""
+    in a function is a cycle all the same), except under `if TYPE_CHECKING:` (never run)."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    out = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    out: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING"):
+            for child in node.orelse:
+                visit(child)
+            return
         if isinstance(node, ast.Import):
             out.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -48,6 +55,10 @@ def _imports(name: str, path: pathlib.Path) -> set[str]:
                 module = node.module or ""
             out.add(module)
             out.update(f"{module}.{a.name}" for a in node.names if f"{module}.{a.name}" in MODULES)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(path.read_text()))
     return out
 
 
@@ -116,7 +127,7 @@ def test_a_value_stored_under_the_old_module_paths_loads():
 
 
 def test_task_arguments_encoded_under_the_old_module_paths_decode():
-    (task,), kwargs = serialisation.decode_args(ARGS)
+    (task,), kwargs = arguments.decode_args(ARGS)
     assert kwargs == {}
     assert isinstance(task, Task) and repr(task) == "dumps('x')" and task.key == "dumps/ac1634c52eca04df244c"
 

@@ -12,7 +12,7 @@ Contract:
   (KeyboardInterrupt, SystemExit, Cancelled) propagates and stores nothing; so does a body that
   saw its build's cancellation and returned anyway (it caught `Cancelled` with `except
   BaseException`): what it returned is a fallback, not its value.
-- A rule's `executor` (else the Build's) runs the body elsewhere (remote.run_elsewhere); None
+- A rule's `executor` (else the Build's) runs the body elsewhere (executors/kernel.run_elsewhere); None
   runs it here, on the thread of the greenlet.
 - `retries=N`: an attempt that raises (its own error, not a failed dependency or a cancel) is run
   again, up to N more times, each attempt afresh; `state.attempts` counts them (the report lists
@@ -93,7 +93,7 @@ def _attempt(sched: Any, st: Any, executor: Any, timeout: float | None) -> tuple
         if executor is None:
             value = task.run()
         else:
-            from ..executors.worker import run_elsewhere
+            from ..executors.kernel import run_elsewhere
             value = run_elsewhere(executor, sched, st, rec, timeout)
     except BaseException as e:
         error = e

@@ -38,7 +38,9 @@ from typing import Any
 from . import environment, outputs as _outputs
 from .inputs import describe as input_describe, digest as input_digest, for_targets_only
 from .files import short_path
-from .rule import Rule, Task, rule_version
+from .rule import Rule
+from .task import Task
+from .version import rule_version
 from .trace import FILE_PREFIX, INPUT_PREFIX, MISSING
 
 __all__ = ["TaskStatus", "why", "plan", "status", "statuses", "inputs", "outputs", "known"]
