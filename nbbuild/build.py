@@ -43,25 +43,26 @@ import threading
 import time
 from typing import Any, Callable, Iterator
 
-from .store import eviction as _bounds
-from .engine import environment, explain, files, outputs
-from .store import serialisation
-from .engine.verified import CleanSet
-from .report.console import TextProgress, wanted
-from .store.memory import Memory
-from .report.metrics import Metrics, Session
-from .report.progress import Progress, Tracker
-from .errors import BuildError, RuleError
-from .store.eviction import parse_size
-from .executors.hubs import HelperPool
-from .executors.pools import make_executor
+from .engine import environment, files, outputs
+from .engine.attachments import Attachments
+from .engine.explain import Explaining
 from .engine.rule import Rule, resolve_target
-from .engine.task import Task
-from .report.report import BuildReport, TaskReport, make_report
 from .engine.scheduler import Scheduler
 from .engine.state import DONE
-from .store.store import Store
+from .engine.task import Task
 from .engine.trace import current
+from .engine.verified import CleanSet
+from .errors import BuildError, RuleError
+from .executors.hubs import HelperPool
+from .executors.pools import make_executor
+from .report.console import TextProgress, wanted
+from .report.metrics import Metrics, Session
+from .report.progress import Tracker, Watched
+from .report.report import BuildReport, TaskReport, make_report
+from .store import eviction as _bounds
+from .store.eviction import parse_size
+from .store.memory import Memory
+from .store.store import Store
 
 __all__ = ["Build", "BuildReport", "TaskReport"]
 
@@ -69,7 +70,7 @@ log = logging.getLogger("nbbuild")
 _PATIENCE = 5.0
 
 
-class Build:
+class Build(Explaining, Watched, Attachments):
     def __init__(self, path: str | os.PathLike = ".nbbuild", quota: int | str | None = None,
                  workers: int | None = None, *, min_free: int | str | None = None, eviction: str | None = None,
                  progress: bool | None = None, executor: Any = None):
@@ -174,32 +175,6 @@ class Build:
         raise RuleError(f"cannot build {t!r}: give a Task (rule.task(...)), a rule, or a rule name")
 
     # ------------------------------------------------------------ values in memory
-
-    def _keep_attachment(self, task: Task, digest: str, data: Any, persist: bool) -> None:
-        with self._attachments_lock:
-            self._attachments[task.key] = (digest, data)
-        if persist:
-            try:
-                self.store.put_attachment(task.key, digest, serialisation.serialize(data)[0])
-            except serialisation.UnserializableValue as e:
-                log.warning("nbbuild: what %r attached cannot be stored: %s", task, e)
-
-    def attachment(self, target: Any) -> Any:
-        """What the run that gave the target its current value attached (`trace.attach`), or None
-        when the target is not up to date in this process or its run attached nothing."""
-        key = self._target(target).key
-        digest = self._clean.hashes.get(key)
-        if digest is None:
-            return None
-        found = self._attachments.get(key)
-        if found is not None and found[0] == digest:
-            return found[1]
-        blob = self.store.get_attachment(key, digest)
-        try:
-            return serialisation.deserialize(blob) if blob is not None else None
-        except Exception:  # as for values: a stored attachment that cannot be loaded is a miss
-            log.warning("nbbuild: what %r attached could not be loaded", target)
-            return None
 
     @contextlib.contextmanager
     def _turn(self) -> Iterator[None]:
@@ -345,67 +320,9 @@ class Build:
             raise first
         return [st.value for st in states]
 
-    def _notify(self, event: str, views: list[Any]) -> list[Any]:
-        """Call each view's `event`; those that raise are logged and left out of the rest."""
-        ok = []
-        for view in views:
-            try:
-                getattr(view, event)(self)
-                ok.append(view)
-            except Exception:  # a view is the user's or the notebook's: it must not fail the build
-                log.warning("nbbuild: a build view failed in %s", event, exc_info=True)
-        return ok
-
-    def watch(self, view: Any) -> Any:
-        """Show builds in `view` (see the module's contract); returns it. `unwatch` stops that."""
-        if view not in self.watchers:
-            self.watchers.append(view)
-        return view
-
-    def unwatch(self, view: Any) -> None:
-        if view in self.watchers:
-            self.watchers.remove(view)
-
-    def progress(self) -> Progress | None:
-        """A snapshot of the running build, or the settled one of the last build (None before any)."""
-        tracker = self._tracker
-        return tracker.snapshot() if tracker is not None else None
-
     def metrics(self) -> Metrics:
         """Figures of the last build and of the session, and the store's stats."""
         return self._session.metrics(self.store.stats())
-
-    # ------------------------------------------------------------ explaining (explain.py)
-
-    def why(self, target: Any) -> str:
-        """Why the target is stale, in words, or that it is up to date; nothing runs."""
-        return explain.why(self, self._target(target))
-
-    def plan(self, *targets: Any) -> list[tuple[str, str]]:
-        """What building the targets would run, and why, dependencies first; nothing runs. A task
-        below a stale one may yet be spared by early cutoff: the plan says what may run."""
-        return explain.plan(self, [self._target(t) for t in targets])
-
-    def status(self, target: Any) -> explain.TaskStatus:
-        """The target's state (up to date, stale, never built, failed, not stored), why, its last
-        run time and its stored size; nothing runs."""
-        return explain.status(self, self._target(target))
-
-    def statuses(self, targets: list[Any]) -> list[explain.TaskStatus]:
-        """`status` of each target, the work shared: for a whole graph at once."""
-        return explain.statuses(self, [self._target(t) for t in targets])
-
-    def inputs(self, target: Any) -> tuple[list[Task], list[str]]:
-        """(tasks, file paths) the target read when it last ran, in order; empty if it never ran."""
-        return explain.inputs(self, self._target(target))
-
-    def outputs(self, target: Any) -> list[str]:
-        """The files the target wrote when it last ran (outputs.py); empty if it never ran."""
-        return explain.outputs(self, self._target(target))
-
-    def known_tasks(self, rule: Rule) -> list[Task]:
-        """The rule's tasks that were built before (traces) or in this process, by repr."""
-        return explain.known(self, rule)
 
     # ------------------------------------------------------------ housekeeping
 

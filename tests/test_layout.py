@@ -91,6 +91,13 @@ def test_core_modules_import_no_ipython():
     assert {n: m for n, m in using.items() if m} == {}
 
 
+def test_core_modules_are_small_and_say_what_they_model():
+    core = [n for n in MODULES if not n.startswith(NOT_CORE)]
+    long = {n: len(MODULES[n].read_text().splitlines()) for n in core}
+    assert {n: lines for n, lines in long.items() if lines > 420} == {}
+    assert [n for n in core if not ast.get_docstring(ast.parse(MODULES[n].read_text()))] == []
+
+
 # Made by nbbuild before its modules moved into subpackages (commit 9b5f4a3), with
 #   rule = Rule(json.dumps, None, name="dumps", policy="memory")
 #   VALUE = pickling.dump({"rule": rule, "task": rule.task([1, 2]), "n": 3})
