@@ -102,7 +102,7 @@ class Build(Explaining, Watched, Attachments):
             except RuleError:
                 self.store.close()
                 raise
-        self.order = "critical-path"      # or "fifo": which ready task starts first (scheduler.py)
+        self.order = "critical-path"      # or "fifo": which ready task starts first (engine/scheduler.py)
         self.rules: dict[str, Rule] = {}
         self.report: BuildReport | None = None
         self.memory = Memory(self.store)
@@ -336,7 +336,7 @@ class Build(Explaining, Watched, Attachments):
             return removed
 
     def gc_foreign(self) -> tuple[int, int]:
-        """Remove the entries other keys signed (foreign.py); (how many, bytes) went."""
+        """Remove the entries other keys signed (store/foreign.py); (how many, bytes) went."""
         with self._turn():
             return self.store.gc_foreign()
 

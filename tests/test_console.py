@@ -1,4 +1,4 @@
-"""The text form of the build view (console.py): a line redrawn in place on a terminal."""
+"""The text form of the build view (report/console.py): a line redrawn in place on a terminal."""
 from __future__ import annotations
 
 import io

@@ -1,4 +1,4 @@
-"""Files a rule writes are outputs (outputs.py): stored with its value, counted against the quota,
+"""Files a rule writes are outputs (engine/outputs.py): stored with its value, counted against the quota,
 and put back when the task is reused and the file is missing or differs, so that a later rule, or
 another program, reads the bytes plain execution would have left there.
 

@@ -1,4 +1,4 @@
-"""Critical-path-first scheduling (priority.py): the longest recorded path starts first."""
+"""Critical-path-first scheduling (engine/priority.py): the longest recorded path starts first."""
 from __future__ import annotations
 
 import threading

@@ -1,4 +1,4 @@
-"""The global random generators as a body's inputs and outputs (randomness.py)."""
+"""The global random generators as a body's inputs and outputs (engine/randomness.py)."""
 from __future__ import annotations
 
 import random

@@ -67,7 +67,7 @@ class Rule:
         self.name = name
         self.policy = policy
         self.build = build
-        self.executor = executor      # None: the Build's (threads, processes, dask); see executors.py
+        self.executor = executor      # None: the Build's (threads, processes, dask); see executors/
         self.timeout = float(timeout) if timeout is not None else None
         self.retries = retries
         # called here with (task, value, attachment) when a body that ran elsewhere returns

@@ -4,7 +4,7 @@ Contract:
 - `Scheduler(build).run(tasks)` brings the tasks up to date and returns their `TaskState`s; every
   task runs at most once per build; a task's value is loaded only when a target or a running rule
   needs it (verifying needs only dependencies' hashes).
-- Concurrency (the threads and greenlets are executors.Hubs): a task that waits for a dependency
+- Concurrency (the threads and greenlets are executors/hubs.Hubs): a task that waits for a dependency
   suspends its greenlet and so holds no thread. A fresh dependency is processed inline on the
   asking greenlet (cheap: no switch on the no-op path) until the nesting reaches `MAX_INLINE`;
   deeper, it is queued and a hub starts it at the bottom of a stack, so neither deep chains nor

@@ -8,7 +8,7 @@ waits holds no thread; a cancelled build cancels the work elsewhere; a timeout s
 body fetched, read and wrote becomes the recorder's as if it had run here; what it attached
 (`trace.attach`) is kept, and a rule's `received(task, value, attachment)`, when it has one, is
 called here with them (the notebook shows what a cell printed in a worker). What comes back is
-loaded here as a stored value is (pickling.py): a function of `__main__` that the body made reads
+loaded here as a stored value is (store/pickling.py): a function of `__main__` that the body made reads
 this process's `__main__` (the notebook), not the worker's copy.
 """
 from __future__ import annotations

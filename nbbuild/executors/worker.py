@@ -13,7 +13,7 @@ Contract:
   args, kwargs, {task key: value}, the kernel's environment for a worker process of ours, else
   None); it returns cloudpickle of ("ok", value, groups fetched, files
   read, what it attached, the environment variables it read with their hashes in the worker, files
-  it wrote, each with whether it wrote it whole: stored from here, outputs.py),
+  it wrote, each with whether it wrote it whole: stored from here, engine/outputs.py),
   ("error", exception, its frames outside nbbuild, its last line),
   ("abandoned",) when a dependency failed (or the kernel stopped it before it began), or
   ("need", tasks) when it was told to stop and be sent again.
@@ -78,7 +78,7 @@ class _WorkerRecorder:
         self.inputs: list[tuple[str, str]] = []    # environment variables, as the worker had them
         self.seen: set[str] = set()
         self.written: dict[str, bool] = {}      # path -> written whole (trace.Recorder.wrote_file)
-        self.env_set: dict[str, Any] = {}       # variables it set: name -> value before (environment.py)
+        self.env_set: dict[str, Any] = {}       # variables it set: name -> value before (engine/environment.py)
 
     def fetch_values(self, rec: Any, tasks: list) -> list[Any]:
         missing = [t for t in tasks if t.key not in self.supplied]

@@ -1,7 +1,7 @@
 """Value files: large values written and read at disk speed, checked on every load.
 
 A value file is `mac | header | pickle stream | pad | buffer | pad | buffer ...`, the layout of
-`hashing.Serialized` behind a signature (signing.py), each buffer that is not empty after the zero
+`serialisation.Serialized` behind a signature (signing.py), each buffer that is not empty after the zero
 bytes (checked) that start it at a multiple of 64 bytes in the file (files written before had no
 pads; they are read too). The
 bulk (pickle protocol 5 out-of-band buffers: numpy arrays, pandas blocks, anything that supports
