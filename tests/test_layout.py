@@ -139,6 +139,73 @@ def test_task_arguments_encoded_under_the_old_module_paths_decode():
     assert isinstance(task, Task) and repr(task) == "dumps('x')" and task.key == "dumps/ac1634c52eca04df244c"
 
 
+# Every class and function the modules of the previous layout defined (commit 9b5f4a3), by module:
+# a pickle may name any of them.
+OLD_NAMES = {
+    "nbbuild.trace": "Recorder Trace _json_pairs _pairs attach match",
+    "nbbuild.clean": "CleanSet",
+    "nbbuild.body": "_attempt _fits _keep execute",
+    "nbbuild.scheduler": "Scheduler TaskState _asker_context",
+    "nbbuild.priority": "CriticalPath ReadyQueue",
+    "nbbuild.files": (
+        "FileHasher _changed_outside _hook _system_prefixes _tracked exclude file install_hook short_path "
+        "watch_outside"
+    ),
+    "nbbuild.explain": (
+        "TaskStatus _explain _files _notes _status _stored _variables _version_change _why _why_trace inputs "
+        "known outputs plan status statuses why"
+    ),
+    "nbbuild.rule": (
+        "Rule Task Version _Versioner _arg_repr _classify_module _distribution _is_default resolve_target "
+        "rule_version"
+    ),
+    "nbbuild.inputs": "describe digest for_targets_only",
+    "nbbuild.environment": (
+        "_TrackedEnviron _all_hash _as_before _current _encoded _hash_raw _name _raw _read _read_all "
+        "_recorder _text _wrote describe digest finish forget install owns pending restore"
+    ),
+    "nbbuild.randomness": "Draws _hash _numpy_random _state _wrap_module _wrapper describe digest install restore",
+    "nbbuild.outputs": "Owners _Changed _FileView _files _put _remove _write_back copies keep look output restore",
+    "nbbuild.hashing": (
+        "Serialized UnserializableValue _SortedSet _analyse _canonical _canonical_pickle _const_text _dec "
+        "_dump _enc _has_docstring _sort_key _subscript_writes code_fingerprint decode_args deserialize "
+        "encode_args free_reads global_names hash_bytes pickle_value serialize split unpickle value_hash"
+    ),
+    "nbbuild.pickling": "_Pickler _Unpickler _function_setstate _main_namespace _make_function dump loads",
+    "nbbuild.store": "Store _size",
+    "nbbuild.table": "Table _cache prefix_range",
+    "nbbuild.index": "Index",
+    "nbbuild.valuefile": (
+        "Damaged _FALLOCATE _alive _buffer _chunks _fallocate _hashing _layout _mapped _pad _preallocate _put "
+        "file_name open_inline read row_key sweep sweep_tmp write"
+    ),
+    "nbbuild.signing": "Signer _create _read key_path user_key",
+    "nbbuild.foreign": "alt base cosign kept owner rows",
+    "nbbuild.eviction": (
+        "Candidate _costs _disk_total _excess _gdsf _lru evict make_room maybe_prune order parse_size prune "
+        "resolve"
+    ),
+    "nbbuild.memory": "Memory",
+    "nbbuild.executors": "DaskExecutor HelperPool Hubs ProcessExecutor _Hub _Job _QueueChannel _exit_worker make_executor",
+    "nbbuild.remote": (
+        "Abandoned RemoteError Restart _Elsewhere _RemoteRecorder _Waiter _culprit _files_of _frames _one_run "
+        "_recorded_groups _sendable _take_environment _tasks _worker_traceback rule_stub run run_elsewhere"
+    ),
+    "nbbuild.report": "BuildReport TaskReport make_report",
+    "nbbuild.progress": "Progress TaskRow Tracker",
+    "nbbuild.metrics": "Figures Metrics RuleTime Session",
+    "nbbuild.console": "TextProgress _seconds bar line own_stderr wanted",
+}
+
+
+@pytest.mark.parametrize("old", sorted(OLD_NAMES))
+def test_every_class_and_function_of_an_old_module_path_is_found_where_it_is_now(old):
+    names = OLD_NAMES[old].split()
+    assert [n for n in names if pickling.moved(old, n) is None] == []
+    # what a pickle names as a function or class is one: the same object whatever the old path
+    assert all(callable(pickling.moved(old, n)) for n in names)
+
+
 @pytest.mark.parametrize("old", sorted(pickling.MOVED))
 def test_every_old_module_path_is_gone_and_leads_to_modules_that_exist(old):
     assert old not in MODULES or (PACKAGE / old.split(".", 1)[1] / "__init__.py").exists()

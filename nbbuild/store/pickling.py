@@ -17,8 +17,8 @@ stands, it loses two things plain execution has:
 A pickle names a class or function by reference as (module, name): a user's value may hold
 nbbuild's own objects that way (a function of the notebook that calls a rule holds the Rule, which
 pickles as `rule_stub`). nbbuild's modules have moved since such pickles were written: `MOVED`
-maps each module path nbbuild had to where its names are now, so a pickle written by an older
-nbbuild loads as it did.
+maps each module path nbbuild had to where its names are now (and `RENAMED` the few names that
+changed), so a pickle written by an older nbbuild loads as it did.
 
 Contract:
 - `dump(value, buffers)` -> the pickle stream (protocol 5; out-of-band buffers appended to
@@ -40,7 +40,7 @@ from typing import Any
 import cloudpickle
 from cloudpickle import cloudpickle as _cp
 
-__all__ = ["dump", "loads", "loads_plain", "MOVED"]
+__all__ = ["dump", "loads", "loads_plain", "moved", "MOVED", "RENAMED"]
 
 _CLOUDPICKLE_MODULES = ("cloudpickle.cloudpickle", "cloudpickle.cloudpickle_fast")
 # cloudpickle's own (private) names: should a version rename them, values pickle and load as
@@ -141,9 +141,22 @@ MOVED: dict[str, tuple[str, ...]] = {
 }
 
 
+# names that changed with the move: (old module, old name) -> (module, name) now
+RENAMED: dict[tuple[str, str], tuple[str, str]] = {
+    ("nbbuild.remote", "RemoteError"): ("nbbuild.executors.worker", "WorkerError"),
+    ("nbbuild.remote", "_RemoteRecorder"): ("nbbuild.executors.worker", "_WorkerRecorder"),
+    ("nbbuild.hashing", "_canonical"): ("nbbuild.store.serialisation", "canonical"),
+    ("nbbuild.hashing", "_dump"): ("nbbuild.store.serialisation", "dump"),
+    ("nbbuild.store", "_size"): ("nbbuild.report.formatting", "size_text"),
+}
+
+
 def moved(module: str, name: str) -> Any:
     """The object an old pickle names as `module.name`, where it is now; None if `module` is not
     one of nbbuild's old paths or none of its new modules has `name`."""
+    module, name = RENAMED.get((module, name), (module, name))
+    if module not in MOVED:
+        return getattr(importlib.import_module(module), name, None)
     for new in MOVED.get(module, ()):
         found = getattr(importlib.import_module(new), name.partition(".")[0], None)
         if found is not None:
