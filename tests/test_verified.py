@@ -1,4 +1,4 @@
-"""Red-green marking: what an earlier build verified stays known until one of its inputs changes."""
+"""Red-green marking (engine/verified.py): what an earlier build verified stays known until one of its inputs changes."""
 from __future__ import annotations
 
 from dataclasses import dataclass
