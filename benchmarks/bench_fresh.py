@@ -9,7 +9,7 @@ Each timed operation runs in a fresh Python process (imports and the value's mak
          column (categorical codes included), the total length of the strings of object columns.
          Reported: "load" (the load alone) and "load+touch" (both; the figure that counts: a map
          of the file does part of its work on first touch).
-  store  nbbuild: `store.put_value(hashing.pickle_value(v))` into a fresh store (hashing while
+  store  nbbuild: `store.put_value(serialisation.pickle_value(v))` into a fresh store (hashing while
          writing, signing); np: `np.save`; pickle5: `pickle.dump(v, f, protocol=5)`.
 
 Values: a float64 array (default 500 MB) and a DataFrame (default ~100 MB of numbers: 8 float64,
@@ -43,8 +43,8 @@ CHILD = r"""
 import json, os, pickle, sys, time
 sys.path.insert(0, {here!r})
 import numpy as np, pandas as pd
-from nbbuild import hashing
-from nbbuild.store import Store
+from nbbuild.store import serialisation
+from nbbuild.store.store import Store
 from bench_values import make_array, make_frame
 
 def touch(v):
@@ -85,7 +85,7 @@ else:
     os.sync()
     t0 = time.perf_counter()
     if method == "nbbuild":
-        why = store.put_value(hashing.pickle_value(v))
+        why = store.put_value(serialisation.pickle_value(v))
         assert why is None, why
         store.flush()
     elif method == "np":
@@ -107,15 +107,15 @@ def child(*args: Any) -> list[float]:
 
 
 def measure(kind: str, value: Any, nbytes: int, peer: str, root: str, repeat: int) -> dict[str, dict[str, list]]:
-    from nbbuild import hashing
-    from nbbuild.store import Store
+    from nbbuild.store import serialisation
+    from nbbuild.store.store import Store
     import numpy as np
 
     runs: dict[str, dict[str, list]] = {m: {"load": [], "load+touch": [], "store": []} for m in ("nbbuild", peer)}
     # loads: both files written once
     store = Store(os.path.join(root, "nb"))
     store.quota, store.min_free = None, 0
-    ser = hashing.pickle_value(value)
+    ser = serialisation.pickle_value(value)
     assert store.put_value(ser) is None
     store.flush()
     store.close()

@@ -49,7 +49,7 @@ def _timed_fingerprint(value):
         _bench["calls"] += 1
 for _m in (_versions, _state, _elsewhere):
     _m.fingerprint = _timed_fingerprint
-import nbbuild.memory as _memory
+import nbbuild.store.memory as _memory
 _plain_note_loaded = _memory.Memory._note_loaded
 def _timed_note_loaded(self, digest, value):
     t = _time.perf_counter()

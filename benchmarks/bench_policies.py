@@ -47,8 +47,8 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 
 import nbbuild
 from common import revision
-from nbbuild.store import Store
-from nbbuild.trace import FILE_PREFIX
+from nbbuild.store.store import Store
+from nbbuild.engine.trace import FILE_PREFIX
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORK = os.path.join(HERE, ".work")         # git-ignored

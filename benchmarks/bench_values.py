@@ -2,7 +2,7 @@
 
 For a float64 array (default 1 GB) and a mixed pandas DataFrame (default ~100 MB) it measures, in
 one run and in one directory, the seconds to store and to load the value with:
-  nbbuild    `store.put_value(hashing.pickle_value(v))` on a fresh nbbuild Store (quota off):
+  nbbuild    `store.put_value(serialisation.pickle_value(v))` on a fresh nbbuild Store (quota off):
              pickles out-of-band, writes a signed value file, hashes while writing; load
              `store.load(digest)`: checks the signature, reads, checks the hash, unpickles;
   engine     (load only) a fresh `nbbuild.Build` over a store holding the value: `b.build(task)`;
@@ -56,8 +56,8 @@ from numpy._core import multiarray as _np_multiarray
 
 import nbbuild
 from common import revision
-from nbbuild import hashing, valuefile
-from nbbuild.store import Store
+from nbbuild.store import serialisation, valuefile
+from nbbuild.store.store import Store
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORK = os.path.join(HERE, ".work")         # git-ignored; on the same disk as the repository
@@ -175,7 +175,7 @@ def methods(root: str, value: Any) -> dict[str, Method]:
 
 def nb_store(store: Store, v: Any, digest: str | None = None) -> str:
     """nbbuild's write path; with `digest`, the hash is taken as known and nothing is hashed."""
-    ser = hashing.pickle_value(v)
+    ser = serialisation.pickle_value(v)
     if digest is not None:
         ser.digest = digest
     why = store.put_value(ser)
@@ -269,7 +269,7 @@ def hash_pairs(value: Any, root: str, pairs: int, label: str) -> dict[str, list[
     hash check, measured in adjacent pairs (order alternating) so that drift cancels out."""
     store = Store(os.path.join(root, "pairs"))
     store.quota, store.min_free = None, 0
-    digest = hashing.pickle_value(value).digest
+    digest = serialisation.pickle_value(value).digest
     out: dict[str, list[float]] = {"store": [], "store-known": [], "load": [], "load-unchecked": []}
     for i in range(pairs):
         print(f"... {label} hashing pair {i + 1}/{pairs}", file=sys.stderr, flush=True)
@@ -331,7 +331,7 @@ def peak_memory(value: np.ndarray, root: str) -> dict[str, float]:
     """Peak RSS growth of a load, as a multiple of the array's size, per method."""
     store = Store(os.path.join(root, "nbbuild"))
     store.quota, store.min_free = None, 0
-    ser = hashing.pickle_value(value)
+    ser = serialisation.pickle_value(value)
     store.put_value(ser)
     store.flush()
     np.save(os.path.join(root, "m.npy"), value)
@@ -416,7 +416,7 @@ def main() -> None:
         array = make_array(int(args.gb * 1e9))
         FRAME_ARG[0] = int(args.frame_mb * 1e6)
         frame = make_frame(FRAME_ARG[0])
-        frame_bytes = hashing.pickle_value(frame).nbytes
+        frame_bytes = serialisation.pickle_value(frame).nbytes
         hashed = hash_speed(array, args.repeat)
         t_array = bench(array, os.path.join(root, "array"), args.repeat, "array")
         p_array = hash_pairs(array, os.path.join(root, "array"), args.pairs, "array")

@@ -330,7 +330,7 @@ class TtyDevNull:
 def text_child(args) -> None:
     """In a fresh plain process: the same rounds with TextProgress on / off; prints JSON."""
     import nbbuild
-    from nbbuild.console import TextProgress
+    from nbbuild.report.console import TextProgress
     assert "ipykernel" not in sys.modules
     out = {"variants": {}}
     with tempfile.TemporaryDirectory() as d:

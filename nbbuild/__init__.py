@@ -19,9 +19,10 @@ from __future__ import annotations
 
 from .build import Build, BuildReport, TaskReport
 from .errors import BuildError, Cancelled, CycleError, NbbuildError, OutsideRuleError, RuleError, UnknownTargetError
-from .files import file
-from .outputs import output
-from .rule import Rule, Task
+from .engine.files import file
+from .engine.outputs import output
+from .engine.rule import Rule
+from .engine.task import Task
 
 __all__ = [
     "Build", "BuildReport", "TaskReport", "Rule", "Task", "file", "output",

@@ -21,7 +21,7 @@ Contract:
 - `executor=` where rule bodies run: "threads" (the default: here, `workers` at once),
   "processes" (a pool of worker processes), "dask" (a LocalCluster made on first use), a
   `distributed.Client`, or a Dask scheduler's address. `@b.rule(executor=, timeout=, retries=)`
-  sets them per rule (body.py, remote.py, executors.py). The store, traces and scheduling stay here.
+  sets them per rule (engine/body.py, executors/). The store, traces and scheduling stay here.
 - `b.metrics()`: `metrics.Metrics` of the last build and of this Build's session, with store stats.
 - `b.report` describes the last build; `b.why(task)` explains, without running anything, why a
   task is stale or that it is up to date (and which of its files the last build that checked it
@@ -43,21 +43,26 @@ import threading
 import time
 from typing import Any, Callable, Iterator
 
-from . import eviction as _bounds
-from . import environment, explain, files, hashing, outputs
-from .clean import CleanSet
-from .console import TextProgress, wanted
-from .memory import Memory
-from .metrics import Metrics, Session
-from .progress import Progress, Tracker
+from .engine import environment, files, outputs
+from .engine.attachments import Attachments
+from .engine.explain import Explaining
+from .engine.rule import Rule, resolve_target
+from .engine.scheduler import Scheduler
+from .engine.state import DONE
+from .engine.task import Task
+from .engine.trace import current
+from .engine.verified import CleanSet
 from .errors import BuildError, RuleError
-from .eviction import parse_size
-from .executors import HelperPool, make_executor
-from .rule import Rule, Task, resolve_target
-from .report import BuildReport, TaskReport, make_report
-from .scheduler import DONE, Scheduler
-from .store import Store
-from .trace import current
+from .executors.hubs import HelperPool
+from .executors.pools import make_executor
+from .report.console import TextProgress, wanted
+from .report.metrics import Metrics, Session
+from .report.progress import Tracker, Watched
+from .report.report import BuildReport, TaskReport, make_report
+from .store import eviction as _bounds
+from .store.eviction import parse_size
+from .store.memory import Memory
+from .store.store import Store
 
 __all__ = ["Build", "BuildReport", "TaskReport"]
 
@@ -65,7 +70,7 @@ log = logging.getLogger("nbbuild")
 _PATIENCE = 5.0
 
 
-class Build:
+class Build(Explaining, Watched, Attachments):
     def __init__(self, path: str | os.PathLike = ".nbbuild", quota: int | str | None = None,
                  workers: int | None = None, *, min_free: int | str | None = None, eviction: str | None = None,
                  progress: bool | None = None, executor: Any = None):
@@ -97,7 +102,7 @@ class Build:
             except RuleError:
                 self.store.close()
                 raise
-        self.order = "critical-path"      # or "fifo": which ready task starts first (scheduler.py)
+        self.order = "critical-path"      # or "fifo": which ready task starts first (engine/scheduler.py)
         self.rules: dict[str, Rule] = {}
         self.report: BuildReport | None = None
         self.memory = Memory(self.store)
@@ -170,32 +175,6 @@ class Build:
         raise RuleError(f"cannot build {t!r}: give a Task (rule.task(...)), a rule, or a rule name")
 
     # ------------------------------------------------------------ values in memory
-
-    def _keep_attachment(self, task: Task, digest: str, data: Any, persist: bool) -> None:
-        with self._attachments_lock:
-            self._attachments[task.key] = (digest, data)
-        if persist:
-            try:
-                self.store.put_attachment(task.key, digest, hashing.serialize(data)[0])
-            except hashing.UnserializableValue as e:
-                log.warning("nbbuild: what %r attached cannot be stored: %s", task, e)
-
-    def attachment(self, target: Any) -> Any:
-        """What the run that gave the target its current value attached (`trace.attach`), or None
-        when the target is not up to date in this process or its run attached nothing."""
-        key = self._target(target).key
-        digest = self._clean.hashes.get(key)
-        if digest is None:
-            return None
-        found = self._attachments.get(key)
-        if found is not None and found[0] == digest:
-            return found[1]
-        blob = self.store.get_attachment(key, digest)
-        try:
-            return hashing.deserialize(blob) if blob is not None else None
-        except Exception:  # as for values: a stored attachment that cannot be loaded is a miss
-            log.warning("nbbuild: what %r attached could not be loaded", target)
-            return None
 
     @contextlib.contextmanager
     def _turn(self) -> Iterator[None]:
@@ -341,67 +320,9 @@ class Build:
             raise first
         return [st.value for st in states]
 
-    def _notify(self, event: str, views: list[Any]) -> list[Any]:
-        """Call each view's `event`; those that raise are logged and left out of the rest."""
-        ok = []
-        for view in views:
-            try:
-                getattr(view, event)(self)
-                ok.append(view)
-            except Exception:  # a view is the user's or the notebook's: it must not fail the build
-                log.warning("nbbuild: a build view failed in %s", event, exc_info=True)
-        return ok
-
-    def watch(self, view: Any) -> Any:
-        """Show builds in `view` (see the module's contract); returns it. `unwatch` stops that."""
-        if view not in self.watchers:
-            self.watchers.append(view)
-        return view
-
-    def unwatch(self, view: Any) -> None:
-        if view in self.watchers:
-            self.watchers.remove(view)
-
-    def progress(self) -> Progress | None:
-        """A snapshot of the running build, or the settled one of the last build (None before any)."""
-        tracker = self._tracker
-        return tracker.snapshot() if tracker is not None else None
-
     def metrics(self) -> Metrics:
         """Figures of the last build and of the session, and the store's stats."""
         return self._session.metrics(self.store.stats())
-
-    # ------------------------------------------------------------ explaining (explain.py)
-
-    def why(self, target: Any) -> str:
-        """Why the target is stale, in words, or that it is up to date; nothing runs."""
-        return explain.why(self, self._target(target))
-
-    def plan(self, *targets: Any) -> list[tuple[str, str]]:
-        """What building the targets would run, and why, dependencies first; nothing runs. A task
-        below a stale one may yet be spared by early cutoff: the plan says what may run."""
-        return explain.plan(self, [self._target(t) for t in targets])
-
-    def status(self, target: Any) -> explain.TaskStatus:
-        """The target's state (up to date, stale, never built, failed, not stored), why, its last
-        run time and its stored size; nothing runs."""
-        return explain.status(self, self._target(target))
-
-    def statuses(self, targets: list[Any]) -> list[explain.TaskStatus]:
-        """`status` of each target, the work shared: for a whole graph at once."""
-        return explain.statuses(self, [self._target(t) for t in targets])
-
-    def inputs(self, target: Any) -> tuple[list[Task], list[str]]:
-        """(tasks, file paths) the target read when it last ran, in order; empty if it never ran."""
-        return explain.inputs(self, self._target(target))
-
-    def outputs(self, target: Any) -> list[str]:
-        """The files the target wrote when it last ran (outputs.py); empty if it never ran."""
-        return explain.outputs(self, self._target(target))
-
-    def known_tasks(self, rule: Rule) -> list[Task]:
-        """The rule's tasks that were built before (traces) or in this process, by repr."""
-        return explain.known(self, rule)
 
     # ------------------------------------------------------------ housekeeping
 
@@ -415,7 +336,7 @@ class Build:
             return removed
 
     def gc_foreign(self) -> tuple[int, int]:
-        """Remove the entries other keys signed (foreign.py); (how many, bytes) went."""
+        """Remove the entries other keys signed (store/foreign.py); (how many, bytes) went."""
         with self._turn():
             return self.store.gc_foreign()
 

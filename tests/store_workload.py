@@ -29,7 +29,7 @@ import time
 import numpy as np
 
 import nbbuild
-from nbbuild import hashing
+from nbbuild.store import serialisation
 
 ITEMS = 3 * (1 << 20) // 8        # float64 items of a 3 MB array (value files start at 256 KB)
 PIECES = 6
@@ -92,7 +92,7 @@ def crash_targets(rules: dict[str, nbbuild.Rule], n: int) -> list[nbbuild.Task]:
 
 
 def digest(value) -> str:
-    return hashing.value_hash(value)
+    return serialisation.value_hash(value)
 
 
 # ---------------------------------------------------------------- the children

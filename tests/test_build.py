@@ -330,7 +330,7 @@ def test_a_tasks_time_excludes_waiting_for_its_dependencies(b):
 
 
 def test_values_kept_in_memory_stay_within_their_bound(b, monkeypatch, calls):
-    monkeypatch.setattr("nbbuild.memory.MEMORY_BYTES", 50_000)
+    monkeypatch.setattr("nbbuild.store.memory.MEMORY_BYTES", 50_000)
 
     @b.rule
     def big(i):
@@ -424,7 +424,7 @@ def test_plan_lists_what_would_run_and_why_without_running(tmp_path, calls):
 
 
 def test_an_attachment_comes_back_with_the_reused_value_and_stays_out_of_its_hash(store_dir, calls):
-    from nbbuild.trace import attach
+    from nbbuild.engine.trace import attach
 
     shown = {"text": "first"}
 
@@ -462,7 +462,7 @@ def test_an_attachment_comes_back_with_the_reused_value_and_stays_out_of_its_has
 
 
 def test_an_attachment_of_a_memory_rule_lives_in_memory_only(store_dir, calls):
-    from nbbuild.trace import attach
+    from nbbuild.engine.trace import attach
 
     b = nbbuild.Build(store_dir, workers=1)
 

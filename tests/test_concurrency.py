@@ -20,8 +20,8 @@ import store_workload as w
 from waiting import wait_until
 
 import nbbuild
-from nbbuild import hashing, valuefile
-from nbbuild.store import Store
+from nbbuild.store import serialisation, valuefile
+from nbbuild.store.store import Store
 
 N = 3
 
@@ -180,7 +180,7 @@ def test_a_process_evicting_while_others_build_breaks_nothing(tmp_path):
 # the other process's step is run at the exact point where, in a real race, it may land.
 
 def _array_value(seed=1.0):
-    return hashing.pickle_value(np.full(w.ITEMS, seed))     # 3 MB: a value file
+    return serialisation.pickle_value(np.full(w.ITEMS, seed))     # 3 MB: a value file
 
 
 def test_a_value_one_process_evicts_while_another_stores_it_again_is_kept(tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""The text form of the build view (console.py): a line redrawn in place on a terminal."""
+"""The text form of the build view (report/console.py): a line redrawn in place on a terminal."""
 from __future__ import annotations
 
 import io
@@ -13,8 +13,8 @@ import time
 import pytest
 
 import nbbuild
-from nbbuild.console import TextProgress, line
-from nbbuild.progress import Progress, TaskRow
+from nbbuild.report.console import TextProgress, line
+from nbbuild.report.progress import Progress, TaskRow
 from waiting import wait_until
 
 

@@ -24,7 +24,7 @@ import store_workload as w
 from oracle import from_scratch
 
 import nbbuild
-from nbbuild.store import Store
+from nbbuild.store.store import Store
 
 N = 4                  # indices per scale: 4 arrays of base and 4 of scaled, 3 MB each
 BUILDS = 6             # builds per child, at scales first, first + 1, ...

@@ -1,4 +1,4 @@
-"""Rule cells whose bodies run elsewhere (`%%rule NAME --executor processes|dask`, elsewhere.py),
+"""Rule cells whose bodies run elsewhere (`%%rule NAME --executor processes|dask`, notebook/elsewhere.py),
 in a real kernel: the notebook of test_kernel.py, its rule cells sent to a process pool or to a
 Dask LocalCluster that the notebook itself starts (`--executor dask` takes that Client).
 

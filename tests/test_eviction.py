@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 import nbbuild
-from nbbuild import RuleError, hashing
-from nbbuild.eviction import DEFAULT_CAP, DEFAULT_SHARE, Candidate, evict, order, parse_size, prune
-from nbbuild.store import Store
+from nbbuild import RuleError
+from nbbuild.store import serialisation
+from nbbuild.store.eviction import DEFAULT_CAP, DEFAULT_SHARE, Candidate, evict, order, parse_size, prune
+from nbbuild.store.store import Store
 from oracle import from_scratch
 from waiting import wait_until
 
@@ -34,7 +35,7 @@ def test_eviction_goes_under_quota_and_spares_what_the_build_holds(tmp_path):
     s.min_free = 0
     digests = []
     for i in range(10):
-        ser = hashing.pickle_value(bytes([i]) * 100_000)
+        ser = serialisation.pickle_value(bytes([i]) * 100_000)
         s.put_value(ser)
         digests.append(ser.digest)
         s.flush()

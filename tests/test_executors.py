@@ -7,7 +7,7 @@ from collections import deque
 import pytest
 
 from nbbuild.errors import Cancelled
-from nbbuild.executors import HelperPool, Hubs
+from nbbuild.executors.hubs import HelperPool, Hubs
 
 
 class Harness:

@@ -7,8 +7,8 @@ import time
 import pytest
 
 import nbbuild
-from nbbuild import files
-from nbbuild.trace import MISSING
+from nbbuild.engine import files
+from nbbuild.engine.trace import MISSING
 
 
 def test_the_hash_follows_content_not_mtime(tmp_path):

@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import nbbuild
-from nbbuild import valuefile
-from nbbuild.signing import Signer, user_key
+from nbbuild.store import valuefile
+from nbbuild.store.signing import Signer, user_key
 
 _BIG = 100_000          # int64s: a value file
 _SIGNED = ("v:", "t:", "a:", "f:", "c:")

@@ -9,11 +9,13 @@ import textwrap
 import numpy as np
 import pytest
 
-from nbbuild import hashing
+from nbbuild.engine import arguments
+from nbbuild.engine.code import code_fingerprint, free_reads, global_names
+from nbbuild.store import serialisation
 
 
 def _hash_in_fresh_process(expr: str, seed: str) -> str:
-    code = f"from nbbuild import hashing; print(hashing.value_hash({expr}))"
+    code = f"from nbbuild.store import serialisation; print(serialisation.value_hash({expr}))"
     env = {**os.environ, "PYTHONHASHSEED": seed}
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           check=True).stdout.strip()
@@ -21,11 +23,11 @@ def _hash_in_fresh_process(expr: str, seed: str) -> str:
 
 def test_serialize_round_trips_and_hashes_the_stored_bytes():
     value = {"a": [1, 2.5, None], "b": ("x", b"y"), "c": {3, 4}}
-    blob, digest = hashing.serialize(value)
-    assert hashing.deserialize(blob) == value
-    assert digest == hashing.serialize(value)[1]
+    blob, digest = serialisation.serialize(value)
+    assert serialisation.deserialize(blob) == value
+    assert digest == serialisation.serialize(value)[1]
     assert len(digest) == 32
-    assert hashing.value_hash([1, 2]) != hashing.value_hash([1, 3])
+    assert serialisation.value_hash([1, 2]) != serialisation.value_hash([1, 3])
 
 
 def test_sets_hash_the_same_whatever_the_hash_seed():
@@ -35,18 +37,18 @@ def test_sets_hash_the_same_whatever_the_hash_seed():
 
 def test_numpy_arrays_round_trip_writable_and_hash_by_content():
     a = np.arange(1000, dtype=np.float64).reshape(10, 100)
-    blob, digest = hashing.serialize(a)
-    back = hashing.deserialize(blob)
+    blob, digest = serialisation.serialize(a)
+    back = serialisation.deserialize(blob)
     assert np.array_equal(back, a) and back.flags.writeable
     back[0, 0] = 5          # a loaded array behaves like a fresh one
-    assert hashing.value_hash(a.copy()) == digest
-    assert hashing.value_hash(a + 1) != digest
+    assert serialisation.value_hash(a.copy()) == digest
+    assert serialisation.value_hash(a + 1) != digest
 
 
 def test_an_unpicklable_value_is_reported_not_raised_as_something_else():
     import threading
-    with pytest.raises(hashing.UnserializableValue, match="lock"):
-        hashing.serialize(threading.Lock())
+    with pytest.raises(serialisation.UnserializableValue, match="lock"):
+        serialisation.serialize(threading.Lock())
 
 
 @pytest.mark.parametrize("args", [
@@ -55,13 +57,13 @@ def test_an_unpicklable_value_is_reported_not_raised_as_something_else():
     ((b"bytes", frozenset({"a"}), float("inf")), {}),
 ])
 def test_arguments_encode_canonically_and_decode_back(args):
-    text = hashing.encode_args(args)
-    assert hashing.decode_args(text) == args
-    assert hashing.encode_args(hashing.decode_args(text)) == text
+    text = arguments.encode_args(args)
+    assert arguments.decode_args(text) == args
+    assert arguments.encode_args(arguments.decode_args(text)) == text
 
 
 def test_int_float_and_bool_arguments_stay_distinct():
-    assert len({hashing.encode_args((1,)), hashing.encode_args((1.0,)), hashing.encode_args((True,))}) == 3
+    assert len({arguments.encode_args((1,)), arguments.encode_args((1.0,)), arguments.encode_args((True,))}) == 3
 
 
 def _code(src: str, name: str = "f"):
@@ -96,7 +98,7 @@ def f(x):
     "\n\n\n" + BASE,
 ])
 def test_code_fingerprint_ignores_what_does_not_change_behaviour(variant):
-    assert hashing.code_fingerprint(_code(variant)) == hashing.code_fingerprint(_code(BASE))
+    assert code_fingerprint(_code(variant)) == code_fingerprint(_code(BASE))
 
 
 @pytest.mark.parametrize("variant", [
@@ -106,7 +108,7 @@ def test_code_fingerprint_ignores_what_does_not_change_behaviour(variant):
     BASE.replace("threshold * y", "threshold / y"),
 ])
 def test_code_fingerprint_follows_real_edits(variant):
-    assert hashing.code_fingerprint(_code(variant)) != hashing.code_fingerprint(_code(BASE))
+    assert code_fingerprint(_code(variant)) != code_fingerprint(_code(BASE))
 
 
 def test_global_names_include_nested_code_and_attribute_chains():
@@ -114,7 +116,7 @@ def test_global_names_include_nested_code_and_attribute_chains():
 def f(xs):
     return [np.linalg.norm(x) * scale for x in xs] + helper(xs)
 """)
-    names = hashing.global_names(code)
+    names = global_names(code)
     assert ("np", "linalg", "norm") in names and ("scale",) in names and ("helper",) in names
 
 
@@ -125,7 +127,7 @@ def f(x):
     log.info("ran")
     return x + offset
 """)
-    assert [n[0] for n in hashing.global_names(code)] == ["offset"]
+    assert [n[0] for n in global_names(code)] == ["offset"]
 
 
 def test_closure_reads_exclude_sinks():
@@ -137,7 +139,7 @@ def test_closure_reads_exclude_sinks():
             return x * factor
         return inner
 
-    assert hashing.free_reads(outer().__code__) == {"factor"}
+    assert free_reads(outer().__code__) == {"factor"}
 
 
 def test_state_a_rule_writes_is_not_read():
@@ -149,7 +151,7 @@ def f(k):
     seen[k] = True
     return table[k] + offset
 """)
-    assert sorted(n[0] for n in hashing.global_names(code)) == ["offset", "table"]
+    assert sorted(n[0] for n in global_names(code)) == ["offset", "table"]
 
 
 def test_a_subscript_write_plus_a_read_is_a_read():
@@ -158,7 +160,7 @@ def f(k):
     cache[k] = 1
     return cache[k]
 """)
-    assert [n[0] for n in hashing.global_names(code)] == ["cache"]
+    assert [n[0] for n in global_names(code)] == ["cache"]
 
 
 def test_nonlocal_counters_are_state_not_inputs():
@@ -171,7 +173,7 @@ def test_nonlocal_counters_are_state_not_inputs():
             return x * factor
         return inner
 
-    assert hashing.free_reads(outer().__code__) == {"factor"}
+    assert free_reads(outer().__code__) == {"factor"}
 
 
 def test_a_value_stored_into_a_container_is_read():
@@ -181,4 +183,4 @@ def f(k):
     d2[k.x] = b.c
     return None
 """)
-    assert sorted(n[0] for n in hashing.global_names(code)) == ["a", "b"]
+    assert sorted(n[0] for n in global_names(code)) == ["a", "b"]

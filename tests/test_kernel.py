@@ -299,4 +299,4 @@ def test_an_interrupted_build_shows_no_engine_traceback(kernel, tmp_path):
     km, kc = kernel
     _, outputs = interrupted_build(km, kc, tmp_path)
     traceback = "".join(plain(o["traceback"]) for o in outputs if o["msg_type"] == "error")
-    assert "nbbuild/" not in traceback and "scheduler.py" not in traceback
+    assert "nbbuild/" not in traceback and "engine/scheduler.py" not in traceback

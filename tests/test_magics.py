@@ -122,7 +122,7 @@ def test_a_failing_rule_shows_its_own_traceback_at_the_cell_line_and_the_chain(i
     captured = capsys.readouterr()
     text = re.sub(r"\x1b\[[0-9;]*m", "", captured.out + captured.err)
     assert "ZeroDivisionError" in text and "ratio = raw[0] / 0" in text
-    assert "scheduler.py" not in text        # the rule's frames, not the engine's
+    assert "engine/scheduler.py" not in text        # the rule's frames, not the engine's
     assert "ratio failed: ZeroDivisionError: division by zero (needed by report → ratio)" in text
 
 

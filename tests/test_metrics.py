@@ -1,4 +1,4 @@
-"""Metrics (metrics.py): the last build and the session, as `Build.metrics()` gives them."""
+"""Metrics (report/metrics.py): the last build and the session, as `Build.metrics()` gives them."""
 from __future__ import annotations
 
 import time

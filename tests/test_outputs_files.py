@@ -1,4 +1,4 @@
-"""Files a rule writes are outputs (outputs.py): stored with its value, counted against the quota,
+"""Files a rule writes are outputs (engine/outputs.py): stored with its value, counted against the quota,
 and put back when the task is reused and the file is missing or differs, so that a later rule, or
 another program, reads the bytes plain execution would have left there.
 
@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 import nbbuild
-from nbbuild.files import short_path
+from nbbuild.engine.files import short_path
 from oracle import from_scratch
 
 
@@ -333,7 +333,7 @@ def test_with_policy_memory_files_are_not_stored_and_a_missing_one_reruns(b, tmp
 def test_a_trace_keeps_its_files_apart_from_its_dependencies():
     """Outputs are not dependencies: matching looks at them only once every dependency matched.
     A trace without outputs is stored as before outputs existed, so stores made then keep theirs."""
-    from nbbuild.trace import Trace, match
+    from nbbuild.engine.trace import Trace, match
 
     def trace(outputs=()):
         return Trace("t/1", "t", "[]", "t()", "v", ((("a/1", "x"),),), "h", 1.0, (), (), 0.0, outputs=outputs)

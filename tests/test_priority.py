@@ -1,4 +1,4 @@
-"""Critical-path-first scheduling (priority.py): the longest recorded path starts first."""
+"""Critical-path-first scheduling (engine/priority.py): the longest recorded path starts first."""
 from __future__ import annotations
 
 import threading
@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 import nbbuild
-from nbbuild.priority import CriticalPath, ReadyQueue
+from nbbuild.engine.priority import CriticalPath, ReadyQueue
 from waiting import wait_until
 
 

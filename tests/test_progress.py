@@ -1,4 +1,4 @@
-"""Progress snapshots (progress.py) and build watchers: what a view sees during and after a build."""
+"""Progress snapshots (report/progress.py) and build watchers: what a view sees during and after a build."""
 from __future__ import annotations
 
 import time
@@ -6,7 +6,7 @@ import time
 import pytest
 
 import nbbuild
-from nbbuild.progress import ROW_LIMIT, SLOWEST
+from nbbuild.report.progress import ROW_LIMIT, SLOWEST
 
 
 class Recorder:

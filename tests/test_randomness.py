@@ -1,12 +1,12 @@
-"""The global random generators as a body's inputs and outputs (randomness.py)."""
+"""The global random generators as a body's inputs and outputs (engine/randomness.py)."""
 from __future__ import annotations
 
 import random
 
 import numpy as np
 
-from nbbuild import randomness
-from nbbuild.randomness import RNG_PREFIX, Draws
+from nbbuild.engine import randomness
+from nbbuild.engine.randomness import RNG_PREFIX, Draws
 
 RANDOM, NUMPY = RNG_PREFIX + "random", RNG_PREFIX + "numpy"
 

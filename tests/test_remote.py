@@ -1,4 +1,4 @@
-"""Rule bodies elsewhere (remote.py, executors.py): a process pool and a real Dask LocalCluster
+"""Rule bodies elsewhere (executors/worker.py, kernel.py, pools.py): a process pool and a real Dask LocalCluster
 give the same values and the same run counts as threads; errors, timeouts, retries and cancel.
 
 Bodies run in other processes, so run counts come from a file each body appends its name to

@@ -9,7 +9,7 @@ import textwrap
 import pytest
 
 import nbbuild
-from nbbuild.rule import rule_version
+from nbbuild.engine.version import rule_version
 
 
 def _version(ns: dict, name: str, b=None):
@@ -83,7 +83,7 @@ def test_user_modules_are_hashed_like_notebook_code(tmp_path, monkeypatch):
 def test_versions_are_the_same_in_a_fresh_process(tmp_path):
     script = textwrap.dedent(f"""
         import json, sys
-        from nbbuild.rule import rule_version
+        from nbbuild.engine.version import rule_version
         ns = {{"__name__": "__main__", "factor": 2}}
         exec({SRC!r}, ns)
         print(rule_version(ns["rule"], lambda o: False).version)

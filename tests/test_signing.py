@@ -9,8 +9,8 @@ import textwrap
 
 import pytest
 
-from nbbuild import signing
-from nbbuild.signing import MAC_BYTES, Signer, key_path, user_key
+from nbbuild.store import signing
+from nbbuild.store.signing import MAC_BYTES, Signer, key_path, user_key
 from waiting import wait_until
 
 
@@ -49,7 +49,7 @@ def test_the_key_is_made_once_private_and_then_read_back(config, caplog):
 
 def test_another_process_reads_the_same_key(config):
     key = user_key()
-    out = subprocess.run([sys.executable, "-c", "from nbbuild.signing import user_key; print(user_key().hex())"],
+    out = subprocess.run([sys.executable, "-c", "from nbbuild.store.signing import user_key; print(user_key().hex())"],
                          check=True, capture_output=True, text=True).stdout.strip()
     assert out == key.hex()
 
@@ -59,7 +59,7 @@ def test_processes_creating_the_key_at_once_agree_on_one(tmp_path):
     rounds = 5
     code = textwrap.dedent(f"""
         import os, sys
-        from nbbuild.signing import user_key
+        from nbbuild.store.signing import user_key
         for r in range({rounds}):
             os.environ["XDG_CONFIG_HOME"] = os.path.join({str(tmp_path)!r}, f"config-{{r}}")
             open(os.path.join({str(tmp_path)!r}, f"ready-{{r}}-{{sys.argv[1]}}"), "w").close()
@@ -109,7 +109,7 @@ def test_an_unwritable_config_directory_gives_a_key_for_this_process_only(tmp_pa
     assert "no signing key could be kept" in warning and "this process only" in warning
     # another process has a key of its own: nothing this one stores is trusted there
     env = dict(os.environ, XDG_CONFIG_HOME=str(tmp_path / "plain-file" / "config"))
-    other = subprocess.run([sys.executable, "-c", "from nbbuild.signing import user_key; print(user_key().hex())"],
+    other = subprocess.run([sys.executable, "-c", "from nbbuild.store.signing import user_key; print(user_key().hex())"],
                            check=True, capture_output=True, text=True, env=env).stdout.strip()
     assert len(other) == 64 and other != key.hex()
 

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 import nbbuild
-from nbbuild import hashing, valuefile
-from nbbuild.signing import MAC_BYTES
-from nbbuild.store import Store
-from nbbuild.trace import Trace
+from nbbuild.store import serialisation, valuefile
+from nbbuild.store.signing import MAC_BYTES
+from nbbuild.store.store import Store
+from nbbuild.engine.trace import Trace
 from oracle import from_scratch
 
 
@@ -27,7 +27,7 @@ def _trace(key="r/1", result="h1", deps=(), created=1.0):
 
 
 def _put(s, value):
-    ser = hashing.pickle_value(value)
+    ser = serialisation.pickle_value(value)
     assert s.put_value(ser) is None
     return ser.digest
 
@@ -70,8 +70,8 @@ def test_refresh_sees_traces_another_process_wrote(tmp_path):
     s = Store(tmp_path)
     assert s.traces("r/1") == []
     code = textwrap.dedent(f"""
-        from nbbuild.store import Store
-        from nbbuild.trace import Trace
+        from nbbuild.store.store import Store
+        from nbbuild.engine.trace import Trace
         s = Store({str(tmp_path)!r})
         s.record(Trace("r/1", "r", "[[],{{}}]", "r()", "v1", (), "other", 0.1, (), (), 5.0))
         s.close()
@@ -186,7 +186,7 @@ def _sql(path, query, args=()):
 
 
 def _digest(value):
-    return hashing.pickle_value(value).digest
+    return serialisation.pickle_value(value).digest
 
 
 @pytest.fixture

@@ -10,9 +10,9 @@ import time
 import numpy as np
 import pytest
 
-from nbbuild import hashing, valuefile
-from nbbuild.signing import MAC_BYTES, Signer
-from nbbuild.valuefile import Damaged
+from nbbuild.store import serialisation, valuefile
+from nbbuild.store.signing import MAC_BYTES, Signer
+from nbbuild.store.valuefile import Damaged
 
 SIGNER = Signer(b"k" * 32)
 
@@ -25,14 +25,14 @@ def tmp_dir(tmp_path):
 
 def _write(tmp_path, value, signer=SIGNER):
     """Write a value as the store does; (hash, path of its file, the Serialized)."""
-    ser = hashing.pickle_value(value)
+    ser = serialisation.pickle_value(value)
     digest = valuefile.write(ser, signer, str(tmp_path / "tmp"), lambda d: str(tmp_path / valuefile.file_name(d)))
     return digest, tmp_path / valuefile.file_name(digest), ser
 
 
 def _read(path, digest, signer=SIGNER):
     meta, buffers = valuefile.read(str(path), digest, signer)
-    return hashing.unpickle(meta, buffers)
+    return serialisation.unpickle(meta, buffers)
 
 
 def _flip(path, offset):
@@ -51,7 +51,7 @@ def _several_buffers():
 def test_a_large_array_round_trips_and_its_hash_is_the_values_hash(tmp_path, tmp_dir):
     value = np.random.default_rng(0).random(1_000_000)            # 8 MB
     digest, path, ser = _write(tmp_path, value)
-    assert digest == hashing.pickle_value(value).digest            # hashed while written, the same hash
+    assert digest == serialisation.pickle_value(value).digest            # hashed while written, the same hash
     at = path.stat().st_size - value.nbytes                         # where the one buffer (the last bytes) starts
     assert at % 64 == 0 and 0 <= at - (MAC_BYTES + len(ser.header) + len(ser.meta)) < 64   # aligned, as numpy's
     assert path.stat().st_mode & 0o777 == 0o600
@@ -64,7 +64,7 @@ def test_a_value_with_several_out_of_band_buffers_round_trips(tmp_path, tmp_dir)
     value = _several_buffers()
     digest, path, ser = _write(tmp_path, value)
     assert len(ser.raws) >= 3                                       # several buffers besides the pickle stream
-    assert digest == hashing.pickle_value(_several_buffers()).digest
+    assert digest == serialisation.pickle_value(_several_buffers()).digest
     loaded = _read(path, digest)
     assert sorted(loaded) == sorted(value) and loaded["text"] == value["text"]
     for name in ("floats", "ints", "grid", "empty"):
@@ -73,7 +73,7 @@ def test_a_value_with_several_out_of_band_buffers_round_trips(tmp_path, tmp_dir)
 
 def test_a_known_hash_writes_the_same_file(tmp_path, tmp_dir):
     value = np.arange(100_000)
-    ser = hashing.pickle_value(value)
+    ser = serialisation.pickle_value(value)
     known = ser.digest                                             # asked for before writing
     first = valuefile.write(ser, SIGNER, str(tmp_dir), lambda d: str(tmp_path / "known.nbv"))
     digest, path, _ = _write(tmp_path, value)
@@ -183,7 +183,7 @@ def test_a_failed_write_leaves_no_file(tmp_path, tmp_dir):
         raise OSError(28, "No space left on device")
 
     with pytest.raises(OSError):
-        valuefile.write(hashing.pickle_value(np.arange(100_000)), SIGNER, str(tmp_dir), nowhere)
+        valuefile.write(serialisation.pickle_value(np.arange(100_000)), SIGNER, str(tmp_dir), nowhere)
     assert os.listdir(tmp_dir) == []
 
 
@@ -260,7 +260,7 @@ def test_every_buffer_starts_at_64_bytes_after_zeros_and_whatever_else_is_change
 
 @pytest.mark.parametrize("make", [_large_and_small, _several_buffers], ids=["mapped", "read"])
 def test_a_file_written_before_buffers_had_pads_still_loads(tmp_path, tmp_dir, make):
-    ser = hashing.pickle_value(make())
+    ser = serialisation.pickle_value(make())
     path = tmp_path / "old.nbv"
     path.write_bytes(SIGNER.mac(valuefile.row_key(ser.digest), ser.header + ser.meta) + ser.header + ser.meta
                      + b"".join(bytes(r) for r in ser.raws))
@@ -293,7 +293,7 @@ def test_a_large_write_that_fails_midway_raises_its_error_and_leaves_no_file(tmp
 
     monkeypatch.setattr(valuefile, "_CHUNK", 1 << 20)
     monkeypatch.setattr(valuefile, "_put", put)
-    ser = hashing.pickle_value(np.arange(2_000_000, dtype=np.float64))      # 16 MB: hashed on a helper
+    ser = serialisation.pickle_value(np.arange(2_000_000, dtype=np.float64))      # 16 MB: hashed on a helper
     with pytest.raises(OSError, match="No space"):
         valuefile.write(ser, SIGNER, str(tmp_dir), lambda d: str(tmp_path / valuefile.file_name(d)))
     assert os.listdir(tmp_dir) == [] and not (tmp_path / "v").exists()

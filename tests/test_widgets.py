@@ -10,7 +10,7 @@ from IPython.core.interactiveshell import InteractiveShell
 import nbbuild
 from nbbuild.notebook.graph import snapshot as graph
 from nbbuild.notebook.widgets import BuildView, dashboard, metrics_text, metrics_view
-from nbbuild.progress import ROW_LIMIT, SLOWEST
+from nbbuild.report.progress import ROW_LIMIT, SLOWEST
 from shells import fresh_shell
 from waiting import wait_until
 

@@ -8,7 +8,7 @@ it reads, so these two are shipped too; each pickles as its worker stand-in.
 Contract:
 - `CellFetch(state)(name, rule)`, in the kernel: the value of `name` as `rule` bound it (the
   version the cell reads), a tracked fetch of that rule. Pickled, it is a `RemoteFetch`: in a
-  worker it fetches through a stub of that rule (remote.rule_stub: the same task key), so the
+  worker it fetches through a stub of that rule (rule.rule_stub: the same task key), so the
   value comes from those sent with the body or is asked of the kernel, and enters the trace as
   here. Either way the fetched value is noted in the running capture (versions.Changes), so that
   a body that changes it in place makes a new version of its names.
@@ -31,7 +31,7 @@ import sys
 import warnings
 from typing import Any, Callable
 
-from ..trace import current
+from ..engine.trace import current
 from .replay import Capture, recording, replay
 from .versions import fingerprint
 
@@ -87,7 +87,7 @@ class RemoteFetch:
     def __call__(self, name: str, producer: str) -> Any:
         stub = self.stubs.get(producer)
         if stub is None:
-            from ..remote import rule_stub
+            from ..engine.rule import rule_stub
             stub = self.stubs[producer] = rule_stub(_no_body, producer, "persist")
         return _take(stub, name)
 

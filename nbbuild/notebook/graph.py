@@ -24,7 +24,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from ..files import short_path
+from ..engine.files import short_path
+from ..report.formatting import seconds_text, size_text
 
 __all__ = ["Node", "Graph", "snapshot", "collapse", "tree", "table", "label", "size_text", "seconds_text",
            "DRAW_LIMIT", "GROUP_LIMIT", "TITLES"]
@@ -166,22 +167,6 @@ def collapse(graph: Graph, live: dict[str, str] | None = None,
     left = {k: v for k, v in live.items() if k in nodes and not k.startswith("rule:")} or None
     return Graph(nodes, inputs, roots, known), left
 
-
-def size_text(size: int | None) -> str:
-    if size is None:
-        return "—"
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if size >= scale:
-            return f"{size / scale:.1f} {unit}"
-    return f"{size} B"
-
-
-def seconds_text(seconds: float | None) -> str:
-    if seconds is None:
-        return "—"
-    if seconds >= 90:
-        return f"{int(seconds // 60)} min {int(seconds % 60)} s"
-    return f"{seconds:.2f} s"
 
 
 def _describe(node: Node) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 from IPython.core.error import UsageError
 
-from ..rule import POLICIES
+from ..engine.rule import POLICIES
 
 __all__ = ["parse_rule_line", "split_targets"]
 

@@ -50,7 +50,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 
 from ..errors import BuildError, CycleError, NbbuildError
-from .. import randomness
+from ..engine import randomness
 from .cells import LAST, OWN, analyse, compile_cell, parse_signature
 from .replay import GENERATORS, ORIGINS, REBOUND, SETTINGS, show_result
 from .versions import identity

@@ -51,8 +51,8 @@ import types
 import weakref
 from typing import Any, Iterator
 
-from ..randomness import Draws
-from ..trace import attach, current
+from ..engine.randomness import Draws
+from ..engine.trace import attach, current
 from .ambient import Imports, Settings
 from .cells import LAST
 from .versions import Changes

@@ -40,7 +40,7 @@ from typing import Any
 from IPython.core.error import UsageError
 
 from ..build import Build
-from ..console import TextProgress, own_stderr
+from ..report.console import TextProgress, own_stderr
 from .auto import Auto
 from .closures import Closures
 from .cells import CAPTURE, FETCH, LAST, OWN, analyse

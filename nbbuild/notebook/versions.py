@@ -43,8 +43,8 @@ from typing import Any
 
 import xxhash
 
-from ..hashing import UnserializableValue, value_hash
-from ..rule import Rule
+from ..store.serialisation import UnserializableValue, value_hash
+from ..engine.rule import Rule
 
 __all__ = ["Versions", "Changes", "identity", "unchangeable", "fingerprint"]
 

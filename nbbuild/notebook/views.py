@@ -13,8 +13,8 @@ from IPython.core.error import UsageError
 from IPython.display import display
 
 from ..errors import NbbuildError
-from ..eviction import POLICIES as EVICTIONS
-from ..eviction import parse_size
+from ..store.eviction import POLICIES as EVICTIONS
+from ..store.eviction import parse_size
 from .draw import render
 from .graph import collapse, size_text, table, tree
 from .state import NotebookState

@@ -36,11 +36,11 @@ from ipywidgets.widgets.widget_int import ProgressStyle
 from ipywidgets.widgets.widget_string import HTMLStyle
 from IPython.display import display
 
-from ..console import line
-from ..metrics import Metrics
-from ..progress import Progress
+from ..report.console import line
+from ..report.formatting import seconds_text as _secs, size_text as _size
+from ..report.metrics import Metrics
+from ..report.progress import Progress
 from .graph import label
-from .graph import size_text as _size
 
 __all__ = ["BuildView", "metrics_view", "metrics_text", "dashboard", "show"]
 
@@ -75,10 +75,6 @@ def show(widget: w.Widget, text: str, **metadata: Any) -> Any:
     """Display the widget with `text` as its plain-text form; returns the display handle."""
     return display(_bundle(widget, text), raw=True, display_id=True,
                    metadata={"nbbuild": metadata} if metadata else None)
-
-
-def _secs(s: float) -> str:
-    return f"{s:.2f} s" if s < 90 else f"{int(s // 60)} min {int(s % 60)} s"
 
 
 def rows_html(p: Progress) -> str:

@@ -1,7 +1,7 @@
 """Value files: large values written and read at disk speed, checked on every load.
 
 A value file is `mac | header | pickle stream | pad | buffer | pad | buffer ...`, the layout of
-`hashing.Serialized` behind a signature (signing.py), each buffer that is not empty after the zero
+`serialisation.Serialized` behind a signature (signing.py), each buffer that is not empty after the zero
 bytes (checked) that start it at a multiple of 64 bytes in the file (files written before had no
 pads; they are read too). The
 bulk (pickle protocol 5 out-of-band buffers: numpy arrays, pandas blocks, anything that supports
@@ -43,7 +43,7 @@ from typing import Any, Callable, Iterable
 
 import xxhash
 
-from .hashing import MAGIC, Serialized, hash_bytes, split
+from .serialisation import MAGIC, Serialized, hash_bytes, split
 from .signing import MAC_BYTES, Signer
 from .table import FILE_NAME
 

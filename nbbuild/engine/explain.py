@@ -26,6 +26,8 @@ Contract:
 - `inputs(build, task)`: the tasks and files the newest trace of the task read, in order;
   `outputs(build, task)`: the files it wrote.
 - `known(build, rule)`: the rule's tasks that have traces or were built in this process.
+- `Explaining`, a part of Build (mixed in), asks these of a Build's targets: `b.why(target)`,
+  `b.plan(*targets)`, `b.status`, `b.statuses`, `b.inputs`, `b.outputs`, `b.known_tasks(rule)`.
 Nothing here runs a rule, writes to the store, or loads a value.
 """
 from __future__ import annotations
@@ -38,10 +40,12 @@ from typing import Any
 from . import environment, outputs as _outputs
 from .inputs import describe as input_describe, digest as input_digest, for_targets_only
 from .files import short_path
-from .rule import Rule, Task, rule_version
+from .rule import Rule
+from .task import Task
+from .version import rule_version
 from .trace import FILE_PREFIX, INPUT_PREFIX, MISSING
 
-__all__ = ["TaskStatus", "why", "plan", "status", "statuses", "inputs", "outputs", "known"]
+__all__ = ["TaskStatus", "why", "plan", "status", "statuses", "inputs", "outputs", "known", "Explaining"]
 
 STATES = ("up to date", "stale", "never built", "failed", "not stored")
 
@@ -279,3 +283,35 @@ def _version_change(name: str, old: Any, new: Any) -> str:
         if pk_old.get(pkg, ver) != ver:
             said.append(f"(package {pkg} {pk_old[pkg]} → {ver})")
     return ", ".join(said)
+
+
+class Explaining:
+    def why(self, target: Any) -> str:
+        """Why the target is stale, in words, or that it is up to date; nothing runs."""
+        return why(self, self._target(target))
+
+    def plan(self, *targets: Any) -> list[tuple[str, str]]:
+        """What building the targets would run, and why, dependencies first; nothing runs. A task
+        below a stale one may yet be spared by early cutoff: the plan says what may run."""
+        return plan(self, [self._target(t) for t in targets])
+
+    def status(self, target: Any) -> TaskStatus:
+        """The target's state (up to date, stale, never built, failed, not stored), why, its last
+        run time and its stored size; nothing runs."""
+        return status(self, self._target(target))
+
+    def statuses(self, targets: list[Any]) -> list[TaskStatus]:
+        """`status` of each target, the work shared: for a whole graph at once."""
+        return statuses(self, [self._target(t) for t in targets])
+
+    def inputs(self, target: Any) -> tuple[list[Task], list[str]]:
+        """(tasks, file paths) the target read when it last ran, in order; empty if it never ran."""
+        return inputs(self, self._target(target))
+
+    def outputs(self, target: Any) -> list[str]:
+        """The files the target wrote when it last ran (outputs.py); empty if it never ran."""
+        return outputs(self, self._target(target))
+
+    def known_tasks(self, rule: Rule) -> list[Task]:
+        """The rule's tasks that were built before (traces) or in this process, by repr."""
+        return known(self, rule)

@@ -39,7 +39,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from .hashing import hash_bytes
+from ..store.serialisation import hash_bytes
 
 __all__ = ["Trace", "Recorder", "current", "match", "attach", "FILE_PREFIX", "ENV_PREFIX", "ENV_ALL",
            "INPUT_PREFIX", "MISSING", "Output"]

@@ -1,11 +1,11 @@
-"""Red-green marking: what an earlier build verified stays known until one of its inputs changes."""
+"""Red-green marking (engine/verified.py): what an earlier build verified stays known until one of its inputs changes."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from types import SimpleNamespace as NS
 
-from nbbuild.clean import CleanSet
-from nbbuild.trace import FILE_PREFIX, Trace
+from nbbuild.engine.verified import CleanSet
+from nbbuild.engine.trace import FILE_PREFIX, Trace
 
 DONE = 3
 

@@ -14,14 +14,23 @@ stands, it loses two things plain execution has:
 - a class keeps its `__qualname__` (`Model.Config`, `make.<locals>.Local`): it is not in the
   class's `__dict__`, which is what cloudpickle keeps, so it is added to the pickled state.
 
+A pickle names a class or function by reference as (module, name): a user's value may hold
+nbbuild's own objects that way (a function of the notebook that calls a rule holds the Rule, which
+pickles as `rule_stub`). nbbuild's modules have moved since such pickles were written: `MOVED`
+maps each module path nbbuild had to where its names are now (and `RENAMED` the few names that
+changed), so a pickle written by an older nbbuild loads as it did.
+
 Contract:
 - `dump(value, buffers)` -> the pickle stream (protocol 5; out-of-band buffers appended to
   `buffers` when it is a list).
 - `loads(meta, buffers)` -> the value.
+- `loads_plain(data)` -> what `pickle.loads(data)` gives, with nbbuild's old module paths
+  resolved through `MOVED` as well (cloudpickle's functions load as cloudpickle alone loads them).
 The stored bytes do not depend on the loading side: values stored before load the same way.
 """
 from __future__ import annotations
 
+import importlib
 import io
 import pickle
 import sys
@@ -31,7 +40,7 @@ from typing import Any
 import cloudpickle
 from cloudpickle import cloudpickle as _cp
 
-__all__ = ["dump", "loads"]
+__all__ = ["dump", "loads", "loads_plain", "moved", "MOVED", "RENAMED"]
 
 _CLOUDPICKLE_MODULES = ("cloudpickle.cloudpickle", "cloudpickle.cloudpickle_fast")
 # cloudpickle's own (private) names: should a version rename them, values pickle and load as
@@ -97,7 +106,76 @@ def _function_setstate(fn: Any, state: tuple) -> Any:
 _OURS = {"_make_function": _make_function, "_function_setstate": _function_setstate}
 
 
-class _Unpickler(pickle.Unpickler):
+# nbbuild's module paths before its layout in subpackages -> where their names are now (in order
+# of lookup). A path that names a package now (`nbbuild.store`) is looked up here first: its
+# names are in the modules listed, not in the package.
+MOVED: dict[str, tuple[str, ...]] = {
+    "nbbuild.trace": ("nbbuild.engine.trace",),
+    "nbbuild.clean": ("nbbuild.engine.verified",),
+    "nbbuild.body": ("nbbuild.engine.body",),
+    "nbbuild.scheduler": ("nbbuild.engine.scheduler", "nbbuild.engine.state"),
+    "nbbuild.priority": ("nbbuild.engine.priority",),
+    "nbbuild.files": ("nbbuild.engine.files",),
+    "nbbuild.explain": ("nbbuild.engine.explain",),
+    "nbbuild.rule": ("nbbuild.engine.rule", "nbbuild.engine.task", "nbbuild.engine.version"),
+    "nbbuild.inputs": ("nbbuild.engine.inputs",),
+    "nbbuild.environment": ("nbbuild.engine.environment",),
+    "nbbuild.randomness": ("nbbuild.engine.randomness",),
+    "nbbuild.outputs": ("nbbuild.engine.outputs",),
+    "nbbuild.hashing": ("nbbuild.store.serialisation", "nbbuild.engine.arguments", "nbbuild.engine.code"),
+    "nbbuild.pickling": ("nbbuild.store.pickling",),
+    "nbbuild.store": ("nbbuild.store.store", "nbbuild.store.values"),
+    "nbbuild.table": ("nbbuild.store.table",),
+    "nbbuild.index": ("nbbuild.store.index",),
+    "nbbuild.valuefile": ("nbbuild.store.valuefile",),
+    "nbbuild.signing": ("nbbuild.store.signing",),
+    "nbbuild.foreign": ("nbbuild.store.foreign",),
+    "nbbuild.eviction": ("nbbuild.store.eviction",),
+    "nbbuild.memory": ("nbbuild.store.memory",),
+    "nbbuild.executors": ("nbbuild.executors.hubs", "nbbuild.executors.pools"),
+    "nbbuild.remote": ("nbbuild.executors.worker", "nbbuild.executors.kernel", "nbbuild.engine.rule"),
+    "nbbuild.report": ("nbbuild.report.report",),
+    "nbbuild.progress": ("nbbuild.report.progress",),
+    "nbbuild.metrics": ("nbbuild.report.metrics",),
+    "nbbuild.console": ("nbbuild.report.console",),
+}
+
+
+# names that changed with the move: (old module, old name) -> (module, name) now
+RENAMED: dict[tuple[str, str], tuple[str, str]] = {
+    ("nbbuild.remote", "RemoteError"): ("nbbuild.executors.worker", "WorkerError"),
+    ("nbbuild.remote", "_RemoteRecorder"): ("nbbuild.executors.worker", "_WorkerRecorder"),
+    ("nbbuild.hashing", "_canonical"): ("nbbuild.store.serialisation", "canonical"),
+    ("nbbuild.hashing", "_dump"): ("nbbuild.store.serialisation", "dump"),
+    ("nbbuild.store", "_size"): ("nbbuild.report.formatting", "size_text"),
+}
+
+
+def moved(module: str, name: str) -> Any:
+    """The object an old pickle names as `module.name`, where it is now; None if `module` is not
+    one of nbbuild's old paths or none of its new modules has `name`."""
+    module, name = RENAMED.get((module, name), (module, name))
+    if module not in MOVED:
+        return getattr(importlib.import_module(module), name, None)
+    for new in MOVED.get(module, ()):
+        found = getattr(importlib.import_module(new), name.partition(".")[0], None)
+        if found is not None:
+            for part in name.split(".")[1:]:      # a nested qualified name (protocol 4+)
+                found = getattr(found, part)
+            return found
+    return None
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if module in MOVED:
+            found = moved(module, name)
+            if found is not None:
+                return found
+        return super().find_class(module, name)
+
+
+class _Unpickler(_PlainUnpickler):
     def find_class(self, module: str, name: str) -> Any:
         if module in _CLOUDPICKLE_MODULES and name in _OURS:
             return _OURS[name]
@@ -106,3 +184,7 @@ class _Unpickler(pickle.Unpickler):
 
 def loads(meta: bytes | memoryview, buffers: Any = ()) -> Any:
     return _Unpickler(io.BytesIO(meta), buffers=buffers).load()
+
+
+def loads_plain(data: bytes) -> Any:
+    return _PlainUnpickler(io.BytesIO(data)).load()

@@ -22,7 +22,7 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-from . import hashing
+from . import serialisation
 
 __all__ = ["Memory", "MEMORY_BYTES", "MEMORY_VALUES"]
 
@@ -67,14 +67,14 @@ class Memory:
             if isinstance(value, _IMMUTABLE) or digest in checked or digest.startswith("u:"):
                 return True, value
             try:
-                now = hashing.value_hash(value)
+                now = serialisation.value_hash(value)
                 # a value loaded back may pickle to other bytes than were stored (a pandas
                 # frame's blocks laid out anew, a set in another process, a function of
                 # `__main__` reading the notebook's globals): its hash as loaded counts too; and
                 # some objects pickle differently each time (a matplotlib Figure counts its
                 # pickles): a second hash that differs again means "cannot tell", not "changed"
-                same = now == digest or now == self.loaded.get(digest) or hashing.value_hash(value) != now
-            except hashing.UnserializableValue:
+                same = now == digest or now == self.loaded.get(digest) or serialisation.value_hash(value) != now
+            except serialisation.UnserializableValue:
                 same = False
             if same:
                 checked.add(digest)
@@ -97,8 +97,8 @@ class Memory:
         if isinstance(value, _IMMUTABLE):
             return
         try:
-            now = hashing.value_hash(value)
-        except hashing.UnserializableValue:
+            now = serialisation.value_hash(value)
+        except serialisation.UnserializableValue:
             return
         if now != digest:
             with self._lock:

@@ -30,7 +30,7 @@ import random
 import sys
 from typing import Any
 
-from .hashing import hash_bytes
+from ..store.serialisation import hash_bytes
 
 __all__ = ["RNG_PREFIX", "Draws", "digest", "describe", "restore", "install"]
 

@@ -4,7 +4,7 @@ Contract:
 - `Scheduler(build).run(tasks)` brings the tasks up to date and returns their `TaskState`s; every
   task runs at most once per build; a task's value is loaded only when a target or a running rule
   needs it (verifying needs only dependencies' hashes).
-- Concurrency (the threads and greenlets are executors.Hubs): a task that waits for a dependency
+- Concurrency (the threads and greenlets are executors/hubs.Hubs): a task that waits for a dependency
   suspends its greenlet and so holds no thread. A fresh dependency is processed inline on the
   asking greenlet (cheap: no switch on the no-op path) until the nesting reaches `MAX_INLINE`;
   deeper, it is queued and a hub starts it at the bottom of a stack, so neither deep chains nor
@@ -23,74 +23,37 @@ Contract:
 - Failures are recorded in the state (own error, or the failed dependency that caused it) and
   never unwind the engine; only cancellation (KeyboardInterrupt, SystemExit) does, after which
   every waiting greenlet is woken to unwind with `Cancelled`.
+The Scheduler is composed of parts, each its own module: what one task's state is
+(engine/state.py), verifying a task against its traces (engine/verify.py), the values a running
+body fetches (engine/fetch.py), and running its body (engine/body.py).
 """
 from __future__ import annotations
 
 import contextvars
 import logging
 import threading
-import time
 from typing import Any, Sequence
 
 from greenlet import GreenletExit as GreenletExitType
 
-from . import body, environment, inputs, outputs
-from .errors import BuildError, Cancelled, CycleError
-from .executors import Hubs
+from . import body
+from ..errors import BuildError, Cancelled, CycleError
+from ..executors.hubs import Hubs
+from .fetch import Fetching
 from .priority import CriticalPath, ReadyQueue
-from .rule import Task, Version, rule_version
-from .trace import ENV_PREFIX, FILE_PREFIX, INPUT_PREFIX, Group, Recorder, Trace, current, match
+from .state import ACTIVE, DONE, FAILED, QUEUED, TaskState
+from .task import Task
+from .trace import current
+from .verify import Verifying
+from .version import Version
 
 __all__ = ["Scheduler", "TaskState"]
 
 log = logging.getLogger("nbbuild")
-
-NEW, QUEUED, ACTIVE, DONE, FAILED = range(5)
 MAX_INLINE = 24
 
 
-class TaskState:
-    """What one build knows of one task. Slots: one object per task per build, no dict."""
-
-    __slots__ = ("task", "status", "hash", "value", "has_value", "error", "cause", "waiters",
-                 "blocked_on", "outcome", "seconds", "trace", "depth", "loading", "unstored", "up",
-                 "attempts", "overdue", "context", "deferred", "pending")
-
-    def __init__(self, task: Task):
-        self.task = task
-        self.status = NEW
-        self.hash: str | None = None
-        self.value: Any = None
-        self.has_value = False
-        self.error: BaseException | None = None
-        self.cause: TaskState | None = None
-        self.waiters: list | None = None
-        self.blocked_on: TaskState | None = None
-        self.outcome = ""            # executed | verified | constructed | failed | skipped | obsolete
-        self.seconds = 0.0
-        self.trace: Trace | None = None
-        self.depth = 0
-        self.loading = False
-        self.unstored = ""
-        self.up = 0.0                # recorded time of the chain above it (priority.py)
-        self.attempts = 0            # runs of its body in this build (body.py: retries)
-        self.overdue = False         # ran past its timeout on a thread
-        self.context: contextvars.Context | None = None   # where it was asked for, when queued
-        self.deferred = 0            # 1: waiting for what its last run fetched; 2: its body runs next
-        self.pending = 0             # of those, how many are not done yet
-
-    def add_waiter(self, waker: Any) -> None:
-        if self.waiters is None:
-            self.waiters = []
-        self.waiters.append(waker)
-
-    def take_waiters(self) -> list:
-        w = self.waiters
-        self.waiters = None
-        return w or []
-
-
-class Scheduler:
+class Scheduler(Verifying, Fetching):
     def __init__(self, build: Any):
         self.build = build
         self.store = build.store
@@ -114,7 +77,7 @@ class Scheduler:
         self.cancelled: BaseException | None = None
         self.targets: frozenset[str] = frozenset()     # keys of the tasks this build was asked for
         self.running: dict[str, tuple[TaskState, float]] = {}   # bodies running now, read by views
-        self.waiting_elsewhere: dict[int, Any] = {}   # greenlets waiting on remote work (remote.py)
+        self.waiting_elsewhere: dict[int, Any] = {}   # greenlets waiting on bodies run elsewhere (executors/kernel.py)
         self.gc = False
         self.restored: dict[str, list[str]] = {}     # task key -> files put back from the store
         self.environ_restored: dict[str, list[str]] = {}     # task key -> environment variables set again
@@ -226,7 +189,7 @@ class Scheduler:
                     st.status = FAILED
                     st.error = Cancelled("build interrupted")
                     wakers.extend(w for w in st.take_waiters() if type(w) is not TaskState)
-            wakers.extend(self.waiting_elsewhere.values())     # bodies waiting on remote work
+            wakers.extend(self.waiting_elsewhere.values())     # bodies waiting on work elsewhere
         self.hubs.cancel(exc, wakers)
 
     # ------------------------------------------------------------ the engine
@@ -360,47 +323,6 @@ class Scheduler:
             st.error, st.outcome = e, "failed"
         self._finish(st, FAILED if st.outcome in ("failed", "skipped", "obsolete") else DONE)
 
-    def version(self, rule: Any) -> Version:
-        """The rule's version, computed once per rule per build (globals may change between builds)."""
-        v = self.versions.get(rule)
-        if v is None:
-            v = self.versions[rule] = rule_version(rule.fn, self.build._is_engine_object)
-        return v
-
-    def file_hash(self, path: str) -> str:
-        return self.files.hash(path)
-
-    def owner(self, key: str) -> tuple[str, str]:
-        """The task of this store, as environment.py knows who set a variable."""
-        return (self.store.path, key)
-
-    def input_hash(self, key: str, task: str | None = None) -> str:
-        """The hash a dependency that is not a task (a file, an environment variable) has now, for
-        the task `task` (what it set itself counts at its value before)."""
-        if key.startswith(FILE_PREFIX):
-            return self.files.hash(key[len(FILE_PREFIX):])
-        return inputs.digest(key, self.owner(task) if task is not None else None)
-
-    def _verify(self, st: TaskState) -> bool:
-        rule = st.task.rule
-        policy = rule.policy
-        if policy == "none":
-            return False
-        version = self.versions.get(rule) or self.version(rule)
-        key = st.task.key
-        traces = self.traces.get(key) if policy == "persist" else None
-        in_memory = self.store.memory_traces.get(key)   # policy "memory", or values that could not be stored
-        if in_memory:
-            traces = in_memory + traces if traces else in_memory
-        if not traces:
-            return False
-        trace, pos = match(traces, version.version, st, self.known, self._group_matches, self._outputs_ready)
-        if trace is None:
-            return False
-        st.hash, st.trace, st.seconds = trace.result, trace, trace.seconds
-        st.outcome = "verified" if pos == 0 else "constructed"
-        return True
-
     def _defer(self, st: TaskState) -> bool:
         """With several threads, a task about to run first has what its last run fetched brought up
         to date, without holding a thread: its body then starts where a thread is free once they
@@ -449,158 +371,8 @@ class Scheduler:
             self.deferred.append(st)
         return True
 
-    def _stored_meanwhile(self, st: TaskState) -> bool:
-        """Before running a task, a look for what other processes sharing the store recorded
-        since: a task one of them just ran is reused here rather than run twice."""
-        if st.task.rule.policy != "persist" or not self.store.refresh_if_changed():
-            return False
-        return self._verify(st)
-
-    def _counts(self, st: TaskState, key: str) -> bool:
-        """Whether an input is checked for this task: the random generators' state only for a
-        target (inputs.for_targets_only): a version another task reads was made from where they
-        were then, as plain execution does not run the cell that made it again."""
-        return not inputs.for_targets_only(key) or st.task.key in self.targets
-
-    def _group_matches(self, st: TaskState, group: Group) -> bool:
-        """Do the dependencies of one recorded group (fetched together) still have their hashes?
-        A failed dependency is a mismatch: if the body still needs it, it fails there."""
-        if len(group) == 1:
-            key, recorded = group[0]
-            dep = self.states.get(key)
-            if dep is None or dep.status < DONE:
-                if key.startswith(INPUT_PREFIX):
-                    return not self._counts(st, key) or self.input_hash(key, st.task.key) == recorded
-                t = self.tasks.get(key) or self.build._task_for_key(key)
-                if t is None:
-                    return False
-                dep = self._one(st, t, st.depth) or self._ensure(st, (t,), st.depth)[0]
-            return dep.status == DONE and dep.hash == recorded
-        tasks: list[Task] = []
-        for key, recorded in group:
-            if key.startswith(INPUT_PREFIX):
-                if self._counts(st, key) and self.input_hash(key, st.task.key) != recorded:
-                    return False
-            else:
-                t = self.build._task_for_key(key)
-                if t is None:
-                    return False
-                tasks.append(t)
-        deps = self._ensure(st, tasks, st.depth) if tasks else []
-        wanted = [rec for key, rec in group if not key.startswith(INPUT_PREFIX)]
-        return all(d.status == DONE and d.hash == rec for d, rec in zip(deps, wanted))
-
-    def _outputs_ready(self, st: TaskState, trace: Trace) -> bool:
-        """Are the files the trace's run wrote as it left them, once put back from the store? Then
-        the environment variables it set are set again. Of those the task was the last to write, or
-        all when it is a target (outputs.Owners)."""
-        key = st.task.key
-        owners = self.build.owners
-        mine = owners.mine(key, key in self.targets)
-        if trace.outputs:
-            put: list[str] = []
-            ready = outputs.restore(self.store, self.files.hash, trace, put, mine)
-            if put:
-                with self.lock:
-                    self.restored.setdefault(key, []).extend(put)
-            if not ready:
-                return False
-            owners.claim(key, [o[0] for o in trace.outputs if mine(o[0])])
-        if trace.environ:
-            effects = [e for e in trace.environ if mine(ENV_PREFIX + e[0])]
-            try:
-                names = environment.restore(self.owner(key), effects)
-            except (OSError, ValueError) as e:   # a value this platform refuses: running it sets what it can
-                log.warning("nbbuild: the environment variables %r set could not be set again (%s); it runs again",
-                            trace.repr, e)
-                return False
-            owners.claim(key, [ENV_PREFIX + name for name, _ in effects])
-            if names:
-                with self.lock:
-                    self.environ_restored.setdefault(key, []).extend(names)
-        return True
-
     def _execute(self, st: TaskState) -> None:
         body.execute(self, st)
-
-    # ------------------------------------------------------------ values
-
-    def fetch_values(self, rec: Recorder, tasks: Sequence[Task], record: bool = True) -> list[Any]:
-        """A running rule body asks for `tasks`: suspend until their values are there. `record`:
-        the group is a dependency of the body now (a body run elsewhere records its groups once
-        it succeeded, remote.py)."""
-        if self.cancelled is not None:
-            rec.cancelled = True
-            raise Cancelled("build interrupted")
-        me = rec.state
-        rec.paused += 1
-        start = time.perf_counter()
-        try:
-            sts = self._ensure(me, tasks, me.depth)
-            for st in sts:
-                if st.status != DONE:
-                    rec.failed_dep = st
-                    raise self.error_for(st)
-            values = [self._value(st, me) for st in sts]
-            if record:
-                rec.add_group(tuple((st.task.key, st.hash) for st in sts))
-            return values
-        except Cancelled:
-            rec.cancelled = True     # whatever the body returns now, it is not stored
-            raise
-        finally:
-            rec.paused -= 1
-            rec.waited += time.perf_counter() - start
-
-    def _value(self, st: TaskState, me: TaskState | None) -> Any:
-        if st.has_value:
-            return st.value
-        with self.lock:
-            busy = st.loading
-            if busy:
-                st.add_waiter(self.hubs.waker())
-            else:
-                st.loading = True
-        if busy:
-            self.hubs.suspend()
-            if not st.has_value:
-                raise self.error_for(st)
-            return st.value
-        try:
-            found, value = self.build.memory.recall(st.hash, self.checked, st.task)  # type: ignore[arg-type]
-            if found:
-                st.value, st.has_value = value, True
-            else:
-                self._execute(st)
-                if not st.has_value:
-                    st.status = FAILED
-                    raise self.error_for(st)
-            return st.value
-        finally:
-            with self.lock:
-                st.loading = False
-                self.hubs.wake(st.take_waiters())
-
-    # ------------------------------------------------------------ errors
-
-    def chain(self, st: TaskState) -> list[TaskState]:
-        """st, then the dependency that made it fail, and so on down to the one whose rule raised."""
-        out = [st]
-        while out[-1].cause is not None and out[-1].cause not in out:
-            out.append(out[-1].cause)
-        return out
-
-    def error_for(self, st: TaskState) -> BaseException:
-        chain = self.chain(st)
-        root = chain[-1]
-        if isinstance(root.error, (CycleError, Cancelled)):
-            return root.error
-        err = root.error
-        detail = f"{type(err).__name__}: {err}" if err is not None else "its value could not be had"
-        e = BuildError(root.task, [s.task for s in chain], f"{root.task!r} failed: {detail}")
-        e.__cause__ = err
-        return e
-
 
 def _asker_context() -> contextvars.Context:
     """The asking task's context, for the tasks it queues: what its body set (the notebook's

@@ -2,11 +2,10 @@
 
 Contract:
 - Values are content-addressed: row `v:<hash>` holds the value whose xxh3_128 is <hash>, inline
-  when small, else as a value file (valuefile.py) that the row indexes. A value row is never
-  overwritten. Every load checks the value against its hash and signature: a missing, truncated,
-  altered value is a miss (`load` says why), and its row is removed so that the task's next run
-  can store it again. Nothing read from the store is unpickled unless its signature (signing.py,
-  this user's key) matches; damaged rows (our key id, a wrong MAC) are reported once and dropped.
+  when small, else as a value file (valuefile.py) that the row indexes (storing, loading and
+  deleting values: values.py, a part of Store). Nothing read from the store is unpickled unless
+  its signature (signing.py, this user's key) matches; damaged rows (our key id, a wrong MAC) are
+  reported once and dropped.
 - Rows another key signed (foreign.py) are another user's: never loaded, counted, deleted or
   rewritten (a value or trace this key would store where one of theirs is stays theirs); one
   warning per process says they are there. Only `gc_foreign()` removes them, and `clear()` and
@@ -34,22 +33,23 @@ import time
 from collections import defaultdict
 from typing import Any, Callable, Iterable
 
-from . import files, foreign, hashing, valuefile
+from ..engine import files
+from . import foreign, valuefile
 from .signing import MAC_BYTES, Signer, key_path, user_key
 from .index import Index
 from .table import WRITE_ERRORS, Table
-from .trace import Trace
+from .values import Values
+from ..engine.trace import Trace
 
 __all__ = ["Store"]
 
 log = logging.getLogger("nbbuild")
 _FLUSH_ITEMS = 2000
 _FLUSH_BYTES = 64 << 20
-_FILE_BYTES = 256 << 10      # values at least this big are value files
 _COUNTER_SECONDS = 5.0
 
 
-class Store:
+class Store(Values):
     def __init__(self, path: str | os.PathLike, quota: int | None = None, signer: Signer | None = None):
         self.signer = signer or Signer(user_key())
         self.table = Table.open(os.path.abspath(os.fspath(path)))
@@ -154,152 +154,6 @@ class Store:
         with self._lock:
             for row in rows:
                 self.index.forget(row)
-
-    # ------------------------------------------------------------ values
-
-    def put_value(self, ser: hashing.Serialized) -> str | None:
-        """Store a value unless it is there already. Returns None when it is stored, else why not
-        (it is larger than the quota, the disk is full...): the caller keeps it in memory."""
-        size = ser.nbytes
-        if self.quota is not None and size > self.quota:
-            return f"{_size(size)} is more than the store's quota of {_size(self.quota)}"
-        self.written += size
-        if self.on_room is not None:
-            try:
-                self.on_room(size)
-            except Exception:  # eviction is housekeeping: the value is still worth storing
-                log.warning("nbbuild: eviction failed", exc_info=True)
-        if size >= _FILE_BYTES:
-            return self._put_file(ser)
-        key = valuefile.row_key(ser.digest)
-        with self._lock:
-            if key not in self._pending:
-                self._write(key, self.signer.seal(key, ser.blob(), ser.signed))
-        return None
-
-    def _put_file(self, ser: hashing.Serialized) -> str | None:
-        if ser.known and self.has_value(ser.digest):
-            return None
-
-        def place(tmp: str, path: str) -> None:
-            # the file and its row go in together under the store's write lock, which a process
-            # removing value files holds too (_remove_files): it cannot take the file from under
-            # the new row. Killed in between: a stray file for the sweep, never a row without file.
-            with self.table.transact():
-                key = valuefile.row_key(ser.digest)
-                row = self.table.get(key)
-                with open(tmp, "rb") as f:
-                    mac = f.read(MAC_BYTES)
-                if row is not None and self._theirs(key, *row) and os.path.exists(path):
-                    os.unlink(tmp)      # another key's value file stays theirs: this key cosigns it
-                    self.table.upsert([(foreign.cosign(ser.digest, self.signer.kid), mac)])
-                    return
-                os.replace(tmp, path)
-                self.table.insert_file(key, valuefile.file_name(ser.digest), ser.nbytes, self.clock, mac)
-
-        try:
-            self.flush()
-            valuefile.write(ser, self.signer, self._tmp,
-                            lambda d: os.path.join(self.path, valuefile.file_name(d)), place)
-        except WRITE_ERRORS as e:
-            return self._write_failed(e)
-        self.write_error = None
-        self.count("bytes_written", ser.nbytes)
-        return None
-
-    def load(self, digest: str) -> tuple[bool, Any, str]:
-        """(found, value, why not). A value that is missing is (False, None, ""); one that is
-        damaged, foreign or cannot be unpickled says why, and a damaged one is dropped."""
-        key = valuefile.row_key(digest)
-        with self._lock:
-            sealed: Any = self._pending.get(key)
-        filename, mac = None, None
-        if sealed is None:
-            row = self.table.get(key)
-            if row is None:
-                return False, None, ""
-            sealed, filename = row
-            if self._theirs(key, sealed, filename):     # this key's cosignature, if it has one
-                found = self.table.get(foreign.cosign(digest, self.signer.kid))
-                mac = found[0] if found is not None and type(found[0]) is bytes else None
-        try:
-            if filename is not None:
-                if not valuefile.FILE_NAME.match(str(filename)):
-                    raise valuefile.Damaged("its row names a file outside the store")
-                meta, buffers = valuefile.read(os.path.join(self.path, filename), digest, self.signer, mac)
-                nbytes = sum(len(b) for b in buffers) + len(meta)
-            else:
-                meta, buffers = valuefile.open_inline(key, sealed if mac is None else mac + sealed[MAC_BYTES:],
-                                                      digest, self.signer)
-                nbytes = len(sealed)
-        except valuefile.Damaged as e:
-            if e.foreign:          # another key's value: a miss here, kept for its owner
-                self._foreign(key)
-                return False, None, ""
-            if mac is not None:    # a damaged cosignature goes; their value stays
-                self.count("damaged", 1)
-                self.delete_rows([foreign.cosign(digest, self.signer.kid)])
-                return False, None, str(e)
-            if not self._drop_damaged(key, str(e), filename):
-                return False, None, ""     # evicted (or stored again) by another process meanwhile
-            return False, None, str(e)
-        self.count("bytes_read", nbytes)
-        self.touch([digest])
-        try:
-            return True, hashing.unpickle(meta, buffers), ""
-        except Exception as e:  # unpickling runs code (a class that moved, a package missing)
-            return False, None, f"it cannot be unpickled here ({type(e).__name__}: {e})"
-
-    def _drop_damaged(self, key: str, why: str, filename: Any = None) -> bool:
-        """Drop a damaged value's row; False when it was not damaged after all. A value file is
-        looked at again under the write lock, which processes storing or removing value files
-        hold: when its row is gone, names another file, or its missing file is back, another
-        process evicted or stored the value meanwhile, and nothing is dropped."""
-        if filename is not None:
-            try:
-                with self.table.transact():
-                    row = self.table.get(key)
-                    if row is None or row[1] != filename or (
-                            "missing" in why and os.path.exists(os.path.join(self.path, filename))):
-                        return False
-                    names = self.table.delete([key])
-            except WRITE_ERRORS as e:
-                self._write_failed(e)
-                return True
-            self.count("damaged", 1)    # the caller warns, naming the task
-            self._remove_files(names)
-            return True
-        self.count("damaged", 1)    # the caller warns, naming the task; the row goes
-        self.delete_rows([key])
-        return True
-
-    def value_size(self, digest: str) -> int | None:
-        """Stored bytes of a value, or None when it is not stored."""
-        key = valuefile.row_key(digest)
-        with self._lock:
-            blob = self._pending.get(key)
-        return len(blob) if blob is not None else self.table.size_of(key)
-
-    def has_value(self, digest: str) -> bool:
-        """Whether this key's value is stored (another key's is not: it cannot be loaded here)."""
-        key = valuefile.row_key(digest)
-        if key in self._pending:
-            return True
-        row = self.table.get(key)
-        return row is not None and (not self._theirs(key, *row)
-                                    or self.table.get(foreign.cosign(digest, self.signer.kid)) is not None)
-
-    def touch(self, digests: Iterable[str]) -> None:
-        """Note that values were used now (recency and frequency, for eviction)."""
-        now = time.time()
-        with self._lock:
-            for d in digests:
-                seen = self._touched.get(d)
-                if seen is None:
-                    self._touched[d] = [now, 1]
-                else:
-                    seen[0] = now
-                    seen[1] += 1
 
     # ------------------------------------------------------------ attachments
 
@@ -459,30 +313,6 @@ class Store:
             self._write_failed(e)
             return 0
 
-    def delete_values(self, digests: list[str], evicted: bool = True) -> int:
-        """Remove values in one transaction; with `evicted`, note when (traces outlive their
-        values, and are pruned later). Returns the bytes of value files freed."""
-        with self._lock:
-            for d in digests:
-                self._pending.pop(valuefile.row_key(d), None)
-        keys = [valuefile.row_key(d) for d in digests]
-        have = self.table.stored(keys)      # another key's value stays: this key's cosignature goes
-        freed = self.delete_rows([foreign.cosign(k[2:], self.signer.kid) if k in have and self._theirs(k, *have[k])
-                                  else k for k in keys])
-        if evicted and digests:
-            now = time.time()
-            try:
-                with self.table.transact():
-                    self.table.upsert([("x:" + d, now) for d in digests])
-            except WRITE_ERRORS as e:
-                self._write_failed(e)
-        return freed
-
-    def delete_value(self, digest: str) -> bool:
-        had = self.has_value(digest)
-        self.delete_values([digest], evicted=False)
-        return had
-
     def sweep_files(self, older_than: float = 3600.0) -> int:
         """Remove value files no row names, and temporary files of writers that died."""
         try:
@@ -585,10 +415,3 @@ class Store:
             self.flush(counters_too=True)
         finally:
             self.table.close()
-
-
-def _size(n: int) -> str:
-    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} bytes"

@@ -11,7 +11,7 @@ Contract:
   cannot see: a subprocess, a C library; a directory declares every file under it). A file it only
   appended to or changed in place (a log several rules add to) is not its own to put back: neither
   an input nor an output. A file that no longer exists when the body returns (a temporary file) is
-  not an output. A body run elsewhere (remote.py) reports what it
+  not an output. A body run elsewhere (executors/worker.py) reports what it
   wrote, and the files are stored from here: as for reads, they must be on a shared filesystem.
 - `keep(store, written, persist)`, once a body has succeeded: each file is stored as a value
   (content-addressed, so it counts against the quota and is evicted by the same policy as any
@@ -53,8 +53,8 @@ from typing import Any, Callable, Iterable
 
 import xxhash
 
-from . import hashing
-from .errors import OutsideRuleError
+from ..store import serialisation
+from ..errors import OutsideRuleError
 from .files import short_path
 from .trace import MISSING, Output, Trace, current
 
@@ -136,7 +136,7 @@ def _put(store: Any, path: str) -> tuple[str, str]:
         if store.has_value(digest):
             return content, digest
         raw: Any = memoryview(data) if data is not None else _FileView(fd, size, content)
-        ser = hashing.Serialized(META, [raw])
+        ser = serialisation.Serialized(META, [raw])
         ser.digest = digest
         try:
             why_not = store.put_value(ser)

@@ -21,7 +21,7 @@ from typing import Callable, Iterable
 from .foreign import base
 from .signing import Signer
 from .table import Table
-from .trace import Trace
+from ..engine.trace import Trace
 
 __all__ = ["Index", "MAX_TRACES"]
 

@@ -28,6 +28,7 @@ import sys
 import threading
 from typing import IO, Any, Callable
 
+from .formatting import seconds_text
 from .progress import Progress
 
 __all__ = ["TextProgress", "line", "bar", "wanted", "own_stderr"]
@@ -66,7 +67,7 @@ def bar(fraction: float, width: int = 20) -> str:
 
 
 def _seconds(s: float) -> str:
-    return f"{s:.1f} s" if s < 90 else f"{int(s // 60)} min {int(s % 60)} s"
+    return seconds_text(s, places=1)      # a line that changes several times a second: one decimal
 
 
 def line(p: Progress, width: int = 100, names: Callable[[str], str] = str) -> str:

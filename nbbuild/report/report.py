@@ -31,7 +31,7 @@ class BuildReport:
     `saved_seconds` adds up the recorded run times of the reused tasks. `attempts` gives the tasks
     whose body ran more than once (retries) and how often; `overdue` those that ran past their
     timeout on a thread (where a body cannot be stopped); `restored` the reused tasks whose files
-    (outputs.py) were missing or changed and were written back from the store, with their paths."""
+    (engine/outputs.py) were missing or changed and were written back from the store, with their paths."""
 
     executed: list[str]
     reused: list[str]

@@ -158,7 +158,7 @@ def _costs(store) -> dict[str, float]:
     costs: dict[str, float] = {}
     for lst in store.traces_index().values():
         for tr in lst:
-            # a copy of a file the run wrote (outputs.py) costs the run, as its value does
+            # a copy of a file the run wrote (engine/outputs.py) costs the run, as its value does
             for digest in (tr.result, *(copy for _, _, copy in tr.outputs)) if tr.outputs else (tr.result,):
                 if tr.seconds > costs.get(digest, -1.0):
                     costs[digest] = tr.seconds

@@ -37,7 +37,7 @@ import os
 import threading
 from typing import Any
 
-from .hashing import hash_bytes
+from ..store.serialisation import hash_bytes
 from .trace import ENV_ALL, ENV_PREFIX, MISSING, current
 
 __all__ = ["install", "digest", "owns", "describe", "finish", "restore", "forget", "pending", "ENV_PREFIX", "ENV_ALL"]

@@ -12,7 +12,7 @@ Contract:
   (KeyboardInterrupt, SystemExit, Cancelled) propagates and stores nothing; so does a body that
   saw its build's cancellation and returned anyway (it caught `Cancelled` with `except
   BaseException`): what it returned is a fallback, not its value.
-- A rule's `executor` (else the Build's) runs the body elsewhere (remote.run_elsewhere); None
+- A rule's `executor` (else the Build's) runs the body elsewhere (executors/kernel.run_elsewhere); None
   runs it here, on the thread of the greenlet.
 - `retries=N`: an attempt that raises (its own error, not a failed dependency or a cancel) is run
   again, up to N more times, each attempt afresh; `state.attempts` counts them (the report lists
@@ -30,8 +30,9 @@ from typing import Any
 
 from greenlet import GreenletExit
 
-from . import environment, hashing, outputs
-from .errors import Cancelled
+from . import environment, outputs
+from ..store import serialisation
+from ..errors import Cancelled
 from .trace import ENV_PREFIX, Recorder, Trace, current
 
 __all__ = ["execute"]
@@ -92,7 +93,7 @@ def _attempt(sched: Any, st: Any, executor: Any, timeout: float | None) -> tuple
         if executor is None:
             value = task.run()
         else:
-            from .remote import run_elsewhere
+            from ..executors.kernel import run_elsewhere
             value = run_elsewhere(executor, sched, st, rec, timeout)
     except BaseException as e:
         error = e
@@ -110,8 +111,8 @@ def _keep(sched: Any, st: Any, rec: Recorder, value: Any, version: Any) -> None:
     persist = rule.policy == "persist"
     effects = environment.finish(sched.owner(task.key), rec) if rec.env_set else ()
     try:
-        ser: hashing.Serialized | None = hashing.pickle_value(value)
-    except hashing.UnserializableValue as e:
+        ser: serialisation.Serialized | None = serialisation.pickle_value(value)
+    except serialisation.UnserializableValue as e:
         ser, persist = None, False
         st.unstored = str(e)
     if ser is not None and persist and version is not None:

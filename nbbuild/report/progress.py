@@ -14,16 +14,20 @@ Contract:
 - `finish(report, error)` settles the tracker: the last snapshot has `done` set, the report's line
   as `summary` (when the build got as far as a report: failed builds do) and, when it raised,
   why in `error` ("interrupted" for an interrupt).
+- `Watched`, a part of Build (mixed in), keeps the views that watch its builds (Build's contract).
 """
 from __future__ import annotations
 
 import heapq
+import logging
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-__all__ = ["Progress", "TaskRow", "Tracker", "ROW_LIMIT", "SLOWEST"]
+__all__ = ["Progress", "TaskRow", "Tracker", "Watched", "ROW_LIMIT", "SLOWEST"]
+
+log = logging.getLogger("nbbuild")
 
 ROW_LIMIT = 200
 SLOWEST = 12
@@ -158,3 +162,34 @@ class Tracker:
                 self._final = self._snapshot(True, str(report) if report is not None else "", why, total)
                 self.sched = None      # it holds every task's value: the settled snapshot is all that stays
             return self._final
+
+
+class Watched:
+    """A part of Build (mixed in): the views that watch its builds (`watch`, `unwatch`), told when
+    each top-level build starts and finishes (`_notify`), and `progress()`, their snapshot."""
+
+    def _notify(self, event: str, views: list[Any]) -> list[Any]:
+        """Call each view's `event`; those that raise are logged and left out of the rest."""
+        ok = []
+        for view in views:
+            try:
+                getattr(view, event)(self)
+                ok.append(view)
+            except Exception:  # a view is the user's or the notebook's: it must not fail the build
+                log.warning("nbbuild: a build view failed in %s", event, exc_info=True)
+        return ok
+
+    def watch(self, view: Any) -> Any:
+        """Show builds in `view` (see the module's contract); returns it. `unwatch` stops that."""
+        if view not in self.watchers:
+            self.watchers.append(view)
+        return view
+
+    def unwatch(self, view: Any) -> None:
+        if view in self.watchers:
+            self.watchers.remove(view)
+
+    def progress(self) -> Progress | None:
+        """A snapshot of the running build, or the settled one of the last build (None before any)."""
+        tracker = self._tracker
+        return tracker.snapshot() if tracker is not None else None

@@ -1,0 +1,223 @@
+"""The kernel's side of a rule body run elsewhere (a process pool, a Dask cluster): sending it,
+serving what it asks for, and taking back what it did (executors/worker.py is the other side).
+
+Contract: `run_elsewhere(executor, scheduler, state, recorder, timeout)` runs one task's body
+through an executor (executors/pools.py) and returns its value, or raises its exception (the
+worker's traceback attached as a note, with the lines of the notebook's cells). The greenlet that
+waits holds no thread; a cancelled build cancels the work elsewhere; a timeout stops it. What the
+body fetched, read and wrote becomes the recorder's as if it had run here; what it attached
+(`trace.attach`) is kept, and a rule's `received(task, value, attachment)`, when it has one, is
+called here with them (the notebook shows what a cell printed in a worker). What comes back is
+loaded here as a stored value is (store/pickling.py): a function of `__main__` that the body made reads
+this process's `__main__` (the notebook), not the worker's copy.
+"""
+from __future__ import annotations
+
+import linecache
+import logging
+import os
+import threading
+import traceback
+import types
+from typing import Any
+
+import cloudpickle
+
+from ..engine.code import global_names
+from ..engine.trace import INPUT_PREFIX
+from ..store import pickling
+from .worker import WorkerError
+
+__all__ = ["run_elsewhere"]
+
+log = logging.getLogger("nbbuild")
+
+def _worker_traceback(frames: list, last: str, fn: Any) -> str:
+    """cloudpickle names the files of the functions it ships by value "<dynamic-code>": here they
+    are the files (a notebook's cells) of the body's own functions, by name, with their lines."""
+    files = _files_of(fn)
+    lines = []
+    for name, lineno, where, line in frames:
+        name = files.get(where, name) if name == "<dynamic-code>" else name
+        lines.append((name, lineno, where, line or linecache.getline(name, lineno).strip()))
+    return ("Traceback (most recent call last), in the worker:\n"
+            + "".join(traceback.StackSummary.from_list(lines).format()) + last)
+
+
+def run_elsewhere(executor: Any, sched: Any, st: Any, rec: Any, timeout: float | None = None) -> Any:
+    task = st.task
+    supplied: dict[str, Any] = {}
+    for group in _recorded_groups(sched, task.key):   # what it fetched last time: sent with it
+        try:
+            values = sched.fetch_values(rec, group, record=False)
+        except Exception:  # a dependency that failed: the body asks again if it still needs it
+            rec.failed_dep = None
+            continue
+        supplied.update(zip((t.key for t in group), values))
+    while True:
+        result = _one_run(executor, sched, task, rec, supplied, timeout)
+        if result[0] != "need":
+            break
+        tasks = _tasks(sched, result[1])     # it was stopped, to be sent again with these
+        values = sched.fetch_values(rec, tasks, record=False)
+        supplied.update(zip((t.key for t in tasks), values))
+    kind = result[0]
+    if kind == "error":
+        error = result[1]
+        if result[2]:
+            where = _worker_traceback(result[2], result[3], task.rule.fn).rstrip()
+            if hasattr(error, "add_note"):       # Python 3.11: shown under the traceback
+                error.add_note(where)
+            else:
+                log.warning("nbbuild: %r failed; %s", task, where)
+        raise error
+    if kind == "abandoned":       # a dependency failed after all: fetch_values has said so above
+        raise WorkerError(f"{task!r} was abandoned by its worker")
+    _, value, groups, files, attachment, inputs, written = result
+    for group in groups:
+        rec.add_group(tuple((key, sched.states[key].hash) for key in group))
+    for path in files:
+        rec.read_file(path)
+    for key, digest in inputs:
+        rec.read_input(key, digest)
+    for path, whole in written.items():      # the worker's paths: a filesystem shared with it, as for reads
+        rec.wrote_file(path, whole)
+    rec.attachment = attachment
+    if task.rule.received is not None:
+        task.rule.received(task, value, attachment)
+    return value
+
+
+def _files_of(fn: Any, depth: int = 3) -> dict[str, str]:
+    """Function name -> its file, for the body and the functions it reaches (a few calls deep)."""
+    found: dict[str, str] = {}
+    todo, seen = [(fn, 0)], set()
+    while todo:
+        f, level = todo.pop()
+        code = getattr(f, "__code__", None)
+        if code is None or id(code) in seen:
+            continue
+        seen.add(id(code))
+        stack = [code]
+        while stack:
+            c = stack.pop()
+            found.setdefault(c.co_name, c.co_filename)
+            stack += [k for k in c.co_consts if isinstance(k, types.CodeType)]
+        if level < depth:
+            scope = getattr(f, "__globals__", {})
+            todo += [(scope[chain[0]], level + 1) for chain in global_names(code)
+                     if isinstance(scope.get(chain[0]), types.FunctionType)]
+    return found
+
+
+def _culprit(fn: Any) -> str:
+    """Which global of the body does not pickle, said as ", from global NAME", if one is to blame."""
+    code, scope = getattr(fn, "__code__", None), getattr(fn, "__globals__", {})
+    for name in dict.fromkeys(chain[0] for chain in (global_names(code) if code is not None else ())):
+        if name in scope:
+            try:
+                cloudpickle.dumps(scope[name])
+            except Exception:  # this is the one
+                return f", from global {name!r}"
+    return ""
+
+
+def _tasks(sched: Any, asked: bytes) -> list[Any]:
+    return [sched.build.rules[name].task(*args, **kwargs) for name, args, kwargs in cloudpickle.loads(asked)]
+
+
+def _one_run(executor: Any, sched: Any, task: Any, rec: Any, supplied: dict, timeout: float | None) -> tuple:
+    # our own worker processes get the kernel's environment with each body; a cluster's workers
+    # (other machines) keep their own, and what a body reads there is what its trace records
+    rec.paused += 1        # engine work: not the body's read of the whole environment
+    try:
+        environ = dict(os.environ) if executor.kind == "processes" else None
+    finally:
+        rec.paused -= 1
+    try:
+        payload = cloudpickle.dumps((task.rule.fn, task.args, task.kwargs, supplied, environ))
+    except Exception as e:  # a global it reads, an argument or a value that does not pickle
+        raise WorkerError(f"{task!r} cannot be sent to its worker: {type(e).__name__}: {e}"
+                          f"{_culprit(task.rule.fn)} (what runs elsewhere must pickle; or run it on threads)") from None
+    job = executor.start(payload, timeout, repr(task))
+    waiter = _Waiter(sched, job)
+    try:
+        while True:
+            message = waiter.next()
+            if message[0] != "need":
+                return pickling.loads(job.result())    # "done" (as a value is loaded: __main__'s functions read ours)
+            if not executor.hold():
+                job.answer(("restart",))
+                continue
+            try:
+                tasks = _tasks(sched, message[1])
+                values = sched.fetch_values(rec, tasks, record=False)
+            except BaseException:
+                job.answer(("failed",))
+                raise
+            finally:
+                executor.release()
+            job.answer(("values", cloudpickle.dumps(dict(zip((t.key for t in tasks), values)))))
+    except BaseException:
+        job.stop()
+        raise
+    finally:
+        waiter.close()
+
+
+class _Waiter:
+    """Hands the job's messages to its greenlet: a thread blocks on the job's requests (and its
+    end) and wakes the greenlet, but only while it waits for one (a wake while it waits for a
+    dependency would resume it too early)."""
+
+    def __init__(self, sched: Any, job: Any):
+        self.sched, self.job = sched, job
+        self.inbox: list[tuple] = []
+        self.lock = threading.Lock()
+        self.waker: Any = None
+        self.thread = threading.Thread(target=self._watch, name="nbbuild-elsewhere", daemon=True)
+        self.thread.start()
+
+    def _watch(self) -> None:
+        while True:
+            message = self.job.next()
+            with self.lock:
+                self.inbox.append(message)
+                waker, self.waker = self.waker, None
+            if waker is not None:
+                self.sched.hubs.wake_from_outside(waker)
+            if message[0] == "done":
+                return
+
+    def next(self) -> tuple:
+        sched = self.sched
+        while True:
+            with self.lock:
+                if self.inbox:
+                    return self.inbox.pop(0)
+                self.waker = sched.hubs.waker()
+            with sched.lock:                  # so that an interrupt wakes it too (it then stops the job)
+                sched.waiting_elsewhere[id(self)] = self.waker
+            try:
+                sched.hubs.suspend()
+            finally:
+                with sched.lock:
+                    sched.waiting_elsewhere.pop(id(self), None)
+
+    def close(self) -> None:
+        with self.lock:
+            self.waker = None
+
+
+def _recorded_groups(sched: Any, key: str) -> list[list[Any]]:
+    found = sched.traces.get(key)
+    if not found:
+        return []
+    groups = []
+    for group in found[0].deps:
+        tasks = [sched.tasks.get(k) or sched.build._task_for_key(k) for k, _ in group if not k.startswith(INPUT_PREFIX)]
+        if tasks and all(t is not None for t in tasks):
+            groups.append(tasks)
+    return groups
+
+

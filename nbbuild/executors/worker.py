@@ -1,0 +1,170 @@
+"""The worker's side of a rule body run elsewhere (a process pool, a Dask cluster): what runs
+there, how fetches inside such a body work, and what goes back.
+
+Design: the body is shipped with cloudpickle (functions and lambdas of a notebook go by value),
+together with the values of the dependencies its newest trace says it fetches. A fetch of
+anything else asks the kernel over a channel (a queue of the executor's) and blocks until the
+answer comes (executors/kernel.py fetches those tasks like any dependency and sends their values).
+So a body runs once, as on a thread. Its fetches, in its own order, and the files it read become
+the trace. The store, the traces and the scheduling stay in the kernel.
+
+Contract:
+- `run(payload, channel) -> bytes` is what a worker runs: `payload` is cloudpickle of (function,
+  args, kwargs, {task key: value}, the kernel's environment for a worker process of ours, else
+  None); it returns cloudpickle of ("ok", value, groups fetched, files
+  read, what it attached, the environment variables it read with their hashes in the worker, files
+  it wrote, each with whether it wrote it whole: stored from here, engine/outputs.py),
+  ("error", exception, its frames outside nbbuild, its last line),
+  ("abandoned",) when a dependency failed (or the kernel stopped it before it began), or
+  ("need", tasks) when it was told to stop and be sent again.
+- A worker kept waiting holds a process of the pool: the executor's `hold()` says whether one more
+  may wait (one slot always stays free for what they wait for, so nothing deadlocks). When not,
+  the body is stopped (`Restart`) and sent again with what it asked for: it then runs more than
+  once, as restarting schedulers do; with enough processes for the nesting of calls elsewhere it
+  runs once.
+- In a worker a Rule is a stub (`rule.rule_stub`) with the same `task()` (keys are identical) whose
+  calls are served from the values sent or asked for; `nbbuild.file` and `open` record reads.
+- `WorkerError` stands for a body's exception or value that could not be sent back as it was.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import traceback
+from typing import Any
+
+import cloudpickle
+
+from ..engine.rule import ELSEWHERE
+from ..engine.trace import current
+
+__all__ = ["run", "Abandoned", "Restart", "WorkerError"]
+
+log = logging.getLogger("nbbuild")
+_INSTALLED = False
+
+
+class WorkerError(Exception):
+    """A rule's exception that could not be sent back as it was (it does not pickle)."""
+
+
+class Abandoned(BaseException):
+    """Inside a body run elsewhere: a dependency it asked for failed. A BaseException, so that a body's
+    own `except Exception` does not swallow it."""
+
+
+class Restart(BaseException):
+    """Inside a body run elsewhere: the kernel will not keep this worker waiting (every other one waits
+    already: the dependency would have nowhere to run). The body stops; it is sent again with
+    the values it asked for."""
+
+    def __init__(self, tasks: bytes):
+        super().__init__("sent again with its dependencies")
+        self.tasks = tasks
+
+
+class _WorkerRecorder:
+    """`trace.current` in a worker: rule calls are served from the values sent, else asked for
+    over the channel; reads are noted."""
+
+    def __init__(self, supplied: dict[str, Any], channel: Any):
+        self.supplied, self.channel = supplied, channel
+        self.scheduler = self
+        self.build = ELSEWHERE
+        self.paused = 0
+        self.attachment = None
+        self.groups: list[list[str]] = []
+        self.files: list[str] = []
+        self.inputs: list[tuple[str, str]] = []    # environment variables, as the worker had them
+        self.seen: set[str] = set()
+        self.written: dict[str, bool] = {}      # path -> written whole (trace.Recorder.wrote_file)
+        self.env_set: dict[str, Any] = {}       # variables it set: name -> value before (engine/environment.py)
+
+    def fetch_values(self, rec: Any, tasks: list) -> list[Any]:
+        missing = [t for t in tasks if t.key not in self.supplied]
+        if missing:
+            asked = cloudpickle.dumps([(t.rule.name, t.args, t.kwargs) for t in missing])
+            answer = self.channel.ask(("need", asked))
+            if answer[0] == "restart":
+                raise Restart(asked)
+            if answer[0] != "values":
+                raise Abandoned()
+            self.supplied.update(cloudpickle.loads(answer[1]))
+        self.groups.append([t.key for t in tasks])
+        return [self.supplied[t.key] for t in tasks]
+
+    def read_file(self, path: str) -> None:
+        if path not in self.files:
+            self.files.append(path)
+
+    def wrote_file(self, path: str, whole: bool = True) -> None:
+        self.written[path] = self.written.get(path, False) or whole
+
+    def read_input(self, key: str, digest: str) -> None:
+        if key not in self.seen:
+            self.seen.add(key)
+            self.inputs.append((key, digest))
+
+    def wrote_input(self, key: str, name: str | None = None, before: Any = None) -> None:
+        self.seen.add(key)     # what it sets stays in the worker: the kernel's environment keeps no effect
+        if name is not None:
+            self.env_set.setdefault(name, before)
+
+
+def run(payload: bytes, channel: Any) -> bytes:
+    global _INSTALLED
+    if not _INSTALLED:
+        from ..engine import environment, files
+        files.install_hook()
+        environment.install()
+        _INSTALLED = True
+    if channel.stopped():     # stopped before it began: it does not begin
+        channel.done()
+        return cloudpickle.dumps(("abandoned",))
+    fn, args, kwargs, supplied, environ = cloudpickle.loads(payload)
+    if environ is not None:
+        _take_environment(environ)
+    rec = _WorkerRecorder(supplied, channel)
+    token = current.set(rec)
+    try:
+        value = fn(*args, **kwargs)
+        out: tuple = ("ok", value, rec.groups, rec.files, rec.attachment, rec.inputs, rec.written)
+    except Abandoned:
+        out = ("abandoned",)
+    except Restart as e:
+        out = ("need", e.tasks)
+    except Exception as e:  # the rule's own error, sent back to fail its task there
+        out = ("error", e, _frames(e), "".join(traceback.format_exception_only(type(e), e)))
+    finally:
+        current.reset(token)
+    try:
+        return _sendable(out)
+    finally:
+        channel.done()
+
+
+def _take_environment(environ: dict[str, str]) -> None:
+    """A worker process of ours starts with the environment the kernel had then: the body sees
+    the kernel's as it is now (a variable set or unset since), as it would on a thread."""
+    for name in [n for n in os.environ if n not in environ]:
+        del os.environ[name]
+    for name, value in environ.items():
+        if os.environ.get(name) != value:
+            os.environ[name] = value
+
+
+def _sendable(out: tuple) -> bytes:
+    try:
+        return cloudpickle.dumps(out)
+    except Exception as e:  # a value or an exception that does not pickle
+        if out[0] == "ok":
+            return cloudpickle.dumps(("error", WorkerError(f"its value cannot be sent back: {e}"), [], ""))
+        return cloudpickle.dumps(("error", WorkerError(f"{type(out[1]).__name__}: {out[1]}"), out[2], out[3]))
+
+
+def _frames(error: BaseException) -> list[tuple[str, int, str, str]]:
+    """The body's frames of the traceback (not the engine's): the kernel shows them with the
+    lines of its cells, which a worker does not have."""
+    own = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))     # nbbuild/
+    return [(f.filename, f.lineno or 0, f.name, f.line or "") for f in traceback.extract_tb(error.__traceback__)
+            if not os.path.abspath(f.filename).startswith(own + os.sep)]
