@@ -398,3 +398,26 @@ def test_two_machines_uploading_the_same_values_at_once_leave_one_object_each(tm
     up = tier(team_location(team))
     assert len(up.values()) == 1                      # raw's array (total's sum is small: it goes in packs)
     assert machine_process(tmp_path, "three", {**team, "ARRAY": "1", "N": "100000"})["ran"] == []
+
+
+@pytest.mark.parametrize("location", ["dir"], indirect=True)
+def test_the_magic_puts_a_shared_tier_behind_the_notebooks_store(tmp_path, team, monkeypatch):
+    from IPython.core.error import UsageError
+    from tests.shells import fresh_shell
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("NBBUILD_TEAM_KEY", team["NBBUILD_TEAM_KEY"])
+    monkeypatch.delenv("NBBUILD_SHARED", raising=False)
+    shell = fresh_shell()
+    shell.run_line_magic("load_ext", "nbbuild")
+    try:
+        with pytest.raises(UsageError, match="--shared-readonly goes with --shared URL"):
+            shell.run_line_magic("nbbuild", "store --shared-readonly")
+        shell.run_line_magic("nbbuild", f"store --shared {team['NBBUILD_SHARED']} --shared-readonly")
+        assert shell._nbbuild_state.build.shared == team["NBBUILD_SHARED"]
+        monkeypatch.delenv("NBBUILD_TEAM_KEY")
+        with pytest.raises(UsageError, match="^%nbbuild store: the shared store .* needs a team key"):
+            shell.run_line_magic("nbbuild", "store --shared /elsewhere")
+        assert shell._nbbuild_state.build.shared == team["NBBUILD_SHARED"]      # unchanged
+    finally:
+        shell._nbbuild_state.build.close()
+        shell.run_line_magic("unload_ext", "nbbuild")
