@@ -2,7 +2,9 @@
 
 Contract:
 - `Build(path, quota=, workers=, min_free=, eviction=)` opens (or creates) the store at `path`
-  with its bounds (eviction.resolve); also a context manager that closes it. After each build the
+  with its bounds (eviction.resolve); also a context manager that closes it. `shared=URL` (or
+  NBBUILD_SHARED) gives it a shared tier (shared.py, sharing.py; `shared_readonly=True` never
+  uploads); closing waits up to NBBUILD_SHARED_WAIT seconds for its uploads. After each build the
   store is brought back within them (eviction.evict), and old metadata is pruned now and then. `@b.rule` / `@b.rule(policy=..., name=...)` registers rules by name (a rule of
   the same name replaces the earlier one, as re-running a notebook cell does).
 - `b.build(*targets)` brings targets (Tasks, or rules taking no arguments) up to date concurrently
@@ -62,6 +64,8 @@ from .report.report import BuildReport, TaskReport, make_report
 from .store import eviction as _bounds
 from .store.eviction import parse_size
 from .store.memory import Memory
+from .store.shared import open_tier, upload_seconds
+from .team import TeamCache
 from .store.store import Store
 
 __all__ = ["Build", "BuildReport", "TaskReport"]
@@ -70,10 +74,11 @@ log = logging.getLogger("nbbuild")
 _PATIENCE = 5.0
 
 
-class Build(Explaining, Watched, Attachments):
+class Build(Explaining, Watched, Attachments, TeamCache):
     def __init__(self, path: str | os.PathLike = ".nbbuild", quota: int | str | None = None,
                  workers: int | None = None, *, min_free: int | str | None = None, eviction: str | None = None,
-                 progress: bool | None = None, executor: Any = None):
+                 progress: bool | None = None, executor: Any = None, shared: str | None = None,
+                 shared_readonly: bool | None = None):
         for name, size in (("quota", quota), ("min_free", min_free)):
             try:
                 parse_size(size)
@@ -83,8 +88,9 @@ class Build(Explaining, Watched, Attachments):
             workers = min(4, os.cpu_count() or 1)
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
             raise RuleError(f"workers={workers!r}: give a whole number of at least 1")
+        tier = open_tier(shared, shared_readonly)
         try:
-            self.store = Store(path)
+            self.store = Store(path, shared=tier)
         except OSError as e:
             raise RuleError(str(e)) from None
         try:
@@ -281,7 +287,7 @@ class Build(Explaining, Watched, Attachments):
             states = sched.run(tasks, collect)
         finally:
             self.store.save_file_entries(self._files.take_changed())
-            self.store.flush()
+            self.store.end_build()
             lost = self.store.take_lost()     # inline values whose batch the store refused
             for st in sched.states.values() if lost else ():
                 if st.outcome == "executed" and st.hash in lost and not st.unstored:
@@ -390,7 +396,7 @@ class Build(Explaining, Watched, Attachments):
                 log.debug("nbbuild: closing an executor failed", exc_info=True)
         self._executors.clear()
         self._pool.shutdown()
-        self.store.close()
+        self.store.close(upload_seconds())
 
     def __enter__(self) -> Build:
         return self

@@ -8,7 +8,8 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 __all__ = ["NbbuildError", "BuildError", "CycleError", "RuleError", "UnknownTargetError", "OutsideRuleError",
-           "Cancelled", "CommandUsageError", "CommandFailed"]
+           "Cancelled", "CommandUsageError", "CommandFailed",
+           "SharedStoreError", "SharedUnreachable"]
 
 
 class NbbuildError(Exception):
@@ -59,6 +60,18 @@ class CommandUsageError(NbbuildError):
 
 class CommandFailed(NbbuildError):
     """What the `nbbuild` command ran failed (a cell, the kernel): one line, exit code 1."""
+
+
+class SharedStoreError(NbbuildError):
+    """A shared tier (`Build(path, shared=URL)`, NBBUILD_SHARED) that cannot be used as given: no
+    team key (NBBUILD_TEAM_KEY), an unreadable key file, a location fsspec cannot open. Raised when
+    the Build is made; nothing is read from or written to the shared tier."""
+
+
+class SharedUnreachable(SharedStoreError):
+    """The shared tier did not answer (server down, credentials refused, network cut). Never
+    reaches the user from a build: the build goes on with its local tier, with one warning, and
+    what it would have uploaded is uploaded later."""
 
 
 class Cancelled(BaseException):

@@ -264,7 +264,7 @@ def test_store_refuses_a_folder_that_is_no_store_and_creates_none(tmp_path):
     (["run", "plain.ipynb", "--target"], "nbbuild run: argument -t/--target: expected one argument"),
     (["run", "plain.ipynb", "--frobnicate"], "nbbuild: unrecognized arguments: --frobnicate"),
     (["graph", "plain.ipynb", "-o", "nowhere/graph.svg"], "nbbuild graph: -o nowhere/graph.svg: its folder nowhere"),
-    (["store", "bogus"], "nbbuild store: argument info|gc|clear: invalid choice: 'bogus'"),
+    (["store", "bogus"], "nbbuild store: argument info|gc|clear|team-key: invalid choice: 'bogus'"),
     (["run", "loads.ipynb", "-p", "1x", "3"], "nbbuild run: -p: '1x' is not a Python name"),
     (["run", "loads.ipynb", "-p", "a", "1", "-p", "a", "2"], "nbbuild run: -p a is given twice: add --sweep"),
     (["run", "loads.ipynb", "-p", "a"], "nbbuild run: argument -p/--parameter: expected 2 arguments"),

@@ -96,7 +96,7 @@ def test_a_name_another_rule_bound_is_bound_again_as_a_new_version(ip, capsys):
     ("%nbbuild why nothing", "no rule produces 'nothing'"),
     ("%nbbuild graph nothing", "no rule produces 'nothing'"),
     ("%nbbuild store --quota lots", "size 'lots' not understood"),
-    ("%nbbuild store sweep", "usage: %nbbuild store [--quota SIZE] [--min-free SIZE] [--eviction gdsf|lru] [gc [--foreign] | clear]"),
+    ("%nbbuild store sweep", "usage: %nbbuild store [--quota SIZE] [--min-free SIZE] [--eviction gdsf|lru] [--shared URL [--shared-readonly]] [gc [--foreign] | clear]"),
         ("%nbbuild store --eviction fifo", "eviction policy 'fifo' not known"),
     ("%build model(1)", "no rule named 'model'"),
     ("%build raw(1)", "raw: too many positional arguments"),

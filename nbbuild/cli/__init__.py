@@ -24,6 +24,8 @@ Contract:
   rules registered as with --target (nothing is built but what such a plain cell reads), then `%nbbuild status | why | graph`;
   the text goes to stdout, `-o` writes the graph (SVG; a Mermaid diagram, said so on stderr,
   where no Graphviz lays one out; `-o -` is stdout).
+- `store info|gc --shared [URL] [--quota SIZE]` looks after the shared tier (NBBUILD_SHARED):
+  its size, evicting to its quota and merging its packs; `store team-key FILE` makes a team key.
 - `store info|gc|clear [--dir DIR]` needs no kernel: it opens the store (default `NBBUILD_DIR`,
   else `.nbbuild` here) with the Build API; `info` writes nothing; `gc` evicts down to the quota
   and prunes old traces, `gc --foreign` removes the entries other keys signed (and nothing else),
@@ -240,6 +242,14 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
 
 def cmd_store(args: argparse.Namespace) -> int:
+    if args.action == "team-key":
+        return _team_key(args.file)
+    if args.file:
+        raise Usage(f"{args.action} takes no FILE (only team-key does)")
+    if args.shared is not None:
+        return _shared_store(args)
+    if args.quota is not None:
+        raise Usage("--quota goes with gc --shared (the local store's quota: %nbbuild store --quota, NBBUILD_QUOTA)")
     where = args.dir or os.environ.get("NBBUILD_DIR") or ".nbbuild"
     path = Path(where)
     if not path.exists():
@@ -251,7 +261,7 @@ def cmd_store(args: argparse.Namespace) -> int:
     from ..build import Build
     from ..errors import NbbuildError
     try:
-        b = Build(path, workers=1, progress=False)
+        b = Build(path, workers=1, progress=False, shared="")
     except NbbuildError as e:
         raise Usage(f"store {where}: {e}") from None
     if args.foreign and args.action != "gc":
@@ -261,6 +271,46 @@ def cmd_store(args: argparse.Namespace) -> int:
         if args.action != "info":
             print(sweep(b, args.action, args.foreign))
         print(store_text(b))
+    return 0
+
+
+def _team_key(file: str | None) -> int:
+    from ..store.signing import new_key_file
+    if not file:
+        raise Usage("team-key FILE: name the file to write a new team key to")
+    try:
+        new_key_file(file)
+    except FileExistsError:
+        raise Usage(f"{file} exists already: a team key is made once, then copied to each member") from None
+    except OSError as e:
+        raise Usage(f"{file}: {e.strerror or e}") from None
+    print(f"wrote a new team key to {file} (mode 0600). Give each member a copy (kept 0600) and set "
+          f"NBBUILD_TEAM_KEY={os.path.abspath(file)} with NBBUILD_SHARED=URL")
+    return 0
+
+
+def _shared_store(args: argparse.Namespace) -> int:
+    """`store info|gc --shared [URL]`: the shared tier alone; no local store is needed or touched."""
+    import tempfile
+    url = args.shared or os.environ.get("NBBUILD_SHARED")
+    if not url:
+        raise Usage("--shared needs a location: --shared URL, or set NBBUILD_SHARED")
+    if args.action == "clear" or args.foreign:
+        raise Usage("--shared goes with info and gc [--quota SIZE]; the shared tier is never cleared from here")
+    quota = args.quota if args.quota is not None else os.environ.get("NBBUILD_SHARED_QUOTA") or None
+    if args.action != "gc" and args.quota is not None:
+        raise Usage("--quota goes with gc --shared")
+    from ..build import Build
+    from ..errors import NbbuildError
+    from ..notebook.views import shared_sweep, shared_text
+    with tempfile.TemporaryDirectory(prefix="nbbuild-shared-") as local:
+        try:
+            with Build(local, workers=1, progress=False, shared=url) as b:
+                if args.action == "gc":
+                    print(shared_sweep(b, quota))
+                print(shared_text(b))
+        except NbbuildError as e:
+            raise Usage(str(e)) from None
     return 0
 
 
@@ -319,7 +369,12 @@ def _parser() -> argparse.ArgumentParser:
                            description="Look after a store without a kernel. info: its size against its quota, "
                            "values, traces, hits; gc: evict down to the quota and prune old traces; clear: "
                            "empty it (every rule runs again; the saved quota stays).")
-    store.add_argument("action", choices=("info", "gc", "clear"), metavar="info|gc|clear")
+    store.add_argument("action", choices=("info", "gc", "clear", "team-key"), metavar="info|gc|clear|team-key")
+    store.add_argument("file", nargs="?", metavar="FILE", help="with team-key: the key file to make")
+    store.add_argument("--shared", nargs="?", const="", metavar="URL", help="info or gc the shared tier at URL "
+                       "(default: NBBUILD_SHARED) instead of the local store; needs NBBUILD_TEAM_KEY")
+    store.add_argument("--quota", metavar="SIZE", help="with gc --shared: the shared tier's quota "
+                       "(default: NBBUILD_SHARED_QUOTA, else none: packs are merged, no value evicted)")
     store.add_argument("--foreign", action="store_true", help="with gc: remove only the entries other keys "
                        "signed (other users, another XDG_CONFIG_HOME), which are otherwise kept")
     store.add_argument("--dir", metavar="DIR", help="the store (default: NBBUILD_DIR, else .nbbuild here)")

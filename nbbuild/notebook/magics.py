@@ -314,6 +314,9 @@ class NbbuildMagics(Magics):
         %nbbuild store gc --foreign   remove the entries other keys signed (other users,
                                    another XDG_CONFIG_HOME): kept until then, never loaded
         %nbbuild store clear       empty the store of your entries: every rule runs again
+        %nbbuild store --shared URL [--shared-readonly]   a team's shared tier behind the
+                                   store from now on (s3://bucket/prefix, a shared folder;
+                                   needs NBBUILD_TEAM_KEY): README "Team cache"
         %nbbuild metrics           the last build and this session: tasks ran / reused /
                                    verified, time spent and saved, hit rate, bytes read and
                                    written, evictions, the slowest rules; the store's size

@@ -35,9 +35,13 @@ def store(state: NotebookState, words: list[str]) -> None:
     """`%nbbuild store ...`: set the bounds, gc or clear, then say where the store stands."""
     b = state.build
     action, it = None, iter(words)
-    usage = "usage: %nbbuild store [--quota SIZE] [--min-free SIZE] [--eviction gdsf|lru] [gc [--foreign] | clear]"
+    usage = ("usage: %nbbuild store [--quota SIZE] [--min-free SIZE] [--eviction gdsf|lru] "
+             "[--shared URL [--shared-readonly]] [gc [--foreign] | clear]")
     others = "--foreign" in words
-    words = [w for w in words if w != "--foreign"]
+    readonly = "--shared-readonly" in words
+    words = [w for w in words if w not in ("--foreign", "--shared-readonly")]
+    it = iter(words)
+    shared = None
     for w in it:
         option, _, given = w.partition("=")
         if option in ("--quota", "--min-free", "--eviction"):
@@ -53,12 +57,23 @@ def store(state: NotebookState, words: list[str]) -> None:
                     raise ValueError(f"eviction policy {value!r} not known: use gdsf or lru")
             except (ValueError, NbbuildError) as e:
                 raise UsageError(f"%nbbuild store: {e}") from None
+        elif w.partition("=")[0] == "--shared":
+            shared = w.partition("=")[2] or next(it, "")
+            if not shared:
+                raise UsageError(f"%nbbuild store: --shared needs a location (s3://bucket/prefix, a folder). {usage}")
         elif w in ("gc", "clear") and action is None:
             action = w
         else:
             raise UsageError(f"%nbbuild store: {w!r}? {usage}")
     if others and action != "gc":
         raise UsageError(f"%nbbuild store: --foreign goes with gc only: %nbbuild store gc --foreign")
+    if readonly and shared is None:
+        raise UsageError("%nbbuild store: --shared-readonly goes with --shared URL")
+    if shared is not None:
+        try:
+            b.share(shared, readonly)
+        except NbbuildError as e:
+            raise UsageError(f"%nbbuild store: {e}") from None
     if action is not None:
         print(sweep(b, action, others))
     print(store_text(b))
@@ -107,6 +122,23 @@ def graph(state: NotebookState, targets: list | None, dashboard: bool) -> None:
     display({mime: data, "text/plain": text}, raw=True, metadata={"nbbuild": {"view": "graph"}})
 
 
+def shared_text(b: Any) -> str:
+    """Where the shared tier stands (`nbbuild store info --shared`, `%nbbuild store`)."""
+    found = b.shared_survey()
+    return "\n".join([
+        f"shared   {b.shared}",
+        f"size     {size_text(found.volume)} in {len(found.values)} values",
+        f"traces   {found.traces} in {len(found.packs)} packs",
+    ])
+
+
+def shared_sweep(b: Any, quota: Any) -> str:
+    """`nbbuild store gc --shared`: evict the shared tier to its quota, merge its packs."""
+    values, size, packs = b.shared_gc(quota)
+    evicted = f"evicted {values} values ({size_text(size)})" if quota is not None else "no quota: nothing evicted"
+    return f"{evicted}; merged {packs} packs into one" if packs else f"{evicted}; packs already merged"
+
+
 def store_text(b: Any) -> str:
     """Where the store stands, a line a figure (`%nbbuild store`, `nbbuild store`)."""
     st = b.store.stats()
@@ -124,4 +156,4 @@ def store_text(b: Any) -> str:
         f"reuse    {st['hits']} hits, {st['misses']} misses{rate}, {st['evictions']} evictions ({st['policy']})",
         f"traffic  {size_text(st['bytes_written'])} written, {size_text(st['bytes_read'])} read{trouble}",
         f"disk     {size_text(st['free_bytes'])} free, floor {size_text(st['min_free_bytes'] or 0)}",
-    ])
+    ] + ([f"shared   {b.shared}{' (read-only)' if b.store.sharing.readonly else ''}"] if b.shared else []))

@@ -29,7 +29,7 @@ import os
 import secrets
 import stat
 
-__all__ = ["user_key", "key_path", "Signer", "MAC_BYTES", "KID_BYTES"]
+__all__ = ["user_key", "key_path", "team_key", "new_key_file", "Signer", "MAC_BYTES", "KID_BYTES"]
 
 log = logging.getLogger("nbbuild")
 MAC_BYTES = 16
@@ -91,6 +91,22 @@ def user_key() -> bytes:
                         "by this process only and will be built again after a restart. Make the directory "
                         "writable or set XDG_CONFIG_HOME.", path, e.strerror or e)
         return _ephemeral
+
+
+def team_key(path: str) -> bytes:
+    """The team key in the file `path` (NBBUILD_TEAM_KEY; shared.py): OSError when it cannot be
+    read or is not a key (made private, as the user key is, when others could read it)."""
+    key = _read(path)
+    if key is None:
+        raise FileNotFoundError(f"{path} does not exist")
+    return key
+
+
+def new_key_file(path: str) -> None:
+    """Make a key file (mode 0600) that did not exist: a team's key, to hand to its members."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(secrets.token_bytes(_KEY_BYTES))
 
 
 class Signer:

@@ -21,7 +21,11 @@ Contract:
   diskcache's columns of value rows: access_time (last use), access_count (uses), tag (the
   cost-aware policy's clock when last used). Uses are batched in memory and written with flushes.
 - Row `a:<task key>#<value hash>` holds what the run that gave that value attached (trace.attach).
-  Rows `s:<name>` hold settings, `m:<name>` counters, `x:<hash>` when a value was evicted.
+  Rows `s:<name>` hold settings, `m:<name>` counters, `x:<hash>` when a value was evicted, `u:<row>`
+  a trace or attachment not yet uploaded to the shared tier.
+- With a shared tier (`shared`, sharing.py) this store is its near tier: a task about to run first
+  has the shared tier's traces copied in (`refresh_if_changed`), a value missing here is
+  downloaded from it (`load`), and what this store records is uploaded in the background.
 """
 from __future__ import annotations
 
@@ -31,15 +35,21 @@ import shutil
 import threading
 import time
 from collections import defaultdict
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from ..engine import files
 from . import foreign, valuefile
 from .signing import MAC_BYTES, Signer, key_path, user_key
 from .index import Index
+from .sharing import Sharing
 from .table import WRITE_ERRORS, Table
+from .inventory import Inventory
+from .tiering import Tiering
 from .values import Values
 from ..engine.trace import Trace
+
+if TYPE_CHECKING:
+    from .shared import SharedTier
 
 __all__ = ["Store"]
 
@@ -49,8 +59,9 @@ _FLUSH_BYTES = 64 << 20
 _COUNTER_SECONDS = 5.0
 
 
-class Store(Values):
-    def __init__(self, path: str | os.PathLike, quota: int | None = None, signer: Signer | None = None):
+class Store(Values, Tiering, Inventory):
+    def __init__(self, path: str | os.PathLike, quota: int | None = None, signer: Signer | None = None,
+                 shared: SharedTier | None = None):
         self.signer = signer or Signer(user_key())
         self.table = Table.open(os.path.abspath(os.fspath(path)))
         self.path = self.table.path
@@ -77,6 +88,7 @@ class Store(Values):
         self._write_warned = False           # the failed-write warning of this build was given
         self._lost: set[str] = set()         # hashes of inline values a failed batch did not store
         self.clock = self.setting("clock", 0.0)
+        self.sharing: Sharing | None = None if shared is None else Sharing(self, shared)
         self.written = 0                     # bytes written since the last eviction check
         self.generation = 0      # bumped by clear(): what a process remembers of the store is void
 
@@ -109,13 +121,17 @@ class Store(Values):
                 self.delete_rows(rows)
 
     def refresh_if_changed(self) -> bool:
-        """refresh() when any process wrote since the last look; whether traces came in."""
+        """refresh() when any process wrote since the last look, and the shared tier's traces once
+        per build; whether traces came in."""
+        came = False
         with self._lock:
-            if not self.index.changed():
-                return False
-            before = self.index.watermark
-            self.refresh()
-            return self.index.watermark > before
+            if self.index.changed():
+                before = self.index.watermark
+                self.refresh()
+                came = self.index.watermark > before
+        if self.sharing is not None and self.sharing.sync():
+            came = True
+        return came
 
     @property
     def memory_traces(self) -> dict[str, list[Trace]]:
@@ -149,6 +165,8 @@ class Store(Values):
             row = f"t:{trace.key}#{trace.ident}"
             self.index.own.add(row)
             self._write(row, self.signer.seal(row, trace.encode()))
+        if self.sharing is not None:
+            self.sharing.queue_trace(trace)
 
     def forget_traces(self, rows: Iterable[str]) -> None:
         with self._lock:
@@ -163,6 +181,8 @@ class Store(Values):
         with self._lock:
             row = f"a:{key}#{digest}"
             self._write(row, self.signer.seal(row, blob))
+        if self.sharing is not None:
+            self.sharing.queue(row)
 
     def get_attachment(self, key: str, digest: str) -> bytes | None:
         row = f"a:{key}#{digest}"
@@ -271,11 +291,20 @@ class Store(Values):
             self._lost.difference_update(key[2:] for key in pending if key[0] == "v")
             self.write_error = None
 
+    def end_build(self) -> None:
+        """A build is over: commit what it wrote, then upload it to the shared tier in the
+        background (not during the build: uploads would take the cores and bandwidth it uses)."""
+        self.flush()
+        if self.sharing is not None:
+            self.sharing.kick()
+
     def begin_build(self) -> None:
         """A build starts: its first failed write warns (once), and what it fails to store is its own."""
         with self._lock:
             self._write_warned = False
             self._lost.clear()
+        if self.sharing is not None:
+            self.sharing.begin_build()
 
     def take_lost(self) -> set[str]:
         """Hashes of inline values that failed batches left unstored since the build began."""
@@ -323,49 +352,6 @@ class Store(Values):
             swept = 0
         return swept + valuefile.sweep_tmp(self._tmp)
 
-    # ------------------------------------------------------------ introspection
-
-    def volume(self) -> int:
-        """Bytes on disk: the database and the value files (diskcache keeps this cheaply)."""
-        return self.table.volume()
-
-    def pending_bytes(self) -> int:
-        return self._pending_bytes
-
-
-    def free_space(self) -> int:
-        try:
-            return shutil.disk_usage(self.path).free
-        except OSError:
-            return 2 ** 62
-
-    def value_rows(self) -> list[tuple[str, int, float, float, int, float]]:
-        """(hash, stored bytes, stored at, last used, uses, policy clock at last use) of every
-        stored value, uses not yet written included."""
-        self.flush(counters_too=True)
-        return self.table.value_rows(self.signer.kid, lambda k, v, f: not self._theirs(k, v, f) or
-                                     self.table.get(foreign.cosign(k[2:], self.signer.kid)) is not None)
-
-    def value_sizes(self) -> list[tuple[str, int, float]]:
-        """(hash, size in bytes, stored at) of every stored value."""
-        return [(d, size, stored) for d, size, stored, *_ in self.value_rows()]
-
-    def stats(self) -> dict[str, Any]:
-        self.flush(counters_too=True)
-        return {
-            "size_bytes": self.volume(),
-            "quota_bytes": self.quota,
-            "free_bytes": self.free_space(),
-            "min_free_bytes": self.min_free,
-            "policy": self.policy,
-            "values": self.table.count("v:"),
-            "value_files": self.table.count("v:", files_only=True),
-            "traces": self.table.count("t:"),
-            **{name: self.counter(name) for name in ("hits", "misses", "evictions", "bytes_written", "bytes_read",
-                                                     "damaged", "write_failures")},
-            "path": self.path,
-        }
-
     def clear(self) -> None:
         with self._lock:
             self.generation += 1
@@ -386,32 +372,13 @@ class Store(Values):
                 shutil.rmtree(os.path.join(self.path, "v"), ignore_errors=True)
             self.index.clear()
 
-    def shared_values(self) -> set[str]:
-        """Hashes of this key's values that another key cosigned: theirs too, so never evicted
-        by this key (another key's entry is not this key's to delete)."""
-        return {row[2:] for row in self._cosigned_by_others()}
-
-    def _cosigned_by_others(self) -> list[str]:
-        """This key's value rows that another key cosigned (foreign.cosign): theirs too, so kept."""
-        mine = "#" + self.signer.kid.hex()
-        return [valuefile.row_key(k[2:].split("#", 1)[0]) for k, *_ in self.table.scan("c:") if not k.endswith(mine)]
-
-    def own_entries(self) -> tuple[int, int, int]:
-        """(values, their bytes, traces) this key would lose to clear()."""
-        values = self.value_rows()
-        traces = sum(1 for k, v, _, f in self.table.scan("t:") if not self._theirs(k, v, f))
-        return len(values), sum(size for _, size, *_ in values), traces
-
-    def gc_foreign(self) -> tuple[int, int]:
-        """Remove every row another key signed, and their value files: (rows, bytes) removed."""
-        with self._lock:
-            found = foreign.rows(self.table, self.signer)
-            if found:
-                self.delete_rows([k for k, _ in found])
-            return len(found), sum(size for _, size in found)
-
-    def close(self) -> None:
+    def close(self, upload_seconds: float = 0.0) -> None:
         try:
             self.flush(counters_too=True)
+            if self.sharing is not None:
+                left = self.sharing.close(upload_seconds)
+                if left and not self.sharing.down:
+                    log.warning("nbbuild: %d traces were not uploaded to the shared store %s yet; they are "
+                                "uploaded by the next session that uses this store", left, self.sharing.tier.url)
         finally:
             self.table.close()

@@ -47,7 +47,7 @@ from .serialisation import MAGIC, Serialized, hash_bytes, split
 from .signing import MAC_BYTES, Signer
 from .table import FILE_NAME
 
-__all__ = ["write", "read", "open_inline", "Damaged", "sweep", "sweep_tmp", "row_key", "file_name", "FILE_NAME"]
+__all__ = ["write", "read", "signed_part", "open_inline", "Damaged", "sweep", "sweep_tmp", "row_key", "file_name", "FILE_NAME"]
 
 
 _CHUNK = 32 << 20
@@ -237,6 +237,23 @@ def _buffer(size: int) -> Any:
     if size >= _MMAP_BYTES:
         return mmap.mmap(-1, size, flags=_MAP_FLAGS)
     return bytearray(size)
+
+
+def signed_part(f: Any) -> bytes:
+    """The part of a value file its MAC covers (header and pickle stream), read from the start of
+    the open file `f`, unchecked: to sign the same value under another key (shared.py)."""
+    fixed = f.read(MAC_BYTES + 8)
+    if len(fixed) < MAC_BYTES + 8 or fixed[MAC_BYTES:MAC_BYTES + 4] != MAGIC:
+        raise Damaged("its file is not an nbbuild value")
+    (n,) = struct.unpack_from("<I", fixed, MAC_BYTES + 4)
+    size_bytes = f.read(8 * (n + 1))
+    if len(size_bytes) != 8 * (n + 1):
+        raise Damaged("its file is truncated")
+    meta_size = struct.unpack_from("<Q", size_bytes)[0]
+    meta = f.read(meta_size)
+    if len(meta) != meta_size:
+        raise Damaged("its file is truncated")
+    return fixed[MAC_BYTES:] + size_bytes + meta
 
 
 def read(path: str, digest: str, signer: Signer, mac: bytes | None = None) -> tuple[bytes, list[Any]]:

@@ -10,6 +10,7 @@ pending writes, lock and counters.
 - `load(digest)` -> (found, value, why not). Every load checks the value against its hash and
   signature: a missing, truncated or altered value is a miss that says why, and its row is
   removed so that the task's next run can store it again; another key's value is a plain miss.
+  One missing here is asked of the shared tier, when the store has one (sharing.py).
 - `has_value`, `value_size`, `touch` (uses, for eviction), `delete_values` (noting when they were
   evicted: traces outlive their values), `delete_value`.
 """
@@ -92,6 +93,10 @@ class Values:
         if sealed is None:
             row = self.table.get(key)
             if row is None:
+                if self.sharing is not None:        # the near tier lacks it: the shared tier may have it
+                    found, got = self.sharing.load(digest)
+                    if found:
+                        return self._unpickled(*got)
                 return False, None, ""
             sealed, filename = row
             if self._theirs(key, sealed, filename):     # this key's cosignature, if it has one
@@ -120,6 +125,10 @@ class Values:
             return False, None, str(e)
         self.count("bytes_read", nbytes)
         self.touch([digest])
+        return self._unpickled(meta, buffers)
+
+    @staticmethod
+    def _unpickled(meta: Any, buffers: list[Any]) -> tuple[bool, Any, str]:
         try:
             return True, serialisation.unpickle(meta, buffers), ""
         except Exception as e:  # unpickling runs code (a class that moved, a package missing)
@@ -161,8 +170,9 @@ class Values:
         if key in self._pending:
             return True
         row = self.table.get(key)
-        return row is not None and (not self._theirs(key, *row)
-                                    or self.table.get(foreign.cosign(digest, self.signer.kid)) is not None)
+        if row is None:
+            return self.sharing is not None and self.sharing.has_value(digest)
+        return not self._theirs(key, *row) or self.table.get(foreign.cosign(digest, self.signer.kid)) is not None
 
     def touch(self, digests: Iterable[str]) -> None:
         """Note that values were used now (recency and frequency, for eviction)."""
