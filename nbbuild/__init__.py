@@ -34,9 +34,11 @@ __version__ = "0.1.0"
 
 
 def load_ipython_extension(ipython):
-    """`%load_ext nbbuild`: the magics of nbbuild.notebook.magics."""
-    from .notebook import magics
+    """`%load_ext nbbuild`: the magics of nbbuild.notebook.magics, and in a kernel the comm that
+    nbbuild's JupyterLab extension opens (nbbuild.notebook.lab)."""
+    from .notebook import lab, magics
     magics.load_ipython_extension(ipython)
+    lab.load_ipython_extension(ipython)
 
 
 def unload_ipython_extension(ipython):
