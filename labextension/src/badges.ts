@@ -1,0 +1,62 @@
+/**
+ * A badge in the prompt area of each rule cell: its state as the kernel side says it, the reason
+ * on hover. Cells the kernel says nothing about carry no badge.
+ */
+import { NotebookPanel } from '@jupyterlab/notebook';
+
+import { Connection, ICellState } from './connection';
+
+const SHORT: { [state: string]: string } = {
+  'up to date': 'up to date',
+  stale: 'stale',
+  running: 'running',
+  failed: 'failed',
+  'never built': 'not built',
+  'not stored': 'not stored'
+};
+
+export function tooltip(s: ICellState): string {
+  const head = s.title ? `${s.title}: ` : '';
+  const body = s.state === s.reason || s.reason === 'up to date' ? s.state : `${s.state}: ${s.reason}`;
+  const then = s.restored ? '\n(as the last session left it: run the cell to check)' : '';
+  return head + body + then;
+}
+
+export class Badges {
+  constructor(
+    readonly panel: NotebookPanel,
+    readonly connection: Connection
+  ) {
+    connection.changed.connect(this.update, this);
+    panel.content.model?.cells.changed.connect(this.update, this);
+  }
+
+  update(): void {
+    const states = this.connection.states;
+    for (const cell of this.panel.content.widgets) {
+      const area = cell.inputArea?.node;
+      if (!area) {
+        continue;
+      }
+      const state = states.get(cell.model.id);
+      let badge = area.querySelector(':scope > .nbbuild-badge') as HTMLElement | null;
+      if (!state) {
+        badge?.remove();
+        continue;
+      }
+      if (!badge) {
+        badge = document.createElement('div');
+        badge.className = 'nbbuild-badge';
+        area.appendChild(badge);
+      }
+      badge.dataset.state = state.state;
+      badge.dataset.restored = state.restored ? 'true' : 'false';
+      badge.textContent = SHORT[state.state] ?? state.state;
+      badge.title = tooltip(state);
+    }
+  }
+
+  dispose(): void {
+    this.connection.changed.disconnect(this.update, this);
+  }
+}
