@@ -182,3 +182,43 @@ def b(store_dir):
 def calls():
     """Run counts, asserted as lists: rules append their name when their body runs."""
     return []
+
+
+# ------------------------------------------------------------ JupyterLab in a browser
+
+@pytest.fixture(scope="session")
+def sync_api():
+    """playwright.sync_api, or a skip (a failure under CI) saying what is missing (browser_support)."""
+    from browser_support import require_browser
+    return require_browser()
+
+
+@pytest.fixture(scope="session")
+def jupyterlab(sync_api, tmp_path_factory):
+    """One JupyterLab server for every browser test of this process (its start is the dearest part
+    of each): tests put their notebooks in folders of their own under `.root`, so that each kernel
+    keeps its store, `.nbbuild/`, beside its notebook, as a reader's would be. Its log is left in
+    tests/artifacts/jupyterlab-server.log."""
+    import shutil
+    from browser_support import ARTIFACTS, JupyterLab
+    server = JupyterLab(tmp_path_factory.mktemp("lab"))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        ARTIFACTS.mkdir(exist_ok=True)
+        if server.log_path.exists():
+            shutil.copyfile(server.log_path, ARTIFACTS / "jupyterlab-server.log")
+
+
+@pytest.fixture(scope="session")
+def chromium(sync_api):
+    """One headless Chromium (Debian's) for every browser test of this process."""
+    from browser_support import CHROMIUM, CHROMIUM_ARGS
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
