@@ -210,11 +210,42 @@ def test_after_a_restart_load_ext_alone_brings_the_badges_back(page):
 
 def test_the_pipelines_graph_fits_its_output_area(page, lab):
     open_notebook(page, lab, PIPELINE)
-    run(page, "notebook:run-all-cells")
-    built = page.locator(".jp-Notebook .jp-Cell", has_text="%build score_plot --graph").first
+    # its cells up to the graph (not its Dask section after it)
+    index = page.evaluate("""() => window.jupyterapp.shell.currentWidget.content.widgets.findIndex(
+        c => c.model.sharedModel.getSource().startsWith('%build score_plot --graph'))""")
+    run(page, "notebook:run-all-above", index)
+    run(page, "notebook:run-cell", index)
+    built = cell(page, index)
     graph = built.locator(".nbbuild-progress svg").first
     graph.wait_for(state="visible")
     output = built.locator(".jp-OutputArea-output").first
     g, o = graph.bounding_box(), output.bounding_box()
     assert g["x"] >= o["x"] - 0.5 and g["x"] + g["width"] <= o["x"] + o["width"] + 0.5, (g, o)
     assert g["y"] >= o["y"] - 0.5 and g["y"] + g["height"] <= o["y"] + o["height"] + 0.5, (g, o)
+    built.screenshot(path=str(ARTIFACTS / "lab-pipeline-graph.png"))
+
+
+def test_a_graph_bigger_than_its_output_zooms_pans_and_expands_a_rules_calls(page):
+    """(on the pipeline the test above ran) Ctrl + wheel zooms in around the pointer, dragging pans,
+    and `fit ×14` clicked draws fit's calls one by one."""
+    built = page.locator(".jp-Notebook .jp-Cell", has_text="%build score_plot --graph").first
+    frame = built.locator(".nbbuild-progress .nbbuild-zoom").first
+    assert frame.get_attribute("data-zoomable") == "true", "the pipeline's graph is wider than its output"
+    fitted = float(frame.get_attribute("data-scale"))
+    box = frame.bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.keyboard.down("Control")
+    page.mouse.wheel(0, -300)
+    page.keyboard.up("Control")
+    page.wait_for_function("(f) => parseFloat(f.dataset.scale) > %f" % fitted, arg=frame.element_handle())
+    svg = frame.locator("svg")
+    before = svg.evaluate("(s) => s.style.transform")
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] / 2 + 60, box["y"] + box["height"] / 2 + 10, steps=4)
+    page.mouse.up()
+    assert svg.evaluate("(s) => s.style.transform") != before, "dragging did not pan"
+    frame.locator("g.node", has=page.locator("text", has_text="fit ×14")).click()
+    expanded = frame.locator('svg[data-expanded="fit"]')
+    expanded.wait_for()
+    assert expanded.evaluate("""(s) => [...s.querySelectorAll('g.node')]
+        .filter(g => /^fit\\(/.test(g.querySelector('text').textContent)).length""") == 14

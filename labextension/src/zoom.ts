@@ -106,6 +106,7 @@ export class Zoom {
     this.fitScale = scale;
     if (!this.options.fitHeight) {
       this.frame.style.width = `${Math.floor(w * scale)}px`;
+      this.tools.style.width = this.frame.style.width;
       this.frame.style.height = `${Math.ceil(h * scale)}px`;
     }
     this.set(scale, 0, 0);
