@@ -41,6 +41,12 @@ def load_ipython_extension(ipython):
     lab.load_ipython_extension(ipython)
 
 
+def _jupyter_labextension_paths():
+    """Where the prebuilt JupyterLab extension is (for `jupyter labextension develop .`); a wheel
+    installs it in share/jupyter/labextensions/nbbuild."""
+    return [{"src": "labextension", "dest": "nbbuild"}]
+
+
 def unload_ipython_extension(ipython):
     from .notebook import magics
     magics.unload_ipython_extension(ipython)

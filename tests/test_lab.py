@@ -3,12 +3,19 @@ sends and the requests it answers, driven through a real IPython shell with cell
 JupyterLab sends them) and a comm that records what it is sent."""
 from __future__ import annotations
 
+import importlib.util
+import json
+from pathlib import Path
+
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
 from shells import fresh_shell
 
 from nbbuild.notebook import lab as lab_side
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILT = ROOT / "nbbuild" / "labextension"
 
 
 class Comm:
@@ -176,3 +183,25 @@ def test_after_a_restart_the_states_come_back_from_the_store_without_running_any
             (None, True)
     finally:
         close(shell)
+
+
+def test_the_committed_build_of_the_extension_is_that_of_its_source():
+    """nbbuild/labextension/ is built from labextension/ (`make labextension`), and says from which."""
+    spec = importlib.util.spec_from_file_location("stamp", ROOT / "labextension" / "stamp.py")
+    stamp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stamp)
+    assert (BUILT / "source.sha256").read_text().strip() == stamp.fingerprint(), \
+        "nbbuild/labextension/ is older than labextension/: run `make labextension` and commit the build"
+
+
+def test_the_wheel_installs_the_extension_where_jupyterlab_looks():
+    """`pip install` (or `pip install -e`) puts the prebuilt extension in
+    share/jupyter/labextensions/nbbuild, with its entry point and install.json."""
+    tomllib = pytest.importorskip("tomllib")         # Python >= 3.11
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    shared = config["tool"]["hatch"]["build"]["targets"]["wheel"]["shared-data"]
+    assert shared == {"nbbuild/labextension": "share/jupyter/labextensions/nbbuild",
+                      "labextension/install.json": "share/jupyter/labextensions/nbbuild/install.json"}
+    package = json.loads((BUILT / "package.json").read_text())
+    assert package["name"] == "nbbuild"
+    assert (BUILT / package["jupyterlab"]["_build"]["load"]).is_file()
