@@ -154,8 +154,11 @@ def test_why_build_and_value_go_through_the_build(ip):
     kept = next(n for n in comm.ask(request="graph")["nodes"].values() if n["label"] == "kept")
     assert comm.ask(request="why", key=kept["key"])["text"] == "kept is stale: global threshold changed"
     shell.user_ns["calls"].clear()
+    sent = len(comm.sent)
     assert comm.ask(request="build", key=kept["key"])["text"].startswith("ran 1, reused 1")
     assert shell.user_ns["calls"] == ["kept"]
+    assert [m["type"] for m in comm.sent[sent:]] == ["running", "reply", "states"]
+    assert comm.sent[sent]["cell"] == "kept"
     assert comm.states()["kept"] == ("up to date", "up to date")
     assert comm.ask(request="value", key=kept["key"])["text"] == "kept = [3, 8, 9]"
     fit1 = next(n for n in comm.ask(request="graph", expand=["fit"])["nodes"].values() if n["label"] == "fit(1)")

@@ -36,6 +36,11 @@ export class Badges {
     for (const cell of this.panel.content.widgets) {
       const area = cell.inputArea?.node;
       if (!area) {
+        // a cell not drawn yet (JupyterLab draws the cells out of view later): once it is
+        if (!this.waiting.has(cell)) {
+          this.waiting.add(cell);
+          void cell.ready.then(() => this.update());
+        }
         continue;
       }
       const state = states.get(cell.model.id);
@@ -55,6 +60,8 @@ export class Badges {
       badge.title = tooltip(state);
     }
   }
+
+  private waiting = new WeakSet<object>();
 
   dispose(): void {
     this.connection.changed.disconnect(this.update, this);

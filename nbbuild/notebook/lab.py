@@ -20,7 +20,7 @@ Contract:
   ...}`): `graph` (`expand`: rule names whose calls are drawn one by one) -> `svg` and `nodes` (the
   SVG's node title -> `key`, `label`, `state`, `reason`, `cell`, `group`: the rule a collapsed node
   stands for); `why` (`key`) -> `text`; `build` (`key`) -> `text` (the report's line, or the error),
-  then `states`; `value` (`key`) -> `text`: the names a cell rule bound as the notebook has them, or
+  then `states` (a `running` message for its cell before it); `value` (`key`) -> `text`: the names a cell rule bound as the notebook has them, or
   a call's value when it is up to date (nothing runs for it). Everything goes through the Build API.
 """
 from __future__ import annotations
@@ -187,8 +187,12 @@ class LabComm:
         return label(self.state.build.why(task))
 
     def _build(self, task: Any) -> str:
-        """As `%build` does: build, then bind a cell rule's outputs into the namespace."""
+        """As `%build` does: build, then bind a cell rule's outputs into the namespace. Its cell's
+        badge says `running` meanwhile."""
         state = self.state
+        cell = state.cells.get(task.rule.name)
+        if cell is not None:
+            self.send({"type": "running", "cell": cell})
         values = state.build.build(task)
         if task.rule.name not in state.parametric:
             state.bind(values[0], task.rule.name)
