@@ -166,6 +166,8 @@ def test_the_panel_draws_the_graph_and_build_brings_a_task_up_to_date(page):
     kept = panel_node(panel, "kept")
     assert "nbbuild-stale" in (kept.get_attribute("class") or "")
     kept.click()
+    assert page.evaluate("() => window.jupyterapp.shell.currentWidget.content.activeCellIndex") == KEPT, \
+        "clicking a task goes to its cell"
     page.locator("#nbbuild-panel .nbbuild-detail button[data-request='why']").click()
     why = page.locator("#nbbuild-panel .nbbuild-detail-output[data-request='why']")
     why.wait_for()
