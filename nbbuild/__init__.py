@@ -48,5 +48,6 @@ def _jupyter_labextension_paths():
 
 
 def unload_ipython_extension(ipython):
-    from .notebook import magics
+    from .notebook import lab, magics
+    lab.unload_ipython_extension(ipython)
     magics.unload_ipython_extension(ipython)

@@ -102,6 +102,31 @@ def test_a_terminal_shell_registers_no_comm_target(ip):
     assert not hasattr(shell, "_nbbuild_lab")
 
 
+def test_in_a_kernel_load_ext_registers_the_target_once_and_unload_ext_stops_the_messages(tmp_path, monkeypatch):
+    registered = []
+
+    class Manager:
+        def register_target(self, name, handler):
+            registered.append(name)
+
+    import comm as comm_package
+    monkeypatch.setattr(comm_package, "get_comm_manager", lambda: Manager())
+    shell, _ = make_shell(tmp_path, monkeypatch)
+    try:
+        shell.kernel = object()          # what ipykernel's shell has
+        for _ in range(2):
+            shell.run_line_magic("reload_ext", "nbbuild")
+        assert registered == ["nbbuild"]
+        lab = shell._nbbuild_lab
+        assert lab.post_run_cell in shell.events.callbacks["post_run_cell"]
+        shell.run_line_magic("unload_ext", "nbbuild")
+        assert lab.post_run_cell not in shell.events.callbacks["post_run_cell"]
+    finally:
+        del shell.kernel
+        shell.run_line_magic("load_ext", "nbbuild")
+        close(shell)
+
+
 def test_opening_says_each_rule_cells_state_and_every_cell_run_says_it_again(ip):
     shell, lab = ip
     comm = Comm()

@@ -3,7 +3,8 @@ cell, whether each rule cell is up to date, and answers the side panel's questio
 
 Contract:
 - `load_ipython_extension(shell)` (run by `%load_ext nbbuild`, after the magics) registers the comm
-  target `nbbuild` in a Jupyter kernel, once per kernel; a terminal shell gets nothing. The front end
+  target `nbbuild` in a Jupyter kernel, once per kernel; a terminal shell gets nothing.
+  `unload_ipython_extension(shell)` (`%unload_ext nbbuild`) stops the messages after each cell. The front end
   opens the comm; until one does, nothing is sent and nothing is computed, so classic front ends,
   nbconvert and nbclient see no difference.
 - Opening it (data: `path`, the notebook's path as the front end names it) answers with a `states`
@@ -34,7 +35,7 @@ from ..errors import NbbuildError
 from .draw import render
 from .graph import TITLES, collapse, label
 
-__all__ = ["TARGET", "LabComm", "cell_states", "load_ipython_extension"]
+__all__ = ["TARGET", "LabComm", "cell_states", "load_ipython_extension", "unload_ipython_extension"]
 
 log = logging.getLogger("nbbuild")
 
@@ -255,3 +256,13 @@ def load_ipython_extension(shell: Any) -> None:
     for event in ("pre_run_cell", "post_run_cell"):
         if getattr(lab, event) not in shell.events.callbacks[event]:
             shell.events.register(event, getattr(lab, event))
+
+
+def unload_ipython_extension(shell: Any) -> None:
+    """`%unload_ext nbbuild`: the comms say nothing more (a later `%load_ext` takes them up again)."""
+    lab = getattr(shell, "_nbbuild_lab", None)
+    if lab is None:
+        return
+    for event in ("pre_run_cell", "post_run_cell"):
+        if getattr(lab, event) in shell.events.callbacks[event]:
+            shell.events.unregister(event, getattr(lab, event))
