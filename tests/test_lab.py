@@ -205,6 +205,9 @@ def test_after_a_restart_the_states_come_back_from_the_store_without_running_any
         assert {cid: (e["state"], e["restored"]) for cid, e in cells.items()} == \
             {"raw": ("up to date", True), "kept": ("stale", True), "fit": ("stale", True)}
         assert shell.user_ns["calls"] == []
+        deleted = Comm()      # the notebook without its cell fit: fit is forgotten
+        lab.opened(deleted, {"content": {"data": {"path": "nb.ipynb", "cells": ["params", "raw", "kept"]}}})
+        assert sorted(deleted.sent[-1]["cells"]) == ["kept", "raw"]
         run(shell, "params")
         run(shell, "raw")     # a cell run again says what it is now
         assert (comm.sent[-1]["cells"]["raw"].get("restored"), comm.sent[-1]["cells"]["kept"]["restored"]) == \

@@ -119,7 +119,8 @@ export class Connection {
         }
       };
       this.comm = comm;
-      await comm.open({ path: this.panel.context.path }).done;
+      const cells = this.panel.content.widgets.map(c => c.model.id);
+      await comm.open({ path: this.panel.context.path, cells }).done;
     } catch (e) {
       this.comm = null;
     } finally {

@@ -7,8 +7,8 @@ Contract:
   `unload_ipython_extension(shell)` (`%unload_ext nbbuild`) stops the messages after each cell. The front end
   opens the comm; until one does, nothing is sent and nothing is computed, so classic front ends,
   nbconvert and nbclient see no difference.
-- Opening it (data: `path`, the notebook's path as the front end names it) answers with a `states`
-  message. After every cell the kernel runs, each open comm gets a fresh `states` message; before a
+- Opening it (data: `path`, the notebook's path as the front end names it; `cells`, the ids of its
+  cells) answers with a `states` message. After every cell the kernel runs, each open comm gets a fresh `states` message; before a
   rule cell runs, a `running` message naming it.
 - `states`: `{"type": "states", "cells": {cell id: entry}}`, an entry `{"state", "reason", "title",
   "tasks"}`: `state` one of "up to date", "stale", "never built", "failed", "not stored" (as
@@ -92,6 +92,9 @@ class LabComm:
         if isinstance(path, str) and path != self.path:
             self.path = path
             self.saved = self._load()
+        present = data.get("cells")
+        if isinstance(present, list):        # a cell deleted since is forgotten
+            self.saved = {cid: e for cid, e in self.saved.items() if cid in present}
         self.comms.append(comm)
         comm.on_msg(self.received)
         comm.on_close(lambda _msg, c=comm: self.comms.remove(c) if c in self.comms else None)
