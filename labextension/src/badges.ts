@@ -28,7 +28,8 @@ export class Badges {
     readonly connection: Connection
   ) {
     connection.changed.connect(this.update, this);
-    panel.content.model?.cells.changed.connect(this.update, this);
+    // cells added, moved or pasted get their badges (the model is there once the file is read)
+    void panel.context.ready.then(() => panel.content.model?.cells.changed.connect(this.update, this));
   }
 
   update(): void {
