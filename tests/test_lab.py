@@ -154,6 +154,21 @@ def test_a_rule_cell_is_said_to_run_before_it_runs_and_a_failure_is_said_after(i
     assert comm.states()["boom"][0] == "failed"
 
 
+def test_a_build_line_says_which_cells_it_may_run_before_it_runs(ip):
+    shell, lab = ip
+    comm = Comm()
+    lab.opened(comm, {"content": {"data": {}}})
+    run_all(shell)
+    run(shell, "params", "threshold = 2")
+    sent = len(comm.sent)
+    run(shell, "build", "%build kept")
+    assert comm.sent[sent:-1] == [{"type": "running", "cell": "kept"}]
+    assert comm.states()["kept"] == ("up to date", "up to date")
+    sent = len(comm.sent)
+    run(shell, "build", "%build kept --dry-run")
+    assert [m["type"] for m in comm.sent[sent:]] == ["states"]
+
+
 def test_the_graph_names_each_nodes_cell_and_expands_a_rules_calls(ip):
     shell, lab = ip
     comm = Comm()

@@ -8,8 +8,9 @@ Contract:
   opens the comm; until one does, nothing is sent and nothing is computed, so classic front ends,
   nbconvert and nbclient see no difference.
 - Opening it (data: `path`, the notebook's path as the front end names it; `cells`, the ids of its
-  cells) answers with a `states` message. After every cell the kernel runs, each open comm gets a fresh `states` message; before a
-  rule cell runs, a `running` message naming it.
+  cells) answers with a `states` message. After every cell the kernel runs, each open comm gets a
+  fresh `states` message; before a rule cell runs, a `running` message naming it, and before a
+  `%build` line, one for each cell whose rule it names or may run (Build.plan).
 - `states`: `{"type": "states", "cells": {cell id: entry}}`, an entry `{"state", "reason", "title",
   "tasks"}`: `state` one of "up to date", "stale", "never built", "failed", "not stored" (as
   `Build.status` says, the most urgent among a parametric rule's calls), `reason` in words
@@ -34,6 +35,7 @@ from typing import Any
 from ..errors import NbbuildError
 from .draw import render
 from .graph import TITLES, collapse, label
+from .lines import split_targets
 
 __all__ = ["TARGET", "LabComm", "cell_states", "load_ipython_extension", "unload_ipython_extension"]
 
@@ -129,6 +131,32 @@ class LabComm:
         source = (getattr(info, "raw_cell", None) or "").lstrip()
         if cid and (source.startswith("%%rule") or cid in self.state.cells.values()):
             self.send({"type": "running", "cell": cid})
+        elif source.startswith("%build"):
+            try:
+                cells = self._built_cells(source.splitlines()[0][len("%build"):])
+            except Exception:  # a line %build itself refuses: it says why, the badges stay
+                cells = []
+            for cell in cells:
+                self.send({"type": "running", "cell": cell})
+
+    def _built_cells(self, line: str) -> list[str]:
+        """Cells of the rules a `%build` line names, and of those its build may run (Build.plan)."""
+        state, words = self.state, split_targets(line)
+        if "--dry-run" in words:
+            return []
+        rules, skip = [], False
+        for w in words:
+            if skip or w in ("-j", "--jobs"):
+                skip = not skip
+                continue
+            if not w.startswith("-"):
+                name = w.partition("(")[0]
+                rule = state.versions.producer(name) or name
+                if rule in state.build.rules:
+                    rules.append(rule)
+        tasks = [state.build.rules[r].task() for r in rules if r not in state.parametric]
+        planned = [re.split(r"[(/]", text)[0] for text, _ in (state.build.plan(*tasks) if tasks else [])]
+        return [c for c in dict.fromkeys(state.cells.get(r) for r in rules + planned) if c is not None]
 
     def post_run_cell(self, result: Any = None) -> None:
         if self.comms:
