@@ -3,7 +3,7 @@
  * to date, and a side panel draws the notebook's live task graph. Both speak to the kernel side
  * (nbbuild/notebook/lab.py) over the comm `nbbuild`; a kernel without nbbuild is left alone.
  */
-import { ILabShell, JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
+import { JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
 import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
 import { LabIcon } from '@jupyterlab/ui-components';
 
@@ -21,7 +21,7 @@ const ICON = new LabIcon({
     '<path d="M8 11.3h3.2l4.8-5v1.5l-4.2 4.4h-3.8zM8 12.7h3.2l4.8 5v-1.5l-4.2-4.4h-3.8z"/></g></svg>'
 });
 
-/** The connection of each open notebook (for tests and other extensions: `window.nbbuild`). */
+/** The connection of each open notebook. */
 const connections = new Map<NotebookPanel, Connection>();
 
 const plugin: JupyterFrontEndPlugin<void> = {
@@ -29,8 +29,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
   description: 'Badges on rule cells and the task graph of nbbuild',
   autoStart: true,
   requires: [INotebookTracker],
-  optional: [ILabShell],
-  activate: (app: JupyterFrontEnd, tracker: INotebookTracker, labShell: ILabShell | null) => {
+  activate: (app: JupyterFrontEnd, tracker: INotebookTracker) => {
     const panel = new GraphPanel();
     panel.title.icon = ICON;
     app.shell.add(panel, 'right', { rank: 900 });
@@ -56,8 +55,6 @@ const plugin: JupyterFrontEndPlugin<void> = {
     tracker.currentChanged.connect((_, nb) => {
       panel.follow(nb, nb ? connections.get(nb) ?? null : null);
     });
-    (window as any).nbbuild = { connections, panel };
-    void labShell;
   }
 };
 
