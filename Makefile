@@ -4,11 +4,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench venv clean system-packages corpus
+.PHONY: test demo bench venv clean system-packages corpus labextension
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml nbbuild/labextension/source.sha256
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
@@ -64,6 +64,20 @@ demo: $(STAMP)
 	  *" builds: ran 0, "*|*" build: ran 0, "*) echo "== the second run ran 0 tasks: it reused every value from the store";; \
 	  *) echo "== the second run ran tasks again: nothing should have been stale"; exit 1;; \
 	esac
+
+# The JupyterLab extension: TypeScript in labextension/, built with JupyterLab's own builder
+# (@jupyterlab/builder, from the npm registry; the shared packages are those of the installed
+# JupyterLab) into nbbuild/labextension/, which is committed, so that `make test`, `make demo` and
+# `pip install` need no node. After a change of its source, `make labextension` builds it again
+# (tests/test_lab_extension.py fails on a build older than its source). Needs node >= 18 and npm
+# (Debian: apt-get install nodejs npm).
+LAB_CORE = $$($(BIN)/python -c 'import jupyterlab, os; print(os.path.join(os.path.dirname(jupyterlab.__file__), "staging"))')
+labextension: $(STAMP)
+	@command -v npm >/dev/null || { echo "labextension: needs node and npm (apt-get install nodejs npm)"; exit 1; }
+	cd labextension && npm ci --no-audit --no-fund && npx tsc \
+	  && node node_modules/@jupyterlab/builder/lib/build-labextension.js --core-path "$(LAB_CORE)" .
+	$(BIN)/python labextension/stamp.py write
+	$(BIN)/python -m pip install -q -e '.[dev]'
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_noop.py

@@ -34,11 +34,20 @@ __version__ = "0.1.0"
 
 
 def load_ipython_extension(ipython):
-    """`%load_ext nbbuild`: the magics of nbbuild.notebook.magics."""
-    from .notebook import magics
+    """`%load_ext nbbuild`: the magics of nbbuild.notebook.magics, and in a kernel the comm that
+    nbbuild's JupyterLab extension opens (nbbuild.notebook.lab)."""
+    from .notebook import lab, magics
     magics.load_ipython_extension(ipython)
+    lab.load_ipython_extension(ipython)
+
+
+def _jupyter_labextension_paths():
+    """Where the prebuilt JupyterLab extension is (for `jupyter labextension develop .`); a wheel
+    installs it in share/jupyter/labextensions/nbbuild."""
+    return [{"src": "labextension", "dest": "nbbuild"}]
 
 
 def unload_ipython_extension(ipython):
-    from .notebook import magics
+    from .notebook import lab, magics
+    lab.unload_ipython_extension(ipython)
     magics.unload_ipython_extension(ipython)

@@ -5,7 +5,9 @@ driven by the Python `playwright` package with `executable_path`.
 - `require_browser()` skips (or, with CI set, fails) when Chromium or playwright is missing.
 - `JupyterLab` starts `jupyter lab` on 127.0.0.1 on a free port with a token, its root, workspaces,
   settings, runtime, config, data and IPython dirs in a temporary folder, and stops it and
-  everything it started (kernels included) on `stop()`, whatever happened before.
+  everything it started (kernels included) on `stop()`, whatever happened before. It loads
+  nbbuild's JupyterLab extension as this checkout built it (nbbuild/labextension/, first on
+  JUPYTER_PATH), whichever nbbuild the environment has installed.
 """
 from __future__ import annotations
 
@@ -38,6 +40,8 @@ CHROMIUM_ARGS = [
     "--disable-dev-shm-usage",
 ]
 ARTIFACTS = Path(__file__).parent / "artifacts"
+LABEXTENSION = Path(__file__).resolve().parent.parent / "nbbuild" / "labextension"
+APP_TIMEOUT = 60_000     # ms: the page, the app and the kernel ready
 KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python"}
 
 # JupyterLab settings of the test's own: every cell attached to the DOM (no windowing), and no
@@ -138,6 +142,13 @@ class JupyterLab:
         for name, sub in dirs.items():
             (self.base / sub).mkdir(parents=True, exist_ok=True)
             env[name] = str(self.base / sub)
+        # this checkout's build of the extension comes first (an installed one of the same name after it
+        # is not loaded): the tests drive the extension beside the Python code they test
+        found = self.base / "jupyter-path" / "labextensions"
+        found.mkdir(parents=True, exist_ok=True)
+        if not (found / "nbbuild").exists():
+            (found / "nbbuild").symlink_to(LABEXTENSION, target_is_directory=True)
+        env["JUPYTER_PATH"] = str(found.parent)
         env["JUPYTER_PLATFORM_DIRS"] = "1"
         env["PYTHONUNBUFFERED"] = "1"
         return env
@@ -281,3 +292,19 @@ class JupyterLab:
             if self._log is not None:
                 self._log.close()
             self.proc = None
+
+
+def open_notebook(page, lab: JupyterLab, notebook: str) -> None:
+    """The notebook open and current, its kernel connected and idle, all its cells attached."""
+    page.goto(lab.page_url(notebook), wait_until="domcontentloaded", timeout=APP_TIMEOUT)
+    page.wait_for_function(
+        """(path) => {
+            const app = window.jupyterapp;
+            const w = app && app.shell && app.shell.currentWidget;
+            if (!w || !w.context || w.context.path !== path || !w.context.isReady) return false;
+            const kernel = w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;
+            return !!kernel && kernel.connectionStatus === 'connected' && kernel.status === 'idle';
+        }""",
+        arg=notebook, timeout=APP_TIMEOUT, polling=250)
+    cells = len(json.loads((lab.root / notebook).read_text())["cells"])
+    page.locator(".jp-Notebook .jp-Cell").nth(cells - 1).wait_for(state="attached")

@@ -38,7 +38,8 @@ import nbbuild  # noqa: E402
 # a run's --durations), first. pytest-xdist (--dist loadfile) hands out whole files in the order
 # of the collection, keeping two waiting for each worker: with the dearest last (the notebooks
 # come after tests/), one worker could still be busy with them long after the other ran out.
-DEAREST_FIRST = ("tests/test_corpus.py", "tests/test_cli.py", "tests/test_browser.py", "tests/test_elsewhere.py",
+DEAREST_FIRST = ("tests/test_corpus.py", "tests/test_cli.py", "tests/test_browser.py", "tests/test_lab_extension.py",
+                 "tests/test_elsewhere.py",
                  "tests/test_notebooks.py", "notebooks/pipeline.ipynb", "tests/test_versions_kernel.py",
                  "tests/test_foreign.py", "tests/test_crash.py", "tests/test_properties.py",
                  "tests/test_concurrency.py", "tests/test_remote.py")
@@ -182,3 +183,43 @@ def b(store_dir):
 def calls():
     """Run counts, asserted as lists: rules append their name when their body runs."""
     return []
+
+
+# ------------------------------------------------------------ JupyterLab in a browser
+
+@pytest.fixture(scope="session")
+def sync_api():
+    """playwright.sync_api, or a skip (a failure under CI) saying what is missing (browser_support)."""
+    from browser_support import require_browser
+    return require_browser()
+
+
+@pytest.fixture(scope="session")
+def jupyterlab(sync_api, tmp_path_factory):
+    """One JupyterLab server for every browser test of this process (its start is the dearest part
+    of each): tests put their notebooks in folders of their own under `.root`, so that each kernel
+    keeps its store, `.nbbuild/`, beside its notebook, as a reader's would be. Its log is left in
+    tests/artifacts/jupyterlab-server.log."""
+    import shutil
+    from browser_support import ARTIFACTS, JupyterLab
+    server = JupyterLab(tmp_path_factory.mktemp("lab"))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        ARTIFACTS.mkdir(exist_ok=True)
+        if server.log_path.exists():
+            shutil.copyfile(server.log_path, ARTIFACTS / "jupyterlab-server.log")
+
+
+@pytest.fixture(scope="session")
+def chromium(sync_api):
+    """One headless Chromium (Debian's) for every browser test of this process."""
+    from browser_support import CHROMIUM, CHROMIUM_ARGS
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()

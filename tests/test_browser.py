@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from browser_support import (ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, JupyterLab, decode_data_url,
-                             require_browser, write_notebook)
+from browser_support import ARTIFACTS, APP_TIMEOUT, decode_data_url, open_notebook, write_notebook
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -34,49 +33,29 @@ CELLS = [
 ]
 RAW_CELL, BUILD_CELL, GRAPH_CELL, DASHBOARD_CELL = 1, 3, 4, 5
 
-APP_TIMEOUT = 60_000     # ms: the page, the app and the kernel ready
 RUN_TIMEOUT = 60_000     # ms: every cell run
 SHOW_TIMEOUT = 15_000    # ms: an output rendered once its cell has run
 PROGRESS_BAR = ".nbbuild-progress .widget-hprogress"   # ipywidgets 8's bar in the build view
-
-
-@pytest.fixture(scope="module")
-def sync_api():
-    return require_browser()
 
 
 QUICKSTART = Path(__file__).resolve().parent.parent / "notebooks" / "quickstart.ipynb"
 
 
 @pytest.fixture(scope="module")
-def lab(sync_api, tmp_path_factory):
-    """One JupyterLab for the tests here (its start is the dearest part of each): it serves the
-    cells above as e2e/e2e.ipynb and a copy of notebooks/quickstart.ipynb as
-    quickstart/quickstart.ipynb, each notebook in a folder of its own, so that each kernel keeps
-    its store, `.nbbuild/`, beside its notebook, as a reader's would be."""
-    server = JupyterLab(tmp_path_factory.mktemp("lab"))
-    try:
-        for folder in ("e2e", "quickstart"):
-            (server.root / folder).mkdir(parents=True)
-        write_notebook(server.root / E2E, CELLS)
-        shutil.copyfile(QUICKSTART, server.root / QUICKSTART_COPY)
-        server.start()
-        yield server
-    finally:
-        server.stop()
-        ARTIFACTS.mkdir(exist_ok=True)
-        if server.log_path.exists():
-            shutil.copyfile(server.log_path, ARTIFACTS / "jupyterlab-server.log")
+def lab(jupyterlab):
+    """The shared JupyterLab (conftest.py) serving the cells above as e2e/e2e.ipynb and a copy of
+    notebooks/quickstart.ipynb as quickstart/quickstart.ipynb, each notebook in a folder of its
+    own."""
+    for folder in ("e2e", "quickstart"):
+        (jupyterlab.root / folder).mkdir(parents=True, exist_ok=True)
+    write_notebook(jupyterlab.root / E2E, CELLS)
+    shutil.copyfile(QUICKSTART, jupyterlab.root / QUICKSTART_COPY)
+    return jupyterlab
 
 
 @pytest.fixture(scope="module")
-def browser(sync_api):
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
+def browser(chromium):
+    return chromium
 
 
 @pytest.fixture
@@ -96,22 +75,6 @@ def page(browser):
         finally:
             ARTIFACTS.mkdir(exist_ok=True)
             (ARTIFACTS / "browser-console.log").write_text("\n".join(console) + "\n")
-
-
-def open_notebook(page, lab, notebook: str) -> None:
-    """The notebook open and current, its kernel connected and idle."""
-    page.goto(lab.page_url(notebook), wait_until="domcontentloaded", timeout=APP_TIMEOUT)
-    page.wait_for_function(
-        """(path) => {
-            const app = window.jupyterapp;
-            const w = app && app.shell && app.shell.currentWidget;
-            if (!w || !w.context || w.context.path !== path || !w.context.isReady) return false;
-            const kernel = w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;
-            return !!kernel && kernel.connectionStatus === 'connected' && kernel.status === 'idle';
-        }""",
-        arg=notebook, timeout=APP_TIMEOUT, polling=250)
-    cells = len(json.loads((lab.root / notebook).read_text())["cells"])
-    page.locator(".jp-Notebook .jp-Cell").nth(cells - 1).wait_for(state="attached")
 
 
 def run_all(page) -> None:
