@@ -421,3 +421,37 @@ def test_the_magic_puts_a_shared_tier_behind_the_notebooks_store(tmp_path, team,
     finally:
         shell._nbbuild_state.build.close()
         shell.run_line_magic("unload_ext", "nbbuild")
+
+
+def test_a_damaged_local_value_is_not_uploaded_its_trace_is(tmp_path, location, caplog):
+    from nbbuild.engine.trace import Trace
+    store = Store(tmp_path / "local", signer=Signer(b"u" * 32), shared=tier(location))
+    garbage = tmp_path / "not-a-value"
+    garbage.write_bytes(b"\0" * 100)
+    store.value_source = lambda digest: str(garbage)      # type: ignore[method-assign]
+    trace = Trace("raw", "raw", "", "raw()", "v1", (), "1" * 32, 0.1)
+    store.record(trace)
+    with caplog.at_level(logging.WARNING, logger="nbbuild"):
+        store.end_build()
+        store.close(upload_seconds=30)
+    assert caplog.records == []
+    assert tier(location).values() == {}
+    assert [key for key, _ in tier(location).rows(set())[1]] == [f"t:raw#{trace.ident}"]
+
+
+def test_an_upload_that_fails_unexpectedly_is_one_warning_never_a_traceback(tmp_path, location, caplog):
+    from nbbuild.engine.trace import Trace
+    store = Store(tmp_path / "local", signer=Signer(b"u" * 32), shared=tier(location))
+
+    def broken(rows):
+        raise RuntimeError("a bug of ours")
+    store.sharing.tier.put_rows = broken                   # type: ignore[method-assign, union-attr]
+    store.record(Trace("raw", "raw", "", "raw()", "v1", (), "1" * 32, 0.1))
+    with caplog.at_level(logging.WARNING, logger="nbbuild"):
+        store.end_build()
+        store.close(upload_seconds=30)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"nbbuild: uploading to the shared store {location[0]} failed (RuntimeError: a bug of ours); what this "
+        "session stored stays here and is uploaded by a later one",
+        f"nbbuild: 1 traces were not uploaded to the shared store {location[0]} yet; they are uploaded by the "
+        "next session that uses this store"]

@@ -152,7 +152,7 @@ class SharedTier:
                 return
             self._put(path, chunks)
             self.damaged.discard(digest)
-        except (OSError, Exception) as e:   # noqa: B014 - fsspec backends raise their own types
+        except Exception as e:      # fsspec's backends raise their own types
             raise _unreachable("uploading a value", self.url, e) from None
 
     def put_rows(self, rows: list[tuple[str, bytes]]) -> str | None:

@@ -26,6 +26,7 @@ Contract:
 from __future__ import annotations
 
 import atexit
+import itertools
 import logging
 import os
 import secrets
@@ -34,6 +35,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..errors import SharedUnreachable
+from . import valuefile
 from .shared import SharedTier, upload_seconds, value_object_bytes
 from ..engine.trace import MISSING, Trace
 
@@ -64,6 +66,7 @@ class Sharing:
         self.down = False                   # the tier did not answer: warned once until it does
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._said: set[str] = set()
         if not self.readonly:
             self._requeue_left()
 
@@ -189,7 +192,12 @@ class Sharing:
                     uploaded.append(digest)
                     chunks = value_object_bytes(digest, source, self.tier.signer)
                     if isinstance(source, str):
-                        self.tier.put_value(digest, chunks)
+                        try:
+                            first = next(iter(chunks))      # reads the local file's header
+                        except valuefile.Damaged:           # damaged here: a load here says so; not sent
+                            uploaded.pop()
+                            continue
+                        self.tier.put_value(digest, itertools.chain([first], chunks))
                         rows.append(("v:" + digest, b""))
                     else:               # small (kept in a row here): it goes in the pack, not alone
                         rows.append(("v:" + digest, b"".join(chunks)))
@@ -202,6 +210,12 @@ class Sharing:
             return False
         except OSError as e:            # a local value file removed while it was read: next time
             log.debug("nbbuild: an upload to %s failed (%s)", self.tier.url, e)
+            return False
+        except Exception as e:  # noqa: BLE001 - on its own thread: a traceback there would reach the user
+            if "upload" not in self._said:
+                self._said.add("upload")
+                log.warning("nbbuild: uploading to the shared store %s failed (%s: %s); what this session "
+                            "stored stays here and is uploaded by a later one", self.tier.url, type(e).__name__, e)
             return False
         self._answered()
         self.remote.update(uploaded)
