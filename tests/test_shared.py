@@ -455,3 +455,46 @@ def test_an_upload_that_fails_unexpectedly_is_one_warning_never_a_traceback(tmp_
         "session stored stays here and is uploaded by a later one",
         f"nbbuild: 1 traces were not uploaded to the shared store {location[0]} yet; they are uploaded by the "
         "next session that uses this store"]
+
+
+@pytest.mark.parametrize("location", ["dir"], indirect=True)
+def test_dask_workers_read_and_write_large_values_in_the_shared_tier_not_through_the_kernel(tmp_path, team,
+                                                                                           monkeypatch):
+    import distributed
+    import numpy as np
+    import nbbuild
+    for name, value in team.items():
+        monkeypatch.setenv(name, value)          # the cluster's workers get the kernel's environment
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "one-config"))
+
+    def rules(b, ran):
+        @b.rule
+        def big():
+            ran.append("big")
+            return np.arange(1_000_000, dtype="int64"), os.getpid()     # 8 MB
+
+        @b.rule
+        def total():
+            values, made_in = big()
+            ran.append("total")
+            return int(values.sum()), made_in, os.getpid()
+        return big, total
+
+    client = distributed.Client(processes=True, n_workers=1, threads_per_worker=1, dashboard_address=None)
+    try:
+        with nbbuild.Build(tmp_path / "one", executor=client, progress=False) as b:
+            big, total = rules(b, [])
+            (value, made_in, summed_in), = b.build(total)
+            assert value == 499999500000 and made_in == summed_in != os.getpid()
+            digest = b.store.traces(big.task().key)[0].result
+            assert b.store.value_source(digest) is None          # it never came to the kernel
+            assert digest in tier(team_location(team)).values()
+            (array, _), = b.build(big)                         # asked for here: from the tier
+            assert int(array.sum()) == value and b.store.value_source(digest) is not None
+    finally:
+        client.close()
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "two-config"))
+    ran: list[str] = []
+    with nbbuild.Build(tmp_path / "two", progress=False) as b:         # another machine, on threads
+        big, total = rules(b, ran)
+        assert b.build(total)[0][0] == value and ran == []

@@ -34,6 +34,7 @@ from . import environment, outputs
 from ..store import serialisation
 from ..errors import Cancelled
 from .trace import ENV_PREFIX, Recorder, Trace, current
+from ..executors.shared_values import SharedValue
 
 __all__ = ["execute"]
 
@@ -110,6 +111,14 @@ def _keep(sched: Any, st: Any, rec: Recorder, value: Any, version: Any) -> None:
     rule = task.rule
     persist = rule.policy == "persist"
     effects = environment.finish(sched.owner(task.key), rec) if rec.env_set else ()
+    if isinstance(value, SharedValue):
+        # a worker put it in the shared tier: its trace is recorded here, its value loaded only
+        # when something here needs it (from the tier, into the local store)
+        st.hash, st.outcome = value.digest, "executed"
+        if rec.attachment is not None:
+            sched.build._keep_attachment(task, value.digest, rec.attachment, persist)
+        _record(sched, st, rec, value.digest, version, effects, persist)
+        return
     try:
         ser: serialisation.Serialized | None = serialisation.pickle_value(value)
     except serialisation.UnserializableValue as e:
@@ -127,6 +136,12 @@ def _keep(sched: Any, st: Any, rec: Recorder, value: Any, version: Any) -> None:
     sched.build.memory.remember(digest, value, ser.nbytes if ser is not None else 0)
     if rec.attachment is not None:
         sched.build._keep_attachment(task, digest, rec.attachment, persist and not st.unstored)
+    _record(sched, st, rec, digest, version, effects, persist)
+
+
+def _record(sched: Any, st: Any, rec: Recorder, digest: str, version: Any, effects: Any, persist: bool) -> None:
+    task = st.task
+    rule = task.rule
     if version is None:
         return
     # the files it wrote go in before the trace that names them, as its value does

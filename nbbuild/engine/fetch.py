@@ -13,7 +13,7 @@ Contract: `Fetching` is a part of the Scheduler (engine/scheduler.py), mixed in.
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ..errors import BuildError, Cancelled, CycleError
 from .state import DONE, FAILED, TaskState
@@ -24,10 +24,12 @@ __all__ = ["Fetching"]
 
 
 class Fetching:
-    def fetch_values(self, rec: Recorder, tasks: Sequence[Task], record: bool = True) -> list[Any]:
+    def fetch_values(self, rec: Recorder, tasks: Sequence[Task], record: bool = True,
+                     ref: Callable[[TaskState], Any] | None = None) -> list[Any]:
         """A running rule body asks for `tasks`: suspend until their values are there. `record`:
         the group is a dependency of the body now (a body run elsewhere records its groups once
-        it succeeded, executors/kernel.py)."""
+        it succeeded, executors/kernel.py). `ref(state)`, when given, may stand for a value
+        instead of loading it here (a worker reads it from the shared tier itself)."""
         if self.cancelled is not None:
             rec.cancelled = True
             raise Cancelled("build interrupted")
@@ -40,7 +42,7 @@ class Fetching:
                 if st.status != DONE:
                     rec.failed_dep = st
                     raise self.error_for(st)
-            values = [self._value(st, me) for st in sts]
+            values = [self._value(st, me) if ref is None or (r := ref(st)) is None else r for st in sts]
             if record:
                 rec.add_group(tuple((st.task.key, st.hash) for st in sts))
             return values

@@ -26,6 +26,7 @@ import cloudpickle
 from ..engine.code import global_names
 from ..engine.trace import INPUT_PREFIX
 from ..store import pickling
+from .shared_values import SharedValue
 from .worker import WorkerError
 
 __all__ = ["run_elsewhere"]
@@ -47,19 +48,20 @@ def _worker_traceback(frames: list, last: str, fn: Any) -> str:
 def run_elsewhere(executor: Any, sched: Any, st: Any, rec: Any, timeout: float | None = None) -> Any:
     task = st.task
     supplied: dict[str, Any] = {}
+    shared = _shared_url(executor, sched, task)
     for group in _recorded_groups(sched, task.key):   # what it fetched last time: sent with it
         try:
-            values = sched.fetch_values(rec, group, record=False)
+            values = sched.fetch_values(rec, group, record=False, ref=_ref(sched, shared))
         except Exception:  # a dependency that failed: the body asks again if it still needs it
             rec.failed_dep = None
             continue
         supplied.update(zip((t.key for t in group), values))
     while True:
-        result = _one_run(executor, sched, task, rec, supplied, timeout)
+        result = _one_run(executor, sched, task, rec, supplied, timeout, shared)
         if result[0] != "need":
             break
         tasks = _tasks(sched, result[1])     # it was stopped, to be sent again with these
-        values = sched.fetch_values(rec, tasks, record=False)
+        values = sched.fetch_values(rec, tasks, record=False, ref=_ref(sched, shared))
         supplied.update(zip((t.key for t in tasks), values))
     kind = result[0]
     if kind == "error":
@@ -83,6 +85,8 @@ def run_elsewhere(executor: Any, sched: Any, st: Any, rec: Any, timeout: float |
     for path, whole in written.items():      # the worker's paths: a filesystem shared with it, as for reads
         rec.wrote_file(path, whole)
     rec.attachment = attachment
+    if isinstance(value, SharedValue):       # the worker put it in the shared tier: recorded, not loaded
+        sched.store.sharing.made_elsewhere(value.digest)
     if task.rule.received is not None:
         task.rule.received(task, value, attachment)
     return value
@@ -126,7 +130,31 @@ def _tasks(sched: Any, asked: bytes) -> list[Any]:
     return [sched.build.rules[name].task(*args, **kwargs) for name, args, kwargs in cloudpickle.loads(asked)]
 
 
-def _one_run(executor: Any, sched: Any, task: Any, rec: Any, supplied: dict, timeout: float | None) -> tuple:
+def _shared_url(executor: Any, sched: Any, task: Any) -> str | None:
+    """Where a body on Dask reads and writes its large values (executors/shared_values.py): the
+    store's shared tier, unless the tier is read-only or the rule's value must come back here
+    whole anyway (a notebook cell's, whose names are bound in the kernel: Rule.received)."""
+    sharing = sched.store.sharing
+    if executor.kind != "dask" or sharing is None or sharing.readonly or task.rule.received is not None:
+        return None
+    return sharing.tier.url
+
+
+def _ref(sched: Any, shared: str | None) -> Any:
+    """For fetch_values: a large value the shared tier holds goes to the worker by hash, unloaded."""
+    if shared is None:
+        return None
+    sharing = sched.store.sharing
+
+    def ref(st: Any) -> SharedValue | None:
+        if st.has_value or not st.hash or not sharing.holds_object(st.hash):
+            return None
+        return SharedValue(shared, st.hash, 0)
+    return ref
+
+
+def _one_run(executor: Any, sched: Any, task: Any, rec: Any, supplied: dict, timeout: float | None,
+             shared: str | None = None) -> tuple:
     # our own worker processes get the kernel's environment with each body; a cluster's workers
     # (other machines) keep their own, and what a body reads there is what its trace records
     rec.paused += 1        # engine work: not the body's read of the whole environment
@@ -135,7 +163,7 @@ def _one_run(executor: Any, sched: Any, task: Any, rec: Any, supplied: dict, tim
     finally:
         rec.paused -= 1
     try:
-        payload = cloudpickle.dumps((task.rule.fn, task.args, task.kwargs, supplied, environ))
+        payload = cloudpickle.dumps((task.rule.fn, task.args, task.kwargs, supplied, environ, shared))
     except Exception as e:  # a global it reads, an argument or a value that does not pickle
         raise WorkerError(f"{task!r} cannot be sent to its worker: {type(e).__name__}: {e}"
                           f"{_culprit(task.rule.fn)} (what runs elsewhere must pickle; or run it on threads)") from None
@@ -151,7 +179,7 @@ def _one_run(executor: Any, sched: Any, task: Any, rec: Any, supplied: dict, tim
                 continue
             try:
                 tasks = _tasks(sched, message[1])
-                values = sched.fetch_values(rec, tasks, record=False)
+                values = sched.fetch_values(rec, tasks, record=False, ref=_ref(sched, shared))
             except BaseException:
                 job.answer(("failed",))
                 raise

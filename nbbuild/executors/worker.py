@@ -11,7 +11,9 @@ the trace. The store, the traces and the scheduling stay in the kernel.
 Contract:
 - `run(payload, channel) -> bytes` is what a worker runs: `payload` is cloudpickle of (function,
   args, kwargs, {task key: value}, the kernel's environment for a worker process of ours, else
-  None); it returns cloudpickle of ("ok", value, groups fetched, files
+  None, the shared tier's location when values go through it, else None: then a value sent may
+  be a `SharedValue` (executors/shared_values.py), read from the tier when the body asks for it,
+  and a large result is written there and sent back as one); it returns cloudpickle of ("ok", value, groups fetched, files
   read, what it attached, the environment variables it read with their hashes in the worker, files
   it wrote, each with whether it wrote it whole: stored from here, engine/outputs.py),
   ("error", exception, its frames outside nbbuild, its last line),
@@ -37,6 +39,7 @@ import cloudpickle
 
 from ..engine.rule import ELSEWHERE
 from ..engine.trace import current
+from .shared_values import SharedValue, offer, resolve
 
 __all__ = ["run", "Abandoned", "Restart", "WorkerError"]
 
@@ -91,6 +94,9 @@ class _WorkerRecorder:
                 raise Abandoned()
             self.supplied.update(cloudpickle.loads(answer[1]))
         self.groups.append([t.key for t in tasks])
+        for t in tasks:
+            if isinstance(self.supplied[t.key], SharedValue):      # read from the shared tier once
+                self.supplied[t.key] = resolve(self.supplied[t.key])
         return [self.supplied[t.key] for t in tasks]
 
     def read_file(self, path: str) -> None:
@@ -121,13 +127,15 @@ def run(payload: bytes, channel: Any) -> bytes:
     if channel.stopped():     # stopped before it began: it does not begin
         channel.done()
         return cloudpickle.dumps(("abandoned",))
-    fn, args, kwargs, supplied, environ = cloudpickle.loads(payload)
+    fn, args, kwargs, supplied, environ, shared = cloudpickle.loads(payload)
     if environ is not None:
         _take_environment(environ)
     rec = _WorkerRecorder(supplied, channel)
     token = current.set(rec)
     try:
         value = fn(*args, **kwargs)
+        if shared is not None:
+            value = offer(shared, value) or value
         out: tuple = ("ok", value, rec.groups, rec.files, rec.attachment, rec.inputs, rec.written)
     except Abandoned:
         out = ("abandoned",)

@@ -67,6 +67,7 @@ class Sharing:
         self._thread: threading.Thread | None = None
         self._closed = False
         self._said: set[str] = set()
+        self._unmarked: set[str] = set()     # values workers uploaded, not yet named in a pack
         if not self.readonly:
             self._requeue_left()
 
@@ -130,6 +131,16 @@ class Sharing:
     def has_value(self, digest: str) -> bool:
         return digest in self.remote
 
+    def holds_object(self, digest: str) -> bool:
+        """Whether the tier holds this value as an object of its own (large: not in a pack)."""
+        return digest in self.remote and digest not in self.inline and digest not in self.tier.damaged
+
+    def made_elsewhere(self, digest: str) -> None:
+        """A worker put this value in the tier (executors/shared_values.py): the next pack says so."""
+        with self._lock:
+            self.remote.add(digest)
+            self._unmarked.add(digest)
+
     # ------------------------------------------------------------ up
 
     def queue(self, row: str, values: tuple[str, ...] = ()) -> None:
@@ -184,6 +195,9 @@ class Sharing:
         try:
             for row, values in batch:
                 for digest in values:
+                    if digest in self._unmarked:
+                        self._unmarked.discard(digest)
+                        rows.append(("v:" + digest, b""))
                     if (digest in self.remote and digest not in self.tier.damaged) or digest in uploaded:
                         continue
                     source = self.store.value_source(digest)
