@@ -93,16 +93,19 @@ def _kill_children(tmp_path, store, rng):
     assert proc.returncode == 0 and list(stamps) == ["start", "open", *[f"built {k}" for k in range(BUILDS)], "done"]
     opening, building = stamps["open"], stamps["done"] - stamps["open"]
 
-    kills, before_open, in_builds, after_a_build, completed = 0, 0, 0, 0, []
+    kills, early, before_open, in_builds, after_a_build, completed = 0, 0, 0, 0, 0, []
     for scale in range(3 * KILLS):
         proc = _child(store, scale)        # one scale on from the last child: it revisits the others
         seen = []
-        if kills < EARLY:
-            time.sleep(opening * rng.random())
+        # kills at random moments of the opening, and more (sooner) when too few landed before the
+        # store opened: a child may open faster than the one the calibration timed
+        if kills < EARLY or (before_open < 2 and early < 2 * EARLY):
+            early += 1
+            time.sleep(opening * rng.random() / (1 if before_open >= 2 or kills < EARLY else 4))
         else:
             while not seen or seen[-1] not in ("open", ""):
                 seen.append(proc.stdout.readline().strip())
-            time.sleep(building * (kills - EARLY + rng.random()) / (KILLS - EARLY))   # stratified
+            time.sleep(building * (kills - early + rng.random()) / (KILLS - early))   # stratified
         os.kill(proc.pid, signal.SIGKILL)
         lines = seen + _finish(proc)
         built = [int(line.split()[1]) for line in lines if line.startswith("built ")]
@@ -121,7 +124,7 @@ def _kill_children(tmp_path, store, rng):
     # the kills landed at varied moments: before the store was open, and during the builds (the
     # first one, and later ones, after the evictions and pruning between builds)
     # (a kill may still land after a child printed "done", before it exited: a few are allowed)
-    assert kills == KILLS and before_open >= 2 and in_builds >= KILLS - EARLY - 2, (before_open, in_builds)
+    assert kills == KILLS and before_open >= 2 and in_builds >= KILLS - early - 2, (before_open, in_builds)
     assert 3 <= after_a_build <= in_builds - 3, (after_a_build, in_builds)
     return proc.pid, scale, completed
 
