@@ -63,6 +63,7 @@ def test_a_value_goes_up_and_comes_back_checked(location, tmp_path, value):
     assert tier(location).fetch_value("0" * 32, str(tmp_path / "none")) is None
 
 
+@pytest.mark.parametrize("location", ["dir"], indirect=True)
 def test_a_value_another_team_signed_is_a_miss_with_one_warning(location, tmp_path, caplog):
     store, digest = stored(tmp_path, [1, 2])
     theirs = tier(location, OTHER_TEAM)
@@ -87,6 +88,7 @@ def test_rows_come_back_in_packs_and_each_pack_once(location):
     assert reader.rows(set(read)) == ([], [])
 
 
+@pytest.mark.parametrize("location", ["dir"], indirect=True)
 def test_a_tampered_pack_is_not_used(location, caplog):
     up = tier(location)
     name = up.put_rows([("t:a#1", b"trace a")])
@@ -314,6 +316,7 @@ def test_a_notebook_run_on_one_machine_is_restored_in_a_kernel_on_another(tmp_pa
 
 # ---------------------------------------------------------------- eviction in the shared tier
 
+@pytest.mark.parametrize("location", ["dir"], indirect=True)
 def test_gc_keeps_the_shared_tier_within_its_quota_costly_values_last_and_merges_packs(location, tmp_path):
     from nbbuild.store import shared_eviction
     from nbbuild.engine.trace import Trace
@@ -423,6 +426,7 @@ def test_the_magic_puts_a_shared_tier_behind_the_notebooks_store(tmp_path, team,
         shell.run_line_magic("unload_ext", "nbbuild")
 
 
+@pytest.mark.parametrize("location", ["dir"], indirect=True)
 def test_a_damaged_local_value_is_not_uploaded_its_trace_is(tmp_path, location, caplog):
     from nbbuild.engine.trace import Trace
     store = Store(tmp_path / "local", signer=Signer(b"u" * 32), shared=tier(location))
@@ -439,6 +443,7 @@ def test_a_damaged_local_value_is_not_uploaded_its_trace_is(tmp_path, location, 
     assert [key for key, _ in tier(location).rows(set())[1]] == [f"t:raw#{trace.ident}"]
 
 
+@pytest.mark.parametrize("location", ["dir"], indirect=True)
 def test_an_upload_that_fails_unexpectedly_is_one_warning_never_a_traceback(tmp_path, location, caplog):
     from nbbuild.engine.trace import Trace
     store = Store(tmp_path / "local", signer=Signer(b"u" * 32), shared=tier(location))
