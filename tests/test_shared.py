@@ -503,3 +503,29 @@ def test_dask_workers_read_and_write_large_values_in_the_shared_tier_not_through
     with nbbuild.Build(tmp_path / "two", progress=False) as b:         # another machine, on threads
         big, total = rules(b, ran)
         assert b.build(total)[0][0] == value and ran == []
+
+
+def test_a_server_stopped_mid_build_costs_one_warning_and_the_uploads_come_later(tmp_path, s3, monkeypatch):
+    from nbbuild.store.sharing import Sharing
+    from nbbuild.store.signing import new_key_file
+    new_key_file(str(tmp_path / "team.key"))
+    doomed = S3Server()
+    env = {"NBBUILD_TEAM_KEY": str(tmp_path / "team.key"), "NBBUILD_SHARED": f"s3://{doomed.bucket()}/x",
+           **s3_env(doomed.endpoint)}
+    synced = Sharing.sync
+
+    def then_the_server_stops(self):        # the build's first look at the tier, then the network is cut
+        try:
+            return synced(self)
+        finally:
+            doomed.stop()
+    with monkeypatch.context() as m:
+        m.setattr(Sharing, "sync", then_the_server_stops)
+        cut = machine(tmp_path, "one", env)
+    assert cut["ran"] == ["raw", "total"]
+    assert len(cut["stderr"].splitlines()) == 1 and "could not be reached (uploading" in cut["stderr"], cut["stderr"]
+    back = {**env, "NBBUILD_SHARED": f"s3://{s3.bucket()}/x", **s3_env(s3.endpoint)}
+    again = machine(tmp_path, "one", back)
+    assert again["ran"] == [], again
+    two = machine(tmp_path, "two", back)
+    assert two["ran"] == [], two

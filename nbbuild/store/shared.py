@@ -98,6 +98,9 @@ class SharedTier:
     def __init__(self, url: str, signer: Signer, readonly: bool = False, **options: Any):
         import fsspec.core
         self.url, self.signer, self.readonly = url, signer, readonly
+        # a tier of its own: fsspec's cached instance of the same URL may hold another endpoint's or
+        # credentials' connections (the environment they came from changed since)
+        options.setdefault("skip_instance_cache", True)
         try:
             self.fs, root = fsspec.core.url_to_fs(url, **options)
         except (ImportError, ValueError) as e:   # an unknown protocol, s3fs or gcsfs not installed
