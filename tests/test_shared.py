@@ -496,13 +496,14 @@ def test_dask_workers_read_and_write_large_values_in_the_shared_tier_not_through
             assert digest in tier(team_location(team)).values()
             (array, _), = b.build(big)                         # asked for here: from the tier
             assert int(array.sum()) == value and b.store.value_source(digest) is not None
+        monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "two-config"))
+        ran: list[str] = []
+        # another kernel on the team's cluster (the environment its bodies read is the workers')
+        with nbbuild.Build(tmp_path / "two", executor=client, progress=False) as b:
+            big, total = rules(b, ran)
+            assert b.build(total)[0][0] == value and ran == []
     finally:
         client.close()
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "two-config"))
-    ran: list[str] = []
-    with nbbuild.Build(tmp_path / "two", progress=False) as b:         # another machine, on threads
-        big, total = rules(b, ran)
-        assert b.build(total)[0][0] == value and ran == []
 
 
 def test_a_server_stopped_mid_build_costs_one_warning_and_the_uploads_come_later(tmp_path, s3, monkeypatch):
