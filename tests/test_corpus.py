@@ -77,6 +77,11 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("entry", [pytest.param(e, id="corpus-unavailable", marks=pytest.mark.corpus)])
         return
     params = []
+    if full:    # corpus.subset() reads the SUBSET on its own: each must be one of the corpus's
+        missing = sorted(set(corpus.SUBSET) - {(e.sdist, e.path) for e in entries})
+        if missing:
+            params.append(pytest.param(LookupError(f"corpus.SUBSET names notebooks the corpus does not hold: {missing}"),
+                                       id="subset-outside-the-corpus", marks=pytest.mark.corpus))
     for e in entries:
         marks = [pytest.mark.corpus]
         if e.id in KNOWN:
