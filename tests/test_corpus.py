@@ -41,13 +41,23 @@ differently in the two plain runs, as a matplotlib Figure does). No other cell m
 before the edited one, and the later ones that read nothing it produced.
 
 `make test` runs corpus.SUBSET; `make corpus` (`-m corpus`, or NBBUILD_CORPUS=all) runs all of it.
+
+The three plain runs never load nbbuild: what they show depends on the notebook, this test's code
+and the installed packages, not on nbbuild's code. `make test` keeps them, per notebook, in the
+corpus cache (corpus.cache_dir(), beside the sdists) under a key of exactly those (`plain_key`),
+and executes them again when any of it changes; `make corpus` always executes them (and refreshes
+what is kept). The runs with nbbuild are executed every time.
 """
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import json
 import os
+import platform
 import re
-from dataclasses import dataclass, field
+import sys
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import nbformat
@@ -66,11 +76,16 @@ STARTUP_TIMEOUT = 120
 KNOWN: dict[str, str] = {}
 
 
+def whole_corpus(config) -> bool:
+    """`make corpus` (`-m corpus`, or NBBUILD_CORPUS=all): all of the corpus, not the SUBSET."""
+    return ("corpus" in (config.getoption("markexpr", "") or "")
+            or os.environ.get("NBBUILD_CORPUS", "").lower() == "all")
+
+
 def pytest_generate_tests(metafunc):
     if "entry" not in metafunc.fixturenames:
         return
-    full = ("corpus" in (metafunc.config.getoption("markexpr", "") or "")
-            or os.environ.get("NBBUILD_CORPUS", "").lower() == "all")
+    full = whole_corpus(metafunc.config)
     try:
         entries = corpus.corpus() if full else corpus.subset()
     except Exception as e:  # the index unreachable, say: one failing test that says so
@@ -200,6 +215,37 @@ def execute(name: str, code: list[str], way: str, directory: Path, store: Path |
                [shown(c) for c in nb.cells[1:first]])
 
 
+# ------------------------------------------------------------------ the plain runs, kept
+
+def plain_key(code: list[str], edited_code: list[str]) -> str:
+    """What the plain runs of a notebook depend on: its code and the edited code, this Python, the
+    installed distributions and their versions (but nbbuild, which a plain run never imports; not
+    their paths: a fresh virtualenv of the same packages is the same), and the test's own code
+    (the probe, the normalisation of what cells show)."""
+    here = Path(__file__).resolve().parent
+    distributions = sorted({f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions()
+                            if d.metadata["Name"] and d.metadata["Name"].lower() != "nbbuild"})
+    parts = [sys.version, platform.machine(), distributions, code, edited_code,
+             (here / "test_corpus.py").read_text(encoding="utf-8"), (here / "corpus.py").read_text(encoding="utf-8")]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
+def plain_runs(code: list[str], edited_code: list[str], directory: Path, kept: bool) -> tuple[Run, Run, Run]:
+    """(plain, plain again, edited plain): executed, or with `kept` the ones the cache holds under
+    plain_key, if it does. Executed runs are kept there (written whole, then renamed)."""
+    path = corpus.cache_dir() / "plain-runs" / f"{plain_key(code, edited_code)}.json"
+    if kept and path.exists():
+        return tuple(Run(**r) for r in json.loads(path.read_text()))
+    runs = (execute("plain", code, "plain", directory, None),
+            execute("plain again", code, "plain", directory, None),
+            execute("edited, plain", edited_code, "plain", directory, None))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_suffix(f".{os.getpid()}.part")
+    part.write_text(json.dumps([asdict(r) for r in runs]))
+    part.replace(path)
+    return runs
+
+
 # ------------------------------------------------------------------ what a cell shows
 
 ADDRESS = re.compile(r"0x[0-9a-fA-F]{4,}")
@@ -311,7 +357,7 @@ def every_cell_ran_once(run: Run, code: list[str]) -> list[str]:
 # ------------------------------------------------------------------ the test
 
 @pytest.mark.timeout(3600)
-def test_a_real_notebook_gives_with_nbbuild_what_it_gives_without(entry, tmp_path):
+def test_a_real_notebook_gives_with_nbbuild_what_it_gives_without(entry, tmp_path, request):
     if isinstance(entry, Exception):
         raise entry
     code = entry.code
@@ -319,9 +365,7 @@ def test_a_real_notebook_gives_with_nbbuild_what_it_gives_without(entry, tmp_pat
     edited_code = list(code)
     edited_code[e.index] = e.source
 
-    plain = execute("plain", code, "plain", tmp_path, None)
-    again = execute("plain again", code, "plain", tmp_path, None)
-    edited_plain = execute("edited, plain", edited_code, "plain", tmp_path, None)
+    plain, again, edited_plain = plain_runs(code, edited_code, tmp_path, kept=not whole_corpus(request.config))
     # what the corpus promises: plain execution runs without errors and gives the same each time
     assert not [s["errors"] for s in plain.shown + edited_plain.shown if s["errors"]], "plain execution fails"
     assert differences(again, plain, code) == [], "plain execution is not deterministic"
