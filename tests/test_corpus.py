@@ -42,11 +42,12 @@ before the edited one, and the later ones that read nothing it produced.
 
 `make test` runs corpus.SUBSET; `make corpus` (`-m corpus`, or NBBUILD_CORPUS=all) runs all of it.
 
-The three plain runs never load nbbuild: what they show depends on the notebook, this test's code
-and the installed packages, not on nbbuild's code. `make test` keeps them, per notebook, in the
-corpus cache (corpus.cache_dir(), beside the sdists) under a key of exactly those (`plain_key`),
-and executes them again when any of it changes; `make corpus` always executes them (and refreshes
-what is kept). The runs with nbbuild are executed every time.
+The three plain runs never load nbbuild: what they show depends on the notebook, this test's code,
+Python and the packages the kernels imported, not on nbbuild's code. `make test` keeps them, per
+notebook, in the corpus cache (corpus.cache_dir(), beside the sdists), with the versions of the
+distributions whose modules the plain kernels had loaded (the probe logs them), and executes them
+again when any of it changes (`plain_runs`); `make corpus` always executes them (and refreshes what
+is kept). The runs with nbbuild are executed every time.
 """
 from __future__ import annotations
 
@@ -115,7 +116,7 @@ ip = get_ipython()
 log = open(os.environ["NBBUILD_CORPUS_PROBE"], "a", buffering=1)
 values = os.environ["NBBUILD_CORPUS_MODE"] == "values"
 HIDDEN = {"In", "Out", "get_ipython", "exit", "quit", "open"}
-state = {"report": None, "armed": False}
+state = {"report": None, "armed": False, "modules": set()}
 
 def fingerprint(v):
     if isinstance(v, types.ModuleType):
@@ -153,6 +154,9 @@ def post(result):
             before, after = state.pop("generators", {}), generators()
             entry["before"].update(before)
             entry["drawn"] = sorted(g for g in after if g in before and before[g] != after[g])
+            loaded = {m.partition(".")[0] for m in list(sys.modules)}
+            entry["modules"] = sorted(loaded - state["modules"])       # the packages newly imported
+            state["modules"] |= loaded
         else:
             nb = getattr(ip, "_nbbuild_state", None)
             report = nb.build.report if nb is not None else None
@@ -218,30 +222,49 @@ def execute(name: str, code: list[str], way: str, directory: Path, store: Path |
 # ------------------------------------------------------------------ the plain runs, kept
 
 def plain_key(code: list[str], edited_code: list[str]) -> str:
-    """What the plain runs of a notebook depend on: its code and the edited code, this Python, the
-    installed distributions and their versions (but nbbuild, which a plain run never imports; not
-    their paths: a fresh virtualenv of the same packages is the same), and the test's own code
-    (the probe, the normalisation of what cells show)."""
+    """What names the plain runs of a notebook in the cache: its code and the edited code, this
+    Python, and the test's own code (the probe, the normalisation of what cells show)."""
     here = Path(__file__).resolve().parent
-    distributions = sorted({f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions()
-                            if d.metadata["Name"] and d.metadata["Name"].lower() != "nbbuild"})
-    parts = [sys.version, platform.machine(), distributions, code, edited_code,
+    parts = [sys.version, platform.machine(), code, edited_code,
              (here / "test_corpus.py").read_text(encoding="utf-8"), (here / "corpus.py").read_text(encoding="utf-8")]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
+def versions(distributions) -> dict[str, str | None]:
+    """Each distribution's installed version (None: not installed)."""
+    found = {}
+    for name in sorted(distributions):
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def loaded(runs) -> dict[str, str | None]:
+    """The distributions whose modules the runs' kernels imported (the probe's `modules`), and
+    their versions: the installed packages that plain execution depends on (not their paths: a
+    fresh virtualenv of the same packages is the same)."""
+    modules = {m for run in runs for p in run.probes for m in p.get("modules", ())}
+    provides = importlib.metadata.packages_distributions()
+    return versions({d for m in modules for d in provides.get(m, ())})
+
+
 def plain_runs(code: list[str], edited_code: list[str], directory: Path, kept: bool) -> tuple[Run, Run, Run]:
     """(plain, plain again, edited plain): executed, or with `kept` the ones the cache holds under
-    plain_key, if it does. Executed runs are kept there (written whole, then renamed)."""
+    plain_key if the distributions they loaded are installed at the same versions still. Executed
+    runs are kept there (written whole, then renamed)."""
     path = corpus.cache_dir() / "plain-runs" / f"{plain_key(code, edited_code)}.json"
     if kept and path.exists():
-        return tuple(Run(**r) for r in json.loads(path.read_text()))
+        held = json.loads(path.read_text())
+        if held["distributions"] == versions(held["distributions"]):
+            return tuple(Run(**r) for r in held["runs"])
     runs = (execute("plain", code, "plain", directory, None),
             execute("plain again", code, "plain", directory, None),
             execute("edited, plain", edited_code, "plain", directory, None))
     path.parent.mkdir(parents=True, exist_ok=True)
     part = path.with_suffix(f".{os.getpid()}.part")
-    part.write_text(json.dumps([asdict(r) for r in runs]))
+    part.write_text(json.dumps({"distributions": loaded(runs), "runs": [asdict(r) for r in runs]}))
     part.replace(path)
     return runs
 
