@@ -251,20 +251,24 @@ def loaded(runs) -> dict[str, str | None]:
 
 
 def plain_runs(code: list[str], edited_code: list[str], directory: Path, kept: bool) -> tuple[Run, Run, Run]:
-    """(plain, plain again, edited plain): executed, or with `kept` the ones the cache holds under
-    plain_key if the distributions they loaded are installed at the same versions still. Executed
-    runs are kept there (written whole, then renamed)."""
-    path = corpus.cache_dir() / "plain-runs" / f"{plain_key(code, edited_code)}.json"
-    if kept and path.exists():
-        held = json.loads(path.read_text())
-        if held["distributions"] == versions(held["distributions"]):
-            return tuple(Run(**r) for r in held["runs"])
+    """(plain, plain again, edited plain): executed, or with `kept` ones the cache holds under
+    plain_key whose distributions are installed at the same versions still (one file per set of
+    versions: two virtualenvs of other packages do not evict each other's). Executed runs are kept
+    there (written whole, then renamed)."""
+    folder, key = corpus.cache_dir() / "plain-runs", plain_key(code, edited_code)
+    if kept:
+        for path in sorted(folder.glob(f"{key}-*.json")):
+            held = json.loads(path.read_text())
+            if held["distributions"] == versions(held["distributions"]):
+                return tuple(Run(**r) for r in held["runs"])
     runs = (execute("plain", code, "plain", directory, None),
             execute("plain again", code, "plain", directory, None),
             execute("edited, plain", edited_code, "plain", directory, None))
-    path.parent.mkdir(parents=True, exist_ok=True)
+    distributions = loaded(runs)
+    path = folder / f"{key}-{hashlib.sha256(json.dumps(distributions).encode()).hexdigest()[:16]}.json"
+    folder.mkdir(parents=True, exist_ok=True)
     part = path.with_suffix(f".{os.getpid()}.part")
-    part.write_text(json.dumps({"distributions": loaded(runs), "runs": [asdict(r) for r in runs]}))
+    part.write_text(json.dumps({"distributions": distributions, "runs": [asdict(r) for r in runs]}))
     part.replace(path)
     return runs
 
