@@ -47,7 +47,8 @@ test: $(STAMP) system-packages
 	$(BIN)/python -m pytest -q -p tests.startup $(PYTEST_WORKERS) tests notebooks --nbval-lax
 
 # The whole corpus of real third-party notebooks (tests/corpus.py: sdists fetched from PyPI and
-# cached in ~/.cache/nbbuild-corpus); `make test` runs its fixed part, corpus.SUBSET
+# cached in ~/.cache/nbbuild-corpus); `make test` runs its fixed part, corpus.SUBSET, and keeps
+# their plain runs there (test_corpus.plain_runs): this target executes those too
 corpus: $(STAMP)
 	$(BIN)/python -m pytest -q -p tests.startup tests/test_corpus.py -m corpus
 

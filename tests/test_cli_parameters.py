@@ -1,7 +1,11 @@
 """`nbbuild run` with parameters, as papermill users give them (cli/parameters.py), on the
 notebooks in notebooks/: `-p NAME VALUE` sets a value after the cell tagged `parameters`, `-o`
 writes the executed notebook and never the input, `-f` reads YAML, and a sweep runs every set on
-one kernel, reusing what the sets share, with a table of the runs."""
+one kernel, reusing what the sets share, with a table of the runs.
+
+The tests of -p and -f share one copy of the notebook, and so its store (`warm`): each reads only
+the notebooks it writes, and what a run shows does not depend on what the store held before it;
+the sweep's test counts what runs, on a copy of its own."""
 from __future__ import annotations
 
 import shutil
@@ -22,6 +26,15 @@ def quickstart(tmp_path) -> Path:
     return tmp_path / "quickstart.ipynb"
 
 
+@pytest.fixture(scope="module")
+def warm(tmp_path_factory) -> Path:
+    """notebooks/quickstart.ipynb in a folder the module's tests share, with the store they build
+    up there, each run reusing what the runs before it built."""
+    folder = tmp_path_factory.mktemp("warm")
+    shutil.copy(NOTEBOOKS / "quickstart.ipynb", folder)
+    return folder / "quickstart.ipynb"
+
+
 def clean_rows(nb) -> str:
     """The text of what the `clean` rule cell showed: the table of rows above the threshold."""
     cell = next(c for c in nb.cells if c.cell_type == "code" and c.source.startswith("%%rule\nclean ="))
@@ -34,7 +47,8 @@ def injected(nb) -> tuple[int, str]:
     return at, nb.cells[at].source
 
 
-def test_p_sets_a_value_after_the_parameters_cell_and_o_writes_the_executed_notebook(quickstart):
+def test_p_sets_a_value_after_the_parameters_cell_and_o_writes_the_executed_notebook(warm):
+    quickstart = warm
     before = quickstart.read_bytes()
     done = nbbuild_cmd("run", quickstart.name, "-p", "threshold", "15.0", "-o", "out.ipynb", cwd=quickstart.parent)
     assert done.returncode == 0, done.stderr
@@ -66,7 +80,8 @@ def test_a_sweep_runs_every_set_on_one_kernel_reusing_what_they_share(quickstart
         assert injected(out)[1] == f"# Parameters\nthreshold = {value}\n"
 
 
-def test_f_reads_a_yaml_file_and_a_list_in_it_is_a_sweep(quickstart):
+def test_f_reads_a_yaml_file_and_a_list_in_it_is_a_sweep(warm):
+    quickstart = warm
     folder = quickstart.parent
     (folder / "one.yaml").write_text("threshold: 15.0\n")
     (folder / "many.yaml").write_text("- threshold: 12.0\n- threshold: 15.0\n")

@@ -41,13 +41,24 @@ differently in the two plain runs, as a matplotlib Figure does). No other cell m
 before the edited one, and the later ones that read nothing it produced.
 
 `make test` runs corpus.SUBSET; `make corpus` (`-m corpus`, or NBBUILD_CORPUS=all) runs all of it.
+
+The three plain runs never load nbbuild: what they show depends on the notebook, this test's code,
+Python and the packages the kernels imported, not on nbbuild's code. `make test` keeps them, per
+notebook, in the corpus cache (corpus.cache_dir(), beside the sdists), with the versions of the
+distributions whose modules the plain kernels had loaded (the probe logs them), and executes them
+again when any of it changes (`plain_runs`); `make corpus` always executes them (and refreshes what
+is kept). The runs with nbbuild are executed every time.
 """
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import json
 import os
+import platform
 import re
-from dataclasses import dataclass, field
+import sys
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import nbformat
@@ -66,17 +77,27 @@ STARTUP_TIMEOUT = 120
 KNOWN: dict[str, str] = {}
 
 
+def whole_corpus(config) -> bool:
+    """`make corpus` (`-m corpus`, or NBBUILD_CORPUS=all): all of the corpus, not the SUBSET."""
+    return ("corpus" in (config.getoption("markexpr", "") or "")
+            or os.environ.get("NBBUILD_CORPUS", "").lower() == "all")
+
+
 def pytest_generate_tests(metafunc):
     if "entry" not in metafunc.fixturenames:
         return
-    full = ("corpus" in (metafunc.config.getoption("markexpr", "") or "")
-            or os.environ.get("NBBUILD_CORPUS", "").lower() == "all")
+    full = whole_corpus(metafunc.config)
     try:
         entries = corpus.corpus() if full else corpus.subset()
     except Exception as e:  # the index unreachable, say: one failing test that says so
         metafunc.parametrize("entry", [pytest.param(e, id="corpus-unavailable", marks=pytest.mark.corpus)])
         return
     params = []
+    if full:    # corpus.subset() reads the SUBSET on its own: each must be one of the corpus's
+        missing = sorted(set(corpus.SUBSET) - {(e.sdist, e.path) for e in entries})
+        if missing:
+            params.append(pytest.param(LookupError(f"corpus.SUBSET names notebooks the corpus does not hold: {missing}"),
+                                       id="subset-outside-the-corpus", marks=pytest.mark.corpus))
     for e in entries:
         marks = [pytest.mark.corpus]
         if e.id in KNOWN:
@@ -95,7 +116,7 @@ ip = get_ipython()
 log = open(os.environ["NBBUILD_CORPUS_PROBE"], "a", buffering=1)
 values = os.environ["NBBUILD_CORPUS_MODE"] == "values"
 HIDDEN = {"In", "Out", "get_ipython", "exit", "quit", "open"}
-state = {"report": None, "armed": False}
+state = {"report": None, "armed": False, "modules": set()}
 
 def fingerprint(v):
     if isinstance(v, types.ModuleType):
@@ -133,6 +154,9 @@ def post(result):
             before, after = state.pop("generators", {}), generators()
             entry["before"].update(before)
             entry["drawn"] = sorted(g for g in after if g in before and before[g] != after[g])
+            loaded = {m.partition(".")[0] for m in list(sys.modules)}
+            entry["modules"] = sorted(loaded - state["modules"])       # the packages newly imported
+            state["modules"] |= loaded
         else:
             nb = getattr(ip, "_nbbuild_state", None)
             report = nb.build.report if nb is not None else None
@@ -193,6 +217,60 @@ def execute(name: str, code: list[str], way: str, directory: Path, store: Path |
     first = 1 + len(setup)
     return Run(name, [shown(c) for c in nb.cells[first:]], probes[len(setup):],
                [shown(c) for c in nb.cells[1:first]])
+
+
+# ------------------------------------------------------------------ the plain runs, kept
+
+def plain_key(code: list[str], edited_code: list[str]) -> str:
+    """What names the plain runs of a notebook in the cache: its code and the edited code, this
+    Python, and the test's own code (the probe, the normalisation of what cells show)."""
+    here = Path(__file__).resolve().parent
+    parts = [sys.version, platform.machine(), code, edited_code,
+             (here / "test_corpus.py").read_text(encoding="utf-8"), (here / "corpus.py").read_text(encoding="utf-8")]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
+def versions(distributions) -> dict[str, str | None]:
+    """Each distribution's installed version (None: not installed)."""
+    found = {}
+    for name in sorted(distributions):
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def loaded(runs) -> dict[str, str | None]:
+    """The distributions whose modules the runs' kernels imported (the probe's `modules`), and
+    their versions: the installed packages that plain execution depends on (not their paths: a
+    fresh virtualenv of the same packages is the same)."""
+    modules = {m for run in runs for p in run.probes for m in p.get("modules", ())}
+    provides = importlib.metadata.packages_distributions()
+    return versions({d for m in modules for d in provides.get(m, ())})
+
+
+def plain_runs(code: list[str], edited_code: list[str], directory: Path, kept: bool) -> tuple[Run, Run, Run]:
+    """(plain, plain again, edited plain): executed, or with `kept` ones the cache holds under
+    plain_key whose distributions are installed at the same versions still (one file per set of
+    versions: two virtualenvs of other packages do not evict each other's). Executed runs are kept
+    there (written whole, then renamed)."""
+    folder, key = corpus.cache_dir() / "plain-runs", plain_key(code, edited_code)
+    if kept:
+        for path in sorted(folder.glob(f"{key}-*.json")):
+            held = json.loads(path.read_text())
+            if held["distributions"] == versions(held["distributions"]):
+                return tuple(Run(**r) for r in held["runs"])
+    runs = (execute("plain", code, "plain", directory, None),
+            execute("plain again", code, "plain", directory, None),
+            execute("edited, plain", edited_code, "plain", directory, None))
+    distributions = loaded(runs)
+    path = folder / f"{key}-{hashlib.sha256(json.dumps(distributions).encode()).hexdigest()[:16]}.json"
+    folder.mkdir(parents=True, exist_ok=True)
+    part = path.with_suffix(f".{os.getpid()}.part")
+    part.write_text(json.dumps({"distributions": distributions, "runs": [asdict(r) for r in runs]}))
+    part.replace(path)
+    return runs
 
 
 # ------------------------------------------------------------------ what a cell shows
@@ -306,7 +384,7 @@ def every_cell_ran_once(run: Run, code: list[str]) -> list[str]:
 # ------------------------------------------------------------------ the test
 
 @pytest.mark.timeout(3600)
-def test_a_real_notebook_gives_with_nbbuild_what_it_gives_without(entry, tmp_path):
+def test_a_real_notebook_gives_with_nbbuild_what_it_gives_without(entry, tmp_path, request):
     if isinstance(entry, Exception):
         raise entry
     code = entry.code
@@ -314,9 +392,7 @@ def test_a_real_notebook_gives_with_nbbuild_what_it_gives_without(entry, tmp_pat
     edited_code = list(code)
     edited_code[e.index] = e.source
 
-    plain = execute("plain", code, "plain", tmp_path, None)
-    again = execute("plain again", code, "plain", tmp_path, None)
-    edited_plain = execute("edited, plain", edited_code, "plain", tmp_path, None)
+    plain, again, edited_plain = plain_runs(code, edited_code, tmp_path, kept=not whole_corpus(request.config))
     # what the corpus promises: plain execution runs without errors and gives the same each time
     assert not [s["errors"] for s in plain.shown + edited_plain.shown if s["errors"]], "plain execution fails"
     assert differences(again, plain, code) == [], "plain execution is not deterministic"

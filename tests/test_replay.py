@@ -50,6 +50,9 @@ class _Publisher(DisplayPublisher):
 @pytest.fixture
 def ip(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    # the screen: the cells' outputs, without the progress line that a build slower than its delay
+    # draws on stderr (any build, on a busy machine: a fresh-clone run saw one in a reused cell)
+    monkeypatch.setenv("NBBUILD_PROGRESS", "0")
     screen = Screen()
     shell = fresh_shell()
     pub = _Publisher(shell=shell)
