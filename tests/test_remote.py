@@ -261,3 +261,30 @@ def test_a_bad_executor_is_one_line(tmp_path):
             b.rule(lambda: 1, name="f", timeout=0)
         with pytest.raises(nbbuild.RuleError, match=r"^rule f: retries=-1: give a whole number, 0 or more$"):
             b.rule(lambda: 1, name="f", retries=-1)
+
+
+def test_a_dask_worker_drops_only_distributeds_client_teardown_noise():
+    """What a worker prints to the stderr it shares with the kernel: not distributed's "Exception
+    ignored in Client.__del__ ... IOLoop is closed" at its shutdown, every other unraisable error."""
+    script = """
+import gc, sys
+from distributed import Client
+from nbbuild.executors.worker import _quiet_client_teardown
+_quiet_client_teardown()
+
+class Other:
+    def __del__(self):
+        raise RuntimeError("IOLoop is closed")
+
+class Noise:
+    def __del__(self):
+        raise RuntimeError("IOLoop is closed")
+Noise.__del__.__qualname__ = Client.__del__.__qualname__
+
+Noise(); Other(); gc.collect()
+"""
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0
+    assert out.stderr.count("Exception ignored in") == 1 and "Other.__del__" in out.stderr, out.stderr

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import traceback
 from typing import Any
 
@@ -123,6 +124,7 @@ def run(payload: bytes, channel: Any) -> bytes:
         from ..engine import environment, files
         files.install_hook()
         environment.install()
+        _quiet_client_teardown()
         _INSTALLED = True
     if channel.stopped():     # stopped before it began: it does not begin
         channel.done()
@@ -149,6 +151,23 @@ def run(payload: bytes, channel: Any) -> bytes:
         return _sendable(out)
     finally:
         channel.done()
+
+
+def _quiet_client_teardown() -> None:
+    """On a Dask worker, the Client that our queues and flags make there (distributed's
+    `get_client()`) may be collected after the worker's event loop closed, when the worker shuts
+    down; distributed then prints "Exception ignored in Client.__del__ ... IOLoop is closed" with
+    a traceback to the worker's stderr, which a LocalCluster shares with the kernel (and the
+    notebook shows). Nothing failed: that one message is dropped, every other one is kept."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        where = getattr(unraisable.object, "__qualname__", "")
+        if where == "Client.__del__" and isinstance(unraisable.exc_value, RuntimeError) \
+                and "IOLoop is closed" in str(unraisable.exc_value):
+            return
+        previous(unraisable)
+    sys.unraisablehook = hook
 
 
 def _take_environment(environ: dict[str, str]) -> None:
