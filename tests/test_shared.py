@@ -530,3 +530,19 @@ def test_a_server_stopped_mid_build_costs_one_warning_and_the_uploads_come_later
     assert again["ran"] == [], again
     two = machine(tmp_path, "two", back)
     assert two["ran"] == [], two
+
+
+def test_wrong_credentials_cost_one_warning_and_the_build_goes_on(tmp_path, s3, monkeypatch):
+    from nbbuild.store.signing import new_key_file
+    new_key_file(str(tmp_path / "team.key"))
+    env = {"NBBUILD_TEAM_KEY": str(tmp_path / "team.key"), "NBBUILD_SHARED": f"s3://{s3.bucket()}/x",
+           **s3_env(s3.endpoint)}
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        env.pop(name, None)
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))     # nor any from ~/.aws
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    refused = machine(tmp_path, "one", env)
+    assert refused["ran"] == ["raw", "total"]
+    assert len(refused["stderr"].splitlines()) == 1 and "NoCredentialsError" in refused["stderr"], refused["stderr"]
