@@ -124,12 +124,8 @@ def test_an_unreachable_server_is_one_line():
 
 # ---------------------------------------------------------------- two machines, one shared tier
 
-MACHINE = r'''
-import json, os, sys
-import nbbuild
-ran = []
-b = nbbuild.Build(sys.argv[1])
-
+# Two rules every "machine" of these tests defines (on the Build `b`, noting runs in `ran`)
+RULES = '''
 @b.rule
 def raw():
     ran.append("raw")
@@ -144,7 +140,14 @@ def total():
     values = raw()
     ran.append("total")
     return int(sum(values))
+'''
 
+MACHINE = r'''
+import json, os, sys
+import nbbuild
+ran = []
+b = nbbuild.Build(sys.argv[1])
+''' + RULES + r'''
 value, = b.build(total)
 b.close()
 print(json.dumps({"ran": ran, "value": value}))
@@ -184,23 +187,9 @@ def machine(tmp_path, name: str, env: dict, target: str = "total", **extra) -> d
         try:
             ran: list[str] = []
             b = nbbuild.Build(home / "store", progress=False)
-
-            @b.rule
-            def raw():
-                ran.append("raw")
-                n = int(os.environ.get("N", "1000"))
-                if os.environ.get("ARRAY"):
-                    import numpy
-                    return numpy.arange(n, dtype="int64")
-                return list(range(n))
-
-            @b.rule
-            def total():
-                values = raw()
-                ran.append("total")
-                return int(sum(values))
-
-            value, = b.build({"raw": raw, "total": total}[target])
+            scope = {"b": b, "ran": ran, "os": os}
+            exec(RULES, scope)
+            value, = b.build(scope[target])
             b.close()
         finally:
             log.removeHandler(handler)
