@@ -51,7 +51,7 @@ def execute(sched: Any, st: Any) -> None:
         st.outcome = "obsolete"
         return
     version = sched.version(rule) if rule.policy != "none" else None
-    executor = sched.build.executor_for(rule)
+    executor = sched.ctx.executor_for(rule)
     timeout = rule.timeout
     while True:
         st.attempts += 1
@@ -116,7 +116,7 @@ def _keep(sched: Any, st: Any, rec: Recorder, value: Any, version: Any) -> None:
         # when something here needs it (from the tier, into the local store)
         st.hash, st.outcome = value.digest, "executed"
         if rec.attachment is not None:
-            sched.build._keep_attachment(task, value.digest, rec.attachment, persist)
+            sched.ctx.attachments.keep(task, value.digest, rec.attachment, persist)
         _record(sched, st, rec, value.digest, version, effects, persist)
         return
     try:
@@ -133,9 +133,9 @@ def _keep(sched: Any, st: Any, rec: Recorder, value: Any, version: Any) -> None:
     st.value, st.has_value, st.hash, st.outcome = value, True, digest, "executed"
     if previous is not None and previous != digest:
         log.warning("nbbuild: %r gave a different value when re-run (is it deterministic?)", task)
-    sched.build.memory.remember(digest, value, ser.nbytes if ser is not None else 0)
+    sched.ctx.memory.remember(digest, value, ser.nbytes if ser is not None else 0)
     if rec.attachment is not None:
-        sched.build._keep_attachment(task, digest, rec.attachment, persist and not st.unstored)
+        sched.ctx.attachments.keep(task, digest, rec.attachment, persist and not st.unstored)
     _record(sched, st, rec, digest, version, effects, persist)
 
 
@@ -146,7 +146,7 @@ def _record(sched: Any, st: Any, rec: Recorder, digest: str, version: Any, effec
         return
     # the files it wrote go in before the trace that names them, as its value does
     written = outputs.keep(sched.store, rec.made, persist, rec.removed) if rec.made or rec.removed else ()
-    sched.build.owners.claim(task.key, [o[0] for o in written] + [ENV_PREFIX + name for name, _ in effects])
+    sched.ctx.owners.claim(task.key, [o[0] for o in written] + [ENV_PREFIX + name for name, _ in effects])
     trace = Trace(task.key, rule.name, task.encoded, repr(task), version.version, rec.dependencies(),
                   digest, st.seconds, version.parts, version.packages, outputs=written, environ=effects)
     # a value the store could not take keeps a persistent trace all the same: its hash lets

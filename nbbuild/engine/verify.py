@@ -34,7 +34,7 @@ class Verifying:
         """The rule's version, computed once per rule per build (globals may change between builds)."""
         v = self.versions.get(rule)
         if v is None:
-            v = self.versions[rule] = rule_version(rule.fn, self.build._is_engine_object)
+            v = self.versions[rule] = rule_version(rule.fn, self.ctx.is_engine_object)
         return v
 
     def file_hash(self, path: str) -> str:
@@ -93,7 +93,7 @@ class Verifying:
             if dep is None or dep.status < DONE:
                 if key.startswith(INPUT_PREFIX):
                     return not self._counts(st, key) or self.input_hash(key, st.task.key) == recorded
-                t = self.tasks.get(key) or self.build._task_for_key(key)
+                t = self.tasks.get(key) or self.ctx.task_for_key(key)
                 if t is None:
                     return False
                 dep = self._one(st, t, st.depth) or self._ensure(st, (t,), st.depth)[0]
@@ -104,7 +104,7 @@ class Verifying:
                 if self._counts(st, key) and self.input_hash(key, st.task.key) != recorded:
                     return False
             else:
-                t = self.build._task_for_key(key)
+                t = self.ctx.task_for_key(key)
                 if t is None:
                     return False
                 tasks.append(t)
@@ -117,7 +117,7 @@ class Verifying:
         the environment variables it set are set again. Of those the task was the last to write, or
         all when it is a target (outputs.Owners)."""
         key = st.task.key
-        owners = self.build.owners
+        owners = self.ctx.owners
         mine = owners.mine(key, key in self.targets)
         if trace.outputs:
             put: list[str] = []
