@@ -257,12 +257,7 @@ class Build(Explaining, Watched, TeamCache):
         """The build proper, its report and eviction after it; the values of the targets."""
         # the store's `held` (_held) reads this build's states meanwhile
         self._sched = sched
-        # what this process verified before and whose inputs did not change is known up to date
-        # a target's files are all put back, as running it again plainly writes them all again
-        targets = {t.key for t in tasks}
-        self._clean.invalidate(self.rules, sched.version, self._files.hash,
-                               lambda key: self.owners.mine(key, key in targets), sched.owner)
-        sched.known.update(self._clean.hashes)
+        sched.rebuilder.start(t.key for t in tasks)      # the red-green set of earlier builds
         if force:
             sched.forced = {t.key for t in tasks}
             for key in sched.forced:
@@ -277,7 +272,7 @@ class Build(Explaining, Watched, TeamCache):
             for st in sched.states.values() if lost else ():
                 if st.outcome == "executed" and st.hash in lost and not st.unstored:
                     st.unstored = self.store.write_error or "the store could not be written"
-        self._clean.record(sched.states.values(), sched.versions, DONE)
+        sched.rebuilder.remember(sched.states.values())
         for st in sched.states.values():
             for found, kept in ((sched.restored, self._restored), (sched.environ_restored, self._environ_restored)):
                 if st.task.key in found:

@@ -30,12 +30,14 @@ Contract:
 - `Explaining`, Build's face onto these (mixed in), asks them of a Build's targets with its
   `context`: `b.why(target)`, `b.plan(*targets)`, `b.status`, `b.statuses`, `b.inputs`, `b.outputs`,
   `b.known_tasks(rule)`.
+- The traces are walked by the rebuilder (rebuild.walk: the same walk the scheduler verifies
+  with), with a stack of its own, not by recursion: a chain of any depth is explained at the
+  default recursion limit. A reason through stale dependencies is put into words when asked.
 Nothing here runs a rule, writes to the store, or loads a value.
 """
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,7 +47,7 @@ from .inputs import describe as input_describe, digest as input_digest, for_targ
 from .files import short_path
 from .rule import Rule
 from .task import Task
-from .version import rule_version
+from .rebuild import Rebuilder, walk
 from .trace import FILE_PREFIX, INPUT_PREFIX, MISSING
 
 __all__ = ["TaskStatus", "why", "plan", "status", "statuses", "inputs", "outputs", "known", "Explaining"]
@@ -62,9 +64,35 @@ class TaskStatus:
     size: int | None
 
 
-# A memo maps task key -> (reason or None when up to date, value hash when up to date, seconds of
+# A memo maps task key -> (reason (str or _Stale) or None when up to date, value hash when up to date, seconds of
 # the trace that decided, that trace when up to date). Dependencies are inserted before their dependents.
-Memo = dict[str, tuple[str | None, str | None, float | None, Any]]
+class _Stale:
+    """The reason "dependency <dep> is stale (<its reason>)", put into words only when asked
+    (`_text`): down a deep chain each task's reason holds all those below it, and written out for
+    every task they would take space and time of the square of the depth."""
+
+    __slots__ = ("dep", "inner")
+
+    def __init__(self, dep: Task, inner: Reason):
+        self.dep, self.inner = dep, inner
+
+
+Reason = "str | _Stale"
+
+
+def _text(reason: Any) -> Any:
+    """A reason in words (None stays None)."""
+    if type(reason) is not _Stale:
+        return reason
+    parts: list[str] = []
+    while type(reason) is _Stale:
+        parts.append(f"dependency {reason.dep!r} is stale (")
+        reason = reason.inner
+    return "".join(parts) + reason + ")" * len(parts)
+
+
+Result = tuple[Any, str | None, float | None, Any]
+Memo = dict[str, Result]
 
 
 def why(ctx: EngineContext, task: Task) -> str:
@@ -120,7 +148,7 @@ def _files(paths: list[str]) -> str:
 def plan(ctx: EngineContext, tasks: list[Task]) -> list[tuple[str, str]]:
     memo: Memo = {}
     _explain(ctx, tasks, memo)
-    return [(ctx.tasks[key]._repr if key in ctx.tasks else key, reason)
+    return [(ctx.tasks[key]._repr if key in ctx.tasks else key, _text(reason))
             for key, (reason, *_) in memo.items() if reason is not None]
 
 
@@ -191,73 +219,124 @@ def _explain(ctx: EngineContext, tasks: list[Task], memo: Memo) -> list[str | No
     for task in tasks:
         ctx.tasks.setdefault(task.key, task)
     ctx.store.refresh()
-    versions: dict[Rule, Any] = {}
-    limit = sys.getrecursionlimit()
-    sys.setrecursionlimit(max(limit, 20000))
-    try:
-        return [_why(ctx, task, memo, versions)[0] for task in tasks]
-    finally:
-        sys.setrecursionlimit(limit)
+    rb = Rebuilder(ctx)       # versions, once per rule; what inputs are now
+    return [_text(_why(ctx, rb, task, memo)[0]) for task in tasks]
 
 
-def _why(ctx: EngineContext, task: Task, memo: Memo, versions: dict,
-         target: bool = True) -> tuple[str | None, str | None, float | None, Any]:
+class _Walk:
+    """Explaining one task: the rebuilder's walk over its traces (rebuild.walk), with the reason
+    of each trace's first mismatch. `at`: where in the group being asked it stopped for a
+    dependency that is explained first."""
+
+    __slots__ = ("task", "target", "steps", "ask", "at", "reasons", "last", "result")
+
+    def __init__(self, task: Task, target: bool):
+        self.task, self.target = task, target
+        self.steps: Any = None
+        self.ask: Any = None
+        self.at = 0
+        self.reasons: list[Any] = []
+        self.last: float | None = None
+        self.result: Result | None = None
+
+    def answer(self, reason: Any) -> None:
+        """Tell the walk whether what it asked matches (no reason); move on to what it asks next."""
+        if reason is not None:
+            self.reasons.append(reason)
+        try:
+            self.ask = self.steps.send(reason is None)
+        except StopIteration as done:
+            self.finish(done.value[0])
+
+    def finish(self, trace: Any) -> None:
+        # the newest trace's reason is the one to give, unless an older trace still matches
+        self.result = (None, trace.result, trace.seconds, trace) if trace is not None \
+            else (self.reasons[0], None, self.last, None)
+
+
+def _why(ctx: EngineContext, rb: Rebuilder, task: Task, memo: Memo, target: bool = True) -> Result:
+    """The task's memo entry, its dependencies' first: walked with a stack of `_Walk`s, not by
+    recursion, so that a chain of any depth is explained at any recursion limit."""
     if task.key in memo:
         return memo[task.key]
+    stack = [_start(ctx, rb, task, memo, target)]
+    while stack:
+        w = stack[-1]
+        dep = _advance(ctx, rb, w, memo)
+        if dep is not None:
+            stack.append(_start(ctx, rb, dep, memo, False))
+            continue
+        stack.pop()
+        del memo[w.task.key]          # re-inserted last: the memo lists dependencies first
+        memo[w.task.key] = w.result   # type: ignore[assignment]
+    return memo[task.key]
+
+
+def _start(ctx: EngineContext, rb: Rebuilder, task: Task, memo: Memo, target: bool) -> _Walk:
     memo[task.key] = ("it depends on itself", None, None, None)   # until known; a cycle reads this
+    w = _Walk(task, target)
     rule = task.rule
     traces = ctx.store.traces(task.key, rule.policy == "persist") or ctx.store.memory_traces.get(task.key, [])
-    last = traces[0].seconds if traces else None
-    result: tuple[str | None, str | None, float | None, Any]
+    w.last = traces[0].seconds if traces else None
     if rule.policy == "none":
-        result = ("its policy is 'none': it runs every build", None, last, None)
+        w.result = ("its policy is 'none': it runs every build", None, w.last, None)
     elif not traces:
-        result = ("never built", None, None, None)
+        w.result = ("never built", None, None, None)
     else:
-        v = versions.get(rule) or versions.setdefault(rule, rule_version(rule.fn, ctx.is_engine_object))
-        matching = [t for t in traces if t.version == v.version]
-        if not matching:
-            result = (_version_change(rule.name, traces[0], v), None, last, None)
+        v = rb.version(rule)
+        if not any(t.version == v.version for t in traces):
+            w.result = (_version_change(rule.name, traces[0], v), None, w.last, None)
         else:
-            # the newest trace's reason is the one to give, unless an older trace still matches
-            reasons = []
-            for tr in matching:
-                reason = _why_trace(ctx, tr, memo, versions, target)
-                if reason is None:
-                    result = (None, tr.result, tr.seconds, tr)
-                    break
-                reasons.append(reason)
-            else:
-                result = (reasons[0], None, last, None)
-    del memo[task.key]          # re-inserted last: the memo lists dependencies first
-    memo[task.key] = result
-    return result
+            w.steps = walk(traces, v.version, {})
+            try:
+                w.ask = next(w.steps)
+            except StopIteration as done:
+                w.finish(done.value[0])
+    return w
 
 
-def _why_trace(ctx: EngineContext, tr: Any, memo: Memo, versions: dict, target: bool = True) -> str | None:
-    for group in tr.deps:
-        for key, recorded in group:
-            if key.startswith(FILE_PREFIX):
-                path = key[len(FILE_PREFIX):]
-                now = ctx.files.hash(path)
-                if now != recorded:
-                    return f"file {short_path(path)} {'is missing' if now == MISSING else 'changed'}"
-                continue
-            if key.startswith(INPUT_PREFIX):
-                if (target or not for_targets_only(key)) and input_digest(key, (ctx.store.path, tr.key)) != recorded:
-                    return input_describe(key)
-                continue
-            dep = ctx.task_for_key(key)
-            if dep is None:
-                return f"rule {key.partition('/')[0]} it used is gone or changed its arguments"
-            reason, h, *_ = _why(ctx, dep, memo, versions, target=False)
-            if reason is not None:
-                return f"dependency {dep!r} is stale ({reason})"
-            if h != recorded:
-                return f"dependency {dep!r} changed"
-    if tr.outputs:     # files it wrote that differ now are put back, unless their copy is gone
-        return _outputs.look(ctx.files.hash, ctx.store, tr)[0]
+def _advance(ctx: EngineContext, rb: Rebuilder, w: _Walk, memo: Memo) -> Task | None:
+    """Answer what the walk asks until it is done (None), or until a dependency must be
+    explained first (that task)."""
+    while w.result is None:
+        ask = w.ask
+        if type(ask) is tuple:
+            reason, dep = _group(ctx, rb, w, ask, memo)
+            if dep is not None:
+                return dep
+            w.at = 0
+        else:    # a trace that matches but for what it wrote, which differs now and is put back unless its copy is gone
+            reason = _outputs.look(ctx.files.hash, ctx.store, ask)[0] if ask.outputs else None
+        w.answer(reason)
     return None
+
+
+def _group(ctx: EngineContext, rb: Rebuilder, w: _Walk, group: Any, memo: Memo) -> tuple[Any, Task | None]:
+    """(why the recorded group differs now, or None; a dependency to explain before going on)."""
+    for i in range(w.at, len(group)):
+        key, recorded = group[i]
+        if key.startswith(FILE_PREFIX):
+            path = key[len(FILE_PREFIX):]
+            now = ctx.files.hash(path)
+            if now != recorded:
+                return f"file {short_path(path)} {'is missing' if now == MISSING else 'changed'}", None
+            continue
+        if key.startswith(INPUT_PREFIX):
+            if (w.target or not for_targets_only(key)) and input_digest(key, rb.owner(w.task.key)) != recorded:
+                return input_describe(key), None
+            continue
+        dep = ctx.task_for_key(key)
+        if dep is None:
+            return f"rule {key.partition('/')[0]} it used is gone or changed its arguments", None
+        found = memo.get(dep.key)
+        if found is None:
+            w.at = i
+            return None, dep
+        if found[0] is not None:
+            return _Stale(dep, found[0]), None
+        if found[1] != recorded:
+            return f"dependency {dep!r} changed", None
+    return None, None
 
 
 def _version_change(name: str, old: Any, new: Any) -> str:

@@ -26,8 +26,10 @@ Contract:
 - What it uses of the Build is its engine context (engine/context.py), nothing else; `rules_owner` is
   the context's, for a rule to tell a fetch from a running body of this build.
 The Scheduler is composed of parts, each its own module: what one task's state is
-(engine/state.py), verifying a task against its traces (engine/verify.py), the values a running
-body fetches (engine/fetch.py), and running its body (engine/body.py).
+(engine/state.py), the rebuilder that verifies a task against its traces and records them
+(engine/rebuild.py: `rebuilder`; `version`, `owner`, `file_hash`, `known`, `versions`, `restored`
+and `environ_restored` are its), the values a running body fetches (engine/fetch.py), and
+running its body (engine/body.py).
 """
 from __future__ import annotations
 
@@ -47,8 +49,7 @@ from .priority import CriticalPath, ReadyQueue
 from .state import ACTIVE, DONE, FAILED, QUEUED, TaskState
 from .task import Task
 from .trace import current
-from .verify import Verifying
-from .version import Version
+from .rebuild import Rebuilder
 
 __all__ = ["Scheduler", "TaskState"]
 
@@ -56,7 +57,7 @@ log = logging.getLogger("nbbuild")
 MAX_INLINE = 24
 
 
-class Scheduler(Verifying, Fetching):
+class Scheduler(Fetching):
     def __init__(self, context: EngineContext, workers: int = 1, order: str = "critical-path"):
         self.ctx = context
         self.rules_owner = context.owner
@@ -73,9 +74,11 @@ class Scheduler(Verifying, Fetching):
         self.hubs = Hubs(context.pool, max(0, workers - 1), self.lock, self._take, self._worker_process,
                          self._unstall if critical else None)
         self.deferred: list[TaskState] = []     # tasks waiting for what their last run fetched
-        self.versions: dict[Any, Version] = {}
-        self.known: dict[str, str] = {}          # key -> value hash of every task done in this build
         self.tasks: dict[str, Task] = context.tasks
+        rb = self.rebuilder = Rebuilder(context, self.traces, self._bring)
+        self.version, self.owner, self.file_hash = rb.version, rb.owner, rb.file_hash
+        self.versions = rb.versions
+        self.known = rb.known                    # key -> value hash of every task done in this build
         self.checked: set[str] = set()
         self.forced: set[str] = set()            # keys that run even if up to date (build(force=True))
         self.cancelled: BaseException | None = None
@@ -83,8 +86,8 @@ class Scheduler(Verifying, Fetching):
         self.running: dict[str, tuple[TaskState, float]] = {}   # bodies running now, read by views
         self.waiting_elsewhere: dict[int, Any] = {}   # greenlets waiting on bodies run elsewhere (executors/kernel.py)
         self.gc = False
-        self.restored: dict[str, list[str]] = {}     # task key -> files put back from the store
-        self.environ_restored: dict[str, list[str]] = {}     # task key -> environment variables set again
+        self.restored = rb.restored                  # task key -> files put back from the store
+        self.environ_restored = rb.environ_restored  # task key -> environment variables set again
         self._root_states: list[TaskState] = []
 
     # ------------------------------------------------------------ running, waiting, waking
@@ -110,7 +113,7 @@ class Scheduler(Verifying, Fetching):
         return None
 
     def _root(self, tasks: Sequence[Task]) -> None:
-        self.targets = frozenset(t.key for t in tasks)
+        self.targets = self.rebuilder.targets = frozenset(t.key for t in tasks)
         if self.paths is not None:
             self.paths.targets = self.targets
         sts = self._ensure(None, tasks, 0)
@@ -316,7 +319,7 @@ class Scheduler(Verifying, Fetching):
         try:
             if st.deferred:
                 self._execute(st)
-            elif st.task.key in self.forced or not (self._verify(st) or self._stored_meanwhile(st)):
+            elif st.task.key in self.forced or not (self.rebuilder.verify(st) or self.rebuilder.stored_meanwhile(st)):
                 if self.paths is not None and self._defer(st):
                     return
                 self._execute(st)
@@ -377,6 +380,11 @@ class Scheduler(Verifying, Fetching):
 
     def _execute(self, st: TaskState) -> None:
         body.execute(self, st)
+
+    def _bring(self, me: TaskState, tasks: Sequence[Task]) -> list[TaskState]:
+        """The rebuilder's `bring`: dependencies of `me` brought up to date as its trace is checked."""
+        return self._ensure(me, tasks, me.depth)
+
 
 def _asker_context() -> contextvars.Context:
     """The asking task's context, for the tasks it queues: what its body set (the notebook's
