@@ -37,7 +37,6 @@ Contract:
 from __future__ import annotations
 
 import contextlib
-import functools
 import gc
 import logging
 import os
@@ -47,6 +46,7 @@ from typing import Any, Callable, Iterator
 
 from .engine import environment, files, outputs
 from .engine.attachments import Attachments
+from .engine.context import EngineContext
 from .engine.explain import Explaining
 from .engine.rule import Rule, resolve_target
 from .engine.scheduler import Scheduler
@@ -74,7 +74,7 @@ log = logging.getLogger("nbbuild")
 _PATIENCE = 5.0
 
 
-class Build(Explaining, Watched, Attachments, TeamCache):
+class Build(Explaining, Watched, TeamCache):
     def __init__(self, path: str | os.PathLike = ".nbbuild", quota: int | str | None = None,
                  workers: int | None = None, *, min_free: int | str | None = None, eviction: str | None = None,
                  progress: bool | None = None, executor: Any = None, shared: str | None = None,
@@ -88,9 +88,10 @@ class Build(Explaining, Watched, Attachments, TeamCache):
             workers = min(4, os.cpu_count() or 1)
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
             raise RuleError(f"workers={workers!r}: give a whole number of at least 1")
+        self._sched: Scheduler | None = None     # the running build's, while it runs
         tier = open_tier(shared, shared_readonly)
         try:
-            self.store = Store(path, shared=tier)
+            self.store = Store(path, shared=tier, held=self._held, on_room=_bounds.make_room)
         except OSError as e:
             raise RuleError(str(e)) from None
         try:
@@ -98,7 +99,6 @@ class Build(Explaining, Watched, Attachments, TeamCache):
         except ValueError as e:
             self.store.close()
             raise RuleError(str(e)) from None
-        self.store.on_room = functools.partial(_bounds.make_room, self.store)
         self.workers = workers
         self.executor = executor
         self._executors: dict[Any, Any] = {}
@@ -115,7 +115,7 @@ class Build(Explaining, Watched, Attachments, TeamCache):
         self._tasks: dict[str, Task] = {}
         self.observers: list[Callable[[list[Task], BuildReport], None]] = []
         self._failures: dict[str, str] = {}                  # task key -> why its last build failed
-        self._attachments: dict[str, tuple[str, Any]] = {}   # task key -> (value hash, attachment)
+        self._attachments = Attachments(self.store)
         self._restored: dict[str, list[str]] = {}            # task key -> files its last check put back
         self.owners = outputs.Owners()                       # file -> the task that wrote it last
         self._environ_restored: dict[str, list[str]] = {}    # task key -> environment variables it set again
@@ -134,7 +134,12 @@ class Build(Explaining, Watched, Attachments, TeamCache):
         if shown:
             self.watch(TextProgress())
         self._lock = threading.RLock()          # one build at a time
-        self._attachments_lock = threading.Lock()    # taken from any worker thread during a build
+        # what the engine (scheduler, bodies, explain) uses of this Build, and nothing else of it
+        self.context = EngineContext(
+            store=self.store, memory=self.memory, pool=self._pool, rules=self.rules, tasks=self._tasks,
+            files=self._files, owners=self.owners, verified=self._clean, attachments=self._attachments,
+            executor_for=self.executor_for, engine_types=(Rule, Build, Store), owner=self,
+            failures=self._failures, restored=self._restored, environ_restored=self._environ_restored)
         files.install_hook()
         files.watch_outside(self.owners.outside)
         environment.install()     # reads of os.environ become inputs by key
@@ -155,21 +160,6 @@ class Build(Explaining, Watched, Attachments, TeamCache):
             self.rules[r.name] = r
             return r
         return register(fn) if fn is not None else register
-
-    def _is_engine_object(self, obj: Any) -> bool:
-        return isinstance(obj, (Rule, Build, Store))
-
-    def _task_for_key(self, key: str) -> Task | None:
-        task = self._tasks.get(key)
-        if task is not None:
-            return task
-        trace = self.store.any_trace(key)
-        rule = self.rules.get(trace.rule) if trace is not None else None
-        if rule is None:
-            return None
-        task = rule.task_from_encoded(key, trace.args, trace.repr)
-        self._tasks[key] = task
-        return task
 
     def _target(self, t: Any) -> Task:
         if isinstance(t, Task):
@@ -221,7 +211,7 @@ class Build(Explaining, Watched, Attachments, TeamCache):
         they are up to date (their dependencies are still only verified)."""
         tasks = [self._target(t) for t in targets]
         rec = current.get()
-        if rec is not None and rec.scheduler.build is self:
+        if rec is not None and rec.scheduler.rules_owner is self:
             return rec.scheduler.fetch_values(rec, tasks)
         for t in tasks:
             if t.rule.build is not self:
@@ -238,7 +228,7 @@ class Build(Explaining, Watched, Attachments, TeamCache):
             if self.store.generation != self._generation:
                 self._clean.clear()
                 self._generation = self.store.generation
-            sched = Scheduler(self)
+            sched = Scheduler(self.context, self.workers, self.order)
             targets = tuple(t.key for t in tasks)
             tracker = self._tracker = Tracker(sched, tasks, self._expected.get(targets, 0))
             tally = dict(self.store.tally)
@@ -265,19 +255,9 @@ class Build(Explaining, Watched, Attachments, TeamCache):
 
     def _run(self, tasks: list[Task], sched: Scheduler, force: bool, collect: bool, start: float) -> list[Any]:
         """The build proper, its report and eviction after it; the values of the targets."""
-        # what the build may still have to load: values it knows only by their hash. One it
-        # holds in memory (made or loaded) needs no stored copy while it runs; whether that
-        # copy stays for later builds is the eviction policy's call, not a pin (pinning
-        # everything a build touched evicts all else, however dear, when the build is big).
-        # Asked from worker threads while states are added: dict.copy() is one atomic step.
-        self.store.held = lambda: {st.hash for st in sched.states.copy().values()
-                                   if st.hash and not st.has_value}
-        # what this process verified before and whose inputs did not change is known up to date
-        # a target's files are all put back, as running it again plainly writes them all again
-        targets = {t.key for t in tasks}
-        self._clean.invalidate(self.rules, sched.version, self._files.hash,
-                               lambda key: self.owners.mine(key, key in targets), sched.owner)
-        sched.known.update(self._clean.hashes)
+        # the store's `held` (_held) reads this build's states meanwhile
+        self._sched = sched
+        sched.rebuilder.start(t.key for t in tasks)      # the red-green set of earlier builds
         if force:
             sched.forced = {t.key for t in tasks}
             for key in sched.forced:
@@ -292,7 +272,7 @@ class Build(Explaining, Watched, Attachments, TeamCache):
             for st in sched.states.values() if lost else ():
                 if st.outcome == "executed" and st.hash in lost and not st.unstored:
                     st.unstored = self.store.write_error or "the store could not be written"
-        self._clean.record(sched.states.values(), sched.versions, DONE)
+        sched.rebuilder.remember(sched.states.values())
         for st in sched.states.values():
             for found, kept in ((sched.restored, self._restored), (sched.environ_restored, self._environ_restored)):
                 if st.task.key in found:
@@ -317,7 +297,7 @@ class Build(Explaining, Watched, Attachments, TeamCache):
         except Exception:  # eviction is housekeeping: it must not fail a build that succeeded
             log.warning("nbbuild: eviction failed", exc_info=True)
         finally:
-            self.store.held = frozenset
+            self._sched = None
         errors = [sched.error_for(st) for st in states if st.status != DONE or not st.has_value]
         if errors:
             first = errors[0]
@@ -325,6 +305,20 @@ class Build(Explaining, Watched, Attachments, TeamCache):
                 first.errors = errors
             raise first
         return [st.value for st in states]
+
+    def _held(self) -> set[str]:
+        """The store's `held`: values the running build knows only by their hash. One in memory
+        needs no stored copy while it runs (keeping it later is the eviction policy's call: pinning
+        all a big build touched evicts all else). From worker threads: dict.copy() is atomic."""
+        sched = self._sched
+        return {st.hash for st in sched.states.copy().values() if st.hash and not st.has_value} if sched else set()
+
+    def attachment(self, target: Any) -> Any:
+        """What the run that gave the target its current value attached (`trace.attach`), or None
+        when the target is not up to date in this process or its run attached nothing."""
+        key = self._target(target).key
+        digest = self._clean.hashes.get(key)
+        return self._attachments.get(key, digest, target) if digest is not None else None
 
     def metrics(self) -> Metrics:
         """Figures of the last build and of the session, and the store's stats."""

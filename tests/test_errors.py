@@ -15,7 +15,7 @@ def test_the_hierarchy():
 
 
 def test_messages_are_one_line():
-    b = nbbuild.Build.__new__(nbbuild.Build)   # rules need an owner; no store is opened
+    b = object()    # rules need an owner (what an engine context names as `owner`); no Build, no store
     top, bad = nbbuild.Rule(lambda: 0, b, name="top"), nbbuild.Rule(lambda x: x, b, name="bad")
     e = errors.BuildError(bad.task(0), [top.task(), bad.task(0)], "bad(0) failed: ZeroDivisionError: division by zero")
     assert str(e) == "bad(0) failed: ZeroDivisionError: division by zero (needed by top() → bad(0))"

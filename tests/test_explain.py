@@ -1,6 +1,8 @@
 """Explaining without running: each task's status, and what it read."""
 from __future__ import annotations
 
+import sys
+
 import nbbuild
 
 
@@ -79,3 +81,34 @@ def test_inputs_are_what_the_last_run_read(tmp_path, calls):
         assert b.inputs(total) == ([clean.task()], [])
         tasks, files = b.inputs(raw)
         assert tasks == [] and files == [str(tmp_path / "data.csv")]
+
+
+def test_a_chain_ten_thousand_deep_explains_and_builds_with_the_default_recursion_limit(tmp_path, monkeypatch):
+    depth = 10_000
+    data = tmp_path / "bottom.txt"
+    data.write_text("1")
+
+    def refuse(limit):
+        raise AssertionError(f"the recursion limit was set to {limit}")
+
+    monkeypatch.setattr(sys, "setrecursionlimit", refuse)
+    with nbbuild.Build(tmp_path / "store", workers=1) as b:
+        @b.rule
+        def chain(n):
+            return int(data.read_text()) if n == 0 else chain(n - 1) + 1
+
+        top = chain.task(depth)
+        assert b.why(top) == "chain(10000) is stale: never built"
+        assert chain(depth) == depth + 1
+        assert b.why(top) == "chain(10000) is up to date"
+        assert b.plan(top) == []
+
+        data.write_text("2")
+        why = b.why(top)
+        assert why.startswith("chain(10000) is stale: dependency chain(9999) is stale (dependency chain(9998) is stale (")
+        assert why.endswith("bottom.txt changed" + ")" * depth) and "dependency chain(0) is stale (file " in why
+        assert b.status(top).state == "stale" and b.status(top).reason == why.partition(": ")[2]
+        # (the plan would hold every task's reason, each those of all below it: 10,000 deep, that
+        # is the square of the depth in text; a shorter stale chain is planned as deep as it goes)
+        assert [task for task, _ in b.plan(chain.task(300))] == [f"chain({n})" for n in range(301)]
+        assert chain(depth) == depth + 2

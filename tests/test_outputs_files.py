@@ -333,7 +333,8 @@ def test_with_policy_memory_files_are_not_stored_and_a_missing_one_reruns(b, tmp
 def test_a_trace_keeps_its_files_apart_from_its_dependencies():
     """Outputs are not dependencies: matching looks at them only once every dependency matched.
     A trace without outputs is stored as before outputs existed, so stores made then keep theirs."""
-    from nbbuild.engine.trace import Trace, match
+    from nbbuild.engine.rebuild import match
+    from nbbuild.engine.trace import Trace
 
     def trace(outputs=()):
         return Trace("t/1", "t", "[]", "t()", "v", ((("a/1", "x"),),), "h", 1.0, (), (), 0.0, outputs=outputs)

@@ -9,6 +9,12 @@ import threading
 import pytest
 
 import nbbuild
+from nbbuild.engine.context import EngineContext
+from nbbuild.engine.rule import Rule
+from nbbuild.engine.scheduler import Scheduler
+from nbbuild.executors.hubs import HelperPool
+from nbbuild.store import serialisation
+from nbbuild.store.memory import Memory
 from oracle import from_scratch
 
 
@@ -243,3 +249,85 @@ def test_rule_bodies_see_the_callers_context_variables(tmp_path, workers):
             values = b.build(*[see.task(i) for i in range(4)], deep.task(100))
         _VAR.reset(token)
         assert set(values) == {("caller", 7)}
+
+
+class FakeStore:
+    """Only what the engine context uses of a store, in memory: traces by task key (newest
+    first) and pickled values by hash. No Build, no diskcache."""
+
+    path = "<fake store>"
+
+    def __init__(self) -> None:
+        self.index: dict[str, list] = {}
+        self.memory_traces: dict[str, list] = {}
+        self.blobs: dict[str, bytes] = {}
+
+    def traces_index(self) -> dict[str, list]:
+        return self.index
+
+    def refresh_if_changed(self) -> bool:
+        return False
+
+    def any_trace(self, key: str):
+        found = self.index.get(key) or self.memory_traces.get(key)
+        return found[0] if found else None
+
+    def record(self, trace, persist: bool = True) -> None:
+        (self.index if persist else self.memory_traces).setdefault(trace.key, []).insert(0, trace)
+
+    def put_value(self, ser) -> None:
+        self.blobs[ser.digest] = ser.blob()
+
+    def load(self, digest: str):
+        blob = self.blobs.get(digest)
+        return (True, serialisation.deserialize(blob), "") if blob is not None else (False, None, "")
+
+    def value_size(self, digest: str) -> int | None:
+        blob = self.blobs.get(digest)
+        return len(blob) if blob is not None else None
+
+
+def _context(store: FakeStore, rules: dict) -> EngineContext:
+    """A fresh process's context over `store`: nothing in memory, no task made yet."""
+    return EngineContext(store=store, memory=Memory(store), pool=HelperPool(), rules=rules, owner=OWNER)
+
+
+OWNER = object()      # what a Build is to its rules: whose calls inside a running body are fetches
+
+
+def test_the_scheduler_runs_on_its_context_alone_with_a_fake_store(calls):
+    def raw():
+        calls.append("raw")
+        return [1, 2, 3]
+
+    def total():
+        calls.append("total")
+        return sum(raw_rule())      # a rule is no input of the code that calls it: a dependency
+
+    def again():        # other code, the same value: what depends on it is cut off early
+        calls.append("raw again")
+        return [1, 2, 3]
+
+    raw_rule = Rule(raw, OWNER)
+    rules = {"raw": raw_rule, "total": Rule(total, OWNER)}
+    store = FakeStore()
+    ctx = _context(store, rules)
+    states = Scheduler(ctx).run([rules["total"].task()], collect=False)
+    assert [st.value for st in states] == [6]
+    assert calls == ["total", "raw"]
+    assert sorted(store.index) == [rules["raw"].task().key, rules["total"].task().key]
+
+    # another process, the same store: both verified from their traces, the target's value loaded
+    calls.clear()
+    sched = Scheduler(_context(store, rules))
+    assert [st.value for st in sched.run([rules["total"].task()], collect=False)] == [6]
+    assert calls == []
+    assert {st.task.key: st.outcome for st in sched.order} == {
+        rules["raw"].task().key: "verified", rules["total"].task().key: "verified"}
+
+    # raw's code changed, not its value: raw runs, total is verified (early cutoff)
+    raw_rule.fn = again         # as if its cell were edited
+    sched = Scheduler(_context(store, rules))
+    assert [st.value for st in sched.run([rules["total"].task()], collect=False)] == [6]
+    assert calls == ["raw again"]
+    assert [(repr(st.task), st.outcome) for st in sched.order] == [("raw()", "executed"), ("total()", "verified")]

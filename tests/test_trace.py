@@ -1,7 +1,8 @@
 """Traces: recording, and matching (verifying and constructive) in recorded order."""
 from __future__ import annotations
 
-from nbbuild.engine.trace import Trace, match
+from nbbuild.engine.rebuild import match
+from nbbuild.engine.trace import Trace
 
 
 def _tr(result, deps, version="v", created=0.0):

@@ -6,9 +6,10 @@ Contract:
 - `execute(scheduler, state)` runs the body with a fresh Recorder as `trace.current`, then on
   success hashes and stores the value, stores the files it wrote (outputs.keep: they are part of
   its trace), takes the environment variables it left changed (environment.finish: its trace's
-  effects) and records the trace; the state's outcome says what
-  happened: "executed", "failed" (its own error), "skipped" (a dependency failed), or "obsolete"
-  (a task read back from an old trace whose arguments the rule no longer takes). Cancellation
+  effects) and records the trace (the rebuilder's `record`: engine/rebuild.py); the state's
+  outcome says what happened: "executed", "failed" (its own error), "skipped" (a dependency
+  failed), or "obsolete" (a task read back from an old trace whose arguments the rule no longer
+  takes). Cancellation
   (KeyboardInterrupt, SystemExit, Cancelled) propagates and stores nothing; so does a body that
   saw its build's cancellation and returned anyway (it caught `Cancelled` with `except
   BaseException`): what it returned is a fallback, not its value.
@@ -33,7 +34,7 @@ from greenlet import GreenletExit
 from . import environment, outputs
 from ..store import serialisation
 from ..errors import Cancelled
-from .trace import ENV_PREFIX, Recorder, Trace, current
+from .trace import ENV_PREFIX, Recorder, current
 from ..executors.shared_values import SharedValue
 
 __all__ = ["execute"]
@@ -51,7 +52,7 @@ def execute(sched: Any, st: Any) -> None:
         st.outcome = "obsolete"
         return
     version = sched.version(rule) if rule.policy != "none" else None
-    executor = sched.build.executor_for(rule)
+    executor = sched.ctx.executor_for(rule)
     timeout = rule.timeout
     while True:
         st.attempts += 1
@@ -116,8 +117,8 @@ def _keep(sched: Any, st: Any, rec: Recorder, value: Any, version: Any) -> None:
         # when something here needs it (from the tier, into the local store)
         st.hash, st.outcome = value.digest, "executed"
         if rec.attachment is not None:
-            sched.build._keep_attachment(task, value.digest, rec.attachment, persist)
-        _record(sched, st, rec, value.digest, version, effects, persist)
+            sched.ctx.attachments.keep(task, value.digest, rec.attachment, persist)
+        _record(sched, st, rec, version, effects, persist)
         return
     try:
         ser: serialisation.Serialized | None = serialisation.pickle_value(value)
@@ -133,26 +134,21 @@ def _keep(sched: Any, st: Any, rec: Recorder, value: Any, version: Any) -> None:
     st.value, st.has_value, st.hash, st.outcome = value, True, digest, "executed"
     if previous is not None and previous != digest:
         log.warning("nbbuild: %r gave a different value when re-run (is it deterministic?)", task)
-    sched.build.memory.remember(digest, value, ser.nbytes if ser is not None else 0)
+    sched.ctx.memory.remember(digest, value, ser.nbytes if ser is not None else 0)
     if rec.attachment is not None:
-        sched.build._keep_attachment(task, digest, rec.attachment, persist and not st.unstored)
-    _record(sched, st, rec, digest, version, effects, persist)
+        sched.ctx.attachments.keep(task, digest, rec.attachment, persist and not st.unstored)
+    _record(sched, st, rec, version, effects, persist)
 
 
-def _record(sched: Any, st: Any, rec: Recorder, digest: str, version: Any, effects: Any, persist: bool) -> None:
+def _record(sched: Any, st: Any, rec: Recorder, version: Any, effects: Any, persist: bool) -> None:
+    """The files the run wrote, then its trace (of the value `st.hash`)."""
     task = st.task
-    rule = task.rule
     if version is None:
         return
     # the files it wrote go in before the trace that names them, as its value does
     written = outputs.keep(sched.store, rec.made, persist, rec.removed) if rec.made or rec.removed else ()
-    sched.build.owners.claim(task.key, [o[0] for o in written] + [ENV_PREFIX + name for name, _ in effects])
-    trace = Trace(task.key, rule.name, task.encoded, repr(task), version.version, rec.dependencies(),
-                  digest, st.seconds, version.parts, version.packages, outputs=written, environ=effects)
-    # a value the store could not take keeps a persistent trace all the same: its hash lets
-    # dependents be verified without it, and a later build that needs it runs the task
-    sched.store.record(trace, persist=persist)
-    st.trace = trace
+    sched.ctx.owners.claim(task.key, [o[0] for o in written] + [ENV_PREFIX + name for name, _ in effects])
+    sched.rebuilder.record(st, rec, version, written, effects, persist)
 
 
 def _fits(task: Any) -> bool:

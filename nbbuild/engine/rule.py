@@ -160,7 +160,7 @@ class Rule:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         task = self.task(*args, **kwargs)
         rec = current.get()
-        if rec is not None and rec.scheduler.build is self.build:
+        if rec is not None and rec.scheduler.rules_owner is self.build:
             return rec.scheduler.fetch_values(rec, [task])[0]
         return self.build.build(task)[0]
 
@@ -168,7 +168,7 @@ class Rule:
         """Fetch `rule(*args)` for each argument tuple, concurrently; inside a rule, one tracked group."""
         tasks = [self.task(*a) for a in zip(*iterables)]
         rec = current.get()
-        if rec is not None and rec.scheduler.build is self.build:
+        if rec is not None and rec.scheduler.rules_owner is self.build:
             return rec.scheduler.fetch_values(rec, tasks)
         return self.build.build(*tasks)
 

@@ -1,7 +1,7 @@
 """The suspending scheduler: one build, top-down, dependencies discovered as rule bodies run.
 
 Contract:
-- `Scheduler(build).run(tasks)` brings the tasks up to date and returns their `TaskState`s; every
+- `Scheduler(context, workers, order).run(tasks)` brings the tasks up to date and returns their `TaskState`s; every
   task runs at most once per build; a task's value is loaded only when a target or a running rule
   needs it (verifying needs only dependencies' hashes).
 - Concurrency (the threads and greenlets are executors/hubs.Hubs): a task that waits for a dependency
@@ -11,8 +11,8 @@ Contract:
   wide fan-outs grow one stack without bound. Of a group fetched together, all but the first are offered to other threads first
   (help-first), then taken back if nobody started them. With several threads, the group is
   ordered by the longest recorded path through each task (priority.py): the asking greenlet
-  takes the most urgent, and idle threads start queued tasks most urgent first (`build.order =
-  "fifo"` keeps the order of asking). A queued task starts in a copy of the context of the task
+  takes the most urgent, and idle threads start queued tasks most urgent first (`order="fifo"`
+  keeps the order of asking). A queued task starts in a copy of the context of the task
   that asked for it (as an asyncio task does, and as it would inline), its recorder left out.
 - A reused task's files (outputs.py) are put back while its trace is matched: before it is done,
   so before anything that depends on it goes on. `restored` maps the keys of tasks whose files
@@ -23,9 +23,13 @@ Contract:
 - Failures are recorded in the state (own error, or the failed dependency that caused it) and
   never unwind the engine; only cancellation (KeyboardInterrupt, SystemExit) does, after which
   every waiting greenlet is woken to unwind with `Cancelled`.
+- What it uses of the Build is its engine context (engine/context.py), nothing else; `rules_owner` is
+  the context's, for a rule to tell a fetch from a running body of this build.
 The Scheduler is composed of parts, each its own module: what one task's state is
-(engine/state.py), verifying a task against its traces (engine/verify.py), the values a running
-body fetches (engine/fetch.py), and running its body (engine/body.py).
+(engine/state.py), the rebuilder that verifies a task against its traces and records them
+(engine/rebuild.py: `rebuilder`; `version`, `owner`, `file_hash`, `known`, `versions`, `restored`
+and `environ_restored` are its), the values a running body fetches (engine/fetch.py), and
+running its body (engine/body.py).
 """
 from __future__ import annotations
 
@@ -39,13 +43,13 @@ from greenlet import GreenletExit as GreenletExitType
 from . import body
 from ..errors import BuildError, Cancelled, CycleError
 from ..executors.hubs import Hubs
+from .context import EngineContext
 from .fetch import Fetching
 from .priority import CriticalPath, ReadyQueue
 from .state import ACTIVE, DONE, FAILED, QUEUED, TaskState
 from .task import Task
 from .trace import current
-from .verify import Verifying
-from .version import Version
+from .rebuild import Rebuilder
 
 __all__ = ["Scheduler", "TaskState"]
 
@@ -53,25 +57,28 @@ log = logging.getLogger("nbbuild")
 MAX_INLINE = 24
 
 
-class Scheduler(Verifying, Fetching):
-    def __init__(self, build: Any):
-        self.build = build
-        self.store = build.store
-        self.files = build._files
+class Scheduler(Fetching):
+    def __init__(self, context: EngineContext, workers: int = 1, order: str = "critical-path"):
+        self.ctx = context
+        self.rules_owner = context.owner
+        self.store = context.store
+        self.files = context.files
         self.states: dict[str, TaskState] = {}
         self.order: list[TaskState] = []
         self.lock = threading.Lock()
         self.traces = self.store.traces_index()
         # which queued task an idle thread starts: the longest recorded path first (one thread: no choice)
-        critical = build.workers > 1 and build.order == "critical-path"
+        critical = workers > 1 and order == "critical-path"
         self.paths = CriticalPath(self.traces) if critical else None
         self.queue = ReadyQueue(self.paths)
-        self.hubs = Hubs(build._pool, max(0, build.workers - 1), self.lock, self._take, self._worker_process,
+        self.hubs = Hubs(context.pool, max(0, workers - 1), self.lock, self._take, self._worker_process,
                          self._unstall if critical else None)
         self.deferred: list[TaskState] = []     # tasks waiting for what their last run fetched
-        self.versions: dict[Any, Version] = {}
-        self.known: dict[str, str] = {}          # key -> value hash of every task done in this build
-        self.tasks: dict[str, Task] = build._tasks
+        self.tasks: dict[str, Task] = context.tasks
+        rb = self.rebuilder = Rebuilder(context, self.traces, self._bring)
+        self.version, self.owner, self.file_hash = rb.version, rb.owner, rb.file_hash
+        self.versions = rb.versions
+        self.known = rb.known                    # key -> value hash of every task done in this build
         self.checked: set[str] = set()
         self.forced: set[str] = set()            # keys that run even if up to date (build(force=True))
         self.cancelled: BaseException | None = None
@@ -79,8 +86,8 @@ class Scheduler(Verifying, Fetching):
         self.running: dict[str, tuple[TaskState, float]] = {}   # bodies running now, read by views
         self.waiting_elsewhere: dict[int, Any] = {}   # greenlets waiting on bodies run elsewhere (executors/kernel.py)
         self.gc = False
-        self.restored: dict[str, list[str]] = {}     # task key -> files put back from the store
-        self.environ_restored: dict[str, list[str]] = {}     # task key -> environment variables set again
+        self.restored = rb.restored                  # task key -> files put back from the store
+        self.environ_restored = rb.environ_restored  # task key -> environment variables set again
         self._root_states: list[TaskState] = []
 
     # ------------------------------------------------------------ running, waiting, waking
@@ -106,7 +113,7 @@ class Scheduler(Verifying, Fetching):
         return None
 
     def _root(self, tasks: Sequence[Task]) -> None:
-        self.targets = frozenset(t.key for t in tasks)
+        self.targets = self.rebuilder.targets = frozenset(t.key for t in tasks)
         if self.paths is not None:
             self.paths.targets = self.targets
         sts = self._ensure(None, tasks, 0)
@@ -312,7 +319,7 @@ class Scheduler(Verifying, Fetching):
         try:
             if st.deferred:
                 self._execute(st)
-            elif st.task.key in self.forced or not (self._verify(st) or self._stored_meanwhile(st)):
+            elif st.task.key in self.forced or not (self.rebuilder.verify(st) or self.rebuilder.stored_meanwhile(st)):
                 if self.paths is not None and self._defer(st):
                     return
                 self._execute(st)
@@ -338,7 +345,7 @@ class Scheduler(Verifying, Fetching):
             dep = self.states.get(k)
             if dep is not None and (dep.status >= DONE or dep is st):
                 continue
-            t = self.tasks.get(k) or self.build._task_for_key(k)
+            t = self.tasks.get(k) or self.ctx.task_for_key(k)
             if t is not None:
                 tasks.append(t)
         if not tasks:
@@ -373,6 +380,11 @@ class Scheduler(Verifying, Fetching):
 
     def _execute(self, st: TaskState) -> None:
         body.execute(self, st)
+
+    def _bring(self, me: TaskState, tasks: Sequence[Task]) -> list[TaskState]:
+        """The rebuilder's `bring`: dependencies of `me` brought up to date as its trace is checked."""
+        return self._ensure(me, tasks, me.depth)
+
 
 def _asker_context() -> contextvars.Context:
     """The asking task's context, for the tasks it queues: what its body set (the notebook's

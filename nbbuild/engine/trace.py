@@ -19,14 +19,8 @@ Contract:
   has them has a 14th field (its 13th empty when it wrote no file), and its `ident` covers them.
   The values are kept in the trace as they are (a variable is short): a secret a body puts in the
   environment is in the store, as one it returns would be.
-- `verify`/`construct`: `match(traces, version, state, known, group_matches, outputs_ready)` walks
-  the traces newest first and each trace's groups in order, asking `group_matches` for the current
-  hashes of one group at a time, and stops a trace at its first mismatch: so it only ever fetches
-  what running the rule would fetch. A trace whose dependencies all match and that has outputs is
-  then passed to `outputs_ready(state, trace)` (outputs.restore puts its files back, and
-  environment.restore its variables; False when it cannot). The first trace that matches gives
-  the result hash: the newest one is a verifying trace, an older one a constructive trace (an
-  edit was reverted).
+- Matching a stored trace again (verifying and constructive traces) is the rebuilder's:
+  engine/rebuild.py `walk` and `match`.
 - `attach(data)`: a running body keeps data with its run (what it displayed, say), outside its value.
 - The current recorder of the running rule body is `current` (a ContextVar: per thread and per
   greenlet). Engine work sets `paused` so that nothing it opens is taken for an input.
@@ -37,11 +31,11 @@ import contextvars
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 from ..store.serialisation import hash_bytes
 
-__all__ = ["Trace", "Recorder", "current", "match", "attach", "FILE_PREFIX", "ENV_PREFIX", "ENV_ALL",
+__all__ = ["Trace", "Recorder", "current", "attach", "FILE_PREFIX", "ENV_PREFIX", "ENV_ALL",
            "INPUT_PREFIX", "MISSING", "Output"]
 
 # Dependencies that are not tasks: their keys begin with INPUT_PREFIX, which no task key does (a
@@ -263,35 +257,3 @@ def attach(data: Any) -> bool:
         return False
     rec.attachment = data
     return True
-
-
-def match(traces: Sequence[Trace], version: str, state: Any, known: dict[str, str],
-          group_matches: Callable[[Any, Group], bool],
-          outputs_ready: Callable[[Any, Trace], bool] | None = None) -> tuple[Trace | None, int]:
-    """The first trace (newest first) of this version whose dependencies still have the recorded
-    hashes, and whose outputs are there (or were put back), and its position (0: verifying trace;
-    more: constructive trace).
-
-    `known` maps the keys of tasks already brought up to date in this build to their hashes (the
-    cheap common case); `group_matches(state, group)` fetches one group and says whether its
-    hashes are unchanged; `outputs_ready(state, trace)` (None: outputs are not looked at) says
-    whether the files the trace's run wrote are as it left them, after putting them back."""
-    for i, trace in enumerate(traces):
-        if trace.version != version:
-            continue
-        for group in trace.deps:
-            if len(group) == 1:
-                key, recorded = group[0]
-                h = known.get(key)
-                if h is not None:
-                    if h != recorded:
-                        break
-                    continue
-            if not group_matches(state, group):
-                break
-        else:
-            # outputs last: only a trace that matches otherwise may write its files back (and
-            # set the environment variables its run set)
-            if not (trace.outputs or trace.environ) or outputs_ready is None or outputs_ready(state, trace):
-                return trace, i
-    return None, -1

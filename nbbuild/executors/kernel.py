@@ -127,7 +127,7 @@ def _culprit(fn: Any) -> str:
 
 
 def _tasks(sched: Any, asked: bytes) -> list[Any]:
-    return [sched.build.rules[name].task(*args, **kwargs) for name, args, kwargs in cloudpickle.loads(asked)]
+    return [sched.ctx.rules[name].task(*args, **kwargs) for name, args, kwargs in cloudpickle.loads(asked)]
 
 
 def _shared_url(executor: Any, sched: Any, task: Any) -> str | None:
@@ -243,7 +243,7 @@ def _recorded_groups(sched: Any, key: str) -> list[list[Any]]:
         return []
     groups = []
     for group in found[0].deps:
-        tasks = [sched.tasks.get(k) or sched.build._task_for_key(k) for k, _ in group if not k.startswith(INPUT_PREFIX)]
+        tasks = [sched.tasks.get(k) or sched.ctx.task_for_key(k) for k, _ in group if not k.startswith(INPUT_PREFIX)]
         if tasks and all(t is not None for t in tasks):
             groups.append(tasks)
     return groups

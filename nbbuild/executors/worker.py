@@ -74,7 +74,7 @@ class _WorkerRecorder:
     def __init__(self, supplied: dict[str, Any], channel: Any):
         self.supplied, self.channel = supplied, channel
         self.scheduler = self
-        self.build = ELSEWHERE
+        self.rules_owner = ELSEWHERE      # as the Scheduler's: rule stubs' calls are fetches here
         self.paused = 0
         self.attachment = None
         self.groups: list[list[str]] = []

@@ -148,6 +148,8 @@ RENAMED: dict[tuple[str, str], tuple[str, str]] = {
     ("nbbuild.hashing", "_canonical"): ("nbbuild.store.serialisation", "canonical"),
     ("nbbuild.hashing", "_dump"): ("nbbuild.store.serialisation", "dump"),
     ("nbbuild.store", "_size"): ("nbbuild.report.formatting", "size_text"),
+    ("nbbuild.trace", "match"): ("nbbuild.engine.rebuild", "match"),
+    ("nbbuild.explain", "_why_trace"): ("nbbuild.engine.explain", "_group"),   # a trace is walked by rebuild.walk
 }
 
 

@@ -20,6 +20,7 @@ Contract:
 - diskcache's own eviction is off: eviction.py decides, using the bookkeeping kept here in
   diskcache's columns of value rows: access_time (last use), access_count (uses), tag (the
   cost-aware policy's clock when last used). Uses are batched in memory and written with flushes.
+- Hooks given when made: `held()` (values the running build holds), `on_room(store, need)` (before a write).
 - Row `a:<task key>#<value hash>` holds what the run that gave that value attached (trace.attach).
   Rows `s:<name>` hold settings, `m:<name>` counters, `x:<hash>` when a value was evicted, `u:<row>`
   a trace or attachment not yet uploaded to the shared tier.
@@ -29,13 +30,14 @@ Contract:
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
 import threading
 import time
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, AbstractSet, Any, Callable, Iterable
 
 from ..engine import files
 from . import foreign, valuefile
@@ -61,15 +63,16 @@ _COUNTER_SECONDS = 5.0
 
 class Store(Values, Tiering, Inventory):
     def __init__(self, path: str | os.PathLike, quota: int | None = None, signer: Signer | None = None,
-                 shared: SharedTier | None = None):
+                 shared: SharedTier | None = None, *, held: Callable[[], AbstractSet[str]] = frozenset,
+                 on_room: Callable[[Store, int], None] | None = None):
         self.signer = signer or Signer(user_key())
         self.table = Table.open(os.path.abspath(os.fspath(path)))
         self.path = self.table.path
         self.quota = quota
         self.min_free: int | None = None
         self.policy = "gdsf"
-        self.held: Callable[[], set[str]] = frozenset   # values the running build holds (never evicted)
-        self.on_room: Callable[[int], None] | None = None    # eviction.make_room, installed by Build
+        self.held = held        # the running build's values: never evicted meanwhile
+        self.on_room: Callable[[int], None] | None = functools.partial(on_room, self) if on_room else None
         files.exclude(self.path)
         self._tmp = os.path.join(self.path, "tmp")
         os.makedirs(self._tmp, mode=0o700, exist_ok=True)
