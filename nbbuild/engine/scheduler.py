@@ -201,6 +201,16 @@ class Scheduler(Fetching):
 
     # ------------------------------------------------------------ the engine
 
+    def _state_for(self, t: Task) -> tuple[TaskState, bool]:
+        """Task t's state in this build, and whether it was made now (t is then remembered by
+        key); called with the lock held."""
+        st = self.states.get(t.key)
+        if st is not None:
+            return st, False
+        st = self.states[t.key] = TaskState(t)
+        self.tasks.setdefault(t.key, t)
+        return st, True
+
     def _ensure(self, me: TaskState | None, tasks: Sequence[Task], depth: int) -> list[TaskState]:
         """Bring `tasks` up to date (hashes known); returns their states, all done or failed."""
         if len(tasks) == 1:  # the common case: one call, often of a task already done
@@ -213,10 +223,8 @@ class Scheduler(Fetching):
             if self.cancelled is not None:
                 raise Cancelled("build interrupted")
             for t in tasks:
-                st = self.states.get(t.key)
-                if st is None:
-                    st = self.states[t.key] = TaskState(t)
-                    self.tasks.setdefault(t.key, t)
+                st, new = self._state_for(t)
+                if new:
                     fresh.append(st)
                 elif st.status == QUEUED and self.paths is not None:
                     self._raise(me, st)
@@ -359,10 +367,8 @@ class Scheduler(Fetching):
             fresh: list[TaskState] = []
             pending: list[TaskState] = []
             for t in tasks:
-                dep = self.states.get(t.key)
-                if dep is None:
-                    dep = self.states[t.key] = TaskState(t)
-                    self.tasks.setdefault(t.key, t)
+                dep, new = self._state_for(t)
+                if new:
                     fresh.append(dep)
                 elif dep.status >= DONE or dep is st or dep in pending:
                     continue
