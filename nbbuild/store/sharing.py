@@ -98,7 +98,7 @@ class Sharing:
                         self.inline[key[2:]] = data
                 elif key.startswith("t:"):
                     try:
-                        traces.append(Trace.decode(data))
+                        traces.append((Trace.decode(data), data))
                     except (ValueError, KeyError, TypeError, UnicodeDecodeError):
                         log.warning("nbbuild: a trace in the shared store %s cannot be read; it is not used",
                                     self.tier.url)

@@ -46,20 +46,20 @@ class Tiering:
     def tmp_dir(self) -> str:
         return self._tmp
 
-    def adopt(self, traces: list[Trace], attachments: list[tuple[str, bytes]]) -> int:
-        """Traces and attachments the shared tier holds, kept here under this key (never queued
-        for upload again); how many traces were new here."""
+    def adopt(self, traces: list[tuple[Trace, bytes]], attachments: list[tuple[str, bytes]]) -> int:
+        """Traces (each with its encoded form, as it came) and attachments the shared tier holds,
+        kept here under this key (never queued for upload again); how many traces were new here."""
         new = 0
         with self._lock:
             index = self.traces_index()
-            for trace in traces:
+            for trace, data in traces:
                 if any(t.ident == trace.ident for t in index.get(trace.key, ())):
                     continue
                 new += 1
                 self.index.add(trace)
                 row = f"t:{trace.key}#{trace.ident}"
                 self.index.own.add(row)
-                self._write(row, self.signer.seal(row, trace.encode()))
+                self._write(row, self.signer.seal(row, data))
             for row, data in attachments:
                 self._write(row, self.signer.seal(row, data))
         return new
