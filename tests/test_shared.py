@@ -2,8 +2,10 @@
 directory: values and packs of rows go up whole and come back only when the team key verifies."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from typing import Any, Iterator
 
 import pytest
 
@@ -168,10 +170,11 @@ def machine_process(tmp_path, name: str, env: dict) -> dict:
     return json.loads(out.stdout.splitlines()[-1])
 
 
-def machine(tmp_path, name: str, env: dict, target: str = "total", **extra) -> dict:
+@contextlib.contextmanager
+def on_machine(tmp_path, name: str, env: dict, **extra) -> Iterator[tuple[Any, dict, list[str]]]:
     """One machine, in this process: its own local store and its own user key (XDG_CONFIG_HOME),
-    the team's key and shared tier; the rules of MACHINE, built and closed (uploads waited for).
-    What nbbuild warned is its "stderr"."""
+    the team's key and shared tier, the rules of MACHINE defined on a Build: (the Build, the
+    rules' scope, what nbbuild warned: its "stderr"). Closed at the end (uploads waited for)."""
     import nbbuild
     home = tmp_path / name
     said: list[str] = []
@@ -185,15 +188,20 @@ def machine(tmp_path, name: str, env: dict, target: str = "total", **extra) -> d
             m.setenv(var, value)
         log.addHandler(handler)
         try:
-            ran: list[str] = []
             b = nbbuild.Build(home / "store", progress=False)
-            scope = {"b": b, "ran": ran, "os": os}
+            scope = {"b": b, "ran": [], "os": os}
             exec(RULES, scope)
-            value, = b.build(scope[target])
+            yield b, scope, said
             b.close()
         finally:
             log.removeHandler(handler)
-    return {"ran": ran, "value": value, "stderr": "\n".join(said)}
+
+
+def machine(tmp_path, name: str, env: dict, target: str = "total", **extra) -> dict:
+    """One machine (on_machine) that builds `target`: what ran, the value, what it warned."""
+    with on_machine(tmp_path, name, env, **extra) as (b, scope, said):
+        value, = b.build(scope[target])
+    return {"ran": scope["ran"], "value": value, "stderr": "\n".join(said)}
 
 
 def s3_env(endpoint: str) -> dict[str, str]:
@@ -221,6 +229,17 @@ def test_a_second_machine_runs_nothing(tmp_path, team):
     assert second["ran"] == [] and second["value"] == first["value"]
     third = machine(tmp_path, "three", team, N="10")
     assert third["ran"] == ["raw", "total"] and third["value"] == 45
+
+
+def test_status_and_why_on_another_machine_look_in_the_shared_tier_and_run_nothing(tmp_path, team):
+    machine(tmp_path, "one", team)
+    with on_machine(tmp_path, "two", team) as (b, scope, said):
+        total = scope["total"]
+        assert [b.status(total).state, b.why(total)] == ["up to date", "total() is up to date"]
+        assert b.plan(total) == [] and scope["ran"] == [] and said == []
+    with on_machine(tmp_path, "three", team, N="10") as (b, scope, said):
+        assert b.status(scope["total"]).state == "stale" and "N" in b.why(scope["total"])
+        assert scope["ran"] == []
 
 
 @pytest.mark.parametrize("location", ["dir"], indirect=True)

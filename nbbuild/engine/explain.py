@@ -220,7 +220,11 @@ def _explain(ctx: EngineContext, tasks: list[Task], memo: Memo) -> list[str | No
         ctx.tasks.setdefault(task.key, task)
     ctx.store.refresh()
     rb = Rebuilder(ctx)       # versions, once per rule; what inputs are now
-    return [_text(_why(ctx, rb, task, memo)[0]) for task in tasks]
+    reasons = [_text(_why(ctx, rb, task, memo)[0]) for task in tasks]
+    if any(r is not None for r in reasons) and ctx.store.look_in_shared():
+        memo.clear()          # traces came from the shared tier: what a build would reuse now
+        reasons = [_text(_why(ctx, rb, task, memo)[0]) for task in tasks]
+    return reasons
 
 
 class _Walk:

@@ -56,6 +56,7 @@ class Sharing:
         self.inline: dict[str, bytes] = {}   # small values that came in packs (team MAC | blob)
         self._seen: set[str] = set()         # packs read already
         self._synced = False                 # this build read the tier already
+        self._synced_at = 0.0                # when it last read it (time.monotonic)
         self._came = False                   # and traces came from it
         self._sync_lock = threading.Lock()
         self._lock = threading.Lock()
@@ -76,13 +77,22 @@ class Sharing:
     def begin_build(self) -> None:
         self._synced = False
 
+    def sync_if_older(self, seconds: float) -> bool:
+        """sync() again when the last look at the tier is older than `seconds` (or there was
+        none): between builds, for an explanation, which must not list the tier at every ask."""
+        with self._sync_lock:
+            if self._synced and time.monotonic() - self._synced_at < seconds:
+                return False
+            self._synced = False
+        return self.sync()
+
     def sync(self) -> bool:
         """Copy the rows of packs not read yet into the local store, once per build; whether any
         trace came (to a task that waited for another's sync too)."""
         with self._sync_lock:
             if self._synced:
                 return self._came
-            self._synced, self._came = True, False
+            self._synced, self._came, self._synced_at = True, False, time.monotonic()
             try:
                 read, rows = self.tier.rows(self._seen)
             except SharedUnreachable as e:

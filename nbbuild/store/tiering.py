@@ -30,6 +30,9 @@ __all__ = ["Tiering"]
 
 log = logging.getLogger("nbbuild")
 
+# An explanation asked at every cell run (the JupyterLab badges) must not list the tier each time
+_LOOK_SECONDS = 60.0
+
 
 class Tiering:
     sharing: Any
@@ -41,6 +44,12 @@ class Tiering:
             self.sharing.close(0.0)
         from .sharing import Sharing
         self.sharing = None if tier is None else Sharing(self, tier)  # type: ignore[arg-type]
+
+    def look_in_shared(self) -> bool:
+        """Between builds (explain: status, why, a dry run), copy in the shared tier's traces
+        when it was last read more than a minute ago; whether any came. A build reads it on its
+        first miss instead (refresh_if_changed)."""
+        return self.sharing is not None and self.sharing.sync_if_older(_LOOK_SECONDS)
 
     @property
     def tmp_dir(self) -> str:
