@@ -5,6 +5,10 @@ Contract:
   `refresh()` adds the trace rows other processes wrote since (rows get ever higher rowids, and
   the table never hands a rowid out twice: the highest seen is a watermark for what is new).
   `refresh_if_changed()` does that only when the store changed since, looking at most every 50 ms.
+- A fresh process reads the snapshot its key wrote (snapshot.py: one row for all the traces up
+  to its watermark) and row by row only what came after. `keep_snapshot()`, at the end of a
+  build, writes a new one when at least a few hundred traces (and an eighth of all) are not in
+  the last: a store of a few dozen traces never has one.
 - Per task key, at most 16 traces are kept, newest first. Traces of rules with policy "memory",
   and traces a failed write could not store, are kept in `memory` (this process only).
 - A row signed by another key (signing.py: its key id is not ours) is another user's: it is never
@@ -18,6 +22,7 @@ import time
 from collections import defaultdict
 from typing import Callable, Iterable
 
+from . import snapshot
 from .foreign import base
 from .signing import Signer
 from .table import Table
@@ -28,6 +33,7 @@ __all__ = ["Index", "MAX_TRACES"]
 MAX_TRACES = 16
 _LOOK_SECONDS = 0.05
 _DECODE_ERRORS = (ValueError, KeyError, TypeError, UnicodeDecodeError)
+_SNAPSHOT_AFTER = 256       # traces not in the snapshot that make a new one worth its writing
 
 
 class Index:
@@ -41,6 +47,8 @@ class Index:
         self.own: set[str] = set()     # trace rows this process wrote and has not scanned since
         self._seen = 0                 # the highest rowid refresh_if_changed has looked at
         self._looked = 0.0
+        self._beyond = 0               # traces known that the last snapshot does not hold
+        self._foreign: list[str] = []  # rows another key signed, for the next snapshot
 
     def _scan(self, prefix: str, after: int = 0) -> Iterable[tuple[str, memoryview]]:
         for key, value, rowid, filename in self.table.scan(prefix, after):
@@ -52,6 +60,7 @@ class Index:
             data = self.signer.open(key, value) if filename is None and type(value) is bytes else None
             if data is None:
                 if filename is None and type(value) is bytes and self.signer.foreign(value):
+                    self._foreign.append(key)
                     self.foreign(key)
                 else:
                     self.reject(key)
@@ -60,26 +69,55 @@ class Index:
 
     def load(self) -> None:
         self.own.clear()
-        traces: dict[str, list[Trace]] = defaultdict(list)
-        for key, data in self._scan("t:"):
-            try:
-                tr = Trace.decode(data.tobytes())
-            except _DECODE_ERRORS:
-                self.reject(key)
-                continue
-            traces[tr.key].append(tr)
-        for lst in traces.values():
-            lst.sort(key=lambda t: t.created, reverse=True)
-            del lst[MAX_TRACES:]
         entries = {}
+        # file entries first: a trace row written between the two selects is then above the
+        # watermark (read by the next refresh), not below it and missed for good
         for key, data in self._scan("f:"):
             try:
                 size, mtime, digest, seen = data.tobytes().decode().split(" ")
                 entries[base(key)[2:]] = (int(size), int(mtime), digest, int(seen))
             except ValueError:
                 self.reject(key)
+        kept = snapshot.read(self.table, self.signer)
+        traces: dict[str, list[Trace]] = defaultdict(list)
+        after, self._beyond, self._foreign = 0, 0, []
+        if kept is not None:
+            traces.update(kept.traces)
+            after, self.watermark, self._foreign = kept.watermark, max(self.watermark, kept.watermark), list(kept.foreign)
+            for key in kept.foreign:
+                self.foreign(key)
+        for key, data in self._scan("t:", after):
+            try:
+                tr = Trace.decode(data.tobytes())
+            except _DECODE_ERRORS:
+                self.reject(key)
+                continue
+            lst = traces[tr.key]
+            if kept is not None:          # the snapshot may hold what its writer wrote above it
+                ident = tr.ident
+                lst[:] = [t for t in lst if t.ident != ident]
+            lst.append(tr)
+            self._beyond += 1
+        for lst in traces.values():
+            lst.sort(key=lambda t: t.created, reverse=True)
+            del lst[MAX_TRACES:]
         self.traces = dict(traces)
         self.file_entries = entries
+
+    def keep_snapshot(self) -> None:
+        """After a build, with its rows committed: snapshot the traces when enough are not in the
+        last snapshot (snapshot.py). Others' rows since are read first, so that it holds every
+        trace row up to the watermark."""
+        if self.traces is None:
+            return
+        total = sum(len(lst) for lst in self.traces.values())
+        if self._beyond < max(_SNAPSHOT_AFTER, total // 8):
+            return
+        self.refresh()
+        watermark = self.watermark
+        snapshot.write(self.table, self.signer, snapshot.Snapshot(
+            watermark, snapshot.covered(self.table, watermark), self.traces, tuple(self._foreign)))
+        self._beyond = 0
 
     def refresh(self) -> None:
         if self.traces is None:
@@ -108,6 +146,7 @@ class Index:
         if self.traces is None:
             self.load()
         lst = self.traces.setdefault(tr.key, [])  # type: ignore[union-attr]
+        self._beyond += 1
         ident = tr.ident
         lst[:] = [t for t in lst if t.ident != ident]
         lst.insert(0, tr)
@@ -128,6 +167,6 @@ class Index:
             lst[:] = [t for t in lst if t.ident != ident]
 
     def clear(self) -> None:
-        self.traces = None
+        self.traces, self._beyond, self._foreign = None, 0, []
         self.file_entries = None
         self.memory.clear()

@@ -298,6 +298,8 @@ class Store(Values, Tiering, Inventory):
         """A build is over: commit what it wrote, then upload it to the shared tier in the
         background (not during the build: uploads would take the cores and bandwidth it uses)."""
         self.flush()
+        with self._lock:
+            self.index.keep_snapshot()
         if self.sharing is not None:
             self.sharing.kick()
 
