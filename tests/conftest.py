@@ -195,15 +195,11 @@ def sync_api():
     return require_browser()
 
 
-@pytest.fixture(scope="session")
-def jupyterlab(sync_api, tmp_path_factory):
-    """One JupyterLab server for every browser test of this process (its start is the dearest part
-    of each): tests put their notebooks in folders of their own under `.root`, so that each kernel
-    keeps its store, `.nbbuild/`, beside its notebook, as a reader's would be. Its log is left in
-    tests/artifacts/jupyterlab-server.log."""
+def serve(server):
+    """A browser test's server (browser_support.JupyterLab or Notebook7), started, and stopped with
+    everything it started at the end; its log is left in tests/artifacts/{name}-server.log."""
     import shutil
-    from browser_support import ARTIFACTS, JupyterLab
-    server = JupyterLab(tmp_path_factory.mktemp("lab"))
+    from browser_support import ARTIFACTS
     try:
         server.start()
         yield server
@@ -211,7 +207,24 @@ def jupyterlab(sync_api, tmp_path_factory):
         server.stop()
         ARTIFACTS.mkdir(exist_ok=True)
         if server.log_path.exists():
-            shutil.copyfile(server.log_path, ARTIFACTS / "jupyterlab-server.log")
+            shutil.copyfile(server.log_path, ARTIFACTS / server.log_path.name)
+
+
+@pytest.fixture(scope="session")
+def jupyterlab(sync_api, tmp_path_factory):
+    """One JupyterLab server for every browser test of this process (its start is the dearest part
+    of each): tests put their notebooks in folders of their own under `.root`, so that each kernel
+    keeps its store, `.nbbuild/`, beside its notebook, as a reader's would be."""
+    from browser_support import JupyterLab
+    yield from serve(JupyterLab(tmp_path_factory.mktemp("lab")))
+
+
+@pytest.fixture(scope="module")
+def notebook7(sync_api, tmp_path_factory):
+    """A Notebook 7 server (`jupyter notebook` >= 7) for the module that asks for it, with a root of
+    its own (so fresh stores); stopped after the module."""
+    from browser_support import Notebook7
+    yield from serve(Notebook7(tmp_path_factory.mktemp("notebook7")))
 
 
 @pytest.fixture(scope="session")
