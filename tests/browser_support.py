@@ -1,16 +1,18 @@
 """Helpers of the browser tests (tests/test_browser.py, test_lab_extension.py, test_notebook7.py): a
-JupyterLab or Notebook 7 server of their own, a headless Chromium, and the page helpers they share. Nothing here downloads a browser: Chromium is Debian's (`make test` installs it),
-driven by the Python `playwright` package with `executable_path`.
+JupyterLab or Notebook 7 server of their own, a headless Chromium, and the page helpers they share.
+Nothing here downloads a browser: Chromium is Debian's (`make test` installs it), driven by the
+Python `playwright` package with `executable_path`.
 
 - `require_browser()` skips (or, with CI set, fails) when Chromium or playwright is missing.
-- `JupyterLab` (and `Notebook7`, `jupyter notebook` >= 7, the same way) starts `jupyter lab` on 127.0.0.1 on a free port with a token, its root, workspaces,
-  settings, runtime, config, data and IPython dirs in a temporary folder, and stops it and
-  everything it started (kernels included) on `stop()`, whatever happened before. It loads
-  nbbuild's JupyterLab extension as this checkout built it (nbbuild/labextension/, first on
-  JUPYTER_PATH), whichever nbbuild the environment has installed.
+- `JupyterLab` starts `jupyter lab` (`Notebook7`: `jupyter notebook` >= 7, the same way) on
+  127.0.0.1 on a free port with a token, its root, workspaces, settings, runtime, config, data and
+  IPython dirs in a temporary folder, and stops it and everything it started (kernels included) on
+  `stop()`, whatever happened before. It loads nbbuild's extension as this checkout built it
+  (nbbuild/labextension/, first on JUPYTER_PATH), whichever nbbuild the environment has installed.
 - Page helpers, the same in both front ends (each page has `window.jupyterapp`, whose current
-  widget is the notebook): `notebook_page`, `shots`, `open_notebook`, `run` (a notebook command, then idle), `cell`,
-  `badge_is`, `badge_states`, `set_source`, `panel_node`.
+  widget is the notebook): `notebook_page` (a module's page, its cells run), `open_notebook`,
+  `run` (a notebook command, then idle), `cell`, `badge_is`, `badge_states`, `execution_counts`,
+  `set_source`, `panel_node`; `shots()`, where screenshots go.
 """
 from __future__ import annotations
 
@@ -340,7 +342,8 @@ def open_notebook(page, lab: JupyterLab, notebook: str) -> None:
 
 def shots() -> Path:
     """Where screenshots go: tests/artifacts, or docs/ with NBBUILD_SCREENSHOTS=docs (the README's)."""
-    where = LABEXTENSION.parent.parent / "docs" if os.environ.get("NBBUILD_SCREENSHOTS") == "docs" else ARTIFACTS
+    docs = os.environ.get("NBBUILD_SCREENSHOTS") == "docs"
+    where = LABEXTENSION.parent.parent / "docs" if docs else ARTIFACTS
     where.mkdir(exist_ok=True)
     return where
 

@@ -40,7 +40,7 @@ import nbbuild  # noqa: E402
 # come after tests/), one worker could still be busy with them long after the other ran out.
 DEAREST_FIRST = ("tests/test_corpus.py", "tests/test_cli.py", "tests/test_lab_extension.py", "tests/test_magics.py",
                  "tests/test_elsewhere.py", "tests/test_shared.py", "tests/test_cli_parameters.py", "tests/test_notebooks.py",
-                 "tests/test_browser.py", "tests/test_foreign.py", "tests/test_crash.py",
+                 "tests/test_browser.py", "tests/test_notebook7.py", "tests/test_foreign.py", "tests/test_crash.py",
                  "notebooks/pipeline.ipynb", "tests/test_remote.py", "tests/test_versions_kernel.py",
                  "tests/test_properties.py", "tests/test_replay.py", "tests/test_concurrency.py",
                  "tests/test_versions.py", "tests/test_live.py")
