@@ -15,7 +15,8 @@ Contract:
 - `b.watch(view)`: a view's `started(build)` and `finished(build)` are called around every
   top-level build, on the build's thread; meanwhile `b.progress()` (from any thread) is a
   `progress.Progress` snapshot of the running build, and after it the settled last one. A view
-  that raises is logged and dropped for that build, never failing it.
+  that raises is logged and dropped for that build, never failing it. `b.keep_view_state(name,
+  value)` keeps a view's JSON value in the store for later sessions, `b.view_state(name)` reads it.
 - `progress=`: True shows builds as a text line on stderr (console.TextProgress: redrawn on a
   terminal, a plain line every few seconds elsewhere, then the report's line), False does not;
   None (the default) reads NBBUILD_PROGRESS (1 or 0), else shows it when stderr is a terminal and

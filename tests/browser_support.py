@@ -1,13 +1,18 @@
-"""Helpers of tests/test_browser.py: a JupyterLab server of its own, a headless Chromium, and the
-checks that need them. Nothing here downloads a browser: Chromium is Debian's (`make test` installs it),
-driven by the Python `playwright` package with `executable_path`.
+"""Helpers of the browser tests (tests/test_browser.py, test_lab_extension.py, test_notebook7.py): a
+JupyterLab or Notebook 7 server of their own, a headless Chromium, and the page helpers they share.
+Nothing here downloads a browser: Chromium is Debian's (`make test` installs it), driven by the
+Python `playwright` package with `executable_path`.
 
 - `require_browser()` skips (or, with CI set, fails) when Chromium or playwright is missing.
-- `JupyterLab` starts `jupyter lab` on 127.0.0.1 on a free port with a token, its root, workspaces,
-  settings, runtime, config, data and IPython dirs in a temporary folder, and stops it and
-  everything it started (kernels included) on `stop()`, whatever happened before. It loads
-  nbbuild's JupyterLab extension as this checkout built it (nbbuild/labextension/, first on
-  JUPYTER_PATH), whichever nbbuild the environment has installed.
+- `JupyterLab` starts `jupyter lab` (`Notebook7`: `jupyter notebook` >= 7, the same way) on
+  127.0.0.1 on a free port with a token, its root, workspaces, settings, runtime, config, data and
+  IPython dirs in a temporary folder, and stops it and everything it started (kernels included) on
+  `stop()`, whatever happened before. It loads nbbuild's extension as this checkout built it
+  (nbbuild/labextension/, first on JUPYTER_PATH), whichever nbbuild the environment has installed.
+- Page helpers, the same in both front ends (each page has `window.jupyterapp`, whose current
+  widget is the notebook): `notebook_page` (a module's page, its cells run), `open_notebook`,
+  `run` (a notebook command, then idle), `cell`, `badge_is`, `badge_states`, `execution_counts`,
+  `set_source`, `panel_node`; `shots()`, where screenshots go.
 """
 from __future__ import annotations
 
@@ -60,6 +65,9 @@ LAB_SETTINGS = {
 # command leaves it out too: nbbuild/__main__.py)
 LAB_MAIN = ("import sys; sys.modules['rfc3987_syntax'] = None; "
             "from jupyterlab.labapp import main; sys.exit(main())")
+NOTEBOOK_MAIN = LAB_MAIN.replace("jupyterlab.labapp", "notebook.app")
+RUN_TIMEOUT = 90_000     # ms: every cell run
+SHOW_TIMEOUT = 15_000    # ms: what a message from the kernel changes in the page
 
 
 def require_browser():
@@ -113,13 +121,17 @@ class _PortTaken(Exception):
 class JupyterLab:
     """`jupyter lab` in a process group of its own, in `base` (a temporary folder)."""
 
+    name = "jupyterlab"
+    main = LAB_MAIN
+    app = "LabApp"
+
     def __init__(self, base: Path, start_timeout: float = 60.0):
         self.base = base
         self.root = base / "root"
         self.port = free_port()
         self.token = secrets.token_hex(16)
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = base / "jupyterlab-server.log"
+        self.log_path = base / f"{self.name}-server.log"
         self.start_timeout = start_timeout
         self.proc: subprocess.Popen | None = None
         self._log = None
@@ -170,7 +182,7 @@ class JupyterLab:
             except _PortTaken:
                 self.stop()
                 if attempt == attempts - 1:
-                    raise RuntimeError("jupyter lab found no free port:\n" + self.log_tail()) from None
+                    raise RuntimeError(f"{self.name} found no free port:\n" + self.log_tail()) from None
                 self.port = free_port()
                 self.url = f"http://127.0.0.1:{self.port}"
 
@@ -178,7 +190,7 @@ class JupyterLab:
         env = self.env()
         self.write_settings()
         cmd = [
-            sys.executable, "-c", LAB_MAIN,
+            sys.executable, "-c", self.main,
             "--no-browser",
             "--ServerApp.ip=127.0.0.1",
             f"--ServerApp.port={self.port}",
@@ -186,12 +198,10 @@ class JupyterLab:
             f"--IdentityProvider.token={self.token}",
             f"--ServerApp.root_dir={self.root}",
             "--ServerApp.terminals_enabled=False",
-            f"--LabApp.workspaces_dir={self.base / 'workspaces'}",
-            f"--LabApp.user_settings_dir={self.base / 'user-settings'}",
-            "--LabApp.expose_app_in_browser=True",
-            "--LabApp.news_url=None",
-            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-            "--LabApp.extension_manager=readonly",
+            f"--{self.app}.workspaces_dir={self.base / 'workspaces'}",
+            f"--{self.app}.user_settings_dir={self.base / 'user-settings'}",
+            f"--{self.app}.expose_app_in_browser=True",
+            *self.app_args(),
         ]
         if hasattr(os, "geteuid") and os.geteuid() == 0:
             cmd.append("--allow-root")
@@ -199,6 +209,10 @@ class JupyterLab:
         self.proc = subprocess.Popen(cmd, cwd=self.root, env=env, stdin=subprocess.DEVNULL,
                                      stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
         self.wait_ready()
+
+    def app_args(self) -> list[str]:
+        return ["--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+                "--LabApp.extension_manager=readonly"]
 
     def log_tail(self, n: int = 40) -> str:
         try:
@@ -221,7 +235,7 @@ class JupyterLab:
             if self.proc.poll() is not None:
                 if "already in use" in self.log_tail():
                     raise _PortTaken()
-                raise RuntimeError(f"jupyter lab exited with {self.proc.returncode} before answering:\n"
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode} before answering:\n"
                                    + self.log_tail())
             try:
                 status, _ = self.request("GET", f"/api/status?token={self.token}", timeout=2.0)
@@ -230,7 +244,7 @@ class JupyterLab:
             except (urllib.error.URLError, OSError) as e:
                 last = e
             time.sleep(0.25)
-        raise RuntimeError(f"jupyter lab did not answer /api/status in {self.start_timeout:.0f} s "
+        raise RuntimeError(f"{self.name} did not answer /api/status in {self.start_timeout:.0f} s "
                            f"({last!r}):\n" + self.log_tail())
 
     def page_url(self, notebook: str) -> str:
@@ -294,6 +308,22 @@ class JupyterLab:
             self.proc = None
 
 
+class Notebook7(JupyterLab):
+    """`jupyter notebook` (Notebook 7, built on JupyterLab's components), started and stopped as
+    JupyterLab is, with the same settings and this checkout's build of the extension."""
+
+    name = "notebook7"
+    main = NOTEBOOK_MAIN
+    app = "JupyterNotebookApp"
+
+    def app_args(self) -> list[str]:
+        return []     # no news or update checks in Notebook 7; the extension manager is Lab's
+
+    def page_url(self, notebook: str) -> str:
+        """The notebook's own page (Notebook 7 has a page a document)."""
+        return f"{self.url}/notebooks/{urllib.parse.quote(notebook)}?token={self.token}"
+
+
 def open_notebook(page, lab: JupyterLab, notebook: str) -> None:
     """The notebook open and current, its kernel connected and idle, all its cells attached."""
     page.goto(lab.page_url(notebook), wait_until="domcontentloaded", timeout=APP_TIMEOUT)
@@ -308,3 +338,94 @@ def open_notebook(page, lab: JupyterLab, notebook: str) -> None:
         arg=notebook, timeout=APP_TIMEOUT, polling=250)
     cells = len(json.loads((lab.root / notebook).read_text())["cells"])
     page.locator(".jp-Notebook .jp-Cell").nth(cells - 1).wait_for(state="attached")
+
+
+def shots() -> Path:
+    """Where screenshots go: tests/artifacts, or docs/ with NBBUILD_SCREENSHOTS=docs (the README's)."""
+    docs = os.environ.get("NBBUILD_SCREENSHOTS") == "docs"
+    where = LABEXTENSION.parent.parent / "docs" if docs else ARTIFACTS
+    where.mkdir(exist_ok=True)
+    return where
+
+
+def notebook_page(chromium, server: JupyterLab, notebook: str, console_log: str):
+    """(a generator, for a module's fixture) A page on `notebook`, its cells run once; the page's
+    console is left in tests/artifacts/`console_log` at the end."""
+    console: list[str] = []
+    context = chromium.new_context(viewport={"width": 1400, "height": 1000})
+    try:
+        ARTIFACTS.mkdir(exist_ok=True)
+        pg = context.new_page()
+        pg.set_default_timeout(SHOW_TIMEOUT)
+        pg.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+        pg.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
+        open_notebook(pg, server, notebook)
+        run(pg, "notebook:run-all-cells")
+        yield pg
+    finally:
+        context.close()
+        ARTIFACTS.mkdir(exist_ok=True)
+        (ARTIFACTS / console_log).write_text("\n".join(console) + "\n")
+
+
+def run(page, command: str, cell: int | None = None) -> None:
+    """A notebook command (on cell `cell` made active first), then wait until the kernel is idle
+    and no cell is running or queued."""
+    result = page.evaluate(
+        """async ([command, cell, ms]) => {
+            const w = window.jupyterapp.shell.currentWidget;
+            if (cell !== null) w.content.activeCellIndex = cell;
+            return Promise.race([
+                window.jupyterapp.commands.execute(command).then(() => 'done'),
+                new Promise(resolve => setTimeout(() => resolve('timeout'), ms)),
+            ]);
+        }""",
+        [command, cell, RUN_TIMEOUT])
+    assert result == "done", f"{command} did not finish in {RUN_TIMEOUT / 1000:.0f} s"
+    idle(page)
+
+
+def idle(page) -> None:
+    page.wait_for_function(
+        """() => {
+            const w = window.jupyterapp.shell.currentWidget;
+            const kernel = w.sessionContext.session && w.sessionContext.session.kernel;
+            const prompts = [...document.querySelectorAll('.jp-Notebook .jp-InputPrompt')];
+            return kernel && kernel.status === 'idle' && !prompts.some(p => p.textContent.includes('*'));
+        }""",
+        timeout=RUN_TIMEOUT, polling=100)
+
+
+def cell(page, i: int):
+    return page.locator(".jp-Notebook .jp-Cell").nth(i)
+
+
+def badge_is(page, i: int, state: str, restored: bool | None = None):
+    """The badge of cell i once it says `state` (and, if given, whether it is the last session's)."""
+    sel = f'.nbbuild-badge[data-state="{state}"]'
+    if restored is not None:
+        sel += f'[data-restored="{str(restored).lower()}"]'
+    found = cell(page, i).locator(sel)
+    found.wait_for(state="visible")
+    return found
+
+
+def badge_states(page) -> list[str | None]:
+    return page.evaluate("""() => [...document.querySelectorAll('.jp-Notebook .jp-Cell')].map(c => {
+        const b = c.querySelector('.nbbuild-badge'); return b ? b.dataset.state : null; })""")
+
+
+def execution_counts(page) -> list[int | None]:
+    return page.evaluate("""() => window.jupyterapp.shell.currentWidget.content.widgets
+        .map(c => c.model.executionCount ?? null)""")
+
+
+def set_source(page, i: int, source: str) -> None:
+    page.evaluate("""([i, source]) => {
+        const w = window.jupyterapp.shell.currentWidget;
+        w.content.widgets[i].model.sharedModel.setSource(source);
+    }""", [i, source])
+
+
+def panel_node(panel, text: str):
+    return panel.locator("svg g.node", has=panel.page.locator("text", has_text=text)).first

@@ -40,7 +40,7 @@ import nbbuild  # noqa: E402
 # come after tests/), one worker could still be busy with them long after the other ran out.
 DEAREST_FIRST = ("tests/test_corpus.py", "tests/test_cli.py", "tests/test_lab_extension.py", "tests/test_magics.py",
                  "tests/test_elsewhere.py", "tests/test_shared.py", "tests/test_cli_parameters.py", "tests/test_notebooks.py",
-                 "tests/test_browser.py", "tests/test_foreign.py", "tests/test_crash.py",
+                 "tests/test_browser.py", "tests/test_notebook7.py", "tests/test_foreign.py", "tests/test_crash.py",
                  "notebooks/pipeline.ipynb", "tests/test_remote.py", "tests/test_versions_kernel.py",
                  "tests/test_properties.py", "tests/test_replay.py", "tests/test_concurrency.py",
                  "tests/test_versions.py", "tests/test_live.py")
@@ -195,15 +195,11 @@ def sync_api():
     return require_browser()
 
 
-@pytest.fixture(scope="session")
-def jupyterlab(sync_api, tmp_path_factory):
-    """One JupyterLab server for every browser test of this process (its start is the dearest part
-    of each): tests put their notebooks in folders of their own under `.root`, so that each kernel
-    keeps its store, `.nbbuild/`, beside its notebook, as a reader's would be. Its log is left in
-    tests/artifacts/jupyterlab-server.log."""
+def serve(server):
+    """A browser test's server (browser_support.JupyterLab or Notebook7), started, and stopped with
+    everything it started at the end; its log is left in tests/artifacts/{name}-server.log."""
     import shutil
-    from browser_support import ARTIFACTS, JupyterLab
-    server = JupyterLab(tmp_path_factory.mktemp("lab"))
+    from browser_support import ARTIFACTS
     try:
         server.start()
         yield server
@@ -211,7 +207,24 @@ def jupyterlab(sync_api, tmp_path_factory):
         server.stop()
         ARTIFACTS.mkdir(exist_ok=True)
         if server.log_path.exists():
-            shutil.copyfile(server.log_path, ARTIFACTS / "jupyterlab-server.log")
+            shutil.copyfile(server.log_path, ARTIFACTS / server.log_path.name)
+
+
+@pytest.fixture(scope="session")
+def jupyterlab(sync_api, tmp_path_factory):
+    """One JupyterLab server for every browser test of this process (its start is the dearest part
+    of each): tests put their notebooks in folders of their own under `.root`, so that each kernel
+    keeps its store, `.nbbuild/`, beside its notebook, as a reader's would be."""
+    from browser_support import JupyterLab
+    yield from serve(JupyterLab(tmp_path_factory.mktemp("lab")))
+
+
+@pytest.fixture(scope="module")
+def notebook7(sync_api, tmp_path_factory):
+    """A Notebook 7 server (`jupyter notebook` >= 7) for the module that asks for it, with a root of
+    its own (so fresh stores); stopped after the module."""
+    from browser_support import Notebook7
+    yield from serve(Notebook7(tmp_path_factory.mktemp("notebook7")))
 
 
 @pytest.fixture(scope="session")

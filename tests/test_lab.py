@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -240,14 +241,18 @@ def test_the_committed_build_of_the_extension_is_that_of_its_source():
         "nbbuild/labextension/ is older than labextension/: run `make labextension` and commit the build"
 
 
-def test_the_wheel_installs_the_extension_where_jupyterlab_looks():
-    """`pip install` (or `pip install -e`) puts the prebuilt extension in
-    share/jupyter/labextensions/nbbuild, with its entry point and install.json."""
-    tomllib = pytest.importorskip("tomllib")         # Python >= 3.11
-    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    shared = config["tool"]["hatch"]["build"]["targets"]["wheel"]["shared-data"]
-    assert shared == {"nbbuild/labextension": "share/jupyter/labextensions/nbbuild",
-                      "labextension/install.json": "share/jupyter/labextensions/nbbuild/install.json"}
-    package = json.loads((BUILT / "package.json").read_text())
+def test_the_wheel_ships_the_prebuilt_extension_where_jupyter_looks(tmp_path):
+    """The wheel (as hatchling builds it for `pip install`) puts the prebuilt extension, with its
+    entry point and install.json, in share/jupyter/labextensions/nbbuild, where JupyterLab and
+    Notebook 7 find it: `pip install` is all, no node."""
+    from hatchling.builders.wheel import WheelBuilder
+    wheel, = WheelBuilder(str(ROOT)).build(directory=str(tmp_path), versions=["standard"])
+    data = "nbbuild-0.1.0.data/data/share/jupyter/labextensions/nbbuild/"
+    with zipfile.ZipFile(wheel) as z:
+        names = set(z.namelist())
+        package = json.loads(z.read(data + "package.json"))
+        install = json.loads(z.read(data + "install.json"))
     assert package["name"] == "nbbuild"
-    assert (BUILT / package["jupyterlab"]["_build"]["load"]).is_file()
+    assert data + package["jupyterlab"]["_build"]["load"] in names, "its entry point"
+    assert {data + "static/" + p.name for p in (BUILT / "static").iterdir()} <= names
+    assert install["packageName"] == "nbbuild"

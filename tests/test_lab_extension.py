@@ -11,12 +11,12 @@ are left in tests/artifacts/ (the README's come from `NBBUILD_SCREENSHOTS=docs`)
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-from browser_support import ARTIFACTS, open_notebook, write_notebook
+from browser_support import (ARTIFACTS, badge_is, badge_states, cell, execution_counts, idle, notebook_page,
+                             open_notebook, panel_node, run, set_source, shots, write_notebook)
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -34,16 +34,6 @@ PARAMETER, RAW, KEPT, FIT = 1, 2, 3, 4
 RULE_CELLS = (RAW, KEPT, FIT)
 PIPELINE = "pipeline/pipeline.ipynb"
 
-RUN_TIMEOUT = 90_000     # ms: every cell run
-SHOW_TIMEOUT = 15_000    # ms: what a message from the kernel changes in the page
-
-
-def shots() -> Path:
-    """Where screenshots go: tests/artifacts, or docs/ with NBBUILD_SCREENSHOTS=docs (the README's)."""
-    where = ROOT / "docs" if os.environ.get("NBBUILD_SCREENSHOTS") == "docs" else ARTIFACTS
-    where.mkdir(exist_ok=True)
-    return where
-
 
 @pytest.fixture(scope="module")
 def lab(jupyterlab):
@@ -60,75 +50,7 @@ def lab(jupyterlab):
 @pytest.fixture(scope="module")
 def page(chromium, lab):
     """One page for the file's tests, on the notebook above, its cells run once."""
-    console: list[str] = []
-    context = chromium.new_context(viewport={"width": 1400, "height": 1000})
-    try:
-        ARTIFACTS.mkdir(exist_ok=True)
-        pg = context.new_page()
-        pg.set_default_timeout(SHOW_TIMEOUT)
-        pg.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
-        pg.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
-        open_notebook(pg, lab, NOTEBOOK)
-        run(pg, "notebook:run-all-cells")
-        yield pg
-    finally:
-        context.close()
-        ARTIFACTS.mkdir(exist_ok=True)
-        (ARTIFACTS / "lab-extension-console.log").write_text("\n".join(console) + "\n")
-
-
-def run(page, command: str, cell: int | None = None) -> None:
-    """A notebook command (on cell `cell` made active first), then wait until the kernel is idle
-    and no cell is running or queued."""
-    result = page.evaluate(
-        """async ([command, cell, ms]) => {
-            const w = window.jupyterapp.shell.currentWidget;
-            if (cell !== null) w.content.activeCellIndex = cell;
-            return Promise.race([
-                window.jupyterapp.commands.execute(command).then(() => 'done'),
-                new Promise(resolve => setTimeout(() => resolve('timeout'), ms)),
-            ]);
-        }""",
-        [command, cell, RUN_TIMEOUT])
-    assert result == "done", f"{command} did not finish in {RUN_TIMEOUT / 1000:.0f} s"
-    idle(page)
-
-
-def idle(page) -> None:
-    page.wait_for_function(
-        """() => {
-            const w = window.jupyterapp.shell.currentWidget;
-            const kernel = w.sessionContext.session && w.sessionContext.session.kernel;
-            const prompts = [...document.querySelectorAll('.jp-Notebook .jp-InputPrompt')];
-            return kernel && kernel.status === 'idle' && !prompts.some(p => p.textContent.includes('*'));
-        }""",
-        timeout=RUN_TIMEOUT, polling=100)
-
-
-def cell(page, i: int):
-    return page.locator(".jp-Notebook .jp-Cell").nth(i)
-
-
-def badge_is(page, i: int, state: str, restored: bool | None = None):
-    """The badge of cell i once it says `state` (and, if given, whether it is the last session's)."""
-    sel = f'.nbbuild-badge[data-state="{state}"]'
-    if restored is not None:
-        sel += f'[data-restored="{str(restored).lower()}"]'
-    found = cell(page, i).locator(sel)
-    found.wait_for(state="visible")
-    return found
-
-
-def badge_states(page) -> list[str | None]:
-    return page.evaluate("""() => [...document.querySelectorAll('.jp-Notebook .jp-Cell')].map(c => {
-        const b = c.querySelector('.nbbuild-badge'); return b ? b.dataset.state : null; })""")
-
-
-def set_source(page, i: int, source: str) -> None:
-    page.evaluate("""([i, source]) => {
-        const w = window.jupyterapp.shell.currentWidget;
-        w.content.widgets[i].model.sharedModel.setSource(source);
-    }""", [i, source])
+    yield from notebook_page(chromium, lab, NOTEBOOK, "lab-extension-console.log")
 
 
 def open_panel(page):
@@ -136,10 +58,6 @@ def open_panel(page):
     panel = page.locator("#nbbuild-panel")
     panel.locator("svg g.node").first.wait_for(state="visible")
     return panel
-
-
-def panel_node(panel, text: str):
-    return panel.locator("svg g.node", has=panel.page.locator("text", has_text=text)).first
 
 
 def test_each_rule_cell_gets_a_badge(page):
@@ -189,16 +107,14 @@ def test_the_panel_draws_the_graph_and_build_brings_a_task_up_to_date(page):
 
 def test_after_a_restart_load_ext_alone_brings_the_badges_back(page):
     before = badge_states(page)
-    counts = page.evaluate("""() => window.jupyterapp.shell.currentWidget.content.widgets
-        .map(c => c.model.executionCount ?? null)""")
+    counts = execution_counts(page)
     page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.restart()")
     page.wait_for_function("() => document.querySelectorAll('.nbbuild-badge').length === 0")
     idle(page)
     run(page, "notebook:run-cell", 0)
     for i in RULE_CELLS:
         badge_is(page, i, before[i], restored=True)
-    after = page.evaluate("""() => window.jupyterapp.shell.currentWidget.content.widgets
-        .map(c => c.model.executionCount ?? null)""")
+    after = execution_counts(page)
     assert after[1:] == counts[1:], "only %load_ext ran"
 
 

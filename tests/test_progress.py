@@ -216,3 +216,20 @@ def test_a_settled_build_keeps_no_value_alive(b):
     b.forget()                    # the Build's own memory of values: what stays is up to the rest
     gc.collect()
     assert made[0]() is None and b.progress().done
+
+
+def test_a_view_keeps_its_state_in_the_store_for_the_sessions_that_follow(store_dir):
+    """(the notebook's badges come back after a restart this way) JSON in, the same out, in a
+    fresh Build on the store; None forgets it; the store's own settings are not a view's."""
+    states = {"cell-1": {"state": "stale", "reason": "global threshold changed"}}
+    with nbbuild.Build(store_dir) as first:
+        assert first.view_state("lab:a.ipynb") is None
+        first.keep_view_state("lab:a.ipynb", states)
+        first.set_quota("1 GB")
+    with nbbuild.Build(store_dir) as later:
+        assert later.view_state("lab:a.ipynb") == states
+        assert later.view_state("lab:b.ipynb") is None
+        assert later.view_state("quota") is None, "a view's names are apart from the store's settings"
+        later.keep_view_state("lab:a.ipynb", None)
+    with nbbuild.Build(store_dir) as last:
+        assert last.view_state("lab:a.ipynb") is None

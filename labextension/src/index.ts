@@ -1,9 +1,18 @@
 /**
- * nbbuild in JupyterLab (and Notebook 7): each rule cell carries a badge saying whether it is up
+ * nbbuild in JupyterLab and in Notebook 7: each rule cell carries a badge saying whether it is up
  * to date, and a side panel draws the notebook's live task graph. Both speak to the kernel side
  * (nbbuild/notebook/lab.py) over the comm `nbbuild`; a kernel without nbbuild is left alone.
+ *
+ * Only the notebook tracker is required, which both front ends provide. JupyterLab (ILabShell)
+ * gets the panel in its right side bar at once; Notebook 7, whose shell has a right side panel
+ * too (listed under View > Right Sidebar and in the palette by the panel's caption), gets it with
+ * its first notebook, so that its file browser and editor pages offer no panel about nothing.
  */
-import { JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
+import {
+  ILabShell,
+  JupyterFrontEnd,
+  JupyterFrontEndPlugin
+} from '@jupyterlab/application';
 import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
 import { LabIcon } from '@jupyterlab/ui-components';
 
@@ -29,12 +38,23 @@ const plugin: JupyterFrontEndPlugin<void> = {
   description: 'Badges on rule cells and the task graph of nbbuild',
   autoStart: true,
   requires: [INotebookTracker],
-  activate: (app: JupyterFrontEnd, tracker: INotebookTracker) => {
+  optional: [ILabShell],
+  activate: (app: JupyterFrontEnd, tracker: INotebookTracker, labShell: ILabShell | null) => {
     const panel = new GraphPanel();
     panel.title.icon = ICON;
-    app.shell.add(panel, 'right', { rank: 900 });
+    let placed = false;
+    const place = () => {
+      if (!placed) {
+        placed = true;
+        app.shell.add(panel, 'right', { rank: 900 });
+      }
+    };
+    if (labShell) {
+      place();
+    }
 
     tracker.widgetAdded.connect((_, nb) => {
+      place();
       const connection = new Connection(nb);
       const badges = new Badges(nb, connection);
       connections.set(nb, connection);

@@ -16,7 +16,7 @@ Contract:
   `Build.status` says, the most urgent among a parametric rule's calls), `reason` in words
   ("global threshold changed"), `title` how messages name the rule (`clean`, `fit ×14`). Entries
   of cells whose rules this kernel has not defined yet (after a restart) are those the last session
-  left, kept in the store (`Store.set_setting`, one setting per notebook), with `"restored": true`:
+  left, kept in the store (`Build.keep_view_state`, one record per notebook), with `"restored": true`:
   badges come back without running anything.
 - Requests from the front end (`{"request": ..., "id": n}`, answered `{"type": "reply", "id": n,
   ...}`): `graph` (`expand`: rule names whose calls are drawn one by one) -> `svg` and `nodes` (the
@@ -27,7 +27,6 @@ Contract:
 """
 from __future__ import annotations
 
-import json
 import logging
 import re
 from typing import Any
@@ -44,7 +43,7 @@ log = logging.getLogger("nbbuild")
 TARGET = "nbbuild"
 # the state a cell's badge takes when its tasks differ: the first of these any of them has
 URGENCY = ("failed", "stale", "never built", "not stored", "up to date")
-_SAVED = "lab:"            # store setting per notebook: its cells' last states
+_SAVED = "lab:"            # the view state per notebook: its cells' last states
 _VALUE_CHARS = 2000
 
 
@@ -246,12 +245,11 @@ class LabComm:
 
     def _load(self) -> dict[str, dict[str, Any]]:
         try:
-            text = self.state.build.store.setting(_SAVED + (self.path or ""))
-            saved = json.loads(text) if isinstance(text, str) else {}
-            return saved if isinstance(saved, dict) else {}
-        except Exception:  # an unreadable record: no badges until the cells run
+            saved = self.state.build.view_state(_SAVED + (self.path or ""))
+        except Exception:  # a store that cannot be read: no badges until the cells run
             log.debug("nbbuild: the saved cell states could not be read", exc_info=True)
-            return {}
+            saved = None
+        return saved if isinstance(saved, dict) else {}
 
     def _save(self, states: dict[str, dict[str, Any]]) -> None:
         if self.path is None:
@@ -260,7 +258,7 @@ class LabComm:
         merged.update({cid: {k: v for k, v in e.items() if k != "tasks"} for cid, e in states.items()})
         if merged != self.saved:
             self.saved = merged
-            self.state.build.store.set_setting(_SAVED + self.path, json.dumps(merged))
+            self.state.build.keep_view_state(_SAVED + self.path, merged)
 
 
 def _short(value: Any) -> str:

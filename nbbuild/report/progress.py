@@ -14,11 +14,15 @@ Contract:
 - `finish(report, error)` settles the tracker: the last snapshot has `done` set, the report's line
   as `summary` (when the build got as far as a report: failed builds do) and, when it raised,
   why in `error` ("interrupted" for an interrupt).
-- `Watched`, a part of Build (mixed in), keeps the views that watch its builds (Build's contract).
+- `Watched`, a part of Build (mixed in), keeps the views that watch its builds (Build's contract),
+  and what a view keeps across sessions: `keep_view_state(name, value)` writes a JSON value to the
+  store under `name` (None removes it; a store that cannot be written is the store's to report),
+  `view_state(name)` reads it back in a later session, None when there is none or it cannot be read.
 """
 from __future__ import annotations
 
 import heapq
+import json
 import logging
 import threading
 import time
@@ -164,9 +168,13 @@ class Tracker:
             return self._final
 
 
+_VIEW = "view:"      # the store's settings a view keeps: apart from the store's own (quota)
+
+
 class Watched:
     """A part of Build (mixed in): the views that watch its builds (`watch`, `unwatch`), told when
-    each top-level build starts and finishes (`_notify`), and `progress()`, their snapshot."""
+    each top-level build starts and finishes (`_notify`), `progress()`, their snapshot, and what
+    they keep across sessions (`view_state`, `keep_view_state`)."""
 
     def _notify(self, event: str, views: list[Any]) -> list[Any]:
         """Call each view's `event`; those that raise are logged and left out of the rest."""
@@ -188,6 +196,19 @@ class Watched:
     def unwatch(self, view: Any) -> None:
         if view in self.watchers:
             self.watchers.remove(view)
+
+    def view_state(self, name: str) -> Any:
+        """What a view kept under `name` (keep_view_state), maybe in an earlier session; None if nothing."""
+        text = self.store.setting(_VIEW + name)
+        try:
+            return json.loads(text) if isinstance(text, str) else None
+        except ValueError:  # a record written by something else: as if there were none
+            log.debug("nbbuild: the view state %r could not be read", name, exc_info=True)
+            return None
+
+    def keep_view_state(self, name: str, value: Any) -> None:
+        """Keep a JSON value for the sessions that follow (None: forget it)."""
+        self.store.set_setting(_VIEW + name, None if value is None else json.dumps(value))
 
     def progress(self) -> Progress | None:
         """A snapshot of the running build, or the settled one of the last build (None before any)."""
