@@ -12,9 +12,12 @@ import nbbuild
 from nbbuild.engine.version import rule_version
 
 
+def _skip(o) -> bool:
+    return isinstance(o, (nbbuild.Rule, nbbuild.Build))
+
+
 def _version(ns: dict, name: str, b=None):
-    skip = (lambda o: isinstance(o, (nbbuild.Rule, nbbuild.Build)))
-    return rule_version(ns[name], skip)
+    return rule_version(ns[name], _skip)
 
 
 def _define(src: str, **globals_) -> dict:
@@ -133,3 +136,78 @@ def test_plain_and_keyword_calls_give_one_task_and_one_repr(b):
         f.task()
     with pytest.raises(nbbuild.RuleError, match="too many positional"):
         f.task(1, 2, 3, 4)
+
+
+# A version is kept between calls while what it was made of is the same: every change below
+# must still give the version a fresh computation gives.
+KEPT_SRC = """
+import math
+def helper(x):
+    return x + offset
+def rule(x=2, *, k=3):
+    return helper(x) * factor + math.pi + len(words)
+"""
+
+
+def _fresh(ns: dict, name: str):
+    from nbbuild.engine import version
+    version._kept.pop(ns[name], None)
+    return _version(ns, name)
+
+
+def _kept_and_fresh(ns: dict, name: str = "rule") -> tuple[str, str]:
+    return _version(ns, name).version, _fresh(ns, name).version
+
+
+@pytest.mark.parametrize("change", [
+    "a global rebound", "a global of a function it calls rebound", "a global deleted", "a global defined",
+    "a module attribute replaced", "defaults replaced", "keyword defaults replaced", "its code replaced",
+    "a closure variable rebound", "a list mutated in place", "a class attribute set",
+])
+def test_a_kept_version_is_the_version_after_any_change(change, monkeypatch):
+    import math
+    ns = _define(KEPT_SRC, factor=2, offset=1, words=("a", "b"))
+    if change == "a closure variable rebound":
+        ns = _define("def make():\n    n = 1\n    def rule():\n        return n\n"
+                     "    def bump():\n        nonlocal n\n        n += 1\n    return rule, bump\n")
+        ns["rule"], ns["bump"] = ns["make"]()
+    if change == "a list mutated in place":
+        ns["words"] = ["a", "b"]
+    if change == "a class attribute set":
+        ns = _define("class Scale:\n    by = 2\ndef rule(x):\n    return x * Scale.by\n")
+    before = _version(ns, "rule").version
+    assert _version(ns, "rule") is _version(ns, "rule") or change in ("a list mutated in place",
+                                                                       "a class attribute set")
+    if change == "a global rebound":
+        ns["factor"] = 3
+    elif change == "a global of a function it calls rebound":
+        ns["offset"] = 5
+    elif change == "a global deleted":
+        del ns["words"]
+    elif change == "a global defined":
+        ns["rule"].__globals__["len"] = lambda s: 0
+    elif change == "a module attribute replaced":
+        monkeypatch.setattr(math, "pi", 3.0)
+    elif change == "defaults replaced":
+        ns["rule"].__defaults__ = (4,)
+    elif change == "keyword defaults replaced":
+        ns["rule"].__kwdefaults__ = {"k": 4}
+    elif change == "its code replaced":
+        ns["rule"].__code__ = _define("def rule(x=2, *, k=3):\n    return x\n")["rule"].__code__
+    elif change == "a closure variable rebound":
+        ns["bump"]()
+    elif change == "a list mutated in place":
+        ns["words"].append("c")
+    elif change == "a class attribute set":
+        ns["Scale"].by = 3
+    kept, fresh = _kept_and_fresh(ns)
+    assert kept == fresh != before
+
+
+def test_keyword_defaults_changed_in_place_are_a_new_version():
+    ns = _define(KEPT_SRC, factor=2, offset=1, words=("a", "b"))
+    before = _version(ns, "rule")
+    assert _version(ns, "rule") is before
+    ns["rule"].__kwdefaults__["k"] = 5
+    kept, fresh = _kept_and_fresh(ns)
+    assert kept == fresh != before.version

@@ -8,6 +8,13 @@ reads, by value hash. Rules, builds (`skip(obj)` is true for them), modules and 
 by key, engine/environment.py) are never hashed as values (a rule called by a rule is a dependency
 edge). Installed packages it touches are recorded with their versions, not hashed. The result is a
 `Version`: the hash, the parts it was made of (for `why`), and the packages.
+
+A version is asked for every known rule before every build (engine/verified.py), so it is kept
+between calls while everything it was made of is still there: each name it looked up (a global,
+a module's attribute, a closure cell, the function's code and defaults) still holds the very same
+object, and every value it hashed is of an immutable type (numbers, text, bytes, and tuples and
+frozensets of them). A rule that reads a list, an array, a frame or a class by value is versioned
+again each time: such a value can change in place.
 """
 from __future__ import annotations
 
@@ -19,6 +26,7 @@ import os
 import sys
 import sysconfig
 import types
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -95,12 +103,52 @@ def _classify_module(modname: str | None) -> tuple[bool, tuple[str, str] | None]
     return result
 
 
+_MISSING = object()
+_IMMUTABLE = frozenset({int, float, complex, str, bytes, bool, type(None), range})
+
+
+def _immutable(obj: Any, depth: int = 0) -> bool:
+    t = type(obj)           # exact types: a subclass may hold state of its own
+    if t in _IMMUTABLE:
+        return True
+    if (t is tuple or t is frozenset) and depth < 4:
+        return all(_immutable(o, depth + 1) for o in obj)
+    return False
+
+
+# (how it was looked up: "item" of a dict, "attr" of an object, "cell" contents, "equal": an
+# attribute equal to a copy; where; which key; the object found)
+_Lookup = tuple[str, Any, Any, Any]
+
+
+def _still(lookups: tuple[_Lookup, ...]) -> bool:
+    for how, where, key, obj in lookups:
+        if how == "item":
+            found = where.get(key, _MISSING)
+        elif how == "attr":
+            found = getattr(where, key, _MISSING)
+        elif how == "equal":
+            if getattr(where, key, _MISSING) != obj:
+                return False
+            continue
+        else:
+            try:
+                found = where.cell_contents
+            except ValueError:
+                found = _MISSING
+        if found is not obj:
+            return False
+    return True
+
+
 class _Versioner:
     def __init__(self, skip: Callable[[Any], bool]):
         self.skip = skip
         self.parts: dict[str, str] = {}
         self.packages: dict[str, str] = {}
         self.seen: set[int] = set()
+        self.lookups: list[_Lookup] = []
+        self.kept = True            # whether the version may be kept (all it hashed immutable)
 
     def package_of(self, modname: str | None) -> bool:
         user, dist = _classify_module(modname)
@@ -113,11 +161,18 @@ class _Versioner:
             return
         self.seen.add(id(fn))
         code = fn.__code__
+        self.lookups += [("attr", fn, "__code__", code), ("attr", fn, "__defaults__", fn.__defaults__),
+                         ("attr", fn, "__kwdefaults__", fn.__kwdefaults__)]
         self.parts[label] = code_fingerprint(code)
         if fn.__defaults__:
             self.value(f"{label}:defaults", fn.__defaults__)
         if fn.__kwdefaults__:
+            kept = self.kept
             self.value(f"{label}:kwdefaults", fn.__kwdefaults__)
+            if kept and all(_immutable(v) for v in fn.__kwdefaults__.values()):
+                # a dict, but of a function's own: kept while it holds what it held
+                self.kept = True
+                self.lookups.append(("equal", fn, "__kwdefaults__", dict(fn.__kwdefaults__)))
         reads = free_reads(code)
         for var, cell in zip(code.co_freevars, fn.__closure__ or ()):
             if var not in reads:
@@ -125,10 +180,13 @@ class _Versioner:
             try:
                 contents = cell.cell_contents
             except ValueError:  # an empty cell: the variable is not bound yet
+                self.lookups.append(("cell", cell, None, _MISSING))
                 continue
+            self.lookups.append(("cell", cell, None, contents))
             self.reach(f"{label}:{var}", contents)
         g = fn.__globals__
         for chain in global_names(code):
+            self.lookups.append(("item", g, chain[0], g.get(chain[0], _MISSING)))
             if chain[0] in g:
                 self.reach_chain(g, chain)
 
@@ -139,6 +197,7 @@ class _Versioner:
             if not isinstance(obj, types.ModuleType):
                 break
             nxt = getattr(obj, attr, None)
+            self.lookups.append(("attr", obj, attr, _MISSING if nxt is None else nxt))
             if nxt is None:
                 break
             obj, name = nxt, f"{name}.{attr}"
@@ -172,6 +231,7 @@ class _Versioner:
         if id(cls) in self.seen:
             return
         self.seen.add(id(cls))
+        self.kept = False           # its attributes may be set again at any time
         for base in cls.__bases__:
             if base is not object and self.package_of(base.__module__):
                 self.cls(f"cls:{base.__qualname__}", base)
@@ -188,6 +248,8 @@ class _Versioner:
                     self.value(f"{label}.{attr}", member)
 
     def value(self, label: str, obj: Any) -> None:
+        if self.kept and not _immutable(obj):
+            self.kept = False
         try:
             self.parts[label] = value_hash(obj)
         except UnserializableValue:
@@ -196,8 +258,19 @@ class _Versioner:
             self.parts[label] = "type:" + type(obj).__qualname__
 
 
+# function -> (who skips what: the engine context, the lookups it was made of, the version)
+_kept: weakref.WeakKeyDictionary[Any, tuple[Any, tuple[_Lookup, ...], Version]] = weakref.WeakKeyDictionary()
+
+
 def rule_version(fn: Callable, skip: Callable[[Any], bool]) -> Version:
     """The version of a rule's function. `skip(obj)` is true for rules and builds."""
+    skipper = getattr(skip, "__self__", skip)
+    try:
+        found = _kept.get(fn)
+    except TypeError:       # a callable that cannot be weakly referenced or hashed: never kept
+        found = None
+    if found is not None and found[0] is skipper and _still(found[1]):
+        return found[2]
     v = _Versioner(skip)
     target = fn
     while isinstance(target, functools.partial):
@@ -209,4 +282,10 @@ def rule_version(fn: Callable, skip: Callable[[Any], bool]) -> Version:
         v.value("callable", target)
     parts = tuple(v.parts.items())
     version = hash_bytes(json.dumps([PY_TAG, parts]).encode())
-    return Version(version, parts, tuple(sorted(v.packages.items())))
+    made = Version(version, parts, tuple(sorted(v.packages.items())))
+    if v.kept and target is fn:
+        try:
+            _kept[fn] = (skipper, tuple(v.lookups), made)
+        except TypeError:
+            pass
+    return made
