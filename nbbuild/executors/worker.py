@@ -107,6 +107,10 @@ class _WorkerRecorder:
     def wrote_file(self, path: str, whole: bool = True) -> None:
         self.written[path] = self.written.get(path, False) or whole
 
+    def removed_file(self, path: str) -> None:
+        """Removals are not sent back (the kernel records none for a body run elsewhere); but
+        the move that follows one (os.replace, an atomic save) is a write all the same."""
+
     def read_input(self, key: str, digest: str) -> None:
         if key not in self.seen:
             self.seen.add(key)
