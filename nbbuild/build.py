@@ -250,6 +250,7 @@ class Build(Explaining, Watched, TeamCache):
                                       [(st.task.rule.name, st.seconds) for st in sched.order
                                        if st.outcome == "executed"])
                 self._notify("finished", watching)
+        assert self.report is not None      # _run made this build's
         for observe in list(self.observers):
             observe(tasks, self.report)
         return values

@@ -37,7 +37,7 @@ class BuildError(NbbuildError):
     def __init__(self, task: Any, chain: Sequence[Any] = (), message: str | None = None):
         self.task = task
         self.chain = list(chain) or [task]
-        self.errors: list[BuildError] = [self]
+        self.errors: list[BaseException] = [self]     # a target's CycleError or Cancelled among them
         if message is None:
             message = f"{task!r} failed"
         needed = " → ".join(map(repr, self.chain))

@@ -91,7 +91,7 @@ def _all_hash(owner: Any = None, own: dict[str, Any] | None = None) -> str:
                 undo[name] = before
     for name, before in undo.items():
         try:
-            k = os.environ.encodekey(name)        # type: ignore[attr-defined]
+            k = os.environ.encodekey(name)
         except (TypeError, ValueError, UnicodeError):
             continue
         if before is None:
@@ -121,11 +121,11 @@ def owns(owner: Any) -> bool:
 # ---------------------------------------------------------------- effects
 
 def _text(raw: Any) -> str | None:
-    return None if raw is None else os.environ.decodevalue(raw)     # type: ignore[attr-defined]
+    return None if raw is None else os.environ.decodevalue(raw)
 
 
 def _encoded(value: str | None) -> Any:
-    return None if value is None else os.environ.encodevalue(value)  # type: ignore[attr-defined]
+    return None if value is None else os.environ.encodevalue(value)
 
 
 def finish(owner: Any, recorder: Any) -> tuple[tuple[str, str | None], ...]:
@@ -151,9 +151,9 @@ def restore(owner: Any, effects: Any) -> list[str]:
                 continue
             # the untracked write: putting an effect back is neither a read nor a write of a body
             if value is None:
-                os._Environ.__delitem__(os.environ, name)          # type: ignore[attr-defined]
+                os._Environ.__delitem__(os.environ, name)
             else:
-                os._Environ.__setitem__(os.environ, name, value)   # type: ignore[attr-defined]
+                os._Environ.__setitem__(os.environ, name, value)
             _left[name] = (owner, before, _raw(name))
             changed.append(name)
     return changed
@@ -225,7 +225,7 @@ def _wrote(key: Any, before: Any) -> None:
         log.debug("nbbuild: could not record the write of %r", key, exc_info=True)
 
 
-class _TrackedEnviron(os._Environ):     # type: ignore[name-defined,misc]
+class _TrackedEnviron(os._Environ):
     """os._Environ that tells the running rule body's recorder what it reads. No state of its own:
     only its class is swapped on the existing objects. Mapping's get, __contains__, pop and
     setdefault go through __getitem__; keys, items, values, copy, ==, | through __iter__."""
@@ -267,6 +267,6 @@ def install() -> None:
             return
         for name in ("environ", "environb"):
             env = getattr(os, name, None)
-            if env is not None and type(env) is os._Environ:      # type: ignore[attr-defined]
+            if env is not None and type(env) is os._Environ:
                 env.__class__ = _TrackedEnviron
         _installed = True

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from . import environment, outputs as _outputs
 from .context import EngineContext
@@ -77,7 +77,7 @@ class _Stale:
         self.dep, self.inner = dep, inner
 
 
-Reason = "str | _Stale"
+Reason: TypeAlias = "str | _Stale"
 
 
 def _text(reason: Any) -> Any:
@@ -171,6 +171,7 @@ def _status(ctx: EngineContext, task: Task, reason: str | None, memo: Memo) -> T
         return TaskStatus(repr(task), "never built", reason, None, None)
     if reason is not None:
         return TaskStatus(repr(task), "stale", reason, seconds, None)
+    assert digest is not None       # up to date: the memo holds its value hash
     size = ctx.store.value_size(digest) if task.rule.policy == "persist" else ctx.memory.size(digest)
     if not _stored(ctx, task, digest):
         return TaskStatus(repr(task), "not stored", "its value is not stored: it runs again when needed",
@@ -372,6 +373,10 @@ def _version_change(name: str, old: Any, new: Any) -> str:
 
 
 class Explaining:
+    if TYPE_CHECKING:       # Build's, which mixes this in (build.py)
+        context: EngineContext
+        def _target(self, t: Any) -> Task: ...
+
     def why(self, target: Any) -> str:
         """Why the target is stale, in words, or that it is up to date; nothing runs."""
         return why(self.context, self._target(target))

@@ -86,7 +86,7 @@ def match(traces: Sequence[Trace], version: str, state: Any, known: dict[str, st
     try:
         ask = next(steps)
         while True:
-            if type(ask) is tuple:
+            if isinstance(ask, tuple):   # a group of dependencies, else a trace whose outputs to check
                 ask = steps.send(group_matches(state, ask))
             else:
                 ask = steps.send(outputs_ready is None or outputs_ready(state, ask))
@@ -221,6 +221,7 @@ class Rebuilder:
     def record(self, st: TaskState, rec: Recorder, version: Version, written: tuple, effects: tuple,
                persist: bool) -> None:
         task = st.task
+        assert st.hash is not None      # its body gave a value, hashed (body.py)
         trace = Trace(task.key, task.rule.name, task.encoded, repr(task), version.version, rec.dependencies(),
                       st.hash, st.seconds, version.parts, version.packages, outputs=written, environ=effects)
         # a value the store could not take keeps a persistent trace all the same: its hash lets

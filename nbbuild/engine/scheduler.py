@@ -42,7 +42,7 @@ from greenlet import GreenletExit as GreenletExitType
 
 from . import body
 from ..errors import BuildError, Cancelled, CycleError
-from ..executors.hubs import Hubs
+from ..executors.hubs import Hubs, Waker
 from .context import EngineContext
 from .fetch import Fetching
 from .priority import CriticalPath, ReadyQueue
@@ -188,7 +188,7 @@ class Scheduler(Fetching):
         return True
 
     def _cancel(self, exc: BaseException) -> None:
-        wakers = []
+        wakers: list[Waker] = []
         with self.lock:
             self.cancelled = exc
             for st in self.states.values():

@@ -133,7 +133,8 @@ def _worker_shell() -> Any:
     config.HistoryManager.enabled = False
     global _MADE
     shell = _MADE = InteractiveShell.instance(config=config)
-    shell.display_pub = _Publisher()
+    # duck-typed: the shell calls only these two methods, and IPython is not imported before here
+    shell.display_pub = _Publisher()  # type: ignore[assignment]
     _plain_backend()
     return shell
 

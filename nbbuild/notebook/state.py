@@ -153,7 +153,7 @@ class NotebookState:
         except Exception:  # any cell at all, even one that cannot be parsed: then nothing is known
             return None
         fingerprints: dict[str, dict[str, str | None]] = {}
-        for r in {self.versions.producer(n) for n in names.inputs} - {None}:
+        for r in {p for n in names.inputs if (p := self.versions.producer(n)) is not None}:
             held = self.build.remembered(self.build.rules[r].task()) if self._plain_rule(r) else None
             if held is not None and isinstance(held[1], dict):
                 fingerprints[r] = {k: fingerprint(v) for k, v in held[1].items() if not unchangeable(v)}
@@ -272,7 +272,7 @@ class NotebookState:
     def drop(self, name: str) -> None:
         self.build.rules.pop(name, None)
         for table in (self.cells, self.sources, self.outputs, self.inputs, self.fetches, self.numbers, self.firsts):
-            table.pop(name, None)   # type: ignore[attr-defined]
+            table.pop(name, None)
         self.parametric.discard(name)
         self.changers.discard(name)
         self.functions.pop(name, None)

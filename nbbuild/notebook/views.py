@@ -107,7 +107,8 @@ def graph(state: NotebookState, targets: list | None, dashboard: bool) -> None:
     beside the metrics."""
     g = state.graph(targets)
     # the calls of a rule asked for by name are drawn one by one; other rules' many calls, as one
-    opened = {getattr(t, "name", None) or getattr(getattr(t, "rule", None), "name", "") for t in targets or ()}
+    opened: set[str] = {n for t in targets or ()
+                        if (n := getattr(t, "name", None) or getattr(getattr(t, "rule", None), "name", ""))}
     text = tree(collapse(g, expand=opened)[0])
     if not state.rich:
         if dashboard:

@@ -48,10 +48,11 @@ log = logging.getLogger("nbbuild")
 _SHARED: dict[str, w.Widget] | None = None
 
 
-def _share() -> None:
+def _share() -> dict[str, w.Widget]:
     global _SHARED
     _SHARED = {"bar": w.Layout(width="320px"), "bar_style": ProgressStyle(), "text": w.Layout(),
                "text_style": HTMLStyle(), "box": w.Layout(align_items="flex-start")}
+    return _SHARED
 _MARK = {"running": "▶", "executed": "✔ ran", "verified": "↺ reused", "constructed": "↺ reused (older)",
          "failed": "✘ failed", "skipped": "– skipped"}
 _STYLE = ("<style>.nbbuild-rows{border-collapse:collapse;font-size:12px;margin-top:2px}"
@@ -102,7 +103,7 @@ class BuildView:
         self._graph_targets = targets
 
     def started(self, build: Any) -> None:
-        parts = {"sent": {}, "graph": "", "graph_at": 0.0, "targets": self._graph_targets, "snapshot": None}
+        parts: dict[str, Any] = {"sent": {}, "graph": "", "graph_at": 0.0, "targets": self._graph_targets, "snapshot": None}
         self._graph_targets = None
         if parts["targets"] is not None and self.snapshot is not None and self.draw is not None:
             try:
@@ -126,14 +127,13 @@ class BuildView:
         """Make the box, in the state given, and put it in the view's place. Layouts and styles are
         shared by every box: each widget is a message to open, and every message a wake-up that
         the build's thread pays for."""
-        if _SHARED is None:
-            _share()
+        shared = _SHARED if _SHARED is not None else _share()
         value, most, style = bar
         parts["sent"].update(bar=bar, text=text)
-        bar_ = w.IntProgress(value=value, min=0, max=most, bar_style=style, layout=_SHARED["bar"],
-                             style=_SHARED["bar_style"])
-        html_ = w.HTML(text, layout=_SHARED["text"], style=_SHARED["text_style"])
-        box = w.HBox([bar_, html_], layout=_SHARED["box"], _dom_classes=("nbbuild-progress",))
+        bar_ = w.IntProgress(value=value, min=0, max=most, bar_style=style, layout=shared["bar"],
+                             style=shared["bar_style"])
+        html_ = w.HTML(text, layout=shared["text"], style=shared["text_style"])
+        box = w.HBox([bar_, html_], layout=shared["box"], _dom_classes=("nbbuild-progress",))
         parts.update(box=box, bar=bar_, text=html_)
         self._place(parts, plain)
 
@@ -205,7 +205,7 @@ class BuildView:
         parts, p = self.last, build.progress()
         if parts is None or p is None:
             return
-        if parts["snapshot"] is not None:
+        if parts["snapshot"] is not None and self.snapshot is not None:
             try:
                 parts["snapshot"] = self.snapshot(parts["targets"])    # the states the build left
             except Exception:  # as at the start: the summary must still settle

@@ -176,6 +176,9 @@ class Watched:
     each top-level build starts and finishes (`_notify`), `progress()`, their snapshot, and what
     they keep across sessions (`view_state`, `keep_view_state`)."""
 
+    watchers: list[Any]             # Build's (build.py)
+    _tracker: Tracker | None
+
     def _notify(self, event: str, views: list[Any]) -> list[Any]:
         """Call each view's `event`; those that raise are logged and left out of the rest."""
         ok = []
