@@ -51,7 +51,7 @@ from .engine.context import EngineContext
 from .engine.explain import Explaining
 from .engine.rule import Rule, resolve_target
 from .engine.scheduler import Scheduler
-from .engine.state import DONE
+from .engine.state import DONE, Outcome
 from .engine.task import Task
 from .engine.trace import current
 from .engine.verified import CleanSet
@@ -248,7 +248,7 @@ class Build(Explaining, Watched, TeamCache):
                     self._expected[targets] = len(report.rows[0])
                     self._session.add(report, {k: v - tally.get(k, 0) for k, v in self.store.tally.items()},
                                       [(st.task.rule.name, st.seconds) for st in sched.order
-                                       if st.outcome == "executed"])
+                                       if st.outcome == Outcome.EXECUTED])
                 self._notify("finished", watching)
         assert self.report is not None      # _run made this build's
         for observe in list(self.observers):
@@ -272,7 +272,7 @@ class Build(Explaining, Watched, TeamCache):
             self.store.end_build()
             lost = self.store.take_lost()     # inline values whose batch the store refused
             for st in sched.states.values() if lost else ():
-                if st.outcome == "executed" and st.hash in lost and not st.unstored:
+                if st.outcome == Outcome.EXECUTED and st.hash in lost and not st.unstored:
                     st.unstored = self.store.write_error or "the store could not be written"
         sched.rebuilder.remember(sched.states.values())
         for st in sched.states.values():
@@ -283,7 +283,7 @@ class Build(Explaining, Watched, TeamCache):
                     kept.pop(st.task.key, None)
             if st.status == DONE:
                 self._failures.pop(st.task.key, None)
-            elif st.outcome in ("failed", "skipped"):
+            elif st.outcome in (Outcome.FAILED, Outcome.SKIPPED):
                 err = sched.error_for(st)
                 own = st.error
                 self._failures[st.task.key] = f"{type(own).__name__}: {own}" if own is not None else str(err)

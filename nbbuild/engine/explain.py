@@ -18,7 +18,7 @@ Contract:
   A variable a task set itself is not a change of its input.
 - `plan(ctx, tasks)`: (task repr, reason) of every task that building them may run, dependencies
   first. Early cutoff may yet spare some of them.
-- `status(ctx, task)`: a `TaskStatus`: `state` one of "up to date", "stale", "never built",
+- `status(ctx, task)`: a `TaskStatus`: `state` a `Standing`, one of "up to date", "stale", "never built",
   "failed" (its last build in this process failed), "not stored" (up to date, but its value is
   gone or could not be stored: it runs again when needed); the reason in words; the last run's
   seconds; the stored value's size in bytes (None when not stored). `statuses(ctx, tasks)` is
@@ -48,17 +48,24 @@ from .files import short_path
 from .rule import Rule
 from .task import Task
 from .rebuild import Rebuilder, walk
+from .state import Word
 from .trace import FILE_PREFIX, INPUT_PREFIX, MISSING
 
-__all__ = ["TaskStatus", "why", "plan", "status", "statuses", "inputs", "outputs", "known", "Explaining"]
+__all__ = ["TaskStatus", "Standing", "why", "plan", "status", "statuses", "inputs", "outputs", "known", "Explaining"]
 
-STATES = ("up to date", "stale", "never built", "failed", "not stored")
+class Standing(Word):
+    """A task's state as `status` tells it (TaskStatus.state): the words the views show and send."""
+    UP_TO_DATE = "up to date"
+    STALE = "stale"
+    NEVER_BUILT = "never built"
+    FAILED = "failed"           # its last build in this process failed
+    NOT_STORED = "not stored"   # up to date, but its value is not stored: it runs again when needed
 
 
 @dataclass(frozen=True)
 class TaskStatus:
     task: str
-    state: str
+    state: Standing
     reason: str
     seconds: float | None
     size: int | None
@@ -166,17 +173,17 @@ def _status(ctx: EngineContext, task: Task, reason: str | None, memo: Memo) -> T
     _, digest, seconds, _ = memo[task.key]
     failure = ctx.failures.get(task.key)
     if failure is not None:
-        return TaskStatus(repr(task), "failed", failure, seconds, None)
+        return TaskStatus(repr(task), Standing.FAILED, failure, seconds, None)
     if reason == "never built":
-        return TaskStatus(repr(task), "never built", reason, None, None)
+        return TaskStatus(repr(task), Standing.NEVER_BUILT, reason, None, None)
     if reason is not None:
-        return TaskStatus(repr(task), "stale", reason, seconds, None)
+        return TaskStatus(repr(task), Standing.STALE, reason, seconds, None)
     assert digest is not None       # up to date: the memo holds its value hash
     size = ctx.store.value_size(digest) if task.rule.policy == "persist" else ctx.memory.size(digest)
     if not _stored(ctx, task, digest):
-        return TaskStatus(repr(task), "not stored", "its value is not stored: it runs again when needed",
+        return TaskStatus(repr(task), Standing.NOT_STORED, "its value is not stored: it runs again when needed",
                           seconds, None)
-    return TaskStatus(repr(task), "up to date", "up to date", seconds, size)
+    return TaskStatus(repr(task), Standing.UP_TO_DATE, "up to date", seconds, size)
 
 
 def inputs(ctx: EngineContext, task: Task) -> tuple[list[Task], list[str]]:

@@ -21,7 +21,7 @@ from .state import DONE, FAILED, TaskState
 from .task import Task
 from .trace import Recorder
 if TYPE_CHECKING:
-    from ..executors.hubs import Hubs
+    from ..executors.hubs import Hubs, Waker
     from .context import EngineContext
 
 __all__ = ["Fetching"]
@@ -93,7 +93,8 @@ class Fetching:
         finally:
             with self.lock:
                 st.loading = False
-                self.hubs.wake(st.take_waiters())
+                # while a value loads only greenlets wait on it (a deferred task waits on unfinished ones)
+                self.hubs.wake(cast("list[Waker]", st.take_waiters()))
 
     # ------------------------------------------------------------ errors
 

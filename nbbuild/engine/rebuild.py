@@ -45,7 +45,7 @@ from typing import Any, Callable, Generator, Iterable, Sequence
 
 from . import environment, inputs, outputs
 from .context import EngineContext
-from .state import DONE, TaskState
+from .state import DONE, Outcome, TaskState
 from .task import Task
 from .trace import ENV_PREFIX, FILE_PREFIX, INPUT_PREFIX, Group, Recorder, Trace
 from .version import Version, rule_version
@@ -151,7 +151,7 @@ class Rebuilder:
         if trace is None:
             return False
         st.hash, st.trace, st.seconds = trace.result, trace, trace.seconds
-        st.outcome = "verified" if pos == 0 else "constructed"
+        st.outcome = Outcome.VERIFIED if pos == 0 else Outcome.CONSTRUCTED
         return True
 
     def stored_meanwhile(self, st: TaskState) -> bool:

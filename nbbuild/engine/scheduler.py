@@ -46,7 +46,7 @@ from ..executors.hubs import Hubs, Waker
 from .context import EngineContext
 from .fetch import Fetching
 from .priority import CriticalPath, ReadyQueue
-from .state import ACTIVE, DONE, FAILED, QUEUED, TaskState
+from .state import ACTIVE, DONE, FAILED, QUEUED, UNFINISHED, Outcome, Status, TaskState
 from .task import Task
 from .trace import current
 from .rebuild import Rebuilder
@@ -144,7 +144,7 @@ class Scheduler(Fetching):
             if me is not None:
                 me.blocked_on = None
 
-    def _finish(self, st: TaskState, status: int) -> None:
+    def _finish(self, st: TaskState, status: Status) -> None:
         with self.lock:
             st.status = status
             self.order.append(st)
@@ -195,7 +195,7 @@ class Scheduler(Fetching):
                 if st.status < DONE:
                     st.status = FAILED
                     st.error = Cancelled("build interrupted")
-                    wakers.extend(w for w in st.take_waiters() if type(w) is not TaskState)
+                    wakers.extend(w for w in st.take_waiters() if not isinstance(w, TaskState))
             wakers.extend(self.waiting_elsewhere.values())     # bodies waiting on work elsewhere
         self.hubs.cancel(exc, wakers)
 
@@ -335,8 +335,8 @@ class Scheduler(Fetching):
             raise
         except BaseException as e:  # an engine error becomes this task's failure, never a hang
             log.debug("nbbuild: %r failed in the engine", st.task, exc_info=True)
-            st.error, st.outcome = e, "failed"
-        self._finish(st, FAILED if st.outcome in ("failed", "skipped", "obsolete") else DONE)
+            st.error, st.outcome = e, Outcome.FAILED
+        self._finish(st, FAILED if st.outcome in UNFINISHED else DONE)
 
     def _defer(self, st: TaskState) -> bool:
         """With several threads, a task about to run first has what its last run fetched brought up

@@ -95,7 +95,7 @@ class Hubs:
         if wakers and self.helpers:
             self.cond.notify_all()
 
-    def wake_from_outside(self, waker: tuple[_Hub, greenlet]) -> None:
+    def wake_from_outside(self, waker: Waker) -> None:
         """From any thread (the callback of a future of work elsewhere): resume that greenlet."""
         with self.lock:
             waker[0].resumes.append(waker[1])

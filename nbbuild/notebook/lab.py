@@ -31,6 +31,7 @@ import logging
 import re
 from typing import Any
 
+from ..engine.explain import Standing
 from ..errors import NbbuildError
 from .draw import render
 from .graph import TITLES, collapse, label
@@ -42,7 +43,7 @@ log = logging.getLogger("nbbuild")
 
 TARGET = "nbbuild"
 # the state a cell's badge takes when its tasks differ: the first of these any of them has
-URGENCY = ("failed", "stale", "never built", "not stored", "up to date")
+URGENCY = (Standing.FAILED, Standing.STALE, Standing.NEVER_BUILT, Standing.NOT_STORED, Standing.UP_TO_DATE)
 _SAVED = "lab:"            # the view state per notebook: its cells' last states
 _VALUE_CHARS = 2000
 
@@ -60,11 +61,11 @@ def cell_states(state: Any) -> dict[str, dict[str, Any]]:
         rows = [{"task": label(s.task), "key": t.key, "state": s.state, "reason": label(s.reason)}
                 for t, s in zip(tasks, statuses)]
         if not rows:
-            entry = {"state": "never built", "reason": f"{name} has not been called yet", "title": name}
+            entry = {"state": Standing.NEVER_BUILT, "reason": f"{name} has not been called yet", "title": name}
         else:
             worst = min(rows, key=lambda r: URGENCY.index(r["state"]) if r["state"] in URGENCY else len(URGENCY))
-            reason = worst["reason"] if worst["state"] != "up to date" else "up to date"
-            if parametric and worst["state"] != "up to date":
+            reason = worst["reason"] if worst["state"] != Standing.UP_TO_DATE else "up to date"
+            if parametric and worst["state"] != Standing.UP_TO_DATE:
                 reason = f"{worst['task']}: {reason}"
             title = f"{name} ×{len(rows)}" if parametric else TITLES.get(name, name)
             entry = {"state": worst["state"], "reason": reason, "title": title}
@@ -237,7 +238,7 @@ class LabComm:
             shown = [f"{n} = {_short(ns[n])}" for n in state.outputs.get(name, ()) if n in ns]
             return "\n".join(shown) or f"{label(repr(task))} binds no names"
         st = state.build.status(task)
-        if st.state != "up to date":
+        if st.state != Standing.UP_TO_DATE:
             return f"{label(repr(task))} is {st.state}: build it to see its value"
         return _short(state.build.build(task)[0])     # up to date: loaded, nothing runs
 

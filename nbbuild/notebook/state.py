@@ -40,6 +40,7 @@ from typing import Any
 from IPython.core.error import UsageError
 
 from ..build import Build
+from ..engine.explain import Standing
 from ..report.console import TextProgress, own_stderr
 from .auto import Auto
 from .closures import Closures
@@ -205,7 +206,7 @@ class NotebookState:
             if rule is None:
                 continue
             tasks = b.known_tasks(rule) if r in self.parametric else [rule.task()]
-            stale += [label(repr(t)) for t in tasks if b.status(t).state == "stale"]
+            stale += [label(repr(t)) for t in tasks if b.status(t).state == Standing.STALE]
         if stale:
             print(f"stale: {', '.join(stale)} — run %build {self.target_text(stale[-1])}")
 

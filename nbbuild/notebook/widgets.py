@@ -36,6 +36,7 @@ from ipywidgets.widgets.widget_int import ProgressStyle
 from ipywidgets.widgets.widget_string import HTMLStyle
 from IPython.display import display
 
+from ..engine.state import Outcome
 from ..report.console import line
 from ..report.formatting import seconds_text as _secs, size_text as _size
 from ..report.metrics import Metrics
@@ -53,8 +54,9 @@ def _share() -> dict[str, w.Widget]:
     _SHARED = {"bar": w.Layout(width="320px"), "bar_style": ProgressStyle(), "text": w.Layout(),
                "text_style": HTMLStyle(), "box": w.Layout(align_items="flex-start")}
     return _SHARED
-_MARK = {"running": "▶", "executed": "✔ ran", "verified": "↺ reused", "constructed": "↺ reused (older)",
-         "failed": "✘ failed", "skipped": "– skipped"}
+_MARK = {Outcome.RUNNING: "▶", Outcome.EXECUTED: "✔ ran", Outcome.VERIFIED: "↺ reused",
+         Outcome.CONSTRUCTED: "↺ reused (older)", Outcome.FAILED: "✘ failed", Outcome.SKIPPED: "– skipped"}
+_LIVE = {Outcome.EXECUTED: "ran", Outcome.VERIFIED: "reused", Outcome.CONSTRUCTED: "reused"}   # draw.py's words
 _STYLE = ("<style>.nbbuild-rows{border-collapse:collapse;font-size:12px;margin-top:2px}"
           ".nbbuild-rows td{padding:1px 10px 1px 0;white-space:nowrap;line-height:1.35}"
           # an HTML widget's line height is a widget row's (28 px): tables and notes want text's
@@ -191,8 +193,7 @@ class BuildView:
             return
         if not p.done and time.monotonic() - parts["graph_at"] < 1.0:
             return
-        live = {r.key: {"executed": "ran", "verified": "reused", "constructed": "reused"}.get(r.outcome, r.outcome)
-                for r in p.rows}
+        live = {r.key: _LIVE.get(r.outcome, r.outcome.value) for r in p.rows}
         live.update({r.key: "running" for r in p.running})
         parts["graph_at"] = time.monotonic()
         parts["graph"] = self.draw(graph, None if p.done else live)

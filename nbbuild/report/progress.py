@@ -29,20 +29,21 @@ import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from ..engine.state import Outcome
+
 __all__ = ["Progress", "TaskRow", "Tracker", "Watched", "ROW_LIMIT", "SLOWEST"]
 
 log = logging.getLogger("nbbuild")
 
 ROW_LIMIT = 200
 SLOWEST = 12
-_REUSED = ("verified", "constructed")
 
 
 @dataclass(frozen=True)
 class TaskRow:
     key: str
     task: str
-    outcome: str        # running | executed | verified | constructed | failed | skipped
+    outcome: Outcome    # running | executed | verified | constructed | failed | skipped
     seconds: float      # run time; for reused tasks the recorded run time they saved; running: so far
 
 
@@ -78,7 +79,8 @@ class Tracker:
         self._lock = threading.Lock()
         self._seen = 0
         self._n = 0
-        self._counts = {"executed": 0, "verified": 0, "constructed": 0, "failed": 0, "skipped": 0}
+        self._counts = {o: 0 for o in (Outcome.EXECUTED, Outcome.VERIFIED, Outcome.CONSTRUCTED, Outcome.FAILED,
+                                       Outcome.SKIPPED)}
         self._rows: list[TaskRow] | None = []
         self._slowest: list[tuple[float, int, TaskRow]] = []     # a min-heap of the slowest rows
         self._reach: int | None = None
@@ -106,8 +108,8 @@ class Tracker:
         counts, rows, slowest = self._counts, self._rows, self._slowest
         for i in range(self._seen, end):
             st = order[i]
-            outcome = st.outcome or "failed"
-            if outcome == "obsolete":
+            outcome = st.outcome or Outcome.FAILED
+            if outcome == Outcome.OBSOLETE:
                 continue
             counts[outcome] += 1
             if rows is not None:
@@ -138,7 +140,7 @@ class Tracker:
     def _snapshot(self, done: bool = False, summary: str = "", error: str = "", total: int = 0) -> Progress:
         self._take_finished()
         now = time.perf_counter()
-        running = sorted((TaskRow(st.task.key, st.task._repr, "running", now - started)
+        running = sorted((TaskRow(st.task.key, st.task._repr, Outcome.RUNNING, now - started)
                           for st, started in self.sched.running.copy().values()),
                          key=lambda r: -r.seconds)
         c = self._counts
@@ -151,8 +153,8 @@ class Tracker:
         if not done:
             known = max(known, self._reached())
         return Progress(self.targets, known if not done else max(total, checked), max(checked, total),
-                        c["executed"], c["verified"] + c["constructed"] + max(0, total - checked),
-                        c["failed"], c["skipped"], now - self.start, tuple(running) if not done else (),
+                        c[Outcome.EXECUTED], c[Outcome.VERIFIED] + c[Outcome.CONSTRUCTED] + max(0, total - checked),
+                        c[Outcome.FAILED], c[Outcome.SKIPPED], now - self.start, tuple(running) if not done else (),
                         rows, complete, done, summary, error)
 
     def finish(self, report: Any = None, error: BaseException | None = None) -> Progress:
