@@ -58,6 +58,7 @@ from .engine.verified import CleanSet
 from .errors import BuildError, RuleError
 from .executors.hubs import HelperPool
 from .executors.pools import make_executor
+from .executors.protocol import Executor
 from .report.console import TextProgress, wanted
 from .report.metrics import Metrics, Session
 from .report.progress import Tracker, Watched
@@ -102,7 +103,7 @@ class Build(Explaining, Watched, TeamCache):
             raise RuleError(str(e)) from None
         self.workers = workers
         self.executor = executor
-        self._executors: dict[Any, Any] = {}
+        self._executors: dict[Any, Executor] = {}
         if executor is not None:
             try:
                 self.executor_for(None)                 # a bad one says so now, not at the first build
@@ -370,7 +371,7 @@ class Build(Explaining, Watched, TeamCache):
 
     # ------------------------------------------------------------ lifetime
 
-    def executor_for(self, rule: Rule | None) -> Any:
+    def executor_for(self, rule: Rule | None) -> Executor | None:
         """What runs the rule's bodies (None: here, on a thread), made on first use."""
         spec = rule.executor if rule is not None and rule.executor is not None else self.executor
         if spec is None or spec == "threads":

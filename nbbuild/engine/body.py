@@ -39,6 +39,7 @@ from .trace import ENV_PREFIX, Recorder, current
 from ..executors.shared_values import SharedValue
 
 if TYPE_CHECKING:
+    from ..executors.protocol import Executor
     from .scheduler import Scheduler
     from .task import Task
     from .version import Version
@@ -86,7 +87,7 @@ def execute(sched: Scheduler, st: TaskState) -> None:
     _keep(sched, st, rec, value, version)
 
 
-def _attempt(sched: Scheduler, st: TaskState, executor: Any, timeout: float | None) -> tuple[Recorder, Any, BaseException | None]:
+def _attempt(sched: Scheduler, st: TaskState, executor: Executor | None, timeout: float | None) -> tuple[Recorder, Any, BaseException | None]:
     task = st.task
     rec = Recorder(st, sched)
     token = current.set(rec)

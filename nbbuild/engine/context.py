@@ -33,13 +33,14 @@ from .verified import CleanSet
 
 if TYPE_CHECKING:
     from ..executors.hubs import HelperPool
+    from ..executors.protocol import Executor
     from ..store.memory import Memory
     from ..store.store import Store
 
 __all__ = ["EngineContext"]
 
 
-def _no_executor(rule: Any) -> Any:
+def _no_executor(rule: Rule | None) -> Executor | None:
     return None
 
 
@@ -54,7 +55,7 @@ class EngineContext:
     files: FileHasher = field(default_factory=FileHasher)
     owners: Owners = field(default_factory=Owners)
     verified: CleanSet = field(default_factory=CleanSet)
-    executor_for: Callable[[Rule], Any] = _no_executor
+    executor_for: Callable[[Rule | None], Executor | None] = _no_executor
     engine_types: tuple[type, ...] = (Rule,)
     owner: object = None
     failures: dict[str, str] = field(default_factory=dict)

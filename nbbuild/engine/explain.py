@@ -47,9 +47,9 @@ from .inputs import describe as input_describe, digest as input_digest, for_targ
 from .files import short_path
 from .rule import Rule
 from .task import Task
-from .rebuild import Rebuilder, walk
+from .rebuild import Rebuilder, Walk, walk
 from .state import Word
-from .trace import FILE_PREFIX, INPUT_PREFIX, MISSING
+from .trace import FILE_PREFIX, INPUT_PREFIX, MISSING, Group, Trace
 
 __all__ = ["TaskStatus", "Standing", "why", "plan", "status", "statuses", "inputs", "outputs", "known", "Explaining"]
 
@@ -98,7 +98,7 @@ def _text(reason: Any) -> Any:
     return "".join(parts) + reason + ")" * len(parts)
 
 
-Result = tuple[Any, str | None, float | None, Any]
+Result = tuple["Reason | None", str | None, float | None, Trace | None]   # see Memo
 Memo = dict[str, Result]
 
 
@@ -113,7 +113,7 @@ def why(ctx: EngineContext, task: Task) -> str:
     return f"{task!r} is up to date" + notes
 
 
-def _notes(ctx: EngineContext, task: Task, trace: Any) -> str:
+def _notes(ctx: EngineContext, task: Task, trace: Trace | None) -> str:
     """What became, or becomes, of the files the task wrote (put back from the store) and of the
     environment variables it set (set again)."""
     notes = []
@@ -134,9 +134,10 @@ def _notes(ctx: EngineContext, task: Task, trace: Any) -> str:
     names = ctx.environ_restored.get(task.key)
     if names:
         notes.append(f"its last build set {_variables(names)} again as its run left it")
-    names = environment.pending(trace.environ) if trace is not None and trace.environ else []
+    environ = trace.environ if trace is not None else ()
+    names = environment.pending(environ) if environ else []
     if len(names) == 1:
-        now = "is unset" if names[0] not in os.environ else "is set" if dict(trace.environ)[names[0]] is None \
+        now = "is unset" if names[0] not in os.environ else "is set" if dict(environ)[names[0]] is None \
             else "changed"
         notes.append(f"{_variables(names)} it set {now}: building it sets it again")
     elif names:
@@ -244,23 +245,24 @@ class _Walk:
 
     def __init__(self, task: Task, target: bool):
         self.task, self.target = task, target
-        self.steps: Any = None
-        self.ask: Any = None
+        self.steps: Walk | None = None
+        self.ask: Group | Trace | None = None
         self.at = 0
-        self.reasons: list[Any] = []
+        self.reasons: list[Reason] = []
         self.last: float | None = None
         self.result: Result | None = None
 
-    def answer(self, reason: Any) -> None:
+    def answer(self, reason: Reason | None) -> None:
         """Tell the walk whether what it asked matches (no reason); move on to what it asks next."""
         if reason is not None:
             self.reasons.append(reason)
+        assert self.steps is not None       # asked: walking
         try:
             self.ask = self.steps.send(reason is None)
         except StopIteration as done:
             self.finish(done.value[0])
 
-    def finish(self, trace: Any) -> None:
+    def finish(self, trace: Trace | None) -> None:
         # the newest trace's reason is the one to give, unless an older trace still matches
         self.result = (None, trace.result, trace.seconds, trace) if trace is not None \
             else (self.reasons[0], None, self.last, None)
@@ -312,18 +314,19 @@ def _advance(ctx: EngineContext, rb: Rebuilder, w: _Walk, memo: Memo) -> Task | 
     explained first (that task)."""
     while w.result is None:
         ask = w.ask
-        if type(ask) is tuple:
+        if isinstance(ask, tuple):
             reason, dep = _group(ctx, rb, w, ask, memo)
             if dep is not None:
                 return dep
             w.at = 0
         else:    # a trace that matches but for what it wrote, which differs now and is put back unless its copy is gone
+            assert ask is not None      # no result yet: the walk asks something
             reason = _outputs.look(ctx.files.hash, ctx.store, ask)[0] if ask.outputs else None
         w.answer(reason)
     return None
 
 
-def _group(ctx: EngineContext, rb: Rebuilder, w: _Walk, group: Any, memo: Memo) -> tuple[Any, Task | None]:
+def _group(ctx: EngineContext, rb: Rebuilder, w: _Walk, group: Group, memo: Memo) -> tuple[Reason | None, Task | None]:
     """(why the recorded group differs now, or None; a dependency to explain before going on)."""
     for i in range(w.at, len(group)):
         key, recorded = group[i]

@@ -18,7 +18,7 @@ from . import environment, randomness
 __all__ = ["digest", "describe", "for_targets_only"]
 
 
-def digest(key: str, owner: Any = None) -> str:
+def digest(key: str, owner: environment.Owner | None = None) -> str:
     if key.startswith(randomness.RNG_PREFIX):
         return randomness.digest(key)
     return environment.digest(key, owner)

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Callable, Generator, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Generator, Iterable, Sequence
 
 from . import environment, inputs, outputs
 from .context import EngineContext
@@ -49,6 +49,9 @@ from .state import DONE, Outcome, TaskState
 from .task import Task
 from .trace import ENV_PREFIX, FILE_PREFIX, INPUT_PREFIX, Group, Recorder, Trace
 from .version import Version, rule_version
+
+if TYPE_CHECKING:
+    from .rule import Rule
 
 __all__ = ["walk", "match", "Rebuilder"]
 
@@ -79,9 +82,9 @@ def walk(traces: Sequence[Trace], version: str, known: dict[str, str]) -> Walk:
     return None, -1
 
 
-def match(traces: Sequence[Trace], version: str, state: Any, known: dict[str, str],
-          group_matches: Callable[[Any, Group], bool],
-          outputs_ready: Callable[[Any, Trace], bool] | None = None) -> tuple[Trace | None, int]:
+def match(traces: Sequence[Trace], version: str, state: TaskState, known: dict[str, str],
+          group_matches: Callable[[TaskState, Group], bool],
+          outputs_ready: Callable[[TaskState, Trace], bool] | None = None) -> tuple[Trace | None, int]:
     steps = walk(traces, version, known)
     try:
         ask = next(steps)
@@ -102,7 +105,7 @@ class Rebuilder:
         self.files = ctx.files
         self.traces = traces if traces is not None else {}
         self.bring = bring
-        self.versions: dict[Any, Version] = {}
+        self.versions: dict[Rule, Version] = {}
         self.known: dict[str, str] = {}        # key -> value hash of every task done in this build
         self.targets: frozenset[str] = frozenset()
         self.restored: dict[str, list[str]] = {}
@@ -111,7 +114,7 @@ class Rebuilder:
 
     # ------------------------------------------------------------ what inputs are now
 
-    def version(self, rule: Any) -> Version:
+    def version(self, rule: Rule) -> Version:
         """The rule's version, computed once per rule per build (globals may change between builds)."""
         v = self.versions.get(rule)
         if v is None:

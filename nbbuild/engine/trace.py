@@ -38,6 +38,8 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 from ..store.serialisation import hash_bytes
 
 if TYPE_CHECKING:
+    from .scheduler import Scheduler
+    from .state import TaskState
     from .task import Task
 
 __all__ = ["Trace", "Recorder", "Recording", "Fetcher", "current", "attach", "FILE_PREFIX", "ENV_PREFIX", "ENV_ALL",
@@ -181,7 +183,7 @@ class Recorder:
     __slots__ = ("state", "scheduler", "groups", "files", "written", "made", "removed", "paused", "failed_dep",
                  "waited", "attachment", "cancelled", "env_set")
 
-    def __init__(self, state: Any, scheduler: Any):
+    def __init__(self, state: TaskState, scheduler: Scheduler):
         self.state = state
         self.scheduler = scheduler
         self.groups: list[Group] = []
@@ -190,7 +192,7 @@ class Recorder:
         self.made: set[str] = set()       # of those, files it wrote whole: its outputs (outputs.py)
         self.removed: set[str] = set()    # files and folders it removed, not of its own making
         self.paused = 0
-        self.failed_dep: Any = None
+        self.failed_dep: TaskState | None = None
         self.waited = 0.0      # seconds spent fetching dependencies: not the task's own time
         self.attachment: Any = None
         self.cancelled = False   # the body saw its build's cancellation: never stored

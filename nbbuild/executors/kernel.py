@@ -19,7 +19,7 @@ import os
 import threading
 import traceback
 import types
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 import cloudpickle
 
@@ -28,6 +28,14 @@ from ..engine.trace import INPUT_PREFIX
 from ..store import pickling
 from .shared_values import SharedValue
 from .worker import WorkerError
+
+if TYPE_CHECKING:
+    from ..engine.scheduler import Scheduler
+    from ..engine.state import TaskState
+    from ..engine.task import Task
+    from ..engine.trace import Recorder
+    from .hubs import Waker
+    from .protocol import Executor, Job
 
 __all__ = ["run_elsewhere"]
 
@@ -45,7 +53,7 @@ def _worker_traceback(frames: list, last: str, fn: Any) -> str:
             + "".join(traceback.StackSummary.from_list(lines).format()) + last)
 
 
-def run_elsewhere(executor: Any, sched: Any, st: Any, rec: Any, timeout: float | None = None) -> Any:
+def run_elsewhere(executor: Executor, sched: Scheduler, st: TaskState, rec: Recorder, timeout: float | None = None) -> Any:
     task = st.task
     supplied: dict[str, Any] = {}
     shared = _shared_url(executor, sched, task)
@@ -77,7 +85,7 @@ def run_elsewhere(executor: Any, sched: Any, st: Any, rec: Any, timeout: float |
         raise WorkerError(f"{task!r} was abandoned by its worker")
     _, value, groups, files, attachment, inputs, written = result
     for group in groups:
-        rec.add_group(tuple((key, sched.states[key].hash) for key in group))
+        rec.add_group(tuple((key, cast(str, sched.states[key].hash)) for key in group))   # fetched: hashed
     for path in files:
         rec.read_file(path)
     for key, digest in inputs:
@@ -85,8 +93,9 @@ def run_elsewhere(executor: Any, sched: Any, st: Any, rec: Any, timeout: float |
     for path, whole in written.items():      # the worker's paths: a filesystem shared with it, as for reads
         rec.wrote_file(path, whole)
     rec.attachment = attachment
-    if isinstance(value, SharedValue):       # the worker put it in the shared tier: recorded, not loaded
-        sched.store.sharing.made_elsewhere(value.digest)
+    sharing = sched.store.sharing
+    if isinstance(value, SharedValue) and sharing is not None:   # the worker put it in the shared tier: recorded, not loaded
+        sharing.made_elsewhere(value.digest)
     if task.rule.received is not None:
         task.rule.received(task, value, attachment)
     return value
@@ -126,11 +135,11 @@ def _culprit(fn: Any) -> str:
     return ""
 
 
-def _tasks(sched: Any, asked: bytes) -> list[Any]:
+def _tasks(sched: Scheduler, asked: bytes) -> list[Task]:
     return [sched.ctx.rules[name].task(*args, **kwargs) for name, args, kwargs in cloudpickle.loads(asked)]
 
 
-def _shared_url(executor: Any, sched: Any, task: Any) -> str | None:
+def _shared_url(executor: Executor, sched: Scheduler, task: Task) -> str | None:
     """Where a body on Dask reads and writes its large values (executors/shared_values.py): the
     store's shared tier, unless the tier is read-only or the rule's value must come back here
     whole anyway (a notebook cell's, whose names are bound in the kernel: Rule.received)."""
@@ -140,20 +149,20 @@ def _shared_url(executor: Any, sched: Any, task: Any) -> str | None:
     return sharing.tier.url
 
 
-def _ref(sched: Any, shared: str | None) -> Any:
+def _ref(sched: Scheduler, shared: str | None) -> Callable[[TaskState], SharedValue | None] | None:
     """For fetch_values: a large value the shared tier holds goes to the worker by hash, unloaded."""
-    if shared is None:
-        return None
     sharing = sched.store.sharing
+    if shared is None or sharing is None:
+        return None
 
-    def ref(st: Any) -> SharedValue | None:
+    def ref(st: TaskState) -> SharedValue | None:
         if st.has_value or not st.hash or not sharing.holds_object(st.hash):
             return None
         return SharedValue(shared, st.hash, 0)
     return ref
 
 
-def _one_run(executor: Any, sched: Any, task: Any, rec: Any, supplied: dict, timeout: float | None,
+def _one_run(executor: Executor, sched: Scheduler, task: Task, rec: Recorder, supplied: dict, timeout: float | None,
              shared: str | None = None) -> tuple:
     # our own worker processes get the kernel's environment with each body; a cluster's workers
     # (other machines) keep their own, and what a body reads there is what its trace records
@@ -198,11 +207,11 @@ class _Waiter:
     end) and wakes the greenlet, but only while it waits for one (a wake while it waits for a
     dependency would resume it too early)."""
 
-    def __init__(self, sched: Any, job: Any):
+    def __init__(self, sched: Scheduler, job: Job):
         self.sched, self.job = sched, job
         self.inbox: list[tuple] = []
         self.lock = threading.Lock()
-        self.waker: Any = None
+        self.waker: Waker | None = None
         self.thread = threading.Thread(target=self._watch, name="nbbuild-elsewhere", daemon=True)
         self.thread.start()
 
@@ -237,15 +246,16 @@ class _Waiter:
             self.waker = None
 
 
-def _recorded_groups(sched: Any, key: str) -> list[list[Any]]:
+def _recorded_groups(sched: Scheduler, key: str) -> list[list[Task]]:
     found = sched.traces.get(key)
     if not found:
         return []
     groups = []
     for group in found[0].deps:
         tasks = [sched.tasks.get(k) or sched.ctx.task_for_key(k) for k, _ in group if not k.startswith(INPUT_PREFIX)]
-        if tasks and all(t is not None for t in tasks):
-            groups.append(tasks)
+        known = [t for t in tasks if t is not None]
+        if known and len(known) == len(tasks):
+            groups.append(known)
     return groups
 
 

@@ -5,13 +5,8 @@ Contract:
   distributed.Client or a Dask scheduler's address; a ValueError in one line for anything else.
   "dask" is the process's default Client when it has one, else a LocalCluster of its own (closed
   with the Build).
-- An executor's `start(payload, timeout, name)` runs `worker.run(payload, channel)` in a worker
-  and returns a job: `next()` blocks for the body's next message (("need", ...), or ("done",)
-  once it ended, however), `answer(message)` replies to a "need", `result()` is what
-  `worker.run` returned (a timeout says so in one line), `stop()` stops the body wherever it is.
-- `hold()` says whether one more body may wait for the kernel (one process always stays free for
-  what they wait for, so nothing deadlocks), `release()` ends such a wait; `close()` shuts the
-  executor down (a Dask cluster only when it made it).
+- Both are `Executor`s, their jobs `Job`s and the body's side of their queues a `Channel`: the
+  protocols of executors/protocol.py, which say what each method does.
 The kernel's side of a body run elsewhere is executors/kernel.py; the worker's is executors/worker.py.
 """
 from __future__ import annotations
@@ -22,11 +17,13 @@ import queue
 import threading
 from typing import Any, Callable
 
+from .protocol import Executor
+
 __all__ = ["ProcessExecutor", "DaskExecutor", "make_executor"]
 
 log = logging.getLogger("nbbuild")
 
-def make_executor(spec: Any, workers: int) -> Any:
+def make_executor(spec: Any, workers: int) -> Executor:
     """An executor for `spec` ("processes", "dask", a distributed.Client, a scheduler address);
     ValueError, in one line, for anything else. "dask" is the process's default Client when it
     has one, else a LocalCluster of its own (closed with the Build)."""
@@ -51,8 +48,6 @@ def make_executor(spec: Any, workers: int) -> Any:
         return DaskExecutor(spec)
     raise ValueError(f"executor={spec!r}: use 'threads', 'processes', 'dask', a distributed.Client or a "
                      "Dask scheduler's address")
-
-# The body's side of the channel (`ask`, `done`) is pickled to it with the payload.
 
 
 class _QueueChannel:

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 
@@ -49,6 +49,9 @@ from .elsewhere import CellCapture, CellFetch, received
 from .graph import TITLES, label, snapshot
 from .replay import MODULES, after_cell, rebound, replay
 from .versions import Versions, fingerprint, unchangeable
+
+if TYPE_CHECKING:
+    from ..report.report import BuildReport
 
 __all__ = ["NotebookState"]
 
@@ -294,7 +297,7 @@ class NotebookState:
                 alone = shared[first] == 1 and rule not in self.changers
                 TITLES[rule] = first if alone else f"{first} (cell {n})"
 
-    def replay_reused(self, targets: list, report: Any) -> None:
+    def replay_reused(self, targets: list, report: BuildReport) -> None:
         """After any build (a magic, or `model(alpha=0.1)` in a plain cell): a target reused
         instead of run shows again what it showed when it ran."""
         ran, seen = set(report.executed), set()

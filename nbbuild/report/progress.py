@@ -27,9 +27,14 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from ..engine.state import Outcome
+
+if TYPE_CHECKING:
+    from ..engine.scheduler import Scheduler
+    from ..engine.task import Task
+    from .report import BuildReport
 
 __all__ = ["Progress", "TaskRow", "Tracker", "Watched", "ROW_LIMIT", "SLOWEST"]
 
@@ -70,8 +75,8 @@ class Progress:
 
 
 class Tracker:
-    def __init__(self, scheduler: Any, targets: Sequence[Any], expected: int = 0):
-        self.sched = scheduler
+    def __init__(self, scheduler: Scheduler, targets: Sequence[Task], expected: int = 0):
+        self.sched: Scheduler | None = scheduler     # None once settled (finish)
         self.targets = tuple(repr(t) for t in targets)
         self.target_keys = tuple(t.key for t in targets)
         self.start = time.perf_counter()
@@ -90,6 +95,7 @@ class Tracker:
         """How many tasks the targets' newest stored traces reach (computed once, off the build's
         threads: the views ask)."""
         if self._reach is None:
+            assert self.sched is not None       # asked only before it settled
             traces, seen, todo = self.sched.traces, set(), list(self.target_keys)
             while todo:
                 key = todo.pop()
@@ -103,6 +109,7 @@ class Tracker:
         return self._reach
 
     def _take_finished(self) -> None:
+        assert self.sched is not None       # called only before it settled
         order = self.sched.order
         end = len(order)       # the scheduler only appends: what is below `end` is settled
         counts, rows, slowest = self._counts, self._rows, self._slowest
@@ -139,9 +146,11 @@ class Tracker:
 
     def _snapshot(self, done: bool = False, summary: str = "", error: str = "", total: int = 0) -> Progress:
         self._take_finished()
+        sched = self.sched
+        assert sched is not None
         now = time.perf_counter()
         running = sorted((TaskRow(st.task.key, st.task._repr, Outcome.RUNNING, now - started)
-                          for st, started in self.sched.running.copy().values()),
+                          for st, started in sched.running.copy().values()),
                          key=lambda r: -r.seconds)
         c = self._counts
         checked = sum(c.values())
@@ -149,7 +158,7 @@ class Tracker:
             rows, complete = tuple(self._rows), True
         else:
             rows, complete = tuple(r for _, _, r in sorted(self._slowest, key=lambda x: -x[0])), False
-        known = max(checked + len(running), len(self.sched.states), self.expected, total)
+        known = max(checked + len(running), len(sched.states), self.expected, total)
         if not done:
             known = max(known, self._reached())
         return Progress(self.targets, known if not done else max(total, checked), max(checked, total),
@@ -157,7 +166,7 @@ class Tracker:
                         c[Outcome.FAILED], c[Outcome.SKIPPED], now - self.start, tuple(running) if not done else (),
                         rows, complete, done, summary, error)
 
-    def finish(self, report: Any = None, error: BaseException | None = None) -> Progress:
+    def finish(self, report: BuildReport | None = None, error: BaseException | None = None) -> Progress:
         """Settle: later snapshots are this one. `report` (the build's) counts the tasks known up to
         date without being visited as reused."""
         with self._lock:

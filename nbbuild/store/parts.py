@@ -28,6 +28,7 @@ class StoreParts:
     quota: int | None
     min_free: int | None
     policy: str
+    quota_source: str       # what set the quota (eviction.resolve)
     held: Callable[[], AbstractSet[str]]
     on_room: Callable[[int], None] | None
     clock: float
