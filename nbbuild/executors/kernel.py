@@ -26,6 +26,7 @@ import cloudpickle
 from ..engine.code import global_names
 from ..engine.trace import INPUT_PREFIX
 from ..store import pickling
+from .messages import Done, Dropped, GiveUp, Message, Need, Raised, Result, SendAgain, Values
 from .shared_values import SharedValue
 from .worker import WorkerError
 
@@ -66,26 +67,26 @@ def run_elsewhere(executor: Executor, sched: Scheduler, st: TaskState, rec: Reco
         supplied.update(zip((t.key for t in group), values))
     while True:
         result = _one_run(executor, sched, task, rec, supplied, timeout, shared)
-        if result[0] != "need":
+        if not isinstance(result, Need):
             break
-        tasks = _tasks(sched, result[1])     # it was stopped, to be sent again with these
+        tasks = _tasks(sched, result.asked)     # it was stopped, to be sent again with these
         values = sched.fetch_values(rec, tasks, record=False, ref=_ref(sched, shared))
         supplied.update(zip((t.key for t in tasks), values))
-    kind = result[0]
-    if kind == "error":
-        error = result[1]
-        if result[2]:
-            where = _worker_traceback(result[2], result[3], task.rule.fn).rstrip()
+    if isinstance(result, Raised):
+        error = result.error
+        if result.frames:
+            where = _worker_traceback(result.frames, result.last, task.rule.fn).rstrip()
             if hasattr(error, "add_note"):       # Python 3.11: shown under the traceback
                 error.add_note(where)
             else:
                 log.warning("nbbuild: %r failed; %s", task, where)
         raise error
-    if kind == "abandoned":       # a dependency failed after all: fetch_values has said so above
+    if isinstance(result, Dropped):       # a dependency failed after all: fetch_values has said so above
         raise WorkerError(f"{task!r} was abandoned by its worker")
-    _, value, groups, files, attachment, inputs, written = result
-    for group in groups:
-        rec.add_group(tuple((key, cast(str, sched.states[key].hash)) for key in group))   # fetched: hashed
+    value, groups, files, attachment, inputs, written = (result.value, result.groups, result.files, result.attachment,
+                                                         result.inputs, result.written)
+    for keys in groups:
+        rec.add_group(tuple((key, cast(str, sched.states[key].hash)) for key in keys))   # fetched: hashed
     for path in files:
         rec.read_file(path)
     for key, digest in inputs:
@@ -163,7 +164,7 @@ def _ref(sched: Scheduler, shared: str | None) -> Callable[[TaskState], SharedVa
 
 
 def _one_run(executor: Executor, sched: Scheduler, task: Task, rec: Recorder, supplied: dict, timeout: float | None,
-             shared: str | None = None) -> tuple:
+             shared: str | None = None) -> Result:
     # our own worker processes get the kernel's environment with each body; a cluster's workers
     # (other machines) keep their own, and what a body reads there is what its trace records
     rec.paused += 1        # engine work: not the body's read of the whole environment
@@ -181,20 +182,20 @@ def _one_run(executor: Executor, sched: Scheduler, task: Task, rec: Recorder, su
     try:
         while True:
             message = waiter.next()
-            if message[0] != "need":
-                return pickling.loads(job.result())    # "done" (as a value is loaded: __main__'s functions read ours)
+            if not isinstance(message, Need):
+                return pickling.loads(job.result())    # Done (as a value is loaded: __main__'s functions read ours)
             if not executor.hold():
-                job.answer(("restart",))
+                job.answer(SendAgain())
                 continue
             try:
-                tasks = _tasks(sched, message[1])
+                tasks = _tasks(sched, message.asked)
                 values = sched.fetch_values(rec, tasks, record=False, ref=_ref(sched, shared))
             except BaseException:
-                job.answer(("failed",))
+                job.answer(GiveUp())
                 raise
             finally:
                 executor.release()
-            job.answer(("values", cloudpickle.dumps(dict(zip((t.key for t in tasks), values)))))
+            job.answer(Values(cloudpickle.dumps(dict(zip((t.key for t in tasks), values)))))
     except BaseException:
         job.stop()
         raise
@@ -209,7 +210,7 @@ class _Waiter:
 
     def __init__(self, sched: Scheduler, job: Job):
         self.sched, self.job = sched, job
-        self.inbox: list[tuple] = []
+        self.inbox: list[Message] = []
         self.lock = threading.Lock()
         self.waker: Waker | None = None
         self.thread = threading.Thread(target=self._watch, name="nbbuild-elsewhere", daemon=True)
@@ -223,10 +224,10 @@ class _Waiter:
                 waker, self.waker = self.waker, None
             if waker is not None:
                 self.sched.hubs.wake_from_outside(waker)
-            if message[0] == "done":
+            if isinstance(message, Done):
                 return
 
-    def next(self) -> tuple:
+    def next(self) -> Message:
         sched = self.sched
         while True:
             with self.lock:

@@ -7,24 +7,26 @@ Contract:
   one more body may wait for the kernel (one process always stays free for what they wait for,
   so nothing deadlocks), `release()` ends such a wait; `close()` shuts the executor down (a Dask
   cluster only when it made it).
-- A `Job`: `next()` blocks for the body's next message (("need", tasks), or ("done",) once it
-  ended, however); `answer(message)` replies to a "need"; `result()` is what `worker.run`
-  returned (a timeout says so in one line); `stop()` stops the body wherever it is.
-- A `Channel`, the body's side (pickled to it with the payload): `ask(message)` sends a "need"
-  and blocks for the answer, `done()` says the body ended, `stopped()` whether the kernel stopped
-  it before it began.
+- A `Job`: `next()` blocks for the body's next message (a `Need`, or `Done` once it ended,
+  however: executors/messages.py); `answer(message)` replies to a Need; `result()` is what
+  `worker.run` returned (a timeout says so in one line); `stop()` stops the body wherever it is.
+- A `Channel`, the body's side (pickled to it with the payload): `ask(need)` sends a Need and
+  blocks for the answer, `done()` says the body ended, `stopped()` whether the kernel stopped it
+  before it began.
 """
 from __future__ import annotations
 
 from typing import Protocol
 
+from .messages import Message, Need
+
 __all__ = ["Executor", "Job", "Channel"]
 
 
 class Job(Protocol):
-    def next(self) -> tuple: ...
+    def next(self) -> Message: ...
 
-    def answer(self, message: tuple) -> None: ...
+    def answer(self, message: Message) -> None: ...
 
     def result(self) -> bytes: ...
 
@@ -45,7 +47,7 @@ class Executor(Protocol):
 
 
 class Channel(Protocol):
-    def ask(self, message: tuple) -> tuple: ...
+    def ask(self, message: Need) -> Message: ...
 
     def done(self) -> None: ...
 
