@@ -49,7 +49,7 @@ from .engine import environment, files, outputs
 from .engine.attachments import Attachments
 from .engine.context import EngineContext
 from .engine.explain import Explaining
-from .engine.rule import Rule, resolve_target
+from .engine.rule import Rule, Target, resolve_target
 from .engine.scheduler import Scheduler
 from .engine.state import DONE, Outcome
 from .engine.task import Task
@@ -163,7 +163,7 @@ class Build(Explaining, Watched, TeamCache):
             return r
         return register(fn) if fn is not None else register
 
-    def _target(self, t: Any) -> Task:
+    def _target(self, t: object) -> Task:
         if isinstance(t, Task):
             return t
         if isinstance(t, Rule):
@@ -188,7 +188,7 @@ class Build(Explaining, Watched, TeamCache):
         finally:
             self._lock.release()
 
-    def remembered(self, target: Any) -> tuple[str, Any] | None:
+    def remembered(self, target: Target) -> tuple[str, Any] | None:
         """(hash, value) of the target's current value when memory holds it; else None. Loads
         nothing: for a caller that checks whether a value it was handed changed in place."""
         digest = self._clean.hashes.get(self._target(target).key)
@@ -196,7 +196,7 @@ class Build(Explaining, Watched, TeamCache):
             return None
         return digest, self.memory.values.get(digest)
 
-    def forget(self, target: Any = None, digest: str | None = None) -> None:
+    def forget(self, target: Target | None = None, digest: str | None = None) -> None:
         """Drop a target's current value (or the value of that hash; with neither, all values)
         from memory; the store keeps them. For a value changed in place after it was built: the
         next fetch loads the stored one."""
@@ -316,7 +316,7 @@ class Build(Explaining, Watched, TeamCache):
         sched = self._sched
         return {st.hash for st in sched.states.copy().values() if st.hash and not st.has_value} if sched else set()
 
-    def attachment(self, target: Any) -> Any:
+    def attachment(self, target: Target) -> Any:
         """What the run that gave the target its current value attached (`trace.attach`), or None
         when the target is not up to date in this process or its run attached nothing."""
         key = self._target(target).key

@@ -5,7 +5,7 @@ to do; the notebook layer shows `str(error)` and nothing else for these.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 if TYPE_CHECKING:
     from .engine.task import Task

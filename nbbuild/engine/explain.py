@@ -39,13 +39,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, Sequence, TypeAlias
 
 from . import environment, outputs as _outputs
 from .context import EngineContext
 from .inputs import describe as input_describe, digest as input_digest, for_targets_only
 from .files import short_path
-from .rule import Rule
+from .rule import Rule, Target
 from .task import Task
 from .rebuild import Rebuilder, Walk, walk
 from .state import Word
@@ -385,31 +385,31 @@ def _version_change(name: str, old: Any, new: Any) -> str:
 class Explaining:
     if TYPE_CHECKING:       # Build's, which mixes this in (build.py)
         context: EngineContext
-        def _target(self, t: Any) -> Task: ...
+        def _target(self, t: object) -> Task: ...
 
-    def why(self, target: Any) -> str:
+    def why(self, target: Target) -> str:
         """Why the target is stale, in words, or that it is up to date; nothing runs."""
         return why(self.context, self._target(target))
 
-    def plan(self, *targets: Any) -> list[tuple[str, str]]:
+    def plan(self, *targets: Target) -> list[tuple[str, str]]:
         """What building the targets would run, and why, dependencies first; nothing runs. A task
         below a stale one may yet be spared by early cutoff: the plan says what may run."""
         return plan(self.context, [self._target(t) for t in targets])
 
-    def status(self, target: Any) -> TaskStatus:
+    def status(self, target: Target) -> TaskStatus:
         """The target's state (up to date, stale, never built, failed, not stored), why, its last
         run time and its stored size; nothing runs."""
         return status(self.context, self._target(target))
 
-    def statuses(self, targets: list[Any]) -> list[TaskStatus]:
+    def statuses(self, targets: Sequence[Target]) -> list[TaskStatus]:
         """`status` of each target, the work shared: for a whole graph at once."""
         return statuses(self.context, [self._target(t) for t in targets])
 
-    def inputs(self, target: Any) -> tuple[list[Task], list[str]]:
+    def inputs(self, target: Target) -> tuple[list[Task], list[str]]:
         """(tasks, file paths) the target read when it last ran, in order; empty if it never ran."""
         return inputs(self.context, self._target(target))
 
-    def outputs(self, target: Any) -> list[str]:
+    def outputs(self, target: Target) -> list[str]:
         """The files the target wrote when it last ran (outputs.py); empty if it never ran."""
         return outputs(self.context, self._target(target))
 

@@ -11,8 +11,6 @@ global random generators: a cell that drew is not run again because a later cell
 """
 from __future__ import annotations
 
-from typing import Any
-
 from . import environment, randomness
 
 __all__ = ["digest", "describe", "for_targets_only"]

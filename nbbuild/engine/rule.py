@@ -18,7 +18,7 @@ import inspect
 import keyword
 import os
 import reprlib
-from typing import TYPE_CHECKING, Any, Callable, NoReturn
+from typing import TYPE_CHECKING, Any, Callable, NoReturn, Union
 
 from ..errors import OutsideRuleError, RuleError, UnknownTargetError
 from ..store.serialisation import UnserializableValue, hash_bytes
@@ -29,7 +29,7 @@ from .trace import current
 if TYPE_CHECKING:
     from ..build import Build
 
-__all__ = ["Rule", "rule_stub", "resolve_target", "ELSEWHERE", "POLICIES"]
+__all__ = ["Rule", "Target", "rule_stub", "resolve_target", "ELSEWHERE", "POLICIES"]
 
 POLICIES = ("persist", "memory", "none")
 _PLAIN_REPR = (str, int, float, bool, type(None), bytes)
@@ -189,6 +189,9 @@ class _Elsewhere:
 
 
 ELSEWHERE = _Elsewhere()
+
+# what `Build.build`, `why`, `status`... take: a Task, a Rule (its task without arguments) or a rule's name
+Target = Union[Task, Rule, str]
 
 
 def rule_stub(fn: Any, name: str, policy: str) -> Rule:

@@ -20,7 +20,7 @@ Nothing here is persisted: a new process starts empty and verifies through the s
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any, Callable, Iterable, cast
+from typing import TYPE_CHECKING, Callable, Iterable, cast
 
 from . import environment, inputs
 from .trace import ENV_PREFIX
