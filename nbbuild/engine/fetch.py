@@ -81,7 +81,7 @@ class Fetching:
                 raise self.error_for(st)
             return st.value
         try:
-            found, value = self.ctx.memory.recall(st.hash, self.checked, st.task)  # type: ignore[arg-type]
+            found, value = self.ctx.memory.recall(cast(str, st.hash), self.checked, st.task)   # done: hashed
             if found:
                 st.value, st.has_value = value, True
             else:

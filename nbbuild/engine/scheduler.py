@@ -36,7 +36,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import threading
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 from greenlet import GreenletExit as GreenletExitType
 
@@ -149,7 +149,7 @@ class Scheduler(Fetching):
             st.status = status
             self.order.append(st)
             if status == DONE:
-                self.known[st.task.key] = st.hash  # type: ignore[assignment]
+                self.known[st.task.key] = cast(str, st.hash)     # done: hashed
             if st.waiters:
                 self.hubs.wake(self._ready_deferred(st.take_waiters()))
 
@@ -171,7 +171,8 @@ class Scheduler(Fetching):
         from it: its own time and the chain above it."""
         st.deferred, st.status = 2, QUEUED
         paths = self.paths
-        self.queue.push(st, max(st.up, paths.above(st.task.key)) + paths.seconds(st.task.key))  # type: ignore
+        assert paths is not None        # tasks are deferred only when ordered by critical path
+        self.queue.push(st, max(st.up, paths.above(st.task.key)) + paths.seconds(st.task.key))
         self.hubs.notify()
 
     def _unstall(self) -> bool:
@@ -237,8 +238,9 @@ class Scheduler(Fetching):
         if ranked:
             # urgencies are worked out outside the lock (the other threads go on meanwhile): nobody
             # starts a task that is still NEW, they only wait for it
-            up = me.up + paths.seconds(me.task.key) if me is not None else 0.0    # type: ignore[union-attr]
-            priorities = [up + paths.below(st.task.key) for st in fresh]          # type: ignore[union-attr]
+            assert paths is not None
+            up = me.up + paths.seconds(me.task.key) if me is not None else 0.0
+            priorities = [up + paths.below(st.task.key) for st in fresh]
             if inline:       # the asking thread takes the most urgent itself
                 best = max(range(len(fresh)), key=priorities.__getitem__)
                 fresh.insert(0, fresh.pop(best))
@@ -289,10 +291,11 @@ class Scheduler(Fetching):
         """Under the lock: a queued task that a more urgent one now waits for is queued again at
         that urgency (its old place is skipped: it is no longer queued when reached)."""
         paths = self.paths
-        up = me.up + paths.seconds(me.task.key) if me is not None else 0.0    # type: ignore[union-attr]
+        assert paths is not None        # urgencies change only when ordered by critical path
+        up = me.up + paths.seconds(me.task.key) if me is not None else 0.0
         if up > st.up:
             st.up = up
-            self.queue.push(st, up + paths.below(st.task.key))                  # type: ignore[union-attr]
+            self.queue.push(st, up + paths.below(st.task.key))
 
     def _one(self, me: TaskState | None, task: Task, depth: int) -> TaskState | None:
         """Fast path for one task: its state when it is done or could be brought up to date here,
@@ -359,8 +362,9 @@ class Scheduler(Fetching):
         if not tasks:
             return False
         paths = self.paths
-        up = st.up + paths.seconds(st.task.key)                       # type: ignore[union-attr]
-        priorities = {t.key: up + paths.below(t.key) for t in tasks}   # type: ignore[union-attr]
+        assert paths is not None        # tasks are deferred only when ordered by critical path
+        up = st.up + paths.seconds(st.task.key)
+        priorities = {t.key: up + paths.below(t.key) for t in tasks}
         with self.lock:
             if self.cancelled is not None:
                 raise Cancelled("build interrupted")

@@ -174,8 +174,8 @@ class NotebookState:
         rules: dict[str, list[str]] = {}
         for n in reads:
             r = self.versions.producer(n)
-            if self._plain_rule(r):
-                rules.setdefault(r, []).append(n)   # type: ignore[arg-type]
+            if r is not None and self._plain_rule(r):
+                rules.setdefault(r, []).append(n)
         for r, read in rules.items():
             task = self.build.rules[r].task()
             held = self.build.remembered(task)
