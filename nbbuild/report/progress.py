@@ -33,6 +33,7 @@ from ..engine.state import Outcome
 
 if TYPE_CHECKING:
     from ..engine.scheduler import Scheduler
+    from ..store.store import Store
     from ..engine.task import Task
     from .report import BuildReport
 
@@ -189,6 +190,7 @@ class Watched:
 
     watchers: list[Any]             # Build's (build.py)
     _tracker: Tracker | None
+    store: Store
 
     def _notify(self, event: str, views: list[Any]) -> list[Any]:
         """Call each view's `event`; those that raise are logged and left out of the rest."""
