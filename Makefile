@@ -43,7 +43,10 @@ PYTEST_WORKERS ?= -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorde
 
 # `-p tests.startup` first: it keeps rfc3987-syntax (3-5 s of CPU at import) out of every pytest
 # process, which nbval's import of nbformat would otherwise pay (tests/startup.py)
+# mypy first (its settings in pyproject.toml [tool.mypy], its cache in .mypy_cache: a second
+# run takes about a second): a type error fails the target before any test runs
 test: $(STAMP) system-packages
+	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest -q -p tests.startup $(PYTEST_WORKERS) tests notebooks --nbval-lax
 
 # The whole corpus of real third-party notebooks (tests/corpus.py: sdists fetched from PyPI and
@@ -84,4 +87,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_noop.py
 
 clean:
-	rm -rf $(VENV) .nbbuild .pytest_cache notebooks/.nbbuild notebooks/data
+	rm -rf $(VENV) .nbbuild .pytest_cache .mypy_cache notebooks/.nbbuild notebooks/data

@@ -49,15 +49,16 @@ from .engine import environment, files, outputs
 from .engine.attachments import Attachments
 from .engine.context import EngineContext
 from .engine.explain import Explaining
-from .engine.rule import Rule, resolve_target
+from .engine.rule import Rule, Target, resolve_target
 from .engine.scheduler import Scheduler
-from .engine.state import DONE
+from .engine.state import DONE, Outcome
 from .engine.task import Task
 from .engine.trace import current
 from .engine.verified import CleanSet
 from .errors import BuildError, RuleError
 from .executors.hubs import HelperPool
 from .executors.pools import make_executor
+from .executors.protocol import Executor
 from .report.console import TextProgress, wanted
 from .report.metrics import Metrics, Session
 from .report.progress import Tracker, Watched
@@ -102,7 +103,7 @@ class Build(Explaining, Watched, TeamCache):
             raise RuleError(str(e)) from None
         self.workers = workers
         self.executor = executor
-        self._executors: dict[Any, Any] = {}
+        self._executors: dict[Any, Executor] = {}
         if executor is not None:
             try:
                 self.executor_for(None)                 # a bad one says so now, not at the first build
@@ -162,7 +163,7 @@ class Build(Explaining, Watched, TeamCache):
             return r
         return register(fn) if fn is not None else register
 
-    def _target(self, t: Any) -> Task:
+    def _target(self, t: object) -> Task:
         if isinstance(t, Task):
             return t
         if isinstance(t, Rule):
@@ -187,7 +188,7 @@ class Build(Explaining, Watched, TeamCache):
         finally:
             self._lock.release()
 
-    def remembered(self, target: Any) -> tuple[str, Any] | None:
+    def remembered(self, target: Target) -> tuple[str, Any] | None:
         """(hash, value) of the target's current value when memory holds it; else None. Loads
         nothing: for a caller that checks whether a value it was handed changed in place."""
         digest = self._clean.hashes.get(self._target(target).key)
@@ -195,7 +196,7 @@ class Build(Explaining, Watched, TeamCache):
             return None
         return digest, self.memory.values.get(digest)
 
-    def forget(self, target: Any = None, digest: str | None = None) -> None:
+    def forget(self, target: Target | None = None, digest: str | None = None) -> None:
         """Drop a target's current value (or the value of that hash; with neither, all values)
         from memory; the store keeps them. For a value changed in place after it was built: the
         next fetch loads the stored one."""
@@ -248,8 +249,9 @@ class Build(Explaining, Watched, TeamCache):
                     self._expected[targets] = len(report.rows[0])
                     self._session.add(report, {k: v - tally.get(k, 0) for k, v in self.store.tally.items()},
                                       [(st.task.rule.name, st.seconds) for st in sched.order
-                                       if st.outcome == "executed"])
+                                       if st.outcome == Outcome.EXECUTED])
                 self._notify("finished", watching)
+        assert self.report is not None      # _run made this build's
         for observe in list(self.observers):
             observe(tasks, self.report)
         return values
@@ -271,7 +273,7 @@ class Build(Explaining, Watched, TeamCache):
             self.store.end_build()
             lost = self.store.take_lost()     # inline values whose batch the store refused
             for st in sched.states.values() if lost else ():
-                if st.outcome == "executed" and st.hash in lost and not st.unstored:
+                if st.outcome == Outcome.EXECUTED and st.hash in lost and not st.unstored:
                     st.unstored = self.store.write_error or "the store could not be written"
         sched.rebuilder.remember(sched.states.values())
         for st in sched.states.values():
@@ -282,7 +284,7 @@ class Build(Explaining, Watched, TeamCache):
                     kept.pop(st.task.key, None)
             if st.status == DONE:
                 self._failures.pop(st.task.key, None)
-            elif st.outcome in ("failed", "skipped"):
+            elif st.outcome in (Outcome.FAILED, Outcome.SKIPPED):
                 err = sched.error_for(st)
                 own = st.error
                 self._failures[st.task.key] = f"{type(own).__name__}: {own}" if own is not None else str(err)
@@ -314,7 +316,7 @@ class Build(Explaining, Watched, TeamCache):
         sched = self._sched
         return {st.hash for st in sched.states.copy().values() if st.hash and not st.has_value} if sched else set()
 
-    def attachment(self, target: Any) -> Any:
+    def attachment(self, target: Target) -> Any:
         """What the run that gave the target its current value attached (`trace.attach`), or None
         when the target is not up to date in this process or its run attached nothing."""
         key = self._target(target).key
@@ -369,7 +371,7 @@ class Build(Explaining, Watched, TeamCache):
 
     # ------------------------------------------------------------ lifetime
 
-    def executor_for(self, rule: Rule | None) -> Any:
+    def executor_for(self, rule: Rule | None) -> Executor | None:
         """What runs the rule's bodies (None: here, on a thread), made on first use."""
         spec = rule.executor if rule is not None and rule.executor is not None else self.executor
         if spec is None or spec == "threads":

@@ -5,7 +5,10 @@ to do; the notebook layer shows `str(error)` and nothing else for these.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    from .engine.task import Task
 
 __all__ = ["NbbuildError", "BuildError", "CycleError", "RuleError", "UnknownTargetError", "OutsideRuleError",
            "Cancelled", "CommandUsageError", "CommandFailed",
@@ -34,10 +37,10 @@ class BuildError(NbbuildError):
     the failed task last). The rule's own exception is `__cause__`. `errors` lists every failure
     of the same build when several targets failed."""
 
-    def __init__(self, task: Any, chain: Sequence[Any] = (), message: str | None = None):
+    def __init__(self, task: Task, chain: Sequence[Task] = (), message: str | None = None):
         self.task = task
         self.chain = list(chain) or [task]
-        self.errors: list[BuildError] = [self]
+        self.errors: list[BaseException] = [self]     # a target's CycleError or Cancelled among them
         if message is None:
             message = f"{task!r} failed"
         needed = " → ".join(map(repr, self.chain))
@@ -47,7 +50,7 @@ class BuildError(NbbuildError):
 class CycleError(NbbuildError):
     """Tasks that need each other. `cycle` lists the Tasks, first == last."""
 
-    def __init__(self, cycle: Sequence[Any]):
+    def __init__(self, cycle: Sequence[Task]):
         self.cycle = list(cycle)
         super().__init__("dependency cycle: " + " → ".join(map(repr, self.cycle))
                          + "; break it by removing one of these calls")

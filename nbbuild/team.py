@@ -11,12 +11,15 @@ Contract:
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import RuleError, SharedStoreError
 from .store import shared_eviction
 from .store.eviction import parse_size
 from .store.shared import open_tier
+
+if TYPE_CHECKING:
+    from .store.store import Store
 
 __all__ = ["TeamCache"]
 
@@ -24,7 +27,7 @@ _NONE = "no shared store in use: Build(shared=URL), NBBUILD_SHARED or %nbbuild s
 
 
 class TeamCache:
-    store: Any
+    store: Store
     _turn: Any        # Build's: one build, or one change of the store, at a time
 
     def share(self, url: str | None, readonly: bool = False) -> None:

@@ -104,3 +104,11 @@ def test_the_helper_pool_reuses_its_threads():
         assert done.acquire(timeout=5) and done.acquire(timeout=5)
     assert len(seen) == 6 and set(seen) <= {"nbbuild-worker-1", "nbbuild-worker-2"}
     pool.shutdown()
+
+
+def test_messages_on_a_jobs_queues_are_the_tagged_tuples_a_dask_queue_carries():
+    from nbbuild.executors.messages import Done, GiveUp, Need, SendAgain, Values, unwire, wire
+    sent = [Need(b"asked"), Done(), Values(b"blob"), SendAgain(), GiveUp()]
+    assert [wire(m) for m in sent] == [("need", b"asked"), ("done",), ("values", b"blob"), ("restart",), ("failed",)]
+    # msgpack gives a tuple back as a list
+    assert [unwire(list(wire(m))) for m in sent] == sent

@@ -290,6 +290,15 @@ def test_a_parametric_rule_is_called_anywhere_and_built_per_argument(ip):
     assert ip.user_ns["calls"] == [("model", 0.5, 0.0), ("model", 2, 0.0)]
 
 
+def test_build_of_a_parametric_call_takes_keyword_arguments_from_a_mapping(ip):
+    ip.run_cell(RAW)
+    ip.run_cell(MODEL)
+    ip.user_ns["calls"].clear()
+    ip.run_cell("given = {'alpha': 2, 'l1': 1.0}")
+    assert ip.run_cell("%build model(**given)").result == 15
+    assert ip.user_ns["calls"] == [("model", 2, 1.0)]
+
+
 def test_a_parametric_call_inside_a_rule_cell_is_a_tracked_dependency(ip, capsys):
     ip.run_cell(RAW)
     ip.run_cell(MODEL)

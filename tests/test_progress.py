@@ -233,3 +233,20 @@ def test_a_view_keeps_its_state_in_the_store_for_the_sessions_that_follow(store_
         later.keep_view_state("lab:a.ipynb", None)
     with nbbuild.Build(store_dir) as last:
         assert last.view_state("lab:a.ipynb") is None
+
+
+def test_outcomes_and_states_are_their_words_wherever_text_goes(b):
+    import json
+
+    @b.rule
+    def one():
+        return 1
+
+    one()
+    outcome = b.report.tasks[0].outcome
+    state = b.status(one).state
+    assert [outcome, state] == ["executed", "up to date"]
+    assert [f"{outcome}", str(outcome), "%s" % outcome, f"{state:>12}"] == ["executed", "executed", "executed",
+                                                                           "  up to date"]
+    assert json.dumps({outcome: state}) == '{"executed": "up to date"}'
+    assert {"executed": 1}[outcome] == 1

@@ -253,6 +253,22 @@ def test_a_rule_may_run_elsewhere_while_the_others_run_here(tmp_path):
         assert here == os.getpid() and there != os.getpid()
 
 
+@pytest.mark.parametrize("where", ["threads", "processes"])
+def test_a_file_saved_by_moving_it_into_place_is_an_output_wherever_the_body_ran(tmp_path, where):
+    out = str(tmp_path / "table.csv")
+
+    with nbbuild.Build(tmp_path / "store") as b:
+        @b.rule(executor=where)
+        def save():
+            with open(out + ".tmp", "w") as f:      # an atomic save: written aside, then moved
+                f.write("a,b\n")
+            os.replace(out + ".tmp", out)
+            return 1
+
+        assert save() == 1
+        assert b.outputs(save) == [out]
+
+
 def test_a_bad_executor_is_one_line(tmp_path):
     with pytest.raises(nbbuild.RuleError, match=r"^executor='gpu': use 'threads', 'processes', 'dask'"):
         nbbuild.Build(tmp_path / "store", executor="gpu")

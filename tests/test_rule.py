@@ -211,3 +211,10 @@ def test_keyword_defaults_changed_in_place_are_a_new_version():
     ns["rule"].__kwdefaults__["k"] = 5
     kept, fresh = _kept_and_fresh(ns)
     assert kept == fresh != before.version
+
+
+def test_a_rule_stub_called_where_no_body_runs_says_it_belongs_to_the_kernels_build():
+    from nbbuild.engine.rule import rule_stub
+    stub = rule_stub(lambda: 1, "far", "persist")     # what a worker unpickles for a rule of the kernel
+    with pytest.raises(nbbuild.OutsideRuleError, match="far.*only be called inside a rule body"):
+        stub()

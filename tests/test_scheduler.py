@@ -9,6 +9,7 @@ import threading
 import pytest
 
 import nbbuild
+from nbbuild.engine.attachments import Attachments
 from nbbuild.engine.context import EngineContext
 from nbbuild.engine.rule import Rule
 from nbbuild.engine.scheduler import Scheduler
@@ -289,7 +290,8 @@ class FakeStore:
 
 def _context(store: FakeStore, rules: dict) -> EngineContext:
     """A fresh process's context over `store`: nothing in memory, no task made yet."""
-    return EngineContext(store=store, memory=Memory(store), pool=HelperPool(), rules=rules, owner=OWNER)
+    return EngineContext(store=store, memory=Memory(store), pool=HelperPool(), attachments=Attachments(store),
+                         rules=rules, owner=OWNER)
 
 
 OWNER = object()      # what a Build is to its rules: whose calls inside a running body are fetches

@@ -43,7 +43,7 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from ..errors import CommandFailed as Failed, CommandUsageError as Usage
 from .kernel import kernel as _kernel, session as _session, shown as _shown, store_dir as _store_dir, \
@@ -66,7 +66,7 @@ class _Pair(argparse.Action):
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:      # argparse's usage block, then the error: one line here
+    def error(self, message: str) -> NoReturn:      # argparse's usage block, then the error: one line here
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
@@ -104,8 +104,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             failure = _one_run(run, given, targets, path.name)
             if failure is not None:
                 failures.append(failure if len(runs) == 1 else f"{parameters.label(values)}: {failure}")
-            if written[i] is not None:
-                _write(given, written[i])
+            if (out := written[i]) is not None:
+                _write(given, out)
             if len(runs) > 1:
                 after = _counts(run)
                 rows.append([*(repr(values.get(n)) for n in _swept(runs)),
@@ -142,7 +142,7 @@ def _written(output: str | None, notebook: Path, runs: list[dict]) -> list[Path 
     if len(runs) > 1 and "{" not in output:
         raise Usage(f"-o {output}: a sweep writes a notebook per parameter set: give a pattern such as "
                     f"'out-{{{_swept(runs)[0]}}}.ipynb'")
-    found = []
+    found: list[Path | None] = []
     for values in runs:
         try:
             where = Path(output.format(**values))

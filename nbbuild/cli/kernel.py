@@ -85,14 +85,14 @@ def kernel(notebook: Path, store: str | None) -> Iterator[Run]:
         # said once at the end; the rest of what the cell wrote there (warnings: nbbuild's about
         # the store, the user's own) is for the terminal, as a script's stderr would be
         errors = "".join(o.text for o in cell.outputs if o.output_type == "stream" and o.name == "stderr")
-        said = _USAGE_ERROR.findall(errors)
+        usage: list[str] = _USAGE_ERROR.findall(errors)
         rest = _USAGE_ERROR.sub("", errors).strip("\n")
         if rest:
             print(rest, file=sys.stderr, flush=True)
-        if _ALLOWED in tags or (raised is None and not said):
+        if _ALLOWED in tags or (raised is None and not usage):
             return cell, None, False
-        if said:
-            return cell, said[-1], True
+        if usage:
+            return cell, usage[-1], True
         return cell, raised, False
 
     with contextlib.ExitStack() as stack:
@@ -144,4 +144,5 @@ def session(run: Run) -> str | None:
         return None
     said = text(cell)
     found = re.search(r"^session\s+(.*)$", said, re.M)
-    return found.group(1) if found else (said.strip().splitlines() or [None])[0]
+    lines: list[str | None] = [*said.strip().splitlines()]
+    return found.group(1) if found else (lines or [None])[0]

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..store import serialisation
 from .task import Task
+
+if TYPE_CHECKING:
+    from ..store.store import Store
 
 __all__ = ["Attachments"]
 
@@ -24,7 +27,7 @@ log = logging.getLogger("nbbuild")
 
 
 class Attachments:
-    def __init__(self, store: Any):
+    def __init__(self, store: Store):
         self.store = store
         self._kept: dict[str, tuple[str, Any]] = {}     # task key -> (value hash, attachment)
         self._lock = threading.Lock()                   # taken from any worker thread during a build

@@ -27,15 +27,22 @@ import gc
 import logging
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from greenlet import GreenletExit
 
 from . import environment, outputs
 from ..store import serialisation
 from ..errors import Cancelled
+from .state import Outcome, TaskState
 from .trace import ENV_PREFIX, Recorder, current
 from ..executors.shared_values import SharedValue
+
+if TYPE_CHECKING:
+    from ..executors.protocol import Executor
+    from .scheduler import Scheduler
+    from .task import Task
+    from .version import Version
 
 __all__ = ["execute"]
 
@@ -43,13 +50,13 @@ log = logging.getLogger("nbbuild")
 _CANCEL = (KeyboardInterrupt, SystemExit, Cancelled, GreenletExit)
 
 
-def execute(sched: Any, st: Any) -> None:
+def execute(sched: Scheduler, st: TaskState) -> None:
     task = st.task
     rule = task.rule
     if task._args is None and not _fits(task):
         # read back from an old trace, with arguments the rule no longer takes: no such task
         # any more. Dependents see a mismatch and run, asking for what they need now.
-        st.outcome = "obsolete"
+        st.outcome = Outcome.OBSOLETE
         return
     version = sched.version(rule) if rule.policy != "none" else None
     executor = sched.ctx.executor_for(rule)
@@ -72,15 +79,15 @@ def execute(sched: Any, st: Any) -> None:
         log.warning("nbbuild: %r ran %.1f s, past its timeout of %g s (a body on a thread cannot be stopped: "
                     "give the rule executor='processes' to stop it)", task, st.seconds, timeout)
     if rec.failed_dep is not None:
-        st.cause, st.outcome = rec.failed_dep, "skipped"
+        st.cause, st.outcome = rec.failed_dep, Outcome.SKIPPED
         return
     if error is not None:
-        st.error, st.outcome = error, "failed"
+        st.error, st.outcome = error, Outcome.FAILED
         return
     _keep(sched, st, rec, value, version)
 
 
-def _attempt(sched: Any, st: Any, executor: Any, timeout: float | None) -> tuple[Recorder, Any, BaseException | None]:
+def _attempt(sched: Scheduler, st: TaskState, executor: Executor | None, timeout: float | None) -> tuple[Recorder, Any, BaseException | None]:
     task = st.task
     rec = Recorder(st, sched)
     token = current.set(rec)
@@ -107,7 +114,7 @@ def _attempt(sched: Any, st: Any, executor: Any, timeout: float | None) -> tuple
     return rec, value, error
 
 
-def _keep(sched: Any, st: Any, rec: Recorder, value: Any, version: Any) -> None:
+def _keep(sched: Scheduler, st: TaskState, rec: Recorder, value: Any, version: Version | None) -> None:
     task = st.task
     rule = task.rule
     persist = rule.policy == "persist"
@@ -115,7 +122,7 @@ def _keep(sched: Any, st: Any, rec: Recorder, value: Any, version: Any) -> None:
     if isinstance(value, SharedValue):
         # a worker put it in the shared tier: its trace is recorded here, its value loaded only
         # when something here needs it (from the tier, into the local store)
-        st.hash, st.outcome = value.digest, "executed"
+        st.hash, st.outcome = value.digest, Outcome.EXECUTED
         if rec.attachment is not None:
             sched.ctx.attachments.keep(task, value.digest, rec.attachment, persist)
         _record(sched, st, rec, version, effects, persist)
@@ -131,7 +138,7 @@ def _keep(sched: Any, st: Any, rec: Recorder, value: Any, version: Any) -> None:
             st.unstored = why_not
     digest = ser.digest if ser is not None else "u:" + uuid.uuid4().hex
     previous = st.hash
-    st.value, st.has_value, st.hash, st.outcome = value, True, digest, "executed"
+    st.value, st.has_value, st.hash, st.outcome = value, True, digest, Outcome.EXECUTED
     if previous is not None and previous != digest:
         log.warning("nbbuild: %r gave a different value when re-run (is it deterministic?)", task)
     sched.ctx.memory.remember(digest, value, ser.nbytes if ser is not None else 0)
@@ -140,7 +147,8 @@ def _keep(sched: Any, st: Any, rec: Recorder, value: Any, version: Any) -> None:
     _record(sched, st, rec, version, effects, persist)
 
 
-def _record(sched: Any, st: Any, rec: Recorder, version: Any, effects: Any, persist: bool) -> None:
+def _record(sched: Scheduler, st: TaskState, rec: Recorder, version: Version | None, effects: tuple,
+            persist: bool) -> None:
     """The files the run wrote, then its trace (of the value `st.hash`)."""
     task = st.task
     if version is None:
@@ -151,7 +159,7 @@ def _record(sched: Any, st: Any, rec: Recorder, version: Any, effects: Any, pers
     sched.rebuilder.record(st, rec, version, written, effects, persist)
 
 
-def _fits(task: Any) -> bool:
+def _fits(task: Task) -> bool:
     try:
         return task.rule.accepts(task.args, task.kwargs)
     except Exception:  # arguments that cannot be read back at all

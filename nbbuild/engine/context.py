@@ -33,36 +33,34 @@ from .verified import CleanSet
 
 if TYPE_CHECKING:
     from ..executors.hubs import HelperPool
+    from ..executors.protocol import Executor
     from ..store.memory import Memory
+    from ..store.store import Store
 
 __all__ = ["EngineContext"]
 
 
-def _no_executor(rule: Any) -> Any:
+def _no_executor(rule: Rule | None) -> Executor | None:
     return None
 
 
 @dataclass(frozen=True)
 class EngineContext:
-    store: Any
+    store: Store
     memory: Memory
     pool: HelperPool
+    attachments: Attachments
     rules: dict[str, Rule] = field(default_factory=dict)
     tasks: dict[str, Task] = field(default_factory=dict)
     files: FileHasher = field(default_factory=FileHasher)
     owners: Owners = field(default_factory=Owners)
     verified: CleanSet = field(default_factory=CleanSet)
-    attachments: Attachments | None = None
-    executor_for: Callable[[Rule], Any] = _no_executor
+    executor_for: Callable[[Rule | None], Executor | None] = _no_executor
     engine_types: tuple[type, ...] = (Rule,)
     owner: object = None
     failures: dict[str, str] = field(default_factory=dict)
     restored: dict[str, list[str]] = field(default_factory=dict)
     environ_restored: dict[str, list[str]] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.attachments is None:
-            object.__setattr__(self, "attachments", Attachments(self.store))
 
     def is_engine_object(self, obj: Any) -> bool:
         return isinstance(obj, self.engine_types)
@@ -73,7 +71,7 @@ class EngineContext:
             return task
         trace = self.store.any_trace(key)
         rule = self.rules.get(trace.rule) if trace is not None else None
-        if rule is None:
+        if trace is None or rule is None:
             return None
         task = rule.task_from_encoded(key, trace.args, trace.repr)
         self.tasks[key] = task

@@ -35,10 +35,10 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Any
+from typing import Any, Iterable
 
 from ..store.serialisation import hash_bytes
-from .trace import ENV_ALL, ENV_PREFIX, MISSING, current
+from .trace import ENV_ALL, ENV_PREFIX, MISSING, Recorder, current
 
 __all__ = ["install", "digest", "owns", "describe", "finish", "restore", "forget", "pending", "ENV_PREFIX", "ENV_ALL"]
 
@@ -47,7 +47,8 @@ _lock = threading.Lock()
 _installed = False
 # variable -> (owner, raw value before, raw value it left): the variables whose value a task's run
 # or reuse left in this process; a write of another value by anyone drops the entry
-_left: dict[str, tuple[Any, Any, Any]] = {}
+Owner = tuple[str, str]      # who set a variable: (store path, task key), rebuild.Rebuilder.owner
+_left: dict[str, tuple[Owner, Any, Any]] = {}
 
 
 def _name(key: Any) -> str | None:
@@ -74,13 +75,13 @@ def _hash_raw(raw: Any) -> str:
     return hash_bytes(b"v", raw if isinstance(raw, bytes) else os.fsencode(raw))
 
 
-def _as_before(name: str, raw: Any, owner: Any) -> Any:
+def _as_before(name: str, raw: Any, owner: Owner | None) -> Any:
     """`raw`, or the value before `owner` set the variable, when `raw` is what `owner` left."""
     left = _left.get(name) if owner is not None else None
     return left[1] if left is not None and left[0] == owner and left[2] == raw else raw
 
 
-def _all_hash(owner: Any = None, own: dict[str, Any] | None = None) -> str:
+def _all_hash(owner: Owner | None = None, own: dict[str, Any] | None = None) -> str:
     """The whole environment's hash; with the variables `owner` left, and those in `own` (a
     running body's writes: name -> value before), at their values before."""
     data = dict(os.environ._data)       # type: ignore[attr-defined]
@@ -91,7 +92,7 @@ def _all_hash(owner: Any = None, own: dict[str, Any] | None = None) -> str:
                 undo[name] = before
     for name, before in undo.items():
         try:
-            k = os.environ.encodekey(name)        # type: ignore[attr-defined]
+            k = os.environ.encodekey(name)
         except (TypeError, ValueError, UnicodeError):
             continue
         if before is None:
@@ -103,7 +104,7 @@ def _all_hash(owner: Any = None, own: dict[str, Any] | None = None) -> str:
     return hash_bytes(b"all", *(k + b"\0" + v + b"\0" for k, v in items))
 
 
-def digest(key: str, owner: Any = None) -> str:
+def digest(key: str, owner: Owner | None = None) -> str:
     """The hash an input key of this module has now, for a task `owner` (see the contract)."""
     if key == ENV_ALL:
         return _all_hash(owner)
@@ -113,7 +114,7 @@ def digest(key: str, owner: Any = None) -> str:
     return "?"        # not ours: matches no recorded hash
 
 
-def owns(owner: Any) -> bool:
+def owns(owner: Owner) -> bool:
     """Whether some variable holds a value `owner` left (its inputs are then its own to hash)."""
     return any(v[0] == owner for v in list(_left.values()))
 
@@ -121,14 +122,14 @@ def owns(owner: Any) -> bool:
 # ---------------------------------------------------------------- effects
 
 def _text(raw: Any) -> str | None:
-    return None if raw is None else os.environ.decodevalue(raw)     # type: ignore[attr-defined]
+    return None if raw is None else os.environ.decodevalue(raw)
 
 
 def _encoded(value: str | None) -> Any:
-    return None if value is None else os.environ.encodevalue(value)  # type: ignore[attr-defined]
+    return None if value is None else os.environ.encodevalue(value)
 
 
-def finish(owner: Any, recorder: Any) -> tuple[tuple[str, str | None], ...]:
+def finish(owner: Owner, recorder: Recorder) -> tuple[tuple[str, str | None], ...]:
     """The effects of a body that returned: the variables it set that hold another value than
     before it, by name; `owner` left them."""
     effects = []
@@ -141,7 +142,7 @@ def finish(owner: Any, recorder: Any) -> tuple[tuple[str, str | None], ...]:
     return tuple(effects)
 
 
-def restore(owner: Any, effects: Any) -> list[str]:
+def restore(owner: Owner, effects: Iterable[tuple[str, str | None]]) -> list[str]:
     """Set the variables as a reused run left them; the names of those that changed."""
     changed = []
     with _lock:
@@ -151,9 +152,9 @@ def restore(owner: Any, effects: Any) -> list[str]:
                 continue
             # the untracked write: putting an effect back is neither a read nor a write of a body
             if value is None:
-                os._Environ.__delitem__(os.environ, name)          # type: ignore[attr-defined]
+                os._Environ.__delitem__(os.environ, name)
             else:
-                os._Environ.__setitem__(os.environ, name, value)   # type: ignore[attr-defined]
+                os._Environ.__setitem__(os.environ, name, value)
             _left[name] = (owner, before, _raw(name))
             changed.append(name)
     return changed
@@ -164,7 +165,7 @@ def pending(effects: Any) -> list[str]:
     return [name for name, value in effects if _raw(name) != _encoded(value)]
 
 
-def forget(owner: Any) -> None:
+def forget(owner: Owner) -> None:
     """`owner` runs again: what its last run left is an input like any other now."""
     with _lock:
         for name in [n for n, v in list(_left.items()) if v[0] == owner]:
@@ -225,7 +226,7 @@ def _wrote(key: Any, before: Any) -> None:
         log.debug("nbbuild: could not record the write of %r", key, exc_info=True)
 
 
-class _TrackedEnviron(os._Environ):     # type: ignore[name-defined,misc]
+class _TrackedEnviron(os._Environ):
     """os._Environ that tells the running rule body's recorder what it reads. No state of its own:
     only its class is swapped on the existing objects. Mapping's get, __contains__, pop and
     setdefault go through __getitem__; keys, items, values, copy, ==, | through __iter__."""
@@ -267,6 +268,6 @@ def install() -> None:
             return
         for name in ("environ", "environb"):
             env = getattr(os, name, None)
-            if env is not None and type(env) is os._Environ:      # type: ignore[attr-defined]
+            if env is not None and type(env) is os._Environ:
                 env.__class__ = _TrackedEnviron
         _installed = True

@@ -18,7 +18,7 @@ Contract:
   A variable a task set itself is not a change of its input.
 - `plan(ctx, tasks)`: (task repr, reason) of every task that building them may run, dependencies
   first. Early cutoff may yet spare some of them.
-- `status(ctx, task)`: a `TaskStatus`: `state` one of "up to date", "stale", "never built",
+- `status(ctx, task)`: a `TaskStatus`: `state` a `Standing`, one of "up to date", "stale", "never built",
   "failed" (its last build in this process failed), "not stored" (up to date, but its value is
   gone or could not be stored: it runs again when needed); the reason in words; the last run's
   seconds; the stored value's size in bytes (None when not stored). `statuses(ctx, tasks)` is
@@ -39,26 +39,33 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Sequence, TypeAlias
 
 from . import environment, outputs as _outputs
 from .context import EngineContext
 from .inputs import describe as input_describe, digest as input_digest, for_targets_only
 from .files import short_path
-from .rule import Rule
+from .rule import Rule, Target
 from .task import Task
-from .rebuild import Rebuilder, walk
-from .trace import FILE_PREFIX, INPUT_PREFIX, MISSING
+from .rebuild import Rebuilder, Walk, walk
+from .state import Word
+from .trace import FILE_PREFIX, INPUT_PREFIX, MISSING, Group, Trace
 
-__all__ = ["TaskStatus", "why", "plan", "status", "statuses", "inputs", "outputs", "known", "Explaining"]
+__all__ = ["TaskStatus", "Standing", "why", "plan", "status", "statuses", "inputs", "outputs", "known", "Explaining"]
 
-STATES = ("up to date", "stale", "never built", "failed", "not stored")
+class Standing(Word):
+    """A task's state as `status` tells it (TaskStatus.state): the words the views show and send."""
+    UP_TO_DATE = "up to date"
+    STALE = "stale"
+    NEVER_BUILT = "never built"
+    FAILED = "failed"           # its last build in this process failed
+    NOT_STORED = "not stored"   # up to date, but its value is not stored: it runs again when needed
 
 
 @dataclass(frozen=True)
 class TaskStatus:
     task: str
-    state: str
+    state: Standing
     reason: str
     seconds: float | None
     size: int | None
@@ -77,7 +84,7 @@ class _Stale:
         self.dep, self.inner = dep, inner
 
 
-Reason = "str | _Stale"
+Reason: TypeAlias = "str | _Stale"
 
 
 def _text(reason: Any) -> Any:
@@ -91,7 +98,7 @@ def _text(reason: Any) -> Any:
     return "".join(parts) + reason + ")" * len(parts)
 
 
-Result = tuple[Any, str | None, float | None, Any]
+Result = tuple["Reason | None", str | None, float | None, Trace | None]   # see Memo
 Memo = dict[str, Result]
 
 
@@ -106,7 +113,7 @@ def why(ctx: EngineContext, task: Task) -> str:
     return f"{task!r} is up to date" + notes
 
 
-def _notes(ctx: EngineContext, task: Task, trace: Any) -> str:
+def _notes(ctx: EngineContext, task: Task, trace: Trace | None) -> str:
     """What became, or becomes, of the files the task wrote (put back from the store) and of the
     environment variables it set (set again)."""
     notes = []
@@ -127,9 +134,10 @@ def _notes(ctx: EngineContext, task: Task, trace: Any) -> str:
     names = ctx.environ_restored.get(task.key)
     if names:
         notes.append(f"its last build set {_variables(names)} again as its run left it")
-    names = environment.pending(trace.environ) if trace is not None and trace.environ else []
+    environ = trace.environ if trace is not None else ()
+    names = environment.pending(environ) if environ else []
     if len(names) == 1:
-        now = "is unset" if names[0] not in os.environ else "is set" if dict(trace.environ)[names[0]] is None \
+        now = "is unset" if names[0] not in os.environ else "is set" if dict(environ)[names[0]] is None \
             else "changed"
         notes.append(f"{_variables(names)} it set {now}: building it sets it again")
     elif names:
@@ -166,16 +174,17 @@ def _status(ctx: EngineContext, task: Task, reason: str | None, memo: Memo) -> T
     _, digest, seconds, _ = memo[task.key]
     failure = ctx.failures.get(task.key)
     if failure is not None:
-        return TaskStatus(repr(task), "failed", failure, seconds, None)
+        return TaskStatus(repr(task), Standing.FAILED, failure, seconds, None)
     if reason == "never built":
-        return TaskStatus(repr(task), "never built", reason, None, None)
+        return TaskStatus(repr(task), Standing.NEVER_BUILT, reason, None, None)
     if reason is not None:
-        return TaskStatus(repr(task), "stale", reason, seconds, None)
+        return TaskStatus(repr(task), Standing.STALE, reason, seconds, None)
+    assert digest is not None       # up to date: the memo holds its value hash
     size = ctx.store.value_size(digest) if task.rule.policy == "persist" else ctx.memory.size(digest)
     if not _stored(ctx, task, digest):
-        return TaskStatus(repr(task), "not stored", "its value is not stored: it runs again when needed",
+        return TaskStatus(repr(task), Standing.NOT_STORED, "its value is not stored: it runs again when needed",
                           seconds, None)
-    return TaskStatus(repr(task), "up to date", "up to date", seconds, size)
+    return TaskStatus(repr(task), Standing.UP_TO_DATE, "up to date", seconds, size)
 
 
 def inputs(ctx: EngineContext, task: Task) -> tuple[list[Task], list[str]]:
@@ -236,23 +245,24 @@ class _Walk:
 
     def __init__(self, task: Task, target: bool):
         self.task, self.target = task, target
-        self.steps: Any = None
-        self.ask: Any = None
+        self.steps: Walk | None = None
+        self.ask: Group | Trace | None = None
         self.at = 0
-        self.reasons: list[Any] = []
+        self.reasons: list[Reason] = []
         self.last: float | None = None
         self.result: Result | None = None
 
-    def answer(self, reason: Any) -> None:
+    def answer(self, reason: Reason | None) -> None:
         """Tell the walk whether what it asked matches (no reason); move on to what it asks next."""
         if reason is not None:
             self.reasons.append(reason)
+        assert self.steps is not None       # asked: walking
         try:
             self.ask = self.steps.send(reason is None)
         except StopIteration as done:
             self.finish(done.value[0])
 
-    def finish(self, trace: Any) -> None:
+    def finish(self, trace: Trace | None) -> None:
         # the newest trace's reason is the one to give, unless an older trace still matches
         self.result = (None, trace.result, trace.seconds, trace) if trace is not None \
             else (self.reasons[0], None, self.last, None)
@@ -304,18 +314,19 @@ def _advance(ctx: EngineContext, rb: Rebuilder, w: _Walk, memo: Memo) -> Task | 
     explained first (that task)."""
     while w.result is None:
         ask = w.ask
-        if type(ask) is tuple:
+        if isinstance(ask, tuple):
             reason, dep = _group(ctx, rb, w, ask, memo)
             if dep is not None:
                 return dep
             w.at = 0
         else:    # a trace that matches but for what it wrote, which differs now and is put back unless its copy is gone
+            assert ask is not None      # no result yet: the walk asks something
             reason = _outputs.look(ctx.files.hash, ctx.store, ask)[0] if ask.outputs else None
         w.answer(reason)
     return None
 
 
-def _group(ctx: EngineContext, rb: Rebuilder, w: _Walk, group: Any, memo: Memo) -> tuple[Any, Task | None]:
+def _group(ctx: EngineContext, rb: Rebuilder, w: _Walk, group: Group, memo: Memo) -> tuple[Reason | None, Task | None]:
     """(why the recorded group differs now, or None; a dependency to explain before going on)."""
     for i in range(w.at, len(group)):
         key, recorded = group[i]
@@ -372,29 +383,33 @@ def _version_change(name: str, old: Any, new: Any) -> str:
 
 
 class Explaining:
-    def why(self, target: Any) -> str:
+    if TYPE_CHECKING:       # Build's, which mixes this in (build.py)
+        context: EngineContext
+        def _target(self, t: object) -> Task: ...
+
+    def why(self, target: Target) -> str:
         """Why the target is stale, in words, or that it is up to date; nothing runs."""
         return why(self.context, self._target(target))
 
-    def plan(self, *targets: Any) -> list[tuple[str, str]]:
+    def plan(self, *targets: Target) -> list[tuple[str, str]]:
         """What building the targets would run, and why, dependencies first; nothing runs. A task
         below a stale one may yet be spared by early cutoff: the plan says what may run."""
         return plan(self.context, [self._target(t) for t in targets])
 
-    def status(self, target: Any) -> TaskStatus:
+    def status(self, target: Target) -> TaskStatus:
         """The target's state (up to date, stale, never built, failed, not stored), why, its last
         run time and its stored size; nothing runs."""
         return status(self.context, self._target(target))
 
-    def statuses(self, targets: list[Any]) -> list[TaskStatus]:
+    def statuses(self, targets: Sequence[Target]) -> list[TaskStatus]:
         """`status` of each target, the work shared: for a whole graph at once."""
         return statuses(self.context, [self._target(t) for t in targets])
 
-    def inputs(self, target: Any) -> tuple[list[Task], list[str]]:
+    def inputs(self, target: Target) -> tuple[list[Task], list[str]]:
         """(tasks, file paths) the target read when it last ran, in order; empty if it never ran."""
         return inputs(self.context, self._target(target))
 
-    def outputs(self, target: Any) -> list[str]:
+    def outputs(self, target: Target) -> list[str]:
         """The files the target wrote when it last ran (outputs.py); empty if it never ran."""
         return outputs(self.context, self._target(target))
 

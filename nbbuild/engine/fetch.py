@@ -13,17 +13,30 @@ Contract: `Fetching` is a part of the Scheduler (engine/scheduler.py), mixed in.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Sequence
+import threading
+from typing import TYPE_CHECKING, Any, Callable, Sequence, cast
 
 from ..errors import BuildError, Cancelled, CycleError
 from .state import DONE, FAILED, TaskState
 from .task import Task
 from .trace import Recorder
+if TYPE_CHECKING:
+    from ..executors.hubs import Hubs, Waker
+    from .context import EngineContext
 
 __all__ = ["Fetching"]
 
 
 class Fetching:
+    if TYPE_CHECKING:       # the Scheduler's, which mixes this in (scheduler.py)
+        ctx: EngineContext
+        lock: threading.Lock
+        hubs: Hubs
+        checked: set[str]
+        cancelled: BaseException | None
+        def _ensure(self, me: TaskState | None, tasks: Sequence[Task], depth: int) -> list[TaskState]: ...
+        def _execute(self, st: TaskState) -> None: ...
+
     def fetch_values(self, rec: Recorder, tasks: Sequence[Task], record: bool = True,
                      ref: Callable[[TaskState], Any] | None = None) -> list[Any]:
         """A running rule body asks for `tasks`: suspend until their values are there. `record`:
@@ -44,7 +57,7 @@ class Fetching:
                     raise self.error_for(st)
             values = [self._value(st, me) if ref is None or (r := ref(st)) is None else r for st in sts]
             if record:
-                rec.add_group(tuple((st.task.key, st.hash) for st in sts))
+                rec.add_group(tuple((st.task.key, cast(str, st.hash)) for st in sts))   # done: hashed
             return values
         except Cancelled:
             rec.cancelled = True     # whatever the body returns now, it is not stored
@@ -68,7 +81,7 @@ class Fetching:
                 raise self.error_for(st)
             return st.value
         try:
-            found, value = self.ctx.memory.recall(st.hash, self.checked, st.task)  # type: ignore[arg-type]
+            found, value = self.ctx.memory.recall(cast(str, st.hash), self.checked, st.task)   # done: hashed
             if found:
                 st.value, st.has_value = value, True
             else:
@@ -80,7 +93,8 @@ class Fetching:
         finally:
             with self.lock:
                 st.loading = False
-                self.hubs.wake(st.take_waiters())
+                # while a value loads only greenlets wait on it (a deferred task waits on unfinished ones)
+                self.hubs.wake(cast("list[Waker]", st.take_waiters()))
 
     # ------------------------------------------------------------ errors
 

@@ -195,7 +195,7 @@ def watch_outside(method: Callable[[str], None]) -> None:
     rule body (an ordinary cell's `df.to_csv`), so that no task puts back its own copy over it
     (outputs.Owners). Not for a removal: a file a task wrote, found missing, is put back by the
     next build that needs it (rather than failing the reader)."""
-    _outside.append(weakref.WeakMethod(method))  # type: ignore[arg-type]
+    _outside.append(weakref.WeakMethod(method))
 
 
 def _changed_outside(event: str, args: tuple) -> None:

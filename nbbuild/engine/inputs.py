@@ -11,14 +11,12 @@ global random generators: a cell that drew is not run again because a later cell
 """
 from __future__ import annotations
 
-from typing import Any
-
 from . import environment, randomness
 
 __all__ = ["digest", "describe", "for_targets_only"]
 
 
-def digest(key: str, owner: Any = None) -> str:
+def digest(key: str, owner: environment.Owner | None = None) -> str:
     if key.startswith(randomness.RNG_PREFIX):
         return randomness.digest(key)
     return environment.digest(key, owner)

@@ -49,7 +49,7 @@ import os
 import secrets
 import shutil
 import stat as statmod
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import xxhash
 
@@ -57,6 +57,9 @@ from ..store import serialisation
 from ..errors import OutsideRuleError
 from .files import short_path
 from .trace import MISSING, Output, Trace, current
+
+if TYPE_CHECKING:
+    from ..store.store import Store
 
 __all__ = ["output", "keep", "restore", "look", "copies", "Owners"]
 
@@ -82,7 +85,7 @@ def output(path: Any) -> Any:
 
 # ---------------------------------------------------------------- after a body succeeded
 
-def keep(store: Any, written: Iterable[str], persist: bool, removed: Iterable[str] = ()) -> tuple[Output, ...]:
+def keep(store: Store, written: Iterable[str], persist: bool, removed: Iterable[str] = ()) -> tuple[Output, ...]:
     found: list[Output] = []
     for path in _files(written):
         try:
@@ -113,7 +116,7 @@ class _Changed(Exception):
     """The file changed while it was being stored."""
 
 
-def _put(store: Any, path: str) -> tuple[str, str]:
+def _put(store: Store | None, path: str) -> tuple[str, str]:
     """(content hash, stored copy's hash or MISSING) of one file."""
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -210,7 +213,7 @@ class Owners:
         return lambda path: self.last.get(path, key) == key
 
 
-def look(file_hash: Callable[[str], str], store: Any, trace: Trace,
+def look(file_hash: Callable[[str], str], store: Store, trace: Trace,
          mine: Callable[[str], bool] | None = None) -> tuple[str | None, list[str]]:
     pending: list[str] = []
     for path, content, stored in trace.outputs:
@@ -229,7 +232,7 @@ def look(file_hash: Callable[[str], str], store: Any, trace: Trace,
     return None, pending
 
 
-def restore(store: Any, file_hash: Callable[[str], str], trace: Trace, restored: list[str],
+def restore(store: Store, file_hash: Callable[[str], str], trace: Trace, restored: list[str],
             mine: Callable[[str], bool] | None = None) -> bool:
     why, pending = look(file_hash, store, trace, mine)
     if why is not None:

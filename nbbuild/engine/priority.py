@@ -26,13 +26,18 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from typing import Mapping
+    from .state import TaskState
+    from .trace import Trace
 
 __all__ = ["CriticalPath", "ReadyQueue"]
 
 
 class CriticalPath:
-    def __init__(self, traces: Any):
+    def __init__(self, traces: Mapping[str, list[Trace]]):
         self.traces = traces
         self.targets: frozenset[str] = frozenset()
         self._below: dict[str, float] = {}
@@ -128,11 +133,11 @@ class CriticalPath:
 class ReadyQueue:
     def __init__(self, paths: CriticalPath | None):
         self.paths = paths
-        self._fifo: deque[Any] = deque()
-        self._heap: list[tuple[float, int, Any]] = []
+        self._fifo: deque[TaskState] = deque()
+        self._heap: list[tuple[float, int, TaskState]] = []
         self._order = itertools.count()
 
-    def push(self, state: Any, priority: float = 0.0) -> None:
+    def push(self, state: TaskState, priority: float = 0.0) -> None:
         if self.paths is None:
             self._fifo.append(state)
         else:

@@ -41,14 +41,17 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Callable, Generator, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Generator, Iterable, Sequence
 
 from . import environment, inputs, outputs
 from .context import EngineContext
-from .state import DONE, TaskState
+from .state import DONE, Outcome, TaskState
 from .task import Task
 from .trace import ENV_PREFIX, FILE_PREFIX, INPUT_PREFIX, Group, Recorder, Trace
 from .version import Version, rule_version
+
+if TYPE_CHECKING:
+    from .rule import Rule
 
 __all__ = ["walk", "match", "Rebuilder"]
 
@@ -79,14 +82,14 @@ def walk(traces: Sequence[Trace], version: str, known: dict[str, str]) -> Walk:
     return None, -1
 
 
-def match(traces: Sequence[Trace], version: str, state: Any, known: dict[str, str],
-          group_matches: Callable[[Any, Group], bool],
-          outputs_ready: Callable[[Any, Trace], bool] | None = None) -> tuple[Trace | None, int]:
+def match(traces: Sequence[Trace], version: str, state: TaskState, known: dict[str, str],
+          group_matches: Callable[[TaskState, Group], bool],
+          outputs_ready: Callable[[TaskState, Trace], bool] | None = None) -> tuple[Trace | None, int]:
     steps = walk(traces, version, known)
     try:
         ask = next(steps)
         while True:
-            if type(ask) is tuple:
+            if isinstance(ask, tuple):   # a group of dependencies, else a trace whose outputs to check
                 ask = steps.send(group_matches(state, ask))
             else:
                 ask = steps.send(outputs_ready is None or outputs_ready(state, ask))
@@ -102,7 +105,7 @@ class Rebuilder:
         self.files = ctx.files
         self.traces = traces if traces is not None else {}
         self.bring = bring
-        self.versions: dict[Any, Version] = {}
+        self.versions: dict[Rule, Version] = {}
         self.known: dict[str, str] = {}        # key -> value hash of every task done in this build
         self.targets: frozenset[str] = frozenset()
         self.restored: dict[str, list[str]] = {}
@@ -111,7 +114,7 @@ class Rebuilder:
 
     # ------------------------------------------------------------ what inputs are now
 
-    def version(self, rule: Any) -> Version:
+    def version(self, rule: Rule) -> Version:
         """The rule's version, computed once per rule per build (globals may change between builds)."""
         v = self.versions.get(rule)
         if v is None:
@@ -151,7 +154,7 @@ class Rebuilder:
         if trace is None:
             return False
         st.hash, st.trace, st.seconds = trace.result, trace, trace.seconds
-        st.outcome = "verified" if pos == 0 else "constructed"
+        st.outcome = Outcome.VERIFIED if pos == 0 else Outcome.CONSTRUCTED
         return True
 
     def stored_meanwhile(self, st: TaskState) -> bool:
@@ -221,6 +224,7 @@ class Rebuilder:
     def record(self, st: TaskState, rec: Recorder, version: Version, written: tuple, effects: tuple,
                persist: bool) -> None:
         task = st.task
+        assert st.hash is not None      # its body gave a value, hashed (body.py)
         trace = Trace(task.key, task.rule.name, task.encoded, repr(task), version.version, rec.dependencies(),
                       st.hash, st.seconds, version.parts, version.packages, outputs=written, environ=effects)
         # a value the store could not take keeps a persistent trace all the same: its hash lets

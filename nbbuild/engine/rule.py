@@ -18,15 +18,18 @@ import inspect
 import keyword
 import os
 import reprlib
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, NoReturn, Union
 
-from ..errors import RuleError, UnknownTargetError
+from ..errors import OutsideRuleError, RuleError, UnknownTargetError
 from ..store.serialisation import UnserializableValue, hash_bytes
 from .arguments import encode_args
 from .task import Task
 from .trace import current
 
-__all__ = ["Rule", "rule_stub", "resolve_target", "ELSEWHERE", "POLICIES"]
+if TYPE_CHECKING:
+    from ..build import Build
+
+__all__ = ["Rule", "Target", "rule_stub", "resolve_target", "ELSEWHERE", "POLICIES"]
 
 POLICIES = ("persist", "memory", "none")
 _PLAIN_REPR = (str, int, float, bool, type(None), bytes)
@@ -49,7 +52,7 @@ def _is_default(value: Any, default: Any) -> bool:
 class Rule:
     """A user's function registered with a Build."""
 
-    def __init__(self, fn: Callable, build: Any, name: str | None = None, policy: str = "persist",
+    def __init__(self, fn: Callable, build: Build | _Elsewhere, name: str | None = None, policy: str = "persist",
                  executor: Any = None, timeout: float | None = None, retries: int = 0):
         if not callable(fn):
             raise RuleError(f"@rule needs a function, got {type(fn).__name__}")
@@ -71,7 +74,7 @@ class Rule:
         self.timeout = float(timeout) if timeout is not None else None
         self.retries = retries
         # called here with (task, value, attachment) when a body that ran elsewhere returns
-        self.received: Callable[[Any, Any, Any], None] | None = None
+        self.received: Callable[[Task, Any, Any], None] | None = None
         try:
             self.signature = inspect.signature(fn)
         except (TypeError, ValueError):
@@ -179,8 +182,16 @@ class _Elsewhere:
     def __repr__(self) -> str:
         return "<the kernel's Build>"
 
+    def build(self, *tasks: Task) -> NoReturn:
+        """A stub rule called in a worker where no body runs (the worker's recorder serves calls)."""
+        raise OutsideRuleError(f"{tasks[0]!r} is a rule of the kernel's Build: in a worker it can only be "
+                               "called inside a rule body")
+
 
 ELSEWHERE = _Elsewhere()
+
+# what `Build.build`, `why`, `status`... take: a Task, a Rule (its task without arguments) or a rule's name
+Target = Union[Task, Rule, str]
 
 
 def rule_stub(fn: Any, name: str, policy: str) -> Rule:

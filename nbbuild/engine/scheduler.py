@@ -36,17 +36,17 @@ from __future__ import annotations
 import contextvars
 import logging
 import threading
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 from greenlet import GreenletExit as GreenletExitType
 
 from . import body
 from ..errors import BuildError, Cancelled, CycleError
-from ..executors.hubs import Hubs
+from ..executors.hubs import Hubs, Waker
 from .context import EngineContext
 from .fetch import Fetching
 from .priority import CriticalPath, ReadyQueue
-from .state import ACTIVE, DONE, FAILED, QUEUED, TaskState
+from .state import ACTIVE, DONE, FAILED, QUEUED, UNFINISHED, Outcome, Status, TaskState
 from .task import Task
 from .trace import current
 from .rebuild import Rebuilder
@@ -144,12 +144,12 @@ class Scheduler(Fetching):
             if me is not None:
                 me.blocked_on = None
 
-    def _finish(self, st: TaskState, status: int) -> None:
+    def _finish(self, st: TaskState, status: Status) -> None:
         with self.lock:
             st.status = status
             self.order.append(st)
             if status == DONE:
-                self.known[st.task.key] = st.hash  # type: ignore[assignment]
+                self.known[st.task.key] = cast(str, st.hash)     # done: hashed
             if st.waiters:
                 self.hubs.wake(self._ready_deferred(st.take_waiters()))
 
@@ -171,7 +171,8 @@ class Scheduler(Fetching):
         from it: its own time and the chain above it."""
         st.deferred, st.status = 2, QUEUED
         paths = self.paths
-        self.queue.push(st, max(st.up, paths.above(st.task.key)) + paths.seconds(st.task.key))  # type: ignore
+        assert paths is not None        # tasks are deferred only when ordered by critical path
+        self.queue.push(st, max(st.up, paths.above(st.task.key)) + paths.seconds(st.task.key))
         self.hubs.notify()
 
     def _unstall(self) -> bool:
@@ -188,14 +189,14 @@ class Scheduler(Fetching):
         return True
 
     def _cancel(self, exc: BaseException) -> None:
-        wakers = []
+        wakers: list[Waker] = []
         with self.lock:
             self.cancelled = exc
             for st in self.states.values():
                 if st.status < DONE:
                     st.status = FAILED
                     st.error = Cancelled("build interrupted")
-                    wakers.extend(w for w in st.take_waiters() if type(w) is not TaskState)
+                    wakers.extend(w for w in st.take_waiters() if not isinstance(w, TaskState))
             wakers.extend(self.waiting_elsewhere.values())     # bodies waiting on work elsewhere
         self.hubs.cancel(exc, wakers)
 
@@ -237,8 +238,9 @@ class Scheduler(Fetching):
         if ranked:
             # urgencies are worked out outside the lock (the other threads go on meanwhile): nobody
             # starts a task that is still NEW, they only wait for it
-            up = me.up + paths.seconds(me.task.key) if me is not None else 0.0    # type: ignore[union-attr]
-            priorities = [up + paths.below(st.task.key) for st in fresh]          # type: ignore[union-attr]
+            assert paths is not None
+            up = me.up + paths.seconds(me.task.key) if me is not None else 0.0
+            priorities = [up + paths.below(st.task.key) for st in fresh]
             if inline:       # the asking thread takes the most urgent itself
                 best = max(range(len(fresh)), key=priorities.__getitem__)
                 fresh.insert(0, fresh.pop(best))
@@ -289,10 +291,11 @@ class Scheduler(Fetching):
         """Under the lock: a queued task that a more urgent one now waits for is queued again at
         that urgency (its old place is skipped: it is no longer queued when reached)."""
         paths = self.paths
-        up = me.up + paths.seconds(me.task.key) if me is not None else 0.0    # type: ignore[union-attr]
+        assert paths is not None        # urgencies change only when ordered by critical path
+        up = me.up + paths.seconds(me.task.key) if me is not None else 0.0
         if up > st.up:
             st.up = up
-            self.queue.push(st, up + paths.below(st.task.key))                  # type: ignore[union-attr]
+            self.queue.push(st, up + paths.below(st.task.key))
 
     def _one(self, me: TaskState | None, task: Task, depth: int) -> TaskState | None:
         """Fast path for one task: its state when it is done or could be brought up to date here,
@@ -335,8 +338,8 @@ class Scheduler(Fetching):
             raise
         except BaseException as e:  # an engine error becomes this task's failure, never a hang
             log.debug("nbbuild: %r failed in the engine", st.task, exc_info=True)
-            st.error, st.outcome = e, "failed"
-        self._finish(st, FAILED if st.outcome in ("failed", "skipped", "obsolete") else DONE)
+            st.error, st.outcome = e, Outcome.FAILED
+        self._finish(st, FAILED if st.outcome in UNFINISHED else DONE)
 
     def _defer(self, st: TaskState) -> bool:
         """With several threads, a task about to run first has what its last run fetched brought up
@@ -359,8 +362,9 @@ class Scheduler(Fetching):
         if not tasks:
             return False
         paths = self.paths
-        up = st.up + paths.seconds(st.task.key)                       # type: ignore[union-attr]
-        priorities = {t.key: up + paths.below(t.key) for t in tasks}   # type: ignore[union-attr]
+        assert paths is not None        # tasks are deferred only when ordered by critical path
+        up = st.up + paths.seconds(st.task.key)
+        priorities = {t.key: up + paths.below(t.key) for t in tasks}
         with self.lock:
             if self.cancelled is not None:
                 raise Cancelled("build interrupted")

@@ -7,7 +7,7 @@ only when they are asked for (verifying it needs only its key). `run()` calls th
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .arguments import decode_args
 
@@ -42,7 +42,7 @@ class Task:
     def kwargs(self) -> dict:
         if self._kwargs is None:
             self.args  # noqa: B018 - decodes both
-        return self._kwargs  # type: ignore[return-value]
+        return cast(dict, self._kwargs)
 
     def __repr__(self) -> str:
         return self._repr

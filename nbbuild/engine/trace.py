@@ -23,7 +23,9 @@ Contract:
   engine/rebuild.py `walk` and `match`.
 - `attach(data)`: a running body keeps data with its run (what it displayed, say), outside its value.
 - The current recorder of the running rule body is `current` (a ContextVar: per thread and per
-  greenlet). Engine work sets `paused` so that nothing it opens is taken for an input.
+  greenlet). Engine work sets `paused` so that nothing it opens is taken for an input. What the
+  code that notes reads and writes may ask of it is `Recording`: a `Recorder` in the kernel, a
+  worker's own recorder in a body run elsewhere (executors/worker.py).
 """
 from __future__ import annotations
 
@@ -31,11 +33,16 @@ import contextvars
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 from ..store.serialisation import hash_bytes
 
-__all__ = ["Trace", "Recorder", "current", "attach", "FILE_PREFIX", "ENV_PREFIX", "ENV_ALL",
+if TYPE_CHECKING:
+    from .scheduler import Scheduler
+    from .state import TaskState
+    from .task import Task
+
+__all__ = ["Trace", "Recorder", "Recording", "Fetcher", "current", "attach", "FILE_PREFIX", "ENV_PREFIX", "ENV_ALL",
            "INPUT_PREFIX", "MISSING", "Output"]
 
 # Dependencies that are not tasks: their keys begin with INPUT_PREFIX, which no task key does (a
@@ -176,7 +183,7 @@ class Recorder:
     __slots__ = ("state", "scheduler", "groups", "files", "written", "made", "removed", "paused", "failed_dep",
                  "waited", "attachment", "cancelled", "env_set")
 
-    def __init__(self, state: Any, scheduler: Any):
+    def __init__(self, state: TaskState, scheduler: Scheduler):
         self.state = state
         self.scheduler = scheduler
         self.groups: list[Group] = []
@@ -185,7 +192,7 @@ class Recorder:
         self.made: set[str] = set()       # of those, files it wrote whole: its outputs (outputs.py)
         self.removed: set[str] = set()    # files and folders it removed, not of its own making
         self.paused = 0
-        self.failed_dep: Any = None
+        self.failed_dep: TaskState | None = None
         self.waited = 0.0      # seconds spent fetching dependencies: not the task's own time
         self.attachment: Any = None
         self.cancelled = False   # the body saw its build's cancellation: never stored
@@ -245,7 +252,40 @@ class Recorder:
         return tuple(g for g in kept if g)
 
 
-current: contextvars.ContextVar[Recorder | None] = contextvars.ContextVar("nbbuild_recorder", default=None)
+class Fetcher(Protocol):
+    """Who serves a running body's rule calls: the Scheduler, or in a worker its recorder."""
+
+    @property
+    def rules_owner(self) -> object:
+        """Whose rules' calls are fetches here: a Build, or `rule.ELSEWHERE` in a worker."""
+
+    def fetch_values(self, rec: Any, tasks: list[Task]) -> list[Any]: ...
+
+
+class Recording(Protocol):
+    """What the code that notes a running body's reads and writes asks of its recorder."""
+
+    paused: int
+    attachment: Any
+
+    @property
+    def scheduler(self) -> Fetcher: ...
+
+    @property
+    def groups(self) -> Sequence[Sequence[object]]: ...
+
+    def read_file(self, path: str) -> None: ...
+
+    def wrote_file(self, path: str, whole: bool = True) -> None: ...
+
+    def removed_file(self, path: str) -> None: ...
+
+    def read_input(self, key: str, digest: str) -> None: ...
+
+    def wrote_input(self, key: str, name: str | None = None, before: Any = None) -> None: ...
+
+
+current: contextvars.ContextVar[Recording | None] = contextvars.ContextVar("nbbuild_recorder", default=None)
 
 
 def attach(data: Any) -> bool:

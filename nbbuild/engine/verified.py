@@ -20,10 +20,18 @@ Nothing here is persisted: a new process starts empty and verifies through the s
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable, cast
 
 from . import environment, inputs
 from .trace import ENV_PREFIX
+
+if TYPE_CHECKING:
+    from typing import Container
+    from .environment import Owner
+    from .rule import Rule
+    from .state import TaskState
+    from .trace import Trace
+    from .version import Version
 
 __all__ = ["CleanSet"]
 
@@ -31,21 +39,21 @@ __all__ = ["CleanSet"]
 class CleanSet:
     def __init__(self) -> None:
         self.hashes: dict[str, str] = {}
-        self.entries: dict[str, tuple[Any, str, float, str]] = {}   # trace, repr, seconds, policy
+        self.entries: dict[str, tuple[Trace, str, float, str]] = {}   # trace, repr, seconds, policy
         self.versions: dict[str, str] = {}
         self.volatile: set[str] = set()                                # policy "none": never clean
 
     def clear(self) -> None:
         self.__init__()  # type: ignore[misc]
 
-    def record(self, states: Iterable[Any], versions: dict[Any, Any], done: int) -> None:
+    def record(self, states: Iterable[TaskState], versions: dict[Rule, Version], done: int) -> None:
         for st in states:
             key, rule = st.task.key, st.task.rule
             if rule.policy == "none":
                 self.volatile.add(key)
                 self._drop(key)
             elif st.status == done and st.trace is not None:
-                self.hashes[key] = st.hash
+                self.hashes[key] = cast(str, st.hash)     # done: hashed
                 self.entries[key] = (st.trace, st.task._repr, st.seconds, rule.policy)
             else:
                 self._drop(key)
@@ -60,10 +68,10 @@ class CleanSet:
         entry = self.entries.get(key)
         return entry[0].split()[0] if entry is not None else ()
 
-    def invalidate(self, rules: dict[str, Any], version_of: Callable[[Any], Any],
+    def invalidate(self, rules: dict[str, Rule], version_of: Callable[[Rule], Version],
                    file_hash: Callable[[str], str],
                    mine: Callable[[str], Callable[[str], bool]] | None = None,
-                   owner: Callable[[str], Any] = lambda key: None) -> None:
+                   owner: Callable[[str], Owner | None] = lambda key: None) -> None:
         if not self.hashes:
             return
         changed = set()
@@ -120,7 +128,7 @@ class CleanSet:
         for key in dirty:
             self._drop(key)
 
-    def closure(self, keys: Iterable[str], skip: Any) -> list[tuple[str, float, str]]:
+    def closure(self, keys: Iterable[str], skip: Container[str]) -> list[tuple[str, float, str]]:
         """(repr, seconds, policy) of the remembered tasks `keys` reach and `skip` does not hold,
         dependencies before dependents."""
         out: list[tuple[str, float, str]] = []

@@ -28,7 +28,7 @@ import sysconfig
 import types
 import weakref
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from ..store.serialisation import UnserializableValue, hash_bytes, value_hash
 from .code import PY_TAG, code_fingerprint, free_reads, global_names
@@ -49,7 +49,7 @@ class Version:
 _STDLIB = tuple(os.path.join(os.path.realpath(p), "") for p in
                 {sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["platstdlib"]})
 _user_module_cache: dict[str, tuple[bool, tuple[str, str] | None]] = {}
-_dists: dict[str, list[str]] | None = None
+_dists: Mapping[str, list[str]] | None = None
 
 
 def _distribution(top: str) -> md.Distribution | None:

@@ -32,7 +32,7 @@ from greenlet import getcurrent, greenlet
 
 from ..errors import Cancelled
 
-__all__ = ["Hubs", "HelperPool"]
+__all__ = ["Hubs", "HelperPool", "Waker"]
 
 log = logging.getLogger("nbbuild")
 _IDLE = object()
@@ -47,6 +47,8 @@ class _Hub:
         self.resumes: deque[greenlet] = deque()
         self.idle: list[greenlet] = []
 
+
+Waker = tuple[_Hub, greenlet]     # a greenlet suspended on a hub, to resume there
 
 class Hubs:
     def __init__(self, pool: HelperPool, helpers: int, lock: threading.Lock,
@@ -78,7 +80,7 @@ class Hubs:
                 self.finished = True
                 self.cond.notify_all()
 
-    def waker(self) -> tuple[_Hub, greenlet]:
+    def waker(self) -> Waker:
         return self.hubs[threading.get_ident()], getcurrent()
 
     def suspend(self) -> None:
@@ -86,14 +88,14 @@ class Hubs:
         if self.cancelled is not None:
             raise Cancelled("build interrupted")
 
-    def wake(self, wakers: list[tuple[_Hub, greenlet]]) -> None:
+    def wake(self, wakers: list[Waker]) -> None:
         """Under the lock: resume these greenlets (each on its own thread)."""
         for hub, g in wakers:
             hub.resumes.append(g)
         if wakers and self.helpers:
             self.cond.notify_all()
 
-    def wake_from_outside(self, waker: tuple[_Hub, greenlet]) -> None:
+    def wake_from_outside(self, waker: Waker) -> None:
         """From any thread (the callback of a future of work elsewhere): resume that greenlet."""
         with self.lock:
             waker[0].resumes.append(waker[1])
@@ -139,6 +141,7 @@ class Hubs:
         if root is not None:
             self._after(hub, root.switch(*args), root)
         while True:
+            g: greenlet | None
             with self.lock:
                 while True:
                     if hub.resumes:

@@ -19,15 +19,24 @@ import os
 import threading
 import traceback
 import types
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 import cloudpickle
 
 from ..engine.code import global_names
 from ..engine.trace import INPUT_PREFIX
 from ..store import pickling
+from .messages import Done, Dropped, GiveUp, Message, Need, Raised, Result, SendAgain, Values
 from .shared_values import SharedValue
 from .worker import WorkerError
+
+if TYPE_CHECKING:
+    from ..engine.scheduler import Scheduler
+    from ..engine.state import TaskState
+    from ..engine.task import Task
+    from ..engine.trace import Recorder
+    from .hubs import Waker
+    from .protocol import Executor, Job
 
 __all__ = ["run_elsewhere"]
 
@@ -45,7 +54,7 @@ def _worker_traceback(frames: list, last: str, fn: Any) -> str:
             + "".join(traceback.StackSummary.from_list(lines).format()) + last)
 
 
-def run_elsewhere(executor: Any, sched: Any, st: Any, rec: Any, timeout: float | None = None) -> Any:
+def run_elsewhere(executor: Executor, sched: Scheduler, st: TaskState, rec: Recorder, timeout: float | None = None) -> Any:
     task = st.task
     supplied: dict[str, Any] = {}
     shared = _shared_url(executor, sched, task)
@@ -58,26 +67,26 @@ def run_elsewhere(executor: Any, sched: Any, st: Any, rec: Any, timeout: float |
         supplied.update(zip((t.key for t in group), values))
     while True:
         result = _one_run(executor, sched, task, rec, supplied, timeout, shared)
-        if result[0] != "need":
+        if not isinstance(result, Need):
             break
-        tasks = _tasks(sched, result[1])     # it was stopped, to be sent again with these
+        tasks = _tasks(sched, result.asked)     # it was stopped, to be sent again with these
         values = sched.fetch_values(rec, tasks, record=False, ref=_ref(sched, shared))
         supplied.update(zip((t.key for t in tasks), values))
-    kind = result[0]
-    if kind == "error":
-        error = result[1]
-        if result[2]:
-            where = _worker_traceback(result[2], result[3], task.rule.fn).rstrip()
+    if isinstance(result, Raised):
+        error = result.error
+        if result.frames:
+            where = _worker_traceback(result.frames, result.last, task.rule.fn).rstrip()
             if hasattr(error, "add_note"):       # Python 3.11: shown under the traceback
                 error.add_note(where)
             else:
                 log.warning("nbbuild: %r failed; %s", task, where)
         raise error
-    if kind == "abandoned":       # a dependency failed after all: fetch_values has said so above
+    if isinstance(result, Dropped):       # a dependency failed after all: fetch_values has said so above
         raise WorkerError(f"{task!r} was abandoned by its worker")
-    _, value, groups, files, attachment, inputs, written = result
-    for group in groups:
-        rec.add_group(tuple((key, sched.states[key].hash) for key in group))
+    value, groups, files, attachment, inputs, written = (result.value, result.groups, result.files, result.attachment,
+                                                         result.inputs, result.written)
+    for keys in groups:
+        rec.add_group(tuple((key, cast(str, sched.states[key].hash)) for key in keys))   # fetched: hashed
     for path in files:
         rec.read_file(path)
     for key, digest in inputs:
@@ -85,8 +94,9 @@ def run_elsewhere(executor: Any, sched: Any, st: Any, rec: Any, timeout: float |
     for path, whole in written.items():      # the worker's paths: a filesystem shared with it, as for reads
         rec.wrote_file(path, whole)
     rec.attachment = attachment
-    if isinstance(value, SharedValue):       # the worker put it in the shared tier: recorded, not loaded
-        sched.store.sharing.made_elsewhere(value.digest)
+    sharing = sched.store.sharing
+    if isinstance(value, SharedValue) and sharing is not None:   # the worker put it in the shared tier: recorded, not loaded
+        sharing.made_elsewhere(value.digest)
     if task.rule.received is not None:
         task.rule.received(task, value, attachment)
     return value
@@ -126,11 +136,11 @@ def _culprit(fn: Any) -> str:
     return ""
 
 
-def _tasks(sched: Any, asked: bytes) -> list[Any]:
+def _tasks(sched: Scheduler, asked: bytes) -> list[Task]:
     return [sched.ctx.rules[name].task(*args, **kwargs) for name, args, kwargs in cloudpickle.loads(asked)]
 
 
-def _shared_url(executor: Any, sched: Any, task: Any) -> str | None:
+def _shared_url(executor: Executor, sched: Scheduler, task: Task) -> str | None:
     """Where a body on Dask reads and writes its large values (executors/shared_values.py): the
     store's shared tier, unless the tier is read-only or the rule's value must come back here
     whole anyway (a notebook cell's, whose names are bound in the kernel: Rule.received)."""
@@ -140,21 +150,21 @@ def _shared_url(executor: Any, sched: Any, task: Any) -> str | None:
     return sharing.tier.url
 
 
-def _ref(sched: Any, shared: str | None) -> Any:
+def _ref(sched: Scheduler, shared: str | None) -> Callable[[TaskState], SharedValue | None] | None:
     """For fetch_values: a large value the shared tier holds goes to the worker by hash, unloaded."""
-    if shared is None:
-        return None
     sharing = sched.store.sharing
+    if shared is None or sharing is None:
+        return None
 
-    def ref(st: Any) -> SharedValue | None:
+    def ref(st: TaskState) -> SharedValue | None:
         if st.has_value or not st.hash or not sharing.holds_object(st.hash):
             return None
         return SharedValue(shared, st.hash, 0)
     return ref
 
 
-def _one_run(executor: Any, sched: Any, task: Any, rec: Any, supplied: dict, timeout: float | None,
-             shared: str | None = None) -> tuple:
+def _one_run(executor: Executor, sched: Scheduler, task: Task, rec: Recorder, supplied: dict, timeout: float | None,
+             shared: str | None = None) -> Result:
     # our own worker processes get the kernel's environment with each body; a cluster's workers
     # (other machines) keep their own, and what a body reads there is what its trace records
     rec.paused += 1        # engine work: not the body's read of the whole environment
@@ -172,20 +182,20 @@ def _one_run(executor: Any, sched: Any, task: Any, rec: Any, supplied: dict, tim
     try:
         while True:
             message = waiter.next()
-            if message[0] != "need":
-                return pickling.loads(job.result())    # "done" (as a value is loaded: __main__'s functions read ours)
+            if not isinstance(message, Need):
+                return pickling.loads(job.result())    # Done (as a value is loaded: __main__'s functions read ours)
             if not executor.hold():
-                job.answer(("restart",))
+                job.answer(SendAgain())
                 continue
             try:
-                tasks = _tasks(sched, message[1])
+                tasks = _tasks(sched, message.asked)
                 values = sched.fetch_values(rec, tasks, record=False, ref=_ref(sched, shared))
             except BaseException:
-                job.answer(("failed",))
+                job.answer(GiveUp())
                 raise
             finally:
                 executor.release()
-            job.answer(("values", cloudpickle.dumps(dict(zip((t.key for t in tasks), values)))))
+            job.answer(Values(cloudpickle.dumps(dict(zip((t.key for t in tasks), values)))))
     except BaseException:
         job.stop()
         raise
@@ -198,11 +208,11 @@ class _Waiter:
     end) and wakes the greenlet, but only while it waits for one (a wake while it waits for a
     dependency would resume it too early)."""
 
-    def __init__(self, sched: Any, job: Any):
+    def __init__(self, sched: Scheduler, job: Job):
         self.sched, self.job = sched, job
-        self.inbox: list[tuple] = []
+        self.inbox: list[Message] = []
         self.lock = threading.Lock()
-        self.waker: Any = None
+        self.waker: Waker | None = None
         self.thread = threading.Thread(target=self._watch, name="nbbuild-elsewhere", daemon=True)
         self.thread.start()
 
@@ -214,10 +224,10 @@ class _Waiter:
                 waker, self.waker = self.waker, None
             if waker is not None:
                 self.sched.hubs.wake_from_outside(waker)
-            if message[0] == "done":
+            if isinstance(message, Done):
                 return
 
-    def next(self) -> tuple:
+    def next(self) -> Message:
         sched = self.sched
         while True:
             with self.lock:
@@ -237,15 +247,16 @@ class _Waiter:
             self.waker = None
 
 
-def _recorded_groups(sched: Any, key: str) -> list[list[Any]]:
+def _recorded_groups(sched: Scheduler, key: str) -> list[list[Task]]:
     found = sched.traces.get(key)
     if not found:
         return []
     groups = []
     for group in found[0].deps:
         tasks = [sched.tasks.get(k) or sched.ctx.task_for_key(k) for k, _ in group if not k.startswith(INPUT_PREFIX)]
-        if tasks and all(t is not None for t in tasks):
-            groups.append(tasks)
+        known = [t for t in tasks if t is not None]
+        if known and len(known) == len(tasks):
+            groups.append(known)
     return groups
 
 

@@ -5,13 +5,8 @@ Contract:
   distributed.Client or a Dask scheduler's address; a ValueError in one line for anything else.
   "dask" is the process's default Client when it has one, else a LocalCluster of its own (closed
   with the Build).
-- An executor's `start(payload, timeout, name)` runs `worker.run(payload, channel)` in a worker
-  and returns a job: `next()` blocks for the body's next message (("need", ...), or ("done",)
-  once it ended, however), `answer(message)` replies to a "need", `result()` is what
-  `worker.run` returned (a timeout says so in one line), `stop()` stops the body wherever it is.
-- `hold()` says whether one more body may wait for the kernel (one process always stays free for
-  what they wait for, so nothing deadlocks), `release()` ends such a wait; `close()` shuts the
-  executor down (a Dask cluster only when it made it).
+- Both are `Executor`s, their jobs `Job`s and the body's side of their queues a `Channel`: the
+  protocols of executors/protocol.py, which say what each method does.
 The kernel's side of a body run elsewhere is executors/kernel.py; the worker's is executors/worker.py.
 """
 from __future__ import annotations
@@ -22,11 +17,15 @@ import queue
 import threading
 from typing import Any, Callable
 
+from .messages import Done, GiveUp, Message, Need, unwire, wire
+from .protocol import Executor
+
 __all__ = ["ProcessExecutor", "DaskExecutor", "make_executor"]
 
 log = logging.getLogger("nbbuild")
+_DONE = wire(Done())       # as put on a queue
 
-def make_executor(spec: Any, workers: int) -> Any:
+def make_executor(spec: Any, workers: int) -> Executor:
     """An executor for `spec` ("processes", "dask", a distributed.Client, a scheduler address);
     ValueError, in one line, for anything else. "dask" is the process's default Client when it
     has one, else a LocalCluster of its own (closed with the Build)."""
@@ -52,8 +51,6 @@ def make_executor(spec: Any, workers: int) -> Any:
     raise ValueError(f"executor={spec!r}: use 'threads', 'processes', 'dask', a distributed.Client or a "
                      "Dask scheduler's address")
 
-# The body's side of the channel (`ask`, `done`) is pickled to it with the payload.
-
 
 class _QueueChannel:
     """The body's side, over two queues (a multiprocessing Manager's, or Dask's by name). On Dask,
@@ -74,27 +71,27 @@ class _QueueChannel:
         from distributed import Queue
         return Queue(self.requests), Queue(self.answers)
 
-    def ask(self, message: tuple) -> tuple:
+    def ask(self, message: Need) -> Message:
         requests, answers = self._queues()
-        requests.put(message)
+        requests.put(wire(message))
         if not self.dask:
-            return answers.get()
+            return unwire(answers.get())
         from distributed import rejoin, secede
         secede()                  # waiting for the kernel must not hold a worker thread
         try:
-            return answers.get()
+            return unwire(answers.get())
         finally:
             rejoin()
 
     def done(self) -> None:
-        self._queues()[0].put(("done",))
+        self._queues()[0].put(_DONE)
 
 
 class _Job:
     """The kernel's side of one body elsewhere. `poll`: seconds between looks at the future while
     no message comes (a Manager queue); None blocks (a Dask queue: its `get(timeout=)` times out
     on the scheduler, which logs each time out as an error with a traceback, in the kernel when
-    the cluster is local). Without a poll, the future's end puts ("done",) itself."""
+    the cluster is local). Without a poll, the future's end puts Done itself."""
 
     def __init__(self, future: Any, requests: Any, answers: Any, timeout: float | None, name: str,
                  stop: Callable[[_Job], None], empty: type[BaseException], poll: float | None):
@@ -102,26 +99,26 @@ class _Job:
         self.timeout, self.name, self._stop, self.empty, self.poll = timeout, name, stop, empty, poll
         self.timed_out = False
         self.asking = False     # the body waits for an answer
-        self.ends_itself = False   # it was answered ("failed",): it stops by itself
+        self.ends_itself = False   # it was answered GiveUp: it stops by itself
         self.flag: str | None = None   # Dask: the name of the flag that stops it before it begins
 
-    def next(self) -> tuple:
+    def next(self) -> Message:
         while True:
             try:
-                message = self.requests.get(timeout=self.poll) if self.poll else self.requests.get()
+                message = unwire(self.requests.get(timeout=self.poll) if self.poll else self.requests.get())
             except self.empty:
                 if self.future.done():    # it ended without a word (a worker that died)
-                    return ("done",)
+                    return Done()
                 continue
             except Exception:  # the queue went with its cluster: nothing more will come
-                return ("done",)
-            self.asking = message[0] == "need"
+                return Done()
+            self.asking = isinstance(message, Need)
             return message
 
-    def answer(self, message: tuple) -> None:
+    def answer(self, message: Message) -> None:
         self.asking = False
-        self.ends_itself = message[0] == "failed"
-        self.answers.put(message)
+        self.ends_itself = isinstance(message, GiveUp)
+        self.answers.put(wire(message))
 
     def result(self) -> bytes:
         from concurrent.futures import TimeoutError as FutureTimeout
@@ -138,7 +135,7 @@ class _Job:
     def stop(self) -> None:
         self._stop(self)
         try:
-            self.requests.put(("done",))
+            self.requests.put(_DONE)
         except Exception:  # the queue went with the worker: the watcher sees the future done
             pass
 
@@ -184,7 +181,7 @@ class ProcessExecutor:
             requests, answers = self._manager.Queue(), self._manager.Queue()
         future = self.pool.schedule(run, args=(payload, _QueueChannel(requests, answers)), timeout=timeout)
         # a body stopped by a timeout says nothing: its end is put in its place
-        future.add_done_callback(lambda f: f.cancelled() or f.exception() is None or requests.put(("done",)))
+        future.add_done_callback(lambda f: f.cancelled() or f.exception() is None or requests.put(_DONE))
         return _Job(future, requests, answers, timeout, name, lambda _job: future.cancel(), queues.Empty, 1.0)
 
     def close(self) -> None:
@@ -203,7 +200,7 @@ class DaskExecutor:
     """Rule bodies on a Dask cluster: a `distributed.Client`, or the address of a scheduler.
     Submitted with pure=False (a retry must run again, not share a key with the failed try).
 
-    Stopping a body (a cancel, a timeout): one that waits for the kernel is answered "failed" and
+    Stopping a body (a cancel, a timeout): one that waits for the kernel is answered GiveUp and
     ends by itself. One that runs cannot be stopped in its thread: its worker's process is ended
     and its nanny starts a fresh one, in the background (that takes seconds, more on a busy
     machine, and an interrupt must return at once); `close()` waits for the stops under way,
@@ -248,7 +245,7 @@ class DaskExecutor:
 
         def ended(_future: Any) -> None:      # however it ended: the watcher blocks on the queue
             try:
-                requests.put(("done",))
+                requests.put(_DONE)
             except Exception:  # the cluster went away: the watcher's get fails too
                 pass
         future.add_done_callback(ended)
@@ -266,7 +263,7 @@ class DaskExecutor:
     def _stop(self, job: _Job) -> None:
         if job.asking:
             try:
-                job.answer(("failed",))       # it waits for us: told so, it stops by itself
+                job.answer(GiveUp())       # it waits for us: told so, it stops by itself
             except Exception:  # the cluster went away
                 pass
         if job.ends_itself:

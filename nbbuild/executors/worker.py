@@ -13,12 +13,12 @@ Contract:
   args, kwargs, {task key: value}, the kernel's environment for a worker process of ours, else
   None, the shared tier's location when values go through it, else None: then a value sent may
   be a `SharedValue` (executors/shared_values.py), read from the tier when the body asks for it,
-  and a large result is written there and sent back as one); it returns cloudpickle of ("ok", value, groups fetched, files
-  read, what it attached, the environment variables it read with their hashes in the worker, files
-  it wrote, each with whether it wrote it whole: stored from here, engine/outputs.py),
-  ("error", exception, its frames outside nbbuild, its last line),
-  ("abandoned",) when a dependency failed (or the kernel stopped it before it began), or
-  ("need", tasks) when it was told to stop and be sent again.
+  and a large result is written there and sent back as one); it returns cloudpickle of a
+  `messages.Result`: Finished (the value, the groups fetched, files read, what it attached, the
+  environment variables it read with their hashes in the worker, files it wrote, each with
+  whether it wrote it whole: stored from here, engine/outputs.py), Raised (the exception, its
+  frames outside nbbuild, its last line), Dropped when a dependency failed (or the kernel
+  stopped it before it began), or Need when it was told to stop and be sent again.
 - A worker kept waiting holds a process of the pool: the executor's `hold()` says whether one more
   may wait (one slot always stays free for what they wait for, so nothing deadlocks). When not,
   the body is stopped (`Restart`) and sent again with what it asked for: it then runs more than
@@ -40,6 +40,8 @@ import cloudpickle
 
 from ..engine.rule import ELSEWHERE
 from ..engine.trace import current
+from .messages import Dropped, Finished, Need, Raised, Result, SendAgain, Values
+from .protocol import Channel
 from .shared_values import SharedValue, offer, resolve
 
 __all__ = ["run", "Abandoned", "Restart", "WorkerError"]
@@ -71,7 +73,7 @@ class _WorkerRecorder:
     """`trace.current` in a worker: rule calls are served from the values sent, else asked for
     over the channel; reads are noted."""
 
-    def __init__(self, supplied: dict[str, Any], channel: Any):
+    def __init__(self, supplied: dict[str, Any], channel: Channel):
         self.supplied, self.channel = supplied, channel
         self.scheduler = self
         self.rules_owner = ELSEWHERE      # as the Scheduler's: rule stubs' calls are fetches here
@@ -88,12 +90,12 @@ class _WorkerRecorder:
         missing = [t for t in tasks if t.key not in self.supplied]
         if missing:
             asked = cloudpickle.dumps([(t.rule.name, t.args, t.kwargs) for t in missing])
-            answer = self.channel.ask(("need", asked))
-            if answer[0] == "restart":
+            answer = self.channel.ask(Need(asked))
+            if isinstance(answer, SendAgain):
                 raise Restart(asked)
-            if answer[0] != "values":
+            if not isinstance(answer, Values):
                 raise Abandoned()
-            self.supplied.update(cloudpickle.loads(answer[1]))
+            self.supplied.update(cloudpickle.loads(answer.blob))
         self.groups.append([t.key for t in tasks])
         for t in tasks:
             if isinstance(self.supplied[t.key], SharedValue):      # read from the shared tier once
@@ -107,6 +109,10 @@ class _WorkerRecorder:
     def wrote_file(self, path: str, whole: bool = True) -> None:
         self.written[path] = self.written.get(path, False) or whole
 
+    def removed_file(self, path: str) -> None:
+        """Removals are not sent back (the kernel records none for a body run elsewhere); but
+        the move that follows one (os.replace, an atomic save) is a write all the same."""
+
     def read_input(self, key: str, digest: str) -> None:
         if key not in self.seen:
             self.seen.add(key)
@@ -118,7 +124,7 @@ class _WorkerRecorder:
             self.env_set.setdefault(name, before)
 
 
-def run(payload: bytes, channel: Any) -> bytes:
+def run(payload: bytes, channel: Channel) -> bytes:
     global _INSTALLED
     if not _INSTALLED:
         from ..engine import environment, files
@@ -128,7 +134,7 @@ def run(payload: bytes, channel: Any) -> bytes:
         _INSTALLED = True
     if channel.stopped():     # stopped before it began: it does not begin
         channel.done()
-        return cloudpickle.dumps(("abandoned",))
+        return cloudpickle.dumps(Dropped())
     fn, args, kwargs, supplied, environ, shared = cloudpickle.loads(payload)
     if environ is not None:
         _take_environment(environ)
@@ -138,13 +144,13 @@ def run(payload: bytes, channel: Any) -> bytes:
         value = fn(*args, **kwargs)
         if shared is not None:
             value = offer(shared, value) or value
-        out: tuple = ("ok", value, rec.groups, rec.files, rec.attachment, rec.inputs, rec.written)
+        out: Result = Finished(value, rec.groups, rec.files, rec.attachment, rec.inputs, rec.written)
     except Abandoned:
-        out = ("abandoned",)
+        out = Dropped()
     except Restart as e:
-        out = ("need", e.tasks)
+        out = Need(e.tasks)
     except Exception as e:  # the rule's own error, sent back to fail its task there
-        out = ("error", e, _frames(e), "".join(traceback.format_exception_only(type(e), e)))
+        out = Raised(e, _frames(e), "".join(traceback.format_exception_only(type(e), e)))
     finally:
         current.reset(token)
     try:
@@ -180,13 +186,13 @@ def _take_environment(environ: dict[str, str]) -> None:
             os.environ[name] = value
 
 
-def _sendable(out: tuple) -> bytes:
+def _sendable(out: Result) -> bytes:
     try:
         return cloudpickle.dumps(out)
     except Exception as e:  # a value or an exception that does not pickle
-        if out[0] == "ok":
-            return cloudpickle.dumps(("error", WorkerError(f"its value cannot be sent back: {e}"), [], ""))
-        return cloudpickle.dumps(("error", WorkerError(f"{type(out[1]).__name__}: {out[1]}"), out[2], out[3]))
+        if isinstance(out, Raised):
+            return cloudpickle.dumps(Raised(WorkerError(f"{type(out.error).__name__}: {out.error}"), out.frames, out.last))
+        return cloudpickle.dumps(Raised(WorkerError(f"its value cannot be sent back: {e}"), [], ""))
 
 
 def _frames(error: BaseException) -> list[tuple[str, int, str, str]]:

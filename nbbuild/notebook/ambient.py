@@ -37,7 +37,7 @@ import operator
 import os
 import sys
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 __all__ = ["Imports", "Settings", "restore", "SETTINGS"]
 
@@ -215,9 +215,10 @@ class _WarningFilters(_Setting):
         return added or None
 
     def apply(self, change: list) -> None:
+        filters = cast(list, warnings.filters)     # typeshed says a Sequence: it is the module's list
         for f in reversed(change):
-            if f not in warnings.filters:
-                warnings.filters.insert(0, f)
+            if f not in filters:
+                filters.insert(0, f)
         getattr(warnings, "_filters_mutated", lambda: None)()
 
 

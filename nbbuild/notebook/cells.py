@@ -44,6 +44,7 @@ import re
 import tokenize
 import types
 import warnings
+from typing import Sequence
 from dataclasses import dataclass
 
 from ..errors import RuleError
@@ -185,7 +186,7 @@ class _Scope(ast.NodeVisitor):
 
     # ------------------------------------------------------------ nested scopes
 
-    def _nested(self, node: ast.AST, params: list[str], body: list[ast.AST]) -> None:
+    def _nested(self, node: ast.AST, params: list[str], body: Sequence[ast.AST]) -> None:
         inner = _Scope(top=False)
         inner.bind(params)
         declared_global: set[str] = set()

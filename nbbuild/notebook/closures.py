@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import types
 import weakref
-from typing import Any
+from typing import Any, TypeGuard
 
 __all__ = ["Closures"]
 
 
-def _defined_here(fn: Any) -> bool:
+def _defined_here(fn: Any) -> TypeGuard[types.FunctionType]:
     return (isinstance(fn, types.FunctionType) and fn.__closure__ is not None
             and getattr(fn, "__module__", None) == "__main__" and "<locals>" not in fn.__qualname__)
 
@@ -58,7 +58,7 @@ class Closures:
         changed = set()
         for name, value in values.items():
             for fn in list(self.readers.get(name, ())):
-                cell = fn.__closure__[fn.__code__.co_freevars.index(name)]  # type: ignore[index]
+                cell = fn.__closure__[fn.__code__.co_freevars.index(name)]
                 try:
                     if cell.cell_contents is value:
                         continue

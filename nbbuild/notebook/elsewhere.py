@@ -29,17 +29,23 @@ import io
 import os
 import sys
 import warnings
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..engine.trace import current
 from .replay import Capture, recording, replay
 from .versions import fingerprint
 
+if TYPE_CHECKING:
+    from ..engine.rule import Rule
+    from ..engine.task import Task
+    from ..engine.trace import Recording
+    from .state import NotebookState
+
 __all__ = ["CellFetch", "CellCapture", "RemoteFetch", "RemoteCapture", "received"]
 
 
 class CellFetch:
-    def __init__(self, state: Any):
+    def __init__(self, state: NotebookState):
         self.state = state
 
     def __call__(self, name: str, producer: str) -> Any:
@@ -52,7 +58,7 @@ class CellFetch:
         return RemoteFetch, ()
 
 
-def _take(rule: Any, name: str) -> Any:
+def _take(rule: Rule, name: str) -> Any:
     """`name` from the rule's value (its dict of outputs), fetched; the value and the hash it was
     fetched with are noted, so that a change in place is found when the body ends."""
     task = rule.task()
@@ -65,7 +71,7 @@ def _take(rule: Any, name: str) -> Any:
     return value[name]
 
 
-def _fetched_hash(rec: Any, key: str, value: Any) -> str | None:
+def _fetched_hash(rec: Recording, key: str, value: Any) -> str | None:
     """The hash the value was fetched with: in the kernel, the trace's; in a worker (whose record
     keeps keys only, and whose value is a copy sent to it), the value's own, taken now."""
     for group in reversed(rec.groups):
@@ -97,7 +103,7 @@ def _no_body() -> None:
 
 
 class CellCapture:
-    def __init__(self, state: Any):
+    def __init__(self, state: NotebookState):
         self.state = state
 
     def __call__(self, namespace: dict | None = None, watch: tuple[str, ...] = (),
@@ -133,7 +139,8 @@ def _worker_shell() -> Any:
     config.HistoryManager.enabled = False
     global _MADE
     shell = _MADE = InteractiveShell.instance(config=config)
-    shell.display_pub = _Publisher()
+    # duck-typed: the shell calls only these two methods, and IPython is not imported before here
+    shell.display_pub = _Publisher()  # type: ignore[assignment]
     _plain_backend()
     return shell
 
@@ -196,8 +203,8 @@ def _draw_figures(shell: Any) -> None:
                                          "text/plain": repr(fig)}, metadata={})
 
 
-def received(state: Any) -> Callable[[Any, Any, Any], None]:
-    def show(task: Any, value: Any, attachment: Any) -> None:
+def received(state: NotebookState) -> Callable[[Task, Any, Any], None]:
+    def show(task: Task, value: Any, attachment: Any) -> None:
         replay(state.shell, attachment)
         if task.rule.name not in state.parametric and isinstance(value, dict):
             state.bind(value, task.rule.name)

@@ -22,10 +22,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from ..engine.files import short_path
 from ..report.formatting import seconds_text, size_text
+
+if TYPE_CHECKING:
+    from ..build import Build
+    from ..engine.task import Task
 
 __all__ = ["Node", "Graph", "snapshot", "collapse", "tree", "table", "label", "size_text", "seconds_text",
            "DRAW_LIMIT", "GROUP_LIMIT", "TITLES"]
@@ -67,7 +71,7 @@ def label(text: str) -> str:
     return _CALL.sub(lambda m: TITLES.get(m[1], m[1]), text)
 
 
-def snapshot(build: Any, static: dict[str, tuple[str, ...]], targets: Iterable[Any] | None = None) -> Graph:
+def snapshot(build: Build, static: dict[str, tuple[str, ...]], targets: Iterable[Any] | None = None) -> Graph:
     nodes: dict[str, Node] = {}
     inputs: dict[str, tuple[str, ...]] = {}
     known: dict[str, bool] = {}
@@ -81,7 +85,7 @@ def snapshot(build: Any, static: dict[str, tuple[str, ...]], targets: Iterable[A
     else:
         roots_tasks = list(targets)
     todo = list(roots_tasks)
-    tasks_seen: dict[str, Any] = {}
+    tasks_seen: dict[str, Task] = {}
     files_seen: dict[str, str] = {}
     while todo:              # first what each task read (cheap: its newest trace), then every status at once
         task = todo.pop()
@@ -93,10 +97,10 @@ def snapshot(build: Any, static: dict[str, tuple[str, ...]], targets: Iterable[A
         if not known[task.key]:
             tasks = []
             for name in static.get(task.rule.name, ()):
-                rule = build.rules.get(name)
-                if rule is not None:
+                dep = build.rules.get(name)
+                if dep is not None:
                     try:
-                        tasks.append(rule.task())
+                        tasks.append(dep.task())
                     except Exception:  # a parametric rule read by name: no task to show
                         pass
         ids = []

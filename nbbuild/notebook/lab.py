@@ -29,12 +29,18 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ..engine.explain import Standing
 from ..errors import NbbuildError
 from .draw import render
 from .graph import TITLES, collapse, label
 from .lines import split_targets
+
+if TYPE_CHECKING:
+    from IPython.core.interactiveshell import InteractiveShell
+    from ..engine.task import Task
+    from .state import NotebookState
 
 __all__ = ["TARGET", "LabComm", "cell_states", "load_ipython_extension", "unload_ipython_extension"]
 
@@ -42,12 +48,12 @@ log = logging.getLogger("nbbuild")
 
 TARGET = "nbbuild"
 # the state a cell's badge takes when its tasks differ: the first of these any of them has
-URGENCY = ("failed", "stale", "never built", "not stored", "up to date")
+URGENCY = (Standing.FAILED, Standing.STALE, Standing.NEVER_BUILT, Standing.NOT_STORED, Standing.UP_TO_DATE)
 _SAVED = "lab:"            # the view state per notebook: its cells' last states
 _VALUE_CHARS = 2000
 
 
-def cell_states(state: Any) -> dict[str, dict[str, Any]]:
+def cell_states(state: NotebookState) -> dict[str, dict[str, Any]]:
     """Cell id -> its rule's state, for every rule this kernel defined in a cell with an id."""
     b, found = state.build, {}
     for name, cell in list(state.cells.items()):
@@ -59,12 +65,13 @@ def cell_states(state: Any) -> dict[str, dict[str, Any]]:
         statuses = b.statuses(tasks) if tasks else []
         rows = [{"task": label(s.task), "key": t.key, "state": s.state, "reason": label(s.reason)}
                 for t, s in zip(tasks, statuses)]
+        entry: dict[str, Any]
         if not rows:
-            entry = {"state": "never built", "reason": f"{name} has not been called yet", "title": name}
+            entry = {"state": Standing.NEVER_BUILT, "reason": f"{name} has not been called yet", "title": name}
         else:
             worst = min(rows, key=lambda r: URGENCY.index(r["state"]) if r["state"] in URGENCY else len(URGENCY))
-            reason = worst["reason"] if worst["state"] != "up to date" else "up to date"
-            if parametric and worst["state"] != "up to date":
+            reason = worst["reason"] if worst["state"] != Standing.UP_TO_DATE else "up to date"
+            if parametric and worst["state"] != Standing.UP_TO_DATE:
                 reason = f"{worst['task']}: {reason}"
             title = f"{name} ×{len(rows)}" if parametric else TITLES.get(name, name)
             entry = {"state": worst["state"], "reason": reason, "title": title}
@@ -77,7 +84,7 @@ def cell_states(state: Any) -> dict[str, dict[str, Any]]:
 class LabComm:
     """The open comms of one kernel, and what they were told."""
 
-    def __init__(self, shell: Any, state: Any):
+    def __init__(self, shell: InteractiveShell, state: NotebookState):
         self.shell = shell
         self.state = state
         self.comms: list[Any] = []
@@ -214,10 +221,10 @@ class LabComm:
                 return task
         raise NbbuildError(f"no task {key!r} in this kernel")
 
-    def _why(self, task: Any) -> str:
+    def _why(self, task: Task) -> str:
         return label(self.state.build.why(task))
 
-    def _build(self, task: Any) -> str:
+    def _build(self, task: Task) -> str:
         """As `%build` does: build, then bind a cell rule's outputs into the namespace. Its cell's
         badge says `running` meanwhile."""
         state = self.state
@@ -230,14 +237,14 @@ class LabComm:
         report = state.build.report
         return label(str(report)) if report is not None else "built"
 
-    def _value(self, task: Any) -> str:
+    def _value(self, task: Task) -> str:
         state, name = self.state, task.rule.name
         if name not in state.parametric:
             ns = self.shell.user_ns
             shown = [f"{n} = {_short(ns[n])}" for n in state.outputs.get(name, ()) if n in ns]
             return "\n".join(shown) or f"{label(repr(task))} binds no names"
         st = state.build.status(task)
-        if st.state != "up to date":
+        if st.state != Standing.UP_TO_DATE:
             return f"{label(repr(task))} is {st.state}: build it to see its value"
         return _short(state.build.build(task)[0])     # up to date: loaded, nothing runs
 

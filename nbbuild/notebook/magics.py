@@ -47,6 +47,7 @@ from typing import Any
 
 import cloudpickle
 from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 
 from ..errors import BuildError, CycleError, NbbuildError
@@ -67,7 +68,9 @@ _NBBUILD_USAGE = ("%nbbuild status | why TARGET | graph [TARGET] | store [--quot
                   " | dashboard [TARGET] (%nbbuild? for help)")
 @magics_class
 class NbbuildMagics(Magics):
-    def __init__(self, shell: Any, state: NotebookState):
+    shell: InteractiveShell     # Magics allows None; these magics are always registered with a shell
+
+    def __init__(self, shell: InteractiveShell, state: NotebookState):
         super().__init__(shell)
         self.state = state
 
@@ -113,7 +116,7 @@ class NbbuildMagics(Magics):
             params = parse_signature(param_text) if param_text is not None else None
         except NbbuildError as e:
             raise UsageError(str(e)) from None
-        if params is not None:
+        if params is not None and name is not None:     # a signature names its rule (parse_rule_line)
             return self._parametric(name, policy, source, names, params, options)
         own = state.own_rules(source)
         # a name is read as the version plain execution gives: the latest binding before this
@@ -227,7 +230,13 @@ class NbbuildMagics(Magics):
         ns = self.shell.user_ns
         try:
             args = [eval(compile(ast.Expression(a), "<target>", "eval"), ns) for a in call.args]
-            kwargs = {k.arg: eval(compile(ast.Expression(k.value), "<target>", "eval"), ns) for k in call.keywords}
+            kwargs: dict[str, Any] = {}
+            for k in call.keywords:
+                value = eval(compile(ast.Expression(k.value), "<target>", "eval"), ns)
+                if k.arg is None:       # **mapping, as in the call itself
+                    kwargs.update(value)
+                else:
+                    kwargs[k.arg] = value
         except Exception as e:  # the user's argument expressions: any error is theirs, in one line
             raise UsageError(f"%build: the arguments of {target!r} failed: {type(e).__name__}: {e}") from None
         try:

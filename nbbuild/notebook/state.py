@@ -35,11 +35,12 @@ from __future__ import annotations
 
 import importlib
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 
 from ..build import Build
+from ..engine.explain import Standing
 from ..report.console import TextProgress, own_stderr
 from .auto import Auto
 from .closures import Closures
@@ -48,6 +49,9 @@ from .elsewhere import CellCapture, CellFetch, received
 from .graph import TITLES, label, snapshot
 from .replay import MODULES, after_cell, rebound, replay
 from .versions import Versions, fingerprint, unchangeable
+
+if TYPE_CHECKING:
+    from ..report.report import BuildReport
 
 __all__ = ["NotebookState"]
 
@@ -153,7 +157,7 @@ class NotebookState:
         except Exception:  # any cell at all, even one that cannot be parsed: then nothing is known
             return None
         fingerprints: dict[str, dict[str, str | None]] = {}
-        for r in {self.versions.producer(n) for n in names.inputs} - {None}:
+        for r in {p for n in names.inputs if (p := self.versions.producer(n)) is not None}:
             held = self.build.remembered(self.build.rules[r].task()) if self._plain_rule(r) else None
             if held is not None and isinstance(held[1], dict):
                 fingerprints[r] = {k: fingerprint(v) for k, v in held[1].items() if not unchangeable(v)}
@@ -170,8 +174,8 @@ class NotebookState:
         rules: dict[str, list[str]] = {}
         for n in reads:
             r = self.versions.producer(n)
-            if self._plain_rule(r):
-                rules.setdefault(r, []).append(n)   # type: ignore[arg-type]
+            if r is not None and self._plain_rule(r):
+                rules.setdefault(r, []).append(n)
         for r, read in rules.items():
             task = self.build.rules[r].task()
             held = self.build.remembered(task)
@@ -205,7 +209,7 @@ class NotebookState:
             if rule is None:
                 continue
             tasks = b.known_tasks(rule) if r in self.parametric else [rule.task()]
-            stale += [label(repr(t)) for t in tasks if b.status(t).state == "stale"]
+            stale += [label(repr(t)) for t in tasks if b.status(t).state == Standing.STALE]
         if stale:
             print(f"stale: {', '.join(stale)} — run %build {self.target_text(stale[-1])}")
 
@@ -272,7 +276,7 @@ class NotebookState:
     def drop(self, name: str) -> None:
         self.build.rules.pop(name, None)
         for table in (self.cells, self.sources, self.outputs, self.inputs, self.fetches, self.numbers, self.firsts):
-            table.pop(name, None)   # type: ignore[attr-defined]
+            table.pop(name, None)
         self.parametric.discard(name)
         self.changers.discard(name)
         self.functions.pop(name, None)
@@ -293,7 +297,7 @@ class NotebookState:
                 alone = shared[first] == 1 and rule not in self.changers
                 TITLES[rule] = first if alone else f"{first} (cell {n})"
 
-    def replay_reused(self, targets: list, report: Any) -> None:
+    def replay_reused(self, targets: list, report: BuildReport) -> None:
         """After any build (a magic, or `model(alpha=0.1)` in a plain cell): a target reused
         instead of run shows again what it showed when it ran."""
         ran, seen = set(report.executed), set()

@@ -129,7 +129,7 @@ def _fingerprints(value: dict) -> dict[str, str | None]:
 class Changes:
     def __init__(self) -> None:
         self.watched: dict[str, tuple[Any, str | None]] = {}
-        self.rules: list[tuple[dict, str, str | None, str | None]] = []
+        self.rules: list[tuple[dict, str, dict[str, str | None], str | None]] = []
         self.spoiled: list[str] = []
         self.origins: dict[str, str] = {}
 
@@ -154,8 +154,8 @@ class Changes:
         for name, (value, before) in self.watched.items():
             if before is not None and scope.get(name) is value and fingerprint(value) != before:
                 out[name] = value
-        for value, digest, before, rule in self.rules:
-            changed = [k for k, f in before.items() if f is None or fingerprint(value.get(k)) != f]
+        for value, digest, fingerprints, rule in self.rules:
+            changed = [k for k, f in fingerprints.items() if f is None or fingerprint(value.get(k)) != f]
             if changed:
                 self.spoiled.append(digest)
             for k in changed:

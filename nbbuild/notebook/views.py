@@ -7,7 +7,7 @@ Bad input is one UsageError line.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 from IPython.display import display
@@ -20,6 +20,9 @@ from .graph import collapse, size_text, table, tree
 from .state import NotebookState
 from .widgets import dashboard as board
 from .widgets import metrics_text, metrics_view, show
+
+if TYPE_CHECKING:
+    from ..build import Build
 
 __all__ = ["status", "graph", "store", "metrics", "store_text", "sweep"]
 
@@ -79,7 +82,7 @@ def store(state: NotebookState, words: list[str]) -> None:
     print(store_text(b))
 
 
-def sweep(b: Any, action: str, others: bool = False) -> str:
+def sweep(b: Build, action: str, others: bool = False) -> str:
     """Run `gc`, `gc --foreign` or `clear` and say what went (`%nbbuild store`, `nbbuild store`)."""
     if action == "gc" and others:
         n, size = b.gc_foreign()
@@ -107,7 +110,8 @@ def graph(state: NotebookState, targets: list | None, dashboard: bool) -> None:
     beside the metrics."""
     g = state.graph(targets)
     # the calls of a rule asked for by name are drawn one by one; other rules' many calls, as one
-    opened = {getattr(t, "name", None) or getattr(getattr(t, "rule", None), "name", "") for t in targets or ()}
+    opened: set[str] = {n for t in targets or ()
+                        if (n := getattr(t, "name", None) or getattr(getattr(t, "rule", None), "name", ""))}
     text = tree(collapse(g, expand=opened)[0])
     if not state.rich:
         if dashboard:
@@ -122,7 +126,7 @@ def graph(state: NotebookState, targets: list | None, dashboard: bool) -> None:
     display({mime: data, "text/plain": text}, raw=True, metadata={"nbbuild": {"view": "graph"}})
 
 
-def shared_text(b: Any) -> str:
+def shared_text(b: Build) -> str:
     """Where the shared tier stands (`nbbuild store info --shared`, `%nbbuild store`)."""
     found = b.shared_survey()
     return "\n".join([
@@ -132,16 +136,16 @@ def shared_text(b: Any) -> str:
     ])
 
 
-def shared_sweep(b: Any, quota: Any) -> str:
+def shared_sweep(b: Build, quota: Any) -> str:
     """`nbbuild store gc --shared`: evict the shared tier to its quota, merge its packs."""
     values, size, packs = b.shared_gc(quota)
     evicted = f"evicted {values} values ({size_text(size)})" if quota is not None else "no quota: nothing evicted"
     return f"{evicted}; merged {packs} packs into one" if packs else f"{evicted}; packs already merged"
 
 
-def store_text(b: Any) -> str:
+def store_text(b: Build) -> str:
     """Where the store stands, a line a figure (`%nbbuild store`, `nbbuild store`)."""
-    st = b.store.stats()
+    st, sharing = b.store.stats(), b.store.sharing
     size, quota = st["size_bytes"], st["quota_bytes"]
     usage = f"{size_text(size)} of {size_text(quota)} ({100 * size / quota:.0f}%)" if quota else \
         f"{size_text(size)} (no quota)"
@@ -156,4 +160,5 @@ def store_text(b: Any) -> str:
         f"reuse    {st['hits']} hits, {st['misses']} misses{rate}, {st['evictions']} evictions ({st['policy']})",
         f"traffic  {size_text(st['bytes_written'])} written, {size_text(st['bytes_read'])} read{trouble}",
         f"disk     {size_text(st['free_bytes'])} free, floor {size_text(st['min_free_bytes'] or 0)}",
-    ] + ([f"shared   {b.shared}{' (read-only)' if b.store.sharing.readonly else ''}"] if b.shared else []))
+    ] + ([f"shared   {b.shared}{' (read-only)' if sharing is not None and sharing.readonly else ''}"]
+         if b.shared else []))

@@ -36,6 +36,7 @@ from ipywidgets.widgets.widget_int import ProgressStyle
 from ipywidgets.widgets.widget_string import HTMLStyle
 from IPython.display import display
 
+from ..engine.state import Outcome
 from ..report.console import line
 from ..report.formatting import seconds_text as _secs, size_text as _size
 from ..report.metrics import Metrics
@@ -48,12 +49,14 @@ log = logging.getLogger("nbbuild")
 _SHARED: dict[str, w.Widget] | None = None
 
 
-def _share() -> None:
+def _share() -> dict[str, w.Widget]:
     global _SHARED
     _SHARED = {"bar": w.Layout(width="320px"), "bar_style": ProgressStyle(), "text": w.Layout(),
                "text_style": HTMLStyle(), "box": w.Layout(align_items="flex-start")}
-_MARK = {"running": "▶", "executed": "✔ ran", "verified": "↺ reused", "constructed": "↺ reused (older)",
-         "failed": "✘ failed", "skipped": "– skipped"}
+    return _SHARED
+_MARK = {Outcome.RUNNING: "▶", Outcome.EXECUTED: "✔ ran", Outcome.VERIFIED: "↺ reused",
+         Outcome.CONSTRUCTED: "↺ reused (older)", Outcome.FAILED: "✘ failed", Outcome.SKIPPED: "– skipped"}
+_LIVE = {Outcome.EXECUTED: "ran", Outcome.VERIFIED: "reused", Outcome.CONSTRUCTED: "reused"}   # draw.py's words
 _STYLE = ("<style>.nbbuild-rows{border-collapse:collapse;font-size:12px;margin-top:2px}"
           ".nbbuild-rows td{padding:1px 10px 1px 0;white-space:nowrap;line-height:1.35}"
           # an HTML widget's line height is a widget row's (28 px): tables and notes want text's
@@ -102,7 +105,7 @@ class BuildView:
         self._graph_targets = targets
 
     def started(self, build: Any) -> None:
-        parts = {"sent": {}, "graph": "", "graph_at": 0.0, "targets": self._graph_targets, "snapshot": None}
+        parts: dict[str, Any] = {"sent": {}, "graph": "", "graph_at": 0.0, "targets": self._graph_targets, "snapshot": None}
         self._graph_targets = None
         if parts["targets"] is not None and self.snapshot is not None and self.draw is not None:
             try:
@@ -126,14 +129,13 @@ class BuildView:
         """Make the box, in the state given, and put it in the view's place. Layouts and styles are
         shared by every box: each widget is a message to open, and every message a wake-up that
         the build's thread pays for."""
-        if _SHARED is None:
-            _share()
+        shared = _SHARED if _SHARED is not None else _share()
         value, most, style = bar
         parts["sent"].update(bar=bar, text=text)
-        bar_ = w.IntProgress(value=value, min=0, max=most, bar_style=style, layout=_SHARED["bar"],
-                             style=_SHARED["bar_style"])
-        html_ = w.HTML(text, layout=_SHARED["text"], style=_SHARED["text_style"])
-        box = w.HBox([bar_, html_], layout=_SHARED["box"], _dom_classes=("nbbuild-progress",))
+        bar_ = w.IntProgress(value=value, min=0, max=most, bar_style=style, layout=shared["bar"],
+                             style=shared["bar_style"])
+        html_ = w.HTML(text, layout=shared["text"], style=shared["text_style"])
+        box = w.HBox([bar_, html_], layout=shared["box"], _dom_classes=("nbbuild-progress",))
         parts.update(box=box, bar=bar_, text=html_)
         self._place(parts, plain)
 
@@ -191,8 +193,7 @@ class BuildView:
             return
         if not p.done and time.monotonic() - parts["graph_at"] < 1.0:
             return
-        live = {r.key: {"executed": "ran", "verified": "reused", "constructed": "reused"}.get(r.outcome, r.outcome)
-                for r in p.rows}
+        live = {r.key: _LIVE.get(r.outcome, r.outcome.value) for r in p.rows}
         live.update({r.key: "running" for r in p.running})
         parts["graph_at"] = time.monotonic()
         parts["graph"] = self.draw(graph, None if p.done else live)
@@ -205,7 +206,7 @@ class BuildView:
         parts, p = self.last, build.progress()
         if parts is None or p is None:
             return
-        if parts["snapshot"] is not None:
+        if parts["snapshot"] is not None and self.snapshot is not None:
             try:
                 parts["snapshot"] = self.snapshot(parts["targets"])    # the states the build left
             except Exception:  # as at the start: the summary must still settle

@@ -58,7 +58,7 @@ def own_stderr() -> IO[str]:
     try:
         return os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1, encoding="utf-8", errors="replace")
     except (AttributeError, OSError, ValueError):
-        return sys.__stderr__
+        return sys.__stderr__ or sys.stderr
 
 
 def bar(fraction: float, width: int = 20) -> str:

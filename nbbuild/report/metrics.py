@@ -15,7 +15,10 @@ from __future__ import annotations
 import threading
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Iterable
+
+if TYPE_CHECKING:
+    from .report import BuildReport
 
 __all__ = ["Figures", "Metrics", "RuleTime", "Session"]
 
@@ -74,7 +77,7 @@ class Session:
         self._rules: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
         self._lock = threading.Lock()
 
-    def add(self, report: Any, store_delta: dict[str, int], runs: Iterable[tuple[str, float]]) -> Figures:
+    def add(self, report: BuildReport, store_delta: dict[str, int], runs: Iterable[tuple[str, float]]) -> Figures:
         verified = len(report.reused) - len(report.constructed)
         fig = Figures(1, len(report.executed), verified, len(report.constructed), len(report.failed),
                       len(report.skipped), report.seconds, report.saved_seconds,

@@ -27,7 +27,15 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
+
+from ..engine.state import Outcome
+
+if TYPE_CHECKING:
+    from ..engine.scheduler import Scheduler
+    from ..store.store import Store
+    from ..engine.task import Task
+    from .report import BuildReport
 
 __all__ = ["Progress", "TaskRow", "Tracker", "Watched", "ROW_LIMIT", "SLOWEST"]
 
@@ -35,14 +43,13 @@ log = logging.getLogger("nbbuild")
 
 ROW_LIMIT = 200
 SLOWEST = 12
-_REUSED = ("verified", "constructed")
 
 
 @dataclass(frozen=True)
 class TaskRow:
     key: str
     task: str
-    outcome: str        # running | executed | verified | constructed | failed | skipped
+    outcome: Outcome    # running | executed | verified | constructed | failed | skipped
     seconds: float      # run time; for reused tasks the recorded run time they saved; running: so far
 
 
@@ -69,8 +76,8 @@ class Progress:
 
 
 class Tracker:
-    def __init__(self, scheduler: Any, targets: Sequence[Any], expected: int = 0):
-        self.sched = scheduler
+    def __init__(self, scheduler: Scheduler, targets: Sequence[Task], expected: int = 0):
+        self.sched: Scheduler | None = scheduler     # None once settled (finish)
         self.targets = tuple(repr(t) for t in targets)
         self.target_keys = tuple(t.key for t in targets)
         self.start = time.perf_counter()
@@ -78,7 +85,8 @@ class Tracker:
         self._lock = threading.Lock()
         self._seen = 0
         self._n = 0
-        self._counts = {"executed": 0, "verified": 0, "constructed": 0, "failed": 0, "skipped": 0}
+        self._counts = {o: 0 for o in (Outcome.EXECUTED, Outcome.VERIFIED, Outcome.CONSTRUCTED, Outcome.FAILED,
+                                       Outcome.SKIPPED)}
         self._rows: list[TaskRow] | None = []
         self._slowest: list[tuple[float, int, TaskRow]] = []     # a min-heap of the slowest rows
         self._reach: int | None = None
@@ -88,6 +96,7 @@ class Tracker:
         """How many tasks the targets' newest stored traces reach (computed once, off the build's
         threads: the views ask)."""
         if self._reach is None:
+            assert self.sched is not None       # asked only before it settled
             traces, seen, todo = self.sched.traces, set(), list(self.target_keys)
             while todo:
                 key = todo.pop()
@@ -101,13 +110,14 @@ class Tracker:
         return self._reach
 
     def _take_finished(self) -> None:
+        assert self.sched is not None       # called only before it settled
         order = self.sched.order
         end = len(order)       # the scheduler only appends: what is below `end` is settled
         counts, rows, slowest = self._counts, self._rows, self._slowest
         for i in range(self._seen, end):
             st = order[i]
-            outcome = st.outcome or "failed"
-            if outcome == "obsolete":
+            outcome = st.outcome or Outcome.FAILED
+            if outcome == Outcome.OBSOLETE:
                 continue
             counts[outcome] += 1
             if rows is not None:
@@ -137,9 +147,11 @@ class Tracker:
 
     def _snapshot(self, done: bool = False, summary: str = "", error: str = "", total: int = 0) -> Progress:
         self._take_finished()
+        sched = self.sched
+        assert sched is not None
         now = time.perf_counter()
-        running = sorted((TaskRow(st.task.key, st.task._repr, "running", now - started)
-                          for st, started in self.sched.running.copy().values()),
+        running = sorted((TaskRow(st.task.key, st.task._repr, Outcome.RUNNING, now - started)
+                          for st, started in sched.running.copy().values()),
                          key=lambda r: -r.seconds)
         c = self._counts
         checked = sum(c.values())
@@ -147,15 +159,15 @@ class Tracker:
             rows, complete = tuple(self._rows), True
         else:
             rows, complete = tuple(r for _, _, r in sorted(self._slowest, key=lambda x: -x[0])), False
-        known = max(checked + len(running), len(self.sched.states), self.expected, total)
+        known = max(checked + len(running), len(sched.states), self.expected, total)
         if not done:
             known = max(known, self._reached())
         return Progress(self.targets, known if not done else max(total, checked), max(checked, total),
-                        c["executed"], c["verified"] + c["constructed"] + max(0, total - checked),
-                        c["failed"], c["skipped"], now - self.start, tuple(running) if not done else (),
+                        c[Outcome.EXECUTED], c[Outcome.VERIFIED] + c[Outcome.CONSTRUCTED] + max(0, total - checked),
+                        c[Outcome.FAILED], c[Outcome.SKIPPED], now - self.start, tuple(running) if not done else (),
                         rows, complete, done, summary, error)
 
-    def finish(self, report: Any = None, error: BaseException | None = None) -> Progress:
+    def finish(self, report: BuildReport | None = None, error: BaseException | None = None) -> Progress:
         """Settle: later snapshots are this one. `report` (the build's) counts the tasks known up to
         date without being visited as reused."""
         with self._lock:
@@ -175,6 +187,10 @@ class Watched:
     """A part of Build (mixed in): the views that watch its builds (`watch`, `unwatch`), told when
     each top-level build starts and finishes (`_notify`), `progress()`, their snapshot, and what
     they keep across sessions (`view_state`, `keep_view_state`)."""
+
+    watchers: list[Any]             # Build's (build.py)
+    _tracker: Tracker | None
+    store: Store
 
     def _notify(self, event: str, views: list[Any]) -> list[Any]:
         """Call each view's `event`; those that raise are logged and left out of the rest."""

@@ -11,14 +11,19 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
+
+from ..engine.state import REUSED, Outcome
+
+if TYPE_CHECKING:
+    from ..engine.scheduler import Scheduler
 
 __all__ = ["BuildReport", "TaskReport", "make_report"]
 
 
 class TaskReport(NamedTuple):
     task: str
-    outcome: str          # executed | verified | constructed | failed | skipped
+    outcome: Outcome      # executed | verified | constructed | failed | skipped
     seconds: float        # run time, or for reused tasks the run time they saved
     unstored: str = ""
 
@@ -60,35 +65,39 @@ class BuildReport:
         return s
 
 
-def make_report(sched: Any, untouched: list[tuple[str, float, str]], seconds: float) -> BuildReport:
+def make_report(sched: Scheduler, untouched: list[tuple[str, float, str]], seconds: float) -> BuildReport:
     """`untouched`: tasks known up to date from earlier builds of this process, never visited."""
-    lists: dict[str, list[str]] = {k: [] for k in ("executed", "verified", "constructed", "failed", "skipped")}
+    E, V, C, F, S = Outcome.EXECUTED, Outcome.VERIFIED, Outcome.CONSTRUCTED, Outcome.FAILED, Outcome.SKIPPED
+    lists: dict[Outcome, list[str]] = {k: [] for k in (E, V, C, F, S)}
     # per-task data kept as strings and floats (untracked by the garbage collector); TaskReport
     # records are made only when `tasks` is read
-    texts, outcomes, durations, notes = [], [], [], {}
+    texts: list[str] = []
+    outcomes: list[Outcome] = []
+    durations: list[float] = []
+    notes: dict[str, str] = {}
     unstored, saved, hits, misses = [], 0.0, 0, 0
-    rows = [(t, s, p, "verified", "") for t, s, p in untouched]
-    rows += [(st.task._repr, st.seconds, st.task.rule.policy, st.outcome or "failed", st.unstored)
-             for st in sched.order if st.outcome != "obsolete"]
+    rows = [(t, s, p, V, "") for t, s, p in untouched]
+    rows += [(st.task._repr, st.seconds, st.task.rule.policy, st.outcome or F, st.unstored)
+             for st in sched.order if st.outcome != Outcome.OBSOLETE]
     for text, secs, policy, outcome, note in rows:
         lists[outcome].append(text)
         texts.append(text)
         outcomes.append(outcome)
         durations.append(secs)
-        if outcome == "verified" or outcome == "constructed":
+        if outcome in REUSED:
             saved += secs
             hits += policy == "persist"
         elif note:
             unstored.append(text)
             notes[text] = note
-        elif outcome == "executed":
+        elif outcome == E:
             misses += policy == "persist"
     # hits and misses count reuse of stored values (policy "persist"); the store keeps the totals
     sched.store.count("hits", hits)
     sched.store.count("misses", misses)
     return BuildReport(
-        executed=lists["executed"], reused=lists["verified"] + lists["constructed"], failed=lists["failed"],
-        skipped=lists["skipped"], unstored=unstored, constructed=lists["constructed"], seconds=seconds,
+        executed=lists[E], reused=lists[V] + lists[C], failed=lists[F],
+        skipped=lists[S], unstored=unstored, constructed=lists[C], seconds=seconds,
         saved_seconds=saved, rows=(texts, outcomes, durations, notes),
         attempts={st.task._repr: st.attempts for st in sched.order if st.attempts > 1},
         overdue=[st.task._repr for st in sched.order if st.overdue],

@@ -145,7 +145,8 @@ class Index:
     def add(self, tr: Trace) -> None:
         if self.traces is None:
             self.load()
-        lst = self.traces.setdefault(tr.key, [])  # type: ignore[union-attr]
+        assert self.traces is not None      # load() made it
+        lst = self.traces.setdefault(tr.key, [])
         self._beyond += 1
         ident = tr.ident
         lst[:] = [t for t in lst if t.ident != ident]

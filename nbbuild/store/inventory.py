@@ -10,15 +10,12 @@ import shutil
 from typing import Any
 
 from . import foreign, valuefile
+from .parts import StoreParts
 
 __all__ = ["Inventory"]
 
 
-class Inventory:
-    table: Any
-    signer: Any
-    path: str
-
+class Inventory(StoreParts):
     def volume(self) -> int:
         """Bytes on disk: the database and the value files (diskcache keeps this cheaply)."""
         return self.table.volume()

@@ -20,9 +20,13 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import serialisation
+
+if TYPE_CHECKING:
+    from ..engine.task import Task
+    from .store import Store
 
 __all__ = ["Memory", "MEMORY_BYTES", "MEMORY_VALUES"]
 
@@ -34,7 +38,7 @@ _ABSENT = object()
 
 
 class Memory:
-    def __init__(self, store: Any):
+    def __init__(self, store: Store):
         self.store = store
         self.values: OrderedDict[str, Any] = OrderedDict()
         self.sizes: dict[str, int] = {}
@@ -61,7 +65,7 @@ class Memory:
                 self.bytes -= self.sizes.pop(old)
                 self.loaded.pop(old, None)
 
-    def recall(self, digest: str, checked: set[str], task: Any = None) -> tuple[bool, Any]:
+    def recall(self, digest: str, checked: set[str], task: Task | None = None) -> tuple[bool, Any]:
         value = self.values.get(digest, _ABSENT)
         if value is not _ABSENT:
             if isinstance(value, _IMMUTABLE) or digest in checked or digest.startswith("u:"):

@@ -153,7 +153,8 @@ class Store(Values, Tiering, Inventory):
         """The live index of persisted traces, key -> traces newest first (read-only to callers)."""
         if self.index.traces is None:
             self.refresh()
-        return self.index.traces  # type: ignore[return-value]
+        assert self.index.traces is not None        # refresh() loaded it
+        return self.index.traces
 
     def any_trace(self, key: str) -> Trace | None:
         lst = self.traces(key) or self.index.memory.get(key)
@@ -213,7 +214,8 @@ class Store(Values, Tiering, Inventory):
     def file_entries(self) -> dict[str, tuple[int, int, str, int]]:
         if self.index.file_entries is None:
             self.refresh()
-        return self.index.file_entries  # type: ignore[return-value]
+        assert self.index.file_entries is not None      # refresh() loaded it
+        return self.index.file_entries
 
     def save_file_entries(self, entries: dict[str, tuple[int, int, str, int]]) -> None:
         with self._lock:

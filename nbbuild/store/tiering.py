@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..engine.trace import Trace
 from ..report.formatting import size_text
@@ -25,6 +25,7 @@ from .table import WRITE_ERRORS
 
 if TYPE_CHECKING:
     from .shared import SharedTier
+from .parts import StoreParts
 
 __all__ = ["Tiering"]
 
@@ -34,9 +35,7 @@ log = logging.getLogger("nbbuild")
 _LOOK_SECONDS = 60.0
 
 
-class Tiering:
-    sharing: Any
-
+class Tiering(StoreParts):
     def share(self, tier: SharedTier | None) -> None:
         """Use this shared tier from now on (None: none); what the one before had queued stays
         marked here and goes to whichever tier is used next."""

@@ -25,6 +25,7 @@ from ..report.formatting import size_text
 from . import foreign, serialisation, valuefile
 from .signing import MAC_BYTES
 from .table import WRITE_ERRORS
+from .parts import StoreParts
 
 __all__ = ["Values", "FILE_BYTES"]
 
@@ -32,7 +33,7 @@ log = logging.getLogger("nbbuild")
 FILE_BYTES = 256 << 10      # values at least this big are value files
 
 
-class Values:
+class Values(StoreParts):
     def put_value(self, ser: serialisation.Serialized) -> str | None:
         """Store a value unless it is there already. Returns None when it is stored, else why not
         (it is larger than the quota, the disk is full...): the caller keeps it in memory."""
@@ -100,8 +101,9 @@ class Values:
                 return False, None, ""
             sealed, filename = row
             if self._theirs(key, sealed, filename):     # this key's cosignature, if it has one
-                found = self.table.get(foreign.cosign(digest, self.signer.kid))
-                mac = found[0] if found is not None and type(found[0]) is bytes else None
+                cosigned = self.table.get(foreign.cosign(digest, self.signer.kid))
+                mac = cosigned[0] if cosigned is not None and type(cosigned[0]) is bytes else None
+        meta: bytes | memoryview
         try:
             if filename is not None:
                 if not valuefile.FILE_NAME.match(str(filename)):
