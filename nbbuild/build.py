@@ -2,7 +2,8 @@
 
 Contract:
 - `Build(path, quota=, workers=, min_free=, eviction=)` opens (or creates) the store at `path`
-  with its bounds (eviction.resolve); also a context manager that closes it. `shared=URL` (or
+  with its bounds (eviction.resolve); the NBBUILD_* settings are read when it is made
+  (`b.settings`, settings.py; `settings=` gives them instead); also a context manager that closes it. `shared=URL` (or
   NBBUILD_SHARED) gives it a shared tier (shared.py, sharing.py; `shared_readonly=True` never
   uploads); closing waits up to NBBUILD_SHARED_WAIT seconds for its uploads. After each build the
   store is brought back within them (eviction.evict), and old metadata is pruned now and then. `@b.rule` / `@b.rule(policy=..., name=...)` registers rules by name (a rule of
@@ -40,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import math
 import os
 import threading
 import time
@@ -55,7 +57,7 @@ from .engine.state import DONE
 from .engine.task import Task
 from .engine.trace import current
 from .engine.verified import CleanSet
-from .errors import BuildError, RuleError
+from .errors import BuildError, RuleError, SettingError
 from .executors.hubs import HelperPool
 from .executors.pools import make_executor
 from .report.console import TextProgress, wanted
@@ -63,9 +65,10 @@ from .report.metrics import Metrics, Session
 from .report.progress import Tracker, Watched
 from .report.report import BuildReport, TaskReport, make_report
 from .store import eviction as _bounds
-from .store.eviction import parse_size
 from .store.memory import Memory
-from .store.shared import open_tier, upload_seconds
+from .store.shared import open_tier
+from .settings import Settings
+from .settings import read as read_settings
 from .team import TeamCache
 from .store.store import Store
 
@@ -79,27 +82,26 @@ class Build(Explaining, Watched, TeamCache):
     def __init__(self, path: str | os.PathLike = ".nbbuild", quota: int | str | None = None,
                  workers: int | None = None, *, min_free: int | str | None = None, eviction: str | None = None,
                  progress: bool | None = None, executor: Any = None, shared: str | None = None,
-                 shared_readonly: bool | None = None):
-        for name, size in (("quota", quota), ("min_free", min_free)):
-            try:
-                parse_size(size)
-            except ValueError as e:
-                raise RuleError(f"{name}: {e}") from None
+                 shared_readonly: bool | None = None, settings: Settings | None = None):
+        # the environment's NBBUILD_* settings, read now, once, for this Build's life (settings.py)
+        self.settings = read_settings() if settings is None else settings
+        for name, given in (("quota", quota), ("min_free", min_free)):
+            if given is not None:
+                _bounds.size(given, name)
         if workers is None:
             workers = min(4, os.cpu_count() or 1)
-        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-            raise RuleError(f"workers={workers!r}: give a whole number of at least 1")
+        _check_workers(workers)
         self._sched: Scheduler | None = None     # the running build's, while it runs
-        tier = open_tier(shared, shared_readonly)
+        tier = open_tier(shared, shared_readonly, self.settings)
         try:
             self.store = Store(path, shared=tier, held=self._held, on_room=_bounds.make_room)
         except OSError as e:
             raise RuleError(str(e)) from None
         try:
-            _bounds.resolve(self.store, quota, min_free, eviction)
-        except ValueError as e:
+            _bounds.resolve(self.store, quota, min_free, eviction, self.settings)
+        except SettingError:
             self.store.close()
-            raise RuleError(str(e)) from None
+            raise
         self.workers = workers
         self.executor = executor
         self._executors: dict[Any, Any] = {}
@@ -128,11 +130,7 @@ class Build(Explaining, Watched, TeamCache):
         self._tracker: Tracker | None = None
         self._expected: dict[tuple[str, ...], int] = {}    # target keys -> tasks their last build checked
         self._session = Session()
-        try:
-            shown = wanted(progress)
-        except ValueError as e:
-            raise RuleError(str(e)) from None
-        if shown:
+        if wanted(progress, self.settings.progress):
             self.watch(TextProgress())
         self._lock = threading.RLock()          # one build at a time
         # what the engine (scheduler, bodies, explain) uses of this Build, and nothing else of it
@@ -344,10 +342,8 @@ class Build(Explaining, Watched, TeamCache):
     def set_quota(self, quota: int | str | None, save: bool = True) -> None:
         """Change the store's quota ('unlimited' for none); `save` keeps it in the store for the
         sessions that follow (NBBUILD_QUOTA and Build(quota=) still come first there)."""
-        try:
-            size = parse_size(quota)
-        except ValueError as e:
-            raise RuleError(str(e)) from None
+        size = _bounds.size(quota, "quota")       # SettingError, nothing changed
+        size = None if size == math.inf else int(size)
         with self._turn():
             self.store.quota = size
             self.store.quota_source = "saved in the store (%nbbuild store --quota)" if save else "set for this Build"
@@ -391,13 +387,18 @@ class Build(Explaining, Watched, TeamCache):
                 log.debug("nbbuild: closing an executor failed", exc_info=True)
         self._executors.clear()
         self._pool.shutdown()
-        self.store.close(upload_seconds())
+        self.store.close(self.settings.shared_wait)
 
     def __enter__(self) -> Build:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _check_workers(workers: Any) -> None:
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise RuleError(f"workers={workers!r}: give a whole number of at least 1")
 
 
 @contextlib.contextmanager

@@ -51,6 +51,7 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 
 from ..errors import BuildError, CycleError, NbbuildError
 from ..engine import randomness
+from ..settings import read as read_settings
 from .cells import LAST, OWN, analyse, compile_cell, parse_signature
 from .replay import GENERATORS, ORIGINS, REBOUND, SETTINGS, show_result
 from .versions import identity
@@ -430,9 +431,10 @@ def _picklable(value: Any) -> bool:
 def load_ipython_extension(shell: Any) -> None:
     state = getattr(shell, "_nbbuild_state", None)
     if state is None:
-        path = os.environ.get("NBBUILD_DIR") or os.path.join(os.getcwd(), ".nbbuild")
         try:
-            state = shell._nbbuild_state = NotebookState(shell, path)
+            settings = read_settings()      # once, now: a `%env NBBUILD_...` before %load_ext counts
+            path = settings.dir or os.path.join(os.getcwd(), ".nbbuild")
+            state = shell._nbbuild_state = NotebookState(shell, path, settings)
         except NbbuildError as e:
             raise UsageError(f"nbbuild: {e}") from None
     shell.user_ns.update(state.hooks)

@@ -17,9 +17,9 @@ Contract:
 - `line(progress, width)` is the text of one snapshot, used by the widget's plain-text form too.
 - `own_stderr()`: this process's own stderr as a stream, also in a Jupyter kernel (which sends
   fd 2 to the cell's output): where a kernel that `nbbuild run` started draws the line.
-- `wanted(progress)`: whether a Build shows this view (its `progress=` argument): True or False
-  as given; None reads NBBUILD_PROGRESS (1 or 0; anything else is a ValueError in one line),
-  else yes when stderr is a terminal and no Jupyter kernel runs in this process.
+- `wanted(progress, setting)`: whether a Build shows this view (its `progress=` argument): True or
+  False as given; None follows the setting (NBBUILD_PROGRESS as read, settings.py) when there is
+  one, else yes when stderr is a terminal and no Jupyter kernel runs in this process.
 """
 from __future__ import annotations
 
@@ -34,16 +34,11 @@ from .progress import Progress
 __all__ = ["TextProgress", "line", "bar", "wanted", "own_stderr"]
 
 
-def wanted(progress: bool | None) -> bool:
+def wanted(progress: bool | None, setting: bool | None = None) -> bool:
     if progress is not None:
         return bool(progress)
-    setting = os.environ.get("NBBUILD_PROGRESS", "").strip().lower()
-    if setting in ("1", "true", "yes", "on"):
-        return True
-    if setting in ("0", "false", "no", "off"):
-        return False
-    if setting:
-        raise ValueError(f"NBBUILD_PROGRESS={setting!r}: use 1 (show builds on stderr) or 0 (do not)")
+    if setting is not None:
+        return setting
     try:
         terminal = sys.stderr is not None and sys.stderr.isatty()
     except (AttributeError, ValueError):
