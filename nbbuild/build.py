@@ -8,8 +8,8 @@ Contract:
   uploads); closing waits up to NBBUILD_SHARED_WAIT seconds for its uploads. After each build the
   store is brought back within them (eviction.evict), and old metadata is pruned now and then. `@b.rule` / `@b.rule(policy=..., name=...)` registers rules by name (a rule of
   the same name replaces the earlier one, as re-running a notebook cell does).
-- `b.build(*targets)` brings targets (Tasks, or rules taking no arguments) up to date concurrently
-  and returns their values. Other targets still finish when one fails; then the first failure is
+- `b.build(*targets, force=False, workers=None)` brings targets (Tasks, or rules taking no
+  arguments) up to date concurrently (`workers` at once for this build only) and returns their values. Other targets still finish when one fails; then the first failure is
   raised (BuildError, or CycleError) with every failure in `.errors`. Inside a running rule body
   it is a tracked fetch.
 - `b.observers`: callables `(targets, report)` called after each top-level build that succeeded.
@@ -205,9 +205,12 @@ class Build(Explaining, Watched, TeamCache):
 
     # ------------------------------------------------------------ building
 
-    def build(self, *targets: Any, force: bool = False) -> list[Any]:
+    def build(self, *targets: Any, force: bool = False, workers: int | None = None) -> list[Any]:
         """Values of the targets, brought up to date. `force`: run the targets themselves even if
-        they are up to date (their dependencies are still only verified)."""
+        they are up to date (their dependencies are still only verified). `workers`: how many rule
+        bodies run at once in this build (None: the Build's `workers`, which stays as it was)."""
+        if workers is not None:
+            _check_workers(workers)
         tasks = [self._target(t) for t in targets]
         rec = current.get()
         if rec is not None and rec.scheduler.rules_owner is self:
@@ -227,7 +230,7 @@ class Build(Explaining, Watched, TeamCache):
             if self.store.generation != self._generation:
                 self._clean.clear()
                 self._generation = self.store.generation
-            sched = Scheduler(self.context, self.workers, self.order)
+            sched = Scheduler(self.context, self.workers if workers is None else workers, self.order)
             targets = tuple(t.key for t in tasks)
             tracker = self._tracker = Tracker(sched, tasks, self._expected.get(targets, 0))
             tally = dict(self.store.tally)
