@@ -12,12 +12,12 @@ Contract:
   arguments) up to date concurrently (`workers` at once for this build only) and returns their values. Other targets still finish when one fails; then the first failure is
   raised (BuildError, or CycleError) with every failure in `.errors`. Inside a running rule body
   it is a tracked fetch.
-- `b.observers`: callables `(targets, report)` called after each top-level build that succeeded.
-- `b.watch(view)`: a view's `started(build)` and `finished(build)` are called around every
-  top-level build, on the build's thread; meanwhile `b.progress()` (from any thread) is a
-  `progress.Progress` snapshot of the running build, and after it the settled last one. A view
-  that raises is logged and dropped for that build, never failing it. `b.keep_view_state(name,
-  value)` keeps a view's JSON value in the store for later sessions, `b.view_state(name)` reads it.
+- `b.watch(listener)` / `b.unwatch(listener)`, `b.listeners`: what is told about every top-level
+  build (report/listeners.py: `started(build)`, `finished(build)`, and `built(build, targets)`
+  after one that succeeded); meanwhile `b.progress()` (from any thread) is a `progress.Progress`
+  snapshot of the running build, and after it the settled last one. A listener that raises is
+  logged and dropped for that build, never failing it. `b.keep_view_state(name, value)` keeps a
+  view's JSON value in the store for later sessions, `b.view_state(name)` reads it.
 - `progress=`: True shows builds as a text line on stderr (console.TextProgress: redrawn on a
   terminal, a plain line every few seconds elsewhere, then the report's line), False does not;
   None (the default) reads NBBUILD_PROGRESS (1 or 0), else shows it when stderr is a terminal and
@@ -62,6 +62,7 @@ from .executors.hubs import HelperPool
 from .executors.pools import make_executor
 from .report.console import TextProgress, wanted
 from .report.metrics import Metrics, Session
+from .report.listeners import BuildListener, Listeners
 from .report.progress import Tracker, Watched
 from .report.report import BuildReport, TaskReport, make_report
 from .store import eviction as _bounds
@@ -78,7 +79,7 @@ log = logging.getLogger("nbbuild")
 _PATIENCE = 5.0
 
 
-class Build(Explaining, Watched, TeamCache):
+class Build(Explaining, Watched, Listeners, TeamCache):
     def __init__(self, path: str | os.PathLike = ".nbbuild", quota: int | str | None = None,
                  workers: int | None = None, *, min_free: int | str | None = None, eviction: str | None = None,
                  progress: bool | None = None, executor: Any = None, shared: str | None = None,
@@ -116,7 +117,6 @@ class Build(Explaining, Watched, TeamCache):
         self.report: BuildReport | None = None
         self.memory = Memory(self.store)
         self._tasks: dict[str, Task] = {}
-        self.observers: list[Callable[[list[Task], BuildReport], None]] = []
         self._failures: dict[str, str] = {}                  # task key -> why its last build failed
         self._attachments = Attachments(self.store)
         self._restored: dict[str, list[str]] = {}            # task key -> files its last check put back
@@ -126,7 +126,7 @@ class Build(Explaining, Watched, TeamCache):
         self._clean = CleanSet()
         self._generation = self.store.generation
         self._pool = HelperPool()
-        self.watchers: list[Any] = []
+        self.listeners: list[BuildListener] = []
         self._tracker: Tracker | None = None
         self._expected: dict[tuple[str, ...], int] = {}    # target keys -> tasks their last build checked
         self._session = Session()
@@ -234,7 +234,7 @@ class Build(Explaining, Watched, TeamCache):
             targets = tuple(t.key for t in tasks)
             tracker = self._tracker = Tracker(sched, tasks, self._expected.get(targets, 0))
             tally = dict(self.store.tally)
-            watching = self._notify("started", list(self.watchers))
+            listening = self._notify("started", list(self.listeners))
             before = self.report
             try:
                 values = self._run(tasks, sched, force, collect, start)
@@ -250,9 +250,8 @@ class Build(Explaining, Watched, TeamCache):
                     self._session.add(report, {k: v - tally.get(k, 0) for k, v in self.store.tally.items()},
                                       [(st.task.rule.name, st.seconds) for st in sched.order
                                        if st.outcome == "executed"])
-                self._notify("finished", watching)
-        for observe in list(self.observers):
-            observe(tasks, self.report)
+                self._notify("finished", listening)
+        self._notify("built", list(self.listeners), tasks)
         return values
 
     def _run(self, tasks: list[Task], sched: Scheduler, force: bool, collect: bool, start: float) -> list[Any]:

@@ -34,13 +34,14 @@ Contract:
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import Any, Sequence
 
 from IPython.core.error import UsageError
 
 from ..build import Build
 from ..settings import Settings
 from ..report.console import TextProgress, own_stderr
+from ..report.listeners import Listener
 from .auto import Auto
 from .closures import Closures
 from .cells import CAPTURE, FETCH, LAST, OWN, analyse
@@ -49,7 +50,17 @@ from .graph import TITLES, label, snapshot
 from .replay import MODULES, after_cell, rebound, replay
 from .versions import Versions, fingerprint, unchangeable
 
-__all__ = ["NotebookState"]
+__all__ = ["NotebookState", "Replay"]
+
+
+class Replay(Listener):
+    """After any build (a magic, or `model(alpha=0.1)` in a plain cell): the notebook's replay."""
+
+    def __init__(self, state: NotebookState):
+        self.state = state
+
+    def built(self, build: Any, targets: Sequence[Any]) -> None:
+        self.state.replay_reused(list(targets), build.report)
 
 
 class NotebookState:
@@ -80,7 +91,7 @@ class NotebookState:
         self.auto = Auto(shell)
         self.hooks = {FETCH: CellFetch(self), CAPTURE: CellCapture(self)}
         shell.user_ns.update(self.hooks)
-        self.build.observers.append(self.replay_reused)
+        self.build.watch(Replay(self))
         # a kernel's front end draws widgets; a terminal shell gets the text line
         self.rich = getattr(shell, "kernel", None) is not None
         shown = self.build.settings.view

@@ -29,6 +29,7 @@ import threading
 from typing import IO, Any, Callable
 
 from .formatting import seconds_text
+from .listeners import Listener
 from .progress import Progress
 
 __all__ = ["TextProgress", "line", "bar", "wanted", "own_stderr"]
@@ -78,7 +79,7 @@ def line(p: Progress, width: int = 100, names: Callable[[str], str] = str) -> st
     return text if len(text) <= width else text[:width - 1] + "…"
 
 
-class TextProgress:
+class TextProgress(Listener):
     def __init__(self, stream: IO[str] | None = None, summary: bool = True, delay: float = 0.3,
                  interval: float = 0.25, plain_interval: float = 5.0, names: Callable[[str], str] = str,
                  targets: bool = False):
