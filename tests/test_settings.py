@@ -138,3 +138,19 @@ def test_the_command_says_a_bad_variable_in_one_line(tmp_path, monkeypatch, caps
     assert main(["store", "info", "--dir", str(tmp_path / "nowhere")]) == 2
     assert capsys.readouterr().err == ("nbbuild store: NBBUILD_EVICTION: eviction policy 'fifo' not known: "
                                        "use one of gdsf, lru\n")
+
+
+def test_load_ext_says_a_bad_variable_in_one_line(tmp_path, monkeypatch):
+    from IPython.core.error import UsageError
+    from IPython.core.interactiveshell import InteractiveShell
+    from tests.shells import fresh_shell
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("NBBUILD_VIEW", "html")
+    shell = fresh_shell()
+    try:
+        with pytest.raises(UsageError, match=r"^nbbuild: NBBUILD_VIEW='html': use text \(the progress line on "
+                                             r"stderr\) or widget \(the default\)$"):
+            shell.run_line_magic("load_ext", "nbbuild")
+        assert getattr(shell, "_nbbuild_state", None) is None
+    finally:
+        InteractiveShell.clear_instance()
