@@ -344,8 +344,8 @@ class Build(Explaining, Watched, Listeners, TeamCache):
     def set_quota(self, quota: int | str | None, save: bool = True) -> None:
         """Change the store's quota ('unlimited' for none); `save` keeps it in the store for the
         sessions that follow (NBBUILD_QUOTA and Build(quota=) still come first there)."""
-        size = _bounds.size(quota, "quota")       # SettingError, nothing changed
-        size = None if size == math.inf else int(size)
+        found = _bounds.size(quota, "quota")       # SettingError, nothing changed
+        size = None if found == math.inf else int(found)
         with self._turn():
             self.store.quota = size
             self.store.quota_source = "saved in the store (%nbbuild store --quota)" if save else "set for this Build"

@@ -53,7 +53,7 @@ def store(state: NotebookState, words: list[str], options: Any) -> None:
         if options.shared is not None:
             b.share(options.shared, options.shared_readonly)
         if quota is not None:
-            b.set_quota(None if quota == math.inf else quota)
+            b.set_quota(None if quota == math.inf else int(quota))
         if min_free is not None:
             b.store.min_free = min_free
         if eviction is not None:
