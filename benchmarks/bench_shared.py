@@ -96,8 +96,9 @@ def bench_hit(url: str, fs, work: str, mb: int, repeat: int) -> dict:
 
 
 def _objects(url: str) -> dict:
+    from nbbuild.settings import read as read_settings
     from nbbuild.store.shared import open_tier
-    return open_tier(url, True).values()
+    return open_tier(url, True, read_settings()).values()
 
 
 def bench_noop(url: str, work: str, tasks: int) -> dict:

@@ -18,7 +18,8 @@ Files a rule body writes are its outputs: stored with its value and put back whe
 from __future__ import annotations
 
 from .build import Build, BuildReport, TaskReport
-from .errors import BuildError, Cancelled, CycleError, NbbuildError, OutsideRuleError, RuleError, UnknownTargetError
+from .errors import (BuildError, Cancelled, CycleError, NbbuildError, OutsideRuleError, RuleError, SettingError,
+                     UnknownTargetError)
 from .engine.files import file
 from .engine.outputs import output
 from .engine.rule import Rule
@@ -27,6 +28,7 @@ from .engine.task import Task
 __all__ = [
     "Build", "BuildReport", "TaskReport", "Rule", "Task", "file", "output",
     "NbbuildError", "BuildError", "CycleError", "RuleError", "UnknownTargetError", "OutsideRuleError", "Cancelled",
+    "SettingError",
 ]
 
 __version__ = "0.1.0"

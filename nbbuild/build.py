@@ -2,21 +2,22 @@
 
 Contract:
 - `Build(path, quota=, workers=, min_free=, eviction=)` opens (or creates) the store at `path`
-  with its bounds (eviction.resolve); also a context manager that closes it. `shared=URL` (or
+  with its bounds (eviction.resolve); the NBBUILD_* settings are read when it is made
+  (`b.settings`, settings.py; `settings=` gives them instead); also a context manager that closes it. `shared=URL` (or
   NBBUILD_SHARED) gives it a shared tier (shared.py, sharing.py; `shared_readonly=True` never
   uploads); closing waits up to NBBUILD_SHARED_WAIT seconds for its uploads. After each build the
   store is brought back within them (eviction.evict), and old metadata is pruned now and then. `@b.rule` / `@b.rule(policy=..., name=...)` registers rules by name (a rule of
   the same name replaces the earlier one, as re-running a notebook cell does).
-- `b.build(*targets)` brings targets (Tasks, or rules taking no arguments) up to date concurrently
-  and returns their values. Other targets still finish when one fails; then the first failure is
+- `b.build(*targets, force=False, workers=None)` brings targets (Tasks, or rules taking no
+  arguments) up to date concurrently (`workers` at once for this build only) and returns their values. Other targets still finish when one fails; then the first failure is
   raised (BuildError, or CycleError) with every failure in `.errors`. Inside a running rule body
   it is a tracked fetch.
-- `b.observers`: callables `(targets, report)` called after each top-level build that succeeded.
-- `b.watch(view)`: a view's `started(build)` and `finished(build)` are called around every
-  top-level build, on the build's thread; meanwhile `b.progress()` (from any thread) is a
-  `progress.Progress` snapshot of the running build, and after it the settled last one. A view
-  that raises is logged and dropped for that build, never failing it. `b.keep_view_state(name,
-  value)` keeps a view's JSON value in the store for later sessions, `b.view_state(name)` reads it.
+- `b.watch(listener)` / `b.unwatch(listener)`, `b.listeners`: what is told about every top-level
+  build (report/listeners.py: `started(build)`, `finished(build)`, and `built(build, targets)`
+  after one that succeeded); meanwhile `b.progress()` (from any thread) is a `progress.Progress`
+  snapshot of the running build, and after it the settled last one. A listener that raises is
+  logged and dropped for that build, never failing it. `b.keep_view_state(name, value)` keeps a
+  view's JSON value in the store for later sessions, `b.view_state(name)` reads it.
 - `progress=`: True shows builds as a text line on stderr (console.TextProgress: redrawn on a
   terminal, a plain line every few seconds elsewhere, then the report's line), False does not;
   None (the default) reads NBBUILD_PROGRESS (1 or 0), else shows it when stderr is a terminal and
@@ -40,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import math
 import os
 import threading
 import time
@@ -55,18 +57,20 @@ from .engine.state import DONE, Outcome
 from .engine.task import Task
 from .engine.trace import current
 from .engine.verified import CleanSet
-from .errors import BuildError, RuleError
+from .errors import BuildError, RuleError, SettingError
 from .executors.hubs import HelperPool
 from .executors.pools import make_executor
 from .executors.protocol import Executor
 from .report.console import TextProgress, wanted
 from .report.metrics import Metrics, Session
+from .report.listeners import BuildListener, Listeners
 from .report.progress import Tracker, Watched
 from .report.report import BuildReport, TaskReport, make_report
 from .store import eviction as _bounds
-from .store.eviction import parse_size
 from .store.memory import Memory
-from .store.shared import open_tier, upload_seconds
+from .store.shared import open_tier
+from .settings import Settings
+from .settings import read as read_settings
 from .team import TeamCache
 from .store.store import Store
 
@@ -76,31 +80,30 @@ log = logging.getLogger("nbbuild")
 _PATIENCE = 5.0
 
 
-class Build(Explaining, Watched, TeamCache):
+class Build(Explaining, Watched, Listeners, TeamCache):
     def __init__(self, path: str | os.PathLike = ".nbbuild", quota: int | str | None = None,
                  workers: int | None = None, *, min_free: int | str | None = None, eviction: str | None = None,
                  progress: bool | None = None, executor: Any = None, shared: str | None = None,
-                 shared_readonly: bool | None = None):
-        for name, size in (("quota", quota), ("min_free", min_free)):
-            try:
-                parse_size(size)
-            except ValueError as e:
-                raise RuleError(f"{name}: {e}") from None
+                 shared_readonly: bool | None = None, settings: Settings | None = None):
+        # the environment's NBBUILD_* settings, read now, once, for this Build's life (settings.py)
+        self.settings = read_settings() if settings is None else settings
+        for name, given in (("quota", quota), ("min_free", min_free)):
+            if given is not None:
+                _bounds.size(given, name)
         if workers is None:
             workers = min(4, os.cpu_count() or 1)
-        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-            raise RuleError(f"workers={workers!r}: give a whole number of at least 1")
+        _check_workers(workers)
         self._sched: Scheduler | None = None     # the running build's, while it runs
-        tier = open_tier(shared, shared_readonly)
+        tier = open_tier(shared, shared_readonly, self.settings)
         try:
             self.store = Store(path, shared=tier, held=self._held, on_room=_bounds.make_room)
         except OSError as e:
             raise RuleError(str(e)) from None
         try:
-            _bounds.resolve(self.store, quota, min_free, eviction)
-        except ValueError as e:
+            _bounds.resolve(self.store, quota, min_free, eviction, self.settings)
+        except SettingError:
             self.store.close()
-            raise RuleError(str(e)) from None
+            raise
         self.workers = workers
         self.executor = executor
         self._executors: dict[Any, Executor] = {}
@@ -115,7 +118,6 @@ class Build(Explaining, Watched, TeamCache):
         self.report: BuildReport | None = None
         self.memory = Memory(self.store)
         self._tasks: dict[str, Task] = {}
-        self.observers: list[Callable[[list[Task], BuildReport], None]] = []
         self._failures: dict[str, str] = {}                  # task key -> why its last build failed
         self._attachments = Attachments(self.store)
         self._restored: dict[str, list[str]] = {}            # task key -> files its last check put back
@@ -125,15 +127,11 @@ class Build(Explaining, Watched, TeamCache):
         self._clean = CleanSet()
         self._generation = self.store.generation
         self._pool = HelperPool()
-        self.watchers: list[Any] = []
+        self.listeners: list[BuildListener] = []
         self._tracker: Tracker | None = None
         self._expected: dict[tuple[str, ...], int] = {}    # target keys -> tasks their last build checked
         self._session = Session()
-        try:
-            shown = wanted(progress)
-        except ValueError as e:
-            raise RuleError(str(e)) from None
-        if shown:
+        if wanted(progress, self.settings.progress):
             self.watch(TextProgress())
         self._lock = threading.RLock()          # one build at a time
         # what the engine (scheduler, bodies, explain) uses of this Build, and nothing else of it
@@ -208,9 +206,12 @@ class Build(Explaining, Watched, TeamCache):
 
     # ------------------------------------------------------------ building
 
-    def build(self, *targets: Any, force: bool = False) -> list[Any]:
+    def build(self, *targets: Any, force: bool = False, workers: int | None = None) -> list[Any]:
         """Values of the targets, brought up to date. `force`: run the targets themselves even if
-        they are up to date (their dependencies are still only verified)."""
+        they are up to date (their dependencies are still only verified). `workers`: how many rule
+        bodies run at once in this build (None: the Build's `workers`, which stays as it was)."""
+        if workers is not None:
+            _check_workers(workers)
         tasks = [self._target(t) for t in targets]
         rec = current.get()
         if rec is not None and rec.scheduler.rules_owner is self:
@@ -230,11 +231,11 @@ class Build(Explaining, Watched, TeamCache):
             if self.store.generation != self._generation:
                 self._clean.clear()
                 self._generation = self.store.generation
-            sched = Scheduler(self.context, self.workers, self.order)
+            sched = Scheduler(self.context, self.workers if workers is None else workers, self.order)
             targets = tuple(t.key for t in tasks)
             tracker = self._tracker = Tracker(sched, tasks, self._expected.get(targets, 0))
             tally = dict(self.store.tally)
-            watching = self._notify("started", list(self.watchers))
+            listening = self._notify("started", list(self.listeners))
             before = self.report
             try:
                 values = self._run(tasks, sched, force, collect, start)
@@ -250,10 +251,8 @@ class Build(Explaining, Watched, TeamCache):
                     self._session.add(report, {k: v - tally.get(k, 0) for k, v in self.store.tally.items()},
                                       [(st.task.rule.name, st.seconds) for st in sched.order
                                        if st.outcome == Outcome.EXECUTED])
-                self._notify("finished", watching)
-        assert self.report is not None      # _run made this build's
-        for observe in list(self.observers):
-            observe(tasks, self.report)
+                self._notify("finished", listening)
+        self._notify("built", list(self.listeners), tasks)
         return values
 
     def _run(self, tasks: list[Task], sched: Scheduler, force: bool, collect: bool, start: float) -> list[Any]:
@@ -346,10 +345,8 @@ class Build(Explaining, Watched, TeamCache):
     def set_quota(self, quota: int | str | None, save: bool = True) -> None:
         """Change the store's quota ('unlimited' for none); `save` keeps it in the store for the
         sessions that follow (NBBUILD_QUOTA and Build(quota=) still come first there)."""
-        try:
-            size = parse_size(quota)
-        except ValueError as e:
-            raise RuleError(str(e)) from None
+        found = _bounds.size(quota, "quota")       # SettingError, nothing changed
+        size = None if found == math.inf else int(found)
         with self._turn():
             self.store.quota = size
             self.store.quota_source = "saved in the store (%nbbuild store --quota)" if save else "set for this Build"
@@ -393,13 +390,18 @@ class Build(Explaining, Watched, TeamCache):
                 log.debug("nbbuild: closing an executor failed", exc_info=True)
         self._executors.clear()
         self._pool.shutdown()
-        self.store.close(upload_seconds())
+        self.store.close(self.settings.shared_wait)
 
     def __enter__(self) -> Build:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _check_workers(workers: Any) -> None:
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise RuleError(f"workers={workers!r}: give a whole number of at least 1")
 
 
 @contextlib.contextmanager

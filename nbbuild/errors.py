@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from .engine.task import Task
 
 __all__ = ["NbbuildError", "BuildError", "CycleError", "RuleError", "UnknownTargetError", "OutsideRuleError",
-           "Cancelled", "CommandUsageError", "CommandFailed",
+           "Cancelled", "SettingError", "CommandUsageError", "CommandFailed",
            "SharedStoreError", "SharedUnreachable"]
 
 
@@ -54,6 +54,14 @@ class CycleError(NbbuildError):
         self.cycle = list(cycle)
         super().__init__("dependency cycle: " + " → ".join(map(repr, self.cycle))
                          + "; break it by removing one of these calls")
+
+
+class SettingError(RuleError, ValueError):
+    """A setting given a value it does not accept: an NBBUILD_* variable (settings.py), a Build's
+    bound (`quota=`, `min_free=`, `eviction=`) or a later change of one (`%nbbuild store --quota`,
+    `Store.set_policy`). The message names the setting, the value and what it accepts. Raised
+    where the setting is read or changed, before anything changed. A RuleError, as a bad argument
+    of a Build always was, and a ValueError."""
 
 
 class CommandUsageError(NbbuildError):

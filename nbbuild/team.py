@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import RuleError, SharedStoreError
 from .store import shared_eviction
 from .store.eviction import parse_size
+from .settings import read as read_settings
 from .store.shared import open_tier
 
 if TYPE_CHECKING:
@@ -32,8 +33,9 @@ class TeamCache:
 
     def share(self, url: str | None, readonly: bool = False) -> None:
         """Use the shared tier at `url` from now on (None: none), as `Build(shared=)` does; raises
-        SharedStoreError (no team key, a location that cannot be opened)."""
-        tier = open_tier(url, readonly) if url else None
+        SharedStoreError (no team key, a location that cannot be opened). The team key is the
+        environment's now (settings.read), which may differ from when the Build was made."""
+        tier = open_tier(url, readonly, read_settings()) if url else None
         with self._turn():
             self.store.share(tier)
 

@@ -548,3 +548,19 @@ def test_a_value_changed_in_place_after_it_was_built_is_replaced_by_the_stored_o
     b.build(items)[0].append(3)
     assert b.build(items)[0] == [1, 2] and calls == ["items"]
     assert "a value was changed in place after it was built" in caplog.text
+
+
+def test_workers_for_one_build_is_an_argument_and_the_default_stays(tmp_path):
+    import threading
+    together = threading.Barrier(3, timeout=30)       # passes only when three bodies run at once
+    with nbbuild.Build(tmp_path / "store", workers=1) as b:
+        @b.rule(policy="none")
+        def part(i):
+            together.wait()
+            return i
+
+        assert b.build(*(part.task(i) for i in range(3)), workers=3) == [0, 1, 2]
+        assert b.workers == 1
+        with pytest.raises(nbbuild.RuleError, match="workers=0: give a whole number of at least 1"):
+            b.build(part.task(0), workers=0)
+        assert b.workers == 1

@@ -228,6 +228,49 @@ def test_help_explains_every_option(ip, magic, words):
     assert all(w in doc for w in words)
 
 
+def test_build_and_nbbuild_declare_their_options_and_help_lists_them(ip, capsys):
+    # the options are declared (IPython's magic_arguments): `%build?` shows the parser's usage
+    assert ip.find_magic("build").__doc__.startswith("::\n\n  %build [--force] [--dry-run] [-j N] [--graph] [TARGET ...]")
+    assert "-j N, --jobs N  run up to N rules at once in this build" in ip.find_magic("build").__doc__
+    nbbuild_doc = ip.find_magic("nbbuild").__doc__
+    assert all(f"--{o}" in nbbuild_doc for o in ("quota SIZE", "min-free SIZE", "eviction POLICY", "shared URL",
+                                                "shared-readonly", "foreign"))
+
+
+@pytest.mark.parametrize("cell, message", [
+    ("%build raw --bogus", "%build: unrecognized arguments: --bogus; usage: %build TARGET [TARGET ...] [--force]"),
+    ("%build raw -j", "%build: argument -j/--jobs: expected one argument; usage: %build TARGET"),
+    ("%build raw -j 0", "%build: argument -j/--jobs: -j takes a whole number of at least 1, not '0'"),
+    ("%nbbuild status --quota 1GB", "%nbbuild status: --quota goes with store: %nbbuild store [--quota SIZE]"),
+    ("%nbbuild store --bogus", "%nbbuild: unrecognized arguments: --bogus; usage: %nbbuild store [--quota SIZE]"),
+    ("%nbbuild store --min-free lots", "%nbbuild store: --min-free: size 'lots' not understood"),
+    ("%nbbuild store --quota 1GB --eviction fifo",
+     "%nbbuild store: --eviction: eviction policy 'fifo' not known: use one of gdsf, lru"),
+])
+def test_a_bad_option_is_one_line_and_changes_nothing(ip, capsys, cell, message):
+    ip.run_cell(RAW)
+    store = ip._nbbuild_state.build.store
+    before = (store.quota, store.min_free, store.policy)
+    capsys.readouterr()
+    result = ip.run_cell(cell)
+    assert isinstance(result.error_in_exec, UsageError)
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.count("\n") == 1
+    assert (store.quota, store.min_free, store.policy) == before
+
+
+def test_options_go_anywhere_on_the_line_in_either_spelling(ip, capsys):
+    ip.run_cell(RAW)
+    b = ip._nbbuild_state.build
+    ip.run_cell("%nbbuild store gc --min-free=1MB --eviction LRU --quota 5GB")
+    assert (b.store.min_free, b.store.policy, b.store.quota) == (10**6, "lru", 5 * 10**9)
+    assert "evicted 0 values" in capsys.readouterr().out
+    ip.user_ns["calls"].clear()
+    assert ip.run_cell("%build -j 2 raw --force").error_in_exec is None
+    assert ip.run_cell("%build raw --jobs=3 --force").error_in_exec is None
+    assert ip.user_ns["calls"] == ["raw", "raw"] and b.workers == 1    # -j is for that build only
+
+
 def test_reload_ext_keeps_rules(ip):
     ip.run_cell(RAW)
     ip.run_line_magic("reload_ext", "nbbuild")

@@ -1,4 +1,5 @@
-"""Progress snapshots (report/progress.py) and build watchers: what a view sees during and after a build."""
+"""Progress snapshots (report/progress.py) and build listeners (report/listeners.py): what a view sees
+during and after a build."""
 from __future__ import annotations
 
 import time
@@ -10,7 +11,7 @@ from nbbuild.report.progress import ROW_LIMIT, SLOWEST
 
 
 class Recorder:
-    """A build watcher that notes its calls and the snapshot it was shown at the end."""
+    """A build listener that notes its calls and the snapshot it was shown at the end."""
 
     def __init__(self):
         self.events: list[str] = []
@@ -134,7 +135,7 @@ def test_a_fresh_process_knows_the_size_of_the_build_from_its_traces(store_dir, 
     assert seen[0].checked == 0 and seen[0].known == 5
 
 
-def test_watchers_see_every_top_level_build_and_no_nested_one(b):
+def test_listeners_see_every_top_level_build_and_no_nested_one(b):
     view = b.watch(Recorder())
 
     @b.rule
@@ -250,3 +251,45 @@ def test_outcomes_and_states_are_their_words_wherever_text_goes(b):
                                                                            "  up to date"]
     assert json.dumps({outcome: state}) == '{"executed": "up to date"}'
     assert {"executed": 1}[outcome] == 1
+
+
+def test_built_is_told_after_each_build_that_succeeded_with_its_targets(b):
+    from nbbuild.report.listeners import BuildListener, Listener
+
+    class Built(Listener):
+        def __init__(self):
+            self.seen = []
+
+        def built(self, build, targets):
+            self.seen.append(([repr(t) for t in targets], sorted(build.report.executed)))   # finishing order varies
+
+    view, told = b.watch(Recorder()), b.watch(Built())
+    assert b.listeners == [view, told] and isinstance(told, BuildListener)
+
+    @b.rule
+    def raw(n):
+        if n < 0:
+            raise ValueError(n)
+        return n
+
+    b.build(raw.task(1), raw.task(2))
+    raw(1)
+    with pytest.raises(nbbuild.BuildError):
+        raw(-1)
+    assert told.seen == [(["raw(1)", "raw(2)"], ["raw(1)", "raw(2)"]), (["raw(1)"], [])]
+    assert view.events == ["started", "finished"] * 3       # built is sent only to who defines it
+
+
+def test_a_listener_that_raises_in_built_is_logged_and_the_value_is_returned(b, caplog):
+    class Broken:
+        def built(self, build, targets):
+            raise RuntimeError("no replay")
+
+    b.watch(Broken())
+
+    @b.rule
+    def answer():
+        return 42
+
+    assert answer() == 42
+    assert "a build view failed in built" in caplog.text

@@ -38,6 +38,7 @@ Contract:
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import sys
@@ -45,7 +46,8 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
-from ..errors import CommandFailed as Failed, CommandUsageError as Usage
+from ..errors import CommandFailed as Failed, CommandUsageError as Usage, SettingError
+from ..settings import read as read_settings
 from .kernel import kernel as _kernel, session as _session, shown as _shown, store_dir as _store_dir, \
     text as _text, through as _through
 from ..notebook.auto import OFF_MARKER
@@ -86,7 +88,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     targets = _targets(args.target or [])
     runs = parameters.sets(args.parameters or [], args.file or [], args.sweep)
     written = _written(args.output, path, runs)
-    shown, store = _store_dir(path, args.dir)
+    shown, store = _store_dir(path, args.dir or args.settings.dir)
     only = f", building {' '.join(targets)} only" if targets else ""
     many = f", {len(runs)} parameter sets" if len(runs) > 1 else ""
     print(f"nbbuild: {args.notebook} in a fresh kernel{only}{many}; store {shown}", file=sys.stderr, flush=True)
@@ -193,7 +195,7 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 def _look(args: argparse.Namespace, command: str) -> Any:
     """The cell of `command` (a `%nbbuild` line) run after the notebook's rules are registered."""
     path, nb = _notebook(args.notebook)
-    _, store = _store_dir(path, args.dir)
+    _, store = _store_dir(path, args.dir or args.settings.dir)
     with _kernel(path, store) as run:
         failure = _through(run, _registered(nb), path.name)
         if failure is not None:
@@ -250,7 +252,7 @@ def cmd_store(args: argparse.Namespace) -> int:
         return _shared_store(args)
     if args.quota is not None:
         raise Usage("--quota goes with gc --shared (the local store's quota: %nbbuild store --quota, NBBUILD_QUOTA)")
-    where = args.dir or os.environ.get("NBBUILD_DIR") or ".nbbuild"
+    where = args.dir or args.settings.dir or ".nbbuild"
     path = Path(where)
     if not path.exists():
         raise Usage(f"no store at {where}: nothing was built there (a notebook's store is .nbbuild beside "
@@ -261,7 +263,7 @@ def cmd_store(args: argparse.Namespace) -> int:
     from ..build import Build
     from ..errors import NbbuildError
     try:
-        b = Build(path, workers=1, progress=False, shared="")
+        b = Build(path, workers=1, progress=False, shared="", settings=args.settings)
     except NbbuildError as e:
         raise Usage(f"store {where}: {e}") from None
     if args.foreign and args.action != "gc":
@@ -292,12 +294,13 @@ def _team_key(file: str | None) -> int:
 def _shared_store(args: argparse.Namespace) -> int:
     """`store info|gc --shared [URL]`: the shared tier alone; no local store is needed or touched."""
     import tempfile
-    url = args.shared or os.environ.get("NBBUILD_SHARED")
+    url = args.shared or args.settings.shared
     if not url:
         raise Usage("--shared needs a location: --shared URL, or set NBBUILD_SHARED")
     if args.action == "clear" or args.foreign:
         raise Usage("--shared goes with info and gc [--quota SIZE]; the shared tier is never cleared from here")
-    quota = args.quota if args.quota is not None else os.environ.get("NBBUILD_SHARED_QUOTA") or None
+    quota = args.quota if args.quota is not None else args.settings.shared_quota
+    quota = None if quota == math.inf else quota      # NBBUILD_SHARED_QUOTA=unlimited: none
     if args.action != "gc" and args.quota is not None:
         raise Usage("--quota goes with gc --shared")
     from ..build import Build
@@ -305,7 +308,7 @@ def _shared_store(args: argparse.Namespace) -> int:
     from ..notebook.views import shared_sweep, shared_text
     with tempfile.TemporaryDirectory(prefix="nbbuild-shared-") as local:
         try:
-            with Build(local, workers=1, progress=False, shared=url) as b:
+            with Build(local, workers=1, progress=False, shared=url, settings=args.settings) as b:
                 if args.action == "gc":
                     print(shared_sweep(b, quota))
                 print(shared_text(b))
@@ -385,7 +388,11 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        args.settings = read_settings()       # the NBBUILD_* variables, once, now (settings.py)
         return args.func(args)
+    except SettingError as e:
+        print(f"nbbuild {args.command}: {e}", file=sys.stderr)
+        return 2
     except Usage as e:
         print(f"nbbuild {args.command}: {e}", file=sys.stderr)
         return 2

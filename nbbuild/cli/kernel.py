@@ -47,11 +47,11 @@ def jupyter() -> tuple[Any, Any, Any, Any]:
 
 
 def store_dir(notebook: Path, given: str | None) -> tuple[str, str | None]:
-    """(the store the kernel opens, what NBBUILD_DIR to give it). A relative path means the one
-    typed here, not one under the notebook's folder, where the kernel runs."""
-    setting = given or os.environ.get("NBBUILD_DIR")
-    if setting:
-        return os.path.abspath(setting), os.path.abspath(setting)
+    """(the store the kernel opens, what NBBUILD_DIR to give it): `given` is --dir, else the
+    NBBUILD_DIR setting as read. A relative path means the one typed here, not one under the
+    notebook's folder, where the kernel runs."""
+    if given:
+        return os.path.abspath(given), os.path.abspath(given)
     return str(notebook.parent / ".nbbuild"), None
 
 

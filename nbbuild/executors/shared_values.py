@@ -38,11 +38,12 @@ class SharedValue:
 def _tier(url: str) -> Any:
     """The tier at `url` as this worker can open it, or None (no team key here)."""
     if url not in _tiers:
-        from ..errors import SharedStoreError
+        from ..errors import SettingError, SharedStoreError
+        from ..settings import read
         from ..store.shared import open_tier
         try:
-            _tiers[url] = open_tier(url, False)
-        except SharedStoreError as e:
+            _tiers[url] = open_tier(url, False, read())     # this worker's environment: its team key
+        except (SharedStoreError, SettingError) as e:
             log.warning("nbbuild: this worker does not use the shared store (%s); values go through the kernel", e)
             _tiers[url] = None
     return _tiers[url]

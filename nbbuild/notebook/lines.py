@@ -7,22 +7,32 @@ Contract:
   their form here; the Rule checks what they mean (an unknown executor, a timeout of 0).
 - `split_targets(line)` -> the words of a `%build` line, a call such as `model(alpha = 0.1)`
   being one word.
+- `parse(magic, words, usage)`: the words parsed by the parser `magic_arguments` made from the
+  magic's declared options (options and positional words in any order); a bad option is one
+  UsageError line naming the magic, what is wrong and `usage`.
+- `workers(text)`: the type of `%build -j N`: a whole number of at least 1.
 """
 from __future__ import annotations
 
+import argparse
 import re
 import shlex
-from typing import Any
+from typing import Any, Callable
 
 from IPython.core.error import UsageError
 
 from ..engine.rule import POLICIES
 
-__all__ = ["parse_rule_line", "split_targets"]
+__all__ = ["parse_rule_line", "split_targets", "parse", "workers", "BUILD_USAGE", "NBBUILD_USAGE", "STORE_USAGE"]
 
 _SIGNATURE = re.compile(r"^\s*([^\s(]+)\s*\((.*)\)(.*)$", re.S)
 
 
+BUILD_USAGE = "%build TARGET [TARGET ...] [--force] [--dry-run] [-j N] [--graph]"
+NBBUILD_USAGE = ("%nbbuild status | why TARGET | graph [TARGET] | store [--quota SIZE] [gc [--foreign] | clear]"
+                 " | metrics | auto [on|off] | dashboard [TARGET] (%nbbuild? for help)")
+STORE_USAGE = ("%nbbuild store [--quota SIZE] [--min-free SIZE] [--eviction gdsf|lru] "
+               "[--shared URL [--shared-readonly]] [gc [--foreign] | clear]")
 _RULE_USAGE = ("usage: %%rule [NAME] [--lazy] [--policy P] [--executor E] [--timeout S] [--retries N]")
 
 
@@ -93,3 +103,17 @@ def split_targets(line: str) -> list[str]:
     if depth > 0:
         raise UsageError(f"%build: unbalanced brackets in {line.strip()!r}")
     return words + ([current] if current else [])
+
+
+def parse(magic: Callable, words: list[str], usage: str) -> argparse.Namespace:
+    """The options `magic` declares (IPython's magic_arguments), read from `words`."""
+    try:
+        return magic.parser.parse_intermixed_args(words)     # type: ignore[attr-defined]
+    except UsageError as e:    # what argparse says (MagicArgumentParser.error), in one line
+        raise UsageError(f"%{magic.__name__}: {e}; usage: {usage}") from None
+
+
+def workers(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"-j takes a whole number of at least 1, not {text!r}")
+    return int(text)

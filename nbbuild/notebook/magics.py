@@ -49,23 +49,22 @@ import cloudpickle
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, argument_group, magic_arguments
 
 from ..errors import BuildError, CycleError, NbbuildError
 from ..engine import randomness
+from ..settings import read as read_settings
 from .cells import LAST, OWN, analyse, compile_cell, parse_signature
 from .replay import GENERATORS, ORIGINS, REBOUND, SETTINGS, show_result
 from .versions import identity
 from . import ambient, views
 from .graph import label
-from .lines import parse_rule_line, split_targets
+from .lines import BUILD_USAGE, NBBUILD_USAGE, STORE_USAGE, parse, parse_rule_line, split_targets, workers
 from .state import NotebookState
 
 __all__ = ["NbbuildMagics", "load_ipython_extension", "unload_ipython_extension"]
 
 
-_NBBUILD_USAGE = ("%nbbuild status | why TARGET | graph [TARGET] | store [--quota SIZE] [gc [--foreign] | clear]"
-                  " | metrics | auto [on|off]"
-                  " | dashboard [TARGET] (%nbbuild? for help)")
 @magics_class
 class NbbuildMagics(Magics):
     shell: InteractiveShell     # Magics allows None; these magics are always registered with a shell
@@ -244,67 +243,61 @@ class NbbuildMagics(Magics):
         except NbbuildError as e:
             raise UsageError(label(str(e))) from None
 
+    @magic_arguments()
+    @argument("targets", nargs="*", metavar="TARGET",
+              help="a name (its latest version), a rule's name, or a call of a parametric rule such as "
+                   "model(alpha=0.1) (its value is the cell's result)")
+    @argument("--force", action="store_true",
+              help="run the targets themselves again (what they read is still only checked)")
+    @argument("--dry-run", action="store_true", help="say what would run and why; run nothing")
+    @argument("-j", "--jobs", type=workers, metavar="N",
+              help="run up to N rules at once in this build (threads; rule bodies must be thread-safe)")
+    @argument("--graph", action="store_true", help="show the task graph in the build view, coloured as tasks run")
     @line_magic
     def build(self, line: str) -> Any:
         """Bring targets up to date, running only what is stale, and bind their outputs.
-
-        %build TARGET [TARGET ...] [--force] [--dry-run] [-j N] [--graph]
-
-        TARGET        a name (its latest version), a rule's name, or a call of a parametric rule
-                      such as model(alpha=0.1) (its value is the cell's result)
-        --force       run the targets themselves again (what they read is still only checked)
-        --dry-run     say what would run and why; run nothing
-        -j N          run up to N rules at once (threads; rule bodies must be thread-safe)
-        --graph       show the task graph in the build view, coloured as tasks run
 
         While it runs, a live view shows the progress, the task running now and each task's
         outcome; it settles into one line: how many rules ran, were reused and failed, the time
         taken and the time saved. A reused target shows again what it printed and displayed
         when it ran.
         """
-        words = split_targets(line)
-        targets, jobs, force, dry, graph, it = [], None, False, False, False, iter(words)
-        for w in it:
-            if w == "--force":
-                force = True
-            elif w == "--graph":
-                graph = True
-            elif w == "--dry-run":
-                dry = True
-            elif w in ("-j", "--jobs"):
-                jobs = next(it, "")
-                if not jobs.isdigit() or int(jobs) < 1:
-                    raise UsageError(f"%build: -j takes a whole number of at least 1, not {jobs!r}")
-            elif w.startswith("-"):
-                raise UsageError(f"%build: unknown option {w!r}; usage: %build TARGET [TARGET ...] "
-                                 "[--force] [--dry-run] [-j N] [--graph]")
-            else:
-                targets.append(w)
-        if not targets:
-            raise UsageError("%build: name at least one target: %build TARGET [TARGET ...]")
-        tasks = [self._task(t) for t in targets]
-        if dry:
+        args = parse(self.build, split_targets(line), BUILD_USAGE)
+        if not args.targets:
+            raise UsageError(f"%build: name at least one target: {BUILD_USAGE}")
+        tasks = [self._task(t) for t in args.targets]
+        if args.dry_run:
             plan = self.state.build.plan(*tasks)
             for task, reason in plan:
                 print(label(f"would run: {task} — {reason}"))
             if not plan:
                 print("nothing would run: everything is up to date")
             return None
-        if graph and hasattr(self.state.view, "graph_for"):
+        if args.graph and hasattr(self.state.view, "graph_for"):
             self.state.view.graph_for(tasks)
-        workers = self.state.build.workers
-        if jobs:
-            self.state.build.workers = int(jobs)
-        try:
-            values = self._build(tasks, summary=True, force=force)
-        finally:
-            self.state.build.workers = workers
+        values = self._build(tasks, summary=True, force=args.force, workers=args.jobs)
         calls = [v for t, v in zip(tasks, values) if t.rule.name in self.state.parametric]
         return calls[0] if len(tasks) == 1 and calls else None
 
+    @magic_arguments()
+    @argument("command", nargs="?", default="", metavar="COMMAND",
+              help="status, why, graph, dashboard, store, metrics or auto (above)")
+    @argument("words", nargs="*", metavar="ARG",
+              help="TARGET for why, graph and dashboard: a name (its latest version), a rule's name, or a "
+                   "call such as model(alpha=0.1); gc or clear for store; on or off for auto")
+    @argument_group("options of store")
+    @argument("--quota", metavar="SIZE", help="set the quota ('5 GB', '500MB', bytes, 'unlimited'); kept in "
+              "the store for later sessions (NBBUILD_QUOTA comes first)")
+    @argument("--min-free", metavar="SIZE", help="free disk space to keep: values are evicted below it")
+    @argument("--eviction", metavar="POLICY", help="gdsf or lru: what goes first: gdsf weighs recompute time, size and "
+              "use (default); lru the least recently used")
+    @argument("--shared", metavar="URL", help="a team's shared tier behind the store from now on "
+              "(s3://bucket/prefix, a shared folder; needs NBBUILD_TEAM_KEY): README \"Team cache\"")
+    @argument("--shared-readonly", action="store_true", help="with --shared: read it, never upload")
+    @argument("--foreign", action="store_true", help="with gc: remove the entries other keys signed")
     @line_magic
     def nbbuild(self, line: str) -> None:
-        """Look at the build; nothing runs.
+        """Look at the build; nothing runs (but for `store`: its options, gc and clear).
 
         %nbbuild status            every rule: up to date / stale / never built / failed / not
                                    stored, its last run time, its stored size, and why
@@ -314,18 +307,12 @@ class NbbuildMagics(Magics):
                                    from each input to what reads it. SVG in a notebook, drawn
                                    with Graphviz (or Mermaid where none is); a tree in a terminal
         %nbbuild store             where the store is, its size against its quota
-        %nbbuild store --quota SIZE   set the quota ('5 GB', '500MB', bytes, 'unlimited'); kept
-                                   in the store for later sessions (NBBUILD_QUOTA comes first)
-        %nbbuild store --min-free SIZE   free disk space to keep: values are evicted below it
-        %nbbuild store --eviction gdsf|lru   what goes first: gdsf weighs recompute time, size
-                                   and use (default); lru the least recently used
+        %nbbuild store --quota SIZE [--min-free SIZE] [--eviction P] [--shared URL]   set its
+                                   bounds, or put a team's shared tier behind it (options below)
         %nbbuild store gc          evict now, down to the quota; prune old traces
         %nbbuild store gc --foreign   remove the entries other keys signed (other users,
                                    another XDG_CONFIG_HOME): kept until then, never loaded
         %nbbuild store clear       empty the store of your entries: every rule runs again
-        %nbbuild store --shared URL [--shared-readonly]   a team's shared tier behind the
-                                   store from now on (s3://bucket/prefix, a shared folder;
-                                   needs NBBUILD_TEAM_KEY): README "Team cache"
         %nbbuild metrics           the last build and this session: tasks ran / reused /
                                    verified, time spent and saved, hit rate, bytes read and
                                    written, evictions, the slowest rules; the store's size
@@ -341,16 +328,22 @@ class NbbuildMagics(Magics):
         TARGET is a name (its latest version), a rule's name, or a call such as model(alpha=0.1).
         """
         words = split_targets(line)
-        command, rest = (words[0], words[1:]) if words else ("", [])
-        if command == "status" and not rest:
+        store = bool(words) and words[0] == "store"
+        args = parse(self.nbbuild, words, STORE_USAGE if store else NBBUILD_USAGE)
+        command, rest = args.command, args.words
+        given = [o for o in ("quota", "min_free", "eviction", "shared", "shared_readonly", "foreign")
+                 if getattr(args, o) not in (None, False)]
+        if command == "store":
+            views.store(self.state, rest, args)
+        elif given:
+            raise UsageError(f"%nbbuild {command}: --{given[0].replace('_', '-')} goes with store: {STORE_USAGE}")
+        elif command == "status" and not rest:
             views.status(self.state)
         elif command == "why" and len(rest) == 1:
             print(label(self.state.build.why(self._task(rest[0]))))
         elif command in ("graph", "dashboard") and len(rest) <= 1:
             targets = [self._task(rest[0])] if rest else None
             views.graph(self.state, targets, dashboard=command == "dashboard")
-        elif command == "store":
-            views.store(self.state, rest)
         elif command == "metrics" and not rest:
             views.metrics(self.state)
         elif command == "auto" and (not rest or rest == ["on"] or rest == ["off"]):
@@ -360,15 +353,15 @@ class NbbuildMagics(Magics):
                 self.state.auto.on()
         else:
             said = f"%nbbuild: {line.strip()!r}? " if line.strip() else ""
-            raise UsageError(f"{said}usage: {_NBBUILD_USAGE}")
+            raise UsageError(f"{said}usage: {NBBUILD_USAGE}")
 
     # ------------------------------------------------------------ helpers
 
-    def _build(self, tasks: list, summary: bool, force: bool = False) -> list[dict]:
+    def _build(self, tasks: list, summary: bool, force: bool = False, workers: int | None = None) -> list[dict]:
         b = self.state.build
         before = b.report
         try:
-            values = b.build(*tasks, force=force)
+            values = b.build(*tasks, force=force, workers=workers)
         except CycleError as e:
             raise UsageError(label(str(e))) from None
         except KeyboardInterrupt as e:
@@ -439,9 +432,10 @@ def _picklable(value: Any) -> bool:
 def load_ipython_extension(shell: Any) -> None:
     state = getattr(shell, "_nbbuild_state", None)
     if state is None:
-        path = os.environ.get("NBBUILD_DIR") or os.path.join(os.getcwd(), ".nbbuild")
         try:
-            state = shell._nbbuild_state = NotebookState(shell, path)
+            settings = read_settings()      # once, now: a `%env NBBUILD_...` before %load_ext counts
+            path = settings.dir or os.path.join(os.getcwd(), ".nbbuild")
+            state = shell._nbbuild_state = NotebookState(shell, path, settings)
         except NbbuildError as e:
             raise UsageError(f"nbbuild: {e}") from None
     shell.user_ns.update(state.hooks)

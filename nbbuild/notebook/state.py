@@ -3,14 +3,14 @@ which rule, and how builds are shown. The magics read and change it; it lives on
 `%reload_ext nbbuild` keeps it.
 
 Contract:
-- `NotebookState(shell, path)` opens a Build at `path` with `workers=1` (rule bodies on the
-  kernel's thread), puts the fetch and capture hooks that compiled cells call into the user
+- `NotebookState(shell, path, settings)` opens a Build at `path` with `workers=1` (rule bodies on the
+  kernel's thread) and the NBBUILD_* settings as read at `%load_ext` (settings.py), puts the fetch and capture hooks that compiled cells call into the user
   namespace (`hooks`: elsewhere.CellFetch, CellCapture, which also work in a worker), and
   replays, after every build, what reused targets showed when they ran.
 - `view` shows every top-level build: in a Jupyter kernel the live widget (widgets.BuildView,
   whose box settles into the report's line), elsewhere (terminal IPython) the text line on stderr
   (console.TextProgress; NBBUILD_PROGRESS=0 turns it off). With `NBBUILD_VIEW=text` (what `nbbuild run` sets; `widget` is the
-  default, anything else one UsageError line) a kernel shows the text line too, on the kernel
+  default, anything else one SettingError line) a kernel shows the text line too, on the kernel
   process's own stderr (the terminal of a headless run, not the cell's output), each build's
   report line after it led by its targets. `rich` says whether the front end takes widgets and SVG.
 - `versions` (versions.Versions) says which rule bound the latest version of each name, as cells
@@ -34,14 +34,15 @@ Contract:
 from __future__ import annotations
 
 import importlib
-import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 from IPython.core.error import UsageError
 
 from ..build import Build
 from ..engine.explain import Standing
+from ..settings import Settings
 from ..report.console import TextProgress, own_stderr
+from ..report.listeners import Listener
 from .auto import Auto
 from .closures import Closures
 from .cells import CAPTURE, FETCH, LAST, OWN, analyse
@@ -53,15 +54,25 @@ from .versions import Versions, fingerprint, unchangeable
 if TYPE_CHECKING:
     from ..report.report import BuildReport
 
-__all__ = ["NotebookState"]
+__all__ = ["NotebookState", "Replay"]
+
+
+class Replay(Listener):
+    """After any build (a magic, or `model(alpha=0.1)` in a plain cell): the notebook's replay."""
+
+    def __init__(self, state: NotebookState):
+        self.state = state
+
+    def built(self, build: Any, targets: Sequence[Any]) -> None:
+        self.state.replay_reused(list(targets), build.report)
 
 
 class NotebookState:
     """The notebook's Build and which rule produces which name."""
 
-    def __init__(self, shell: Any, path: str):
+    def __init__(self, shell: Any, path: str, settings: Settings | None = None):
         self.shell = shell
-        self.build = Build(path, workers=1, progress=False)
+        self.build = Build(path, workers=1, progress=False, settings=settings)
         self.versions = Versions()
         self.outputs: dict[str, tuple[str, ...]] = {}
         self.inputs: dict[str, tuple[str, ...]] = {}
@@ -84,12 +95,10 @@ class NotebookState:
         self.auto = Auto(shell)
         self.hooks = {FETCH: CellFetch(self), CAPTURE: CellCapture(self)}
         shell.user_ns.update(self.hooks)
-        self.build.observers.append(self.replay_reused)
+        self.build.watch(Replay(self))
         # a kernel's front end draws widgets; a terminal shell gets the text line
         self.rich = getattr(shell, "kernel", None) is not None
-        shown = os.environ.get("NBBUILD_VIEW", "").strip().lower()
-        if shown not in ("", "widget", "text"):
-            raise UsageError(f"NBBUILD_VIEW={shown!r}: use text (the progress line on stderr) or widget (the default)")
+        shown = self.build.settings.view
         if self.rich and shown != "text":
             from .widgets import BuildView
             from .draw import html
@@ -99,7 +108,7 @@ class NotebookState:
             self.view = TextProgress(stream=own_stderr(), names=label, targets=True)
         else:
             self.view = TextProgress(summary=False, names=label)
-        if self.rich or os.environ.get("NBBUILD_PROGRESS", "").strip() not in ("0", "false", "no", "off"):
+        if self.rich or self.build.settings.progress is not False:
             self.build.watch(self.view)     # a terminal shell's line can be turned off: NBBUILD_PROGRESS=0
 
     def pre_run_cell(self, info: Any = None) -> None:

@@ -7,16 +7,17 @@ Bad input is one UsageError line.
 """
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 from IPython.display import display
 
 from ..errors import NbbuildError
-from ..store.eviction import POLICIES as EVICTIONS
-from ..store.eviction import parse_size
+from ..store.eviction import policy, size
 from .draw import render
 from .graph import collapse, size_text, table, tree
+from .lines import STORE_USAGE
 from .state import NotebookState
 from .widgets import dashboard as board
 from .widgets import metrics_text, metrics_view, show
@@ -34,51 +35,36 @@ def status(state: NotebookState) -> None:
 
 
 
-def store(state: NotebookState, words: list[str]) -> None:
-    """`%nbbuild store ...`: set the bounds, gc or clear, then say where the store stands."""
+def store(state: NotebookState, words: list[str], options: Any) -> None:
+    """`%nbbuild store ...`: set the bounds, gc or clear, then say where the store stands. Every
+    value given is checked before any is set: a bad one is one line, and nothing changed."""
     b = state.build
-    action, it = None, iter(words)
-    usage = ("usage: %nbbuild store [--quota SIZE] [--min-free SIZE] [--eviction gdsf|lru] "
-             "[--shared URL [--shared-readonly]] [gc [--foreign] | clear]")
-    others = "--foreign" in words
-    readonly = "--shared-readonly" in words
-    words = [w for w in words if w not in ("--foreign", "--shared-readonly")]
-    it = iter(words)
-    shared = None
-    for w in it:
-        option, _, given = w.partition("=")
-        if option in ("--quota", "--min-free", "--eviction"):
-            value = given or next(it, "")
-            try:
-                if option == "--quota":
-                    b.set_quota(value)
-                elif option == "--min-free":
-                    b.store.min_free = parse_size(value) or 0
-                elif value.lower() in EVICTIONS:
-                    b.store.policy = value.lower()
-                else:
-                    raise ValueError(f"eviction policy {value!r} not known: use gdsf or lru")
-            except (ValueError, NbbuildError) as e:
-                raise UsageError(f"%nbbuild store: {e}") from None
-        elif w.partition("=")[0] == "--shared":
-            shared = w.partition("=")[2] or next(it, "")
-            if not shared:
-                raise UsageError(f"%nbbuild store: --shared needs a location (s3://bucket/prefix, a folder). {usage}")
-        elif w in ("gc", "clear") and action is None:
-            action = w
-        else:
-            raise UsageError(f"%nbbuild store: {w!r}? {usage}")
-    if others and action != "gc":
-        raise UsageError(f"%nbbuild store: --foreign goes with gc only: %nbbuild store gc --foreign")
-    if readonly and shared is None:
+    usage = f"usage: {STORE_USAGE}"
+    if len(words) > 1 or (words and words[0] not in ("gc", "clear")):
+        raise UsageError(f"%nbbuild store: {' '.join(words)!r}? {usage}")
+    action = words[0] if words else None
+    if options.foreign and action != "gc":
+        raise UsageError("%nbbuild store: --foreign goes with gc only: %nbbuild store gc --foreign")
+    if options.shared_readonly and options.shared is None:
         raise UsageError("%nbbuild store: --shared-readonly goes with --shared URL")
-    if shared is not None:
-        try:
-            b.share(shared, readonly)
-        except NbbuildError as e:
-            raise UsageError(f"%nbbuild store: {e}") from None
+    if options.shared == "":
+        raise UsageError(f"%nbbuild store: --shared needs a location (s3://bucket/prefix, a folder). {usage}")
+    try:
+        quota = None if options.quota is None else size(options.quota, "--quota")
+        min_free = None if options.min_free is None else size(options.min_free, "--min-free")
+        eviction = None if options.eviction is None else policy(options.eviction, "--eviction")
+        if options.shared is not None:
+            b.share(options.shared, options.shared_readonly)
+        if quota is not None:
+            b.set_quota(None if quota == math.inf else int(quota))
+        if min_free is not None:
+            b.store.min_free = min_free  # type: ignore[assignment]  # the setter takes a size (eviction.Bounds)
+        if eviction is not None:
+            b.store.policy = eviction
+    except NbbuildError as e:
+        raise UsageError(f"%nbbuild store: {e}") from None
     if action is not None:
-        print(sweep(b, action, others))
+        print(sweep(b, action, options.foreign))
     print(store_text(b))
 
 

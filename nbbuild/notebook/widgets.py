@@ -38,6 +38,7 @@ from IPython.display import display
 
 from ..engine.state import Outcome
 from ..report.console import line
+from ..report.listeners import Listener
 from ..report.formatting import seconds_text as _secs, size_text as _size
 from ..report.metrics import Metrics
 from ..report.progress import Progress
@@ -89,7 +90,7 @@ def rows_html(p: Progress) -> str:
     return f'{_STYLE}{head}<div class="nbbuild-scroll"><table class="nbbuild-rows">{body}</table></div>'
 
 
-class BuildView:
+class BuildView(Listener):
     def __init__(self, interval: float = 0.5, snapshot: Callable[[list], Any] | None = None,
                  draw: Callable[[Any, dict | None], str] | None = None, first: float = 0.25,
                  bar_every: float = 1.0):

@@ -17,9 +17,9 @@ Contract:
 - `line(progress, width)` is the text of one snapshot, used by the widget's plain-text form too.
 - `own_stderr()`: this process's own stderr as a stream, also in a Jupyter kernel (which sends
   fd 2 to the cell's output): where a kernel that `nbbuild run` started draws the line.
-- `wanted(progress)`: whether a Build shows this view (its `progress=` argument): True or False
-  as given; None reads NBBUILD_PROGRESS (1 or 0; anything else is a ValueError in one line),
-  else yes when stderr is a terminal and no Jupyter kernel runs in this process.
+- `wanted(progress, setting)`: whether a Build shows this view (its `progress=` argument): True or
+  False as given; None follows the setting (NBBUILD_PROGRESS as read, settings.py) when there is
+  one, else yes when stderr is a terminal and no Jupyter kernel runs in this process.
 """
 from __future__ import annotations
 
@@ -29,21 +29,17 @@ import threading
 from typing import IO, Any, Callable
 
 from .formatting import seconds_text
+from .listeners import Listener
 from .progress import Progress
 
 __all__ = ["TextProgress", "line", "bar", "wanted", "own_stderr"]
 
 
-def wanted(progress: bool | None) -> bool:
+def wanted(progress: bool | None, setting: bool | None = None) -> bool:
     if progress is not None:
         return bool(progress)
-    setting = os.environ.get("NBBUILD_PROGRESS", "").strip().lower()
-    if setting in ("1", "true", "yes", "on"):
-        return True
-    if setting in ("0", "false", "no", "off"):
-        return False
-    if setting:
-        raise ValueError(f"NBBUILD_PROGRESS={setting!r}: use 1 (show builds on stderr) or 0 (do not)")
+    if setting is not None:
+        return setting
     try:
         terminal = sys.stderr is not None and sys.stderr.isatty()
     except (AttributeError, ValueError):
@@ -83,7 +79,7 @@ def line(p: Progress, width: int = 100, names: Callable[[str], str] = str) -> st
     return text if len(text) <= width else text[:width - 1] + "…"
 
 
-class TextProgress:
+class TextProgress(Listener):
     def __init__(self, stream: IO[str] | None = None, summary: bool = True, delay: float = 0.3,
                  interval: float = 0.25, plain_interval: float = 5.0, names: Callable[[str], str] = str,
                  targets: bool = False):

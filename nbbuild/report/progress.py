@@ -14,8 +14,9 @@ Contract:
 - `finish(report, error)` settles the tracker: the last snapshot has `done` set, the report's line
   as `summary` (when the build got as far as a report: failed builds do) and, when it raised,
   why in `error` ("interrupted" for an interrupt).
-- `Watched`, a part of Build (mixed in), keeps the views that watch its builds (Build's contract),
-  and what a view keeps across sessions: `keep_view_state(name, value)` writes a JSON value to the
+- `Watched`, a part of Build (mixed in): `progress()`, the running build's snapshot, read from any
+  thread (the listeners that show builds, listeners.py, call it from their ticker threads), and
+  what a view keeps across sessions: `keep_view_state(name, value)` writes a JSON value to the
   store under `name` (None removes it; a store that cannot be written is the store's to report),
   `view_state(name)` reads it back in a later session, None when there is none or it cannot be read.
 """
@@ -184,34 +185,10 @@ _VIEW = "view:"      # the store's settings a view keeps: apart from the store's
 
 
 class Watched:
-    """A part of Build (mixed in): the views that watch its builds (`watch`, `unwatch`), told when
-    each top-level build starts and finishes (`_notify`), `progress()`, their snapshot, and what
-    they keep across sessions (`view_state`, `keep_view_state`)."""
-
-    watchers: list[Any]             # Build's (build.py)
+    """A part of Build (mixed in): `progress()`, the snapshot its listeners (listeners.py) read, and
+    what views keep across sessions (`view_state`, `keep_view_state`)."""
     _tracker: Tracker | None
     store: Store
-
-    def _notify(self, event: str, views: list[Any]) -> list[Any]:
-        """Call each view's `event`; those that raise are logged and left out of the rest."""
-        ok = []
-        for view in views:
-            try:
-                getattr(view, event)(self)
-                ok.append(view)
-            except Exception:  # a view is the user's or the notebook's: it must not fail the build
-                log.warning("nbbuild: a build view failed in %s", event, exc_info=True)
-        return ok
-
-    def watch(self, view: Any) -> Any:
-        """Show builds in `view` (see the module's contract); returns it. `unwatch` stops that."""
-        if view not in self.watchers:
-            self.watchers.append(view)
-        return view
-
-    def unwatch(self, view: Any) -> None:
-        if view in self.watchers:
-            self.watchers.remove(view)
 
     def view_state(self, name: str) -> Any:
         """What a view kept under `name` (keep_view_state), maybe in an earlier session; None if nothing."""

@@ -4,8 +4,14 @@ Contract:
 - `parse_size("2 GB")` reads sizes: bytes, or a number with a unit (B, KB, MB, GB, TB in powers
   of 1000; KiB, MiB, GiB, TiB in powers of 1024); "none" or "unlimited" is no limit (None).
   Anything else is a ValueError whose message says what is accepted.
-- `resolve(store, quota, min_free, policy)` sets the store's bounds, first found wins: the
-  argument, then the environment (NBBUILD_QUOTA, NBBUILD_MIN_FREE, NBBUILD_EVICTION), then what
+- `size(value, name)` and `policy(value, name)` validate a setting (a Build's argument, an NBBUILD_*
+  variable, a later change of the store's bounds): bytes (math.inf for no limit) and a policy's
+  name in lower case; anything else is a SettingError naming `name`, the value and what is accepted.
+- `Bounds`, a part of Store (mixed in): its `quota` (bytes, None: no limit), `min_free` (bytes of
+  free disk to keep, 0: no floor) and `policy`, each validated when set (a number, `2 GB`,
+  `unlimited`; `LRU`): a bad value is a SettingError and changes nothing.
+- `resolve(store, quota, min_free, policy, settings)` sets the store's bounds, first found wins: the
+  argument, then the environment as read (settings.py: NBBUILD_QUOTA, NBBUILD_MIN_FREE, NBBUILD_EVICTION), then what
   `%nbbuild store --quota` saved in the store, then the defaults: a quota of 10% of the disk space
   the store could use (free space plus what it holds), at most 20 GB; a floor of free disk space
   of 5% of the disk, at most 2 GB; the policy "gdsf".
@@ -34,11 +40,15 @@ import os
 import re
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
+from ..errors import SettingError
 from .foreign import base
 
-__all__ = ["parse_size", "resolve", "evict", "make_room", "prune", "Candidate", "POLICIES", "order",
+if TYPE_CHECKING:
+    from ..settings import Settings
+
+__all__ = ["parse_size", "size", "policy", "Bounds", "resolve", "evict", "make_room", "prune", "Candidate", "POLICIES", "order",
            "DEFAULT_SHARE", "DEFAULT_CAP", "LOW_WATER"]
 
 log = logging.getLogger("nbbuild")
@@ -77,44 +87,83 @@ def parse_size(size: int | float | str | None) -> int | None:
 
 # ---------------------------------------------------------------- bounds
 
-def resolve(store, quota=None, min_free=None, policy=None) -> None:
-    """Set store.quota, store.min_free, store.policy and store.quota_source. Raises ValueError
-    (naming the variable) for a bad setting."""
-    def pick(given, env: str, saved: str | None):
-        if given is not None:
-            return given, "set for this Build"
-        if os.environ.get(env, "").strip():
-            return os.environ[env].strip(), env
-        if saved is not None:
-            value = store.setting(saved)
-            if value is not None:
-                return value, "saved in the store (%nbbuild store --quota)"
-        return None, "default"
+def size(value: Any, name: str) -> int | float:
+    """Bytes (`2 GB`, `500MB`, `2 GiB`, a number), or math.inf for no limit (`unlimited`, `none`).
+    `name` says who gave it (`NBBUILD_QUOTA`, `min_free`), for the message."""
+    try:
+        found = parse_size(value)
+    except ValueError as e:
+        raise SettingError(f"{name}: {e}") from None
+    return math.inf if found is None else found
 
-    def size(value, source: str) -> int | None:
-        try:
-            return parse_size(value)
-        except ValueError as e:
-            raise ValueError(f"{source}: {e}" if source == source.upper() else str(e)) from None
 
-    value, store.quota_source = pick(quota, "NBBUILD_QUOTA", "quota")
-    if value is None:
+def policy(value: Any, name: str | None = None) -> str:
+    """An eviction policy's name (POLICIES), in any case."""
+    found = str(value).strip().lower()
+    if found not in POLICIES:
+        raise SettingError(f"{name + ': ' if name else ''}eviction policy {value!r} not known: "
+                           f"use one of {', '.join(sorted(POLICIES))}")
+    return found
+
+
+class Bounds:
+    """A part of Store: its bounds, validated when set."""
+
+    def __init__(self, quota: int | str | None = None):
+        self._quota: int | None = None
+        self._min_free = 0
+        self._policy = "gdsf"
+        self.quota = quota
+
+    @property
+    def quota(self) -> int | None:
+        return self._quota
+
+    @quota.setter
+    def quota(self, value: int | str | None) -> None:
+        found = size(value, "quota")
+        self._quota = None if found == math.inf else int(found)
+
+    @property
+    def min_free(self) -> int:
+        return self._min_free
+
+    @min_free.setter
+    def min_free(self, value: int | str | None) -> None:
+        found = size(value, "min_free")
+        self._min_free = 0 if found == math.inf else int(found)
+
+    @property
+    def policy(self) -> str:
+        return self._policy
+
+    @policy.setter
+    def policy(self, value: str) -> None:
+        self._policy = policy(value)
+
+
+def resolve(store: Any, quota: Any, min_free: Any, eviction: str | None, settings: Settings) -> None:
+    """Set store.quota, store.min_free, store.policy and store.quota_source from the arguments,
+    else the settings read from the environment, else the saved quota, else the defaults. Raises
+    SettingError (naming the argument) for a bad argument; the settings were checked when read."""
+    if quota is not None:
+        store.quota, store.quota_source = size(quota, "quota"), "set for this Build"
+    elif settings.quota is not None:
+        store.quota, store.quota_source = settings.quota, "NBBUILD_QUOTA"
+    elif store.setting("quota") is not None:
+        store.quota = size(store.setting("quota"), "the quota saved in the store")
+        store.quota_source = "saved in the store (%nbbuild store --quota)"
+    else:
         room = store.free_space() + store.volume()
         store.quota = int(min(DEFAULT_CAP, DEFAULT_SHARE * room))
         store.quota_source = "default: 10% of the disk space the store could use, at most 20 GB"
+    if min_free is not None:
+        store.min_free = size(min_free, "min_free")
+    elif settings.min_free is not None:
+        store.min_free = settings.min_free
     else:
-        store.quota = size(value, store.quota_source)
-    value, source = pick(min_free, "NBBUILD_MIN_FREE", None)
-    if value is None:
         store.min_free = int(min(FLOOR_CAP, FLOOR_SHARE * _disk_total(store.path)))
-    else:
-        store.min_free = size(value, source) or 0
-    value, source = pick(policy, "NBBUILD_EVICTION", None)
-    name = str(value or "gdsf").strip().lower()
-    if name not in POLICIES:
-        raise ValueError(f"{'' if source != 'NBBUILD_EVICTION' else 'NBBUILD_EVICTION: '}eviction policy "
-                         f"{value!r} not known: use one of {', '.join(sorted(POLICIES))}")
-    store.policy = name
+    store.policy = policy(eviction) if eviction else settings.eviction or "gdsf"
 
 
 def _disk_total(path: str) -> int:

@@ -26,7 +26,7 @@ class StoreParts:
     index: Index
     sharing: Sharing | None
     quota: int | None
-    min_free: int | None
+    min_free: int
     policy: str
     quota_source: str       # what set the quota (eviction.resolve)
     held: Callable[[], AbstractSet[str]]

@@ -35,7 +35,7 @@ import os
 import secrets
 import struct
 import time
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from ..errors import SharedUnreachable
 from .serialisation import split
@@ -43,7 +43,10 @@ from ..errors import SharedStoreError
 from .signing import MAC_BYTES, Signer, team_key
 from . import valuefile
 
-__all__ = ["SharedTier", "value_object_bytes", "open_tier", "upload_seconds"]
+if TYPE_CHECKING:
+    from ..settings import Settings
+
+__all__ = ["SharedTier", "value_object_bytes", "open_tier"]
 
 log = logging.getLogger("nbbuild")
 _PACK_MAGIC = b"NBP1"
@@ -55,19 +58,16 @@ def _unreachable(what: str, url: str, e: BaseException) -> SharedUnreachable:
     return SharedUnreachable(f"the shared store {url} could not be reached ({what}: {type(e).__name__}: {detail})")
 
 
-def open_tier(url: str | None, readonly: bool | None) -> SharedTier | None:
+def open_tier(url: str | None, readonly: bool | None, settings: Settings) -> SharedTier | None:
     """The shared tier a Build uses: `url` or NBBUILD_SHARED (None: none), read-only when asked
-    or NBBUILD_SHARED_READONLY=1, signed with the key file NBBUILD_TEAM_KEY names. Raises
+    or NBBUILD_SHARED_READONLY=1, signed with the key file NBBUILD_TEAM_KEY names (`settings`, as
+    read: settings.py); closing waits NBBUILD_SHARED_WAIT seconds for uploads. Raises
     SharedStoreError (one line) when it cannot be used as given."""
-    url = url if url is not None else os.environ.get("NBBUILD_SHARED") or None
+    url = url if url is not None else settings.shared
     if not url:
         return None
-    if readonly is None:
-        setting = os.environ.get("NBBUILD_SHARED_READONLY", "0").strip().lower()
-        if setting not in ("0", "1", "", "false", "true"):
-            raise SharedStoreError(f"NBBUILD_SHARED_READONLY={setting!r}: use 1 (never upload) or 0")
-        readonly = setting in ("1", "true")
-    where = os.environ.get("NBBUILD_TEAM_KEY")
+    readonly = settings.shared_readonly if readonly is None else readonly
+    where = settings.team_key
     if not where:
         raise SharedStoreError(f"the shared store {url} needs a team key: set NBBUILD_TEAM_KEY to a key file "
                                "(make one with `nbbuild store team-key FILE` and give it to your team)")
@@ -81,23 +81,14 @@ def open_tier(url: str | None, readonly: bool | None) -> SharedTier | None:
         # seconds, not botocore's default minute and retries
         options["config_kwargs"] = {"connect_timeout": 5, "read_timeout": 60,
                                     "retries": {"max_attempts": 2, "mode": "standard"}}
-    return SharedTier(url, signer, readonly=readonly, **options)
-
-
-def upload_seconds() -> float:
-    """How long a process waits at exit for its uploads (NBBUILD_SHARED_WAIT, default 30)."""
-    setting = os.environ.get("NBBUILD_SHARED_WAIT", "30")
-    try:
-        seconds = float(setting)
-    except ValueError:
-        raise SharedStoreError(f"NBBUILD_SHARED_WAIT={setting!r}: give a number of seconds") from None
-    return max(seconds, 0.0)
+    return SharedTier(url, signer, readonly=readonly, wait=settings.shared_wait, **options)
 
 
 class SharedTier:
-    def __init__(self, url: str, signer: Signer, readonly: bool = False, **options: Any):
+    def __init__(self, url: str, signer: Signer, readonly: bool = False, wait: float = 30.0, **options: Any):
         import fsspec.core
         self.url, self.signer, self.readonly = url, signer, readonly
+        self.wait = wait        # seconds a process waits at exit for its uploads (NBBUILD_SHARED_WAIT)
         # a tier of its own: fsspec's cached instance of the same URL may hold another endpoint's or
         # credentials' connections (the environment they came from changed since)
         options.setdefault("skip_instance_cache", True)

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import SharedUnreachable
 from . import valuefile
-from .shared import SharedTier, upload_seconds, value_object_bytes
+from .shared import SharedTier, value_object_bytes
 from ..engine.trace import MISSING, Trace
 
 if TYPE_CHECKING:
@@ -286,7 +286,7 @@ class Sharing:
     def _at_exit(self) -> None:
         if self._closed:
             return
-        left = self.close(upload_seconds())
+        left = self.close(self.tier.wait)
         if left and not self.down:       # a tier that did not answer said so, and that they wait
             log.warning("nbbuild: %d traces were not uploaded to the shared store %s yet; they are uploaded "
                         "by the next session that uses this store", left, self.tier.url)

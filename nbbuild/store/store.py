@@ -20,6 +20,7 @@ Contract:
 - diskcache's own eviction is off: eviction.py decides, using the bookkeeping kept here in
   diskcache's columns of value rows: access_time (last use), access_count (uses), tag (the
   cost-aware policy's clock when last used). Uses are batched in memory and written with flushes.
+- Bounds (eviction.Bounds): `quota`, `min_free`, `policy`, validated when set.
 - Hooks given when made: `held()` (values the running build holds), `on_room(store, need)` (before a write).
 - Row `a:<task key>#<value hash>` holds what the run that gave that value attached (trace.attach).
   Rows `s:<name>` hold settings, `m:<name>` counters, `x:<hash>` when a value was evicted, `u:<row>`
@@ -48,6 +49,7 @@ from .table import WRITE_ERRORS, Table
 from .inventory import Inventory
 from .tiering import Tiering
 from .values import Values
+from .eviction import Bounds
 from ..engine.trace import Trace
 
 if TYPE_CHECKING:
@@ -61,16 +63,14 @@ _FLUSH_BYTES = 64 << 20
 _COUNTER_SECONDS = 5.0
 
 
-class Store(Values, Tiering, Inventory):
+class Store(Values, Tiering, Inventory, Bounds):
     def __init__(self, path: str | os.PathLike, quota: int | None = None, signer: Signer | None = None,
                  shared: SharedTier | None = None, *, held: Callable[[], AbstractSet[str]] = frozenset,
                  on_room: Callable[[Store, int], None] | None = None):
         self.signer = signer or Signer(user_key())
         self.table = Table.open(os.path.abspath(os.fspath(path)))
         self.path = self.table.path
-        self.quota = quota
-        self.min_free: int | None = None
-        self.policy = "gdsf"
+        Bounds.__init__(self, quota)
         self.held = held        # the running build's values: never evicted meanwhile
         self.on_room: Callable[[int], None] | None = functools.partial(on_room, self) if on_room else None
         files.exclude(self.path)
