@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nbbuild.errors import RuleError
-from nbbuild.notebook.cells import analyse, compile_cell
+from nbbuild.notebook.cellcode import compile_cell
+from nbbuild.notebook.cells import analyse
 
 
 def io(src):

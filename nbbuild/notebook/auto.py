@@ -16,14 +16,14 @@ Contract:
     `files = !ls`): what they do is a side effect a restored cell would not have;
   - its first line is the comment `# nbbuild: off` (the documented way to keep any cell out);
   - it cannot be a rule as plain Python: a syntax error (which plain execution then shows as
-    usual), a star import, top-level `await`, `yield` or `return` (cells.refusal).
+    usual), a star import, top-level `await`, `yield` or `return` (cellcode.refusal).
 """
 from __future__ import annotations
 
 import ast
 from typing import Any
 
-from .cells import refusal
+from .cellcode import refusal
 
 __all__ = ["Auto", "OFF_MARKER"]
 

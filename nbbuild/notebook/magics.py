@@ -54,7 +54,8 @@ from IPython.core.magic_arguments import argument, argument_group, magic_argumen
 from ..errors import BuildError, CycleError, NbbuildError
 from ..engine import randomness
 from ..settings import read as read_settings
-from .cells import LAST, OWN, analyse, compile_cell, parse_signature
+from .cellcode import compile_cell, parse_signature
+from .cells import LAST, OWN, analyse
 from .replay import GENERATORS, ORIGINS, REBOUND, SETTINGS, show_result
 from .versions import identity
 from . import ambient, views

@@ -2,7 +2,7 @@
 reused instead: from memory, from the store, or after a kernel restart.
 
 Contract:
-- A rule cell's body runs inside `Capture(shell)` (cells.compile_cell puts it there). While it is
+- A rule cell's body runs inside `Capture(shell)` (cellcode.compile_cell puts it there). While it is
   open, what the body writes to stdout and stderr and what it displays through IPython's display
   publisher (rich outputs: HTML, images, a DataFrame) is recorded in the order it happened, and
   still shown live. Inline matplotlib figures, which IPython would draw after the cell ends, are
