@@ -32,7 +32,8 @@ import warnings
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..engine.trace import current
-from .replay import Capture, recording, replay
+from .replay import Capture, recording
+from .showing import replay
 from .versions import fingerprint
 
 if TYPE_CHECKING:

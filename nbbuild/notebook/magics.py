@@ -56,7 +56,8 @@ from ..engine import randomness
 from ..settings import read as read_settings
 from .cellcode import compile_cell, parse_signature
 from .cells import LAST, OWN, analyse
-from .replay import GENERATORS, ORIGINS, REBOUND, SETTINGS, show_result
+from .replay import GENERATORS, ORIGINS, REBOUND, SETTINGS
+from .showing import show_result
 from .versions import identity
 from . import ambient, views
 from .graph import label

@@ -20,7 +20,7 @@ Contract:
   input of its run, and where they ended under `GENERATORS` in its outputs.
 - When the body returns, the record is attached to its run (`trace.attach`): stored beside the
   value, outside its hash, so a different output alone never makes dependents stale.
-- `replay(shell, record)` shows a record again, in order.
+- `replay(shell, record)` (showing.py) shows a record again, in order.
 - The cell's result (its last expression, `LAST` among the outputs) is formatted as IPython's
   displayhook formats it (`display_formatter.format`) when the body ends, before the figures are
   drawn: plain IPython formats Out[n] before its inline backend draws the figures, and drawing moves
@@ -48,17 +48,16 @@ import json
 import sys
 import threading
 import types
-import weakref
 from typing import Any, Iterator
 
 from ..engine.randomness import Draws
 from ..engine.trace import attach, current
 from .ambient import Imports, Settings
 from .cells import LAST
+from .showing import FORMAT, expect, held
 from .versions import Changes
 
-__all__ = ["Capture", "replay", "recording", "show_result", "after_cell", "LIMIT", "FORMAT", "GENERATORS",
-           "MODULES", "ORIGINS", "REBOUND", "SETTINGS", "rebound"]
+__all__ = ["Capture", "recording", "LIMIT", "GENERATORS", "MODULES", "ORIGINS", "REBOUND", "SETTINGS", "rebound"]
 
 GENERATORS = "__nbbuild_generators__"   # where the random generators ended (randomness.py)
 SETTINGS = "__nbbuild_settings__"       # the library settings a cell changed (ambient.py)
@@ -66,7 +65,6 @@ ORIGINS = "__nbbuild_origins__"         # a name changed in place -> the rule wh
 REBOUND = "__nbbuild_rebound__"         # names the body bound in the namespace, not as locals (`global x`)
 MODULES = "__nbbuild_modules__"         # the modules a cell bound: name -> module name (ambient.Imports)
 
-FORMAT = "nbbuild-output-1"
 LIMIT = 32 << 20
 _WIDGET = "application/vnd.jupyter.widget-view+json"
 
@@ -118,7 +116,7 @@ class _Taps:
                     metadata = kwargs.get("metadata", args[1] if len(args) > 1 else None)
                     cap.display(data, metadata, kwargs.get("transient"), bool(kwargs.get("update")))
                     if cap.drawing and cap.echo and isinstance(data, dict):
-                        _held(cap.shell).append((dict(data), dict(metadata or {})))   # shown after Out[n]
+                        held(cap.shell).append((dict(data), dict(metadata or {})))   # shown after Out[n]
                         return None
                 return publish(*args, **kwargs)
 
@@ -333,7 +331,7 @@ class Capture:
             self.size += size
             self.events.append(("result", dict(data), dict(metadata or {})))
         if self.echo:
-            _expect(self.shell, value, data, metadata or {})
+            expect(self.shell, value, data, metadata or {})
 
     def clear(self, wait: bool) -> None:
         if wait:
@@ -377,66 +375,3 @@ def _flush_inline_figures() -> None:
             inline.flush_figures()
     except Exception:  # drawing a user's figure may fail: it would have failed after the cell too
         pass
-
-
-# a shell -> the figures to show once its cell's result is shown
-_after_result: weakref.WeakKeyDictionary[Any, list[tuple[dict, dict]]] = weakref.WeakKeyDictionary()
-
-
-def _held(shell: Any) -> list[tuple[dict, dict]]:
-    return _after_result.setdefault(shell, [])
-
-
-def show_result(shell: Any, value: Any, record: Any) -> None:
-    """`value` is the cell's result (what its magic returns, Out[n]): IPython's displayhook shows
-    it as `record` (the run's that made it) says it was formatted then, if it does."""
-    if value is None or not (isinstance(record, tuple) and len(record) == 2 and record[0] == FORMAT):
-        return
-    shown = next((e for e in record[1] if e[0] == "result"), None)
-    if shown is not None:
-        _expect(shell, value, shown[1], shown[2])
-
-
-def _expect(shell: Any, value: Any, data: dict, metadata: dict) -> None:
-    """The displayhook's next result, if it is `value`, is shown as `data`: only for this value
-    and this cell (`after_cell` drops what the displayhook did not take)."""
-    hook = shell.displayhook
-
-    def compute_format_data(result: Any) -> Any:
-        hook.__dict__.pop("compute_format_data", None)
-        if result is value:
-            return data, metadata
-        return hook.compute_format_data(result)
-
-    hook.compute_format_data = compute_format_data
-
-
-def after_cell(shell: Any) -> None:
-    """IPython's post_execute: the figures the cell drew (or replayed), after its Out[n]."""
-    shell.displayhook.__dict__.pop("compute_format_data", None)   # a result the displayhook did not show
-    held = _held(shell)
-    while held:
-        data, metadata = held.pop(0)
-        shell.display_pub.publish(data=data, metadata=metadata)
-
-
-def replay(shell: Any, record: Any) -> bool:
-    """Show a record again. False when `record` is not one (nothing was shown)."""
-    if not (isinstance(record, tuple) and len(record) == 2 and record[0] == FORMAT):
-        return False
-    for event in record[1]:
-        kind = event[0]
-        if kind == "stream":
-            stream = sys.stderr if event[1] == "stderr" else sys.stdout
-            stream.write(event[2])
-        elif kind == "display":
-            sys.stdout.flush()
-            sys.stderr.flush()
-            shell.display_pub.publish(data=event[1], metadata=event[2])
-        elif kind == "figure":
-            _held(shell).append((event[1], event[2]))
-        elif kind == "note":
-            print(event[1], file=sys.stderr)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    return True

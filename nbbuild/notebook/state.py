@@ -48,7 +48,8 @@ from .closures import Closures
 from .cells import CAPTURE, FETCH, LAST, OWN, analyse
 from .elsewhere import CellCapture, CellFetch, received
 from .graph import TITLES, label, snapshot
-from .replay import MODULES, after_cell, rebound, replay
+from .replay import MODULES, rebound
+from .showing import after_cell, replay
 from .versions import Versions, fingerprint, unchangeable
 
 if TYPE_CHECKING:
