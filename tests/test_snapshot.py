@@ -79,9 +79,25 @@ def built(tmp_path):
     return path
 
 
-def test_a_fresh_process_reads_every_trace_from_the_snapshot_and_runs_nothing(built, decoded):
+def row_by_row(path, monkeypatch) -> dict:
+    with monkeypatch.context() as m:
+        m.setattr(snapshot, "read", lambda table, signer: None)
+        store = Store(path)
+        try:
+            store.index.load()
+            return store.index.traces
+        finally:
+            store.close()
+
+
+def test_a_fresh_process_reads_every_trace_from_the_snapshot_and_runs_nothing(built, decoded, monkeypatch):
     held = kept(built)
     assert held is not None and sum(map(len, held.traces.values())) == N + 1
+    rows = row_by_row(built, monkeypatch)
+    assert held.traces == rows          # every field, as decoded from its row
+    assert {k: [t.created for t in lst] for k, lst in held.traces.items()} == \
+        {k: [t.created for t in lst] for k, lst in rows.items()}
+    decoded[0] = 0
     assert build(built) == []
     assert decoded[0] == 0
 

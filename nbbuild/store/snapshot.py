@@ -27,7 +27,6 @@ import logging
 import marshal
 import sys
 from dataclasses import dataclass
-from typing import Any
 
 from ..engine.trace import Trace
 from .signing import Signer
@@ -89,10 +88,7 @@ def read(table: Table, signer: Signer) -> Snapshot | None:
 
 
 def write(table: Table, signer: Signer, snapshot: Snapshot) -> None:
-    # equal strings made one object: marshal then writes each once (a task key and a value hash
-    # recur in the traces that read them), and a fresh process holds each once
-    rows = [(sys.intern(key), [tuple(_interned(tr.__dict__[name]) for name in _FIELDS) for tr in lst])
-            for key, lst in snapshot.traces.items() if lst]
+    rows = [(sys.intern(key), [_fields(tr) for tr in lst]) for key, lst in snapshot.traces.items() if lst]
     data = marshal.dumps((_FORMAT, snapshot.watermark, snapshot.count, list(snapshot.foreign), rows))
     row = _row(signer)
     try:
@@ -102,9 +98,12 @@ def write(table: Table, signer: Signer, snapshot: Snapshot) -> None:
         log.debug("nbbuild: the index's snapshot was not written (%s)", e)
 
 
-def _interned(value: Any) -> Any:
-    if type(value) is str:
-        return sys.intern(value)
-    if type(value) is tuple:
-        return tuple(_interned(v) for v in value)
-    return value
+def _fields(tr: Trace) -> tuple:
+    """The trace's fields in _FIELDS' order, the strings that recur made one object each: marshal
+    then writes each once (a task key and a value hash recur in the traces that read them), and a
+    fresh process holds each once. A task's arguments and repr are its own: not interned."""
+    d, i = tr.__dict__, sys.intern
+    return (i(d["key"]), i(d["rule"]), d["args"], d["repr"], i(d["version"]),
+            tuple([tuple([(i(k), i(h)) for k, h in group]) for group in d["deps"]]), i(d["result"]),
+            d["seconds"], tuple([(i(a), i(b)) for a, b in d["parts"]]),
+            tuple([(i(a), i(b)) for a, b in d["packages"]]), d["created"], d["outputs"], d["environ"])
