@@ -1,4 +1,5 @@
-"""IPython magics: `%%rule`, `%build`, `%nbbuild`. Thin: parse the line, call the Build API, say one
+"""IPython magics: `%%rule`, `%build`, `%nbbuild`. Thin: parse the line, call the Build API (through
+building.py, which names targets as a user does and says what a build did), say one
 line. Every nbbuild error becomes a UsageError, which IPython shows as one line.
 
 Contract:
@@ -40,18 +41,15 @@ Contract:
 """
 from __future__ import annotations
 
-import ast
 import os
-import sys
 from typing import Any
 
-import cloudpickle
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, argument_group, magic_arguments
 
-from ..errors import BuildError, CycleError, NbbuildError
+from ..errors import NbbuildError
 from ..engine import randomness
 from ..settings import read as read_settings
 from .cellcode import compile_cell, parse_signature
@@ -59,7 +57,7 @@ from .cells import LAST, OWN, analyse
 from .replay import GENERATORS, ORIGINS, REBOUND, SETTINGS
 from .showing import show_result
 from .versions import identity
-from . import ambient, views
+from . import ambient, building, views
 from .graph import label
 from .lines import BUILD_USAGE, NBBUILD_USAGE, STORE_USAGE, parse, parse_rule_line, split_targets, workers
 from .state import NotebookState
@@ -145,7 +143,7 @@ class NbbuildMagics(Magics):
         state.rebound(names.outputs)
         if lazy:
             return None
-        values = self._build([rule.task()], summary=False)
+        values = building.build(self.state, self.shell, [rule.task()], summary=False)
         value = values[0] if values else {}
         if isinstance(value, dict):      # what it changed in place is its version now
             # a name another cell bound since the rule it fetched from is not that rule's any more
@@ -163,7 +161,7 @@ class NbbuildMagics(Magics):
             if GENERATORS in value:      # the random generators, where this cell left them
                 randomness.restore(value[GENERATORS])
             ambient.restore(value.get(SETTINGS, {}))     # and matplotlib's settings
-        self._say_stale(name)
+        state.say_stale(state.dependents(name))
         result = value.get(LAST) if isinstance(value, dict) else None
         if result is not None:   # Out[n] as the body formatted it, before its figures were drawn (replay.py)
             show_result(self.shell, result, state.build.attachment(rule.task()))
@@ -210,41 +208,6 @@ class NbbuildMagics(Magics):
         self.shell.user_ns[name] = rule
         return None
 
-    def _task(self, target: str) -> Any:
-        """A target: a name a rule produces, a rule's name, or a call of a parametric rule."""
-        if "(" not in target:
-            rule = self.state.rule_for(target)
-            try:
-                return rule.task()
-            except NbbuildError as e:   # a parametric rule named without its arguments
-                raise UsageError(f"{e}; name a call: {target}(...)") from None
-        try:
-            call = ast.parse(target, mode="eval").body
-        except SyntaxError:
-            raise UsageError(f"%build: {target!r} is neither a name nor a call") from None
-        if not isinstance(call, ast.Call) or not isinstance(call.func, ast.Name):
-            raise UsageError(f"%build: {target!r} is neither a name nor a call of a rule")
-        rules = self.state.build.rules
-        rule = rules.get(call.func.id) or rules.get(self.state.versions.producer(call.func.id) or "")
-        if rule is None:
-            raise UsageError(f"%build: no rule named {call.func.id!r}")
-        ns = self.shell.user_ns
-        try:
-            args = [eval(compile(ast.Expression(a), "<target>", "eval"), ns) for a in call.args]
-            kwargs: dict[str, Any] = {}
-            for k in call.keywords:
-                value = eval(compile(ast.Expression(k.value), "<target>", "eval"), ns)
-                if k.arg is None:       # **mapping, as in the call itself
-                    kwargs.update(value)
-                else:
-                    kwargs[k.arg] = value
-        except Exception as e:  # the user's argument expressions: any error is theirs, in one line
-            raise UsageError(f"%build: the arguments of {target!r} failed: {type(e).__name__}: {e}") from None
-        try:
-            return rule.task(*args, **kwargs)
-        except NbbuildError as e:
-            raise UsageError(label(str(e))) from None
-
     @magic_arguments()
     @argument("targets", nargs="*", metavar="TARGET",
               help="a name (its latest version), a rule's name, or a call of a parametric rule such as "
@@ -267,7 +230,7 @@ class NbbuildMagics(Magics):
         args = parse(self.build, split_targets(line), BUILD_USAGE)
         if not args.targets:
             raise UsageError(f"%build: name at least one target: {BUILD_USAGE}")
-        tasks = [self._task(t) for t in args.targets]
+        tasks = [building.task_for(self.state, self.shell, t) for t in args.targets]
         if args.dry_run:
             plan = self.state.build.plan(*tasks)
             for task, reason in plan:
@@ -277,7 +240,7 @@ class NbbuildMagics(Magics):
             return None
         if args.graph and hasattr(self.state.view, "graph_for"):
             self.state.view.graph_for(tasks)
-        values = self._build(tasks, summary=True, force=args.force, workers=args.jobs)
+        values = building.build(self.state, self.shell, tasks, summary=True, force=args.force, workers=args.jobs)
         calls = [v for t, v in zip(tasks, values) if t.rule.name in self.state.parametric]
         return calls[0] if len(tasks) == 1 and calls else None
 
@@ -342,9 +305,9 @@ class NbbuildMagics(Magics):
         elif command == "status" and not rest:
             views.status(self.state)
         elif command == "why" and len(rest) == 1:
-            print(label(self.state.build.why(self._task(rest[0]))))
+            print(label(self.state.build.why(building.task_for(self.state, self.shell, rest[0]))))
         elif command in ("graph", "dashboard") and len(rest) <= 1:
-            targets = [self._task(rest[0])] if rest else None
+            targets = [building.task_for(self.state, self.shell, rest[0])] if rest else None
             views.graph(self.state, targets, dashboard=command == "dashboard")
         elif command == "metrics" and not rest:
             views.metrics(self.state)
@@ -356,79 +319,6 @@ class NbbuildMagics(Magics):
         else:
             said = f"%nbbuild: {line.strip()!r}? " if line.strip() else ""
             raise UsageError(f"{said}usage: {NBBUILD_USAGE}")
-
-    # ------------------------------------------------------------ helpers
-
-    def _build(self, tasks: list, summary: bool, force: bool = False, workers: int | None = None) -> list[dict]:
-        b = self.state.build
-        before = b.report
-        try:
-            values = b.build(*tasks, force=force, workers=workers)
-        except CycleError as e:
-            raise UsageError(label(str(e))) from None
-        except KeyboardInterrupt as e:
-            self._show_own_frames(e)
-            raise UsageError("build interrupted: nothing it was running was stored; what finished is kept, "
-                             "and the next %build goes on from there") from None
-        except BuildError as e:
-            if e.__cause__ is not None:
-                self._show_own_frames(e.__cause__)
-            if b.report is not before and summary and not self._view_says_it():
-                print(label(str(b.report)))
-            raise UsageError(label(str(e))) from None
-        if summary and b.report is not None and not self._view_says_it():
-            print(label(str(b.report)))
-        self._say_unstored(tasks, values)
-        for task, value in zip(tasks, values):
-            if task.rule.name not in self.state.parametric:
-                self.state.bind(value, task.rule.name)
-        return values
-
-    def _view_says_it(self) -> bool:
-        """The live build view settles into the report's line: printing it too would say it twice."""
-        return bool(getattr(self.state.view, "shows_summary", False))
-
-    def _show_own_frames(self, error: BaseException) -> None:
-        """The traceback of a rule's error or interrupt from the cell's frames on, not the engine's."""
-        tb = error.__traceback__
-        while tb is not None and str(tb.tb_frame.f_globals.get("__name__", "")).startswith("nbbuild"):
-            tb = tb.tb_next
-        if tb is not None:
-            self.shell.showtraceback((type(error), error, tb))
-            return
-        for note in getattr(error, "__notes__", ()):   # a body that failed in a worker: its own frames
-            if note.startswith("Traceback (most recent call last), in the worker"):
-                print(note, file=sys.stderr)
-
-    def _say_unstored(self, tasks: list, values: list) -> None:
-        """A value that cannot be stored is rebuilt after every restart: say so, and say which
-        of the cell's names is to blame when it is a target."""
-        report = self.state.build.report
-        unstored = {t.task: t.unstored for t in report.tasks if t.unstored} if report is not None else {}
-        for text, reason in unstored.items():
-            culprits = []
-            for task, value in zip(tasks, values):
-                if repr(task) == text and isinstance(value, dict):
-                    culprits = [k for k, v in value.items() if not k.startswith(OWN) and not _picklable(v)]
-            if culprits or "pickle" in reason:
-                what = f"{', '.join(culprits)} cannot be pickled" if culprits else reason
-                advice = "keep such objects inside a function, or `del` them at the end of the cell"
-            elif "quota" in reason:
-                what, advice = reason, "raise the quota (%nbbuild store --quota SIZE) to keep it"
-            else:
-                what, advice = reason, "free disk space, then build again to store it"
-            print(f"nbbuild: {label(text)} is not stored ({what}): it runs again after a restart; {advice}",
-                  file=sys.stderr)
-
-    def _say_stale(self, name: str) -> None:
-        self.state.say_stale(self.state.dependents(name))
-
-def _picklable(value: Any) -> bool:
-    try:
-        cloudpickle.dumps(value)
-        return True
-    except Exception:  # pickling runs the object's own code: anything may fail
-        return False
 
 
 def load_ipython_extension(shell: Any) -> None:
