@@ -420,6 +420,20 @@ def execution_counts(page) -> list[int | None]:
         .map(c => c.model.executionCount ?? null)""")
 
 
+def restart_and_load_ext(page, rule_cells) -> None:
+    """Restart the kernel and run only cell 0 (`%load_ext nbbuild`): the badges of `rule_cells`
+    come back from the store as they were, marked restored, and no other cell runs."""
+    before = badge_states(page)
+    counts = execution_counts(page)
+    page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.restart()")
+    page.wait_for_function("() => document.querySelectorAll('.nbbuild-badge').length === 0")
+    idle(page)
+    run(page, "notebook:run-cell", 0)
+    for i in rule_cells:
+        badge_is(page, i, before[i], restored=True)
+    assert execution_counts(page)[1:] == counts[1:], "only %load_ext ran"
+
+
 def set_source(page, i: int, source: str) -> None:
     page.evaluate("""([i, source]) => {
         const w = window.jupyterapp.shell.currentWidget;

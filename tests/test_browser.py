@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from browser_support import ARTIFACTS, APP_TIMEOUT, decode_data_url, open_notebook, write_notebook
+from browser_support import ARTIFACTS, APP_TIMEOUT, decode_data_url, idle, open_notebook, write_notebook
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -105,14 +105,7 @@ def run_all(page) -> None:
         ])""",
         RUN_TIMEOUT)
     assert result == "done", f"notebook:run-all-cells did not finish in {RUN_TIMEOUT / 1000:.0f} s"
-    page.wait_for_function(
-        """() => {
-            const w = window.jupyterapp.shell.currentWidget;
-            const kernel = w.sessionContext.session && w.sessionContext.session.kernel;
-            const prompts = [...document.querySelectorAll('.jp-Notebook .jp-InputPrompt')];
-            return kernel && kernel.status === 'idle' && !prompts.some(p => p.textContent.includes('*'));
-        }""",
-        timeout=RUN_TIMEOUT, polling=250)
+    idle(page)
 
 
 def tracebacks(page) -> list[str]:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from browser_support import (ARTIFACTS, badge_is, badge_states, cell, execution_counts, idle, notebook_page,
-                             open_notebook, panel_node, run, set_source, shots, write_notebook)
+from browser_support import (ARTIFACTS, badge_is, badge_states, cell, notebook_page, open_notebook, panel_node,
+                             restart_and_load_ext, run, set_source, shots, write_notebook)
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -106,16 +106,7 @@ def test_the_panel_draws_the_graph_and_build_brings_a_task_up_to_date(page):
 
 
 def test_after_a_restart_load_ext_alone_brings_the_badges_back(page):
-    before = badge_states(page)
-    counts = execution_counts(page)
-    page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.restart()")
-    page.wait_for_function("() => document.querySelectorAll('.nbbuild-badge').length === 0")
-    idle(page)
-    run(page, "notebook:run-cell", 0)
-    for i in RULE_CELLS:
-        badge_is(page, i, before[i], restored=True)
-    after = execution_counts(page)
-    assert after[1:] == counts[1:], "only %load_ext ran"
+    restart_and_load_ext(page, RULE_CELLS)
 
 
 def test_the_pipelines_graph_fits_its_output_area(page, lab):

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import pytest
 
-from browser_support import (ARTIFACTS, badge_is, badge_states, cell, execution_counts, idle, notebook_page,
-                             panel_node, run, set_source, shots, write_notebook)
+from browser_support import (ARTIFACTS, badge_is, badge_states, cell, notebook_page, panel_node,
+                             restart_and_load_ext, run, set_source, shots, write_notebook)
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -83,15 +83,7 @@ def test_the_panel_opens_from_the_view_menu_draws_the_graph_and_builds_a_task(pa
 
 
 def test_after_a_kernel_restart_the_badges_come_back_from_the_store(page):
-    before = badge_states(page)
-    counts = execution_counts(page)
-    page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.restart()")
-    page.wait_for_function("() => document.querySelectorAll('.nbbuild-badge').length === 0")
-    idle(page)
-    run(page, "notebook:run-cell", 0)
-    for i in RULE_CELLS:
-        badge_is(page, i, before[i], restored=True)
-    assert execution_counts(page)[1:] == counts[1:], "only %load_ext ran"
+    restart_and_load_ext(page, RULE_CELLS)
 
 
 def test_notebook_7s_file_browser_offers_no_panel(page, notebook7):
