@@ -110,9 +110,12 @@ def _kill_children(tmp_path, store, rng):
         lines = seen + _finish(proc)
         built = [int(line.split()[1]) for line in lines if line.startswith("built ")]
         completed += built
-        if proc.returncode == 0:           # it was done before the kill came: not a kill
+        if proc.returncode == 0 or "done" in lines:
+            # its builds were over before the kill came (it had exited, or was exiting): not a kill
+            # of a build; children are faster than the calibration said (it may have run while
+            # the machine was busier)
             assert lines[-1] == "done"
-            building *= 0.8                # children are faster than the calibration said
+            building *= 0.8
             continue
         assert proc.returncode == -signal.SIGKILL
         kills += 1
@@ -123,8 +126,8 @@ def _kill_children(tmp_path, store, rng):
             break
     # the kills landed at varied moments: before the store was open, and during the builds (the
     # first one, and later ones, after the evictions and pruning between builds)
-    # (a kill may still land after a child printed "done", before it exited: a few are allowed)
-    assert kills == KILLS and before_open >= 2 and in_builds >= KILLS - early - 2, (before_open, in_builds)
+    # (a kill that came after a child printed "done" was not counted: it is not one of a build)
+    assert kills == KILLS and before_open >= 2 and in_builds >= KILLS - early, (before_open, in_builds)
     assert 3 <= after_a_build <= in_builds - 3, (after_a_build, in_builds)
     return proc.pid, scale, completed
 
