@@ -420,6 +420,20 @@ def execution_counts(page) -> list[int | None]:
         .map(c => c.model.executionCount ?? null)""")
 
 
+# The badges' notebook both front ends are tested on (test_lab_extension.py, test_notebook7.py):
+# a parameter, two rule cells reading it in turn, a parametric rule and its calls
+BADGE_CELLS = [
+    "%load_ext nbbuild",
+    "threshold = 0.5",
+    "%%rule\nraw = list(range(10))",
+    "%%rule\nkept = [x for x in raw if x > threshold * 10]",
+    "%%rule fit(alpha)\nfit = sum(kept) * alpha",
+    "scores = [fit(a) for a in range(5)]",
+]
+PARAMETER, RAW, KEPT, FIT = 1, 2, 3, 4
+RULE_CELLS = (RAW, KEPT, FIT)
+
+
 def restart_and_load_ext(page, rule_cells) -> None:
     """Restart the kernel and run only cell 0 (`%load_ext nbbuild`): the badges of `rule_cells`
     come back from the store as they were, marked restored, and no other cell runs."""

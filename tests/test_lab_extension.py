@@ -15,23 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from browser_support import (ARTIFACTS, badge_is, badge_states, cell, notebook_page, open_notebook, panel_node,
+from browser_support import (ARTIFACTS, BADGE_CELLS as CELLS, FIT, KEPT, PARAMETER, RAW, RULE_CELLS, badge_is,
+                             badge_states, cell, notebook_page, open_notebook, panel_node,
                              restart_and_load_ext, run, set_source, shots, write_notebook)
 
 pytestmark = pytest.mark.timeout(240)
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = "lab/badges.ipynb"
-CELLS = [
-    "%load_ext nbbuild",
-    "threshold = 0.5",
-    "%%rule\nraw = list(range(10))",
-    "%%rule\nkept = [x for x in raw if x > threshold * 10]",
-    "%%rule fit(alpha)\nfit = sum(kept) * alpha",
-    "scores = [fit(a) for a in range(5)]",
-]
-PARAMETER, RAW, KEPT, FIT = 1, 2, 3, 4
-RULE_CELLS = (RAW, KEPT, FIT)
 PIPELINE = "pipeline/pipeline.ipynb"
 
 
