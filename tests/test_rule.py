@@ -1,6 +1,7 @@
 """Rules, tasks and rule versions."""
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import subprocess
 import sys
@@ -61,6 +62,55 @@ def test_installed_and_standard_library_code_is_recorded_not_hashed():
     v = _version(ns, "rule")
     assert dict(v.packages).get("numpy") == __import__("numpy").__version__
     assert not any(label.startswith("fn:") for label, _ in v.parts)
+
+
+@pytest.fixture
+def no_distribution_scan(monkeypatch):
+    """What version.py found out about modules and distributions forgotten, and the full mapping of
+    every distribution's files made to fail: it stats every file installed (0.3-1 s in a kernel)."""
+    from nbbuild.engine import version
+    for name, empty in (("_user_module_cache", {}), ("_by_top", None), ("_unlisted", None), ("_editable", None)):
+        monkeypatch.setattr(version, name, empty)
+
+    def scan():
+        raise AssertionError("packages_distributions() was called")
+    monkeypatch.setattr(importlib.metadata, "packages_distributions", scan)
+
+
+@pytest.mark.parametrize("module, call, distribution", [("sklearn", "sklearn.get_config()", "scikit-learn"),
+                                                       ("dateutil.tz", "dateutil.tz.gettz(x)", "python-dateutil")])
+def test_an_installed_package_named_unlike_its_distribution_is_recorded_with_it(module, call, distribution,
+                                                                                no_distribution_scan):
+    pytest.importorskip(module)
+    top = module.partition(".")[0]
+    ns = _define(f"def rule(x):\n    return {call}\n", **{top: sys.modules[top]})
+    assert dict(_version(ns, "rule").packages).get(distribution) == importlib.metadata.version(distribution)
+
+
+def test_an_editable_install_is_the_users_code_and_recorded_with_its_version(tmp_path, monkeypatch,
+                                                                              no_distribution_scan):
+    project, site = tmp_path / "project", tmp_path / "site"
+    project.mkdir(), site.mkdir()
+    (project / "myproj.py").write_text("def clean(x):\n    return x.strip()\n")
+    info = site / "my_project-1.2.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: my-project\nVersion: 1.2\n")
+    (info / "direct_url.json").write_text(json.dumps({"url": project.as_uri(), "dir_info": {"editable": True}}))
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.syspath_prepend(str(project))
+    import myproj
+    v = _version(_define("def rule(x):\n    return myproj.clean(x)\n", myproj=myproj), "rule")
+    assert "fn:myproj.clean" in dict(v.parts)
+    assert dict(v.packages) == {"my-project": "1.2"}
+
+
+def test_a_module_next_to_the_notebook_is_found_without_scanning_distributions(tmp_path, monkeypatch,
+                                                                                no_distribution_scan):
+    (tmp_path / "helpers.py").write_text("def clean(x):\n    return x.strip()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import helpers
+    v = _version(_define("def rule(x):\n    return helpers.clean(x)\n", helpers=helpers), "rule")
+    assert "fn:helpers.clean" in dict(v.parts) and v.packages == ()
 
 
 def test_rules_builds_and_modules_are_edges_not_values(tmp_path):

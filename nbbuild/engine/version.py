@@ -26,9 +26,10 @@ import os
 import sys
 import sysconfig
 import types
+import urllib.parse
 import weakref
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 from ..store.serialisation import UnserializableValue, hash_bytes, value_hash
 from .code import PY_TAG, code_fingerprint, free_reads, global_names
@@ -49,22 +50,67 @@ class Version:
 _STDLIB = tuple(os.path.join(os.path.realpath(p), "") for p in
                 {sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["platstdlib"]})
 _user_module_cache: dict[str, tuple[bool, tuple[str, str] | None]] = {}
-_dists: Mapping[str, list[str]] | None = None
+_by_top: dict[str, list[md.Distribution]] | None = None   # top-level name -> distributions (top_level.txt)
+_unlisted: list[md.Distribution] | None = None             # distributions without top_level.txt, not yet read
+_editable: list[tuple[str, md.Distribution]] | None = None  # (project folder, its editable distribution)
 
 
-def _distribution(top: str) -> md.Distribution | None:
-    global _dists
+def _distribution(top: str, path: str) -> md.Distribution | None:
+    """The installed distribution that holds module `top` (found at `path`), or None.
+
+    Not `packages_distributions()`: that reads every distribution's file list and stats every
+    file (some 18,000 here: 0.3-1 s, paid at the first rule of each kernel that reads a module whose
+    name is not its distribution's, a module next to the notebook included)."""
     try:
-        return md.distribution(top)   # the usual case, and far cheaper than the full mapping
+        return md.distribution(top)   # the usual case
     except md.PackageNotFoundError:
         pass
-    if _dists is None:
-        _dists = md.packages_distributions()
-    for name in _dists.get(top, ()):
-        try:
-            return md.distribution(name)
-        except md.PackageNotFoundError:
-            continue
+    if "site-packages" not in path and "dist-packages" not in path:
+        return _editable_owner(os.path.realpath(path))
+    global _by_top, _unlisted
+    if _by_top is None:
+        _by_top, _unlisted = {}, []
+        for dist in md.distributions():
+            names = (dist.read_text("top_level.txt") or "").split()
+            for name in names:
+                _by_top.setdefault(name, []).append(dist)
+            if not names:
+                _unlisted.append(dist)
+    # a distribution without top_level.txt names its modules in its RECORD: read those one at a
+    # time, only until `top` is found
+    while top not in _by_top and _unlisted:
+        dist = _unlisted.pop()
+        for line in (dist.read_text("RECORD") or "").splitlines():
+            head, sep, _ = line.partition(",")[0].partition("/")
+            if sep and not head.endswith((".dist-info", ".data", ".egg-info")) and head not in ("..", "__pycache__"):
+                name = head
+            elif not sep and head.endswith(".py"):
+                name = head[:-3]
+            else:
+                continue
+            if dist not in _by_top.setdefault(name, []):
+                _by_top[name].append(dist)
+    found = _by_top.get(top)
+    return found[0] if found else None
+
+
+def _editable_owner(path: str) -> md.Distribution | None:
+    """The editable install whose project folder holds `path` (its direct_url.json says where)."""
+    global _editable
+    if _editable is None:
+        _editable = []
+        for dist in md.distributions():
+            try:
+                direct = json.loads(dist.read_text("direct_url.json") or "{}")
+            except ValueError:
+                continue
+            url = direct.get("url", "")
+            if direct.get("dir_info", {}).get("editable") and url.startswith("file://"):
+                root = os.path.realpath(urllib.parse.unquote(urllib.parse.urlsplit(url).path))
+                _editable.append((os.path.join(root, ""), dist))
+    for root, dist in _editable:
+        if path.startswith(root):
+            return dist
     return None
 
 
@@ -88,7 +134,7 @@ def _classify_module(modname: str | None) -> tuple[bool, tuple[str, str] | None]
     elif os.path.realpath(path).startswith(_STDLIB) and "site-packages" not in path:
         result = (False, None)
     else:
-        dist = _distribution(top)
+        dist = _distribution(top, path)
         if dist is None:
             result = ("site-packages" not in path and "dist-packages" not in path, None)
         else:
@@ -112,7 +158,8 @@ def _immutable(obj: Any, depth: int = 0) -> bool:
     if t in _IMMUTABLE:
         return True
     if (t is tuple or t is frozenset) and depth < 4:
-        return all(_immutable(o, depth + 1) for o in obj)
+        atoms = _IMMUTABLE       # a call only for what is not an atom: a table of numbers is checked at C speed
+        return all(type(o) in atoms or _immutable(o, depth + 1) for o in obj)
     return False
 
 
