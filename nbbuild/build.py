@@ -35,11 +35,11 @@ Contract:
   kept beside the value and outside its hash (the notebook keeps a cell's displayed output there).
 - Values live in memory too (`memory.Memory`, bounded), so a no-op rebuild in the same process
   loads nothing; a remembered value changed in place since is noticed and replaced by the stored one.
+  What a build verified is kept in the store too: a fresh process's first build re-checks its inputs.
 """
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import math
 import os
@@ -49,6 +49,7 @@ from typing import Any, Callable, Iterator
 
 from .engine import environment, files, outputs
 from .engine.attachments import Attachments
+from .engine.body import engine_work
 from .engine.context import EngineContext
 from .engine.explain import Explaining
 from .engine.rule import Rule, Target, resolve_target
@@ -126,6 +127,7 @@ class Build(Explaining, Watched, Listeners, TeamCache):
         self._files = files.FileHasher()     # stat entries come from the store at the first build
         self._clean = CleanSet()
         self._generation = self.store.generation
+        self._fresh = True          # no build yet: the store's record of what was verified is unread
         self._pool = HelperPool()
         self.listeners: list[BuildListener] = []
         self._tracker: Tracker | None = None
@@ -222,7 +224,7 @@ class Build(Explaining, Watched, Listeners, TeamCache):
             if self.rules.get(t.rule.name) is not t.rule:
                 raise RuleError(f"{t!r} belongs to a rule that was redefined or removed; make the task again")
             self._tasks.setdefault(t.key, t)
-        with self._turn(), _engine_work() as collect:
+        with self._turn(), engine_work() as collect:
             start = time.perf_counter()
             self.store.begin_build()
             self.store.refresh()
@@ -231,6 +233,9 @@ class Build(Explaining, Watched, Listeners, TeamCache):
             if self.store.generation != self._generation:
                 self._clean.clear()
                 self._generation = self.store.generation
+            elif self._fresh:      # what the last build of this key verified: a fresh process re-checks its inputs
+                self._clean.restore(self.store.verified(), self.store.traces_index())
+            self._fresh = False
             sched = Scheduler(self.context, self.workers if workers is None else workers, self.order)
             targets = tuple(t.key for t in tasks)
             tracker = self._tracker = Tracker(sched, tasks, self._expected.get(targets, 0))
@@ -275,6 +280,8 @@ class Build(Explaining, Watched, Listeners, TeamCache):
                 if st.outcome == Outcome.EXECUTED and st.hash in lost and not st.unstored:
                     st.unstored = self.store.write_error or "the store could not be written"
         sched.rebuilder.remember(sched.states.values())
+        if self._clean.changed:
+            self.store.keep_verified(self._clean.dump())
         for st in sched.states.values():
             for found, kept in ((sched.restored, self._restored), (sched.environ_restored, self._environ_restored)):
                 if st.task.key in found:
@@ -402,17 +409,3 @@ class Build(Explaining, Watched, Listeners, TeamCache):
 def _check_workers(workers: Any) -> None:
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise RuleError(f"workers={workers!r}: give a whole number of at least 1")
-
-
-@contextlib.contextmanager
-def _engine_work() -> Iterator[bool]:
-    """Pause the cyclic garbage collector for the engine's own work: what it allocates (traces,
-    task states) lives for the whole build, so collecting it generation by generation is wasted
-    time. Yields whether collection was on, to be restored for rule bodies and afterwards."""
-    collect = gc.isenabled()
-    gc.disable()
-    try:
-        yield collect
-    finally:
-        if collect:
-            gc.enable()

@@ -20,14 +20,17 @@ Contract:
   tasks that needed more than one).
 - `timeout=` seconds: elsewhere, a body past it is stopped and fails with TimeoutError; here (a
   thread cannot be stopped) it runs on, and is reported as overdue with a warning.
+- `engine_work()`: the cyclic garbage collector paused for a build's own work, given back to
+  each body while it runs (`scheduler.gc`).
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from greenlet import GreenletExit
 
@@ -164,3 +167,17 @@ def _fits(task: Task) -> bool:
         return task.rule.accepts(task.args, task.kwargs)
     except Exception:  # arguments that cannot be read back at all
         return False
+
+
+@contextlib.contextmanager
+def engine_work() -> Iterator[bool]:
+    """Pause the cyclic garbage collector for the engine's own work: what it allocates (traces,
+    task states) lives for the whole build, so collecting it generation by generation is wasted
+    time. Yields whether collection was on, to be restored for rule bodies and afterwards."""
+    collect = gc.isenabled()
+    gc.disable()
+    try:
+        yield collect
+    finally:
+        if collect:
+            gc.enable()

@@ -15,10 +15,18 @@ Contract:
   What remains is up to date without visiting it: the scheduler takes those hashes as known.
 - `closure(keys, skip)` lists, dependencies first, the remembered tasks the targets reach, for the
   report: a task up to date this way was reused even though the build never touched it.
-Nothing here is persisted: a new process starts empty and verifies through the store's traces.
+- Kept for a fresh process: `dump()` gives what is remembered of tasks of policy "persist" (each
+  as its key, value hash and which of its stored traces), the rule versions and the tasks of policy
+  "none"; `changed` says whether there is anything new to dump. `restore(data, traces)` in a
+  fresh process takes them back, each task with its trace as the store's index holds it. A task
+  whose trace the index no longer holds (evicted, pruned, never stored) is not taken back, and
+  the next `invalidate` drops everything that depends on it or on any task not taken back (of
+  policy "memory", say): what those read is not known, so neither is whether they are up to date. The rest is then re-checked by its inputs like anything
+  verified in this process (a fresh process's own rule versions, files and variables).
 """
 from __future__ import annotations
 
+import marshal
 from collections import defaultdict
 from typing import TYPE_CHECKING, Callable, Iterable, cast
 
@@ -26,7 +34,7 @@ from . import environment, inputs
 from .trace import ENV_PREFIX
 
 if TYPE_CHECKING:
-    from typing import Container
+    from typing import Container, Mapping
     from .environment import Owner
     from .rule import Rule
     from .state import TaskState
@@ -35,6 +43,9 @@ if TYPE_CHECKING:
 
 __all__ = ["CleanSet"]
 
+_FORMAT = "nbbuild-verified-1"
+_DECODE_ERRORS = (ValueError, EOFError, TypeError)
+
 
 class CleanSet:
     def __init__(self) -> None:
@@ -42,6 +53,9 @@ class CleanSet:
         self.entries: dict[str, tuple[Trace, str, float, str]] = {}   # trace, repr, seconds, policy
         self.versions: dict[str, str] = {}
         self.volatile: set[str] = set()                                # policy "none": never clean
+        self.changed = False            # anything remembered or dropped since the last dump
+        self._unknown: set[str] = set()  # restored tasks whose trace is gone: dropped with dependents
+        self._persisted: set[str] = set()  # rules of restored tasks: all of policy "persist" then
 
     def clear(self) -> None:
         self.__init__()  # type: ignore[misc]
@@ -50,19 +64,71 @@ class CleanSet:
         for st in states:
             key, rule = st.task.key, st.task.rule
             if rule.policy == "none":
-                self.volatile.add(key)
+                if key not in self.volatile:
+                    self.volatile.add(key)
+                    self.changed = True
                 self._drop(key)
             elif st.status == done and st.trace is not None:
+                entry = self.entries.get(key)
+                if entry is None or entry[0] is not st.trace or entry[3] != rule.policy:
+                    self.changed = True
                 self.hashes[key] = cast(str, st.hash)     # done: hashed
                 self.entries[key] = (st.trace, st.task._repr, st.seconds, rule.policy)
             else:
                 self._drop(key)
         for rule, v in versions.items():
-            self.versions[rule.name] = v.version
+            if self.versions.get(rule.name) != v.version:
+                self.versions[rule.name] = v.version
+                self.changed = True
 
     def _drop(self, key: str) -> None:
-        self.hashes.pop(key, None)
+        if self.hashes.pop(key, None) is not None:
+            self.changed = True
         self.entries.pop(key, None)
+
+    # ------------------------------------------------------------ for a fresh process
+
+    def dump(self) -> bytes:
+        rows = [(key, trace.result, trace.created, seconds)
+                for key, (trace, _, seconds, policy) in self.entries.items() if policy == "persist"]
+        self.changed = False
+        return marshal.dumps((_FORMAT, self.versions, sorted(self.volatile), rows))
+
+    def restore(self, data: bytes | None, traces: Mapping[str, list[Trace]]) -> None:
+        """Take back what `dump` gave (in another process); nothing when `data` is None or not one."""
+        if data is None:
+            return
+        try:
+            form, versions, volatile, rows = marshal.loads(data)
+            if form != _FORMAT:
+                return
+            found = []
+            for key, result, created, seconds in rows:
+                trace = None
+                for t in traces.get(key, ()):      # newest first: almost always the first
+                    if t.created == created and t.result == result:
+                        trace = t
+                        break
+                found.append((key, trace, float(seconds)))
+            versions, volatile = {str(k): str(v) for k, v in versions.items()}, {str(k) for k in volatile}
+        except _DECODE_ERRORS:
+            return
+        for key, trace, seconds in found:
+            if trace is None:
+                self._unknown.add(key)
+            else:
+                self.hashes[key] = trace.result
+                self.entries[key] = (trace, trace.repr, seconds, "persist")
+                self._persisted.add(trace.rule)
+        # a dependency not taken back (of policy "memory", its trace gone) is not known up to
+        # date: the next invalidate drops what depends on it
+        hashes, unknown = self.hashes, self._unknown
+        for trace, _, _, _ in self.entries.values():
+            for dep in trace.split()[0]:
+                if dep not in hashes:
+                    unknown.add(dep)
+        self.versions.update(versions)
+        self.volatile.update(volatile)
 
     def _deps(self, key: str) -> tuple[str, ...]:
         entry = self.entries.get(key)
@@ -72,18 +138,21 @@ class CleanSet:
                    file_hash: Callable[[str], str],
                    mine: Callable[[str], Callable[[str], bool]] | None = None,
                    owner: Callable[[str], Owner | None] = lambda key: None) -> None:
+        unknown, self._unknown = self._unknown, set()
+        persisted, self._persisted = self._persisted, set()
         if not self.hashes:
             return
         changed = set()
         for name, version in self.versions.items():
             rule = rules.get(name)
             try:
-                same = rule is not None and rule.policy != "none" and version_of(rule).version == version
+                same = (rule is not None and rule.policy != "none" and version_of(rule).version == version
+                        and (rule.policy == "persist" or name not in persisted))
             except Exception:  # the scheduler reports such a rule's failure; here it is just not clean
                 same = False
             if not same:
                 changed.add(name)
-        seeds = set(self.volatile)
+        seeds = self.volatile | unknown
         if changed:
             seeds.update(k for k in self.hashes if k.partition("/")[0] in changed)
         now: dict[str, str] = {}

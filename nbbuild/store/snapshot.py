@@ -15,6 +15,10 @@ Contract:
   the same count means no row it covers was deleted (evicted, pruned, cleared, replaced).
 - `write(table, signer, snapshot)` stores one, replacing the last; it is a cache, so a failed
   write is only logged (the next fresh process reads row by row, as without one).
+- `read_verified` / `write_verified`: beside it, in row `g:<key id>`, signed as it is, what the
+  last build of this key verified (engine/verified.py dumps and restores it; opaque here), so
+  that a fresh process re-checks inputs rather than walking every trace. `clear` deletes it with
+  the rest; a row that does not verify is not used.
 - A snapshot holds the traces (each at most MAX_TRACES per task key, as the index keeps them)
   and the rows another key signed (reported once per process, as a row by row read does).
   Traces are facts (this version, with these dependencies' hashes, gave this value's hash): one
@@ -32,7 +36,7 @@ from ..engine.trace import Trace
 from .signing import Signer
 from .table import WRITE_ERRORS, Table
 
-__all__ = ["Snapshot", "read", "write", "covered"]
+__all__ = ["Snapshot", "read", "write", "covered", "read_verified", "write_verified"]
 
 log = logging.getLogger("nbbuild")
 _FORMAT = "nbbuild-snapshot-1"
@@ -107,3 +111,25 @@ def _fields(tr: Trace) -> tuple:
             tuple([tuple([(i(k), i(h)) for k, h in group]) for group in d["deps"]]), i(d["result"]),
             d["seconds"], tuple([(i(a), i(b)) for a, b in d["parts"]]),
             tuple([(i(a), i(b)) for a, b in d["packages"]]), d["created"], d["outputs"], d["environ"])
+
+
+def _verified_row(signer: Signer) -> str:
+    return "g:" + signer.kid.hex()
+
+
+def read_verified(table: Table, signer: Signer) -> bytes | None:
+    row = _verified_row(signer)
+    found = table.get(row)
+    if found is None or not isinstance(found[0], bytes):
+        return None
+    data = signer.open(row, found[0])
+    return data.tobytes() if data is not None else None
+
+
+def write_verified(table: Table, signer: Signer, data: bytes) -> None:
+    row = _verified_row(signer)
+    try:
+        with table.transact():
+            table.upsert([(row, signer.seal(row, data))])
+    except WRITE_ERRORS as e:
+        log.debug("nbbuild: what the build verified was not kept (%s)", e)

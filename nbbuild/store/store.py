@@ -24,7 +24,8 @@ Contract:
 - Hooks given when made: `held()` (values the running build holds), `on_room(store, need)` (before a write).
 - Row `a:<task key>#<value hash>` holds what the run that gave that value attached (trace.attach).
   Rows `s:<name>` hold settings, `m:<name>` counters, `x:<hash>` when a value was evicted, `u:<row>`
-  a trace or attachment not yet uploaded to the shared tier.
+  a trace or attachment not yet uploaded to the shared tier, `k:<key id>` the index's snapshot and
+  `g:<key id>` what this key's last build verified (snapshot.py: `verified`, `keep_verified`).
 - With a shared tier (`shared`, sharing.py) this store is its near tier: a task about to run first
   has the shared tier's traces copied in (`refresh_if_changed`), a value missing here is
   downloaded from it (`load`), and what this store records is uploaded in the background.
@@ -41,7 +42,7 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, AbstractSet, Any, Callable, Iterable
 
 from ..engine import files
-from . import foreign, valuefile
+from . import foreign, snapshot, valuefile
 from .signing import MAC_BYTES, Signer, key_path, user_key
 from .index import Index
 from .sharing import Sharing
@@ -304,6 +305,14 @@ class Store(Values, Tiering, Inventory, Bounds):
             self.index.keep_snapshot()
         if self.sharing is not None:
             self.sharing.kick()
+
+    def verified(self) -> bytes | None:
+        """What the last build of this key verified, as it kept it (snapshot.py), or None."""
+        return snapshot.read_verified(self.table, self.signer)
+
+    def keep_verified(self, data: bytes) -> None:
+        with self._lock:
+            snapshot.write_verified(self.table, self.signer, data)
 
     def begin_build(self) -> None:
         """A build starts: its first failed write warns (once), and what it fails to store is its own."""
