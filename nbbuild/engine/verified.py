@@ -98,35 +98,35 @@ class CleanSet:
         """Take back what `dump` gave (in another process); nothing when `data` is None or not one."""
         if data is None:
             return
+        hashes: dict[str, str] = {}
+        entries: dict[str, tuple[Trace, str, float, str]] = {}
+        unknown, persisted, reads = self._unknown, self._persisted, []
         try:
             form, versions, volatile, rows = marshal.loads(data)
             if form != _FORMAT:
                 return
-            found = []
+            get = traces.get
             for key, result, created, seconds in rows:
-                trace = None
-                for t in traces.get(key, ()):      # newest first: almost always the first
+                for t in get(key, ()):      # newest first: almost always the first
                     if t.created == created and t.result == result:
-                        trace = t
                         break
-                found.append((key, trace, float(seconds)))
+                else:
+                    unknown.add(key)
+                    continue
+                hashes[key] = result
+                entries[key] = (t, t.repr, float(seconds), "persist")
+                persisted.add(t.rule)
+                reads.append(t.split()[0])
             versions, volatile = {str(k): str(v) for k, v in versions.items()}, {str(k) for k in volatile}
         except _DECODE_ERRORS:
+            unknown.clear()
+            persisted.clear()
             return
-        for key, trace, seconds in found:
-            if trace is None:
-                self._unknown.add(key)
-            else:
-                self.hashes[key] = trace.result
-                self.entries[key] = (trace, trace.repr, seconds, "persist")
-                self._persisted.add(trace.rule)
         # a dependency not taken back (of policy "memory", its trace gone) is not known up to
         # date: the next invalidate drops what depends on it
-        hashes, unknown = self.hashes, self._unknown
-        for trace, _, _, _ in self.entries.values():
-            for dep in trace.split()[0]:
-                if dep not in hashes:
-                    unknown.add(dep)
+        unknown.update(set().union(*reads).difference(hashes))
+        self.hashes.update(hashes)
+        self.entries.update(entries)
         self.versions.update(versions)
         self.volatile.update(volatile)
 

@@ -39,10 +39,11 @@ from .table import WRITE_ERRORS, Table
 __all__ = ["Snapshot", "read", "write", "covered", "read_verified", "write_verified"]
 
 log = logging.getLogger("nbbuild")
-_FORMAT = "nbbuild-snapshot-1"
-# Trace's fields and the text it derives once (trace.py): marshal keeps their types exactly
+_FORMAT = "nbbuild-snapshot-2"
+# Trace's fields and what it derives once (trace.py: `split`, `environment`), which a fresh process
+# needs of every trace: marshal keeps their types exactly
 _FIELDS = ("key", "rule", "args", "repr", "version", "deps", "result", "seconds", "parts", "packages",
-           "created", "outputs", "environ")
+           "created", "outputs", "environ", "_split", "_env")
 _DECODE_ERRORS = (ValueError, EOFError, TypeError, KeyError)
 
 
@@ -92,7 +93,8 @@ def read(table: Table, signer: Signer) -> Snapshot | None:
 
 
 def write(table: Table, signer: Signer, snapshot: Snapshot) -> None:
-    rows = [(sys.intern(key), [_fields(tr) for tr in lst]) for key, lst in snapshot.traces.items() if lst]
+    shared: dict[tuple, tuple] = {}
+    rows = [(sys.intern(key), [_fields(tr, shared) for tr in lst]) for key, lst in snapshot.traces.items() if lst]
     data = marshal.dumps((_FORMAT, snapshot.watermark, snapshot.count, list(snapshot.foreign), rows))
     row = _row(signer)
     try:
@@ -102,15 +104,22 @@ def write(table: Table, signer: Signer, snapshot: Snapshot) -> None:
         log.debug("nbbuild: the index's snapshot was not written (%s)", e)
 
 
-def _fields(tr: Trace) -> tuple:
-    """The trace's fields in _FIELDS' order, the strings that recur made one object each: marshal
-    then writes each once (a task key and a value hash recur in the traces that read them), and a
-    fresh process holds each once. A task's arguments and repr are its own: not interned."""
+def _fields(tr: Trace, shared: dict[tuple, tuple]) -> tuple:
+    """The trace's fields in _FIELDS' order, the strings that recur made one object each, and the
+    parts and packages of a rule version one tuple for all its traces: marshal then writes each
+    once (a task key and a value hash recur in the traces that read them), and a fresh process
+    holds each once (fewer objects, less for the garbage collector to go over). A task's
+    arguments and repr are its own: not interned."""
     d, i = tr.__dict__, sys.intern
+    parts = tuple([(i(a), i(b)) for a, b in d["parts"]])
+    packages = tuple([(i(a), i(b)) for a, b in d["packages"]])
+    tasks, files = tr.split()
     return (i(d["key"]), i(d["rule"]), d["args"], d["repr"], i(d["version"]),
             tuple([tuple([(i(k), i(h)) for k, h in group]) for group in d["deps"]]), i(d["result"]),
-            d["seconds"], tuple([(i(a), i(b)) for a, b in d["parts"]]),
-            tuple([(i(a), i(b)) for a, b in d["packages"]]), d["created"], d["outputs"], d["environ"])
+            d["seconds"], shared.setdefault(parts, parts), shared.setdefault(packages, packages),
+            d["created"], d["outputs"], d["environ"],
+            (tuple([i(k) for k in tasks]), tuple([(i(p), i(h)) for p, h in files])),
+            tuple([(i(k), i(h)) for k, h in tr.environment()]))
 
 
 def _verified_row(signer: Signer) -> str:
