@@ -128,6 +128,7 @@ class Build(Explaining, Watched, Listeners, TeamCache):
         self._clean = CleanSet()
         self._generation = self.store.generation
         self._fresh = True          # no build yet: the store's record of what was verified is unread
+        self._verified_due = 0.0    # when it may be written again (verified.py: an older one is safe)
         self._pool = HelperPool()
         self.listeners: list[BuildListener] = []
         self._tracker: Tracker | None = None
@@ -280,8 +281,8 @@ class Build(Explaining, Watched, Listeners, TeamCache):
                 if st.outcome == Outcome.EXECUTED and st.hash in lost and not st.unstored:
                     st.unstored = self.store.write_error or "the store could not be written"
         sched.rebuilder.remember(sched.states.values())
-        if self._clean.changed:
-            self.store.keep_verified(self._clean.dump())
+        if self._clean.changed and time.monotonic() >= self._verified_due:
+            self._keep_verified()
         for st in sched.states.values():
             for found, kept in ((sched.restored, self._restored), (sched.environ_restored, self._environ_restored)):
                 if st.task.key in found:
@@ -389,7 +390,15 @@ class Build(Explaining, Watched, Listeners, TeamCache):
                 raise RuleError(str(e)) from None
         return found
 
+    def _keep_verified(self) -> None:
+        # it is written whole: at most a twentieth of the time goes to it between builds
+        start = time.monotonic()
+        self.store.keep_verified(self._clean.dump())
+        self._verified_due = time.monotonic() + 20 * (time.monotonic() - start)
+
     def close(self) -> None:
+        if self._clean.changed:
+            self._keep_verified()
         for ex in self._executors.values():
             try:
                 ex.close()

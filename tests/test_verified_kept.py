@@ -4,8 +4,10 @@ the last build verified (rule versions, files, environment variables) instead of
 trace, and gets exactly what a walk gives: the oracle's values, and only what changed runs."""
 from __future__ import annotations
 
+import marshal
 import os
 import sqlite3
+import uuid
 
 import pytest
 
@@ -156,6 +158,7 @@ def test_a_build_that_verified_nothing_new_does_not_write_it_again(folder, monke
         top = define(b, ran, folder)
         b.build(top)
         assert len(kept) == 1
+        b.build(top)
         assert len(kept) == 1 and ran == ALL
 
 
@@ -165,3 +168,69 @@ def test_after_the_store_is_cleared_everything_runs_again(folder):
         b.clear()
     assert sql(folder, "SELECT key FROM Cache WHERE key LIKE 'g:%'") == []
     assert build(folder) == ALL
+
+
+def test_of_two_tasks_writing_one_file_the_one_that_wrote_last_still_has(tmp_path):
+    """Only a visit claims a task's files (outputs.Owners): tasks that wrote files are not taken back."""
+    path = tmp_path / "f.txt"
+
+    def define(b):
+        @b.rule
+        def t():
+            path.write_text("T")
+            return 1
+
+        @b.rule
+        def u():
+            path.write_text("U")
+            return 2
+
+        @b.rule
+        def z():
+            return t() + u()
+
+        @b.rule
+        def r():
+            z()
+            return path.read_text()
+        return r
+
+    for _ in range(2):
+        with nbbuild.Build(tmp_path / "store", workers=1, progress=False) as b:
+            assert b.build(define(b)) == ["U"] and path.read_text() == "U"
+
+
+def test_dependents_read_the_value_a_forced_task_not_deterministic_has_now(tmp_path):
+    def define(b):
+        @b.rule
+        def y():
+            return uuid.uuid4().hex
+
+        @b.rule
+        def x():
+            return "x:" + y()
+
+        @b.rule
+        def z():
+            return "z:" + x()
+        return y, z
+
+    with nbbuild.Build(tmp_path / "store", workers=1, progress=False) as b:
+        y, z = define(b)
+        b.build(z)
+        now, = b.build(y, force=True)
+        assert b.build(z) == ["z:x:" + now]          # the same process
+    with nbbuild.Build(tmp_path / "store", workers=1, progress=False) as b:
+        y, z = define(b)
+        later, = b.build(z)
+        assert later == "z:x:" + b.build(y)[0]        # a fresh one
+
+
+@pytest.mark.parametrize("shape", [("nbbuild-verified-1", [], [], []), ("nbbuild-verified-1", {}, [], None),
+                                   ("nbbuild-verified-1", {}, [], [("k", "h", 1.0)]), (1, 2)])
+def test_a_signed_record_of_another_shape_is_not_used(folder, verified, shape):
+    build(folder)
+    with nbbuild.Build(folder / "store", progress=False) as b:
+        b.store.keep_verified(marshal.dumps(shape))
+    verified.clear()
+    assert build(folder) == [] and len(verified) == len(ALL)

@@ -18,11 +18,15 @@ Contract:
 - Kept for a fresh process: `dump()` gives what is remembered of tasks of policy "persist" (each
   as its key, value hash and which of its stored traces), the rule versions and the tasks of policy
   "none"; `changed` says whether there is anything new to dump. `restore(data, traces)` in a
-  fresh process takes them back, each task with its trace as the store's index holds it. A task
-  whose trace the index no longer holds (evicted, pruned, never stored) is not taken back, and
-  the next `invalidate` drops everything that depends on it or on any task not taken back (of
-  policy "memory", say): what those read is not known, so neither is whether they are up to date. The rest is then re-checked by its inputs like anything
+  fresh process takes them back, each task with its trace as the store's index holds it, but not
+  a task whose trace the index no longer holds (evicted, pruned, never stored) or holds a newer one
+  of its version, whose trace read another hash of a task taken back, or that wrote files or set
+  variables (only a visit claims them: outputs.Owners). The next `invalidate` drops everything
+  that depends on a task not taken back (of policy "memory", say): what those read is not known,
+  so neither is whether they are up to date. The rest is re-checked by its inputs like anything
   verified in this process (a fresh process's own rule versions, files and variables).
+- `record` also drops what read a task whose hash has moved since (run again, forced, a value not
+  deterministic) and that this build did not visit, with its dependents.
 """
 from __future__ import annotations
 
@@ -61,6 +65,7 @@ class CleanSet:
         self.__init__()  # type: ignore[misc]
 
     def record(self, states: Iterable[TaskState], versions: dict[Rule, Version], done: int) -> None:
+        moved: set[str] = set()       # tasks whose value changed (run again, forced, not deterministic)
         for st in states:
             key, rule = st.task.key, st.task.rule
             if rule.policy == "none":
@@ -72,6 +77,12 @@ class CleanSet:
                 entry = self.entries.get(key)
                 if entry is None or entry[0] is not st.trace or entry[3] != rule.policy:
                     self.changed = True
+                if key in self.volatile:      # a rule of policy "none" once, not now
+                    self.volatile.discard(key)
+                    self.changed = True
+                before = self.hashes.get(key)
+                if before is not None and before != st.hash:
+                    moved.add(key)
                 self.hashes[key] = cast(str, st.hash)     # done: hashed
                 self.entries[key] = (st.trace, st.task._repr, st.seconds, rule.policy)
             else:
@@ -80,6 +91,16 @@ class CleanSet:
             if self.versions.get(rule.name) != v.version:
                 self.versions[rule.name] = v.version
                 self.changed = True
+        if moved:
+            # a task remembered as read by one that this build did not visit (a forced target, a
+            # value not deterministic run again) no longer has the hash that task's trace saw
+            stale = set()
+            for key, entry in self.entries.items():
+                for group in entry[0].deps:
+                    if any(k in moved and h != self.hashes[k] for k, h in group):
+                        stale.add(key)
+                        break
+            self._drop_with_dependents(stale)
 
     def _drop(self, key: str) -> None:
         if self.hashes.pop(key, None) is not None:
@@ -100,31 +121,47 @@ class CleanSet:
             return
         hashes: dict[str, str] = {}
         entries: dict[str, tuple[Trace, str, float, str]] = {}
-        unknown, persisted, reads = self._unknown, self._persisted, []
+        unknown, persisted, bad = self._unknown, self._persisted, set()
         try:
             form, versions, volatile, rows = marshal.loads(data)
             if form != _FORMAT:
                 return
             get = traces.get
             for key, result, created, seconds in rows:
+                newer = set()
                 for t in get(key, ()):      # newest first: almost always the first
                     if t.created == created and t.result == result:
                         break
+                    newer.add(t.version)
                 else:
                     unknown.add(key)
                     continue
                 hashes[key] = result
                 entries[key] = (t, t.repr, float(seconds), "persist")
-                persisted.add(t.rule)
-                reads.append(t.split()[0])
-            versions, volatile = {str(k): str(v) for k, v in versions.items()}, {str(k) for k in volatile}
-        except _DECODE_ERRORS:
+                # a newer trace of its version (another process's, say) may be the one a walk
+                # takes; the files and variables it wrote are claimed only by being visited
+                # (outputs.Owners: which of the tasks writing one file was last)
+                if t.version in newer or t.outputs or t.environ:
+                    bad.add(key)
+            versions = {str(k): str(v) for k, v in versions.items()}
+            volatile = {str(k) for k in volatile}
+        except (*_DECODE_ERRORS, AttributeError):
             unknown.clear()
-            persisted.clear()
             return
+        reads = []
+        for key, (t, _, _, _) in entries.items():
+            # what it read must be what was taken back (a dependency forced or run again since
+            # it was verified had another value)
+            if any(k in hashes and hashes[k] != h for group in t.deps for k, h in group):
+                bad.add(key)
+            reads.append(t.split()[0])
+        for key in bad:
+            del hashes[key], entries[key]
+        unknown.update(bad)
         # a dependency not taken back (of policy "memory", its trace gone) is not known up to
         # date: the next invalidate drops what depends on it
         unknown.update(set().union(*reads).difference(hashes))
+        persisted.update(t.rule for t, _, _, _ in entries.values())
         self.hashes.update(hashes)
         self.entries.update(entries)
         self.versions.update(versions)
@@ -182,6 +219,9 @@ class CleanSet:
                     or trace.environ and environment.pending([e for e in trace.environ
                                                               if last is None or last(ENV_PREFIX + e[0])])):
                 seeds.add(key)
+        self._drop_with_dependents(seeds)
+
+    def _drop_with_dependents(self, seeds: set[str]) -> None:
         if not seeds:
             return
         dependents = defaultdict(list)
