@@ -539,6 +539,35 @@ def test_a_value_that_pickles_otherwise_once_loaded_is_not_taken_for_changed_in_
     assert calls == ["box"]
 
 
+def test_a_value_loaded_from_the_store_is_not_hashed_again_until_a_later_build_checks_it(store_dir, calls, caplog,
+                                                                                          monkeypatch):
+    """A restart's reused value is unpickled, never pickled back (its hash as loaded is taken only
+    when a later build checks it for a change in place, and that check still finds one)."""
+    from nbbuild.store import serialisation
+    hashed = []
+    value_hash = serialisation.value_hash
+    monkeypatch.setattr(serialisation, "value_hash", lambda value: hashed.append(value) or value_hash(value))
+
+    def define(build):
+        @build.rule
+        def box():
+            calls.append("box")
+            return _PicklesOtherwiseOnceLoaded()
+        return box
+
+    with nbbuild.Build(store_dir, workers=1) as b:
+        b.build(define(b))
+    with nbbuild.Build(store_dir, workers=1) as b:
+        box = define(b)
+        hashed.clear()
+        loaded = b.build(box)[0]
+        assert loaded.origin == "stored" and hashed == []
+        assert b.build(box)[0] is loaded and "changed in place" not in caplog.text
+        loaded.items.append(1)
+        assert b.build(box)[0].items == [] and "changed in place" in caplog.text
+    assert calls == ["box"]
+
+
 def test_a_value_changed_in_place_after_it_was_built_is_replaced_by_the_stored_one(b, calls, caplog):
     @b.rule
     def items():
