@@ -35,6 +35,7 @@ class Recording(NotebookClient):
         self.updates: list[tuple[int, float, str, dict]] = []   # cell, arrival, kernel's date, state
         self.replies: dict[int, tuple[float, str]] = {}
         self.comms: list[tuple[int, str]] = []     # cell, message type: every comm message
+        self.messages: list[tuple[int, str]] = []  # cell, message type: every message of a cell
         self.on_cell_executed = self._replied
         self.go, self.go_when = folder / "go", go_when
 
@@ -46,6 +47,10 @@ class Recording(NotebookClient):
             if self.go_when is not None and not self.go.exists() and self.go_when(self.updates):
                 self.go.touch()
         super().handle_comm_msg(outs, msg, cell_index)
+
+    def process_message(self, msg, cell, cell_index):
+        self.messages.append((cell_index, msg["msg_type"]))
+        return super().process_message(msg, cell, cell_index)
 
     def _replied(self, cell, cell_index, execute_reply):
         self.replies[cell_index] = (time.monotonic(), execute_reply["header"]["date"])
@@ -159,10 +164,19 @@ def test_with_no_graphviz_at_all_the_graph_is_mermaid(tmp_path):
 
 def test_a_quick_build_sends_no_widget_its_place_shows_the_settled_line(tmp_path):
     """A build over before the view's first tick was never seen running: no widget message at all
-    (issue 17: a reused cell paid for three widgets it never showed live), one display and one
-    update of it, whose HTML is the settled view."""
-    nb, client = run(tmp_path, ["%load_ext nbbuild", "%%rule raw\nraw = [3, 1, 2]", "%build raw --force"])
+    (issue 17: a reused cell paid for three widgets it never showed live). Its view is displayed
+    once, settled (HTML), when nothing was shown before; else its place is taken before the body's
+    first output, and updated."""
+    cells = ["%load_ext nbbuild", "%%rule raw\nraw = [3, 1, 2]", "%build raw --force",
+             "%%rule talk\nprint('said')\ntalk = 1", "%build talk"]
+    nb, client = run(tmp_path, cells)
     assert client.comms == []
+    displays = [(c, t) for c, t in client.messages if t in ("display_data", "update_display_data")]
+    assert displays == [(1, "display_data"), (2, "display_data"), (3, "display_data"), (3, "update_display_data"),
+                        (4, "display_data")]
+    assert [o.get("output_type") for o in nb.cells[3].outputs] == ["display_data", "stream"]
+    assert is_build_view(nb.cells[3].outputs[0]) and nb.cells[3].outputs[0]["data"]["text/plain"].startswith("ran 1, ")
+    assert nb.cells[4].outputs[0]["data"]["text/plain"].startswith("ran 0, reused 1, ")
     outputs = nb.cells[2].outputs
     assert len(outputs) == 1 and is_build_view(outputs[0])
     assert outputs[0]["data"]["text/plain"].startswith("ran 1, reused 0, failed 0 in ")

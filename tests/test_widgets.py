@@ -102,8 +102,8 @@ def test_it_settles_into_the_reports_line(b, calls, capsys):
     assert parts["text"].value.startswith(f"<b>nbbuild</b> {b.report}<details><summary>2 tasks</summary>")
     assert 'class="nbbuild-running"' not in parts["text"].value     # nothing runs any more
     shown = capsys.readouterr().out.splitlines()
-    # its place taken first, the box put there at the first tick, then settled: updates of one display
-    assert shown == ["nbbuild: building…", "nbbuild: building…", str(b.report)]
+    # the box displayed at the first tick (nothing was shown before), then settled: one display, updated
+    assert shown == ["nbbuild: building…", str(b.report)]
 
 
 def test_a_failed_build_settles_in_red(b):
@@ -185,8 +185,8 @@ def test_metrics_and_dashboard_render_the_build_metrics(b, calls):
 
 
 def test_a_build_over_before_the_first_tick_sends_no_widget_and_shows_its_line_once_settled(b, calls, capsys):
-    """Nothing of it could be seen running: no widget is made (none to open, none to update), its
-    place shows the settled view (the report's line, the rows folded below it) as HTML."""
+    """Nothing of it could be seen running: no widget is made (none to open, none to update), and
+    the settled view (the report's line, the rows folded below it) is displayed once, as HTML."""
     view = b.watch(Watched(first=60.0))      # its first tick far beyond any build of two tasks
     opened = []
     before = w.Widget.open
@@ -195,8 +195,8 @@ def test_a_build_over_before_the_first_tick_sends_no_widget_and_shows_its_line_o
         rules(b, calls)()
     finally:
         w.Widget.open = before
-    # its place, then the settled line there: one update of one display
-    assert capsys.readouterr().out.splitlines() == ["nbbuild: building…", str(b.report)]
+    # nothing of it was shown before it settled: one display, the settled line
+    assert capsys.readouterr().out.splitlines() == [str(b.report)]
     parts = view.last
     assert opened == [] and "box" not in parts and view.changes == []
     assert parts["settled"].startswith(f"<b>nbbuild</b> {b.report}<details><summary>2 tasks</summary>")

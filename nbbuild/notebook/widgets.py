@@ -10,11 +10,13 @@ Contract:
   run its body on the kernel's thread), `first` seconds in and then every `interval` seconds: the
   text each time, the bar at most every `bar_every` seconds, and only what changed. Each widget
   message costs the build's thread GIL hand-offs in the kernel (BENCHMARKS.md), hence few:
-  the updates reach the front end while the cell runs. Its place is taken when the build starts
-  (a plain-text display, first in the cell's output); the box fills it at the first tick. A build
-  over before then was never seen running: it sends no widget at all, its place shows the settled
-  view as HTML (the report's line, the rows folded below it, the graph; `parts["settled"]`), in
-  one update. The ticker is one thread per view, kept between builds (a thread started per build
+  the updates reach the front end while the cell runs. Its place is first in the cell's output,
+  before anything the build shows: it is taken (a plain-text display) when a rule's body is about
+  to show something (`place()`, which the notebook's capture calls, from any thread), or by the
+  box at the first tick. A build over before then was never seen running: it sends no widget at
+  all, and shows the settled view as HTML (the report's line, the rows folded below it, the graph;
+  `parts["settled"]`) in its place, or, when nothing took it (a build that only reused values),
+  as one display then. The ticker is one thread per view, kept between builds (a thread started per build
   cost a reused cell more than its build), each build's ticks run in the context of the cell
   that started it; it ends after `IDLE` seconds without a build. When the build ends no tick
   pushes any more (under the view's lock), then the box settles into the report's one line (the
@@ -122,17 +124,33 @@ class BuildView(Listener):
                 parts["snapshot"] = self.snapshot(parts["targets"])    # here, on the build's thread
             except Exception:  # the graph is a bonus: the build view goes on without it
                 log.warning("nbbuild: the task graph could not be read", exc_info=True)
-        # its place, first in the cell's output, before anything the rules print: the widget
-        # takes it at the first tick (or, for a build over by then, the settled view as HTML)
-        parts["handle"] = display({"text/plain": "nbbuild: building…"}, raw=True, display_id=True,
-                                  metadata={"nbbuild": {"view": "build"}})
-        self.last = parts
+        # its place, first in the cell's output, is taken when something is to be shown (place())
+        parts["handle"] = None
         # the ticks resolve the kernel's output routing (context variables) as the cell does
+        parts["context"] = contextvars.copy_context()
+        self.last = parts
         with self._spawn:
-            self._builds.put((build, parts, contextvars.copy_context()))
+            self._builds.put((build, parts, parts["context"]))
             if self._ticker is None:
                 self._ticker = threading.Thread(target=self._serve, name="nbbuild-view", daemon=True)
                 self._ticker.start()
+
+    def place(self) -> None:
+        """Something of the running build is about to be shown (a rule's body prints): the view
+        takes its place first, in the cell's output."""
+        parts = self.last
+        if parts is None or parts["handle"] is not None or parts["over"]:
+            return
+        with self._lock:
+            if parts["handle"] is None and not parts["over"]:
+                # in the context the build started in: the cell's output routing (from any
+                # thread), and outside the capture of the body that calls (not its output)
+                parts["context"].copy().run(self._take_place, parts)
+
+    @staticmethod
+    def _take_place(parts: dict, data: dict | None = None) -> None:
+        parts["handle"] = display(data or {"text/plain": "nbbuild: building…"}, raw=True, display_id=True,
+                                  metadata={"nbbuild": {"view": "build"}})
 
     def _serve(self) -> None:
         """The ticker thread: the builds' ticks, one build after another."""
@@ -162,9 +180,12 @@ class BuildView(Listener):
         parts.update(box=box, bar=bar_, text=html_)
         self._place(parts, plain)
 
-    @staticmethod
-    def _place(parts: dict, plain: str) -> None:
-        parts["handle"].update(_bundle(parts["box"], plain), raw=True, metadata={"nbbuild": {"view": "build"}})
+    @classmethod
+    def _place(cls, parts: dict, plain: str) -> None:
+        if parts["handle"] is None:
+            cls._take_place(parts, _bundle(parts["box"], plain))
+        else:
+            parts["handle"].update(_bundle(parts["box"], plain), raw=True, metadata={"nbbuild": {"view": "build"}})
 
     def _tick(self, build: Any, parts: dict) -> None:
         # a build that is over before the first tick is shown once, settled (no update to send)
@@ -254,9 +275,12 @@ class BuildView(Listener):
                 # never seen running: no widget, the settled view as HTML in its place, one message
                 line_ = f'<span class="nbbuild-failed">{html.escape(text)}</span>' if bad else html.escape(text)
                 parts["settled"] = f"<b>nbbuild</b> {line_}{rows}{parts['graph']}"
-                parts["handle"].update({"text/plain": text, "text/html": f'{_STYLE}<div class="nbbuild-progress '
-                                        f'nbbuild-settled">{parts["settled"]}</div>'},
-                                       raw=True, metadata={"nbbuild": {"view": "build"}})
+                shown = {"text/plain": text, "text/html": f'{_STYLE}<div class="nbbuild-progress nbbuild-settled">'
+                                                          f'{parts["settled"]}</div>'}
+                if parts["handle"] is None:
+                    display(shown, raw=True, metadata={"nbbuild": {"view": "build"}})
+                else:
+                    parts["handle"].update(shown, raw=True, metadata={"nbbuild": {"view": "build"}})
                 return
         self._place(parts, text)
 
