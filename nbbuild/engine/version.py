@@ -88,19 +88,25 @@ def _classify_module(modname: str | None) -> tuple[bool, tuple[str, str] | None]
     elif os.path.realpath(path).startswith(_STDLIB) and "site-packages" not in path:
         result = (False, None)
     else:
-        dist = _distribution(top)
-        if dist is None:
-            result = ("site-packages" not in path and "dist-packages" not in path, None)
-        else:
-            editable = False
-            try:
-                direct = json.loads(dist.read_text("direct_url.json") or "{}")
-                editable = bool(direct.get("dir_info", {}).get("editable"))
-            except (ValueError, OSError):
-                pass
-            result = (editable, (dist.metadata["Name"], dist.version))
+        result = _installed(top, "site-packages" not in path and "dist-packages" not in path)
     _user_module_cache[modname] = result
     return result
+
+
+@functools.lru_cache(maxsize=None)
+def _installed(top: str, outside: bool) -> tuple[bool, tuple[str, str] | None]:
+    """The modules of one top-level package share its distribution: looked up once (reading its
+    metadata is ~0.1 ms, and a rule may reach hundreds of pandas' modules)."""
+    dist = _distribution(top)
+    if dist is None:
+        return outside, None
+    editable = False
+    try:
+        direct = json.loads(dist.read_text("direct_url.json") or "{}")
+        editable = bool(direct.get("dir_info", {}).get("editable"))
+    except (ValueError, OSError):
+        pass
+    return editable, (dist.metadata["Name"], dist.version)
 
 
 _MISSING = object()
