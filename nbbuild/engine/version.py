@@ -106,7 +106,8 @@ def _installed(top: str, outside: bool) -> tuple[bool, tuple[str, str] | None]:
         editable = bool(direct.get("dir_info", {}).get("editable"))
     except (ValueError, OSError):
         pass
-    return editable, (dist.metadata["Name"], dist.version)
+    meta = dist.metadata        # parsed at each access: once
+    return editable, (meta["Name"], meta["Version"])
 
 
 _MISSING = object()
