@@ -568,6 +568,37 @@ def test_a_value_loaded_from_the_store_is_not_hashed_again_until_a_later_build_c
     assert calls == ["box"]
 
 
+def test_a_value_holding_classes_pickled_by_value_is_hashed_as_loaded_at_once(store_dir, calls, caplog, monkeypatch):
+    """A class of the notebook's (pickled by value) is made anew at each load, and a second load
+    may pickle otherwise than the first: such a value is hashed as loaded when it loads, so an
+    unchanged one is never taken for changed in place."""
+    from nbbuild.store import serialisation
+    hashed = []
+    value_hash = serialisation.value_hash
+    monkeypatch.setattr(serialisation, "value_hash", lambda value: hashed.append(value) or value_hash(value))
+
+    def define(build):
+        class Local:        # not importable: cloudpickle pickles it by value
+            def __init__(self):
+                self.items = [1]
+
+        @build.rule
+        def box():
+            calls.append("box")
+            return {"made": Local()}
+        return box
+
+    with nbbuild.Build(store_dir, workers=1) as b:
+        b.build(define(b))
+    with nbbuild.Build(store_dir, workers=1) as b:
+        box = define(b)
+        hashed.clear()
+        loaded = b.build(box)[0]
+        assert any(v is loaded for v in hashed)
+        assert b.build(box)[0] is loaded and "changed in place" not in caplog.text
+    assert calls == ["box"]
+
+
 def test_a_value_changed_in_place_after_it_was_built_is_replaced_by_the_stored_one(b, calls, caplog):
     @b.rule
     def items():

@@ -11,8 +11,11 @@ Contract:
   warning, and the stored value is used instead. A value loaded from the store is compared with
   its hash as loaded too: loaded back, it may pickle to other bytes than were stored, and that is
   no change. That hash is taken only when a later check needs it (from a copy loaded then), not
-  at every load: a value reused once (a restart, Run All) is unpickled once and never hashed. A
-  stored value that cannot be used is a miss, with a warning naming the task.
+  at every load: a value reused once (a restart, Run All) is unpickled once and never hashed. But
+  for a value holding classes or functions pickled by value (the notebook's own): two loads of it
+  in one process may pickle differently (cloudpickle hands the second the classes the first
+  made), so it is hashed as loaded at once. A stored value that cannot be used is a miss, with a
+  warning naming the task.
 - `forget(digest=None)` drops one value, or all; the store keeps them. `digest in memory` and
   `size(digest)` look without loading.
 """
@@ -96,7 +99,8 @@ class Memory:
                 checked.add(digest)
                 self.remember(digest, fresh, self.store.value_size(digest) or 0)
                 return True, fresh
-        found, value, why = self.store.load(digest)
+        by_value: set[str] = set()
+        found, value, why = self.store.load(digest, by_value)
         if not found:
             if why:
                 log.warning("nbbuild: the stored value of %s could not be used: %s; it runs again",
@@ -104,11 +108,24 @@ class Memory:
             return False, None
         checked.add(digest)
         self.remember(digest, value, self.store.value_size(digest) or 0)
-        if not isinstance(value, _IMMUTABLE):
+        if by_value:
+            self._note_loaded(digest, value)
+        elif not isinstance(value, _IMMUTABLE):
             with self._lock:
                 if digest in self.values:
                     self.unhashed.add(digest)
         return True, value
+
+    def _note_loaded(self, digest: str, value: Any) -> None:
+        """The hash of a value as loaded, where it is not the stored one: what it is compared with."""
+        try:
+            now = serialisation.value_hash(value)
+        except serialisation.UnserializableValue:
+            return
+        if now != digest:
+            with self._lock:
+                if digest in self.values:
+                    self.loaded[digest] = now
 
     def _as_loaded(self, digest: str, now: str) -> tuple[Any, bool]:
         """(a copy of the value loaded from the store now, or _ABSENT; whether `now` is its hash as
