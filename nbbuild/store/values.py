@@ -99,8 +99,7 @@ class Values(StoreParts):
                 if self.sharing is not None:        # the near tier lacks it: the shared tier may have it
                     found, got = self.sharing.load(digest)
                     if found:
-                        meta, buffers = got
-                        return self._unpickled(meta, buffers, digest, by_value)
+                        return self._unpickled(got[0], got[1], digest, by_value)
                 return False, None, ""
             sealed, filename = row
             if self._theirs(key, sealed, filename):     # this key's cosignature, if it has one
