@@ -163,7 +163,10 @@ class BuildView(Listener):
                         self._ticker = None
                         return
                 continue
-            context.run(self._tick, build, parts)
+            try:
+                context.run(self._tick, build, parts)
+            except Exception:  # one build's view failed: the thread goes on serving the next builds
+                log.debug("nbbuild: the build view could not be updated", exc_info=True)
 
     def _show(self, parts: dict, plain: str, bar: tuple[int, int, str] = (0, 1, "info"),
               text: str = "<b>nbbuild</b> starting…") -> None:
