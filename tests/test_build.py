@@ -451,7 +451,12 @@ def test_an_attachment_comes_back_with_the_reused_value_and_stays_out_of_its_has
     b.close()
     b, raw, total = make("persist")                # a new process: from the store
     assert b.build(total) == [2] and calls == ["total", "raw"]
-    assert b.attachment(raw) == {"said": "first"}
+    asked = []
+    get_attachment = b.store.get_attachment
+    b.store.get_attachment = lambda *a: asked.append(a) or get_attachment(*a)
+    assert b.attachment(raw) == {"said": "first"} and b.attachment(raw) == {"said": "first"}
+    assert len(asked) == 1                         # loaded once, then kept as a run's is
+    del b.store.get_attachment
     shown["text"] = "second"                       # the body now attaches something else, same value
     assert b.build(raw, force=True) == [1]
     assert b.build(total) == [2]
