@@ -604,6 +604,37 @@ def test_a_value_holding_classes_pickled_by_value_is_hashed_as_loaded_at_once(st
     assert calls == ["box"]
 
 
+def test_a_value_holding_functions_pickled_by_value_is_still_hashed_lazily(store_dir, calls, caplog, monkeypatch):
+    """A function by value is not tracked as a class is: its value is hashed only when a later
+    build checks it, and an unchanged one is not taken for changed in place."""
+    from nbbuild.store import serialisation
+    hashed = []
+    value_hash = serialisation.value_hash
+    monkeypatch.setattr(serialisation, "value_hash", lambda value: hashed.append(value) or value_hash(value))
+
+    def define(build):
+        scale = 3
+
+        def times(x):       # a local function: cloudpickle pickles it by value
+            return x * scale
+
+        @build.rule
+        def box():
+            calls.append("box")
+            return {"times": times, "items": [1]}
+        return box
+
+    with nbbuild.Build(store_dir, workers=1) as b:
+        b.build(define(b))
+    with nbbuild.Build(store_dir, workers=1) as b:
+        box = define(b)
+        hashed.clear()
+        loaded = b.build(box)[0]
+        assert hashed == [] and loaded["times"](2) == 6
+        assert b.build(box)[0] is loaded and "changed in place" not in caplog.text
+    assert calls == ["box"]
+
+
 def test_a_value_changed_in_place_after_it_was_built_is_replaced_by_the_stored_one(b, calls, caplog):
     @b.rule
     def items():

@@ -12,9 +12,9 @@ Contract:
   its hash as loaded too: loaded back, it may pickle to other bytes than were stored, and that is
   no change. That hash is taken only when a later check needs it (from a copy loaded then), not
   at every load: a value reused once (a restart, Run All) is unpickled once and never hashed. But
-  for a value holding classes or functions pickled by value (the notebook's own): two loads of it
-  in one process may pickle differently (cloudpickle hands the second the classes the first
-  made), so it is hashed as loaded at once. A stored value that cannot be used is a miss, with a
+  for a value holding classes pickled by value (the notebook's own): two loads of it in one
+  process may pickle differently (cloudpickle hands the second the classes the first made), so
+  it is hashed as loaded at once. A stored value that cannot be used is a miss, with a
   warning naming the task.
 - `forget(digest=None)` drops one value, or all; the store keeps them. `digest in memory` and
   `size(digest)` look without loading.

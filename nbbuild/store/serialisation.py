@@ -187,7 +187,7 @@ def unpickle(meta: bytes | memoryview, buffers: list[Any]) -> Any:
 
 
 def unpickle_noting(meta: bytes | memoryview, buffers: list[Any]) -> tuple[Any, bool]:
-    """(the value, whether it holds classes or functions pickled by value: pickling.loads_noting)."""
+    """(the value, whether it holds classes pickled by value: pickling.loads_noting)."""
     return pickling.loads_noting(meta, buffers)
 
 

@@ -87,8 +87,8 @@ class Values(StoreParts):
     def load(self, digest: str, by_value: set[str] | None = None) -> tuple[bool, Any, str]:
         """(found, value, why not). A value that is missing is (False, None, ""); one that is
         damaged, foreign or cannot be unpickled says why, and a damaged one is dropped. With
-        `by_value`, the digest goes into it when the value holds classes or functions pickled by
-        value (pickling.loads_noting)."""
+        `by_value`, the digest goes into it when the value holds classes pickled by value
+        (pickling.loads_noting)."""
         key = valuefile.row_key(digest)
         with self._lock:
             sealed: Any = self._pending.get(key)
