@@ -16,12 +16,12 @@ Contract:
   box at the first tick. A build over before then was never seen running: it sends no widget at
   all, and shows the settled view as HTML (the report's line, the rows folded below it, the graph;
   `parts["settled"]`) in its place, or, when nothing took it (a build that only reused values),
-  as one display then. The ticker is one thread per view, kept between builds (a thread started per build
-  cost a reused cell more than its build), each build's ticks run in the context of the cell
-  that started it; it ends after `IDLE` seconds without a build. When the build ends no tick
-  pushes any more (under the view's lock), then the box settles into the report's one line (the
-  rows folded below it), and the display's plain-text form becomes that line. Tasks are named as
-  the user types them (`clean`).
+  as one display then. The ticker is one thread per view, kept between builds (starting one per
+  build was a large share of a reused cell's cost); each build's ticks run in the context of
+  the cell that started it, and it ends after `IDLE` seconds without a build. When the build
+  ends no tick pushes any more (under the view's lock), then the box settles into the report's
+  one line (the rows folded below it), and the display's plain-text form becomes that line.
+  Tasks are named as the user types them (`clean`).
 - `graph_for(targets)` asks for a live graph too, for the next build only: `snapshot(targets)`
   (a graph.Graph, taken on the build's thread when it starts and again when it ends) is drawn by
   `draw(graph, live)` with the states the build's progress gives, at most once a second, while
@@ -145,7 +145,10 @@ class BuildView(Listener):
             if parts["handle"] is None and not parts["over"]:
                 # in the context the build started in: the cell's output routing (from any
                 # thread), and outside the capture of the body that calls (not its output)
-                parts["context"].copy().run(self._take_place, parts)
+                try:
+                    parts["context"].copy().run(self._take_place, parts)
+                except Exception:  # the view is a bonus: the body's own output must go on
+                    log.debug("nbbuild: the build view could not take its place", exc_info=True)
 
     @staticmethod
     def _take_place(parts: dict, data: dict | None = None) -> None:
