@@ -635,6 +635,24 @@ def test_a_value_holding_functions_pickled_by_value_is_still_hashed_lazily(store
     assert calls == ["box"]
 
 
+def test_a_loaded_value_changed_into_one_that_cannot_be_pickled_is_replaced_by_the_stored_one(store_dir, calls,
+                                                                                              caplog):
+    def define(build):
+        @build.rule
+        def items():
+            calls.append("items")
+            return [1, 2]
+        return items
+
+    with nbbuild.Build(store_dir, workers=1) as b:
+        b.build(define(b))
+    with nbbuild.Build(store_dir, workers=1) as b:
+        items = define(b)
+        b.build(items)[0].append(threading.Lock())        # loaded, then changed: no hash of it now
+        assert b.build(items)[0] == [1, 2] and "changed in place" in caplog.text
+    assert calls == ["items"]
+
+
 def test_a_value_changed_in_place_after_it_was_built_is_replaced_by_the_stored_one(b, calls, caplog):
     @b.rule
     def items():

@@ -76,6 +76,7 @@ class Memory:
         if value is not _ABSENT:
             if isinstance(value, _IMMUTABLE) or digest in checked or digest.startswith("u:"):
                 return True, value
+            now: str | None = None
             try:
                 now = serialisation.value_hash(value)
                 # a value loaded back may pickle to other bytes than were stored (a pandas
@@ -87,7 +88,7 @@ class Memory:
             except serialisation.UnserializableValue:
                 same = False
             fresh: Any = _ABSENT
-            if not same and digest in self.unhashed:
+            if not same and now is not None and digest in self.unhashed:
                 # loaded, its hash as loaded not taken yet: a copy loaded now pickles as it did
                 fresh, same = self._as_loaded(digest, now)
             if same:
