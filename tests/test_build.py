@@ -451,7 +451,12 @@ def test_an_attachment_comes_back_with_the_reused_value_and_stays_out_of_its_has
     b.close()
     b, raw, total = make("persist")                # a new process: from the store
     assert b.build(total) == [2] and calls == ["total", "raw"]
-    assert b.attachment(raw) == {"said": "first"}
+    asked = []
+    get_attachment = b.store.get_attachment
+    b.store.get_attachment = lambda *a: asked.append(a) or get_attachment(*a)
+    assert b.attachment(raw) == {"said": "first"} and b.attachment(raw) == {"said": "first"}
+    assert len(asked) == 1                         # loaded once, then kept as a run's is
+    del b.store.get_attachment
     shown["text"] = "second"                       # the body now attaches something else, same value
     assert b.build(raw, force=True) == [1]
     assert b.build(total) == [2]
@@ -537,6 +542,115 @@ def test_a_value_that_pickles_otherwise_once_loaded_is_not_taken_for_changed_in_
         loaded.items.append(1)                                # a change after it was loaded is one
         assert b.build(box)[0].items == [] and "changed in place" in caplog.text
     assert calls == ["box"]
+
+
+def test_a_value_loaded_from_the_store_is_not_hashed_again_until_a_later_build_checks_it(store_dir, calls, caplog,
+                                                                                          monkeypatch):
+    """A restart's reused value is unpickled, never pickled back (its hash as loaded is taken only
+    when a later build checks it for a change in place, and that check still finds one)."""
+    from nbbuild.store import serialisation
+    hashed = []
+    value_hash = serialisation.value_hash
+    monkeypatch.setattr(serialisation, "value_hash", lambda value: hashed.append(value) or value_hash(value))
+
+    def define(build):
+        @build.rule
+        def box():
+            calls.append("box")
+            return _PicklesOtherwiseOnceLoaded()
+        return box
+
+    with nbbuild.Build(store_dir, workers=1) as b:
+        b.build(define(b))
+    with nbbuild.Build(store_dir, workers=1) as b:
+        box = define(b)
+        hashed.clear()
+        loaded = b.build(box)[0]
+        assert loaded.origin == "stored" and hashed == []
+        assert b.build(box)[0] is loaded and "changed in place" not in caplog.text
+        loaded.items.append(1)
+        assert b.build(box)[0].items == [] and "changed in place" in caplog.text
+    assert calls == ["box"]
+
+
+def test_a_value_holding_classes_pickled_by_value_is_hashed_as_loaded_at_once(store_dir, calls, caplog, monkeypatch):
+    """A class of the notebook's (pickled by value) is made anew at each load, and a second load
+    may pickle otherwise than the first: such a value is hashed as loaded when it loads, so an
+    unchanged one is never taken for changed in place."""
+    from nbbuild.store import serialisation
+    hashed = []
+    value_hash = serialisation.value_hash
+    monkeypatch.setattr(serialisation, "value_hash", lambda value: hashed.append(value) or value_hash(value))
+
+    def define(build):
+        class Local:        # not importable: cloudpickle pickles it by value
+            def __init__(self):
+                self.items = [1]
+
+        @build.rule
+        def box():
+            calls.append("box")
+            return {"made": Local()}
+        return box
+
+    with nbbuild.Build(store_dir, workers=1) as b:
+        b.build(define(b))
+    with nbbuild.Build(store_dir, workers=1) as b:
+        box = define(b)
+        hashed.clear()
+        loaded = b.build(box)[0]
+        assert any(v is loaded for v in hashed)
+        assert b.build(box)[0] is loaded and "changed in place" not in caplog.text
+    assert calls == ["box"]
+
+
+def test_a_value_holding_functions_pickled_by_value_is_still_hashed_lazily(store_dir, calls, caplog, monkeypatch):
+    """A function by value is not tracked as a class is: its value is hashed only when a later
+    build checks it, and an unchanged one is not taken for changed in place."""
+    from nbbuild.store import serialisation
+    hashed = []
+    value_hash = serialisation.value_hash
+    monkeypatch.setattr(serialisation, "value_hash", lambda value: hashed.append(value) or value_hash(value))
+
+    def define(build):
+        scale = 3
+
+        def times(x):       # a local function: cloudpickle pickles it by value
+            return x * scale
+
+        @build.rule
+        def box():
+            calls.append("box")
+            return {"times": times, "items": [1]}
+        return box
+
+    with nbbuild.Build(store_dir, workers=1) as b:
+        b.build(define(b))
+    with nbbuild.Build(store_dir, workers=1) as b:
+        box = define(b)
+        hashed.clear()
+        loaded = b.build(box)[0]
+        assert hashed == [] and loaded["times"](2) == 6
+        assert b.build(box)[0] is loaded and "changed in place" not in caplog.text
+    assert calls == ["box"]
+
+
+def test_a_loaded_value_changed_into_one_that_cannot_be_pickled_is_replaced_by_the_stored_one(store_dir, calls,
+                                                                                              caplog):
+    def define(build):
+        @build.rule
+        def items():
+            calls.append("items")
+            return [1, 2]
+        return items
+
+    with nbbuild.Build(store_dir, workers=1) as b:
+        b.build(define(b))
+    with nbbuild.Build(store_dir, workers=1) as b:
+        items = define(b)
+        b.build(items)[0].append(threading.Lock())        # loaded, then changed: no hash of it now
+        assert b.build(items)[0] == [1, 2] and "changed in place" in caplog.text
+    assert calls == ["items"]
 
 
 def test_a_value_changed_in_place_after_it_was_built_is_replaced_by_the_stored_one(b, calls, caplog):

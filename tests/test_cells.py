@@ -177,3 +177,20 @@ def test_functions_and_classes_a_cell_defines_are_named_as_plain_execution_names
         "__main__.make", "__main__.make.<locals>.inner", "__main__.Model", "__main__.Model.fit",
         "__main__.Model.Part", "__main__.<lambda>", "<function make at 0x?>"]
     assert fn.__qualname__ == "f_1a2b" and fn()["Model"]().fit() == [1]
+
+
+def test_a_cell_run_again_unchanged_is_compiled_once_and_an_edited_one_anew():
+    """The rule's code is kept by everything it depends on (its source, name, file, the versions it
+    fetches, its outputs): the same code object for a cell run again, so its fingerprint is
+    computed once; any change among them compiles anew."""
+    def make(source, fetched=None, namespace=None):
+        namespace = namespace if namespace is not None else {"__name__": "__main__", "x": 2}
+        return compile_cell(source, "f_cell", "<cell>", fetched or {}, analyse(source).outputs, namespace)
+
+    first, again = make("y = x + 1"), make("y = x + 1", namespace={"__name__": "__main__", "x": 5})
+    assert first is not again and first.__code__ is again.__code__
+    assert first()["y"] == 3 and again()["y"] == 6        # each reads its own namespace
+    edited = make("y = x + 10")
+    assert edited.__code__ is not first.__code__ and edited()["y"] == 12
+    fetching = make("y = x + 1", fetched={"x": "other"})
+    assert fetching.__code__ is not first.__code__ and "__nbbuild_fetch__" in fetching.__code__.co_names

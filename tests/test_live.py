@@ -34,16 +34,23 @@ class Recording(NotebookClient):
         super().__init__(*args, **kwargs)
         self.updates: list[tuple[int, float, str, dict]] = []   # cell, arrival, kernel's date, state
         self.replies: dict[int, tuple[float, str]] = {}
+        self.comms: list[tuple[int, str]] = []     # cell, message type: every comm message
+        self.messages: list[tuple[int, str]] = []  # cell, message type: every message of a cell
         self.on_cell_executed = self._replied
         self.go, self.go_when = folder / "go", go_when
 
     def handle_comm_msg(self, outs, msg, cell_index):
+        self.comms.append((cell_index, msg["msg_type"]))
         data = msg["content"].get("data", {})
         if msg["msg_type"] == "comm_msg" and data.get("method") == "update":
             self.updates.append((cell_index, time.monotonic(), msg["header"]["date"], data["state"]))
             if self.go_when is not None and not self.go.exists() and self.go_when(self.updates):
                 self.go.touch()
         super().handle_comm_msg(outs, msg, cell_index)
+
+    def process_message(self, msg, cell, cell_index):
+        self.messages.append((cell_index, msg["msg_type"]))
+        return super().process_message(msg, cell, cell_index)
 
     def _replied(self, cell, cell_index, execute_reply):
         self.replies[cell_index] = (time.monotonic(), execute_reply["header"]["date"])
@@ -155,16 +162,28 @@ def test_with_no_graphviz_at_all_the_graph_is_mermaid(tmp_path):
     assert data["text/vnd.mermaid"].startswith("flowchart LR") and "raw" in data["text/vnd.mermaid"]
 
 
-def test_a_quick_build_sends_its_view_once_settled(tmp_path):
-    nb, client = run(tmp_path, ["%load_ext nbbuild", "%%rule raw\nraw = [3, 1, 2]", "%build raw --force"])
-    assert [u for u in client.updates if u[0] == 2] == []        # no update: made in its final state
+def test_a_quick_build_sends_no_widget_its_place_shows_the_settled_line(tmp_path):
+    """A build over before the view's first tick was never seen running: no widget message at all
+    (issue 17: a reused cell paid for three widgets it never showed live). Its view is displayed
+    once, settled (HTML), when nothing was shown before; else its place is taken before the body's
+    first output, and updated."""
+    cells = ["%load_ext nbbuild", "%%rule raw\nraw = [3, 1, 2]", "%build raw --force",
+             "%%rule talk\nprint('said')\ntalk = 1", "%build talk"]
+    nb, client = run(tmp_path, cells)
+    assert client.comms == []
+    displays = [(c, t) for c, t in client.messages if t in ("display_data", "update_display_data")]
+    assert displays == [(1, "display_data"), (2, "display_data"), (3, "display_data"), (3, "update_display_data"),
+                        (4, "display_data")]
+    assert [o.get("output_type") for o in nb.cells[3].outputs] == ["display_data", "stream"]
+    assert is_build_view(nb.cells[3].outputs[0]) and nb.cells[3].outputs[0]["data"]["text/plain"].startswith("ran 1, ")
+    assert nb.cells[4].outputs[0]["data"]["text/plain"].startswith("ran 0, reused 1, ")
     outputs = nb.cells[2].outputs
     assert len(outputs) == 1 and is_build_view(outputs[0])
     assert outputs[0]["data"]["text/plain"].startswith("ran 1, reused 0, failed 0 in ")
-    model = outputs[0]["data"]["application/vnd.jupyter.widget-view+json"]["model_id"]
-    state = nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
-    bar = state[state[model]["state"]["children"][0].removeprefix("IPY_MODEL_")]["state"]
-    assert (bar["value"], bar["max"], bar["bar_style"]) == (1, 1, "success")
+    shown = outputs[0]["data"]["text/html"]
+    assert 'class="nbbuild-progress nbbuild-settled"><b>nbbuild</b> ran 1, reused 0, failed 0 in ' in shown
+    assert "✔ ran</td><td>raw</td>" in shown
+    assert "widgets" not in nb.metadata
 
 
 def test_the_build_view_comes_before_what_the_rules_print(tmp_path):

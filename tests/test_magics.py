@@ -800,3 +800,17 @@ def test_a_function_reads_a_name_its_own_cell_bound_as_the_notebook_has_it_when_
     edited = SCALED[:1] + ["scale = 4"] + SCALED[2:]          # and a rule cell calling f sees it
     third, fourth = in_two_processes(tmp_path, edited, "r")      # on the same store
     assert third["r"] == fourth["r"] == 40 and third["calls"] == ["r"] and fourth["calls"] == []
+
+
+def test_auto_judges_a_cell_text_once_and_an_edited_cell_anew(ip):
+    """`%nbbuild auto` asks whether a cell is a rule twice per run, and again each time it runs:
+    its answer is kept by the cell's text, so an edit is judged anew."""
+    ip.run_cell("%nbbuild auto")
+    auto = ip._nbbuild_state.auto
+    judged = []
+    judge = auto._judge
+    auto._judge = lambda cell: judged.append(cell) or judge(cell)
+    for cell in ("n = 1", "n = 1", "%time n = 2"):
+        assert ip.run_cell(cell).success
+    assert judged == ["n = 1", "%time n = 2"]
+    assert ip._nbbuild_state.versions.producer("n") is None      # the edit is an ordinary cell

@@ -69,7 +69,7 @@ def no_distribution_scan(monkeypatch):
     """What version.py found out about modules and distributions forgotten, and the full mapping of
     every distribution's files made to fail: it stats every file installed (0.3-1 s in a kernel)."""
     from nbbuild.engine import version
-    for name, empty in (("_user_module_cache", {}), ("_by_top", None), ("_unlisted", None), ("_editable", None)):
+    for name, empty in (("_user_module_cache", {}), ("_installed_cache", {}), ("_by_top", None), ("_unlisted", None), ("_editable", None)):
         monkeypatch.setattr(version, name, empty)
 
     def scan():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+import ipywidgets as w
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
@@ -57,6 +58,12 @@ def rules(b, calls, until=lambda: True, what="nothing"):
     return clean
 
 
+def settled(view: BuildView) -> str:
+    """The last build's settled view: its box's text, or the HTML of a build never seen running."""
+    parts = view.last
+    return parts["settled"] if "box" not in parts else parts["text"].value
+
+
 def texts(view: Watched) -> list[str]:
     """The text widget's values the view's thread pushed."""
     return [v for n, t, v, _ in view.changes if n == "text" and t == "nbbuild-view"]
@@ -95,8 +102,8 @@ def test_it_settles_into_the_reports_line(b, calls, capsys):
     assert parts["text"].value.startswith(f"<b>nbbuild</b> {b.report}<details><summary>2 tasks</summary>")
     assert 'class="nbbuild-running"' not in parts["text"].value     # nothing runs any more
     shown = capsys.readouterr().out.splitlines()
-    # its place taken first, the box put there at the first tick, then settled: updates of one display
-    assert shown == ["nbbuild: building…", "nbbuild: building…", str(b.report)]
+    # the box displayed at the first tick (nothing was shown before), then settled: one display, updated
+    assert shown == ["nbbuild: building…", str(b.report)]
 
 
 def test_a_failed_build_settles_in_red(b):
@@ -104,12 +111,21 @@ def test_a_failed_build_settles_in_red(b):
 
     @b.rule
     def broken():
+        wait_until(lambda: "box" in view.last, "the box")     # seen running, then failing
+        raise ValueError("no")
+
+    @b.rule
+    def quick():
         raise ValueError("no")
 
     with pytest.raises(nbbuild.BuildError):
         broken()
     assert view.last["bar"].bar_style == "danger"
     assert "failed 1" in view.last["text"].value
+    view.first = 60.0
+    with pytest.raises(nbbuild.BuildError):
+        quick()
+    assert "box" not in view.last and '<span class="nbbuild-failed">ran 0, reused 0, failed 1' in settled(view)
 
 
 def test_a_big_build_shows_the_slowest_tasks_not_every_row(b):
@@ -124,7 +140,7 @@ def test_a_big_build_shows_the_slowest_tasks_not_every_row(b):
         return sum(leaf.map(range(ROW_LIMIT * 3)))
 
     top()
-    rows = view.last["text"].value
+    rows = settled(view)
     assert f"{ROW_LIMIT * 3 + 1} tasks checked; the {SLOWEST} slowest shown" in rows
     assert rows.count("<tr") == SLOWEST
 
@@ -168,22 +184,49 @@ def test_metrics_and_dashboard_render_the_build_metrics(b, calls):
     assert board.children[0].value == "<svg id=g></svg>" and "nbbuild-dashboard" in board._dom_classes
 
 
-def test_a_build_over_before_the_first_tick_is_displayed_once_settled(b, calls, capsys):
+def test_a_build_over_before_the_first_tick_sends_no_widget_and_shows_its_line_once_settled(b, calls, capsys):
+    """Nothing of it could be seen running: no widget is made (none to open, none to update), and
+    the settled view (the report's line, the rows folded below it) is displayed once, as HTML."""
     view = b.watch(Watched(first=60.0))      # its first tick far beyond any build of two tasks
-    rules(b, calls)()
-    # its place, then the box put there settled: no widget update after
-    assert capsys.readouterr().out.splitlines() == ["nbbuild: building…", str(b.report)]
+    opened = []
+    before = w.Widget.open
+    w.Widget.open = lambda self: opened.append(self) or before(self)
+    try:
+        rules(b, calls)()
+    finally:
+        w.Widget.open = before
+    # nothing of it was shown before it settled: one display, the settled line
+    assert capsys.readouterr().out.splitlines() == [str(b.report)]
     parts = view.last
-    assert (parts["bar"].value, parts["bar"].max, parts["bar"].bar_style) == (2, 2, "success")
-    assert parts["text"].value.startswith(f"<b>nbbuild</b> {b.report}<details>")
-    assert view.changes == []                    # made in its final state: nothing sent after
+    assert opened == [] and "box" not in parts and view.changes == []
+    assert parts["settled"].startswith(f"<b>nbbuild</b> {b.report}<details><summary>2 tasks</summary>")
+    assert "✔ ran</td><td>raw</td>" in parts["settled"]
 
 
 def test_boxes_share_their_layouts_and_styles(b, calls):
-    view = b.watch(BuildView(interval=0.5))
-    clean = rules(b, calls)
+    view = b.watch(BuildView(first=0.05, interval=0.05))
+    clean = rules(b, calls, lambda: "box" in view.last, "the box")
     clean()
     first = view.last
-    clean()
+    b.build(clean, force=True)
     assert first["bar"].layout is view.last["bar"].layout and first["bar"].style is view.last["bar"].style
     assert first["box"] is not view.last["box"]
+
+
+def test_one_ticker_thread_serves_the_views_builds_each_in_its_own_context(b, calls):
+    """A thread started per build cost a reused cell more than its build: the view keeps one, and
+    runs each build's ticks in the context of the thread that started that build (the kernel
+    routes a widget's messages to the cell by it)."""
+    import contextvars
+    cell = contextvars.ContextVar("cell", default=None)
+    seen = []
+    view = b.watch(BuildView(first=0.05, interval=0.05))
+    clean = rules(b, calls, lambda: "box" in view.last, "the box")
+    push = view._push
+    view._push = lambda parts, p: seen.append((cell.get(), threading.current_thread())) or push(parts, p)
+    cell.set(1)
+    clean()
+    cell.set(2)
+    b.build(clean, force=True)
+    assert [c for c, _ in seen][:1] == [1] and seen[-1][0] == 2 and {c for c, _ in seen} == {1, 2}
+    assert len({t for _, t in seen}) == 1 and seen[0][1] is not threading.current_thread()

@@ -6,8 +6,10 @@ Contract: `Attachments(store)` (one per Build, in its engine context: engine/con
 attached: in memory, and with `persist` in the store too (a row of its own, rewritten by a later
 run that gives the same value); called from any worker thread during a build. `get(key, digest)`
 gives back what the run that gave value `digest` to the task `key` attached: from memory, else
-from the store; None when its run attached nothing, or what is stored cannot be loaded (a miss, as
-for values, with a warning). `clear()` forgets what memory holds.
+from the store (and kept in memory then, as a run's is: a reused cell's record is asked for twice,
+to replay its output and to show its result); None when its run attached nothing, or what is
+stored cannot be loaded (a miss, as for values, with a warning). `clear()` forgets what memory
+holds.
 """
 from __future__ import annotations
 
@@ -47,11 +49,16 @@ class Attachments:
         if found is not None and found[0] == digest:
             return found[1]
         blob = self.store.get_attachment(key, digest)
+        if blob is None:
+            return None
         try:
-            return serialisation.deserialize(blob) if blob is not None else None
+            data = serialisation.deserialize(blob)
         except Exception:  # as for values: a stored attachment that cannot be loaded is a miss
             log.warning("nbbuild: what %r attached could not be loaded", shown if shown is not None else key)
             return None
+        with self._lock:
+            self._kept[key] = (digest, data)
+        return data
 
     def clear(self) -> None:
         with self._lock:

@@ -17,6 +17,10 @@ Contract:
   - its first line is the comment `# nbbuild: off` (the documented way to keep any cell out);
   - it cannot be a rule as plain Python: a syntax error (which plain execution then shows as
     usual), a star import, top-level `await`, `yield` or `return` (cellcode.refusal).
+- `is_rule(cell)` says which, from the cell's text alone (and IPython's transformation of it, the
+  same all session): asked twice per cell (the notebook's pre_run_cell, then the AST
+  transformer), and again each time a cell runs again, it is answered once per text (`SEEN`
+  texts kept).
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from .cellcode import refusal
 __all__ = ["Auto", "OFF_MARKER"]
 
 OFF_MARKER = "# nbbuild: off"
+SEEN = 1024
 
 
 class Auto(ast.NodeTransformer):
@@ -35,6 +40,7 @@ class Auto(ast.NodeTransformer):
         self.shell = shell
         self.enabled = False
         self.cell: str | None = None    # the raw cell about to run, until it is transformed
+        self._answers: dict[str, bool] = {}     # cell text -> is_rule's answer
 
     def on(self) -> None:
         if self not in self.shell.ast_transformers:
@@ -62,6 +68,14 @@ class Auto(ast.NodeTransformer):
         return ast.fix_missing_locations(ast.Module(body=call, type_ignores=[]))
 
     def is_rule(self, cell: str) -> bool:
+        answer = self._answers.get(cell)
+        if answer is None:
+            if len(self._answers) >= SEEN:
+                self._answers.clear()
+            answer = self._answers[cell] = self._judge(cell)
+        return answer
+
+    def _judge(self, cell: str) -> bool:
         code = [line for line in cell.splitlines() if line.strip() and not line.lstrip().startswith("#")]
         if not code or cell.lstrip().startswith("%%"):
             return False

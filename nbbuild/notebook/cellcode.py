@@ -15,10 +15,16 @@ execution's.
 
 `refusal(source)` says in one line why a cell cannot be a rule (a syntax error, a star import,
 top-level `await`, `yield`, `return`), or None.
+
+Both are pure functions of their text and arguments, asked for again each time a cell runs
+(`%nbbuild auto` asks `refusal` twice per cell): a cell's compiled code and its refusal are kept,
+keyed by all they depend on, so a cell run again with the same source and the same versions read
+is compiled once (and its code object, the same, is fingerprinted once: engine/code.py).
 """
 from __future__ import annotations
 
 import ast
+import functools
 import io
 import tokenize
 import types
@@ -50,6 +56,19 @@ def compile_cell(source: str, name: str, filename: str, fetched: dict[str, str],
     With `capture`, the body runs inside `with __nbbuild_capture__(globals(), watch, name) as
     record:` (the notebook's recorder of output and of changes in place, a global; `watch`: the
     globals read by value), and `record.outputs(locals(), names)` picks the outputs."""
+    code = _compiled(source, name, filename, tuple(fetched.items()), tuple(outputs), params, capture, tuple(watch))
+    scratch: dict = {}
+    exec(code, namespace, scratch)
+    return scratch[name]
+
+
+@functools.lru_cache(maxsize=512)
+def _compiled(source: str, name: str, filename: str, fetched_items: tuple[tuple[str, str], ...],
+              outputs: tuple[str, ...], params: ast.arguments | None, capture: bool,
+              watch: tuple[str, ...]) -> types.CodeType:
+    """The module code that defines the rule's function (`params`, an AST, is a key by identity:
+    a parametric rule remade keeps its own)."""
+    fetched = dict(fetched_items)
     tree = parse(source)
     body: list[ast.stmt] = list(tree.body)
     _check_top_level(tree)
@@ -92,10 +111,7 @@ def compile_cell(source: str, name: str, filename: str, fetched: dict[str, str],
         code = compile(module, filename, "exec")
     except SyntaxError as e:
         raise RuleError(f"the cell cannot be a rule, line {e.lineno}: {e.msg}; run it without %%rule") from None
-    code = _top_level_names(code, f"{name}.<locals>.")
-    scratch: dict = {}
-    exec(code, namespace, scratch)
-    return scratch[name]
+    return _top_level_names(code, f"{name}.<locals>.")
 
 
 def params_of(params: ast.arguments | None) -> set[str]:
@@ -169,6 +185,7 @@ def _check_top_level(tree: ast.AST) -> None:
                             "plain Python refuses it too; remove it or put it in a function")
 
 
+@functools.lru_cache(maxsize=512)
 def refusal(source: str) -> str | None:
     """Why the cell (Python, after IPython's transformation) cannot be a rule, or None."""
     try:

@@ -111,6 +111,7 @@ class CellCapture:
                  rule: str | None = None) -> Capture:
         capture = Capture(self.state.shell, self.state.bind, namespace, watch, rule)
         capture.ours = self.state.ours
+        capture.before_shown = getattr(self.state.view, "place", None)
         return capture
 
     def __reduce__(self) -> tuple:
@@ -206,6 +207,9 @@ def _draw_figures(shell: Any) -> None:
 
 def received(state: NotebookState) -> Callable[[Task, Any, Any], None]:
     def show(task: Task, value: Any, attachment: Any) -> None:
+        place = getattr(state.view, "place", None)
+        if place is not None and attachment is not None:
+            place()
         replay(state.shell, attachment)
         if task.rule.name not in state.parametric and isinstance(value, dict):
             state.bind(value, task.rule.name)

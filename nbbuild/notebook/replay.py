@@ -18,6 +18,9 @@ Contract:
   the notebook binds what every rule that ran produced, not only the targets'. A body that moved
   the kernel's global random generators (randomness.Draws) records where they started as an
   input of its run, and where they ended under `GENERATORS` in its outputs.
+- `before_shown` (a callable, or None) is called once, before the first output the body shows
+  (the notebook's build view takes its place in the cell's output then, not before: a build that
+  shows nothing sends it once, settled).
 - When the body returns, the record is attached to its run (`trace.attach`): stored beside the
   value, outside its hash, so a different output alone never makes dependents stale.
 - `replay(shell, record)` (showing.py) shows a record again, in order.
@@ -84,6 +87,7 @@ class _Tee:
             cap.stream(self._name, text)
             if not cap.echo:
                 return len(text)
+            cap.showing()
         return self._stream.write(text)
 
     def __getattr__(self, attr: str) -> Any:
@@ -118,6 +122,7 @@ class _Taps:
                     if cap.drawing and cap.echo and isinstance(data, dict):
                         held(cap.shell).append((dict(data), dict(metadata or {})))   # shown after Out[n]
                         return None
+                    cap.showing()
                 return publish(*args, **kwargs)
 
             def tapped_clear(*args: Any, **kwargs: Any) -> Any:
@@ -181,6 +186,13 @@ class Capture:
         self.drawing = False
         self.before: dict | None = None
         self.ours: dict = {}         # what nbbuild bound in the namespace during this cell (state.bind)
+        self.before_shown: Any = None    # called once before the body's first output is shown (the build view's place)
+
+    def showing(self) -> None:
+        """The body's output is about to be shown: what must come before it does, once."""
+        call, self.before_shown = self.before_shown, None
+        if call is not None:
+            call()
 
     def mark(self) -> None:
         """The body's own code starts: the namespace's bindings now, to find those it makes."""

@@ -67,19 +67,25 @@ def replay(shell: Any, record: Any) -> bool:
     """Show a record again. False when `record` is not one (nothing was shown)."""
     if not (isinstance(record, tuple) and len(record) == 2 and record[0] == FORMAT):
         return False
+    written = False     # a flush waits on the kernel's output thread: only after something written
     for event in record[1]:
         kind = event[0]
         if kind == "stream":
             stream = sys.stderr if event[1] == "stderr" else sys.stdout
             stream.write(event[2])
+            written = True
         elif kind == "display":
-            sys.stdout.flush()
-            sys.stderr.flush()
+            if written:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                written = False
             shell.display_pub.publish(data=event[1], metadata=event[2])
         elif kind == "figure":
             held(shell).append((event[1], event[2]))
         elif kind == "note":
             print(event[1], file=sys.stderr)
-    sys.stdout.flush()
-    sys.stderr.flush()
+            written = True
+    if written:
+        sys.stdout.flush()
+        sys.stderr.flush()
     return True

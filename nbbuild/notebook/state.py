@@ -8,7 +8,8 @@ Contract:
   namespace (`hooks`: elsewhere.CellFetch, CellCapture, which also work in a worker), and
   replays, after every build, what reused targets showed when they ran.
 - `view` shows every top-level build: in a Jupyter kernel the live widget (widgets.BuildView,
-  whose box settles into the report's line), elsewhere (terminal IPython) the text line on stderr
+  whose box settles into the report's line; a build over before its first tick shows that line
+  as HTML, no widget), elsewhere (terminal IPython) the text line on stderr
   (console.TextProgress; NBBUILD_PROGRESS=0 turns it off). With `NBBUILD_VIEW=text` (what `nbbuild run` sets; `widget` is the
   default, anything else one SettingError line) a kernel shows the text line too, on the kernel
   process's own stderr (the terminal of a headless run, not the cell's output), each build's

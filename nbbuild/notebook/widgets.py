@@ -10,11 +10,18 @@ Contract:
   run its body on the kernel's thread), `first` seconds in and then every `interval` seconds: the
   text each time, the bar at most every `bar_every` seconds, and only what changed. Each widget
   message costs the build's thread GIL hand-offs in the kernel (BENCHMARKS.md), hence few:
-  the updates reach the front end while the cell runs. Its place is taken when the build starts
-  (a plain-text display, first in the cell's output); the box fills it at the first tick, and a
-  build over before then gets its box made settled, with no update sent. When the build ends the ticker is stopped and
-  joined, then the box settles into the report's one line (the rows folded below it), and the
-  display's plain-text form becomes that line. Tasks are named as the user types them (`clean`).
+  the updates reach the front end while the cell runs. Its place is first in the cell's output,
+  before anything the build shows: it is taken (a plain-text display) when a rule's body is about
+  to show something (`place()`, which the notebook's capture calls, from any thread), or by the
+  box at the first tick. A build over before then was never seen running: it sends no widget at
+  all, and shows the settled view as HTML (the report's line, the rows folded below it, the graph;
+  `parts["settled"]`) in its place, or, when nothing took it (a build that only reused values),
+  as one display then. The ticker is one thread per view, kept between builds (starting one per
+  build was a large share of a reused cell's cost); each build's ticks run in the context of
+  the cell that started it, and it ends after `IDLE` seconds without a build. When the build
+  ends no tick pushes any more (under the view's lock), then the box settles into the report's
+  one line (the rows folded below it), and the display's plain-text form becomes that line.
+  Tasks are named as the user types them (`clean`).
 - `graph_for(targets)` asks for a live graph too, for the next build only: `snapshot(targets)`
   (a graph.Graph, taken on the build's thread when it starts and again when it ends) is drawn by
   `draw(graph, live)` with the states the build's progress gives, at most once a second, while
@@ -27,6 +34,7 @@ from __future__ import annotations
 import contextvars
 import html
 import logging
+import queue
 import threading
 import time
 from typing import Any, Callable
@@ -47,6 +55,7 @@ from .graph import label
 __all__ = ["BuildView", "metrics_view", "metrics_text", "dashboard", "show"]
 
 log = logging.getLogger("nbbuild")
+IDLE = 60.0     # seconds without a build after which the view's ticker thread ends (started again when needed)
 _SHARED: dict[str, w.Widget] | None = None
 
 
@@ -98,7 +107,8 @@ class BuildView(Listener):
         self.snapshot, self.draw = snapshot, draw
         self._graph_targets: list | None = None
         self._lock = threading.Lock()     # one push at a time: widget syncs are not thread-safe
-        self._stop = threading.Event()
+        self._builds: queue.SimpleQueue = queue.SimpleQueue()    # (build, parts, context) to tick for
+        self._spawn = threading.Lock()    # the ticker thread is started, or ends, under it
         self._ticker: threading.Thread | None = None
         self.last: dict[str, Any] | None = None    # the widgets of the last build, for tests
 
@@ -106,24 +116,60 @@ class BuildView(Listener):
         self._graph_targets = targets
 
     def started(self, build: Any) -> None:
-        parts: dict[str, Any] = {"sent": {}, "graph": "", "graph_at": 0.0, "targets": self._graph_targets, "snapshot": None}
+        parts: dict[str, Any] = {"sent": {}, "graph": "", "graph_at": 0.0, "targets": self._graph_targets,
+                                 "snapshot": None, "over": False, "stop": threading.Event(), "at": time.monotonic()}
         self._graph_targets = None
         if parts["targets"] is not None and self.snapshot is not None and self.draw is not None:
             try:
                 parts["snapshot"] = self.snapshot(parts["targets"])    # here, on the build's thread
             except Exception:  # the graph is a bonus: the build view goes on without it
                 log.warning("nbbuild: the task graph could not be read", exc_info=True)
-        # its place, first in the cell's output, before anything the rules print: the widget
-        # takes it at the first tick (or, for a build over by then, settled at the end)
-        parts["handle"] = display({"text/plain": "nbbuild: building…"}, raw=True, display_id=True,
-                                  metadata={"nbbuild": {"view": "build"}})
+        # its place, first in the cell's output, is taken when something is to be shown (place())
+        parts["handle"] = None
+        # the ticks resolve the kernel's output routing (context variables) as the cell does
+        parts["context"] = contextvars.copy_context()
         self.last = parts
-        self._stop.clear()
-        # the ticker resolves the kernel's output routing (context variables) as the cell does
-        context = contextvars.copy_context()
-        self._ticker = threading.Thread(target=context.run, args=(self._tick, build, parts), name="nbbuild-view",
-                                        daemon=True)
-        self._ticker.start()
+        with self._spawn:
+            self._builds.put((build, parts, parts["context"]))
+            if self._ticker is None:
+                self._ticker = threading.Thread(target=self._serve, name="nbbuild-view", daemon=True)
+                self._ticker.start()
+
+    def place(self) -> None:
+        """Something of the running build is about to be shown (a rule's body prints): the view
+        takes its place first, in the cell's output."""
+        parts = self.last
+        if parts is None or parts["handle"] is not None or parts["over"]:
+            return
+        with self._lock:
+            if parts["handle"] is None and not parts["over"]:
+                # in the context the build started in: the cell's output routing (from any
+                # thread), and outside the capture of the body that calls (not its output)
+                try:
+                    parts["context"].copy().run(self._take_place, parts)
+                except Exception:  # the view is a bonus: the body's own output must go on
+                    log.debug("nbbuild: the build view could not take its place", exc_info=True)
+
+    @staticmethod
+    def _take_place(parts: dict, data: dict | None = None) -> None:
+        parts["handle"] = display(data or {"text/plain": "nbbuild: building…"}, raw=True, display_id=True,
+                                  metadata={"nbbuild": {"view": "build"}})
+
+    def _serve(self) -> None:
+        """The ticker thread: the builds' ticks, one build after another."""
+        while True:
+            try:
+                build, parts, context = self._builds.get(timeout=IDLE)
+            except queue.Empty:
+                with self._spawn:
+                    if self._builds.empty():
+                        self._ticker = None
+                        return
+                continue
+            try:
+                context.run(self._tick, build, parts)
+            except Exception:  # one build's view failed: the thread goes on serving the next builds
+                log.debug("nbbuild: the build view could not be updated", exc_info=True)
 
     def _show(self, parts: dict, plain: str, bar: tuple[int, int, str] = (0, 1, "info"),
               text: str = "<b>nbbuild</b> starting…") -> None:
@@ -140,23 +186,28 @@ class BuildView(Listener):
         parts.update(box=box, bar=bar_, text=html_)
         self._place(parts, plain)
 
-    @staticmethod
-    def _place(parts: dict, plain: str) -> None:
-        parts["handle"].update(_bundle(parts["box"], plain), raw=True, metadata={"nbbuild": {"view": "build"}})
+    @classmethod
+    def _place(cls, parts: dict, plain: str) -> None:
+        if parts["handle"] is None:
+            cls._take_place(parts, _bundle(parts["box"], plain))
+        else:
+            parts["handle"].update(_bundle(parts["box"], plain), raw=True, metadata={"nbbuild": {"view": "build"}})
 
     def _tick(self, build: Any, parts: dict) -> None:
         # a build that is over before the first tick is shown once, settled (no update to send)
-        wait = self.first
-        while not self._stop.wait(wait):
+        wait = parts["at"] + self.first - time.monotonic()
+        while not parts["stop"].wait(max(0.0, wait)):
             wait = self.interval
             p = build.progress()
             if p is None or p.done:
                 return
             try:
                 with self._lock:
+                    if parts["over"]:
+                        return
                     if "box" not in parts:
                         self._show(parts, "nbbuild: building…")
-                self._push(parts, p)
+                    self._push(parts, p)
             except Exception:  # the front end went away mid-build, or similar: the build goes on
                 log.debug("nbbuild: the build view could not be updated", exc_info=True)
                 return
@@ -176,17 +227,17 @@ class BuildView(Listener):
             parts["text"].value = value
 
     def _push(self, parts: dict, p: Progress) -> None:
-        with self._lock:
-            known = max(1, p.known)
-            self._bar(parts, min(p.checked, known), known)
-            counts = f"ran {p.ran}, reused {p.reused}" + (f", failed {p.failed}" if p.failed else "")
-            now = p.running
-            running = (f'<div class="nbbuild-running">running <b>{html.escape(label(now[0].task))}</b> '
-                       f"{now[0].seconds:.1f} s" + (f" (+{len(now) - 1} more)" if len(now) > 1 else "") + "</div>"
-                       if now else "")
-            self._live_graph(parts, p)
-            self._text(parts, f"<b>nbbuild</b> {p.checked}/{p.known} tasks · {counts} · {p.elapsed:.1f} s"
-                              f"{running}{rows_html(p)}{parts['graph']}")
+        """(under the view's lock)"""
+        known = max(1, p.known)
+        self._bar(parts, min(p.checked, known), known)
+        counts = f"ran {p.ran}, reused {p.reused}" + (f", failed {p.failed}" if p.failed else "")
+        now = p.running
+        running = (f'<div class="nbbuild-running">running <b>{html.escape(label(now[0].task))}</b> '
+                   f"{now[0].seconds:.1f} s" + (f" (+{len(now) - 1} more)" if len(now) > 1 else "") + "</div>"
+                   if now else "")
+        self._live_graph(parts, p)
+        self._text(parts, f"<b>nbbuild</b> {p.checked}/{p.known} tasks · {counts} · {p.elapsed:.1f} s"
+                          f"{running}{rows_html(p)}{parts['graph']}")
 
     def _live_graph(self, parts: dict, p: Progress) -> None:
         graph = parts["snapshot"]
@@ -200,12 +251,13 @@ class BuildView(Listener):
         parts["graph"] = self.draw(graph, None if p.done else live)
 
     def finished(self, build: Any) -> None:
-        self._stop.set()
-        if self._ticker is not None:
-            self._ticker.join()
-            self._ticker = None
         parts, p = self.last, build.progress()
-        if parts is None or p is None:
+        if parts is None:
+            return
+        parts["stop"].set()
+        with self._lock:
+            parts["over"] = True     # no tick pushes from now on
+        if p is None:
             return
         if parts["snapshot"] is not None and self.snapshot is not None:
             try:
@@ -220,16 +272,23 @@ class BuildView(Listener):
                 log.debug("nbbuild: the live graph could not be drawn", exc_info=True)
             rows = (f"<details><summary>{p.checked} task{'s' if p.checked != 1 else ''}</summary>{rows_html(p)}"
                     "</details>" if p.rows else "")
-            bar = (max(1, p.checked), max(1, p.checked), "success" if not p.error and not p.failed else "danger")
+            bad = bool(p.error or p.failed)
             settled = f"<b>nbbuild</b> {html.escape(text)}{rows}{parts['graph']}"
-            shown_live = "box" in parts
-            if shown_live:
-                self._bar(parts, *bar, now=True)
+            if "box" in parts:
+                self._bar(parts, max(1, p.checked), max(1, p.checked), "danger" if bad else "success", now=True)
                 self._text(parts, settled)
             else:
-                self._show(parts, text, bar, settled)
-        if shown_live:      # else placed just now, settled: its plain text is already the line
-            self._place(parts, text)
+                # never seen running: no widget, the settled view as HTML in its place, one message
+                line_ = f'<span class="nbbuild-failed">{html.escape(text)}</span>' if bad else html.escape(text)
+                parts["settled"] = f"<b>nbbuild</b> {line_}{rows}{parts['graph']}"
+                shown = {"text/plain": text, "text/html": f'{_STYLE}<div class="nbbuild-progress nbbuild-settled">'
+                                                          f'{parts["settled"]}</div>'}
+                if parts["handle"] is None:
+                    display(shown, raw=True, metadata={"nbbuild": {"view": "build"}})
+                else:
+                    parts["handle"].update(shown, raw=True, metadata={"nbbuild": {"view": "build"}})
+                return
+        self._place(parts, text)
 
     @property
     def shows_summary(self) -> bool:

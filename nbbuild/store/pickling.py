@@ -23,7 +23,8 @@ changed), so a pickle written by an older nbbuild loads as it did.
 Contract:
 - `dump(value, buffers)` -> the pickle stream (protocol 5; out-of-band buffers appended to
   `buffers` when it is a list).
-- `loads(meta, buffers)` -> the value.
+- `loads(meta, buffers)` -> the value; `loads_noting(meta, buffers)` -> (the value, whether it
+  holds classes pickled by value).
 - `loads_plain(data)` -> what `pickle.loads(data)` gives, with nbbuild's old module paths
   resolved through `MOVED` as well (cloudpickle's functions load as cloudpickle alone loads them).
 The stored bytes do not depend on the loading side: values stored before load the same way.
@@ -178,14 +179,29 @@ class _PlainUnpickler(pickle.Unpickler):
 
 
 class _Unpickler(_PlainUnpickler):
+    by_value = False        # whether the pickle makes classes anew (cloudpickle's skeletons)
+
     def find_class(self, module: str, name: str) -> Any:
-        if module in _CLOUDPICKLE_MODULES and name in _OURS:
-            return _OURS[name]
+        if module in _CLOUDPICKLE_MODULES:
+            # a class made anew is tracked by cloudpickle: a second load reuses the first's
+            # (functions by value are not: they load as what they were, and get __main__'s globals)
+            self.by_value = self.by_value or "skeleton" in name or name == "_class_setstate"
+            if name in _OURS:
+                return _OURS[name]
         return super().find_class(module, name)
 
 
 def loads(meta: bytes | memoryview, buffers: Any = ()) -> Any:
     return _Unpickler(io.BytesIO(meta), buffers=buffers).load()
+
+
+def loads_noting(meta: bytes | memoryview, buffers: Any = ()) -> tuple[Any, bool]:
+    """(the value, whether it holds classes pickled by value: two loads of such a value in one
+    process may pickle to different bytes, cloudpickle handing the second the classes the first
+    one made, by their tracker id)."""
+    u = _Unpickler(io.BytesIO(meta), buffers=buffers)
+    value = u.load()
+    return value, u.by_value
 
 
 def loads_plain(data: bytes) -> Any:

@@ -186,6 +186,11 @@ def unpickle(meta: bytes | memoryview, buffers: list[Any]) -> Any:
     return pickling.loads(meta, buffers)
 
 
+def unpickle_noting(meta: bytes | memoryview, buffers: list[Any]) -> tuple[Any, bool]:
+    """(the value, whether it holds classes pickled by value: pickling.loads_noting)."""
+    return pickling.loads_noting(meta, buffers)
+
+
 def deserialize(blob: bytes | memoryview) -> Any:
     meta, buffers, _ = split(blob)
     # writable copies: arrays loaded from the store must behave like fresh ones

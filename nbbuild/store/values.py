@@ -84,9 +84,11 @@ class Values(StoreParts):
         self.count("bytes_written", ser.nbytes)
         return None
 
-    def load(self, digest: str) -> tuple[bool, Any, str]:
+    def load(self, digest: str, by_value: set[str] | None = None) -> tuple[bool, Any, str]:
         """(found, value, why not). A value that is missing is (False, None, ""); one that is
-        damaged, foreign or cannot be unpickled says why, and a damaged one is dropped."""
+        damaged, foreign or cannot be unpickled says why, and a damaged one is dropped. With
+        `by_value`, the digest goes into it when the value holds classes pickled by value
+        (pickling.loads_noting)."""
         key = valuefile.row_key(digest)
         with self._lock:
             sealed: Any = self._pending.get(key)
@@ -97,7 +99,7 @@ class Values(StoreParts):
                 if self.sharing is not None:        # the near tier lacks it: the shared tier may have it
                     found, got = self.sharing.load(digest)
                     if found:
-                        return self._unpickled(*got)
+                        return self._unpickled(got[0], got[1], digest, by_value)
                 return False, None, ""
             sealed, filename = row
             if self._theirs(key, sealed, filename):     # this key's cosignature, if it has one
@@ -127,14 +129,18 @@ class Values(StoreParts):
             return False, None, str(e)
         self.count("bytes_read", nbytes)
         self.touch([digest])
-        return self._unpickled(meta, buffers)
+        return self._unpickled(meta, buffers, digest, by_value)
 
     @staticmethod
-    def _unpickled(meta: Any, buffers: list[Any]) -> tuple[bool, Any, str]:
+    def _unpickled(meta: Any, buffers: list[Any], digest: str = "",
+                   by_value: set[str] | None = None) -> tuple[bool, Any, str]:
         try:
-            return True, serialisation.unpickle(meta, buffers), ""
+            value, made = serialisation.unpickle_noting(meta, buffers)
         except Exception as e:  # unpickling runs code (a class that moved, a package missing)
             return False, None, f"it cannot be unpickled here ({type(e).__name__}: {e})"
+        if made and by_value is not None:
+            by_value.add(digest)
+        return True, value, ""
 
     def _drop_damaged(self, key: str, why: str, filename: Any = None) -> bool:
         """Drop a damaged value's row; False when it was not damaged after all. A value file is
