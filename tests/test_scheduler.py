@@ -279,7 +279,7 @@ class FakeStore:
     def put_value(self, ser) -> None:
         self.blobs[ser.digest] = ser.blob()
 
-    def load(self, digest: str):
+    def load(self, digest: str, by_value: set[str] | None = None):
         blob = self.blobs.get(digest)
         return (True, serialisation.deserialize(blob), "") if blob is not None else (False, None, "")
 
