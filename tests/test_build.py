@@ -524,18 +524,19 @@ class _PicklesOtherwiseOnceLoaded:
         return _PicklesOtherwiseOnceLoaded, ("stored" if self.origin == "built" else "loaded", self.items)
 
 
-def test_a_value_that_pickles_otherwise_once_loaded_is_not_taken_for_changed_in_place(store_dir, calls, caplog):
-    def define(build):
-        @build.rule
-        def box():
-            calls.append("box")
-            return _PicklesOtherwiseOnceLoaded()
-        return box
+def _box(build, calls):
+    @build.rule
+    def box():
+        calls.append("box")
+        return _PicklesOtherwiseOnceLoaded()
+    return box
 
+
+def test_a_value_that_pickles_otherwise_once_loaded_is_not_taken_for_changed_in_place(store_dir, calls, caplog):
     with nbbuild.Build(store_dir, workers=1) as b:
-        b.build(define(b))
+        b.build(_box(b, calls))
     with nbbuild.Build(store_dir, workers=1) as b:          # a restart: the value is loaded
-        box = define(b)
+        box = _box(b, calls)
         loaded = b.build(box)[0]
         assert loaded.origin == "stored" and b.build(box)[0] is loaded
         assert "changed in place" not in caplog.text
@@ -553,17 +554,10 @@ def test_a_value_loaded_from_the_store_is_not_hashed_again_until_a_later_build_c
     value_hash = serialisation.value_hash
     monkeypatch.setattr(serialisation, "value_hash", lambda value: hashed.append(value) or value_hash(value))
 
-    def define(build):
-        @build.rule
-        def box():
-            calls.append("box")
-            return _PicklesOtherwiseOnceLoaded()
-        return box
-
     with nbbuild.Build(store_dir, workers=1) as b:
-        b.build(define(b))
+        b.build(_box(b, calls))
     with nbbuild.Build(store_dir, workers=1) as b:
-        box = define(b)
+        box = _box(b, calls)
         hashed.clear()
         loaded = b.build(box)[0]
         assert loaded.origin == "stored" and hashed == []

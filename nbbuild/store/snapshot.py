@@ -65,12 +65,16 @@ def covered(table: Table, watermark: int) -> int:
                      " AND rowid <= ?", (watermark,))[0][0]
 
 
-def read(table: Table, signer: Signer) -> Snapshot | None:
-    row = _row(signer)
+def _opened(table: Table, signer: Signer, row: str) -> memoryview | None:
+    """The row's data when it is there and its signature verifies."""
     found = table.get(row)
     if found is None or not isinstance(found[0], bytes):
         return None
-    data = signer.open(row, found[0])
+    return signer.open(row, found[0])
+
+
+def read(table: Table, signer: Signer) -> Snapshot | None:
+    data = _opened(table, signer, _row(signer))
     if data is None:
         return None
     try:
@@ -96,12 +100,16 @@ def write(table: Table, signer: Signer, snapshot: Snapshot) -> None:
     shared: dict[tuple, tuple] = {}
     rows = [(sys.intern(key), [_fields(tr, shared) for tr in lst]) for key, lst in snapshot.traces.items() if lst]
     data = marshal.dumps((_FORMAT, snapshot.watermark, snapshot.count, list(snapshot.foreign), rows))
-    row = _row(signer)
+    _seal(table, signer, _row(signer), data, "the index's snapshot")
+
+
+def _seal(table: Table, signer: Signer, row: str, data: bytes, what: str) -> None:
+    """Write a cache row, signed; a failed write is only logged (the next fresh process does without)."""
     try:
         with table.transact():
             table.upsert([(row, signer.seal(row, data))])
     except WRITE_ERRORS as e:
-        log.debug("nbbuild: the index's snapshot was not written (%s)", e)
+        log.debug("nbbuild: %s was not written (%s)", what, e)
 
 
 def _fields(tr: Trace, shared: dict[tuple, tuple]) -> tuple:
@@ -127,18 +135,9 @@ def _verified_row(signer: Signer) -> str:
 
 
 def read_verified(table: Table, signer: Signer) -> bytes | None:
-    row = _verified_row(signer)
-    found = table.get(row)
-    if found is None or not isinstance(found[0], bytes):
-        return None
-    data = signer.open(row, found[0])
+    data = _opened(table, signer, _verified_row(signer))
     return data.tobytes() if data is not None else None
 
 
 def write_verified(table: Table, signer: Signer, data: bytes) -> None:
-    row = _verified_row(signer)
-    try:
-        with table.transact():
-            table.upsert([(row, signer.seal(row, data))])
-    except WRITE_ERRORS as e:
-        log.debug("nbbuild: what the build verified was not kept (%s)", e)
+    _seal(table, signer, _verified_row(signer), data, "what the build verified")
