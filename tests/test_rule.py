@@ -268,3 +268,10 @@ def test_a_rule_stub_called_where_no_body_runs_says_it_belongs_to_the_kernels_bu
     stub = rule_stub(lambda: 1, "far", "persist")     # what a worker unpickles for a rule of the kernel
     with pytest.raises(nbbuild.OutsideRuleError, match="far.*only be called inside a rule body"):
         stub()
+
+
+def test_every_installed_distribution_is_recorded_with_its_metadatas_name_and_version():
+    from nbbuild.engine.version import _name_and_version
+    found = {d.metadata["Name"]: (_name_and_version(d), (d.metadata["Name"], d.metadata["Version"]))
+             for d in importlib.metadata.distributions()}
+    assert len(found) > 20 and [name for name, (ours, theirs) in found.items() if ours != theirs] == []
