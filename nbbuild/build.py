@@ -127,8 +127,6 @@ class Build(Explaining, Watched, Listeners, TeamCache):
         self._files = files.FileHasher()     # stat entries come from the store at the first build
         self._clean = CleanSet()
         self._generation = self.store.generation
-        self._fresh = True          # no build yet: the store's record of what was verified is unread
-        self._verified_due = 0.0    # when it may be written again (verified.py: an older one is safe)
         self._pool = HelperPool()
         self.listeners: list[BuildListener] = []
         self._tracker: Tracker | None = None
@@ -234,9 +232,6 @@ class Build(Explaining, Watched, Listeners, TeamCache):
             if self.store.generation != self._generation:
                 self._clean.clear()
                 self._generation = self.store.generation
-            elif self._fresh:      # what the last build of this key verified: a fresh process re-checks its inputs
-                self._clean.restore(self.store.verified(), self.store.traces_index())
-            self._fresh = False
             sched = Scheduler(self.context, self.workers if workers is None else workers, self.order)
             targets = tuple(t.key for t in tasks)
             tracker = self._tracker = Tracker(sched, tasks, self._expected.get(targets, 0))
@@ -281,8 +276,6 @@ class Build(Explaining, Watched, Listeners, TeamCache):
                 if st.outcome == Outcome.EXECUTED and st.hash in lost and not st.unstored:
                     st.unstored = self.store.write_error or "the store could not be written"
         sched.rebuilder.remember(sched.states.values())
-        if self._clean.changed and time.monotonic() >= self._verified_due:
-            self._keep_verified()
         for st in sched.states.values():
             for found, kept in ((sched.restored, self._restored), (sched.environ_restored, self._environ_restored)):
                 if st.task.key in found:
@@ -390,15 +383,8 @@ class Build(Explaining, Watched, Listeners, TeamCache):
                 raise RuleError(str(e)) from None
         return found
 
-    def _keep_verified(self) -> None:
-        # it is written whole: at most a twentieth of the time goes to it between builds
-        start = time.monotonic()
-        self.store.keep_verified(self._clean.dump())
-        self._verified_due = time.monotonic() + 20 * (time.monotonic() - start)
-
     def close(self) -> None:
-        if self._clean.changed:
-            self._keep_verified()
+        self._clean.keep(self.store.keep_verified, now=True)
         for ex in self._executors.values():
             try:
                 ex.close()

@@ -235,12 +235,16 @@ class Rebuilder:
     # ------------------------------------------------------------ between builds (red-green)
 
     def start(self, targets: Iterable[str]) -> None:
-        """What this process verified before and whose inputs did not change is known up to date;
-        a target's files are all put back, as running it again plainly writes them all again."""
+        """What this process verified before (in a fresh one: what the store kept of the last
+        build's) and whose inputs did not change is known up to date; a target's files are all put
+        back, as running it again plainly writes them all again."""
         ctx, keys = self.ctx, set(targets)
+        if ctx.verified.fresh:      # a fresh process: what the last build of this key verified
+            ctx.verified.restore(self.store.verified(), self.store.traces_index())
         ctx.verified.invalidate(ctx.rules, self.version, self.files.hash,
                                 lambda key: ctx.owners.mine(key, key in keys), self.owner)
         self.known.update(ctx.verified.hashes)
 
     def remember(self, states: Iterable[TaskState]) -> None:
         self.ctx.verified.record(states, self.versions, DONE)
+        self.ctx.verified.keep(self.store.keep_verified)

@@ -17,7 +17,8 @@ Contract:
   report: a task up to date this way was reused even though the build never touched it.
 - Kept for a fresh process: `dump()` gives what is remembered of tasks of policy "persist" (each
   as its key, value hash and which of its stored traces), the rule versions and the tasks of policy
-  "none"; `changed` says whether there is anything new to dump. `restore(data, traces)` in a
+  "none"; `changed` says whether there is anything new to dump, and `keep(write)` writes it then,
+  at most a twentieth of the time between builds (an older record is safe: see restore). `restore(data, traces)` in a
   fresh process takes them back, each task with its trace as the store's index holds it, but not
   a task whose trace the index no longer holds (evicted, pruned, never stored) or holds a newer one
   of its version, whose trace read another hash of a task taken back, or that wrote files or set
@@ -31,6 +32,7 @@ Contract:
 from __future__ import annotations
 
 import marshal
+import time
 from collections import defaultdict
 from typing import TYPE_CHECKING, Callable, Iterable, cast
 
@@ -58,6 +60,8 @@ class CleanSet:
         self.versions: dict[str, str] = {}
         self.volatile: set[str] = set()                                # policy "none": never clean
         self.changed = False            # anything remembered or dropped since the last dump
+        self.fresh = True               # nothing taken back from the store yet (restore)
+        self._due = 0.0                 # when `keep` may write again
         self._unknown: set[str] = set()  # restored tasks whose trace is gone: dropped with dependents
         self._persisted: set[str] = set()  # rules of restored tasks: all of policy "persist" then
 
@@ -115,8 +119,18 @@ class CleanSet:
         self.changed = False
         return marshal.dumps((_FORMAT, self.versions, sorted(self.volatile), rows))
 
+    def keep(self, write: Callable[[bytes], None], now: bool = False) -> None:
+        """`write(self.dump())` when something changed: `now`, or when at most a twentieth of the
+        time since the last write went to writing (it is written whole; an older one is safe)."""
+        if not self.changed or (not now and time.monotonic() < self._due):
+            return
+        start = time.monotonic()
+        write(self.dump())
+        self._due = time.monotonic() + 20 * (time.monotonic() - start)
+
     def restore(self, data: bytes | None, traces: Mapping[str, list[Trace]]) -> None:
         """Take back what `dump` gave (in another process); nothing when `data` is None or not one."""
+        self.fresh = False
         if data is None:
             return
         hashes: dict[str, str] = {}
