@@ -21,6 +21,9 @@ Contract:
   same all session): asked twice per cell (the notebook's pre_run_cell, then the AST
   transformer), and again each time a cell runs again, it is answered once per text (`SEEN`
   texts kept).
+- `python(cell)`: IPython's transformation of the cell's text (`shell.transform_cell`), kept by
+  text while IPython's transformers are the same objects: the notebook asks for it up to three
+  times per cell (is_rule, the rule magic, an ordinary cell's reads), and it tokenizes the cell.
 """
 from __future__ import annotations
 
@@ -41,6 +44,8 @@ class Auto(ast.NodeTransformer):
         self.enabled = False
         self.cell: str | None = None    # the raw cell about to run, until it is transformed
         self._answers: dict[str, bool] = {}     # cell text -> is_rule's answer
+        self._python: dict[str, str] = {}       # cell text -> its transformation, while _by is
+        self._by: tuple[int, ...] = ()
 
     def on(self) -> None:
         if self not in self.shell.ast_transformers:
@@ -75,6 +80,17 @@ class Auto(ast.NodeTransformer):
             answer = self._answers[cell] = self._judge(cell)
         return answer
 
+    def python(self, cell: str) -> str:
+        m = self.shell.input_transformer_manager
+        by = tuple(map(id, (*m.cleanup_transforms, *m.line_transforms, *m.token_transformers,
+                            *self.shell.input_transformers_post)))
+        if by != self._by or len(self._python) >= SEEN:
+            self._python, self._by = {}, by
+        found = self._python.get(cell)
+        if found is None:
+            found = self._python[cell] = self.shell.transform_cell(cell)
+        return found
+
     def _judge(self, cell: str) -> bool:
         code = [line for line in cell.splitlines() if line.strip() and not line.lstrip().startswith("#")]
         if not code or cell.lstrip().startswith("%%"):
@@ -83,7 +99,7 @@ class Auto(ast.NodeTransformer):
         if first.replace(" ", "").lower() == OFF_MARKER.replace(" ", ""):
             return False
         try:
-            python = self.shell.transform_cell(cell)
+            python = self.python(cell)
         except Exception:  # IPython's own transformers on any text: then plain execution says
             return False
         # a line magic, a shell escape, `x?`: IPython's own transformation says, not a guess at

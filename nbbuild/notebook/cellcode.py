@@ -78,8 +78,9 @@ def _compiled(source: str, name: str, filename: str, fetched_items: tuple[tuple[
         body[-1] = ast.copy_location(ast.Assign([ast.Name(LAST, ast.Store())], last.value), last)
     line = body[0].lineno if body else 1
     prologue = [ast.parse(f"{n} = {FETCH}({n!r}, {r!r})").body[0] for n, r in fetched.items()]
-    prologue += _global_reads([n for n in analyse(source).inputs if n not in fetched and n not in (params_of(params))
-                               and _binds_locally(body, n)])
+    candidates = [n for n in analyse(source).inputs if n not in fetched and n not in params_of(params)]
+    local = _locals(body) if candidates else frozenset()
+    prologue += _global_reads([n for n in candidates if n in local])
     if params is None and capture:
         epilogue = ast.parse(f"return {_RECORD}.outputs(locals(), {tuple(outputs) + (LAST,)!r})").body
     elif params is None:
@@ -121,17 +122,17 @@ def params_of(params: ast.arguments | None) -> set[str]:
     return {a.arg for a in every}
 
 
-def _binds_locally(body: list[ast.stmt], name: str) -> bool:
-    """Whether `name` is a local variable of a function with this body."""
+def _locals(body: list[ast.stmt]) -> frozenset[str]:
+    """The local variables of a function with this body (compiled once for all the cell's inputs)."""
     scratch = ast.fix_missing_locations(ast.Module([ast.FunctionDef(
         name="f", args=ast.arguments([], [], None, [], [], None, []), body=body or [ast.Pass()],
         decorator_list=[], returns=None, type_comment=None, lineno=1, col_offset=0)], type_ignores=[]))
     try:
         code = compile(scratch, "<cell>", "exec").co_consts
     except SyntaxError:
-        return False
+        return frozenset()
     fn = next(c for c in code if isinstance(c, types.CodeType))
-    return name in fn.co_varnames or name in fn.co_cellvars
+    return frozenset(fn.co_varnames + fn.co_cellvars)
 
 
 def _global_reads(names: list[str]) -> list[ast.stmt]:

@@ -109,7 +109,7 @@ class NbbuildMagics(Magics):
         state = self.state
         name, lazy, policy, param_text, options = parse_rule_line(line)
         options = self._resolve(options)
-        source = self.shell.transform_cell(cell)
+        source = state.auto.python(cell)
         try:
             names = analyse(source)
             params = parse_signature(param_text) if param_text is not None else None

@@ -164,7 +164,7 @@ class NotebookState:
         try:
             if self.auto.enabled and self.auto.is_rule(source):
                 return None
-            names = analyse(self.shell.transform_cell(source))
+            names = analyse(self.auto.python(source))
         except Exception:  # any cell at all, even one that cannot be parsed: then nothing is known
             return None
         fingerprints: dict[str, dict[str, str | None]] = {}

@@ -281,7 +281,8 @@ class BuildView(Listener):
                 # never seen running: no widget, the settled view as HTML in its place, one message
                 line_ = f'<span class="nbbuild-failed">{html.escape(text)}</span>' if bad else html.escape(text)
                 parts["settled"] = f"<b>nbbuild</b> {line_}{rows}{parts['graph']}"
-                shown = {"text/plain": text, "text/html": f'{_STYLE}<div class="nbbuild-progress nbbuild-settled">'
+                style = "" if rows else _STYLE      # the rows bring it
+                shown = {"text/plain": text, "text/html": f'{style}<div class="nbbuild-progress nbbuild-settled">'
                                                           f'{parts["settled"]}</div>'}
                 if parts["handle"] is None:
                     display(shown, raw=True, metadata={"nbbuild": {"view": "build"}})
