@@ -278,3 +278,41 @@ def test_after_one_kernel_clears_the_store_the_others_see_and_keep_what_is_built
     assert calls == []                       # nothing `two` stored was lost
     for b in (one, two, three):
         b.close()
+
+
+def test_an_index_another_process_holds_locked_loses_no_build_and_says_why_in_one_line(tmp_path, monkeypatch, caplog):
+    """Another process holds the store's index locked past SQLite's wait (diskcache.Timeout at
+    the commit): the build still gives the oracle's values, keeps them in memory, says why in one
+    warning and which were not stored; once the lock is let go, the next build stores them and a
+    fresh one then runs nothing."""
+    import logging
+    import sqlite3
+
+    import diskcache
+    opened = diskcache.Cache._con.fget
+
+    def quick(self):      # the wait for the lock, 60 s in diskcache, cut to 50 ms
+        con = opened(self)
+        con.execute("PRAGMA busy_timeout = 50")
+        return con
+    monkeypatch.setattr(diskcache.Cache, "_con", property(quick))
+    specs = [["stats", [0]], ["total", [2]]]
+    store = tmp_path / "store"
+    with nbbuild.Build(store, min_free=0, workers=1) as b:
+        tasks = _tasks(b, specs)
+        other = sqlite3.connect(store / "cache.db", isolation_level=None)
+        other.execute("BEGIN EXCLUSIVE")         # another kernel's commit, stuck
+        caplog.clear()
+        try:
+            values = b.build(*tasks)
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert values == [w.expected(t) for t in tasks]
+        [warning] = [r.getMessage() for r in caplog.records if r.name == "nbbuild" and r.levelno >= logging.WARNING]
+        assert "locked by another process" in warning and "\n" not in warning
+        assert b.report.unstored and not b.report.failed
+        w.CALLS.clear()
+        b.build(*tasks)                          # the lock is gone: what was kept in memory is stored
+        assert w.CALLS == [] and not b.report.unstored
+    _check(tmp_path, {w.SCALE: specs}, slow=w.SLOW)

@@ -41,6 +41,8 @@ import time
 from collections import defaultdict
 from typing import TYPE_CHECKING, AbstractSet, Any, Callable, Iterable
 
+import diskcache
+
 from ..engine import files
 from . import foreign, snapshot, valuefile
 from .signing import MAC_BYTES, Signer, key_path, user_key
@@ -286,12 +288,17 @@ class Store(Values, Tiering, Inventory, Bounds):
                                      use for d, use in touched.items()}, self.clock)
                     self.table.add_counts({"m:" + name: n for name, n in counters.items()})
             except WRITE_ERRORS as e:
-                # nothing of this batch is stored; its traces stay known to this process
+                # nothing of this batch is stored; its traces stay known to this process, and it
+                # is committed again with the next one (a lock let go, space freed): what this
+                # process built then reaches the store without running again
                 self._lost.update(key[2:] for key in pending if key[0] == "v")
                 for key, data in pending.items():
                     if key[0] == "t":
                         self.index.remember(Trace.decode(data[MAC_BYTES:]))
                         self.index.forget(key)
+                size = sum(map(len, pending.values()))
+                if size + self._pending_bytes <= _FLUSH_BYTES:
+                    self._pending, self._pending_bytes = {**pending, **self._pending}, self._pending_bytes + size
                 self._write_failed(e)
                 return
             self._lost.difference_update(key[2:] for key in pending if key[0] == "v")
@@ -330,11 +337,15 @@ class Store(Values, Tiering, Inventory, Bounds):
 
     def _write_failed(self, error: BaseException) -> str:
         reason = getattr(error, "strerror", None) or str(error)
+        locked = isinstance(error, diskcache.Timeout) or "locked" in reason
+        if locked:
+            reason = "its index was locked by another process for too long"
         if not self._write_warned:
             self._write_warned = True
             log.warning("nbbuild: the store at %s could not be written (%s); values of this build stay in memory "
-                        "and nothing stored before is lost. Free disk space (or lower the quota) and build again.",
-                        self.path, reason)
+                        "and nothing stored before is lost. %s and build again.", self.path, reason,
+                        "Let the other kernel or nbbuild command on this store finish" if locked
+                        else "Free disk space (or lower the quota)")
         self.write_error = f"the store could not be written ({reason})"
         self.count("write_failures", 1)
         return self.write_error

@@ -32,7 +32,9 @@ import diskcache
 __all__ = ["Table", "WRITE_ERRORS", "FILE_NAME", "prefix_range"]
 
 log = logging.getLogger("nbbuild")
-WRITE_ERRORS = (OSError, sqlite3.Error)
+# diskcache.Timeout: another process held the index's write lock past SQLite's wait (60 s): the
+# write is lost as on a full disk (logged; the value stays in memory), not the build
+WRITE_ERRORS = (OSError, sqlite3.Error, diskcache.Timeout)
 FILE_NAME = re.compile(r"^v/[0-9a-f]{2}/[0-9a-f]{32}\.nbv$")   # the only files a row may name
 _MODE_RAW, _MODE_BINARY = 1, 2
 _VALUE = "CASE WHEN mode = 4 THEN NULL ELSE value END"   # a pickle row (diskcache's, never ours) reads as NULL
