@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import json
+import pathlib
 import subprocess
 import sys
 import textwrap
+import urllib.parse
 
 import pytest
 
@@ -65,13 +68,18 @@ def test_installed_and_standard_library_code_is_recorded_not_hashed():
 
 
 @pytest.fixture
-def no_distribution_scan(monkeypatch):
-    """What version.py found out about modules and distributions forgotten, and the full mapping of
-    every distribution's files made to fail: it stats every file installed (0.3-1 s in a kernel)."""
-    from nbbuild.engine import version
-    for name, empty in (("_user_module_cache", {}), ("_installed_cache", {}), ("_by_top", None), ("_unlisted", None), ("_editable", None)):
-        monkeypatch.setattr(version, name, empty)
+def fresh_lookups(monkeypatch):
+    """What version.py and distributions.py found out about modules and distributions forgotten."""
+    from nbbuild.engine import distributions, version
+    monkeypatch.setattr(version, "_user_module_cache", {})
+    monkeypatch.setattr(distributions, "_installed", {})
+    monkeypatch.setattr(distributions, "_sites", {})
 
+
+@pytest.fixture
+def no_distribution_scan(monkeypatch, fresh_lookups):
+    """Lookups forgotten, and the full mapping of every distribution's files made to fail: it stats
+    every file installed (0.3-1 s in a kernel)."""
     def scan():
         raise AssertionError("packages_distributions() was called")
     monkeypatch.setattr(importlib.metadata, "packages_distributions", scan)
@@ -85,6 +93,19 @@ def test_an_installed_package_named_unlike_its_distribution_is_recorded_with_it(
     top = module.partition(".")[0]
     ns = _define(f"def rule(x):\n    return {call}\n", **{top: sys.modules[top]})
     assert dict(_version(ns, "rule").packages).get(distribution) == importlib.metadata.version(distribution)
+
+
+def test_a_package_named_unlike_its_distribution_is_found_reading_the_files_of_few_distributions(
+        monkeypatch, no_distribution_scan):
+    """Those whose name it abbreviates (scikit-learn for sklearn) are read first: reading every
+    distribution's top_level.txt or RECORD took ~12 ms at a kernel's first rule reaching one."""
+    sklearn = pytest.importorskip("sklearn")
+    from nbbuild.engine import distributions
+    read = []
+    claims = distributions._claims
+    monkeypatch.setattr(distributions, "_claims", lambda info, top: read.append(info) or claims(info, top))
+    _version(_define("def rule(x):\n    return sklearn.get_config()\n", sklearn=sklearn), "rule")
+    assert 1 <= len(read) <= 3 < len(list(importlib.metadata.distributions()))
 
 
 def test_an_editable_install_is_the_users_code_and_recorded_with_its_version(tmp_path, monkeypatch,
@@ -111,6 +132,20 @@ def test_a_module_next_to_the_notebook_is_found_without_scanning_distributions(t
     import helpers
     v = _version(_define("def rule(x):\n    return helpers.clean(x)\n", helpers=helpers), "rule")
     assert "fn:helpers.clean" in dict(v.parts) and v.packages == ()
+
+
+def test_a_module_next_to_the_notebook_named_like_an_installed_distribution_is_the_users_code(
+        tmp_path, monkeypatch, no_distribution_scan):
+    name = next(d.metadata["Name"] for d in _installed_distributions()
+                if d.metadata["Name"].isidentifier() and d.metadata["Name"] not in sys.modules)
+    (tmp_path / f"{name}.py").write_text("def clean(x):\n    return x.strip()\n")
+    spec = importlib.util.spec_from_file_location(name, tmp_path / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    v = _version(_define(f"def rule(x):\n    return {name}.clean(x)\n", **{name: module}), "rule")
+    assert f"fn:{name}.clean" in dict(v.parts) and v.packages == ()
 
 
 def test_rules_builds_and_modules_are_edges_not_values(tmp_path):
@@ -270,8 +305,56 @@ def test_a_rule_stub_called_where_no_body_runs_says_it_belongs_to_the_kernels_bu
         stub()
 
 
+def _installed_distributions() -> list[importlib.metadata.PathDistribution]:
+    return [d for d in importlib.metadata.distributions() if isinstance(d, importlib.metadata.PathDistribution)]
+
+
 def test_every_installed_distribution_is_recorded_with_its_metadatas_name_and_version():
-    from nbbuild.engine.version import _name_and_version
-    found = {d.metadata["Name"]: (_name_and_version(d), (d.metadata["Name"], d.metadata["Version"]))
-             for d in importlib.metadata.distributions()}
+    from nbbuild.engine.distributions import name_and_version
+    found = {d.metadata["Name"]: (name_and_version(str(d._path)), (d.metadata["Name"], d.metadata["Version"]))
+             for d in _installed_distributions()}
     assert len(found) > 20 and [name for name, (ours, theirs) in found.items() if ours != theirs] == []
+
+
+def test_every_top_level_module_of_every_installed_distribution_is_found_as_importlib_finds_it(fresh_lookups):
+    """The oracle: `packages_distributions()` (every distribution's files read), or `distribution(top)`
+    for a module named as its distribution. The module is placed where its distribution lies,
+    as a package (top/__init__.py), not imported (importing every package is slow and not safe)."""
+    from nbbuild.engine.distributions import owner
+    oracle = importlib.metadata.packages_distributions()
+    sites = {}
+    for d in _installed_distributions():
+        sites.setdefault(d.metadata["Name"], []).append(str(d.locate_file("")))
+    wrong = {}
+    for top, names in oracle.items():
+        if not top.isidentifier():
+            continue        # a path in a RECORD outside the site (../../bin/x.py), not a module
+        for site in {s for n in names for s in sites.get(n, ())}:
+            info = owner(top, top, f"{site}/{top}/__init__.py")
+            ours = info and importlib.metadata.PathDistribution(pathlib.Path(info)).metadata["Name"]
+            try:
+                named = importlib.metadata.distribution(top).metadata["Name"]
+            except importlib.metadata.PackageNotFoundError:
+                named = None
+            if ours not in names and ours != named:
+                wrong[(top, site)] = (ours, names)
+    assert len(oracle) > 50 and wrong == {}
+
+
+def test_every_editable_install_is_the_users_code_with_its_name_and_version(fresh_lookups):
+    """Each editable install of the environment (nbbuild itself, in a development one), by a package
+    of its project folder (found there, not imported)."""
+    from nbbuild.engine.distributions import installed
+    checked = 0
+    for d in _installed_distributions():
+        direct = json.loads(d.read_text("direct_url.json") or "{}")
+        if not direct.get("dir_info", {}).get("editable") or not direct["url"].startswith("file://"):
+            continue
+        root = pathlib.Path(urllib.parse.unquote(urllib.parse.urlsplit(direct["url"]).path))
+        packages = [p.parent for p in [*root.glob("*/__init__.py"), *root.glob("src/*/__init__.py")]]
+        for package in packages:
+            assert installed(package.name, package.name, str(package / "__init__.py")) == (
+                True, (d.metadata["Name"], d.metadata["Version"]))
+            checked += 1
+    if not checked:
+        pytest.skip("no editable install of a project with a package in this environment")

@@ -6,8 +6,9 @@ of the function (engine/code.py), of the user-defined functions and classes it r
 packages or the standard library), its defaults and closure cells, and the plain global values it
 reads, by value hash. Rules, builds (`skip(obj)` is true for them), modules and `os.environ` (read
 by key, engine/environment.py) are never hashed as values (a rule called by a rule is a dependency
-edge). Installed packages it touches are recorded with their versions, not hashed. The result is a
-`Version`: the hash, the parts it was made of (for `why`), and the packages.
+edge). Installed packages it touches are recorded with their versions (engine/distributions.py),
+not hashed. The result is a `Version`: the hash, the parts it was made of (for `why`), and the
+packages.
 
 A version is asked for every known rule before every build (engine/verified.py), so it is kept
 between calls while everything it was made of is still there: each name it looked up (a global,
@@ -19,20 +20,19 @@ again each time: such a value can change in place.
 from __future__ import annotations
 
 import functools
-import importlib.metadata as md
 import json
 import logging
 import os
 import sys
 import sysconfig
 import types
-import urllib.parse
 import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..store.serialisation import UnserializableValue, hash_bytes, value_hash
 from .code import PY_TAG, code_fingerprint, free_reads, global_names
+from .distributions import installed
 
 __all__ = ["Version", "rule_version"]
 
@@ -50,69 +50,6 @@ class Version:
 _STDLIB = tuple(os.path.join(os.path.realpath(p), "") for p in
                 {sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["platstdlib"]})
 _user_module_cache: dict[str, tuple[bool, tuple[str, str] | None]] = {}
-_installed_cache: dict[str, tuple[bool, tuple[str, str] | None]] = {}     # by top-level package
-_by_top: dict[str, list[md.Distribution]] | None = None   # top-level name -> distributions (top_level.txt)
-_unlisted: list[md.Distribution] | None = None             # distributions without top_level.txt, not yet read
-_editable: list[tuple[str, md.Distribution]] | None = None  # (project folder, its editable distribution)
-
-
-def _distribution(top: str, path: str) -> md.Distribution | None:
-    """The installed distribution that holds module `top` (found at `path`), or None.
-
-    Not `packages_distributions()`: that reads every distribution's file list and stats every
-    file (some 18,000 here: 0.3-1 s, paid at the first rule of each kernel that reads a module whose
-    name is not its distribution's, a module next to the notebook included)."""
-    try:
-        return md.distribution(top)   # the usual case
-    except md.PackageNotFoundError:
-        pass
-    if "site-packages" not in path and "dist-packages" not in path:
-        return _editable_owner(os.path.realpath(path))
-    global _by_top, _unlisted
-    if _by_top is None:
-        _by_top, _unlisted = {}, []
-        for dist in md.distributions():
-            names = (dist.read_text("top_level.txt") or "").split()
-            for name in names:
-                _by_top.setdefault(name, []).append(dist)
-            if not names:
-                _unlisted.append(dist)
-    # a distribution without top_level.txt names its modules in its RECORD: read those one at a
-    # time, only until `top` is found
-    while top not in _by_top and _unlisted:
-        dist = _unlisted.pop()
-        for line in (dist.read_text("RECORD") or "").splitlines():
-            head, sep, _ = line.partition(",")[0].partition("/")
-            if sep and not head.endswith((".dist-info", ".data", ".egg-info")) and head not in ("..", "__pycache__"):
-                name = head
-            elif not sep and head.endswith(".py"):
-                name = head[:-3]
-            else:
-                continue
-            if dist not in _by_top.setdefault(name, []):
-                _by_top[name].append(dist)
-    found = _by_top.get(top)
-    return found[0] if found else None
-
-
-def _editable_owner(path: str) -> md.Distribution | None:
-    """The editable install whose project folder holds `path` (its direct_url.json says where)."""
-    global _editable
-    if _editable is None:
-        _editable = []
-        for dist in md.distributions():
-            try:
-                direct = json.loads(dist.read_text("direct_url.json") or "{}")
-            except ValueError:
-                continue
-            url = direct.get("url", "")
-            if direct.get("dir_info", {}).get("editable") and url.startswith("file://"):
-                root = os.path.realpath(urllib.parse.unquote(urllib.parse.urlsplit(url).path))
-                _editable.append((os.path.join(root, ""), dist))
-    for root, dist in _editable:
-        if path.startswith(root):
-            return dist
-    return None
 
 
 def _classify_module(modname: str | None) -> tuple[bool, tuple[str, str] | None]:
@@ -135,48 +72,10 @@ def _classify_module(modname: str | None) -> tuple[bool, tuple[str, str] | None]
     elif os.path.realpath(path).startswith(_STDLIB) and "site-packages" not in path:
         result = (False, None)
     else:
-        result = _installed(top, path)
+        name = getattr(mod, "__name__", None)
+        result = installed(top, name if isinstance(name, str) else top, path)
     _user_module_cache[modname] = result
     return result
-
-
-def _name_and_version(dist: md.Distribution) -> tuple[str, str]:
-    """From the metadata's first headers (Name and Version come first, as the core metadata
-    specification orders them), not `dist.metadata`, which parses the whole file with the email
-    parser (about 1 ms a package, at a restart's first version of every rule reaching one)."""
-    text = dist.read_text("METADATA") or dist.read_text("PKG-INFO") or ""
-    found: dict[str, str] = {}
-    for line in text.splitlines():
-        if not line.strip():
-            break               # the headers end at the first blank line
-        field, sep, value = line.partition(":")
-        if sep and field in ("Name", "Version") and field not in found:
-            found[field] = value.strip()
-            if len(found) == 2:
-                return found["Name"], found["Version"]
-    meta = dist.metadata        # headers out of the usual order: parse them all
-    return meta["Name"], meta["Version"]
-
-
-def _installed(top: str, path: str) -> tuple[bool, tuple[str, str] | None]:
-    """The modules of one top-level package share its distribution: looked up once (reading its
-    metadata is ~0.1 ms, and a rule may reach hundreds of pandas' modules)."""
-    found = _installed_cache.get(top)
-    if found is not None:
-        return found
-    dist = _distribution(top, path)
-    if dist is None:
-        found = ("site-packages" not in path and "dist-packages" not in path, None)
-    else:
-        editable = False
-        try:
-            direct = json.loads(dist.read_text("direct_url.json") or "{}")
-            editable = bool(direct.get("dir_info", {}).get("editable"))
-        except (ValueError, OSError):
-            pass
-        found = (editable, _name_and_version(dist))
-    _installed_cache[top] = found
-    return found
 
 
 _MISSING = object()

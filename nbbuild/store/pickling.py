@@ -151,6 +151,7 @@ RENAMED: dict[tuple[str, str], tuple[str, str]] = {
     ("nbbuild.store", "_size"): ("nbbuild.report.formatting", "size_text"),
     ("nbbuild.trace", "match"): ("nbbuild.engine.rebuild", "match"),
     ("nbbuild.explain", "_why_trace"): ("nbbuild.engine.explain", "_group"),   # a trace is walked by rebuild.walk
+    ("nbbuild.rule", "_distribution"): ("nbbuild.engine.distributions", "owner"),
 }
 
 
