@@ -306,7 +306,11 @@ def test_a_rule_stub_called_where_no_body_runs_says_it_belongs_to_the_kernels_bu
 
 
 def _installed_distributions() -> list[importlib.metadata.PathDistribution]:
-    return [d for d in importlib.metadata.distributions() if isinstance(d, importlib.metadata.PathDistribution)]
+    """Every distribution of a folder. Once a package has imported the importlib_metadata backport
+    (its finder then on sys.meta_path), `distributions()` gives the backport's PathDistribution:
+    made again here as the standard library's, each folder once."""
+    folders = {str(path): None for d in importlib.metadata.distributions() if (path := getattr(d, "_path", None))}
+    return [importlib.metadata.PathDistribution(pathlib.Path(f)) for f in folders]
 
 
 def test_every_installed_distribution_is_recorded_with_its_metadatas_name_and_version():
