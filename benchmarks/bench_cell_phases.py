@@ -122,7 +122,8 @@ def main() -> None:
                 for i in rules:
                     c = cells[i]
                     first = code[i].source.splitlines()[1][:30]
-                    print(f"  {first:32s} " + ", ".join(f"{k} {1000 * v:.1f}" for k, v in
+                    beyond = 1000 * (c.get("cell", 0.0) - c.get("Memory.recall", 0.0))   # item 1: the cell beyond its load
+                    print(f"  {first:32s} beyond load {beyond:.1f}; " + ", ".join(f"{k} {1000 * v:.1f}" for k, v in
                                                         sorted(c.items(), key=lambda kv: -kv[1]) if v >= 0.0003))
 
 

@@ -2,18 +2,21 @@
 restart on the store the cold run left: every rule cell reused) and plain (the same cells without
 nbbuild), for issue 17 items 1, 2 and 5.
 
-Two notebooks:
+Three notebooks:
 - `pipeline`: notebooks/pipeline.ipynb up to its Dask section (a cluster's start-up is not what is
   measured); its rule cells, cold against warm. Parametric rules and builds cannot run plainly,
   so there is no plain run of it.
 - `small`: a generated notebook of N (default 200) small rule cells under `%nbbuild auto`, each
   reading the one before (numbers, a list, a small array); plain is the same cells without nbbuild.
+- `work`: a generated notebook of M (default 30) cells under `%nbbuild auto` that each compute
+  something (a 500x500 random matrix, 2 MB, and its largest singular value, read by the next
+  cell): where the per-cell cost of `small` stands against cells that do work; plain likewise.
 
 Each cell's time is nbclient's record, from the kernel's execute_input to its execute_reply: the
 cell as the user waits for it (the magic, analysis, verification, loading, binding, replaying
 outputs, the build view). Runs are interleaved (cold, warm, plain, ...) and repeated; medians.
 
-    .venv/bin/python benchmarks/bench_notebook.py [--cells 200] [--repeat 3] [--markdown]
+    .venv/bin/python benchmarks/bench_notebook.py [--cells 200] [--work-cells 30] [--repeat 3] [--markdown]
 """
 from __future__ import annotations
 
@@ -74,6 +77,15 @@ def small_cells(n: int, with_nbbuild: bool) -> nbformat.NotebookNode:
     return nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in head + cells])
 
 
+def work_cells(n: int, size: int, with_nbbuild: bool) -> nbformat.NotebookNode:
+    cells = ["import numpy as np\nw0 = 0.0"]
+    for i in range(1, n):
+        cells.append(f"m{i} = np.random.default_rng({i}).standard_normal(({size}, {size}))\n"
+                     f"w{i} = w{i - 1} + float(np.linalg.svd(m{i}, compute_uv=False)[0])\nw{i}")
+    head = ["%load_ext nbbuild", "%nbbuild auto"] if with_nbbuild else []
+    return nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in head + cells])
+
+
 def median_ms(values: list[float]) -> float:
     return 1000 * statistics.median(values)
 
@@ -81,13 +93,16 @@ def median_ms(values: list[float]) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cells", type=int, default=200)
+    ap.add_argument("--work-cells", type=int, default=30)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--markdown", action="store_true")
     args = ap.parse_args()
     pipeline, rules = pipeline_cells()
     small, plain_small = small_cells(args.cells, True), small_cells(args.cells, False)
+    work, plain_work = work_cells(args.work_cells, 500, True), work_cells(args.work_cells, 500, False)
     found: dict[str, list[list[float]]] = {k: [] for k in ("pipeline cold", "pipeline warm", "small cold",
-                                                           "small warm", "small plain")}
+                                                           "small warm", "small plain", "work cold",
+                                                           "work warm", "work plain")}
     for _ in range(args.repeat):
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
@@ -100,6 +115,10 @@ def main() -> None:
             found["small cold"].append(execute(small, folder, store)[2:])
             found["small warm"].append(execute(small, folder, store)[2:])
             found["small plain"].append(execute(plain_small, folder, None))
+            store = folder / "store-work"
+            found["work cold"].append(execute(work, folder, store)[2:])
+            found["work warm"].append(execute(work, folder, store)[2:])
+            found["work plain"].append(execute(plain_work, folder, None))
     print(f"# bench_notebook: {revision()}; {args.repeat} interleaved repeats, medians")
     rows = []
     for name, runs in found.items():
@@ -117,6 +136,8 @@ def main() -> None:
     print(f"pipeline warm / cold: 1/{ratio['pipeline cold'] / ratio['pipeline warm']:.0f} (goal ≤ 1/50)")
     print(f"small cold / plain: {ratio['small cold'] / ratio['small plain']:.2f}× (goal: overhead ≤ 5%)")
     print(f"small warm / plain: {ratio['small warm'] / ratio['small plain']:.2f}×")
+    print(f"work cold / plain: {ratio['work cold'] / ratio['work plain']:.2f}×; "
+          f"work warm / plain: {ratio['work warm'] / ratio['work plain']:.2f}×")
 
 
 if __name__ == "__main__":
