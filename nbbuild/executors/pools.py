@@ -148,11 +148,9 @@ class ProcessExecutor:
     kind = "processes"
 
     def __init__(self, workers: int | None = None):
-        import multiprocessing
-
         import pebble
         self.workers = workers or (os.cpu_count() or 1)
-        self._context = multiprocessing.get_context("spawn")
+        self._context = _spawn_keeping_locks()
         self.pool = pebble.ProcessPool(max_workers=self.workers, context=self._context)
         self._manager: Any = None
         self._lock = threading.Lock()
@@ -187,8 +185,34 @@ class ProcessExecutor:
     def close(self) -> None:
         self.pool.stop()
         self.pool.join(timeout=10)
+        # every worker pebble started has exited: no one reads the locks' names any more
+        self._context.kept.clear()
         if self._manager is not None:
             self._manager.shutdown()
+
+
+def _spawn_keeping_locks() -> Any:
+    """The spawn context, keeping each lock made through it (pebble's channel locks) in `kept`.
+    A spawned worker opens its channel's locks by name when it reads its startup data, which on
+    a busy machine comes a second or more after its start; and a lock's name is unlinked when
+    the kernel's last reference to it goes. pebble's stop lets go of them before it stops its
+    workers, one after another: a worker still starting then (the one that replaced a cancelled
+    body's, say) failed with a page of traceback on fd 2, the kernel's cell output. Kept, the
+    names go once the pool has joined every worker (`close`)."""
+    from multiprocessing.context import SpawnContext
+
+    class Context(SpawnContext):
+        def __init__(self) -> None:
+            self.kept: list[Any] = []
+
+        def Lock(self) -> Any:
+            self.kept.append(lock := super().Lock())
+            return lock
+
+        def RLock(self) -> Any:
+            self.kept.append(lock := super().RLock())
+            return lock
+    return Context()
 
 
 async def _exit_worker() -> None:
