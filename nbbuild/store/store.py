@@ -16,7 +16,8 @@ Contract:
   picks up rows other processes wrote since.
 - Writes are buffered and committed in batches inside `cache.transact()`; `flush()` commits now.
   A write that fails (disk full, store unwritable) loses nothing stored before: the build goes on
-  with its values in memory, its traces kept by this process, and one warning.
+  with its values in memory, its traces kept by this process, and one warning; the refused rows
+  (up to a batch's bytes) go again with the next commit. A lock held past SQLite's wait counts so.
 - diskcache's own eviction is off: eviction.py decides, using the bookkeeping kept here in
   diskcache's columns of value rows: access_time (last use), access_count (uses), tag (the
   cost-aware policy's clock when last used). Uses are batched in memory and written with flushes.
