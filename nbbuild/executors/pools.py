@@ -245,6 +245,7 @@ class DaskExecutor:
         self._stopping: queue.Queue[Any] = queue.Queue()
         self._stopper: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._live: set[_Job] = set()     # jobs not over: close stops any an interrupt missed
 
     def hold(self) -> bool:
         return True                   # a waiting body secedes: it holds no worker thread
@@ -273,6 +274,9 @@ class DaskExecutor:
             except Exception:  # the cluster went away: the watcher's get fails too
                 pass
         future.add_done_callback(ended)
+        with self._lock:
+            self._live.add(job)
+        future.add_done_callback(lambda _f: self._forget(job))
         if timeout is not None:
             def overdue() -> None:
                 if not future.done():
@@ -283,6 +287,10 @@ class DaskExecutor:
             timer.start()
             future.add_done_callback(lambda _f: timer.cancel())
         return job
+
+    def _forget(self, job: _Job) -> None:
+        with self._lock:
+            self._live.discard(job)
 
     def _stop(self, job: _Job) -> None:
         if job.asking:
@@ -350,6 +358,13 @@ class DaskExecutor:
         return True
 
     def close(self) -> None:
+        # a body whose job no one stopped would run on in its worker, its thread taken, after the
+        # Build is gone (seen once after an interrupt: only the job of the body waiting for the
+        # kernel was stopped, not those of the two it waited for)
+        with self._lock:
+            missed = [job for job in self._live if not job.future.done()]
+        for job in missed:
+            self._stop(job)
         if not self.settle(self.RESTART_WAIT):
             log.warning("nbbuild: Dask workers were still restarting after %g s", self.RESTART_WAIT)
         if self.owned:
