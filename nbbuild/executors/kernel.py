@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, cast
 import cloudpickle
 
 from ..engine.code import global_names
+from ..errors import Cancelled
 from ..engine.trace import INPUT_PREFIX
 from ..store import pickling
 from .messages import Done, Dropped, GiveUp, Message, Need, Raised, Result, SendAgain, Values
@@ -235,6 +236,9 @@ class _Waiter:
                     return self.inbox.pop(0)
                 self.waker = sched.hubs.waker()
             with sched.lock:                  # so that an interrupt wakes it too (it then stops the job)
+                if sched.cancelled is not None:
+                    # interrupted while it was awake (on another thread): no one would wake it again
+                    raise Cancelled("build interrupted")
                 sched.waiting_elsewhere[id(self)] = self.waker
             try:
                 sched.hubs.suspend()
