@@ -4,8 +4,10 @@ nbbuild), for issue 17 items 1, 2 and 5.
 
 Three notebooks:
 - `pipeline`: notebooks/pipeline.ipynb up to its Dask section (a cluster's start-up is not what is
-  measured); its rule cells, cold against warm. Parametric rules and builds cannot run plainly,
-  so there is no plain run of it.
+  measured); its rule cells, cold against warm. Plain is the notebook as one would write it
+  without nbbuild (`plain_pipeline`): `%%rule` lines dropped, the parametric rule `fit(alpha,
+  degree=1)` a function returning its cell's last expression (called, as plain code calls it,
+  once per call site: 11 fits where a build makes 10), nbbuild's magics dropped.
 - `small`: a generated notebook of N (default 200) small rule cells under `%nbbuild auto`, each
   reading the one before (numbers, a list, a small array); plain is the same cells without nbbuild.
 - `work`: a generated notebook of M (default 30) cells under `%nbbuild auto` that each compute
@@ -21,7 +23,9 @@ outputs, the build view). Runs are interleaved (cold, warm, plain, ...) and repe
 from __future__ import annotations
 
 import argparse
+import ast
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -69,6 +73,37 @@ def pipeline_cells() -> tuple[nbformat.NotebookNode, list[int]]:
     return nb, rules
 
 
+def _as_function(signature: str, body: str) -> str:
+    """A parametric rule's cell as a plain function: its last expression is what it returns."""
+    tree = ast.parse(body)
+    if tree.body and isinstance(tree.body[-1], ast.Expr):
+        tree.body[-1] = ast.Return(tree.body[-1].value)
+    fn = ast.parse(f"def {signature}:\n    pass").body[0]
+    fn.body = tree.body     # type: ignore[attr-defined]
+    return ast.unparse(ast.fix_missing_locations(fn))
+
+
+def plain_pipeline() -> tuple[nbformat.NotebookNode, list[int]]:
+    """pipeline_cells() as written without nbbuild, and the indexes (among code cells) of the
+    cells that were its timed rule cells."""
+    nb, rules = pipeline_cells()
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    keep, timed = [], []
+    for i, c in enumerate(code):
+        first, _, body = c.source.partition("\n")
+        if first.startswith("%%rule"):
+            call = re.fullmatch(r"%%rule\s+(\w+\(.*\))\s*", first)
+            source = _as_function(call.group(1), body) if call else body
+        elif c.source.lstrip().startswith(("%load_ext nbbuild", "%build", "%nbbuild")):
+            continue
+        else:
+            source = c.source
+        if i in rules:
+            timed.append(len(keep))
+        keep.append(nbformat.v4.new_code_cell(source))
+    return nbformat.v4.new_notebook(cells=keep), timed
+
+
 def small_cells(n: int, with_nbbuild: bool) -> nbformat.NotebookNode:
     cells = ["import numpy as np\nx0 = 0\nitems0 = []\na0 = np.zeros(8)"]
     for i in range(1, n):
@@ -98,9 +133,10 @@ def main() -> None:
     ap.add_argument("--markdown", action="store_true")
     args = ap.parse_args()
     pipeline, rules = pipeline_cells()
+    plain_nb, plain_rules = plain_pipeline()
     small, plain_small = small_cells(args.cells, True), small_cells(args.cells, False)
     work, plain_work = work_cells(args.work_cells, 500, True), work_cells(args.work_cells, 500, False)
-    found: dict[str, list[list[float]]] = {k: [] for k in ("pipeline cold", "pipeline warm", "small cold",
+    found: dict[str, list[list[float]]] = {k: [] for k in ("pipeline cold", "pipeline warm", "pipeline plain", "small cold",
                                                            "small warm", "small plain", "work cold",
                                                            "work warm", "work plain")}
     for _ in range(args.repeat):
@@ -111,6 +147,8 @@ def main() -> None:
             found["pipeline cold"].append([cells[i] for i in rules])
             cells = execute(pipeline, folder, store)
             found["pipeline warm"].append([cells[i] for i in rules])
+            cells = execute(plain_nb, folder, None)
+            found["pipeline plain"].append([cells[i] for i in plain_rules])
             store = folder / "store-small"
             found["small cold"].append(execute(small, folder, store)[2:])
             found["small warm"].append(execute(small, folder, store)[2:])
@@ -134,6 +172,8 @@ def main() -> None:
         for name, n, med, worst, total in rows:
             print(f"{name:14s} {n:4d} cells  median {med:7.1f} ms  slowest {worst:7.0f} ms  all {total:7.2f} s")
     print(f"pipeline warm / cold: 1/{ratio['pipeline cold'] / ratio['pipeline warm']:.0f} (goal ≤ 1/50)")
+    print(f"pipeline cold / plain: {ratio['pipeline cold'] / ratio['pipeline plain']:.2f}×; "
+          f"pipeline warm / plain: {ratio['pipeline warm'] / ratio['pipeline plain']:.2f}×")
     print(f"small cold / plain: {ratio['small cold'] / ratio['small plain']:.2f}× (goal: overhead ≤ 5%)")
     print(f"small warm / plain: {ratio['small warm'] / ratio['small plain']:.2f}×")
     print(f"work cold / plain: {ratio['work cold'] / ratio['work plain']:.2f}×; "
