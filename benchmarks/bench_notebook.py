@@ -7,7 +7,10 @@ Three notebooks:
   measured); its rule cells, cold against warm. Plain is the notebook as one would write it
   without nbbuild (`plain_pipeline`): `%%rule` lines dropped, the parametric rule `fit(alpha,
   degree=1)` a function returning its cell's last expression (called, as plain code calls it,
-  once per call site: 11 fits where a build makes 10), nbbuild's magics dropped.
+  once per call site: 11 fits where a build makes 10), nbbuild's magics dropped. Restore
+  (pickle) is a hand-made restore, the floor of any tool that restores these cells by loading
+  their values: each cell loads, with pickle (protocol 5, one file a cell, the page cache warm),
+  the names the plain cell bound, and shows nothing (`restore_pipeline`).
 - `small`: a generated notebook of N (default 200) small rule cells under `%nbbuild auto`, each
   reading the one before (numbers, a list, a small array); plain is the same cells without nbbuild.
 - `work`: a generated notebook of M (default 30) cells under `%nbbuild auto` that each compute
@@ -29,6 +32,7 @@ import re
 import statistics
 import sys
 import tempfile
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -104,6 +108,41 @@ def plain_pipeline() -> tuple[nbformat.NotebookNode, list[int]]:
     return nbformat.v4.new_notebook(cells=keep), timed
 
 
+def _bound(source: str) -> list[str]:
+    """Names a cell binds at its top level (assignments, loops, with ... as)."""
+    names: list[str] = []
+    for node in ast.parse(source).body:
+        targets = (node.targets if isinstance(node, ast.Assign) else [node.target]
+                   if isinstance(node, (ast.AugAssign, ast.AnnAssign, ast.For)) else
+                   [i.optional_vars for i in node.items if i.optional_vars] if isinstance(node, ast.With) else [])
+        for t in targets:
+            names += [n.id for n in ast.walk(t) if isinstance(n, ast.Name) and n.id not in names]
+    return names
+
+
+def restore_pipeline(folder: Path) -> tuple[nbformat.NotebookNode, nbformat.NotebookNode, list[int]]:
+    """A hand-made restore of the pipeline, the floor of any tool that restores its cells by
+    loading their values: (`save`: the plain pipeline, each timed cell followed by one that pickles
+    (protocol 5) the names it bound to a file; `load`: the plain pipeline's set-up cells, then one
+    cell a timed cell that loads them back, nothing shown; the indexes of those cells)."""
+    plain, timed = plain_pipeline()
+    save, load, loading = [], [], []
+    for i, c in enumerate(plain.cells):
+        save.append(c)
+        if i in timed:
+            path = folder / f"restore-{i}.pkl"
+            names = _bound(c.source)
+            save.append(nbformat.v4.new_code_cell(
+                f"import pickle as _p\nwith open({str(path)!r}, 'wb') as _f:\n"
+                f"    _p.dump({{_n: globals()[_n] for _n in {names!r}}}, _f, protocol=5)"))
+            loading.append(len(load))
+            load.append(nbformat.v4.new_code_cell(
+                f"import pickle as _p\nwith open({str(path)!r}, 'rb') as _f:\n    globals().update(_p.load(_f))"))
+        elif i < timed[0]:
+            load.append(c)
+    return nbformat.v4.new_notebook(cells=save), nbformat.v4.new_notebook(cells=load), loading
+
+
 def small_cells(n: int, with_nbbuild: bool) -> nbformat.NotebookNode:
     cells = ["import numpy as np\nx0 = 0\nitems0 = []\na0 = np.zeros(8)"]
     for i in range(1, n):
@@ -121,6 +160,27 @@ def work_cells(n: int, size: int, with_nbbuild: bool) -> nbformat.NotebookNode:
     return nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in head + cells])
 
 
+def page_cache_ms(folder: Path, mb: int = 20, repeat: int = 7) -> tuple[float, float]:
+    """Milliseconds (median) to write `mb` MB into a new file on this machine: (the files kept,
+    so each write takes memory the page cache did not hold; the file before removed first, so
+    each write reuses the memory it freed). What storing a cell's values costs here beyond
+    pickling them: on a VM that hands freed memory back to its host the first is much slower."""
+    data = os.urandom(mb << 20)
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for keep in (True, False):
+        for i in range(repeat):
+            path = folder / f"page-cache-{keep}-{i}"
+            if not keep and i:
+                os.unlink(folder / f"page-cache-{keep}-{i - 1}")
+            t = time.perf_counter()
+            with open(path, "wb", buffering=0) as f:
+                f.write(data)
+            times[keep].append(time.perf_counter() - t)
+    for path in folder.glob("page-cache-*"):
+        path.unlink()
+    return median_ms(times[True]), median_ms(times[False])
+
+
 def median_ms(values: list[float]) -> float:
     return 1000 * statistics.median(values)
 
@@ -136,7 +196,8 @@ def main() -> None:
     plain_nb, plain_rules = plain_pipeline()
     small, plain_small = small_cells(args.cells, True), small_cells(args.cells, False)
     work, plain_work = work_cells(args.work_cells, 500, True), work_cells(args.work_cells, 500, False)
-    found: dict[str, list[list[float]]] = {k: [] for k in ("pipeline cold", "pipeline warm", "pipeline plain", "small cold",
+    found: dict[str, list[list[float]]] = {k: [] for k in ("pipeline cold", "pipeline warm", "pipeline plain",
+                                                           "pipeline restore (pickle)", "small cold",
                                                            "small warm", "small plain", "work cold",
                                                            "work warm", "work plain")}
     for _ in range(args.repeat):
@@ -149,6 +210,10 @@ def main() -> None:
             found["pipeline warm"].append([cells[i] for i in rules])
             cells = execute(plain_nb, folder, None)
             found["pipeline plain"].append([cells[i] for i in plain_rules])
+            save, load, loading = restore_pipeline(folder)
+            execute(save, folder, None)
+            cells = execute(load, folder, None)
+            found["pipeline restore (pickle)"].append([cells[i] for i in loading])
             store = folder / "store-small"
             found["small cold"].append(execute(small, folder, store)[2:])
             found["small warm"].append(execute(small, folder, store)[2:])
@@ -157,6 +222,8 @@ def main() -> None:
             found["work cold"].append(execute(work, folder, store)[2:])
             found["work warm"].append(execute(work, folder, store)[2:])
             found["work plain"].append(execute(plain_work, folder, None))
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh, reused = page_cache_ms(Path(tmp))
     print(f"# bench_notebook: {revision()}; {args.repeat} interleaved repeats, medians")
     rows = []
     for name, runs in found.items():
@@ -172,8 +239,12 @@ def main() -> None:
         for name, n, med, worst, total in rows:
             print(f"{name:14s} {n:4d} cells  median {med:7.1f} ms  slowest {worst:7.0f} ms  all {total:7.2f} s")
     print(f"pipeline warm / cold: 1/{ratio['pipeline cold'] / ratio['pipeline warm']:.0f} (goal ≤ 1/50)")
+    print(f"pipeline restore (pickle) / cold: 1/{ratio['pipeline cold'] / ratio['pipeline restore (pickle)']:.0f}: "
+          "the floor of restoring these cells by loading their values")
     print(f"pipeline cold / plain: {ratio['pipeline cold'] / ratio['pipeline plain']:.2f}×; "
           f"pipeline warm / plain: {ratio['pipeline warm'] / ratio['pipeline plain']:.2f}×")
+    print(f"this machine writes 20 MB into a new file in {fresh:.1f} ms (memory the page cache did not hold), "
+          f"{reused:.1f} ms (memory a removed file freed)")
     print(f"small cold / plain: {ratio['small cold'] / ratio['small plain']:.2f}× (goal: overhead ≤ 5%)")
     print(f"small warm / plain: {ratio['small warm'] / ratio['small plain']:.2f}×")
     print(f"work cold / plain: {ratio['work cold'] / ratio['work plain']:.2f}×; "
