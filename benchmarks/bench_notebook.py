@@ -12,10 +12,13 @@ Three notebooks:
   their values: each cell loads, with pickle (protocol 5, one file a cell, the page cache warm),
   the names the plain cell bound, and shows nothing (`restore_pipeline`).
 - `small`: a generated notebook of N (default 200) small rule cells under `%nbbuild auto`, each
-  reading the one before (numbers, a list, a small array); plain is the same cells without nbbuild.
+  reading the one before (numbers, a list, a small array); plain is the same cells without nbbuild;
+  plain + pickle the plain cells each also pickling the names it bound to a file of its own
+  (`saving`): the least a tool that keeps every cell's values adds.
 - `work`: a generated notebook of M (default 30) cells under `%nbbuild auto` that each compute
   something (a 500x500 random matrix, 2 MB, and its largest singular value, read by the next
-  cell): where the per-cell cost of `small` stands against cells that do work; plain likewise.
+  cell): where the per-cell cost of `small` stands against cells that do work; plain and plain +
+  pickle likewise.
 
 Each cell's time is nbclient's record, from the kernel's execute_input to its execute_reply: the
 cell as the user waits for it (the magic, analysis, verification, loading, binding, replaying
@@ -151,6 +154,21 @@ def small_cells(n: int, with_nbbuild: bool) -> nbformat.NotebookNode:
     return nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in head + cells])
 
 
+def saving(nb: nbformat.NotebookNode, folder: Path) -> nbformat.NotebookNode:
+    """The plain notebook `nb`, each cell also doing the least a tool that keeps every cell's values
+    must do: pickle (protocol 5) the names it bound into a file of its own (no analysis, no hash,
+    no index, nothing shown), before the expression it ends with, which it still shows."""
+    cells = []
+    for i, c in enumerate(nb.cells):
+        tree = ast.parse(c.source)
+        last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
+        save = (f"import pickle as _p\nwith open({str(folder / f'save-{i}.pkl')!r}, 'wb') as _f:\n"
+                f"    _p.dump(({''.join(n + ', ' for n in _bound(c.source))}), _f, protocol=5)")
+        tree.body += ast.parse(save).body + ([last] if last is not None else [])
+        cells.append(nbformat.v4.new_code_cell(ast.unparse(tree)))
+    return nbformat.v4.new_notebook(cells=cells)
+
+
 def work_cells(n: int, size: int, with_nbbuild: bool) -> nbformat.NotebookNode:
     cells = ["import numpy as np\nw0 = 0.0"]
     for i in range(1, n):
@@ -198,8 +216,8 @@ def main() -> None:
     work, plain_work = work_cells(args.work_cells, 500, True), work_cells(args.work_cells, 500, False)
     found: dict[str, list[list[float]]] = {k: [] for k in ("pipeline cold", "pipeline warm", "pipeline plain",
                                                            "pipeline restore (pickle)", "small cold",
-                                                           "small warm", "small plain", "work cold",
-                                                           "work warm", "work plain")}
+                                                           "small warm", "small plain", "small plain + pickle", "work cold",
+                                                           "work warm", "work plain", "work plain + pickle")}
     for _ in range(args.repeat):
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
@@ -218,10 +236,12 @@ def main() -> None:
             found["small cold"].append(execute(small, folder, store)[2:])
             found["small warm"].append(execute(small, folder, store)[2:])
             found["small plain"].append(execute(plain_small, folder, None))
+            found["small plain + pickle"].append(execute(saving(plain_small, folder), folder, None))
             store = folder / "store-work"
             found["work cold"].append(execute(work, folder, store)[2:])
             found["work warm"].append(execute(work, folder, store)[2:])
             found["work plain"].append(execute(plain_work, folder, None))
+            found["work plain + pickle"].append(execute(saving(plain_work, folder), folder, None))
     with tempfile.TemporaryDirectory() as tmp:
         fresh, reused = page_cache_ms(Path(tmp))
     print(f"# bench_notebook: {revision()}; {args.repeat} interleaved repeats, medians")
@@ -246,7 +266,10 @@ def main() -> None:
     print(f"this machine writes 20 MB into a new file in {fresh:.1f} ms (memory the page cache did not hold), "
           f"{reused:.1f} ms (memory a removed file freed)")
     print(f"small cold / plain: {ratio['small cold'] / ratio['small plain']:.2f}× (goal: overhead ≤ 5%)")
+    print(f"small plain + pickle / plain: {ratio['small plain + pickle'] / ratio['small plain']:.2f}×: "
+          "the least a tool that keeps every cell's values adds")
     print(f"small warm / plain: {ratio['small warm'] / ratio['small plain']:.2f}×")
+    print(f"work plain + pickle / plain: {ratio['work plain + pickle'] / ratio['work plain']:.2f}×")
     print(f"work cold / plain: {ratio['work cold'] / ratio['work plain']:.2f}×; "
           f"work warm / plain: {ratio['work warm'] / ratio['work plain']:.2f}×")
 
