@@ -331,6 +331,37 @@ def test_small_values_a_full_disk_refused_are_reported_unstored_then_stored_once
     assert calls == [] and report.executed == []
 
 
+def test_large_values_a_full_disk_refused_are_stored_once_there_is_room(disk, stored, calls, caplog):
+    with nbbuild.Build(stored, workers=1, **_BOUNDS) as b:
+        disk.fill(leave=0)
+        report = _build(stored, calls, EARLY + [("array", 2, 2048), ("array", 3, 800)], b)
+        assert calls == ["array(2, 2048)", "array(3, 800)"]
+        assert report.unstored == ["array(2, 2048)", "array(3, 800)"]
+        disk.free()
+        calls.clear()
+        report = _build(stored, calls, EARLY + [("tiny", 1)], b)     # the next build's flush writes them
+        assert calls == ["tiny(1)"] and report.unstored == []
+        assert len(_files(stored)) == 4
+    # a fresh process finds them and runs nothing
+    calls.clear()
+    report = _build(stored, calls, EARLY + [("array", 2, 2048), ("array", 3, 800)], **_BOUNDS)
+    assert calls == [] and report.executed == []
+
+
+def test_a_refused_value_changed_in_place_since_is_not_stored_under_its_old_hash(disk, stored, calls, caplog):
+    with nbbuild.Build(stored, workers=1, **_BOUNDS) as b:
+        disk.fill(leave=0)
+        rules = _define(b, calls)
+        [value] = b.build(rules["array"].task(2, 2048))
+        assert b.report.unstored == ["array(2, 2048)"]
+        value += 1          # in place: the bytes the store kept to write again are these
+        disk.free()
+    assert len(_files(stored)) == 2                       # not written when the Build closed
+    calls.clear()
+    report = _build(stored, calls, [("array", 2, 2048)], **_BOUNDS)     # checked against the oracle
+    assert calls == ["array(2, 2048)"] and report.unstored == []
+
+
 def test_a_disk_full_to_the_last_byte_loses_nothing_stored(disk, stored, calls, caplog):
     before = _files(stored)
     with nbbuild.Build(stored, workers=1, **_BOUNDS) as b:

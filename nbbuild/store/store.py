@@ -17,7 +17,7 @@ Contract:
 - Writes are buffered and committed in batches inside `cache.transact()`; `flush()` commits now.
   A write that fails (disk full, store unwritable) loses nothing stored before: the build goes on
   with its values in memory, its traces kept by this process, and one warning; the refused rows
-  (up to a batch's bytes) go again with the next commit. A lock held past SQLite's wait counts so.
+  (up to a batch's bytes) go again with the next commit, refused value files once there is room. A lock held past SQLite's wait counts so.
 - diskcache's own eviction is off: eviction.py decides, using the bookkeeping kept here in
   diskcache's columns of value rows: access_time (last use), access_count (uses), tag (the
   cost-aware policy's clock when last used). Uses are batched in memory and written with flushes.
@@ -94,6 +94,8 @@ class Store(Values, Tiering, Inventory, Bounds):
         self.write_error: str | None = None  # why the last write failed, until one succeeds
         self._write_warned = False           # the failed-write warning of this build was given
         self._lost: set[str] = set()         # hashes of inline values a failed batch did not store
+        self._refused: dict[str, Any] = {}   # value files a full disk refused: values.write_refused
+        self._refused_bytes = 0
         self.clock = self.setting("clock", 0.0)
         self.sharing: Sharing | None = None if shared is None else Sharing(self, shared)
         self.written = 0                     # bytes written since the last eviction check
@@ -261,6 +263,8 @@ class Store(Values, Tiering, Inventory, Bounds):
     def flush(self, counters_too: bool = False) -> None:
         """Commit buffered rows. Counters and uses ride along with rows, or go alone when asked or
         when they have waited a few seconds: a no-op build then writes nothing at all."""
+        if self._refused:
+            self.write_refused()
         with self._lock:
             pending, self._pending, self._pending_bytes = self._pending, {}, 0
             if not pending and not counters_too and time.monotonic() - self._counted < _COUNTER_SECONDS:
@@ -385,6 +389,8 @@ class Store(Values, Tiering, Inventory, Bounds):
             self.generation += 1
             self._pending.clear()
             self._pending_bytes = 0
+            self._refused.clear()
+            self._refused_bytes = 0
             self._touched.clear()
             kept = [k for k, _ in foreign.rows(self.table, self.signer)]
             kept += self._cosigned_by_others()      # their cosignature's MAC is over this row's bytes

@@ -6,7 +6,9 @@ pending writes, lock and counters.
 - `put_value(ser)` stores a value unless it is there already (row `v:<hash>`, inline when small,
   else a value file written at disk speed: valuefile.py); None when stored, else why not (larger
   than the quota, the disk full...): the caller keeps it in memory. A value row is never
-  overwritten; another key's value is cosigned, not replaced (foreign.py).
+  overwritten; another key's value is cosigned, not replaced (foreign.py). Value files a full
+  disk refused (up to 64 MB) are written at a later flush, once it has room, if the value is
+  still as hashed (`write_refused`).
 - `load(digest)` -> (found, value, why not). Every load checks the value against its hash and
   signature: a missing, truncated or altered value is a miss that says why, and its row is
   removed so that the task's next run can store it again; another key's value is a plain miss.
@@ -31,6 +33,7 @@ __all__ = ["Values", "FILE_BYTES"]
 
 log = logging.getLogger("nbbuild")
 FILE_BYTES = 256 << 10      # values at least this big are value files
+_REFUSED_BYTES = 64 << 20   # value files a full disk refused, kept to write again: at most this much
 
 
 class Values(StoreParts):
@@ -54,7 +57,7 @@ class Values(StoreParts):
                 self._write(key, self.signer.seal(key, ser.blob(), ser.signed))
         return None
 
-    def _put_file(self, ser: serialisation.Serialized) -> str | None:
+    def _put_file(self, ser: serialisation.Serialized, again: bool = False) -> str | None:
         if ser.known and self.has_value(ser.digest):
             return None
 
@@ -79,10 +82,37 @@ class Values(StoreParts):
             valuefile.write(ser, self.signer, self._tmp,
                             lambda d: os.path.join(self.path, valuefile.file_name(d)), place)
         except WRITE_ERRORS as e:
+            # not a file read as it is stored (outputs.py), whose caller closes it
+            if not again and all(type(r) is memoryview for r in ser.raws):
+                digest = ser.digest     # hashed now when the write failed before it was
+                with self._lock:        # written again once the disk has room (write_refused)
+                    if self._refused_bytes + ser.nbytes <= _REFUSED_BYTES:
+                        self._refused[digest] = ser
+                        self._refused_bytes += ser.nbytes
             return self._write_failed(e)
         self.write_error = None
         self.count("bytes_written", ser.nbytes)
         return None
+
+    def write_refused(self) -> None:
+        """Write the value files a full disk refused, those it now has room for (the next flush
+        does, after a build or when the store closes), as refused rows go again with the next
+        commit: what was built then reaches the store without running again. Each is hashed
+        again first, as a later cell may have changed the value in place since; one refused again
+        is dropped."""
+        with self._lock:
+            refused, self._refused, self._refused_bytes = self._refused, {}, 0
+        for digest, ser in refused.items():
+            if self.has_value(digest):
+                continue
+            if self.free_space() - self.min_free < 2 * ser.nbytes:
+                with self._lock:
+                    self._refused[digest] = ser
+                    self._refused_bytes += ser.nbytes
+                continue
+            now = serialisation.Serialized(ser.meta, ser.raws)
+            if now.digest == digest:
+                self._put_file(now, again=True)
 
     def load(self, digest: str, by_value: set[str] | None = None) -> tuple[bool, Any, str]:
         """(found, value, why not). A value that is missing is (False, None, ""); one that is
