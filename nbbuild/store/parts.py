@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, AbstractSet, Callable
 
 if TYPE_CHECKING:
     from ..engine.trace import Trace
+    from .serialisation import Serialized
     from .index import Index
     from .sharing import Sharing
     from .signing import Signer
@@ -39,8 +40,7 @@ class StoreParts:
     _pending: dict[str, bytes]
     _pending_bytes: int
     _touched: dict[str, list[float]]
-    _refused: dict[str, Any]
-    _refused_bytes: int
+    _refused: dict[str, Serialized]
 
     if TYPE_CHECKING:
         def _theirs(self, key: str, value: Any, filename: Any = None) -> bool: ...

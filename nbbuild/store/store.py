@@ -17,7 +17,8 @@ Contract:
 - Writes are buffered and committed in batches inside `cache.transact()`; `flush()` commits now.
   A write that fails (disk full, store unwritable) loses nothing stored before: the build goes on
   with its values in memory, its traces kept by this process, and one warning; the refused rows
-  (up to a batch's bytes) go again with the next commit, refused value files once there is room. A lock held past SQLite's wait counts so.
+  (up to a batch's bytes) go again with the next commit, refused value files once there is room.
+  A lock held past SQLite's wait counts so.
 - diskcache's own eviction is off: eviction.py decides, using the bookkeeping kept here in
   diskcache's columns of value rows: access_time (last use), access_count (uses), tag (the
   cost-aware policy's clock when last used). Uses are batched in memory and written with flushes.
@@ -57,6 +58,7 @@ from .eviction import Bounds
 from ..engine.trace import Trace
 
 if TYPE_CHECKING:
+    from .serialisation import Serialized
     from .shared import SharedTier
 
 __all__ = ["Store"]
@@ -94,8 +96,7 @@ class Store(Values, Tiering, Inventory, Bounds):
         self.write_error: str | None = None  # why the last write failed, until one succeeds
         self._write_warned = False           # the failed-write warning of this build was given
         self._lost: set[str] = set()         # hashes of inline values a failed batch did not store
-        self._refused: dict[str, Any] = {}   # value files a full disk refused: values.write_refused
-        self._refused_bytes = 0
+        self._refused: dict[str, Serialized] = {}   # value files a full disk refused: values.write_refused
         self.clock = self.setting("clock", 0.0)
         self.sharing: Sharing | None = None if shared is None else Sharing(self, shared)
         self.written = 0                     # bytes written since the last eviction check
@@ -390,7 +391,6 @@ class Store(Values, Tiering, Inventory, Bounds):
             self._pending.clear()
             self._pending_bytes = 0
             self._refused.clear()
-            self._refused_bytes = 0
             self._touched.clear()
             kept = [k for k, _ in foreign.rows(self.table, self.signer)]
             kept += self._cosigned_by_others()      # their cosignature's MAC is over this row's bytes

@@ -86,9 +86,8 @@ class Values(StoreParts):
             if not again and all(type(r) is memoryview for r in ser.raws):
                 digest = ser.digest     # hashed now when the write failed before it was
                 with self._lock:        # written again once the disk has room (write_refused)
-                    if self._refused_bytes + ser.nbytes <= _REFUSED_BYTES:
+                    if sum(r.nbytes for r in self._refused.values()) + ser.nbytes <= _REFUSED_BYTES:
                         self._refused[digest] = ser
-                        self._refused_bytes += ser.nbytes
             return self._write_failed(e)
         self.write_error = None
         self.count("bytes_written", ser.nbytes)
@@ -101,14 +100,13 @@ class Values(StoreParts):
         again first, as a later cell may have changed the value in place since; one refused again
         is dropped."""
         with self._lock:
-            refused, self._refused, self._refused_bytes = self._refused, {}, 0
+            refused, self._refused = self._refused, {}
         for digest, ser in refused.items():
             if self.has_value(digest):
                 continue
             if self.free_space() - self.min_free < 2 * ser.nbytes:
                 with self._lock:
                     self._refused[digest] = ser
-                    self._refused_bytes += ser.nbytes
                 continue
             now = serialisation.Serialized(ser.meta, ser.raws)
             if now.digest == digest:
