@@ -123,6 +123,12 @@ def _bound(source: str) -> list[str]:
     return names
 
 
+def _dump(path: Path, names: list[str]) -> str:
+    """Code that pickles (protocol 5) the named globals into `path`, as a dict by name."""
+    return (f"import pickle as _p\nwith open({str(path)!r}, 'wb') as _f:\n"
+            f"    _p.dump({{_n: globals()[_n] for _n in {names!r}}}, _f, protocol=5)")
+
+
 def restore_pipeline(folder: Path) -> tuple[nbformat.NotebookNode, nbformat.NotebookNode, list[int]]:
     """A hand-made restore of the pipeline, the floor of any tool that restores its cells by
     loading their values: (`save`: the plain pipeline, each timed cell followed by one that pickles
@@ -134,10 +140,7 @@ def restore_pipeline(folder: Path) -> tuple[nbformat.NotebookNode, nbformat.Note
         save.append(c)
         if i in timed:
             path = folder / f"restore-{i}.pkl"
-            names = _bound(c.source)
-            save.append(nbformat.v4.new_code_cell(
-                f"import pickle as _p\nwith open({str(path)!r}, 'wb') as _f:\n"
-                f"    _p.dump({{_n: globals()[_n] for _n in {names!r}}}, _f, protocol=5)"))
+            save.append(nbformat.v4.new_code_cell(_dump(path, _bound(c.source))))
             loading.append(len(load))
             load.append(nbformat.v4.new_code_cell(
                 f"import pickle as _p\nwith open({str(path)!r}, 'rb') as _f:\n    globals().update(_p.load(_f))"))
@@ -162,8 +165,7 @@ def saving(nb: nbformat.NotebookNode, folder: Path) -> nbformat.NotebookNode:
     for i, c in enumerate(nb.cells):
         tree = ast.parse(c.source)
         last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
-        save = (f"import pickle as _p\nwith open({str(folder / f'save-{i}.pkl')!r}, 'wb') as _f:\n"
-                f"    _p.dump(({''.join(n + ', ' for n in _bound(c.source))}), _f, protocol=5)")
+        save = _dump(folder / f"save-{i}.pkl", _bound(c.source))
         tree.body += ast.parse(save).body + ([last] if last is not None else [])
         cells.append(nbformat.v4.new_code_cell(ast.unparse(tree)))
     return nbformat.v4.new_notebook(cells=cells)
